@@ -1,0 +1,1 @@
+"""Fixtures for the stand-in auditor (filled in by the auditor work)."""
