@@ -1,0 +1,341 @@
+"""The auditor adapter: the one seam through which scanfleet runs CINC Auditor.
+
+`run_auditor` runs
+
+    AUDITOR exec PROFILE -t k8s-container://NS/POD/CONTAINER --reporter json:REPORT
+            [--input-file F]... [EXTRA...]
+
+with `KUBECONFIG` pointing at the scan's throwaway kubeconfig, waits for it with a timeout,
+and maps the outcome onto the error tree: exit 0 / 100 / 101 (all passed / some failed /
+some skipped) is a completed audit; any other exit is `AuditorFailed` carrying the redacted
+last 2 KB of stderr; a missing executable is `AuditorMissing`; a timeout is `ScanTimeout`.
+
+What it must never do:
+- run a shell: the argv is a list, so a profile or target holding `;` or `$(...)` is one
+  literal argument;
+- leak credentials: the auditor's environment is built from an allowlist (see
+  `auditor_environment`), `KUBECONFIG` is the temp kubeconfig path and nothing else, and the
+  kubeconfig's *content* is never read, logged or put in a message; stderr is redacted
+  before it reaches an error message;
+- leave processes behind: the auditor runs in its own process group (session), and on
+  timeout, on any interruption of the waiting thread (KeyboardInterrupt, a ScanInterrupted
+  raised by a signal handler, ...) and after a normal exit (stragglers such as a leftover
+  `kubectl exec`) the whole group gets SIGTERM, then SIGKILL after `kill_grace` seconds.
+  A process that leaves the group on purpose (setsid) escapes this; containing that is the
+  worker's job (its container / cgroup).
+- hold unbounded output in memory: stdout is discarded (the report goes to a file) and only
+  the tail of stderr is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from scanfleet.errors import AuditorFailed, AuditorMissing, ScanTimeout
+from scanfleet.logs import redact_text
+from scanfleet.targets import Target
+
+COMPLETED_EXIT_CODES = frozenset({0, 100, 101})
+"""InSpec's distinct exit codes: 0 all passed, 100 some failed, 101 some skipped."""
+
+STDERR_TAIL_BYTES = 2048
+# Redact a wider window than we keep, so a token cut by the window edge is still whole
+# (service account JWTs are ~1 KB) when the redaction pattern looks at it.
+_STDERR_WINDOW_BYTES = 8 * STDERR_TAIL_BYTES
+_READ_CHUNK = 64 * 1024
+_POLL_MAX_S = 0.05
+
+# Environment passed to the auditor: only what a Ruby CLI, its k8s transport and the
+# kubectl it may call need. Everything else is dropped, because the parent (a worker)
+# holds things the auditor must not reach: the admin KUBECONFIG, the broker URL (may carry
+# a Redis password), cloud credentials (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, AZURE_*),
+# tokens of any kind.
+_ENV_ALLOW_NAMES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "TZ",
+    "LANG", "LANGUAGE", "TMPDIR", "TMP", "TEMP",
+    # Reaching the API server through a corporate proxy / custom CA bundle.
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+    "SSL_CERT_FILE", "SSL_CERT_DIR",
+    # Ruby gem locations (where the train-k8s-container plugin may live).
+    "GEM_HOME", "GEM_PATH",
+})
+_ENV_ALLOW_PREFIXES = (
+    "LC_",
+    # CINC / InSpec / Train settings (e.g. CHEF_LICENSE, INSPEC_CONFIG_DIR).
+    "CINC_", "INSPEC_", "CHEF_", "TRAIN_",
+    # Behaviour switches of the test stand-in (tests/standin/cinc-auditor): paths and
+    # numbers, never credentials.
+    "SCANFLEET_STANDIN_",
+)
+# Even an allowed name is dropped if it looks like it holds a secret.
+_ENV_SECRET_NAME = re.compile(
+    r"(TOKEN|SECRET|PASSW|CREDENTIAL|API_?KEY|PRIVATE|AUTH)", re.IGNORECASE
+)
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    """A completed audit: exit code 0, 100 or 101, and how long it took."""
+
+    exit_code: int
+    duration_s: float
+
+
+def build_argv(
+    auditor: str,
+    profile: str,
+    target: Target,
+    report_path: Path,
+    input_files: Sequence[Path | str] = (),
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """The auditor command line, as a list (never a shell string)."""
+    if target.container is None:
+        raise ValueError(f"target {target.ref} has no container; resolve it before auditing")
+    argv = [
+        auditor,
+        "exec",
+        profile,
+        "-t",
+        f"k8s-container://{target.namespace}/{target.pod}/{target.container}",
+        "--reporter",
+        f"json:{report_path}",
+    ]
+    for f in input_files:
+        argv += ["--input-file", str(f)]
+    argv += list(extra_args)
+    return argv
+
+
+def auditor_environment(kubeconfig: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The auditor's environment: an allowlisted copy of `base` plus KUBECONFIG.
+
+    Kept: PATH, HOME, user and locale variables, temp dirs, proxy and CA-bundle variables
+    (the transport must reach the API server the way the worker does), Ruby gem paths, and
+    variables prefixed CINC_/INSPEC_/CHEF_/TRAIN_/SCANFLEET_STANDIN_. Dropped: everything
+    else, and any kept name that looks like a secret (TOKEN, SECRET, PASSWORD, CREDENTIAL,
+    API_KEY, PRIVATE, AUTH). In particular every KUBECONFIG-like variable of the parent
+    (KUBECONFIG, SCANFLEET_*KUBECONFIG) is dropped, and KUBECONFIG is set to the temp
+    kubeconfig path alone, so the auditor and any kubectl it runs see only the scan's
+    least-privilege identity. A proxy URL may carry proxy credentials; it is kept because
+    without it the cluster is unreachable.
+    """
+    source = os.environ if base is None else base
+    env = {
+        k: v
+        for k, v in source.items()
+        if (k in _ENV_ALLOW_NAMES or k.startswith(_ENV_ALLOW_PREFIXES))
+        and not _ENV_SECRET_NAME.search(k)
+        and "KUBECONFIG" not in k.upper()
+    }
+    env["KUBECONFIG"] = str(kubeconfig)
+    return env
+
+
+def run_auditor(
+    auditor: str,
+    profile: str,
+    target: Target,
+    report_path: Path,
+    kubeconfig: Path,
+    *,
+    input_files: Sequence[Path | str] = (),
+    extra_args: Sequence[str] = (),
+    timeout: float,
+    kill_grace: float = 10.0,
+    env: Mapping[str, str] | None = None,
+) -> AuditResult:
+    """Run the auditor against one target and wait for it, never leaving a process behind.
+
+    `env` replaces the parent environment as the base that `auditor_environment` filters.
+    Raises AuditorMissing, AuditorFailed or ScanTimeout; any BaseException raised in the
+    waiting thread (KeyboardInterrupt, ScanInterrupted from a signal handler) terminates
+    the process group and is re-raised unchanged.
+    """
+    if timeout <= 0:
+        raise ValueError(f"timeout must be positive, got {timeout!r}")
+    argv = build_argv(auditor, profile, target, report_path, input_files, extra_args)
+    child_env = auditor_environment(kubeconfig, env)
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            argv,
+            env=child_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError as e:  # FileNotFoundError, PermissionError, ENOEXEC
+        raise AuditorMissing(
+            f"auditor executable {auditor!r} cannot be run ({e.strerror or e}): "
+            "set SCANFLEET_AUDITOR to the cinc-auditor executable or install cinc-auditor"
+        ) from e
+    log.info("auditor.started", pid=proc.pid, argv=argv, kubeconfig_path=str(kubeconfig))
+    tail = _StderrTail(proc)
+    try:
+        exit_code = _wait(proc, started + timeout)
+    except BaseException:
+        log.warning("auditor.interrupted", pid=proc.pid)
+        _terminate_group(proc, kill_grace)
+        raise
+    if exit_code is None:
+        log.warning("auditor.timeout", pid=proc.pid, timeout_s=timeout)
+        _terminate_group(proc, kill_grace)
+        raise ScanTimeout(
+            f"auditor timed out after {timeout:g} s on {target.ref}; "
+            "its process group was terminated"
+        )
+    # The leader is done; anything it left in its group (a kubectl exec, ...) goes too.
+    _terminate_group(proc, kill_grace)
+    duration = time.monotonic() - started
+    stderr_tail = tail.text()
+    log.info("auditor.finished", pid=proc.pid, exit_code=exit_code, duration_s=duration)
+    if exit_code not in COMPLETED_EXIT_CODES:
+        how = f" (killed by {_signal_name(-exit_code)})" if exit_code < 0 else ""
+        raise AuditorFailed(f"auditor exited with code {exit_code}{how}: {stderr_tail}")
+    return AuditResult(exit_code=exit_code, duration_s=duration)
+
+
+def _wait(proc: subprocess.Popen[bytes], deadline: float) -> int | None:
+    """Wait for the leader until `deadline` (monotonic); its exit code, or None on timeout.
+
+    Polls with short sleeps rather than blocking in waitpid, so a signal handler in the
+    main thread runs promptly and its exception reaches the caller's cleanup.
+    """
+    delay = 0.001
+    while True:
+        code = proc.poll()
+        if code is not None:
+            return code
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        time.sleep(min(delay, remaining))
+        delay = min(delay * 2, _POLL_MAX_S)
+
+
+def _terminate_group(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM the auditor's process group, SIGKILL whatever is alive after `grace` s.
+
+    Robust against a second interruption: whatever happens while waiting out the grace
+    period, the group gets SIGKILL before this returns or raises.
+    """
+    pgid = proc.pid  # start_new_session: the leader's pid is the group id
+    killed = False
+    try:
+        if not _group_alive(pgid) and proc.poll() is not None:
+            return
+        _signal_group(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        delay = 0.001
+        while time.monotonic() < deadline:
+            # Reap the leader as soon as it exits; after that, a live pgid means stragglers.
+            # (The pid is not reused while the group still has members.)
+            if proc.poll() is not None and not _group_alive(pgid):
+                return
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, _POLL_MAX_S)
+        log.warning("auditor.kill", pid=pgid, grace_s=grace)
+        _signal_group(pgid, signal.SIGKILL)
+        killed = True
+    finally:
+        if not killed and (proc.poll() is None or _group_alive(pgid)):
+            _signal_group(pgid, signal.SIGKILL)
+        proc.wait()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    """True if a process of group `pgid` is still running (zombies do not count)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # killpg(0) also succeeds for zombies awaiting their (new) parent's wait; on Linux look
+    # closer so a not-yet-reaped grandchild does not count as alive.
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp ..." — comm may contain spaces and parentheses.
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) >= 3 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+class _StderrTail:
+    """Reads a pipe to EOF in a daemon thread, keeping only its last bytes."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr is not None
+        self._pipe = proc.stderr
+        self._buf = bytearray()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(
+            target=self._pump, name=f"auditor-stderr-{proc.pid}", daemon=True
+        )
+        self._thread.start()
+
+    def _pump(self) -> None:
+        try:
+            while chunk := self._pipe.read1(_READ_CHUNK):
+                with self._lock:
+                    self._buf += chunk
+                    if len(self._buf) > _STDERR_WINDOW_BYTES:
+                        del self._buf[: len(self._buf) - _STDERR_WINDOW_BYTES]
+        except (OSError, ValueError):
+            pass
+        finally:
+            try:
+                self._pipe.close()
+            except OSError:
+                pass
+
+    def text(self, join_timeout: float = 2.0) -> str:
+        """The redacted last 2 KB of stderr (waits briefly for the pipe to drain)."""
+        # The group is gone by now, so EOF is imminent; a process that escaped the group
+        # and holds the pipe must not hang the scan, hence the bounded join.
+        self._thread.join(join_timeout)
+        with self._lock:
+            raw = bytes(self._buf)
+        text = redact_text(raw.decode("utf-8", errors="replace"))
+        tail = text.encode("utf-8")[-STDERR_TAIL_BYTES:].decode("utf-8", errors="ignore")
+        return tail.strip()

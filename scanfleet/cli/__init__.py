@@ -1,0 +1,32 @@
+"""The `scanfleet` command line: a click group; each area's commands live in a submodule.
+
+Entry points configure logging once; everything below them only logs. Bad input is a
+`BadInput` (or click usage error) → exit 2 with a message naming the bad value, raised
+before anything is created or queued.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from scanfleet.cli.common import main_group
+
+
+def main() -> None:
+    from scanfleet.cli import scan as _scan  # noqa: F401  (registers commands)
+
+    for name in ("fleet", "report", "sweeps"):
+        try:
+            __import__(f"scanfleet.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"scanfleet.cli.{name}":
+                raise
+    try:
+        main_group(prog_name="scanfleet")
+    except click.exceptions.Exit as e:  # pragma: no cover - click handles in standalone
+        sys.exit(e.exit_code)
+
+
+__all__ = ["main", "main_group"]

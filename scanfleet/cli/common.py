@@ -1,0 +1,128 @@
+"""Shared pieces of the command line: the group, option decorators, exit handling."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Any, TypeVar
+
+import click
+
+from scanfleet import logs
+from scanfleet.errors import BadInput, ScanInterrupted
+from scanfleet.settings import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_OK, EXIT_THRESHOLD, EXIT_BAD_INPUT, EXIT_SCAN_ERROR = 0, 1, 2, 3
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="scanfleet")
+def main_group() -> None:
+    """Compliance scans of running containers across Kubernetes fleets."""
+
+
+def load_settings() -> Settings:
+    try:
+        settings = Settings.from_env()
+    except BadInput as e:
+        fail(str(e))
+    logs.configure(settings.log_format)
+    return settings
+
+
+def fail(message: str) -> Any:
+    """Bad input: say what is wrong and exit 2. Nothing has been created or queued."""
+    click.echo(f"scanfleet: error: {message}", err=True)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+def bad_input_exits(fn: F) -> F:
+    """Turn BadInput raised anywhere during validation into exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except BadInput as e:
+            fail(str(e))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def kubeconfig_option(fn: F) -> F:
+    return click.option(
+        "--kubeconfig", type=click.Path(dir_okay=False), default=None,
+        help="Admin kubeconfig (default: $KUBECONFIG, then ~/.kube/config).",
+    )(fn)
+
+
+def output_option(fn: F) -> F:
+    return click.option(
+        "--output", "output", type=click.Path(file_okay=False, path_type=Path), default=None,
+        help="Results directory (default: $SCANFLEET_RESULTS_DIR, else ./scanfleet-results).",
+    )(fn)
+
+
+def scan_options(fn: F) -> F:
+    """Options shared by `scan` and `submit`: what to run and how to judge it."""
+    for opt in reversed([
+        click.option("--profile", required=True, help="InSpec profile: path, URL or name."),
+        click.option("--threshold", type=click.Path(dir_okay=False, path_type=Path),
+                     default=None, help="Target threshold file (SAF CLI format)."),
+        click.option("--input-file", "input_files", multiple=True,
+                     type=click.Path(dir_okay=False, path_type=Path),
+                     help="InSpec input file (repeatable)."),
+        click.option("--token-ttl", type=int, default=None,
+                     help="Scan token lifetime in seconds (600..86400; default 3600)."),
+        click.option("--timeout", type=int, default=None,
+                     help="Auditor timeout in seconds (default 1800)."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def check_files(paths: tuple[Path, ...], what: str) -> tuple[str, ...]:
+    for p in paths:
+        if not p.is_file():
+            raise BadInput(f"{what} {str(p)!r} does not exist or is not a file")
+    return tuple(str(p.resolve()) for p in paths)
+
+
+def results_dir(output: Path | None, settings: Settings) -> Path:
+    return output if output is not None else settings.results_dir
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGTERM/SIGINT raise ScanInterrupted once in the main thread, so clean-up runs.
+
+    A second signal while cleaning up is ignored: clean-up is bounded by API timeouts,
+    and abandoning it would leave RBAC objects behind.
+    """
+    fired = False
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        nonlocal fired
+        if fired:
+            return
+        fired = True
+        raise ScanInterrupted(f"interrupted by {signal.Signals(signum).name}")
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")

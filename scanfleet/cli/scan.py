@@ -1,0 +1,97 @@
+"""`scanfleet scan`: a run of one target, executed in-process."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from scanfleet.cli.common import (
+    bad_input_exits,
+    check_files,
+    interruptible,
+    kubeconfig_option,
+    load_settings,
+    main_group,
+    output_option,
+    results_dir,
+    scan_options,
+)
+from scanfleet.kube import ClientCache, choose_contexts, default_kubeconfig
+from scanfleet.results import iso, new_run_id
+from scanfleet.runs import RunPlan, run_local
+from scanfleet.scan import utcnow
+from scanfleet.settings import check_ttl
+from scanfleet.targets import parse_target
+from scanfleet.thresholds import read_threshold_document
+
+
+@main_group.command("scan")
+@click.argument("target")
+@scan_options
+@click.option("--context", default=None, help="Kubeconfig context (default: current).")
+@kubeconfig_option
+@output_option
+@click.option("--json", "as_json", is_flag=True, help="Print run.json instead of a summary.")
+@bad_input_exits
+def scan_command(target: str, profile: str, threshold: Path | None,
+                 input_files: tuple[Path, ...], token_ttl: int | None, timeout: int | None,
+                 context: str | None, kubeconfig: str | None, output: Path | None,
+                 as_json: bool) -> None:
+    """Scan NAMESPACE/POD[/CONTAINER] with a throwaway least-privilege identity."""
+    settings = load_settings()
+    ttl = token_ttl if token_ttl is not None else settings.token_ttl
+    scan_timeout = timeout if timeout is not None else settings.scan_timeout
+    check_ttl(ttl, scan_timeout)
+    kcfg = default_kubeconfig(kubeconfig, os.environ)
+    ctx = choose_contexts(kcfg, [context] if context else [], False)[0]
+    tgt = parse_target(target, ctx)
+    threshold_doc = read_threshold_document(threshold) if threshold else None
+    inputs = check_files(input_files, "input file")
+    now = utcnow()
+    plan = RunPlan(
+        run_id=new_run_id(now), source="scan", profile=profile, created_at=iso(now),
+        threshold=threshold_doc, threshold_source=str(threshold) if threshold else "threshold",
+        input_files=inputs, token_ttl=ttl, timeout=scan_timeout, auditor=settings.auditor,
+    )
+    plan.scan_options()  # validates the threshold document before anything is created
+    clients = ClientCache(kcfg)
+    clients.get(ctx)
+    click.echo(plan.run_id)
+    with interruptible():
+        run = run_local(clients, plan, [tgt], results_dir(output, settings))
+    print_run(run, as_json)
+    sys.exit(int(run["exit_code"]))
+
+
+def print_run(run: dict[str, Any], as_json: bool) -> None:
+    import json
+
+    if as_json:
+        click.echo(json.dumps(run, indent=2))
+        return
+    t = run["targets"]
+    click.echo(
+        f"targets: {t['total']}  completed: {t['completed']}  errors: {t['error']}  "
+        f"met threshold: {t['passed']}  missed: {t['failed']}"
+    )
+    c = run["counts"]
+    click.echo(
+        "controls: " + "  ".join(f"{s}: {c[s]['total']}" for s in
+                                 ("passed", "failed", "skipped", "no_impact", "error"))
+        + f"  compliance: {run['compliance']}%"
+    )
+    for ft in run.get("failing_targets", []):
+        ref = f"{ft['context']}:{ft['namespace']}/{ft['pod']}/{ft['container']}"
+        for failure in ft.get("failures", []):
+            click.echo(f"FAIL {ref}: {failure}")
+    for et in run.get("error_targets", []):
+        ref = f"{et['context']}:{et['namespace']}/{et['pod']}/{et.get('container') or '*'}"
+        click.echo(f"ERROR {ref}: [{et.get('kind')}] {et.get('message')}")
+    fleet = run.get("fleet_threshold") or {}
+    for failure in fleet.get("failures", []) or []:
+        click.echo(f"FLEET FAIL: {failure}")
+    click.echo(f"results: {run['run_id']}  exit code: {run['exit_code']}")
