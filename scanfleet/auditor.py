@@ -29,6 +29,7 @@ What it must never do:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -93,7 +94,7 @@ class AuditResult:
     duration_s: float
 
 
-def build_argv(
+def build_argv(  # noqa: PLR0917 - the signature is the module's published contract
     auditor: str,
     profile: str,
     target: Target,
@@ -259,10 +260,8 @@ def _terminate_group(proc: subprocess.Popen[bytes], grace: float) -> None:
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _group_alive(pgid: int) -> bool:
@@ -316,7 +315,8 @@ class _StderrTail:
 
     def _pump(self) -> None:
         try:
-            while chunk := self._pipe.read1(_READ_CHUNK):
+            fd = self._pipe.fileno()
+            while chunk := os.read(fd, _READ_CHUNK):
                 with self._lock:
                     self._buf += chunk
                     if len(self._buf) > _STDERR_WINDOW_BYTES:
@@ -324,10 +324,8 @@ class _StderrTail:
         except (OSError, ValueError):
             pass
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 self._pipe.close()
-            except OSError:
-                pass
 
     def text(self, join_timeout: float = 2.0) -> str:
         """The redacted last 2 KB of stderr (waits briefly for the pipe to drain)."""
