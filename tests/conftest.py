@@ -3,4 +3,6 @@
 pytest_plugins = [
     "fixtures_kube",
     "fixtures_auditor",
+    "fixtures_fleet",
+    "fixtures_ops",
 ]

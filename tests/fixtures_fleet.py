@@ -1,0 +1,1 @@
+"""Fixtures for fleet tests: real redis-server and celery worker processes."""

@@ -1,0 +1,1 @@
+"""Fixtures for reports, sweeps and the janitor."""
