@@ -50,8 +50,9 @@ def rfc3339(t: datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def metadata(name: str, scan_id: str, run_id: str, target: Target, ttl: int,
-             now: datetime) -> dict[str, Any]:
+def metadata(
+    name: str, scan_id: str, run_id: str, target: Target, ttl: int, now: datetime
+) -> dict[str, Any]:
     return {
         "name": name,
         "labels": {MANAGED_BY: "scanfleet", SCAN_ID_LABEL: scan_id, RUN_ID_LABEL: run_id},
@@ -67,27 +68,40 @@ def role_rules(pod: str) -> list[dict[str, Any]]:
     return [
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"], "resourceNames": [pod]},
         # `get` too: kubectl 1.30+ opens exec as a WebSocket GET.
-        {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create", "get"],
-         "resourceNames": [pod]},
+        {
+            "apiGroups": [""],
+            "resources": ["pods/exec"],
+            "verbs": ["create", "get"],
+            "resourceNames": [pod],
+        },
     ]
 
 
-def identity_objects(scan_id: str, run_id: str, target: Target, ttl: int,
-                     now: datetime) -> dict[str, dict[str, Any]]:
+def identity_objects(
+    scan_id: str, run_id: str, target: Target, ttl: int, now: datetime
+) -> dict[str, dict[str, Any]]:
     """The three object bodies, by kind, in creation order."""
     name = object_name(scan_id)
     meta = metadata(name, scan_id, run_id, target, ttl, now)
     return {
-        "ServiceAccount": {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta,
-                           "automountServiceAccountToken": False},
-        "Role": {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-                 "metadata": meta, "rules": role_rules(target.pod)},
+        "ServiceAccount": {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": meta,
+            "automountServiceAccountToken": False,
+        },
+        "Role": {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": meta,
+            "rules": role_rules(target.pod),
+        },
         "RoleBinding": {
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
             "metadata": meta,
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": name,
-                          "namespace": target.namespace}],
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": target.namespace}],
         },
     }
 
@@ -116,15 +130,20 @@ def kubeconfig_document(endpoint: ClusterEndpoint, namespace: str, token: str) -
         "kind": "Config",
         "clusters": [{"name": "target", "cluster": cluster}],
         "users": [{"name": "scanfleet", "user": {"token": token}}],
-        "contexts": [{"name": "scan", "context": {"cluster": "target", "user": "scanfleet",
-                                                  "namespace": namespace}}],
+        "contexts": [
+            {
+                "name": "scan",
+                "context": {"cluster": "target", "user": "scanfleet", "namespace": namespace},
+            }
+        ],
         "current-context": "scan",
         "preferences": {},
     }
 
 
-def write_kubeconfig(directory: Path, endpoint: ClusterEndpoint, namespace: str,
-                     token: str) -> Path:
+def write_kubeconfig(
+    directory: Path, endpoint: ClusterEndpoint, namespace: str, token: str
+) -> Path:
     path = directory / "kubeconfig"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -133,15 +152,18 @@ def write_kubeconfig(directory: Path, endpoint: ClusterEndpoint, namespace: str,
 
 
 @contextmanager
-def scan_identity(kube: KubeClient, target: Target, scan_id: str, run_id: str, *, ttl: int,
-                  now: datetime) -> Iterator[ScanIdentity]:
+def scan_identity(
+    kube: KubeClient, target: Target, scan_id: str, run_id: str, *, ttl: int, now: datetime
+) -> Iterator[ScanIdentity]:
     """Mint the identity, yield it, and always revoke it."""
     name = object_name(scan_id)
     ns = target.namespace
     endpoint = kube.endpoint()
     if endpoint.insecure:
-        log.warning("credentials.insecure_tls", reason="the admin context skips TLS verification;"
-                    " the scan kubeconfig does too")
+        log.warning(
+            "credentials.insecure_tls",
+            reason="the admin context skips TLS verification; the scan kubeconfig does too",
+        )
     tmp = Path(tempfile.mkdtemp(prefix="scanfleet-"))  # mkdtemp creates it 0700
     identity = ScanIdentity(name=name, namespace=ns, kubeconfig=tmp / "kubeconfig")
     try:
@@ -165,8 +187,7 @@ def scan_identity(kube: KubeClient, target: Target, scan_id: str, run_id: str, *
             log.error("credentials.kubeconfig_not_removed", kubeconfig_path=str(tmp))
 
 
-def revoke(kube: KubeClient, namespace: str, name: str,
-           created: list[str] | None = None) -> str:
+def revoke(kube: KubeClient, namespace: str, name: str, created: list[str] | None = None) -> str:
     """Delete RoleBinding, Role, ServiceAccount; each is tried even if another fails.
 
     Deleting the ServiceAccount invalidates its tokens. Returns "complete" or "incomplete".
@@ -184,7 +205,8 @@ def revoke(kube: KubeClient, namespace: str, name: str,
             if known:
                 result = "incomplete"
             (log.error if known else log.warning)(
-                "credentials.revoke_failed", kind=kind, object=name, error=str(e))
+                "credentials.revoke_failed", kind=kind, object=name, error=str(e)
+            )
     if result == "complete":
         log.info("credentials.revoked", object=name)
     return result

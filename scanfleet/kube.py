@@ -53,8 +53,9 @@ def list_contexts(kubeconfig: str) -> tuple[list[str], str | None]:
     return names, (current or {}).get("name")
 
 
-def choose_contexts(kubeconfig: str, contexts: tuple[str, ...] | list[str], all_contexts: bool
-                    ) -> list[str]:
+def choose_contexts(
+    kubeconfig: str, contexts: tuple[str, ...] | list[str], all_contexts: bool
+) -> list[str]:
     """Resolve `--context` (repeatable) / `--all-contexts` / the current context."""
     names, current = list_contexts(kubeconfig)
     if all_contexts:
@@ -108,19 +109,21 @@ class ClusterEndpoint:
 class KubeClient:
     """The API calls scanfleet makes against one cluster, as the admin context."""
 
-    def __init__(self, kubeconfig: str, context: str, *, retries: int = 5,
-                 backoff: float = 0.5) -> None:
+    def __init__(
+        self, kubeconfig: str, context: str, *, retries: int = 5, backoff: float = 0.5
+    ) -> None:
         self.context = context
         cfg = k8s.Configuration()
         try:
             k8s_config.load_kube_config(
-                config_file=kubeconfig, context=context, client_configuration=cfg,
+                config_file=kubeconfig,
+                context=context,
+                client_configuration=cfg,
                 persist_config=False,
             )
         except (ConfigException, OSError) as e:
             raise BadInput(
-                f"cannot load context {context!r} from kubeconfig {kubeconfig!r}: "
-                f"{_first_line(e)}"
+                f"cannot load context {context!r} from kubeconfig {kubeconfig!r}: {_first_line(e)}"
             ) from None
         cfg.retries = urllib3.Retry(
             total=retries,
@@ -161,7 +164,9 @@ class KubeClient:
     def read_pod(self, namespace: str, name: str) -> PodInfo:
         pod = self._call(
             f"reading pod {namespace}/{name}",
-            lambda: self.core.read_namespaced_pod(name, namespace, _request_timeout=REQUEST_TIMEOUT),
+            lambda: self.core.read_namespaced_pod(
+                name, namespace, _request_timeout=REQUEST_TIMEOUT
+            ),
             not_found=lambda: TargetNotFound(
                 f"pod {namespace}/{name} not found in context {self.context!r}"
             ),
@@ -169,20 +174,28 @@ class KubeClient:
         return _pod_info(pod)
 
     def list_namespaces(self) -> list[str]:
-        return [ns.metadata.name for ns in self._paginate(
-            "listing namespaces", self.core.list_namespace)]
+        return [
+            ns.metadata.name
+            for ns in self._paginate("listing namespaces", self.core.list_namespace)
+        ]
 
-    def list_pods(self, namespace: str | None, selector: str | None = None,
-                  page_size: int = 500) -> Iterator[PodInfo]:
+    def list_pods(
+        self, namespace: str | None, selector: str | None = None, page_size: int = 500
+    ) -> Iterator[PodInfo]:
         """Pods in a namespace (or all), paginated with limit/continue."""
         kwargs: dict[str, Any] = {"label_selector": selector} if selector else {}
         if namespace is None:
-            pages = self._paginate("listing pods", self.core.list_pod_for_all_namespaces,
-                                   page_size=page_size, **kwargs)
+            pages = self._paginate(
+                "listing pods", self.core.list_pod_for_all_namespaces, page_size=page_size, **kwargs
+            )
         else:
-            pages = self._paginate(f"listing pods in {namespace}",
-                                   self.core.list_namespaced_pod, namespace,
-                                   page_size=page_size, **kwargs)
+            pages = self._paginate(
+                f"listing pods in {namespace}",
+                self.core.list_namespaced_pod,
+                namespace,
+                page_size=page_size,
+                **kwargs,
+            )
         for pod in pages:
             yield _pod_info(pod)
 
@@ -192,9 +205,11 @@ class KubeClient:
         self._create_or_replace(
             f"ServiceAccount {namespace}/{name}",
             lambda: self.core.create_namespaced_service_account(
-                namespace, body, _request_timeout=REQUEST_TIMEOUT),
+                namespace, body, _request_timeout=REQUEST_TIMEOUT
+            ),
             lambda: self.core.replace_namespaced_service_account(
-                name, namespace, body, _request_timeout=REQUEST_TIMEOUT),
+                name, namespace, body, _request_timeout=REQUEST_TIMEOUT
+            ),
         )
 
     def create_role(self, namespace: str, body: dict[str, Any]) -> None:
@@ -202,9 +217,11 @@ class KubeClient:
         self._create_or_replace(
             f"Role {namespace}/{name}",
             lambda: self.rbac.create_namespaced_role(
-                namespace, body, _request_timeout=REQUEST_TIMEOUT),
+                namespace, body, _request_timeout=REQUEST_TIMEOUT
+            ),
             lambda: self.rbac.replace_namespaced_role(
-                name, namespace, body, _request_timeout=REQUEST_TIMEOUT),
+                name, namespace, body, _request_timeout=REQUEST_TIMEOUT
+            ),
         )
 
     def create_role_binding(self, namespace: str, body: dict[str, Any]) -> None:
@@ -212,19 +229,25 @@ class KubeClient:
         self._create_or_replace(
             f"RoleBinding {namespace}/{name}",
             lambda: self.rbac.create_namespaced_role_binding(
-                namespace, body, _request_timeout=REQUEST_TIMEOUT),
+                namespace, body, _request_timeout=REQUEST_TIMEOUT
+            ),
             lambda: self.rbac.replace_namespaced_role_binding(
-                name, namespace, body, _request_timeout=REQUEST_TIMEOUT),
+                name, namespace, body, _request_timeout=REQUEST_TIMEOUT
+            ),
         )
 
     def create_token(self, namespace: str, service_account: str, ttl: int) -> str:
         """A bound token from the TokenRequest API. The return value is a secret."""
-        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                "spec": {"expirationSeconds": ttl}}
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": ttl},
+        }
         resp = self._call(
             f"requesting a token for ServiceAccount {namespace}/{service_account}",
             lambda: self.core.create_namespaced_service_account_token(
-                service_account, namespace, body, _request_timeout=REQUEST_TIMEOUT),
+                service_account, namespace, body, _request_timeout=REQUEST_TIMEOUT
+            ),
         )
         token: str = resp.status.token
         return token
@@ -237,9 +260,11 @@ class KubeClient:
             "RoleBinding": self.rbac.delete_namespaced_role_binding,
         }[kind]
         try:
-            self._call(f"deleting {kind} {namespace}/{name}",
-                       lambda: fn(name, namespace, _request_timeout=REQUEST_TIMEOUT),
-                       not_found=lambda: _Gone())
+            self._call(
+                f"deleting {kind} {namespace}/{name}",
+                lambda: fn(name, namespace, _request_timeout=REQUEST_TIMEOUT),
+                not_found=lambda: _Gone(),
+            )
         except _Gone:
             return False
         return True
@@ -266,30 +291,40 @@ class KubeClient:
         ]
 
     # -- plumbing ------------------------------------------------------------------------
-    def _create_or_replace(self, what: str, create: Callable[[], Any],
-                           replace: Callable[[], Any]) -> None:
+    def _create_or_replace(
+        self, what: str, create: Callable[[], Any], replace: Callable[[], Any]
+    ) -> None:
         """Create; if an earlier attempt of the same scan left it (409), replace it."""
         try:
             self._call(f"creating {what}", create, conflict=lambda: _Exists())
         except _Exists:
             self._call(f"replacing {what}", replace)
 
-    def _paginate(self, what: str, fn: Callable[..., Any], *args: Any, page_size: int = 500,
-                  **kwargs: Any) -> Iterator[Any]:
+    def _paginate(
+        self, what: str, fn: Callable[..., Any], *args: Any, page_size: int = 500, **kwargs: Any
+    ) -> Iterator[Any]:
         token: str | None = None
         while True:
             extra = {"_continue": token} if token else {}
-            page = self._call(what, lambda: fn(*args, limit=page_size,
-                                               _request_timeout=REQUEST_TIMEOUT,
-                                               **kwargs, **extra))
+            page = self._call(
+                what,
+                lambda: fn(
+                    *args, limit=page_size, _request_timeout=REQUEST_TIMEOUT, **kwargs, **extra
+                ),
+            )
             yield from page.items or []
             token = page.metadata._continue if page.metadata else None
             if not token:
                 return
 
-    def _call(self, what: str, fn: Callable[[], T], *,
-              not_found: Callable[[], Exception] | None = None,
-              conflict: Callable[[], Exception] | None = None) -> T:
+    def _call(
+        self,
+        what: str,
+        fn: Callable[[], T],
+        *,
+        not_found: Callable[[], Exception] | None = None,
+        conflict: Callable[[], Exception] | None = None,
+    ) -> T:
         try:
             return fn()
         except ApiException as e:
@@ -347,11 +382,13 @@ def _pod_info(pod: Any) -> PodInfo:
     containers = []
     for c in pod.spec.containers or []:
         st = statuses.get(c.name)
-        containers.append(ContainerInfo(
-            name=c.name,
-            image=(st.image if st and st.image else c.image),
-            image_id=(st.image_id or None) if st else None,
-        ))
+        containers.append(
+            ContainerInfo(
+                name=c.name,
+                image=(st.image if st and st.image else c.image),
+                image_id=(st.image_id or None) if st else None,
+            )
+        )
     return PodInfo(
         namespace=pod.metadata.namespace,
         name=pod.metadata.name,

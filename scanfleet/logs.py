@@ -27,8 +27,16 @@ _SECRET_VALUES = re.compile(
     r"|Bearer\s+\S+"
     r"|(?:client-key-data|token|certificate-authority-data)\s*:\s*\S+)",
 )
-_SAFE_KEYS = {"event", "level", "timestamp", "logger", "scan_id", "run_id", "token_ttl",
-              "kubeconfig_path"}
+_SAFE_KEYS = {
+    "event",
+    "level",
+    "timestamp",
+    "logger",
+    "scan_id",
+    "run_id",
+    "token_ttl",
+    "kubeconfig_path",
+}
 
 
 def redact_text(text: str) -> str:

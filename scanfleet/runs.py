@@ -66,8 +66,12 @@ class RunPlan:
         if self.threshold is not None:
             threshold = parse_threshold(self.threshold, self.threshold_source)
         return ScanOptions(
-            profile=self.profile, threshold=threshold, input_files=self.input_files,
-            extra_args=self.extra_args, token_ttl=self.token_ttl, timeout=self.timeout,
+            profile=self.profile,
+            threshold=threshold,
+            input_files=self.input_files,
+            extra_args=self.extra_args,
+            token_ttl=self.token_ttl,
+            timeout=self.timeout,
             auditor=self.auditor,
         )
 
@@ -85,8 +89,14 @@ def expand_target(kube: KubeClient, target: Target) -> list[Target]:
     return [target.with_container(c.name) for c in pod.containers]
 
 
-def error_summary(run_id: str, target: Target, error: ScanError, now: datetime,
-                  image: str | None = None, image_id: str | None = None) -> dict[str, Any]:
+def error_summary(
+    run_id: str,
+    target: Target,
+    error: ScanError,
+    now: datetime,
+    image: str | None = None,
+    image_id: str | None = None,
+) -> dict[str, Any]:
     """The summary of a target that failed before its scan could start."""
     return {
         "scan_id": scan_id_for(run_id, target),
@@ -106,21 +116,33 @@ def error_summary(run_id: str, target: Target, error: ScanError, now: datetime,
     }
 
 
-def resolve_targets(clients: ClientCache, plan: RunPlan, targets: Iterable[Target],
-                    out_dir: Path, now: Callable[[], datetime] = utcnow) -> list[Target]:
+def resolve_targets(
+    clients: ClientCache,
+    plan: RunPlan,
+    targets: Iterable[Target],
+    out_dir: Path,
+    now: Callable[[], datetime] = utcnow,
+) -> list[Target]:
     """Expand pod-level targets; a pod that cannot be read gets an error summary now."""
     resolved: list[Target] = []
     for t in targets:
         try:
             resolved.extend(expand_target(clients.get(t.context), t))
         except ScanError as e:
-            write_json(summary_path(out_dir, scan_id_for(plan.run_id, t)),
-                       error_summary(plan.run_id, t, e, now()))
+            write_json(
+                summary_path(out_dir, scan_id_for(plan.run_id, t)),
+                error_summary(plan.run_id, t, e, now()),
+            )
     return list(dict.fromkeys(resolved))
 
 
-def scan_one(clients: ClientCache, plan: RunPlan, target: Target, results_dir: Path,
-             now: Callable[[], datetime] = utcnow) -> dict[str, Any]:
+def scan_one(
+    clients: ClientCache,
+    plan: RunPlan,
+    target: Target,
+    results_dir: Path,
+    now: Callable[[], datetime] = utcnow,
+) -> dict[str, Any]:
     """Scan one resolved target of a run (the fleet task and the local pool call this)."""
     out = run_dir(results_dir, plan.run_id)
     try:
@@ -132,9 +154,14 @@ def scan_one(clients: ClientCache, plan: RunPlan, target: Target, results_dir: P
     return run_scan(kube, target, plan.run_id, plan.scan_options(), out, now=now)
 
 
-def run_local(clients: ClientCache, plan: RunPlan, targets: Iterable[Target],
-              results_dir: Path, concurrency: int = 1,
-              now: Callable[[], datetime] = utcnow) -> dict[str, Any]:
+def run_local(
+    clients: ClientCache,
+    plan: RunPlan,
+    targets: Iterable[Target],
+    results_dir: Path,
+    concurrency: int = 1,
+    now: Callable[[], datetime] = utcnow,
+) -> dict[str, Any]:
     """Run every target in-process (threads, no broker), then finalize the run."""
     out = run_dir(results_dir, plan.run_id)
     out.mkdir(parents=True, exist_ok=True)
@@ -149,8 +176,7 @@ def run_local(clients: ClientCache, plan: RunPlan, targets: Iterable[Target],
                 break
     else:
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            for f in [pool.submit(scan_one, clients, plan, t, results_dir, now)
-                      for t in resolved]:
+            for f in [pool.submit(scan_one, clients, plan, t, results_dir, now) for t in resolved]:
                 f.result()
     if interrupted is not None:
         # Targets never started still get a result: nothing ends without one.
@@ -161,8 +187,12 @@ def run_local(clients: ClientCache, plan: RunPlan, targets: Iterable[Target],
     return finalize(plan, results_dir, now)
 
 
-def finalize(plan: RunPlan, results_dir: Path, now: Callable[[], datetime] = utcnow,
-             extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def finalize(
+    plan: RunPlan,
+    results_dir: Path,
+    now: Callable[[], datetime] = utcnow,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Aggregate the run's summaries (streamed from disk) and write run.json."""
     out = run_dir(results_dir, plan.run_id)
     agg = Aggregator()
@@ -179,6 +209,10 @@ def finalize(plan: RunPlan, results_dir: Path, now: Callable[[], datetime] = utc
         **(extra or {}),
     }
     write_json(out / "run.json", run)
-    log.info("run.finished", run_id=plan.run_id, exit_code=run.get("exit_code"),
-             targets=run.get("targets"))
+    log.info(
+        "run.finished",
+        run_id=plan.run_id,
+        exit_code=run.get("exit_code"),
+        targets=run.get("targets"),
+    )
     return run

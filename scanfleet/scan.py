@@ -70,8 +70,15 @@ class _Outcome:
     facts: TargetFacts = field(default_factory=TargetFacts)
 
 
-def run_scan(kube: KubeClient, target: Target, run_id: str, options: ScanOptions,
-             out_dir: Path, *, now: Clock = utcnow) -> dict[str, Any]:
+def run_scan(
+    kube: KubeClient,
+    target: Target,
+    run_id: str,
+    options: ScanOptions,
+    out_dir: Path,
+    *,
+    now: Clock = utcnow,
+) -> dict[str, Any]:
     """Scan one resolved target and write its summary (and raw report) into `out_dir`."""
     if target.container is None:
         raise ValueError("run_scan needs a resolved target (container known)")
@@ -81,8 +88,12 @@ def run_scan(kube: KubeClient, target: Target, run_id: str, options: ScanOptions
     outcome = _Outcome()
     interrupted: ScanInterrupted | None = None
     with structlog.contextvars.bound_contextvars(
-        run_id=run_id, scan_id=scan_id, context=target.context, namespace=target.namespace,
-        pod=target.pod, container=target.container,
+        run_id=run_id,
+        scan_id=scan_id,
+        context=target.context,
+        namespace=target.namespace,
+        pod=target.pod,
+        container=target.container,
     ):
         log.info("scan.started", profile=options.profile)
         try:
@@ -92,22 +103,39 @@ def run_scan(kube: KubeClient, target: Target, run_id: str, options: ScanOptions
             outcome.error = e
         except ScanError as e:
             outcome.error = e
-        summary = _summary(scan_id, run_id, target, options, outcome, started, now(),
-                           time.monotonic() - t0)
+        summary = _summary(
+            scan_id, run_id, target, options, outcome, started, now(), time.monotonic() - t0
+        )
         write_json(summary_path(out_dir, scan_id), summary)
         if outcome.error is not None:
-            log.warning("scan.error", kind=outcome.error.kind, error=str(outcome.error),
-                        cleanup=outcome.cleanup)
+            log.warning(
+                "scan.error",
+                kind=outcome.error.kind,
+                error=str(outcome.error),
+                cleanup=outcome.cleanup,
+            )
         else:
-            log.info("scan.finished", compliance=summary["compliance"],
-                     threshold_passed=summary["threshold"]["passed"], cleanup=outcome.cleanup)
+            log.info(
+                "scan.finished",
+                compliance=summary["compliance"],
+                threshold_passed=summary["threshold"]["passed"],
+                cleanup=outcome.cleanup,
+            )
     if interrupted is not None:
         raise interrupted
     return summary
 
 
-def _scan(kube: KubeClient, target: Target, scan_id: str, run_id: str, options: ScanOptions,
-          out_dir: Path, outcome: _Outcome, started: datetime) -> None:
+def _scan(
+    kube: KubeClient,
+    target: Target,
+    scan_id: str,
+    run_id: str,
+    options: ScanOptions,
+    out_dir: Path,
+    outcome: _Outcome,
+    started: datetime,
+) -> None:
     assert target.container is not None
     pod = kube.read_pod(target.namespace, target.pod)
     container = pod.container(target.container)
@@ -128,12 +156,19 @@ def _scan(kube: KubeClient, target: Target, scan_id: str, run_id: str, options: 
     report.unlink(missing_ok=True)  # a redelivered scan must not judge an old report
     identity = None
     try:
-        with scan_identity(kube, target, scan_id, run_id, ttl=options.token_ttl,
-                           now=started) as identity:
+        with scan_identity(
+            kube, target, scan_id, run_id, ttl=options.token_ttl, now=started
+        ) as identity:
             run_auditor(
-                options.auditor, options.profile, target, report, identity.kubeconfig,
-                input_files=options.input_files, extra_args=options.extra_args,
-                timeout=options.timeout, kill_grace=options.kill_grace,
+                options.auditor,
+                options.profile,
+                target,
+                report,
+                identity.kubeconfig,
+                input_files=options.input_files,
+                extra_args=options.extra_args,
+                timeout=options.timeout,
+                kill_grace=options.kill_grace,
             )
     finally:
         if identity is not None:
@@ -145,9 +180,16 @@ def _scan(kube: KubeClient, target: Target, scan_id: str, run_id: str, options: 
     outcome.ids = control_ids(controls)
 
 
-def _summary(scan_id: str, run_id: str, target: Target, options: ScanOptions,
-             outcome: _Outcome, started: datetime, finished: datetime,
-             duration: float) -> dict[str, Any]:
+def _summary(
+    scan_id: str,
+    run_id: str,
+    target: Target,
+    options: ScanOptions,
+    outcome: _Outcome,
+    started: datetime,
+    finished: datetime,
+    duration: float,
+) -> dict[str, Any]:
     counts = outcome.counts
     threshold: dict[str, Any] = {"passed": None, "failures": []}
     if counts is not None and options.threshold is not None:

@@ -46,7 +46,9 @@ class Settings:
             broker_url=env.get("SCANFLEET_BROKER_URL") or d.broker_url,
             results_dir=Path(env.get("SCANFLEET_RESULTS_DIR") or d.results_dir),
             auditor=env.get("SCANFLEET_AUDITOR") or d.auditor,
-            cluster_concurrency=_int(env, "SCANFLEET_CLUSTER_CONCURRENCY", d.cluster_concurrency, 1),
+            cluster_concurrency=_int(
+                env, "SCANFLEET_CLUSTER_CONCURRENCY", d.cluster_concurrency, 1
+            ),
             token_ttl=_int(env, "SCANFLEET_TOKEN_TTL", d.token_ttl, 1),
             scan_timeout=_int(env, "SCANFLEET_SCAN_TIMEOUT", d.scan_timeout, 1),
             log_format=_choice(env, "SCANFLEET_LOG_FORMAT", d.log_format, ("json", "console")),
@@ -64,9 +66,7 @@ def check_ttl(token_ttl: int, scan_timeout: int) -> None:
     if scan_timeout < 1:
         raise BadInput(f"scan timeout {scan_timeout}s must be positive")
     if token_ttl <= scan_timeout:
-        raise BadInput(
-            f"token TTL {token_ttl}s must exceed the scan timeout {scan_timeout}s"
-        )
+        raise BadInput(f"token TTL {token_ttl}s must exceed the scan timeout {scan_timeout}s")
 
 
 def _int(env: Mapping[str, str], key: str, default: int, minimum: int) -> int:

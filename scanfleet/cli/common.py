@@ -59,32 +59,55 @@ def bad_input_exits(fn: F) -> F:
 
 def kubeconfig_option(fn: F) -> F:
     return click.option(
-        "--kubeconfig", type=click.Path(dir_okay=False), default=None,
+        "--kubeconfig",
+        type=click.Path(dir_okay=False),
+        default=None,
         help="Admin kubeconfig (default: $KUBECONFIG, then ~/.kube/config).",
     )(fn)
 
 
 def output_option(fn: F) -> F:
     return click.option(
-        "--output", "output", type=click.Path(file_okay=False, path_type=Path), default=None,
+        "--output",
+        "output",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
         help="Results directory (default: $SCANFLEET_RESULTS_DIR, else ./scanfleet-results).",
     )(fn)
 
 
 def scan_options(fn: F) -> F:
     """Options shared by `scan` and `submit`: what to run and how to judge it."""
-    for opt in reversed([
-        click.option("--profile", required=True, help="InSpec profile: path, URL or name."),
-        click.option("--threshold", type=click.Path(dir_okay=False, path_type=Path),
-                     default=None, help="Target threshold file (SAF CLI format)."),
-        click.option("--input-file", "input_files", multiple=True,
-                     type=click.Path(dir_okay=False, path_type=Path),
-                     help="InSpec input file (repeatable)."),
-        click.option("--token-ttl", type=int, default=None,
-                     help="Scan token lifetime in seconds (600..86400; default 3600)."),
-        click.option("--timeout", type=int, default=None,
-                     help="Auditor timeout in seconds (default 1800)."),
-    ]):
+    for opt in reversed(
+        [
+            click.option("--profile", required=True, help="InSpec profile: path, URL or name."),
+            click.option(
+                "--threshold",
+                type=click.Path(dir_okay=False, path_type=Path),
+                default=None,
+                help="Target threshold file (SAF CLI format).",
+            ),
+            click.option(
+                "--input-file",
+                "input_files",
+                multiple=True,
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="InSpec input file (repeatable).",
+            ),
+            click.option(
+                "--token-ttl",
+                type=int,
+                default=None,
+                help="Scan token lifetime in seconds (600..86400; default 3600).",
+            ),
+            click.option(
+                "--timeout",
+                type=int,
+                default=None,
+                help="Auditor timeout in seconds (default 1800).",
+            ),
+        ]
+    ):
         fn = opt(fn)
     return fn
 

@@ -37,10 +37,18 @@ from scanfleet.thresholds import read_threshold_document
 @output_option
 @click.option("--json", "as_json", is_flag=True, help="Print run.json instead of a summary.")
 @bad_input_exits
-def scan_command(target: str, profile: str, threshold: Path | None,
-                 input_files: tuple[Path, ...], token_ttl: int | None, timeout: int | None,
-                 context: str | None, kubeconfig: str | None, output: Path | None,
-                 as_json: bool) -> None:
+def scan_command(
+    target: str,
+    profile: str,
+    threshold: Path | None,
+    input_files: tuple[Path, ...],
+    token_ttl: int | None,
+    timeout: int | None,
+    context: str | None,
+    kubeconfig: str | None,
+    output: Path | None,
+    as_json: bool,
+) -> None:
     """Scan NAMESPACE/POD[/CONTAINER] with a throwaway least-privilege identity."""
     settings = load_settings()
     ttl = token_ttl if token_ttl is not None else settings.token_ttl
@@ -53,9 +61,16 @@ def scan_command(target: str, profile: str, threshold: Path | None,
     inputs = check_files(input_files, "input file")
     now = utcnow()
     plan = RunPlan(
-        run_id=new_run_id(now), source="scan", profile=profile, created_at=iso(now),
-        threshold=threshold_doc, threshold_source=str(threshold) if threshold else "threshold",
-        input_files=inputs, token_ttl=ttl, timeout=scan_timeout, auditor=settings.auditor,
+        run_id=new_run_id(now),
+        source="scan",
+        profile=profile,
+        created_at=iso(now),
+        threshold=threshold_doc,
+        threshold_source=str(threshold) if threshold else "threshold",
+        input_files=inputs,
+        token_ttl=ttl,
+        timeout=scan_timeout,
+        auditor=settings.auditor,
     )
     plan.scan_options()  # validates the threshold document before anything is created
     clients = ClientCache(kcfg)
@@ -80,8 +95,10 @@ def print_run(run: dict[str, Any], as_json: bool) -> None:
     )
     c = run["counts"]
     click.echo(
-        "controls: " + "  ".join(f"{s}: {c[s]['total']}" for s in
-                                 ("passed", "failed", "skipped", "no_impact", "error"))
+        "controls: "
+        + "  ".join(
+            f"{s}: {c[s]['total']}" for s in ("passed", "failed", "skipped", "no_impact", "error")
+        )
         + f"  compliance: {run['compliance']}%"
     )
     for ft in run.get("failing_targets", []):
