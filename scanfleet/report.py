@@ -63,10 +63,12 @@ def _raw_control(obj: object, where: str) -> _Raw:
         impact = _DEFAULT_IMPACT
     if isinstance(impact, bool) or not isinstance(impact, int | float):
         raise InvalidReport(f"invalid exec-JSON report: control {cid!r} has a non-numeric impact")
-    results = obj.get("results") or []
+    results = obj.get("results", [])
+    results = [] if results is None else results
     if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
         raise InvalidReport(f"invalid exec-JSON report: control {cid!r} has malformed results")
-    tags = obj.get("tags") or {}
+    tags = obj.get("tags", {})
+    tags = {} if tags is None else tags
     if not isinstance(tags, dict):
         raise InvalidReport(f"invalid exec-JSON report: control {cid!r} has malformed tags")
     waiver = obj.get("waiver_data") or {}
@@ -89,7 +91,7 @@ def _profiles(data: object) -> list[_Profile]:
         if not isinstance(prof, dict):
             raise InvalidReport(f"invalid exec-JSON report: {_where(i, None)} is not an object")
         name, parent = prof.get("name"), prof.get("parent_profile")
-        controls = prof.get("controls") or []
+        controls = prof.get("controls", [])
         if not isinstance(controls, list):
             raise InvalidReport(f"invalid exec-JSON report: {_where(i, name)} has no control list")
         raws = [_raw_control(c, _where(i, name, j)) for j, c in enumerate(controls)]

@@ -116,7 +116,9 @@ class Threshold:
             parts.append(f"missing {_listed(expected - actual)}")
         if actual - expected:
             parts.append(f"unexpected {_listed(actual - expected)}")
-        return [f"{key}: {len(actual)} ids, expected exactly {len(expected)}; " + "; ".join(parts)]
+        n = len(actual)
+        head = f"{key}: {n} id{'' if n == 1 else 's'}, expected exactly {len(expected)}; "
+        return [head + "; ".join(parts)]
 
 
 def _flatten(
