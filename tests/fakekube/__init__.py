@@ -1,0 +1,19 @@
+"""A fake Kubernetes API server for scanfleet's tests (real HTTP/HTTPS on 127.0.0.1).
+
+    from fakekube import FakeCluster, write_kubeconfig
+    with FakeCluster() as cluster:
+        cluster.add_namespace("apps")
+        cluster.add_pod("apps", "web", containers=["app"])
+        cluster.write_kubeconfig(tmp_path / "config")
+
+See ``FakeCluster`` for seeding, inspection (objects, requests, issued_tokens, exec_attempts),
+fault injection (fail, drop_connections) and RBAC knobs (set_admin_rules).
+"""
+
+from .cluster import FakeCluster
+from .kubeconfig import AUTH_MODES, write_kubeconfig
+from .rbac import Identity
+from .state import ExecAttempt, RecordedRequest
+
+__all__ = ["AUTH_MODES", "ExecAttempt", "FakeCluster", "Identity", "RecordedRequest",
+           "write_kubeconfig"]
