@@ -17,6 +17,7 @@ from scanfleet.cli.common import (
     load_settings,
     main_group,
     output_option,
+    threshold_document,
     results_dir,
     scan_options,
 )
@@ -26,7 +27,6 @@ from scanfleet.runs import RunPlan, run_local
 from scanfleet.scan import utcnow
 from scanfleet.settings import check_ttl
 from scanfleet.targets import parse_target
-from scanfleet.thresholds import read_threshold_document
 
 
 @main_group.command("scan")
@@ -57,7 +57,7 @@ def scan_command(
     kcfg = default_kubeconfig(kubeconfig, os.environ)
     ctx = choose_contexts(kcfg, [context] if context else [], False)[0]
     tgt = parse_target(target, ctx)
-    threshold_doc = read_threshold_document(threshold) if threshold else None
+    threshold_doc = threshold_document(threshold)
     inputs = check_files(input_files, "input file")
     now = utcnow()
     plan = RunPlan(
