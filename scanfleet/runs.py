@@ -1,31 +1,46 @@
 """A run: many target scans with one id, judged together when the last one ends.
 
-Serves `scan` (one target, in-process), `submit --local` (a thread pool, no broker) and the
-fleet (Celery tasks call `scan_one` and, for the last target, `finalize`). Run settings
-travel as a `RunPlan`: plain JSON, never a credential — contexts by name, the threshold as
-its parsed document (so a worker on another host can judge without the file).
+One pipeline, three drivers: `scan` (one target, in-process), `submit --local` (a thread
+pool, no broker) and the fleet (Celery tasks). Every driver goes through the same service
+functions:
+
+    entries (resolved targets)  →  execute_target() per entry   →  record()  →  finalize
+                                   (cluster slot, scan, covered      (state)     once, when
+                                    summaries for --dedupe-images)               done == total
+
+They differ only in the `RunState` (in memory, or `RunStore` in Redis) and the `Limiter`
+(a semaphore per context, or Redis leases). Run settings travel as a `RunPlan`: plain JSON,
+never a credential — contexts by name, the threshold as its parsed document (so a worker on
+another host can judge without the file).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from scanfleet.aggregate import Aggregator
-from scanfleet.errors import ScanError, ScanInterrupted
+from scanfleet.discovery import Entry, dedupe_images, resolve
+from scanfleet.errors import BadInput, ScanError, ScanInterrupted
 from scanfleet.kube import ClientCache, KubeClient
+from scanfleet.leases import Limiter, LocalLeases
 from scanfleet.results import iso, iter_summaries, run_dir, summary_path, write_json
 from scanfleet.scan import ScanOptions, run_scan, utcnow
 from scanfleet.targets import Target, scan_id_for
 from scanfleet.thresholds import FleetThreshold, Threshold, parse_fleet_threshold, parse_threshold
 
 log = structlog.get_logger("scanfleet.runs")
+
+Clock = Callable[[], datetime]
+Progress = Callable[[int, int], None]
+"""Called with (done, total) after each recorded result."""
 
 
 @dataclass(frozen=True)
@@ -92,18 +107,24 @@ def expand_target(kube: KubeClient, target: Target) -> list[Target]:
 def error_summary(
     run_id: str,
     target: Target,
-    error: ScanError,
+    error: ScanError | Mapping[str, Any],
     now: datetime,
+    *,
     image: str | None = None,
     image_id: str | None = None,
 ) -> dict[str, Any]:
     """The summary of a target that failed before its scan could start."""
+    err = (
+        {"kind": error.kind, "message": str(error)}
+        if isinstance(error, ScanError)
+        else {"kind": str(error.get("kind")), "message": str(error.get("message"))}
+    )
     return {
         "scan_id": scan_id_for(run_id, target),
         "run_id": run_id,
         "target": {**target.to_dict(), "image": image, "image_id": image_id},
         "status": "error",
-        "error": {"kind": error.kind, "message": str(error)},
+        "error": err,
         "covered_by": None,
         "started_at": iso(now),
         "finished_at": iso(now),
@@ -116,24 +137,45 @@ def error_summary(
     }
 
 
-def resolve_targets(
-    clients: ClientCache,
-    plan: RunPlan,
-    targets: Iterable[Target],
-    out_dir: Path,
-    now: Callable[[], datetime] = utcnow,
-) -> list[Target]:
-    """Expand pod-level targets; a pod that cannot be read gets an error summary now."""
-    resolved: list[Target] = []
-    for t in targets:
-        try:
-            resolved.extend(expand_target(clients.get(t.context), t))
-        except ScanError as e:
-            write_json(
-                summary_path(out_dir, scan_id_for(plan.run_id, t)),
-                error_summary(plan.run_id, t, e, now()),
-            )
-    return list(dict.fromkeys(resolved))
+def covered_summary(summary: Mapping[str, Any], run_id: str, entry: Entry) -> dict[str, Any]:
+    """--dedupe-images: the covering scan's result, with the covered target's own identity."""
+    return {
+        **summary,
+        "scan_id": scan_id_for(run_id, entry.target),
+        "target": {**entry.target.to_dict(), "image": entry.image, "image_id": entry.image_id},
+        "covered_by": summary["scan_id"],
+    }
+
+
+class RunState(Protocol):
+    """Where a run's progress lives: `LocalState` in memory, `store.RunStore` in Redis."""
+
+    def is_done(self, run_id: str, scan_id: str) -> bool: ...
+
+    def mark_running(self, run_id: str, scan_id: str) -> None: ...
+
+    def covered(self, run_id: str, scan_id: str) -> list[dict[str, Any]]: ...
+
+    def finish(
+        self, run_id: str, outcomes: Sequence[tuple[str, str]]
+    ) -> tuple[int, int, int]: ...
+
+    def begin_finalize(self, run_id: str, lock_seconds: int = 300) -> bool: ...
+
+    def end_finalize(self, run_id: str, run: Mapping[str, Any]) -> None: ...
+
+    def is_finalized(self, run_id: str) -> bool: ...
+
+
+@dataclass
+class Pipeline:
+    """What executing a target needs besides the plan and the target."""
+
+    clients: ClientCache
+    state: RunState
+    limiter: Limiter
+    results_dir: Path
+    now: Clock = utcnow
 
 
 def scan_one(
@@ -141,17 +183,173 @@ def scan_one(
     plan: RunPlan,
     target: Target,
     results_dir: Path,
-    now: Callable[[], datetime] = utcnow,
+    now: Clock = utcnow,
 ) -> dict[str, Any]:
-    """Scan one resolved target of a run (the fleet task and the local pool call this)."""
+    """Scan one resolved target of a run and write its summary (never raises ScanError)."""
     out = run_dir(results_dir, plan.run_id)
     try:
         kube = clients.get(target.context)
-    except ScanError as e:
-        summary = error_summary(plan.run_id, target, e, now())
+    except (ScanError, BadInput) as e:
+        # BadInput here: the worker's kubeconfig lacks the context the submitter had.
+        err = e if isinstance(e, ScanError) else {"kind": "api_error", "message": str(e)}
+        summary = error_summary(plan.run_id, target, err, now())
         write_json(summary_path(out, summary["scan_id"]), summary)
         return summary
     return run_scan(kube, target, plan.run_id, plan.scan_options(), out, now=now)
+
+
+def execute_target(pipe: Pipeline, plan: RunPlan, target: Target) -> dict[str, Any] | None:
+    """The service every driver calls for one target: slot → scan → record → maybe finalize.
+
+    Idempotent under redelivery: a target already recorded is not scanned again (None is
+    returned, and the run is finalized if that had not happened yet). Raises
+    `leases.NoSlot` when its cluster is at the cap (the caller retries later) and
+    `ScanInterrupted` after the interrupted scan's summary is written.
+    """
+    scan_id = scan_id_for(plan.run_id, target)
+    if pipe.state.is_done(plan.run_id, scan_id):
+        log.info("scan.already_done", run_id=plan.run_id, scan_id=scan_id)
+        maybe_finalize(pipe, plan)
+        return None
+    with pipe.limiter.slot(target.context, scan_id):
+        pipe.state.mark_running(plan.run_id, scan_id)
+        summary = scan_one(pipe.clients, plan, target, pipe.results_dir, pipe.now)
+    record(pipe, plan, summary)
+    return summary
+
+
+def record_error(pipe: Pipeline, plan: RunPlan, entry: Entry) -> dict[str, Any]:
+    """An entry that could not be resolved at submit time: its error is its result."""
+    assert entry.error is not None
+    summary = error_summary(
+        plan.run_id, entry.target, entry.error, pipe.now(), image=entry.image,
+        image_id=entry.image_id,
+    )
+    write_json(summary_path(run_dir(pipe.results_dir, plan.run_id), summary["scan_id"]), summary)
+    record(pipe, plan, summary)
+    return summary
+
+
+def record(pipe: Pipeline, plan: RunPlan, summary: Mapping[str, Any]) -> None:
+    """Write covered summaries, count the results, finalize if this was the last one."""
+    out = run_dir(pipe.results_dir, plan.run_id)
+    outcomes = [(str(summary["scan_id"]), str(summary["status"]))]
+    for covered in pipe.state.covered(plan.run_id, str(summary["scan_id"])):
+        cs = covered_summary(summary, plan.run_id, Entry.from_dict(covered))
+        write_json(summary_path(out, cs["scan_id"]), cs)
+        outcomes.append((cs["scan_id"], cs["status"]))
+    _added, done, total = pipe.state.finish(plan.run_id, outcomes)
+    if done >= total:
+        maybe_finalize(pipe, plan)
+
+
+def maybe_finalize(pipe: Pipeline, plan: RunPlan) -> dict[str, Any] | None:
+    """Aggregate the run if every target is recorded and nobody else has (SET NX lock)."""
+    if pipe.state.is_finalized(plan.run_id):
+        return None
+    _added, done, total = pipe.state.finish(plan.run_id, [])
+    if done < total or not pipe.state.begin_finalize(plan.run_id):
+        return None
+    run = finalize(plan, pipe.results_dir, pipe.now)
+    pipe.state.end_finalize(plan.run_id, run)
+    return run
+
+
+def fan_out(
+    pipe: Pipeline,
+    plan: RunPlan,
+    entries: Iterable[Entry],
+    enqueue: Callable[[Target], None],
+) -> int:
+    """One chunk of a fleet run: queue a scan per entry; record unresolvable ones at once.
+
+    Returns how many scans were queued. Safe to repeat: a repeated chunk queues scans whose
+    redelivered copies find their target done (or leased) and record nothing twice.
+    """
+    queued = 0
+    for e in entries:
+        if e.error is not None:
+            if not pipe.state.is_done(plan.run_id, scan_id_for(plan.run_id, e.target)):
+                record_error(pipe, plan, e)
+        else:
+            enqueue(e.target)
+            queued += 1
+    return queued
+
+
+def record_failure(
+    pipe: Pipeline, plan: RunPlan, target: Target, exc: BaseException
+) -> dict[str, Any]:
+    """Last resort: an unexpected failure still gives the target a result, so the run ends."""
+    error = {"kind": "api_error", "message": f"scan failed: {type(exc).__name__}: {exc}"[:500]}
+    if isinstance(exc, ScanError):
+        error = {"kind": exc.kind, "message": str(exc)}
+    summary = error_summary(plan.run_id, target, error, pipe.now())
+    write_json(summary_path(run_dir(pipe.results_dir, plan.run_id), summary["scan_id"]), summary)
+    record(pipe, plan, summary)
+    return summary
+
+
+class LocalState:
+    """RunState in memory, for `submit --local` and `scan`."""
+
+    def __init__(self, entries: Sequence[Entry], progress: Progress | None = None) -> None:
+        self.total = sum(e.size() for e in entries)
+        self.covers: dict[str, list[dict[str, Any]]] = {}
+        self.states: dict[str, str] = {}
+        self.done: set[str] = set()
+        self.run: dict[str, Any] | None = None
+        self._finalizing = False
+        self._lock = threading.Lock()
+        self._progress = progress
+        self._run_id: str | None = None
+        self._entries = entries
+
+    def bind(self, run_id: str) -> LocalState:
+        self._run_id = run_id
+        self.covers = {
+            scan_id_for(run_id, e.target): [c.to_dict() for c in e.covers]
+            for e in self._entries
+            if e.covers
+        }
+        return self
+
+    def is_done(self, run_id: str, scan_id: str) -> bool:
+        with self._lock:
+            return scan_id in self.done
+
+    def mark_running(self, run_id: str, scan_id: str) -> None:
+        with self._lock:
+            self.states.setdefault(scan_id, "running")
+
+    def covered(self, run_id: str, scan_id: str) -> list[dict[str, Any]]:
+        return self.covers.get(scan_id, [])
+
+    def finish(self, run_id: str, outcomes: Sequence[tuple[str, str]]) -> tuple[int, int, int]:
+        with self._lock:
+            added = 0
+            for scan_id, status in outcomes:
+                if scan_id not in self.done:
+                    self.done.add(scan_id)
+                    self.states[scan_id] = status
+                    added += 1
+            done = len(self.done)
+        if added and self._progress is not None:
+            self._progress(done, self.total)
+        return added, done, self.total
+
+    def begin_finalize(self, run_id: str, lock_seconds: int = 300) -> bool:
+        with self._lock:
+            if self._finalizing:
+                return False
+            self._finalizing = True
+            return True
+
+    def end_finalize(self, run_id: str, run: Mapping[str, Any]) -> None:
+        self.run = dict(run)
+
+    def is_finalized(self, run_id: str) -> bool:
+        return self.run is not None
 
 
 def run_local(
@@ -159,32 +357,77 @@ def run_local(
     plan: RunPlan,
     targets: Iterable[Target],
     results_dir: Path,
+    *,
     concurrency: int = 1,
-    now: Callable[[], datetime] = utcnow,
+    now: Clock = utcnow,
+    entries: Sequence[Entry] | None = None,
+    cluster_concurrency: int = 10,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Run every target in-process (threads, no broker), then finalize the run."""
+    """Run every target in-process (threads, no broker), then return the run summary.
+
+    `entries` (from discovery) replace `targets` when given. The per-cluster cap is a
+    semaphore per context, as the fleet's is a lease per context.
+    """
     out = run_dir(results_dir, plan.run_id)
     out.mkdir(parents=True, exist_ok=True)
-    resolved = resolve_targets(clients, plan, targets, out, now)
+    if entries is None:
+        entries = resolve(clients, targets, need_images=plan.dedupe_images)
+    if plan.dedupe_images:
+        entries = dedupe_images(entries)
+    state = LocalState(entries, progress).bind(plan.run_id)
+    pipe = Pipeline(clients, state, LocalLeases(cluster_concurrency), results_dir, now)
     interrupted: ScanInterrupted | None = None
+
+    def one(e: Entry) -> None:
+        if e.error is not None:
+            record_error(pipe, plan, e)
+        else:
+            execute_target(pipe, plan, e.target)
+
     if concurrency <= 1:
-        for t in resolved:
+        for e in entries:
             try:
-                scan_one(clients, plan, t, results_dir, now)
-            except ScanInterrupted as e:
-                interrupted = e
+                one(e)
+            except ScanInterrupted as exc:
+                interrupted = exc
                 break
     else:
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            for f in [pool.submit(scan_one, clients, plan, t, results_dir, now) for t in resolved]:
-                f.result()
+            futures = [pool.submit(one, e) for e in entries]
+            for f in futures:
+                try:
+                    f.result()
+                except ScanInterrupted as exc:
+                    interrupted = exc
+                    for other in futures:
+                        other.cancel()
     if interrupted is not None:
-        # Targets never started still get a result: nothing ends without one.
-        for t in resolved:
-            p = summary_path(out, scan_id_for(plan.run_id, t))
+        _close_interrupted(pipe, plan, entries, interrupted)
+    if state.run is None:  # nothing to scan, or the interruption path recorded the rest
+        maybe_finalize(pipe, plan)
+    if state.run is None:
+        state.run = finalize(plan, results_dir, now)
+    return state.run
+
+
+def _close_interrupted(
+    pipe: Pipeline, plan: RunPlan, entries: Sequence[Entry], interrupted: ScanInterrupted
+) -> None:
+    """Targets never started still get a result: nothing ends without one."""
+    out = run_dir(pipe.results_dir, plan.run_id)
+    for e in entries:
+        for t in (e, *e.covers):
+            scan_id = scan_id_for(plan.run_id, t.target)
+            if pipe.state.is_done(plan.run_id, scan_id):
+                continue
+            p = summary_path(out, scan_id)
             if not p.exists():
-                write_json(p, error_summary(plan.run_id, t, interrupted, now()))
-    return finalize(plan, results_dir, now)
+                write_json(
+                    p, error_summary(plan.run_id, t.target, interrupted, pipe.now(),
+                                  image=t.image, image_id=t.image_id)
+                )
+            pipe.state.finish(plan.run_id, [(scan_id, "error")])
 
 
 def finalize(

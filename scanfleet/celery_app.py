@@ -1,0 +1,131 @@
+"""The Celery application: Redis broker, JSON only, at-least-once delivery.
+
+Delivery guarantees the fleet builds on (kombu's Redis transport):
+- `task_acks_late` + `task_reject_on_worker_lost`: a message is acknowledged only after its
+  task returns; a worker that dies mid-scan leaves it in kombu's `unacked` set, and any
+  live worker's periodic `restore_visible` sweep puts it back on the queue once it is older
+  than `visibility_timeout`. The visibility timeout is therefore above the longest task
+  (scan timeout + time limits' margin), or a slow scan would be delivered twice.
+- `worker_prefetch_multiplier = 1`: a worker reserves no more scans than it has processes.
+- No result backend: run state is ours, in Redis (store.py).
+Tasks are idempotent (scan ids derive from run and target, results are a set), so the rare
+duplicate delivery costs time, never a second result.
+
+Environment (read here, once; the rest of the configuration is `Settings`):
+- `SCANFLEET_VISIBILITY_TIMEOUT` seconds (default: hard time limit + 300). Tests use a
+  few seconds so a killed worker's scans come back quickly; in production leave it above
+  the longest scan.
+- `SCANFLEET_LEASE_SECONDS` (default 60): a cluster-slot lease's lifetime between
+  heartbeats; how long a dead worker's slot stays taken.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+from celery.signals import setup_logging
+
+from scanfleet.errors import BadInput
+from scanfleet.settings import Settings
+
+QUEUE = "scanfleet"
+FAN_OUT_TASK = "scanfleet.fan_out"
+SCAN_TASK = "scanfleet.scan_target"
+CHUNK_SIZE = 500
+"""Targets per fan-out message: bounded messages, and submit never blocks on 10k publishes."""
+
+
+@dataclass(frozen=True)
+class FleetTuning:
+    """Delivery and lease timings derived from the scan timeout."""
+
+    soft_time_limit: int
+    """Seconds before SoftTimeLimitExceeded: the scan's own timeout fires well before."""
+    time_limit: int
+    """Hard limit: the process is killed (and the scan redelivered) after this."""
+    visibility_timeout: int
+    """Seconds an unacknowledged message waits before redelivery (SCANFLEET_VISIBILITY_TIMEOUT)."""
+    lease_seconds: int
+    """Cluster-slot lease lifetime between heartbeats (SCANFLEET_LEASE_SECONDS)."""
+
+    @classmethod
+    def from_env(cls, settings: Settings, env: Mapping[str, str] | None = None) -> FleetTuning:
+        env = os.environ if env is None else env
+        # Minting and revoking are a few API calls each, retried with backoff: 5 min margin.
+        soft = settings.scan_timeout + 240
+        hard = settings.scan_timeout + 300
+        return cls(
+            soft_time_limit=soft,
+            time_limit=hard,
+            visibility_timeout=_positive(env, "SCANFLEET_VISIBILITY_TIMEOUT", hard + 300),
+            lease_seconds=_positive(env, "SCANFLEET_LEASE_SECONDS", 60),
+        )
+
+
+def _positive(env: Mapping[str, str], key: str, default: int) -> int:
+    raw = env.get(key)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadInput(f"{key}={raw!r} is not a whole number") from None
+    if value < 1:
+        raise BadInput(f"{key}={raw!r} must be at least 1")
+    return value
+
+
+def make_app(settings: Settings, tuning: FleetTuning) -> Celery:
+    app = Celery("scanfleet", broker=settings.broker_url, include=["scanfleet.tasks"])
+    vt = tuning.visibility_timeout
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        event_serializer="json",
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=QUEUE,
+        task_ignore_result=True,
+        result_backend=None,
+        task_soft_time_limit=tuning.soft_time_limit,
+        task_time_limit=tuning.time_limit,
+        broker_transport_options={
+            "visibility_timeout": vt,
+            # Sweep for abandoned messages often enough to honour a short visibility
+            # timeout; throttle 1 makes the interval the only control.
+            "unacked_restore_interval": max(1, min(10, vt // 4)),
+            "unacked_restore_throttle": 1,
+            # The restore mutex of a killed sweeper blocks sweeps until it expires.
+            "unacked_mutex_expire": max(10, min(300, vt)),
+            "socket_timeout": 30,
+            "socket_connect_timeout": 10,
+            "health_check_interval": 10,
+        },
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        # On a broker connection loss, keep running scans: cancelling would abort audits
+        # halfway, and the redelivered copy finds the target done and records nothing twice.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+    )
+    return app
+
+
+def _keep_our_logging(**_kwargs: Any) -> None:
+    """A receiver here stops Celery configuring logging: `scanfleet worker` already did."""
+
+
+setup_logging.connect(_keep_our_logging, weak=False)
+
+settings = Settings.from_env()
+tuning = FleetTuning.from_env(settings)
+app = make_app(settings, tuning)

@@ -1,0 +1,149 @@
+"""Celery tasks: thin. Decode arguments, bind log context, call one service in runs.py.
+
+    scanfleet.fan_out(run_id, start, stop)
+        read target entries [start, stop) of the run from Redis, queue one scan_target each
+        (entries that could not be resolved at submit time are recorded as errors here)
+    scanfleet.scan_target(run_id, target)
+        target = {context, namespace, pod, container}: runs.execute_target, the service
+        `submit --local` runs too
+
+Messages carry a run id and context/namespace/pod/container names: never a credential or
+kubeconfig content. The run plan is read from Redis by run id. Retries: cluster at its cap
+or this scan leased elsewhere (`NoSlot`), Redis unreachable (`StoreUnavailable`). Anything
+else still gives the target an error result, so one bad target never stalls the run.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import structlog
+from celery.signals import worker_process_init
+
+from scanfleet.celery_app import FAN_OUT_TASK, QUEUE, SCAN_TASK, app, settings, tuning
+from scanfleet.discovery import Entry
+from scanfleet.errors import ScanInterrupted
+from scanfleet.kube import ClientCache, default_kubeconfig
+from scanfleet.leases import NoSlot, RedisLeases, SlotBusy
+from scanfleet.runs import Pipeline, RunPlan, execute_target, fan_out, record_failure
+from scanfleet.store import RunStore, StoreUnavailable
+from scanfleet.targets import Target
+
+log = structlog.get_logger("scanfleet.tasks")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Runtime:
+    """Per worker process: one Redis client, one Kubernetes client per context, plans."""
+
+    def __init__(self) -> None:
+        self.store = RunStore.from_url(
+            settings.broker_url, settings.key_prefix, settings.retention_days
+        )
+        self.clients = ClientCache(default_kubeconfig(None, os.environ))
+        self.leases = RedisLeases(
+            self.store, settings.cluster_concurrency, lease_seconds=tuning.lease_seconds
+        )
+        self._plans: dict[str, tuple[RunPlan, Path]] = {}
+
+    def run(self, run_id: str) -> tuple[RunPlan, Pipeline] | None:
+        cached = self._plans.get(run_id)
+        if cached is None:
+            data = self.store.plan(run_id)
+            if data is None:
+                return None
+            meta = self.store.meta(run_id)
+            results = Path(meta.get("results_dir") or settings.results_dir)
+            if len(self._plans) > 64:
+                self._plans.clear()
+            cached = self._plans[run_id] = (RunPlan.from_dict(data), results)
+        plan, results = cached
+        return plan, Pipeline(self.clients, self.store, self.leases, results)
+
+
+_runtime: _Runtime | None = None
+_runtime_lock = threading.Lock()
+
+
+def runtime() -> _Runtime:
+    global _runtime  # noqa: PLW0603 - one per process, created lazily after the fork
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = _Runtime()
+        return _runtime
+
+
+def _fresh_runtime(**_kwargs: Any) -> None:
+    """A forked child must not share its parent's sockets."""
+    global _runtime  # noqa: PLW0603
+    _runtime = None
+
+
+worker_process_init.connect(_fresh_runtime, weak=False)
+
+
+def _task(**options: Any) -> Callable[[F], F]:
+    """`app.task`, typed (Celery ships no annotations)."""
+    return cast(Callable[[F], F], app.task(**options))
+
+
+@_task(bind=True, name=FAN_OUT_TASK, max_retries=None, acks_late=True)
+def fan_out_task(self: Any, run_id: str, start: int, stop: int) -> int:
+    with structlog.contextvars.bound_contextvars(run_id=run_id):
+        try:
+            rt = runtime()
+            found = rt.run(run_id)
+            if found is None:
+                log.warning("run.unknown", start=start, stop=stop)
+                return 0
+            plan, pipe = found
+            entries = [Entry.from_dict(d) for d in rt.store.entries(run_id, start, stop)]
+
+            def enqueue(target: Target) -> None:
+                app.send_task(SCAN_TASK, args=[run_id, target.to_dict()], queue=QUEUE)
+
+            n = fan_out(pipe, plan, entries, enqueue)
+            log.info("run.fanned_out", start=start, stop=stop, queued=n)
+            return n
+        except StoreUnavailable as e:
+            raise self.retry(countdown=5, exc=e) from e
+
+
+@_task(bind=True, name=SCAN_TASK, max_retries=None, acks_late=True)
+def scan_target(self: Any, run_id: str, target: dict[str, Any]) -> str | None:
+    t = Target.from_dict(target)
+    with structlog.contextvars.bound_contextvars(
+        run_id=run_id, context=t.context, namespace=t.namespace, pod=t.pod, container=t.container
+    ):
+        try:
+            rt = runtime()
+            found = rt.run(run_id)
+            if found is None:
+                log.warning("run.unknown")
+                return None
+            plan, pipe = found
+        except StoreUnavailable as e:
+            raise self.retry(countdown=5, exc=e) from e
+        try:
+            summary = execute_target(pipe, plan, t)
+        except SlotBusy as e:
+            # Another delivery of this scan holds its lease: check back once it could end.
+            raise self.retry(countdown=max(1, tuning.lease_seconds // 2), exc=e) from e
+        except NoSlot as e:
+            raise self.retry(countdown=1 + random.random(), exc=e) from e  # noqa: S311
+        except StoreUnavailable as e:
+            raise self.retry(countdown=5, exc=e) from e
+        except ScanInterrupted:
+            raise  # the worker is stopping; the message is redelivered
+        except Exception as e:
+            log.exception("scan.failed_unexpectedly")
+            try:
+                summary = record_failure(pipe, plan, t, e)
+            except StoreUnavailable as e2:
+                raise self.retry(countdown=5, exc=e2) from e2
+        return None if summary is None else str(summary["status"])
