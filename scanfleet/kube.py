@@ -12,6 +12,8 @@ It must never log or raise anything that carries a token, a client key or a kube
 from __future__ import annotations
 
 import base64
+import functools
+import json
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -263,7 +265,7 @@ class KubeClient:
             self._call(
                 f"deleting {kind} {namespace}/{name}",
                 lambda: fn(name, namespace, _request_timeout=REQUEST_TIMEOUT),
-                not_found=lambda: _Gone(),
+                not_found=_Gone,
             )
         except _Gone:
             return False
@@ -296,7 +298,7 @@ class KubeClient:
     ) -> None:
         """Create; if an earlier attempt of the same scan left it (409), replace it."""
         try:
-            self._call(f"creating {what}", create, conflict=lambda: _Exists())
+            self._call(f"creating {what}", create, conflict=_Exists)
         except _Exists:
             self._call(f"replacing {what}", replace)
 
@@ -308,8 +310,8 @@ class KubeClient:
             extra = {"_continue": token} if token else {}
             page = self._call(
                 what,
-                lambda: fn(
-                    *args, limit=page_size, _request_timeout=REQUEST_TIMEOUT, **kwargs, **extra
+                functools.partial(
+                    fn, *args, limit=page_size, _request_timeout=REQUEST_TIMEOUT, **kwargs, **extra
                 ),
             )
             yield from page.items or []
@@ -362,8 +364,6 @@ def _translate(context: str, what: str, e: ApiException) -> Exception:
 
 def _status_message(e: ApiException) -> str:
     """The `message` of a `kind: Status` body, else the HTTP reason; never the raw body."""
-    import json
-
     try:
         body = json.loads(e.body) if e.body else {}
     except (TypeError, ValueError):

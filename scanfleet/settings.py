@@ -26,7 +26,9 @@ class Settings:
     auditor: str = "cinc-auditor"
     """The auditor executable (SCANFLEET_AUDITOR)."""
     cluster_concurrency: int = 10
-    """Most scans at once against one cluster, across all workers (SCANFLEET_CLUSTER_CONCURRENCY)."""
+    """Most scans at once against one cluster, all workers together.
+
+    (SCANFLEET_CLUSTER_CONCURRENCY)"""
     token_ttl: int = 3600
     """Seconds a scan token lives; 600..86400 and above the scan timeout (SCANFLEET_TOKEN_TTL)."""
     scan_timeout: int = 1800

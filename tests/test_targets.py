@@ -38,7 +38,7 @@ def test_bad_targets_name_the_bad_value(text: str, bad: str) -> None:
 
 def test_pod_may_be_a_subdomain_but_namespace_may_not() -> None:
     assert Target("c", "ns", "a.b.c", "x").pod == "a.b.c"
-    with pytest.raises(BadInput, match="namespace 'a.b'"):
+    with pytest.raises(BadInput, match=r"namespace 'a\.b'"):
         Target("c", "a.b", "pod", "x")
 
 
@@ -70,7 +70,7 @@ def test_targets_file_yaml_and_json(tmp_path: Path) -> None:
 def test_bad_targets_file(tmp_path: Path, content: str, needle: str) -> None:
     f = tmp_path / "t.yaml"
     f.write_text(content)
-    with pytest.raises(BadInput, match="t.yaml") as e:
+    with pytest.raises(BadInput, match=r"t\.yaml") as e:
         load_targets_file(f, "ctx")
     assert needle in str(e.value)
 

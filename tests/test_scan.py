@@ -1,0 +1,336 @@
+"""`scanfleet scan` end to end: fake API server, stand-in auditor, real files, exit codes.
+
+Every failure path must end with the right exit code, the right error.kind and no
+scanfleet object left in the fake cluster; no issued token may appear anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from fakekube import FakeCluster
+
+from scanfleet.cli import main_group
+from scanfleet.cli import scan as _register_scan  # noqa: F401
+
+PY = sys.executable
+
+
+@dataclass
+class Outcome:
+    exit_code: int
+    stdout: str
+    stderr: str
+    run: dict[str, Any] | None
+    summaries: list[dict[str, Any]]
+    run_dir: Path | None
+
+
+def collect(results: Path, exit_code: int, stdout: str, stderr: str) -> Outcome:
+    dirs = sorted(p for p in results.iterdir() if p.is_dir()) if results.exists() else []
+    run_dir = dirs[-1] if dirs else None
+    run = json.loads((run_dir / "run.json").read_text()) if run_dir else None
+    summaries = []
+    if run_dir:
+        for p in sorted(run_dir.glob("*.json")):
+            if p.name != "run.json" and not p.name.endswith(".report.json"):
+                summaries.append(json.loads(p.read_text()))
+    return Outcome(exit_code, stdout, stderr, run, summaries, run_dir)
+
+
+@pytest.fixture
+def scan(
+    admin_kubeconfig: Path, standin_auditor: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., Outcome]:
+    results = tmp_path / "results"
+    monkeypatch.setenv("SCANFLEET_AUDITOR", standin_auditor)
+    monkeypatch.setenv("SCANFLEET_STANDIN_CHECK_ACCESS", "1")
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+
+    def run(*args: str, profile: str = "profile-dir") -> Outcome:
+        argv = ["scan", *args, "--profile", profile, "--kubeconfig", str(admin_kubeconfig),
+                "--output", str(results)]
+        r = CliRunner().invoke(main_group, argv, catch_exceptions=False)
+        return collect(results, r.exit_code, r.stdout, r.stderr)
+
+    return run
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_behind(request: pytest.FixtureRequest) -> Any:
+    """Whatever a test does, no scanfleet RBAC object may survive it."""
+    cluster: FakeCluster | None = None
+    if "fake_cluster" in request.fixturenames:
+        cluster = request.getfixturevalue("fake_cluster")
+    yield
+    if cluster is not None:
+        assert cluster.scanfleet_objects() == []
+
+
+def assert_no_token_leak(cluster: FakeCluster, *texts: str, files: Path | None = None) -> None:
+    tokens = cluster.issued_tokens
+    assert tokens, "the scan should have issued a token"
+    blobs = list(texts)
+    if files is not None:
+        blobs += [p.read_text() for p in files.rglob("*") if p.is_file()]
+    for tok in tokens:
+        for blob in blobs:
+            assert tok not in blob
+
+
+def test_scan_one_container_writes_report_summary_and_run(
+    scan: Callable[..., Outcome], fake_cluster: FakeCluster, samples_dir: Path
+) -> None:
+    out = scan("apps/web/app")
+    assert out.exit_code == 0, out.stderr
+    assert out.stdout.splitlines()[0] == out.run["run_id"] if out.run else False
+    [s] = out.summaries
+    assert s["status"] == "completed"
+    assert s["error"] is None
+    assert s["target"] == {"context": "fake", "namespace": "apps", "pod": "web",
+                           "container": "app", "image": "registry.example/web:1.4",
+                           "image_id": s["target"]["image_id"]}
+    assert s["counts"]["failed"] == {"total": 1, "critical": 0, "high": 1, "medium": 0,
+                                     "low": 0, "none": 0}
+    assert s["compliance"] == 0
+    assert s["threshold"] == {"passed": None, "failures": []}
+    assert s["cleanup"] == "complete"
+    assert out.run_dir is not None
+    raw = (out.run_dir / f"{s['scan_id']}.report.json").read_bytes()
+    assert raw == (samples_dir / "minimal_hdf.json").read_bytes()
+    assert out.run is not None
+    assert out.run["targets"]["total"] == 1
+    assert out.run["exit_code"] == 0
+    assert out.run["source"] == "scan"
+    assert out.run["profile"] == "profile-dir"
+    # The stand-in proved with kubectl that the scan identity could read the pod.
+    assert_no_token_leak(fake_cluster, out.stdout, out.stderr, files=out.run_dir)
+
+
+def test_threshold_failure_exits_1_with_every_failure(
+    scan: Callable[..., Outcome], tmp_path: Path
+) -> None:
+    th = tmp_path / "th.yml"
+    th.write_text("failed:\n  high:\n    max: 0\ncompliance.min: 50\n")
+    out = scan("apps/web/app", "--threshold", str(th))
+    assert out.exit_code == 1
+    [s] = out.summaries
+    assert s["threshold"]["passed"] is False
+    assert len(s["threshold"]["failures"]) == 2
+    assert any(f.startswith("failed.high.max") for f in s["threshold"]["failures"])
+    assert "failed.high.max" in out.stdout
+
+
+def test_threshold_met_exits_0(scan: Callable[..., Outcome], tmp_path: Path) -> None:
+    th = tmp_path / "th.yml"
+    th.write_text("failed.high.max: 1\n")
+    out = scan("apps/web/app", "--threshold", str(th))
+    assert out.exit_code == 0
+    assert out.summaries[0]["threshold"] == {"passed": True, "failures": []}
+
+
+def test_pod_without_container_scans_every_regular_container(
+    scan: Callable[..., Outcome], auditor_log: Callable[[], list[dict[str, Any]]]
+) -> None:
+    out = scan("apps/web")
+    assert out.exit_code == 0
+    assert sorted(s["target"]["container"] for s in out.summaries) == ["app", "sidecar"]
+    targets = sorted(rec["argv"][rec["argv"].index("-t") + 1] for rec in auditor_log())
+    assert targets == ["k8s-container://apps/web/app", "k8s-container://apps/web/sidecar"]
+
+
+@pytest.mark.parametrize(
+    ("target", "needle"),
+    [("apps/ghost/app", "ghost"), ("apps/web/nope", "'nope'"), ("nowhere/web/app", "web"),
+     ("apps/pending/app", "Pending")],
+)
+def test_missing_target_is_a_scan_error(
+    scan: Callable[..., Outcome], fake_cluster: FakeCluster, target: str, needle: str
+) -> None:
+    out = scan(target)
+    assert out.exit_code == 3
+    [s] = out.summaries
+    assert s["status"] == "error"
+    assert s["error"]["kind"] == "target_not_found"
+    assert needle in s["error"]["message"]
+    assert not any(r.method == "POST" for r in fake_cluster.requests)
+
+
+@pytest.mark.parametrize(
+    ("plan", "kind", "needle"),
+    [
+        ({"exit": 2, "stderr": "Could not load profile"}, "auditor_exit",
+         "Could not load profile"),
+        ({"garbage": True}, "invalid_report", ""),
+        ({"no_report": True, "exit": 0}, "invalid_report", "no report"),
+        ({"sleep": 30}, "timeout", "2"),
+    ],
+)
+def test_auditor_failures(
+    scan: Callable[..., Outcome], auditor_plan: Callable[..., Path],
+    plan: dict[str, Any], kind: str, needle: str,
+) -> None:
+    auditor_plan({"*": plan})
+    out = scan("apps/web/app", "--timeout", "2")
+    assert out.exit_code == 3, out.stderr
+    [s] = out.summaries
+    assert s["error"]["kind"] == kind
+    assert needle in s["error"]["message"]
+    assert s["cleanup"] == "complete"
+    assert out.run is not None
+    assert out.run["targets"]["error"] == 1
+
+
+def test_auditor_missing(scan: Callable[..., Outcome], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCANFLEET_AUDITOR", "/nonexistent/cinc-auditor")
+    out = scan("apps/web/app")
+    assert out.exit_code == 3
+    assert out.summaries[0]["error"]["kind"] == "auditor_missing"
+
+
+def test_forbidden_admin_leaves_nothing_behind(
+    scan: Callable[..., Outcome], fake_cluster: FakeCluster
+) -> None:
+    # The admin may read pods and create ServiceAccounts but not Roles: the mint fails half
+    # way, and the ServiceAccount it did create must be removed again.
+    fake_cluster.set_admin_rules([
+        {"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["get", "list"]},
+        {"apiGroups": [""], "resources": ["serviceaccounts"],
+         "verbs": ["create", "delete", "get"]},
+    ])
+    out = scan("apps/web/app")
+    assert out.exit_code == 3
+    [s] = out.summaries
+    assert s["error"]["kind"] == "forbidden"
+    assert "Role" in s["error"]["message"]
+    assert any(r.method == "POST" and r.path.endswith("/serviceaccounts")
+               for r in fake_cluster.requests)
+
+
+def test_server_errors_during_mint_undo_the_half_mint(
+    scan: Callable[..., Outcome], fake_cluster: FakeCluster
+) -> None:
+    fake_cluster.fail("POST", r"/rolebindings$", 500, times=50)
+    out = scan("apps/web/app")
+    assert out.exit_code == 3
+    assert out.summaries[0]["error"]["kind"] == "api_error"
+
+
+def test_429_with_retry_after_is_retried(
+    scan: Callable[..., Outcome], fake_cluster: FakeCluster
+) -> None:
+    fake_cluster.fail("POST", r"/serviceaccounts$", 429, times=2, retry_after=1)
+    out = scan("apps/web/app")
+    assert out.exit_code == 0, out.stderr
+    posts = [r for r in fake_cluster.requests
+             if r.method == "POST" and r.path.endswith("/serviceaccounts")]
+    assert len(posts) == 3
+
+
+def test_forbidden_is_not_retried(scan: Callable[..., Outcome], fake_cluster: FakeCluster) -> None:
+    fake_cluster.fail("POST", r"/roles$", 403, times=1)
+    out = scan("apps/web/app")
+    assert out.summaries[0]["error"]["kind"] == "forbidden"
+    assert len([r for r in fake_cluster.requests
+                if r.method == "POST" and r.path.endswith("/roles")]) == 1
+
+
+def test_failed_cleanup_is_recorded_incomplete(
+    scan: Callable[..., Outcome], fake_cluster: FakeCluster, admin_kubeconfig: Path
+) -> None:
+    fake_cluster.fail("DELETE", r"/roles/scanfleet-", 403, times=1)
+    out = scan("apps/web/app")
+    [s] = out.summaries
+    assert s["status"] == "completed"
+    assert s["cleanup"] == "incomplete"
+    # The other two were still deleted; the Role is what the janitor will catch.
+    left = fake_cluster.scanfleet_objects()
+    assert [o["kind"] for o in left] == ["Role"]
+    from scanfleet.kube import KubeClient
+
+    assert KubeClient(str(admin_kubeconfig), "fake").delete(
+        "Role", "apps", left[0]["metadata"]["name"])
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["Apps/web"], "'Apps'"),
+        (["apps/web", "--token-ttl", "60"], "60"),
+        (["apps/web", "--token-ttl", "900", "--timeout", "1000"], "exceed"),
+        (["apps/web", "--context", "nope"], "'nope'"),
+        (["apps/web", "--input-file", "/nonexistent.yml"], "/nonexistent.yml"),
+    ],
+)
+def test_bad_input_exits_2_and_creates_nothing(
+    scan: Callable[..., Outcome], fake_cluster: FakeCluster, args: list[str], needle: str
+) -> None:
+    out = scan(*args)
+    assert out.exit_code == 2
+    assert needle in out.stderr
+    assert out.run is None
+    assert not [r for r in fake_cluster.requests if r.method != "GET"]
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [("", "empty"), ("failed.critical.mx: 0\n", "failed.critical.mx"),
+     ("failed.critical.min: 3\nfailed.critical.max: 1\n", "failed.critical")],
+)
+def test_bad_threshold_file_exits_2_before_anything(
+    scan: Callable[..., Outcome], fake_cluster: FakeCluster, tmp_path: Path,
+    content: str, needle: str,
+) -> None:
+    th = tmp_path / "bad.yml"
+    th.write_text(content)
+    out = scan("apps/web/app", "--threshold", str(th))
+    assert out.exit_code == 2
+    assert needle in out.stderr
+    assert not [r for r in fake_cluster.requests if r.method != "GET"]
+
+
+def test_sigterm_during_audit_cleans_up(
+    fake_cluster: FakeCluster, admin_kubeconfig: Path, standin_auditor: str,
+    auditor_plan: Callable[..., Path], auditor_log: Callable[[], list[dict[str, Any]]],
+    tmp_path: Path,
+) -> None:
+    pid_file = tmp_path / "auditor.pid"
+    auditor_plan({"*": {"sleep": 60, "pid_file": str(pid_file)}})
+    results = tmp_path / "results"
+    env = {**os.environ, "SCANFLEET_AUDITOR": standin_auditor}
+    proc = subprocess.Popen(
+        [PY, "-c", "from scanfleet.cli import main; main()", "scan", "apps/web/app",
+         "--profile", "p", "--kubeconfig", str(admin_kubeconfig), "--output", str(results)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pid_file.exists(), "the auditor never started"
+        assert len(fake_cluster.scanfleet_objects()) == 3, "identity exists while auditing"
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 3, stderr
+    out = collect(results, proc.returncode, stdout, stderr)
+    [s] = out.summaries
+    assert s["error"]["kind"] == "interrupted"
+    auditor_pid = json.loads(pid_file.read_text())["pid"]
+    with pytest.raises(ProcessLookupError):
+        os.kill(auditor_pid, 0)
+    assert_no_token_leak(fake_cluster, stdout, stderr, files=results)
