@@ -185,9 +185,9 @@ def run_auditor(
             f"auditor executable {auditor!r} cannot be run ({e.strerror or e}): "
             "set SCANFLEET_AUDITOR to the cinc-auditor executable or install cinc-auditor"
         ) from e
-    log.info("auditor.started", pid=proc.pid, argv=argv, kubeconfig_path=str(kubeconfig))
-    tail = _StderrTail(proc)
     try:
+        log.info("auditor.started", pid=proc.pid, argv=argv, kubeconfig_path=str(kubeconfig))
+        tail = _StderrTail(proc)
         exit_code = _wait(proc, started + timeout)
     except BaseException:
         log.warning("auditor.interrupted", pid=proc.pid)

@@ -1,1 +1,86 @@
-"""Fixtures for the stand-in auditor (filled in by the auditor work)."""
+"""Fixtures for the stand-in auditor (tests/standin/cinc-auditor).
+
+`standin_auditor` clears any SCANFLEET_STANDIN_* variable inherited from the outer
+environment, so every test starts from the stand-in's defaults; `auditor_plan` and
+`auditor_log` build on it and set their variables through monkeypatch (undone after the test).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+STANDIN = Path(__file__).resolve().parent / "standin" / "cinc-auditor"
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "inspec-samples"
+
+
+@pytest.fixture
+def standin_auditor(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Absolute path of the stand-in auditor executable, with a clean stand-in environment."""
+    for name in list(os.environ):
+        if name.startswith("SCANFLEET_STANDIN_"):
+            monkeypatch.delenv(name)
+    assert os.access(STANDIN, os.X_OK), f"{STANDIN} must be executable"
+    return str(STANDIN)
+
+
+@pytest.fixture
+def samples_dir() -> Path:
+    """shared/inspec-samples, the real InSpec reports beside the repository."""
+    if not (SAMPLES / "minimal_hdf.json").is_file():
+        pytest.skip(f"InSpec sample reports not found at {SAMPLES} (shared/ beside the repo)")
+    return SAMPLES
+
+
+PlanWriter = Callable[..., Path]
+
+
+@pytest.fixture
+def auditor_plan(
+    standin_auditor: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> PlanWriter:
+    """Write a stand-in plan and point SCANFLEET_STANDIN_PLAN at it.
+
+        auditor_plan({"ns/pod/c": {"exit": 3, "stderr": "boom"}, "*": {"sleep": 1}})
+        auditor_plan(**{"*": {...}})
+
+    Keys: "NS/POD/CONTAINER", "NS/POD" or "*" (the most specific wins). Values: report,
+    exit, sleep, stderr, stderr_bytes, stderr_tail, garbage, no_report, spawn_child,
+    ignore_term, pid_file. Calling again replaces the plan. Returns the plan file's path.
+    """
+    path = tmp_path / "standin-plan.json"
+
+    def write(plan: Mapping[str, Mapping[str, Any]] | None = None, **entries: Any) -> Path:
+        data = {**(plan or {}), **entries}
+        path.write_text(json.dumps(data, default=str))
+        monkeypatch.setenv("SCANFLEET_STANDIN_PLAN", str(path))
+        return path
+
+    return write
+
+
+class AuditorLog:
+    """The stand-in's invocation log: one JSON object per invocation."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+
+
+@pytest.fixture
+def auditor_log(
+    standin_auditor: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AuditorLog:
+    """Set SCANFLEET_STANDIN_LOG to a temp file; call the result to read its records."""
+    log = AuditorLog(tmp_path / "standin-log.jsonl")
+    monkeypatch.setenv("SCANFLEET_STANDIN_LOG", str(log.path))
+    return log
