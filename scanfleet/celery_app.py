@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging
+import structlog
+from celery.signals import setup_logging, worker_ready
 
 from scanfleet.errors import BadInput
 from scanfleet.settings import Settings
@@ -125,6 +126,15 @@ def _keep_our_logging(**_kwargs: Any) -> None:
 
 
 setup_logging.connect(_keep_our_logging, weak=False)
+
+
+def _log_ready(**_kwargs: Any) -> None:
+    structlog.get_logger("scanfleet.worker").info(
+        "worker.ready", queue=QUEUE, visibility_timeout=tuning.visibility_timeout
+    )
+
+
+worker_ready.connect(_log_ready, weak=False)
 
 settings = Settings.from_env()
 tuning = FleetTuning.from_env(settings)

@@ -1,0 +1,348 @@
+"""`scanfleet submit`, `scanfleet status`, `scanfleet worker`: the fleet's entry points.
+
+`submit` validates everything before it creates or queues anything (bad input: exit 2),
+resolves the targets (explicit, or discovery), then either runs them in-process (`--local`)
+or creates the run in Redis, prints the run id alone on stdout's first line and queues
+fan-out chunks of at most `CHUNK_SIZE` targets (workers turn each chunk into scan tasks, so
+10,000 targets are 20 small messages for the submitter). `--wait` follows the run with a
+progress bar on stderr and exits with the run's exit code (SPEC §5).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+from tqdm import tqdm  # type: ignore[import-untyped]
+
+from scanfleet.cli.common import (
+    EXIT_SCAN_ERROR,
+    bad_input_exits,
+    check_files,
+    fail,
+    interruptible,
+    kubeconfig_option,
+    load_settings,
+    main_group,
+    output_option,
+    results_dir,
+    scan_options,
+    threshold_document,
+)
+from scanfleet.cli.scan import print_run
+from scanfleet.discovery import Entry, Scope, covers_map, discover, resolve
+from scanfleet.discovery import dedupe_images as dedupe_by_image
+from scanfleet.errors import BadInput, ScanError
+from scanfleet.kube import ClientCache, choose_contexts, default_kubeconfig, list_contexts
+from scanfleet.leases import LocalLeases
+from scanfleet.results import check_run_id, iso, new_run_id
+from scanfleet.runs import Pipeline, RunPlan, maybe_finalize, run_local
+from scanfleet.scan import utcnow
+from scanfleet.settings import Settings, check_ttl
+from scanfleet.store import RunStore, StoreUnavailable
+from scanfleet.targets import Target, load_targets_file, parse_target
+
+POLL_SECONDS = 0.5
+
+
+@main_group.command("submit")
+@click.argument("targets", nargs=-1)
+@click.option(
+    "--targets-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="YAML or JSON list of {context, namespace, pod, container}.",
+)
+@click.option("--context", "contexts", multiple=True, help="Kubeconfig context (repeatable).")
+@click.option("--all-contexts", is_flag=True, help="Every context of the kubeconfig.")
+@click.option("--namespace", "namespaces", multiple=True, help="Discover in N (repeatable).")
+@click.option("--all-namespaces", is_flag=True, help="Discover in every namespace.")
+@click.option(
+    "--exclude-namespace", "exclude_namespaces", multiple=True, help="Skip N (repeatable)."
+)
+@click.option("--selector", "-l", default=None, help="Label selector for discovered pods.")
+@scan_options
+@click.option(
+    "--fleet-threshold",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Fleet threshold file (SPEC §6).",
+)
+@click.option("--dedupe-images", is_flag=True, help="Scan one container per image ID.")
+@click.option("--wait", is_flag=True, help="Follow the run; exit with its exit code.")
+@click.option("--local", is_flag=True, help="Run in-process with threads; no broker.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 512),
+    default=4,
+    show_default=True,
+    help="Threads for --local.",
+)
+@kubeconfig_option
+@output_option
+@click.option("--json", "as_json", is_flag=True, help="Print run.json / status as JSON.")
+@bad_input_exits
+def submit_command(  # noqa: PLR0917 - click passes options by keyword
+    targets: tuple[str, ...],
+    targets_file: Path | None,
+    contexts: tuple[str, ...],
+    all_contexts: bool,
+    namespaces: tuple[str, ...],
+    all_namespaces: bool,
+    exclude_namespaces: tuple[str, ...],
+    selector: str | None,
+    profile: str,
+    threshold: Path | None,
+    input_files: tuple[Path, ...],
+    token_ttl: int | None,
+    timeout: int | None,
+    fleet_threshold: Path | None,
+    dedupe_images: bool,
+    wait: bool,
+    local: bool,
+    concurrency: int,
+    kubeconfig: str | None,
+    output: Path | None,
+    as_json: bool,
+) -> None:
+    """Scan many containers: TARGET... / --targets-file, or discovery over namespaces."""
+    settings = load_settings()
+    ttl = token_ttl if token_ttl is not None else settings.token_ttl
+    scan_timeout = timeout if timeout is not None else settings.scan_timeout
+    check_ttl(ttl, scan_timeout)
+    kcfg = default_kubeconfig(kubeconfig, os.environ)
+    chosen = choose_contexts(kcfg, contexts, all_contexts)
+    explicit = _explicit_targets(targets, targets_file, kcfg, chosen)
+    scope: Scope | None = None
+    if explicit:
+        if namespaces or all_namespaces or exclude_namespaces or selector:
+            raise BadInput(
+                "explicit targets and discovery options (--namespace, --all-namespaces, "
+                "--exclude-namespace, --selector) exclude each other"
+            )
+    else:
+        scope = Scope(chosen, namespaces, all_namespaces, exclude_namespaces, selector)
+    now = utcnow()
+    plan = RunPlan(
+        run_id=new_run_id(now),
+        source="submit",
+        profile=profile,
+        created_at=iso(now),
+        threshold=threshold_document(threshold),
+        threshold_source=str(threshold) if threshold else "threshold",
+        fleet_threshold=threshold_document(fleet_threshold, fleet=True),
+        fleet_threshold_source=str(fleet_threshold) if fleet_threshold else "fleet threshold",
+        input_files=check_files(input_files, "input file"),
+        token_ttl=ttl,
+        timeout=scan_timeout,
+        auditor=settings.auditor,
+        dedupe_images=dedupe_images,
+    )
+    plan.scan_options()
+    plan.fleet()
+    clients = ClientCache(kcfg)
+    for ctx in {t.context for t in explicit} | set(chosen):
+        clients.get(ctx)  # a context the client cannot load is bad input, before anything
+    try:
+        if scope is not None:
+            entries = discover(clients, scope)
+        else:
+            entries = resolve(clients, explicit, need_images=dedupe_images)
+    except ScanError as e:
+        click.echo(f"scanfleet: error: finding targets failed, nothing queued: {e}", err=True)
+        sys.exit(EXIT_SCAN_ERROR)
+    if dedupe_images:
+        entries = dedupe_by_image(entries)
+    out = results_dir(output, settings)
+    if local:
+        _run_local(
+            clients=clients, plan=plan, entries=entries, out=out, concurrency=concurrency,
+            settings=settings, as_json=as_json,
+        )
+    else:
+        _run_fleet(
+            plan=plan, entries=entries, out=out if output is not None else None,
+            settings=settings, wait=wait, as_json=as_json,
+        )
+
+
+def _explicit_targets(
+    targets: tuple[str, ...], targets_file: Path | None, kcfg: str, chosen: Sequence[str]
+) -> list[Target]:
+    """TARGET... (in every chosen context) and --targets-file entries, validated."""
+    out = [parse_target(text, ctx) for text in targets for ctx in chosen]
+    if targets_file is not None:
+        default = chosen[0] if len(chosen) == 1 else None
+        from_file = load_targets_file(targets_file, default)
+        known, _current = list_contexts(kcfg)
+        for t in from_file:
+            if t.context not in known:
+                raise BadInput(
+                    f"targets file {str(targets_file)!r}: context {t.context!r} not found in "
+                    f"kubeconfig {kcfg!r}"
+                )
+        out += from_file
+    return list(dict.fromkeys(out))
+
+
+def _run_local(
+    *,
+    clients: ClientCache,
+    plan: RunPlan,
+    entries: list[Entry],
+    out: Path,
+    concurrency: int,
+    settings: Settings,
+    as_json: bool,
+) -> None:
+    click.echo(plan.run_id)
+    total = sum(e.size() for e in entries)
+    with tqdm(total=total, file=sys.stderr, unit="target", desc=plan.run_id) as bar:
+
+        def progress(done: int, _total: int) -> None:
+            bar.update(done - bar.n)
+
+        with interruptible():
+            run = run_local(
+                clients,
+                plan,
+                [],
+                out,
+                concurrency=concurrency,
+                entries=entries,
+                cluster_concurrency=settings.cluster_concurrency,
+                progress=progress,
+            )
+    print_run(run, as_json)
+    sys.exit(int(run["exit_code"]))
+
+
+def _run_fleet(
+    *,
+    plan: RunPlan,
+    entries: list[Entry],
+    out: Path | None,
+    settings: Settings,
+    wait: bool,
+    as_json: bool,
+) -> None:
+    # Imported here: building the Celery app is not needed by --local or other commands.
+    from scanfleet.celery_app import CHUNK_SIZE, FAN_OUT_TASK, QUEUE, app  # noqa: PLC0415
+
+    store = RunStore.from_url(settings.broker_url, settings.key_prefix, settings.retention_days)
+    total = sum(e.size() for e in entries)
+    try:
+        store.ping()
+        store.create_run(
+            plan.run_id,
+            plan.to_dict(),
+            (e.to_dict() for e in entries),
+            covers_map(plan.run_id, entries),
+            total,
+            created_at=plan.created_at,
+            results_dir=str(out.resolve()) if out is not None else None,
+        )
+    except StoreUnavailable as e:
+        click.echo(f"scanfleet: error: {e}; nothing queued", err=True)
+        sys.exit(EXIT_SCAN_ERROR)
+    click.echo(plan.run_id)
+    sys.stdout.flush()
+    if total == 0:
+        _finalize_empty(store, plan, out or settings.results_dir)
+    with app.producer_or_acquire() as producer:
+        for start in range(0, len(entries), CHUNK_SIZE):
+            app.send_task(
+                FAN_OUT_TASK,
+                args=[plan.run_id, start, min(start + CHUNK_SIZE, len(entries))],
+                queue=QUEUE,
+                producer=producer,
+            )
+    if not wait:
+        if as_json:
+            status = store.status(plan.run_id)
+            click.echo(json.dumps(status.to_dict() if status else {}, indent=2))
+        return
+    run = follow(store, plan.run_id, total)
+    print_run(run, as_json)
+    sys.exit(int(run["exit_code"]))
+
+
+def _finalize_empty(store: RunStore, plan: RunPlan, out: Path) -> None:
+    """Nothing matched: the run is over before it starts; aggregate it here."""
+    maybe_finalize(Pipeline(ClientCache(""), store, LocalLeases(1), out), plan)
+
+
+def follow(store: RunStore, run_id: str, total: int) -> dict[str, Any]:
+    """Progress bar on stderr until the run is finalized; returns run.json's body."""
+    with tqdm(total=total, file=sys.stderr, unit="target", desc=run_id) as bar:
+        while True:
+            try:
+                status = store.status(run_id)
+                if status is not None:
+                    bar.update(status.done - bar.n)
+                    bar.set_postfix(running=status.running, errors=status.error, refresh=False)
+                    if status.finished:
+                        result = store.result(run_id)
+                        if result is not None:
+                            return dict(result)
+            except StoreUnavailable:
+                bar.set_postfix_str("waiting for Redis", refresh=True)
+            time.sleep(POLL_SECONDS)
+
+
+@main_group.command("status")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the status document as JSON.")
+@bad_input_exits
+def status_command(run_id: str, as_json: bool) -> None:
+    """State counts of a run while it runs; its summary once it is done."""
+    settings = load_settings()
+    check_run_id(run_id)
+    store = RunStore.from_url(settings.broker_url, settings.key_prefix, settings.retention_days)
+    try:
+        status = store.status(run_id)
+        result = store.result(run_id) if status is not None and status.finished else None
+    except StoreUnavailable as e:
+        click.echo(f"scanfleet: error: {e}", err=True)
+        sys.exit(EXIT_SCAN_ERROR)
+    if status is None:
+        fail(f"run {run_id!r} not found (unknown, or older than the retention period)")
+        return
+    if result is not None:
+        if as_json:
+            click.echo(json.dumps({**status.to_dict(), "run": result}, indent=2))
+        else:
+            print_run(result, False)
+        return
+    if as_json:
+        click.echo(json.dumps(status.to_dict(), indent=2))
+        return
+    d = status.to_dict()
+    click.echo(
+        f"run {run_id}: {d['state']}  total: {d['total']}  queued: {d['queued']}  "
+        f"running: {d['running']}  completed: {d['completed']}  errors: {d['error']}"
+    )
+
+
+@main_group.command("worker")
+@click.option(
+    "--concurrency", "-c", type=click.IntRange(1, 512), default=None,
+    help="Worker processes (default: number of CPUs).",
+)
+@click.option("--loglevel", default="INFO", show_default=True, help="Celery's log level.")
+def worker_command(concurrency: int | None, loglevel: str) -> None:
+    """Run a Celery worker (prefork) for scanfleet's tasks."""
+    load_settings()  # configures logging, once, before Celery starts
+    from scanfleet.celery_app import QUEUE, app  # noqa: PLC0415  (after logging is set up)
+
+    argv = ["worker", "--pool=prefork", f"--loglevel={loglevel}", f"--queues={QUEUE}",
+            "--without-gossip", "--without-mingle"]
+    if concurrency is not None:
+        argv.append(f"--concurrency={concurrency}")
+    app.worker_main(argv)
