@@ -26,8 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from celery import Celery
 import structlog
+from celery import Celery
 from celery.signals import setup_logging, worker_ready
 
 from scanfleet.errors import BadInput
