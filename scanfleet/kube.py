@@ -136,6 +136,10 @@ class KubeClient:
             respect_retry_after_header=True,
             raise_on_status=False,
         )
+        if not cfg.verify_ssl:
+            # The operator chose an unverified context; scanfleet warns once per scan
+            # (credentials.insecure_tls) instead of urllib3 warning on every request.
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         self._cfg = cfg
         self._api = k8s.ApiClient(configuration=cfg)
         self.core = k8s.CoreV1Api(self._api)

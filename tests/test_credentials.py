@@ -1,0 +1,204 @@
+"""The throwaway identity, checked with real kubectl as a second, independent client."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from fakekube import FakeCluster
+
+from scanfleet.credentials import identity_objects, object_name, scan_identity
+from scanfleet.errors import ScanfleetError
+from scanfleet.kube import KubeClient
+from scanfleet.targets import Target
+
+NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
+TARGET = Target("fake", "apps", "web", "app")
+KUBECTL = shutil.which("kubectl")
+needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
+
+
+def kubectl(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    assert KUBECTL is not None
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    return subprocess.run(
+        [KUBECTL, "--kubeconfig", str(kubeconfig), "--request-timeout=10s", *args],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )
+
+
+@pytest.fixture
+def kube(fake_cluster: FakeCluster, admin_kubeconfig: Path) -> Iterator[KubeClient]:
+    client = KubeClient(str(admin_kubeconfig), "fake")
+    yield client
+    client.close()
+    assert fake_cluster.scanfleet_objects() == []
+
+
+def test_role_has_exactly_two_rules_pinned_to_the_pod(
+    kube: KubeClient, fake_cluster: FakeCluster
+) -> None:
+    with scan_identity(kube, TARGET, "0123456789abcdef", "run-1", ttl=900, now=NOW) as ident:
+        [role] = fake_cluster.objects("roles", "apps")
+        assert role["rules"] == [
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"],
+             "resourceNames": ["web"]},
+            {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create", "get"],
+             "resourceNames": ["web"]},
+        ]
+        [sa] = fake_cluster.objects("serviceaccounts", "apps")
+        assert sa["automountServiceAccountToken"] is False
+        [rb] = fake_cluster.objects("rolebindings", "apps")
+        assert rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                 "name": ident.name}
+        assert rb["subjects"] == [{"kind": "ServiceAccount", "name": ident.name,
+                                   "namespace": "apps"}]
+        for obj in (role, sa, rb):
+            meta = obj["metadata"]
+            assert meta["name"] == "scanfleet-0123456789abcdef"
+            assert meta["labels"] == {
+                "app.kubernetes.io/managed-by": "scanfleet",
+                "scanfleet.io/scan-id": "0123456789abcdef",
+                "scanfleet.io/run-id": "run-1",
+            }
+            assert meta["annotations"] == {
+                "scanfleet.io/expires-at": "2026-11-26T12:15:00Z",
+                "scanfleet.io/target": "apps/web/app",
+            }
+        token_posts = [r for r in fake_cluster.requests if r.path.endswith("/token")]
+        assert len(token_posts) == 1
+    assert fake_cluster.scanfleet_objects() == []
+
+
+@pytest.mark.parametrize("auth", ["token", "client-cert", "ca-file", "insecure"])
+def test_kubeconfig_is_self_contained_private_and_minimal(
+    make_cluster: Any, tmp_path: Path, auth: str
+) -> None:
+    cluster: FakeCluster = make_cluster()
+    cluster.add_namespace("apps")
+    cluster.add_pod("apps", "web", containers=["app"])
+    admin = cluster.write_kubeconfig(tmp_path / "admin", context="fake", auth=auth)
+    client = KubeClient(str(admin), "fake")
+    with scan_identity(client, TARGET, "00000000000000aa", "r", ttl=900, now=NOW) as ident:
+        path = ident.kubeconfig
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        doc = yaml.safe_load(path.read_text())
+        [c] = doc["clusters"]
+        [u] = doc["users"]
+        [ctx] = doc["contexts"]
+        assert doc["current-context"] == ctx["name"]
+        assert ctx["context"]["namespace"] == "apps"
+        assert set(u["user"]) == {"token"}
+        assert u["user"]["token"] in cluster.issued_tokens
+        assert c["cluster"]["server"] == cluster.url
+        if auth == "insecure":
+            assert c["cluster"]["insecure-skip-tls-verify"] is True
+        else:
+            assert "certificate-authority-data" in c["cluster"]
+        text = path.read_text()
+        for forbidden in ("certificate-authority:", "client-certificate", "client-key",
+                          "exec:", "tokenFile", str(tmp_path)):
+            assert forbidden not in text
+        if KUBECTL:
+            got = kubectl(path, "get", "pod", "web", "-o", "name")
+            assert got.returncode == 0, got.stderr
+            assert got.stdout.strip() == "pod/web"
+    assert not path.parent.exists()
+    assert cluster.scanfleet_objects() == []
+    client.close()
+
+
+@needs_kubectl
+def test_kubeconfig_grants_the_pod_and_nothing_else(
+    kube: KubeClient, fake_cluster: FakeCluster
+) -> None:
+    fake_cluster.add_pod("apps", "db", containers=["pg"])
+    fake_cluster.add_pod("other", "web", containers=["app"])
+    with scan_identity(kube, TARGET, "00000000000000bb", "r", ttl=900, now=NOW) as ident:
+        cfg = ident.kubeconfig
+        assert kubectl(cfg, "get", "pod", "web", "-o", "json").returncode == 0
+        refusals = {
+            "secrets": kubectl(cfg, "get", "secrets"),
+            "other pod": kubectl(cfg, "get", "pod", "db"),
+            "other pod exec": kubectl(cfg, "exec", "db", "--", "true"),
+            "other namespace": kubectl(cfg, "get", "pod", "web", "-n", "other"),
+            "list pods": kubectl(cfg, "get", "pods"),
+            "delete pod": kubectl(cfg, "delete", "pod", "web", "--wait=false"),
+        }
+        for what, res in refusals.items():
+            assert res.returncode != 0, what
+            assert "forbidden" in res.stderr.lower(), (what, res.stderr)
+        exec_res = kubectl(cfg, "exec", "web", "-c", "app", "--", "id")
+        assert "forbidden" not in exec_res.stderr.lower(), exec_res.stderr
+    # After revocation the token is dead.
+    res = kubectl(cfg_copy := ident.kubeconfig, "get", "pod", "web")
+    assert res.returncode != 0
+    assert not cfg_copy.exists()
+
+
+def test_token_is_revoked_after_the_scan(kube: KubeClient, fake_cluster: FakeCluster,
+                                         tmp_path: Path) -> None:
+    with scan_identity(kube, TARGET, "00000000000000cc", "r", ttl=900, now=NOW) as ident:
+        saved = tmp_path / "copy"
+        saved.write_text(ident.kubeconfig.read_text())
+    if KUBECTL:
+        res = kubectl(saved, "get", "pod", "web")
+        assert res.returncode != 0
+        # kubectl's words for a 401: the token died with its ServiceAccount.
+        assert "must be logged in" in res.stderr
+
+
+def test_leftovers_of_an_earlier_attempt_are_replaced(
+    kube: KubeClient, fake_cluster: FakeCluster
+) -> None:
+    scan_id = "00000000000000dd"
+    bodies = identity_objects(scan_id, "r", TARGET, 900, NOW)
+    kube.create_service_account("apps", bodies["ServiceAccount"])
+    stale = dict(bodies["Role"], rules=[{"apiGroups": [""], "resources": ["pods"],
+                                          "verbs": ["get"], "resourceNames": ["old"]}])
+    kube.create_role("apps", stale)
+    with scan_identity(kube, TARGET, scan_id, "r", ttl=900, now=NOW):
+        [role] = fake_cluster.objects("roles", "apps")
+        assert role["rules"][0]["resourceNames"] == ["web"]
+        assert len(fake_cluster.objects("serviceaccounts", "apps")) == 1
+
+
+def test_exception_inside_revokes_and_propagates(
+    kube: KubeClient, fake_cluster: FakeCluster
+) -> None:
+    def scan_that_crashes() -> None:
+        with scan_identity(kube, TARGET, "00000000000000ee", "r", ttl=900, now=NOW):
+            assert len(fake_cluster.scanfleet_objects()) == 3
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        scan_that_crashes()
+    assert fake_cluster.scanfleet_objects() == []
+
+
+def test_token_request_failure_removes_what_was_created(
+    kube: KubeClient, fake_cluster: FakeCluster
+) -> None:
+    fake_cluster.fail("POST", r"/token$", 422, times=1, message="bad ttl")
+    with pytest.raises(ScanfleetError, match="token"), scan_identity(
+        kube, TARGET, "00000000000000ff", "r", ttl=900, now=NOW
+    ):
+        pytest.fail("must not be reached")
+    assert fake_cluster.scanfleet_objects() == []
+    deletes = {r.path.rsplit("/", 2)[-2] for r in fake_cluster.requests if r.method == "DELETE"}
+    assert deletes == {"serviceaccounts", "roles", "rolebindings"}
+
+
+def test_object_name_is_a_valid_dns_label() -> None:
+    name = object_name("0123456789abcdef")
+    assert len(name) <= 63
+    Target("c", "ns", name, name)
