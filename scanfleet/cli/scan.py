@@ -17,9 +17,9 @@ from scanfleet.cli.common import (
     load_settings,
     main_group,
     output_option,
-    threshold_document,
     results_dir,
     scan_options,
+    threshold_document,
 )
 from scanfleet.kube import ClientCache, choose_contexts, default_kubeconfig
 from scanfleet.results import iso, new_run_id
