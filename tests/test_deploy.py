@@ -158,17 +158,21 @@ def test_beat_runs_the_sweeps_file_and_flower_watches_the_same_broker(
     assert any(str(p).endswith(":5555") for p in flower["ports"])
 
 
-def test_kubeconfig_is_mounted_read_only(compose: dict[str, Any]) -> None:
-    for name in ("worker", "beat"):
-        service = compose["services"][name]
-        mount = "${KUBECONFIG_HOST_PATH:-~/.kube/config}:/etc/scanfleet/kubeconfig:ro"
-        assert mount in service["volumes"], name
-        assert service["environment"]["KUBECONFIG"] == (
-            "${SCANFLEET_KUBECONFIG:-/etc/scanfleet/kubeconfig}"
-        )
-        for volume in service["volumes"]:
-            if "kube" in volume.split(":")[1]:
-                assert volume.endswith(":ro"), volume
+def test_kubeconfig_is_mounted_read_only_where_it_is_needed(compose: dict[str, Any]) -> None:
+    worker = compose["services"]["worker"]
+    mount = "${KUBECONFIG_HOST_PATH:-~/.kube/config}:/etc/scanfleet/kubeconfig:ro"
+    assert mount in worker["volumes"]
+    assert worker["environment"]["KUBECONFIG"] == (
+        "${SCANFLEET_KUBECONFIG:-/etc/scanfleet/kubeconfig}"
+    )
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            target = volume.split(":")[1]
+            if target.startswith(("/etc/scanfleet/kube", "/etc/scanfleet/demo")):
+                assert volume.endswith(":ro"), (name, volume)
+    # Beat only queues sweep ticks: it holds no cluster credential.
+    assert not [v for v in compose["services"]["beat"]["volumes"] if "kube" in v]
+    assert not [v for v in compose["services"]["flower"].get("volumes", []) if "kube" in v]
 
 
 def test_results_live_on_one_named_volume_mounted_by_the_workers(
@@ -240,6 +244,36 @@ def test_sweeps_files_name_their_sweeps_with_the_spec_keys() -> None:
             assert ("contexts" in sweep) != ("all_contexts" in sweep) or (
                 "contexts" not in sweep and "all_contexts" not in sweep
             )
+
+
+@pytest.mark.parametrize(
+    "sweeps_file", ["compose/sweeps.yml", "compose/demo/sweeps.yml", "deploy/configmap.yaml"]
+)
+def test_sweeps_files_load_with_scanfleets_own_strict_loader(
+    sweeps_file: str, compose: dict[str, Any], tmp_path: Path
+) -> None:
+    """As beat would load them, with /etc/scanfleet/profiles mapped to the mounted dir."""
+    sweeps = pytest.importorskip("scanfleet.sweeps")
+    if sweeps_file.endswith("configmap.yaml"):
+        (configmap,) = [
+            d
+            for d in yaml.safe_load_all((ROOT / sweeps_file).read_text())
+            if d["metadata"]["name"] == "scanfleet-sweeps"
+        ]
+        text = configmap["data"]["sweeps.yml"]
+    else:
+        text = (ROOT / sweeps_file).read_text()
+        # beat mounts the same profiles dir as the workers, so threshold files resolve.
+        assert (
+            "${SCANFLEET_PROFILES_DIR:-./demo/profiles}:/etc/scanfleet/profiles:ro"
+            in compose["services"]["beat"]["volumes"]
+        )
+    profiles = ROOT / "compose" / "demo" / "profiles"
+    copy = tmp_path / "sweeps.yml"
+    copy.write_text(text.replace("/etc/scanfleet/profiles", str(profiles)))
+    loaded = sweeps.load_sweeps(copy)
+    assert loaded
+    assert all(s.name for s in loaded)
 
 
 def test_demo_files_hang_together(compose: dict[str, Any]) -> None:
