@@ -334,3 +334,26 @@ def test_sigterm_during_audit_cleans_up(
     with pytest.raises(ProcessLookupError):
         os.kill(auditor_pid, 0)
     assert_no_token_leak(fake_cluster, stdout, stderr, files=results)
+
+
+def test_dropped_connections_are_retried(
+    scan: Callable[..., Outcome], fake_cluster: FakeCluster
+) -> None:
+    fake_cluster.drop_connections("POST", r"/roles$", times=2)
+    out = scan("apps/web/app")
+    assert out.exit_code == 0, out.stderr
+    assert out.summaries[0]["status"] == "completed"
+    posts = [r for r in fake_cluster.requests if r.method == "POST" and r.path.endswith("/roles")]
+    assert len(posts) == 3
+
+
+def test_json_logs_carry_the_scan_context(scan: Callable[..., Outcome]) -> None:
+    out = scan("apps/web/app")
+    events = [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")]
+    by_name = {e["event"]: e for e in events}
+    for name in ("scan.started", "credentials.minted", "credentials.revoked", "scan.finished"):
+        e = by_name[name]
+        assert e["run_id"] == out.summaries[0]["run_id"]
+        assert e["scan_id"] == out.summaries[0]["scan_id"]
+        assert (e["context"], e["namespace"], e["pod"], e["container"]) == (
+            "fake", "apps", "web", "app")
