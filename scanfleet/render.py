@@ -1,0 +1,419 @@
+"""Run reports: a run summary (run.json) and its target summaries rendered for people and CI.
+
+Formats: `json` (run.json plus every target summary), `markdown` (a ticket or CI job
+summary), `junit` (one testsuite per cluster, one testcase per target) and `html` (one
+self-contained page, see `render_html`). Writers take an output stream and write as they
+go; target summaries come from a zero-argument callable returning a fresh iterable, so a
+10k-target run is never held in memory (junit makes one pass per cluster instead).
+Markdown and html need only run.json: its failing/error target lists are already bounded.
+
+Pure: no file or network I/O, no environment, no logging configuration. All text that
+came from a cluster, a profile or an auditor is escaped for the format it lands in.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from io import StringIO
+from typing import Any, TextIO
+from xml.sax.saxutils import XMLGenerator
+from xml.sax.xmlreader import AttributesImpl
+
+from scanfleet.report import SEVERITIES, STATUSES, Counts
+
+FORMATS = ("json", "markdown", "junit", "html")
+Summaries = Callable[[], Iterable[Mapping[str, Any]]]
+
+VERDICTS = {0: "PASS", 1: "FAIL", 3: "ERROR"}
+STATUS_LABELS = {
+    "passed": "Passed",
+    "failed": "Failed",
+    "skipped": "Not reviewed",
+    "no_impact": "Not applicable",
+    "error": "Error",
+}
+_XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def verdict(run: Mapping[str, Any]) -> str:
+    """PASS / FAIL / ERROR from run.json's exit code (SPEC §5)."""
+    return VERDICTS.get(run.get("exit_code"), "UNKNOWN")  # type: ignore[arg-type]
+
+
+def reason(run: Mapping[str, Any]) -> str:
+    """One sentence saying why the verdict is what it is."""
+    t = run.get("targets") or {}
+    fleet = run.get("fleet_threshold") or {}
+    parts = []
+    if t.get("failed"):
+        parts.append(
+            f"{t['failed']} of {t.get('completed', 0)} scanned targets missed their threshold"
+        )
+    if fleet.get("passed") is False:
+        parts.append("the fleet threshold was not met")
+    if t.get("error"):
+        parts.append(f"{t['error']} of {t.get('total', 0)} targets could not be scanned")
+    if not parts:
+        return f"all {t.get('total', 0)} targets scanned and every applied threshold met"
+    return "; ".join(parts)
+
+
+def headline(run: Mapping[str, Any]) -> str:
+    """`reason` as a sentence, with the exit code."""
+    why = reason(run)
+    return f"{why[:1].upper()}{why[1:]}. Exit code {run.get('exit_code')}."
+
+
+def target_name(ref: Mapping[str, Any]) -> str:
+    """`pod/container`; `pod/*` for a pod whose containers were never listed."""
+    return f"{ref.get('pod') or '?'}/{ref.get('container') or '*'}"
+
+
+def target_ref(ref: Mapping[str, Any]) -> str:
+    return f"{ref.get('context') or '?'}:{ref.get('namespace') or '?'}/{target_name(ref)}"
+
+
+def error_of(ref: Mapping[str, Any]) -> tuple[str, str]:
+    """(kind, message) of an error target ref (run.json nests it under `error`)."""
+    err = ref.get("error")
+    src = err if isinstance(err, Mapping) else ref
+    return str(src.get("kind") or "unknown"), str(src.get("message") or "")
+
+
+def outcome(summary: Mapping[str, Any]) -> str:
+    """passed / failed / error for one target summary, as the aggregator judges it."""
+    if summary.get("status") != "completed":
+        return "error"
+    try:
+        Counts.from_dict(summary.get("counts"))
+    except ValueError:
+        return "error"
+    threshold = summary.get("threshold")
+    met = not isinstance(threshold, Mapping) or threshold.get("passed") is not False
+    return "passed" if met else "failed"
+
+
+# --- json -------------------------------------------------------------------------------
+
+
+def write_json(run: Mapping[str, Any], summaries: Summaries, out: TextIO) -> None:
+    """run.json with `targets_detail`: the target summaries, streamed one at a time."""
+    out.write("{\n")
+    for key, value in run.items():
+        if key != "targets_detail":
+            out.write(f"  {json.dumps(key)}: {_indented(value, 2)},\n")
+    out.write('  "targets_detail": [')
+    first = True
+    for summary in summaries():
+        out.write("\n    " if first else ",\n    ")
+        out.write(_indented(summary, 4))
+        first = False
+    out.write("]\n}\n" if first else "\n  ]\n}\n")
+
+
+def _indented(value: Any, indent: int) -> str:
+    return json.dumps(value, indent=2).replace("\n", "\n" + " " * indent)
+
+
+# --- markdown ---------------------------------------------------------------------------
+
+
+def clean_text(value: object) -> str:
+    """Text without the control characters XML 1.0 cannot carry and terminals act on."""
+    return _XML_ILLEGAL.sub("\ufffd", "" if value is None else str(value))
+
+
+def md_cell(value: object) -> str:
+    """Text safe inside a GitHub/GitLab table cell: no raw HTML, pipes or line breaks."""
+    text = clean_text(value)
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = text.replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`")
+    return re.sub(r"\r\n|\r|\n", "<br>", text)
+
+
+def _md_table(header: Iterable[str], rows: Iterable[Iterable[object]]) -> list[str]:
+    head = list(header)
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def _group_rows(groups: Mapping[str, Any]) -> list[list[object]]:
+    rows = []
+    for name, g in groups.items():
+        t, c = g.get("targets", {}), g.get("counts", {})
+        failed_controls = (c.get("failed") or {}).get("total", 0)
+        rows.append(
+            [
+                name or "(none)",
+                t.get("total", 0),
+                t.get("passed", 0),
+                t.get("failed", 0),
+                t.get("error", 0),
+                f"{g.get('compliance', 0)}%",
+                failed_controls,
+            ]
+        )
+    return rows
+
+
+def _lines(items: object) -> str:
+    return "\n".join(str(x) for x in items) if isinstance(items, list) else ""
+
+
+def _shown(listed: int, total: int, what: str) -> list[str]:
+    return [f"_Showing the first {listed} of {total} {what}._", ""] if total > listed else []
+
+
+def write_markdown(run: Mapping[str, Any], out: TextIO) -> None:
+    """A job summary / ticket body: verdict first, then the numbers behind it."""
+    t = run.get("targets") or {}
+    lines = [
+        f"## scanfleet run `{md_cell(run.get('run_id'))}`: **{verdict(run)}**",
+        "",
+        md_cell(headline(run)),
+        "",
+        *_md_table(
+            ["Run", "Profile", "Source", "Created", "Finished"],
+            [[run.get(k) for k in ("run_id", "profile", "source", "created_at", "finished_at")]],
+        ),
+        "### Targets",
+        "",
+        *_md_table(
+            ["Total", "Completed", "Met threshold", "Missed threshold", "Scan errors"],
+            [[t.get(k, 0) for k in ("total", "completed", "passed", "failed", "error")]],
+        ),
+        f"**Compliance: {run.get('compliance', 0)}%** (controls passed out of passed, failed, "
+        "not reviewed and error, over all completed targets)",
+        "",
+        "### Controls by status and severity",
+        "",
+    ]
+    counts = run.get("counts") or {}
+    lines += _md_table(
+        ["Status", "Total", *(s.capitalize() for s in SEVERITIES)],
+        [
+            [STATUS_LABELS[s], *((counts.get(s) or {}).get(k, 0) for k in ("total", *SEVERITIES))]
+            for s in STATUSES
+        ],
+    )
+    group_head = ["Targets", "Met", "Missed", "Errors", "Compliance", "Failed controls"]
+    for title, key in (("cluster", "by_cluster"), ("namespace", "by_namespace")):
+        groups = run.get(key) or {}
+        if groups:
+            lines += [f"### By {title}", ""]
+            lines += _md_table([title.capitalize(), *group_head], _group_rows(groups))
+    top = run.get("top_failing_controls") or []
+    if top:
+        lines += ["### Top failing controls", ""]
+        lines += _md_table(
+            ["Control", "Severity", "Targets failing"],
+            [[c.get("id"), c.get("severity"), c.get("targets")] for c in top],
+        )
+    failing = run.get("failing_targets") or []
+    if failing:
+        lines += ["### Targets that missed their threshold", ""]
+        lines += _shown(len(failing), t.get("failed", 0), "failing targets")
+        lines += _md_table(
+            ["Cluster", "Namespace", "Pod/container", "Threshold failures"],
+            [
+                [f.get("context"), f.get("namespace"), target_name(f), _lines(f.get("failures"))]
+                for f in failing
+            ],
+        )
+    errors = run.get("error_targets") or []
+    if errors:
+        lines += ["### Targets that could not be scanned", ""]
+        lines += _shown(len(errors), t.get("error", 0), "error targets")
+        lines += _md_table(
+            ["Cluster", "Namespace", "Pod/container", "Error", "Message"],
+            [[e.get("context"), e.get("namespace"), target_name(e), *error_of(e)] for e in errors],
+        )
+    fleet = run.get("fleet_threshold") or {}
+    lines += ["### Fleet threshold", ""]
+    if fleet.get("passed") is None:
+        lines += ["No fleet threshold was applied.", ""]
+    elif fleet.get("passed"):
+        lines += ["Met.", ""]
+    else:
+        lines += ["**Not met:**", ""]
+        lines += [f"- {md_cell(f)}" for f in fleet.get("failures") or []]
+        lines += [""]
+    out.write("\n".join(lines))
+
+
+# --- junit ------------------------------------------------------------------------------
+
+
+def _seconds(value: object) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+class _Sink(io.TextIOBase):
+    """Any text stream, seen by XMLGenerator as text (it would write bytes to others)."""
+
+    def __init__(self, out: TextIO) -> None:
+        super().__init__()
+        self._out = out
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        self._out.write(s)
+        return len(s)
+
+
+class _Xml:
+    """A streaming, escaping, indenting writer over XMLGenerator."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.gen = XMLGenerator(_Sink(out), encoding="utf-8", short_empty_elements=True)
+        self.depth = 0
+
+    def start(self, name: str, attrs: Mapping[str, object]) -> None:
+        if self.depth:  # the root follows the XML declaration's own line break
+            self.gen.ignorableWhitespace("\n" + "  " * self.depth)
+        self.gen.startElement(name, AttributesImpl({k: clean_text(v) for k, v in attrs.items()}))
+        self.depth += 1
+
+    def end(self, name: str, *, inline: bool = False) -> None:
+        self.depth -= 1
+        if not inline:
+            self.gen.ignorableWhitespace("\n" + "  " * self.depth)
+        self.gen.endElement(name)
+
+    def leaf(self, name: str, attrs: Mapping[str, object], text: str | None = None) -> None:
+        self.start(name, attrs)
+        if text:
+            self.gen.characters(clean_text(text))
+        self.end(name, inline=True)
+
+
+def _suite_stats(summaries: Summaries) -> dict[str, dict[str, float]]:
+    stats: dict[str, dict[str, float]] = {}
+    for s in summaries():
+        ctx = str((s.get("target") or {}).get("context") or "")
+        st = stats.setdefault(ctx, dict.fromkeys(("tests", "failures", "errors", "time"), 0.0))
+        st["tests"] += 1
+        kind = outcome(s)
+        st["failures"] += kind == "failed"
+        st["errors"] += kind == "error"
+        st["time"] += _seconds(s.get("duration_s"))
+    return dict(sorted(stats.items()))
+
+
+def _system_out(s: Mapping[str, Any]) -> str:
+    target = s.get("target") or {}
+    lines = [f"scan {s.get('scan_id')} of image {target.get('image') or '?'}"]
+    if s.get("covered_by"):
+        lines.append(
+            f"covered by scan {s['covered_by']}: the same image was scanned once for this run, "
+            "and its result stands for this container"
+        )
+    counts = s.get("counts")
+    if outcome(s) != "error" and isinstance(counts, Mapping):
+        lines.append(f"compliance {s.get('compliance')}%")
+        for status in STATUSES:
+            c = counts.get(status) or {}
+            per_sev = ", ".join(f"{sev} {c.get(sev, 0)}" for sev in SEVERITIES)
+            lines.append(f"{STATUS_LABELS[status]}: {c.get('total', 0)} ({per_sev})")
+    return "\n".join(lines) + "\n"
+
+
+def _testcase(xml: _Xml, s: Mapping[str, Any]) -> None:
+    target = s.get("target") or {}
+    xml.start(
+        "testcase",
+        {
+            "classname": f"{target.get('context') or ''}.{target.get('namespace') or ''}",
+            "name": target_name(target),
+            "time": f"{_seconds(s.get('duration_s')):.3f}",
+        },
+    )
+    kind = outcome(s)
+    if kind == "failed":
+        failures = [str(f) for f in (s.get("threshold") or {}).get("failures") or []]
+        n = len(failures)
+        message = f"missed its threshold ({n} check{'' if n == 1 else 's'} failed): " + "; ".join(
+            failures
+        )
+        xml.leaf("failure", {"type": "threshold", "message": message}, "\n".join(failures))
+    elif kind == "error":
+        err = s.get("error") if isinstance(s.get("error"), Mapping) else {}
+        if s.get("status") == "completed":  # completed, but its counts are unreadable
+            err = {"kind": "invalid_report", "message": "the target summary has malformed counts"}
+        e_kind, message = error_of({"error": err})
+        xml.leaf("error", {"type": e_kind, "message": message}, message)
+    xml.leaf("system-out", {}, _system_out(s))
+    xml.end("testcase")
+
+
+def write_junit(run: Mapping[str, Any], summaries: Summaries, out: TextIO) -> None:
+    """JUnit XML: `<testsuites>` with totals, a `<testsuite>` per cluster (context)."""
+    stats = _suite_stats(summaries)
+    totals = {k: sum(st[k] for st in stats.values()) for k in ("tests", "failures", "errors")}
+    time = sum(st["time"] for st in stats.values())
+    xml = _Xml(out)
+    xml.gen.startDocument()
+    xml.start(
+        "testsuites",
+        {
+            "name": f"scanfleet run {run.get('run_id')}",
+            **{k: int(v) for k, v in totals.items()},
+            "time": f"{time:.3f}",
+        },
+    )
+    for ctx, st in stats.items():
+        xml.start(
+            "testsuite",
+            {
+                "name": ctx or "(no context)",
+                "tests": int(st["tests"]),
+                "failures": int(st["failures"]),
+                "errors": int(st["errors"]),
+                "skipped": 0,
+                "time": f"{st['time']:.3f}",
+                "timestamp": str(run.get("created_at") or ""),
+            },
+        )
+        xml.start("properties", {})
+        for key in ("run_id", "profile", "source"):
+            xml.leaf("property", {"name": key, "value": run.get(key) or ""})
+        xml.end("properties")
+        for s in summaries():
+            if str((s.get("target") or {}).get("context") or "") == ctx:
+                _testcase(xml, s)
+        xml.end("testsuite")
+    xml.end("testsuites")
+    xml.gen.ignorableWhitespace("\n")
+    xml.gen.endDocument()
+
+
+# --- dispatch ---------------------------------------------------------------------------
+
+
+def write_report(fmt: str, run: Mapping[str, Any], summaries: Summaries, out: TextIO) -> None:
+    if fmt == "json":
+        write_json(run, summaries, out)
+    elif fmt == "markdown":
+        write_markdown(run, out)
+    elif fmt == "junit":
+        write_junit(run, summaries, out)
+    elif fmt == "html":
+        # imported here: render_html imports this module's helpers
+        from scanfleet.render_html import write_html
+
+        write_html(run, out)
+    else:
+        raise ValueError(f"unknown report format {fmt!r}: expected one of {', '.join(FORMATS)}")
+
+
+def render(fmt: str, run: Mapping[str, Any], summaries: Summaries = lambda: ()) -> str:
+    """The whole report as one string (tests, small runs)."""
+    buf = StringIO()
+    write_report(fmt, run, summaries, buf)
+    return buf.getvalue()
