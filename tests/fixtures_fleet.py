@@ -14,6 +14,7 @@ Nothing here sleeps to wait: `wait_for(predicate, timeout)` polls with a deadlin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -131,7 +132,8 @@ def seed_fleet(cluster: FakeCluster, name: str) -> FakeCluster:
         init_containers=["init-db"],
         labels={"app": "web"},
     )
-    cluster.add_pod("apps", "api", containers=[("app", "registry.example/api:3", f"sha256:api-{name}")],
+    cluster.add_pod("apps", "api",
+                    containers=[("app", "registry.example/api:3", f"sha256:api-{name}")],
                     labels={"app": "api"})
     cluster.add_pod("apps", "pending", containers=["app"], phase="Pending", labels={"app": "web"})
     cluster.add_pod("ops", "tool", containers=[("tool", "registry.example/proxy:2.0",
@@ -216,10 +218,8 @@ class Worker:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
         else:
-            try:  # pool children may outlive a dead parent
+            with contextlib.suppress(ProcessLookupError):  # children may outlive the parent
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self._out.close()
 
 
