@@ -1,1 +1,184 @@
-"""Fixtures for reports, sweeps and the janitor."""
+"""Fixtures for sweeps, beat, the janitor, drift and retention.
+
+- ``write_sweeps(text_or_data, name="sweeps.yml")``: write a sweeps file in tmp_path.
+- ``ops_redis``: a test-owned ``redis-server`` on a free port (URL), stopped at teardown;
+  an autouse-style check in the fixture fails the test if it left scanfleet keys behind
+  other than the ones it declares via ``ops_redis_allow``.
+- ``make_run(results_dir, run_id, summaries, run=None)``: a run directory with target
+  summaries (SPEC §4 plus ``controls``) and optionally run.json.
+- ``summary(...)``: one target summary.
+- ``leave_orphans(kube, namespace, scan_id, run_id, expires_at)``: the SA/Role/RoleBinding a
+  killed scan leaves, created through the real client against the fake API server.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from scanfleet.credentials import identity_objects
+from scanfleet.kube import KubeClient
+from scanfleet.results import write_json
+from scanfleet.targets import Target
+
+
+@pytest.fixture
+def write_sweeps(tmp_path: Path) -> Callable[..., Path]:
+    def write(content: str | object, name: str = "sweeps.yml") -> Path:
+        p = tmp_path / name
+        p.write_text(content if isinstance(content, str) else yaml.safe_dump(content))
+        return p
+
+    return write
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> Any:
+    """Poll until `predicate()` is truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 10) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)
+
+
+@pytest.fixture
+def ops_redis(tmp_path: Path) -> Iterator[str]:
+    """A private redis-server (no persistence) on a free port; yields its URL."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed")
+    import redis
+
+    port = free_port()
+    data = tmp_path / "redis"
+    data.mkdir()
+    proc = subprocess.Popen(
+        [
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(data),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(host="127.0.0.1", port=port)
+
+    def up() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    try:
+        wait_for(up, 10, "redis-server to answer PING")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        client.close()
+        stop_process(proc)
+
+
+def summary(
+    context: str,
+    namespace: str,
+    pod: str,
+    container: str,
+    *,
+    run_id: str = "20250101T000000Z-aaaaaa",
+    status: str = "completed",
+    failed: Mapping[str, list[str]] | None = None,
+    passed: Mapping[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """A target summary. `failed`/`passed`: {severity: [control ids]}."""
+    sevs = ("critical", "high", "medium", "low", "none")
+    controls = None
+    if status == "completed":
+        controls = {
+            s: {v: [] for v in sevs} for s in ("passed", "failed", "skipped", "no_impact", "error")
+        }
+        for sev, ids in (failed or {}).items():
+            controls["failed"][sev] = sorted(ids)
+        for sev, ids in (passed or {}).items():
+            controls["passed"][sev] = sorted(ids)
+    scan_id = f"{namespace}-{pod}-{container}"
+    return {
+        "scan_id": scan_id,
+        "run_id": run_id,
+        "target": {
+            "context": context,
+            "namespace": namespace,
+            "pod": pod,
+            "container": container,
+            "image": None,
+            "image_id": None,
+        },
+        "status": status,
+        "error": None if status == "completed" else {"kind": "timeout", "message": "too slow"},
+        "covered_by": None,
+        "controls": controls,
+    }
+
+
+def make_run(
+    results_dir: Path,
+    run_id: str,
+    summaries: list[dict[str, Any]],
+    run: Mapping[str, Any] | None = None,
+) -> Path:
+    d = results_dir / run_id
+    d.mkdir(parents=True, exist_ok=True)
+    for s in summaries:
+        write_json(d / f"{s['scan_id']}.json", {**s, "run_id": run_id})
+    if run is not None:
+        write_json(d / "run.json", {"run_id": run_id, **run})
+    return d
+
+
+def leave_orphans(
+    kube: KubeClient, namespace: str, scan_id: str, run_id: str, created: datetime, ttl: int
+) -> None:
+    """Create the three identity objects exactly as a scan mints them, then never revoke."""
+    target = Target(kube.context, namespace, "web", "app")
+    bodies = identity_objects(scan_id, run_id, target, ttl, created)
+    kube.create_service_account(namespace, bodies["ServiceAccount"])
+    kube.create_role(namespace, bodies["Role"])
+    kube.create_role_binding(namespace, bodies["RoleBinding"])
+
+
+def past(now: datetime, seconds: int) -> datetime:
+    return now - timedelta(seconds=seconds)
