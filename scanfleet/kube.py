@@ -15,6 +15,7 @@ import base64
 import functools
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ from scanfleet.errors import (
 T = TypeVar("T")
 
 REQUEST_TIMEOUT = (10.0, 60.0)  # (connect, read) seconds for each API request
+_RECREATE_ATTEMPTS = 5
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
@@ -206,41 +208,44 @@ class KubeClient:
             yield _pod_info(pod)
 
     # -- scan identity objects -----------------------------------------------------------
-    def create_service_account(self, namespace: str, body: dict[str, Any]) -> None:
+    def create_object(self, kind: str, namespace: str, body: dict[str, Any]) -> None:
+        """Create a ServiceAccount, Role or RoleBinding of a scan.
+
+        If an earlier attempt of the same scan left one (409), it is deleted and created
+        again rather than updated: scanfleet's own ClusterRole grants no `update`, and a
+        recreated ServiceAccount also invalidates any token the earlier attempt obtained.
+        """
         name = body["metadata"]["name"]
-        self._create_or_replace(
-            f"ServiceAccount {namespace}/{name}",
-            lambda: self.core.create_namespaced_service_account(
-                namespace, body, _request_timeout=REQUEST_TIMEOUT
-            ),
-            lambda: self.core.replace_namespaced_service_account(
-                name, namespace, body, _request_timeout=REQUEST_TIMEOUT
-            ),
+        create = {
+            "ServiceAccount": self.core.create_namespaced_service_account,
+            "Role": self.rbac.create_namespaced_role,
+            "RoleBinding": self.rbac.create_namespaced_role_binding,
+        }[kind]
+        what = f"creating {kind} {namespace}/{name}"
+        for attempt in range(_RECREATE_ATTEMPTS):
+            try:
+                self._call(
+                    what,
+                    functools.partial(create, namespace, body, _request_timeout=REQUEST_TIMEOUT),
+                    conflict=_Exists,
+                )
+                return
+            except _Exists:
+                # Deletion may finish asynchronously: back off a little before recreating.
+                self.delete(kind, namespace, name)
+                time.sleep(min(0.2 * 2**attempt, 2.0))
+        raise ClusterApiError(
+            f"context {self.context!r}: {what}: an object of that name kept reappearing"
         )
+
+    def create_service_account(self, namespace: str, body: dict[str, Any]) -> None:
+        self.create_object("ServiceAccount", namespace, body)
 
     def create_role(self, namespace: str, body: dict[str, Any]) -> None:
-        name = body["metadata"]["name"]
-        self._create_or_replace(
-            f"Role {namespace}/{name}",
-            lambda: self.rbac.create_namespaced_role(
-                namespace, body, _request_timeout=REQUEST_TIMEOUT
-            ),
-            lambda: self.rbac.replace_namespaced_role(
-                name, namespace, body, _request_timeout=REQUEST_TIMEOUT
-            ),
-        )
+        self.create_object("Role", namespace, body)
 
     def create_role_binding(self, namespace: str, body: dict[str, Any]) -> None:
-        name = body["metadata"]["name"]
-        self._create_or_replace(
-            f"RoleBinding {namespace}/{name}",
-            lambda: self.rbac.create_namespaced_role_binding(
-                namespace, body, _request_timeout=REQUEST_TIMEOUT
-            ),
-            lambda: self.rbac.replace_namespaced_role_binding(
-                name, namespace, body, _request_timeout=REQUEST_TIMEOUT
-            ),
-        )
+        self.create_object("RoleBinding", namespace, body)
 
     def create_token(self, namespace: str, service_account: str, ttl: int) -> str:
         """A bound token from the TokenRequest API. The return value is a secret."""
@@ -297,15 +302,6 @@ class KubeClient:
         ]
 
     # -- plumbing ------------------------------------------------------------------------
-    def _create_or_replace(
-        self, what: str, create: Callable[[], Any], replace: Callable[[], Any]
-    ) -> None:
-        """Create; if an earlier attempt of the same scan left it (409), replace it."""
-        try:
-            self._call(f"creating {what}", create, conflict=_Exists)
-        except _Exists:
-            self._call(f"replacing {what}", replace)
-
     def _paginate(
         self, what: str, fn: Callable[..., Any], *args: Any, page_size: int = 500, **kwargs: Any
     ) -> Iterator[Any]:

@@ -162,14 +162,15 @@ def test_leftovers_of_an_earlier_attempt_are_replaced(
 ) -> None:
     scan_id = "00000000000000dd"
     bodies = identity_objects(scan_id, "r", TARGET, 900, NOW)
-    kube.create_service_account("apps", bodies["ServiceAccount"])
+    kube.create_object("ServiceAccount", "apps", bodies["ServiceAccount"])
     stale = dict(bodies["Role"], rules=[{"apiGroups": [""], "resources": ["pods"],
                                           "verbs": ["get"], "resourceNames": ["old"]}])
-    kube.create_role("apps", stale)
+    kube.create_object("Role", "apps", stale)
     with scan_identity(kube, TARGET, scan_id, "r", ttl=900, now=NOW):
         [role] = fake_cluster.objects("roles", "apps")
         assert role["rules"][0]["resourceNames"] == ["web"]
         assert len(fake_cluster.objects("serviceaccounts", "apps")) == 1
+    assert not [r for r in fake_cluster.requests if r.method in ("PUT", "PATCH")]
 
 
 def test_exception_inside_revokes_and_propagates(
