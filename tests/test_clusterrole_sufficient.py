@@ -1,0 +1,81 @@
+"""deploy/clusterrole.yaml is not only small enough (test_deploy) but sufficient.
+
+The fake API server restricts the admin identity to exactly those rules and enforces
+Kubernetes' RBAC escalation check, so a full scan and a janitor pass must still succeed.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from fakekube import FakeCluster
+
+from scanfleet.cli import main_group
+from scanfleet.cli import scan as _register_scan  # noqa: F401
+from scanfleet.credentials import identity_objects
+from scanfleet.kube import KubeClient
+from scanfleet.targets import Target
+
+CLUSTERROLE = Path(__file__).resolve().parents[1] / "deploy" / "clusterrole.yaml"
+
+
+def clusterrole_rules() -> list[dict[str, Any]]:
+    doc = yaml.safe_load(CLUSTERROLE.read_text())
+    assert doc["kind"] == "ClusterRole"
+    rules: list[dict[str, Any]] = doc["rules"]
+    return rules
+
+
+def scan(kubeconfig: Path, auditor: str, out: Path) -> Any:
+    return CliRunner(env={"SCANFLEET_AUDITOR": auditor}).invoke(
+        main_group,
+        ["scan", "apps/web/app", "--profile", "p", "--kubeconfig", str(kubeconfig),
+         "--output", str(out)],
+        catch_exceptions=False,
+    )
+
+
+def test_a_full_scan_succeeds_with_exactly_the_clusterrole(
+    fake_cluster: FakeCluster, admin_kubeconfig: Path, standin_auditor: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake_cluster.set_admin_rules(clusterrole_rules())
+    monkeypatch.setenv("SCANFLEET_STANDIN_CHECK_ACCESS", "1")
+    res = scan(admin_kubeconfig, standin_auditor, tmp_path)
+    assert res.exit_code == 0, res.stderr
+    assert fake_cluster.scanfleet_objects() == []
+
+
+def test_without_pods_exec_kubernetes_refuses_to_let_scanfleet_grant_it(
+    fake_cluster: FakeCluster, admin_kubeconfig: Path, standin_auditor: str, tmp_path: Path,
+) -> None:
+    rules = [r for r in clusterrole_rules() if r["resources"] != ["pods/exec"]]
+    fake_cluster.set_admin_rules(rules)
+    res = scan(admin_kubeconfig, standin_auditor, tmp_path)
+    assert res.exit_code == 3
+    assert fake_cluster.scanfleet_objects() == []
+
+
+def test_a_janitor_pass_succeeds_with_exactly_the_clusterrole(
+    fake_cluster: FakeCluster, admin_kubeconfig: Path
+) -> None:
+    from scanfleet.janitor import JanitorReport, sweep_context
+
+    kube = KubeClient(str(admin_kubeconfig), "fake")
+    past = datetime.now(UTC) - timedelta(hours=2)
+    for kind, body in identity_objects(
+        "00000000000000aa", "r", Target("fake", "apps", "web", "app"), 600, past
+    ).items():
+        kube.create_object(kind, "apps", body)
+    fake_cluster.set_admin_rules(clusterrole_rules())
+    report = JanitorReport(dry_run=False)
+    sweep_context("fake", kube, now=datetime.now(UTC), dry_run=False, report=report)
+    assert report.ok, report.to_dict()
+    assert len(report.deleted) == 3
+    assert fake_cluster.scanfleet_objects() == []
+    kube.close()
