@@ -1,0 +1,130 @@
+"""`scanfleet report RUN_ID`: a finished run's results as json, markdown, junit or html.
+
+Reads `DIR/<run_id>/run.json` and streams the target summaries next to it; never holds
+all summaries at once. The exit code is the run's own (SPEC §5: 0, 1 or 3), given after
+the report is written, so a CI step can publish the report and fail on the same command.
+Exit 2, writing nothing, for a malformed or unknown run id or a run that has not finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from scanfleet.cli.common import bad_input_exits, load_settings, main_group
+from scanfleet.errors import BadInput
+from scanfleet.render import FORMATS, write_report
+from scanfleet.results import read_json, run_dir, summary_files
+
+RUN_EXIT_CODES = (0, 1, 3)
+
+
+def _summaries(directory: Path) -> Iterator[dict[str, Any]]:
+    """The run's target summaries, one file at a time.
+
+    A summary that cannot be read is reported as a target that could not be scanned (the
+    aggregator's rule for malformed summaries), so it shows up instead of vanishing.
+    """
+    for path in summary_files(directory):
+        try:
+            data = read_json(path)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            data = None
+            problem = f"summary file {path.name} is unreadable: {e}"
+        else:
+            problem = f"summary file {path.name} is not a JSON object"
+        if isinstance(data, dict):
+            yield data
+            continue
+        yield {
+            "scan_id": path.stem,
+            "target": {},
+            "status": "error",
+            "error": {"kind": "invalid_report", "message": problem},
+            "covered_by": None,
+            "duration_s": 0.0,
+            "counts": None,
+            "compliance": None,
+            "threshold": {"passed": None, "failures": []},
+        }
+
+
+def load_run(directory: Path, run_id: str) -> dict[str, Any]:
+    """run.json of a finished run; BadInput (exit 2) saying why there is none."""
+    if not directory.is_dir():
+        raise BadInput(f"unknown run {run_id!r}: no directory {directory} (check --results-dir)")
+    path = directory / "run.json"
+    if not path.exists():
+        raise BadInput(
+            f"run {run_id!r} has not finished: {path} is not written yet (the run is still in "
+            "progress, or it stopped before finishing); report it once it has finished"
+        )
+    try:
+        run: object = read_json(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadInput(f"cannot read {path}: {e}") from e
+    if not isinstance(run, dict) or run.get("exit_code") not in RUN_EXIT_CODES:
+        raise BadInput(f"{path} is not a run summary (no exit_code of 0, 1 or 3)")
+    return run
+
+
+def _write_file(path: Path, fmt: str, run: dict[str, Any], directory: Path) -> None:
+    """Write next to the target and rename, so a failed report never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            write_report(fmt, run, lambda: _summaries(directory), f)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@main_group.command("report")
+@click.argument("run_id")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="json",
+    show_default=True,
+    help="json: run.json plus every target summary; markdown: a CI job summary or ticket; "
+    "junit: a testsuite per cluster; html: one self-contained page.",
+)
+@click.option(
+    "--output",
+    "output",
+    type=click.Path(dir_okay=False, path_type=Path, allow_dash=True),
+    default=None,
+    help="File to write (default: standard output).",
+)
+@click.option(
+    "--results-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Results directory (default: $SCANFLEET_RESULTS_DIR, else ./scanfleet-results).",
+)
+@bad_input_exits
+def report_command(run_id: str, fmt: str, output: Path | None, results_dir: Path | None) -> None:
+    """Report a finished run; exit with the run's exit code (0 met, 1 missed, 3 errors)."""
+    settings = load_settings()
+    directory = run_dir(results_dir if results_dir is not None else settings.results_dir, run_id)
+    run = load_run(directory, run_id)
+    if output is None or str(output) == "-":
+        write_report(fmt, run, lambda: _summaries(directory), sys.stdout)
+        sys.stdout.flush()
+    else:
+        try:
+            _write_file(output, fmt, run, directory)
+        except OSError as e:
+            raise BadInput(f"cannot write the report to {output}: {e.strerror or e}") from e
+    sys.exit(int(run["exit_code"]))
