@@ -190,6 +190,7 @@ def test_auditor_failures(
     assert s["cleanup"] == "complete"
     assert out.run is not None
     assert out.run["targets"]["error"] == 1
+    assert f"[{kind}]" in out.stdout
 
 
 def test_auditor_missing(scan: Callable[..., Outcome], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -107,7 +107,8 @@ def print_run(run: dict[str, Any], as_json: bool) -> None:
             click.echo(f"FAIL {ref}: {failure}")
     for et in run.get("error_targets", []):
         ref = f"{et['context']}:{et['namespace']}/{et['pod']}/{et.get('container') or '*'}"
-        click.echo(f"ERROR {ref}: [{et.get('kind')}] {et.get('message')}")
+        err = et.get("error") or {}
+        click.echo(f"ERROR {ref}: [{err.get('kind')}] {err.get('message')}")
     fleet = run.get("fleet_threshold") or {}
     for failure in fleet.get("failures", []) or []:
         click.echo(f"FLEET FAIL: {failure}")
