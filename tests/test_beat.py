@@ -1,0 +1,357 @@
+"""Sweeps on Celery beat: the croniter schedule, the sweep lock, and real beat processes.
+
+The end-to-end tests run real `celery beat` processes (the same `run_beat` that
+`scanfleet beat` calls, with the schedule's clock shifted so the next minute boundary is a
+few seconds away instead of up to sixty) and a real Celery worker, against a test-owned
+redis-server. The worker's run starter is a stand-in that records the run in the store:
+what the tick does around it — the lock, the skip — is the code under test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fixtures_ops import stop_process, wait_for
+from structlog.testing import capture_logs
+
+from scanfleet.beat import (
+    JANITOR_TASK,
+    PRUNE_TASK,
+    SWEEP_TICK_TASK,
+    CronSchedule,
+    SweepLock,
+    beat_schedule,
+    run_tick,
+)
+from scanfleet.settings import Settings
+from scanfleet.store import RunStore, connect
+from scanfleet.sweeps import Sweep, load_sweeps
+
+T0 = datetime(2025, 1, 1, 10, 0, tzinfo=UTC)
+PREFIX = "sftest"
+
+
+def fixed(t: datetime) -> Callable[[], datetime]:
+    return lambda: t
+
+
+def frozen_noon() -> datetime:  # module level: picklable, like a persisted beat entry
+    return T0
+
+
+# -- the schedule ------------------------------------------------------------------------
+
+
+def test_cron_schedule_is_due_at_each_fire_time_only() -> None:
+    s = CronSchedule("*/15 * * * *", nowfun=fixed(T0 + timedelta(minutes=14, seconds=59)))
+    due, wait = s.is_due(T0)
+    assert not due
+    assert wait == pytest.approx(1)
+    s = CronSchedule("*/15 * * * *", nowfun=fixed(T0 + timedelta(minutes=15)))
+    due, wait = s.is_due(T0)
+    assert due
+    assert wait == pytest.approx(900)
+    # Beat was down for several fire times: one tick now, then back on the grid.
+    s = CronSchedule("*/15 * * * *", nowfun=fixed(T0 + timedelta(minutes=47)))
+    due, wait = s.is_due(T0)
+    assert due
+    assert wait == pytest.approx(13 * 60)
+    # A naive last-run time (an old schedule file) is UTC.
+    s = CronSchedule("0 2 * * *", nowfun=fixed(T0))
+    due, wait = s.is_due(datetime(2025, 1, 1, 9, 0))
+    assert not due
+    assert wait == pytest.approx(16 * 3600)
+
+
+def test_cron_schedule_survives_pickling_for_persistent_beat() -> None:
+    s = CronSchedule("0 2 * * 1-5", nowfun=frozen_noon)
+    back = pickle.loads(pickle.dumps(s))
+    assert back == s
+    assert back.is_due(T0) == s.is_due(T0)
+
+
+def test_beat_schedule_has_one_entry_per_sweep_plus_janitor_and_prune() -> None:
+    sweeps = [
+        Sweep(name="nightly", schedule="0 2 * * *", profile="p", all_namespaces=True),
+        Sweep(name="hourly", schedule="0 * * * *", profile="p", namespaces=("apps",)),
+    ]
+    entries = beat_schedule(sweeps, janitor_interval=600, lock_ttl=7200)
+    assert set(entries) == {"sweep:nightly", "sweep:hourly", "scanfleet-janitor", "scanfleet-prune"}
+    e = entries["sweep:nightly"]
+    assert e["task"] == SWEEP_TICK_TASK
+    assert e["args"] == ("nightly",)
+    assert Sweep.from_dict(e["kwargs"]["sweep"]) == sweeps[0]
+    assert e["kwargs"]["lock_ttl"] == 7200
+    assert e["schedule"] == CronSchedule("0 2 * * *")
+    json.dumps(e["kwargs"])  # task arguments are plain JSON
+    assert entries["scanfleet-janitor"] == {"task": JANITOR_TASK, "schedule": 600.0}
+    assert entries["scanfleet-prune"]["task"] == PRUNE_TASK
+
+
+# -- the lock (real redis-server) --------------------------------------------------------
+
+
+@pytest.fixture
+def store(ops_redis: str) -> Iterator[RunStore]:
+    s = RunStore(connect(ops_redis), PREFIX, 1)
+    yield s
+    s.r.close()
+
+
+SWEEP = Sweep(name="every-minute", schedule="* * * * *", profile="p", all_namespaces=True)
+
+
+class Starter:
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+        self.started: list[str] = []
+
+    def __call__(self, sweep: Sweep, settings: Settings) -> str:
+        run_id = f"20250101T0000{len(self.started):02d}Z-abcdef"
+        self.store.create_run(
+            run_id, {"source": sweep.source}, [], {}, 1, created_at="now", results_dir=None
+        )
+        self.started.append(run_id)
+        return run_id
+
+
+def test_a_running_sweep_is_skipped_and_logged_until_its_run_finishes(
+    store: RunStore, tmp_path: Path
+) -> None:
+    lock = SweepLock(store, tmp_path)
+    start = Starter(store)
+    settings = Settings()
+    with capture_logs() as logs:
+        first = run_tick(SWEEP, lock, start, settings, lock_ttl=3600)
+        second = run_tick(SWEEP, lock, start, settings, lock_ttl=3600)
+    assert first == start.started[0]
+    assert second is None
+    assert start.started == [first]
+    assert lock.holder("every-minute") == first
+    assert 3500 < store.r.ttl(lock.key("every-minute")) <= 3600  # the backstop
+    skipped = [e for e in logs if e["event"] == "sweep.skipped"]
+    assert len(skipped) == 1
+    assert skipped[0]["running"] == first
+    assert skipped[0]["sweep"] == "every-minute"
+    # The run finalizes: the next tick starts a new run.
+    store.end_finalize(first, {"finished_at": "later", "exit_code": 0})
+    third = run_tick(SWEEP, lock, start, settings)
+    assert third == start.started[1]
+    # run.json on disk is enough too (a store that lost its keys).
+    (tmp_path / third).mkdir()
+    (tmp_path / third / "run.json").write_text("{}")
+    assert run_tick(SWEEP, lock, start, settings) == start.started[2]
+    for run_id in start.started:
+        store.delete_run(run_id)
+    store.r.delete(lock.key("every-minute"))
+
+
+def test_a_failed_start_releases_the_lock(store: RunStore, tmp_path: Path) -> None:
+    lock = SweepLock(store, tmp_path)
+
+    def broken(sweep: Sweep, settings: Settings) -> str:
+        raise RuntimeError("discovery failed")
+
+    with pytest.raises(RuntimeError):
+        run_tick(SWEEP, lock, broken, Settings())
+    assert lock.holder("every-minute") is None
+
+
+def test_a_start_in_progress_holds_the_lock(store: RunStore, tmp_path: Path) -> None:
+    lock = SweepLock(store, tmp_path)
+    seen: list[str | None] = []
+
+    def slow(sweep: Sweep, settings: Settings) -> str:
+        # Another beat's tick arrives while this one is still starting its run.
+        seen.append(run_tick(SWEEP, lock, Starter(store), settings))
+        return "20250101T000000Z-000001"
+
+    assert run_tick(SWEEP, lock, slow, Settings()) == "20250101T000000Z-000001"
+    assert seen == [None]
+    store.r.delete(lock.key("every-minute"))
+
+
+# -- real beat and worker processes ------------------------------------------------------
+
+BEAT = textwrap.dedent(
+    """
+    import sys
+    from datetime import UTC, datetime, timedelta
+
+    OFFSET = float(sys.argv[1])
+
+    def shifted_now():
+        return datetime.now(UTC) + timedelta(seconds=OFFSET)
+
+    from scanfleet import logs
+    logs.configure("json")
+    from scanfleet.celery_app import app
+    from scanfleet.beat import run_beat
+    from scanfleet.sweeps import load_sweeps
+
+    run_beat(app, load_sweeps(sys.argv[2]), max_interval=0.25, nowfun=shifted_now)
+    """
+)
+
+WORKER = textwrap.dedent(
+    """
+    import json, os
+    from scanfleet import logs
+    logs.configure("json")
+    from scanfleet.celery_app import app
+    import scanfleet.beat as beat
+    from scanfleet.store import RunStore
+
+    def record_start(sweep, settings):
+        store = RunStore.from_url(settings.broker_url, settings.key_prefix, 1)
+        path = os.environ["STARTS"]
+        n = sum(1 for _ in open(path)) if os.path.exists(path) else 0
+        run_id = "20250101T0000%02dZ-abcdef" % n
+        store.create_run(run_id, {"source": sweep.source}, [], {}, 1, created_at="now",
+                         results_dir=None)
+        with open(os.environ["STARTS"], "a") as f:
+            f.write(json.dumps({"run_id": run_id, "source": sweep.source}) + "\\n")
+        return run_id
+
+    beat.set_starter(record_start)
+    app.worker_main(["worker", "--pool=solo", "--without-heartbeat", "--without-mingle",
+                     "--without-gossip", "--loglevel=WARNING"])
+    """
+)
+
+
+class Procs:
+    def __init__(self, tmp: Path, redis_url: str) -> None:
+        self.tmp = tmp
+        self.env = {
+            **os.environ,
+            "SCANFLEET_BROKER_URL": redis_url,
+            "SCANFLEET_KEY_PREFIX": PREFIX,
+            "SCANFLEET_RESULTS_DIR": str(tmp / "results"),
+            "SCANFLEET_LOG_FORMAT": "json",
+            "STARTS": str(tmp / "starts.jsonl"),
+        }
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs: list[Path] = []
+
+    def spawn(self, name: str, script: str, *args: str) -> Path:
+        log = self.tmp / f"{name}.log"
+        with log.open("wb") as out:
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", script, *args],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=self.env,
+                    cwd=self.tmp,
+                )
+            )
+        self.logs.append(log)
+        return log
+
+    def starts(self) -> list[dict[str, Any]]:
+        p = Path(self.env["STARTS"])
+        return [json.loads(x) for x in p.read_text().splitlines()] if p.exists() else []
+
+    def events(self, log: Path, event: str) -> list[dict[str, Any]]:
+        out = []
+        for line in log.read_text(errors="replace").splitlines():
+            if f'"{event}"' in line:
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    continue
+        return out
+
+    def stop(self) -> None:
+        for p in self.procs:
+            stop_process(p)
+
+    def dump(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in self.logs
+        )
+
+
+@pytest.fixture
+def procs(tmp_path: Path, ops_redis: str) -> Iterator[Procs]:
+    p = Procs(tmp_path, ops_redis)
+    yield p
+    p.stop()
+
+
+def minute_soon(lead: float) -> float:
+    """A clock offset that puts the next minute boundary `lead` seconds from now."""
+    now = time.time()
+    return (60 - (now + lead) % 60) % 60
+
+
+@pytest.fixture
+def every_minute(write_sweeps: Callable[..., Path]) -> Path:
+    path = write_sweeps(
+        {
+            "sweeps": [
+                {
+                    "name": "every-minute",
+                    "schedule": "* * * * *",
+                    "profile": "/p",
+                    "all_namespaces": True,
+                }
+            ]
+        }
+    )
+    load_sweeps(path)
+    return path
+
+
+@pytest.mark.slow
+def test_two_beats_fire_the_sweep_once_and_the_overlapping_tick_is_skipped(
+    procs: Procs, every_minute: Path
+) -> None:
+    worker = procs.spawn("worker", WORKER)
+    offset = str(minute_soon(lead=6))
+    beat_a = procs.spawn("beat-a", BEAT, offset, str(every_minute))
+    beat_b = procs.spawn("beat-b", BEAT, offset, str(every_minute))
+    try:
+        wait_for(lambda: procs.events(worker, "sweep.skipped"), 40, "the second tick's skip")
+        wait_for(procs.starts, 5, "the first tick's run")
+    except AssertionError:
+        raise AssertionError(procs.dump()) from None
+    starts = procs.starts()
+    assert starts == [{"run_id": "20250101T000000Z-abcdef", "source": "sweep:every-minute"}]
+    (skip,) = procs.events(worker, "sweep.skipped")
+    assert skip["sweep"] == "every-minute"
+    assert skip["running"] == "20250101T000000Z-abcdef"
+    (started,) = procs.events(worker, "sweep.started")
+    assert started["source"] == "sweep:every-minute"
+    for beat in (beat_a, beat_b):  # both beats really sent the tick
+        assert "beat.sweep_scheduled" in beat.read_text()
+
+
+@pytest.mark.slow
+def test_a_tick_while_the_lock_is_held_is_skipped(
+    procs: Procs, every_minute: Path, store: RunStore
+) -> None:
+    held = "20241231T235900Z-0a0a0a"  # a run that has not finished
+    store.r.set(f"{PREFIX}:sweep:every-minute:lock", held, ex=600)
+    worker = procs.spawn("worker", WORKER)
+    procs.spawn("beat", BEAT, str(minute_soon(lead=6)), str(every_minute))
+    try:
+        wait_for(lambda: procs.events(worker, "sweep.skipped"), 40, "the tick's skip")
+    except AssertionError:
+        raise AssertionError(procs.dump()) from None
+    (skip,) = procs.events(worker, "sweep.skipped")
+    assert skip["running"] == held
+    assert procs.starts() == []
+    assert store.r.get(f"{PREFIX}:sweep:every-minute:lock") == held
