@@ -131,7 +131,7 @@ def sweep_context(
                 why = "no expires-at annotation" if raw is None else "unparseable expires-at"
                 warn = Finding(context, kind, obj["namespace"], obj["name"], raw, why)
                 report.warnings.append(warn)
-                log.warning("janitor.unknown_expiry", reason=why, **warn.to_dict())
+                log.warning("janitor.unknown_expiry", **warn.to_dict())
             elif expiry <= now:
                 expired[kind].append(finding)
             else:
