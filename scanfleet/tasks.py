@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import structlog
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
 
 from scanfleet.celery_app import FAN_OUT_TASK, QUEUE, SCAN_TASK, app, settings, tuning
 from scanfleet.discovery import Entry
@@ -85,6 +85,19 @@ def _fresh_runtime(**_kwargs: Any) -> None:
 
 
 worker_process_init.connect(_fresh_runtime, weak=False)
+
+
+def _warm_imports(**_kwargs: Any) -> None:
+    """In the main process, before the pool forks: the kubernetes client imports its API
+    modules lazily (seconds each), so every child would pay that on its first scan."""
+    from scanfleet import kube
+
+    client = getattr(kube, "k8s", None)
+    for name in ("CoreV1Api", "RbacAuthorizationV1Api", "AuthenticationV1Api", "V1Pod"):
+        getattr(client, name, None)
+
+
+worker_init.connect(_warm_imports, weak=False)
 
 
 def _task(**options: Any) -> Callable[[F], F]:

@@ -88,7 +88,7 @@ POLL_SECONDS = 0.5
 @output_option
 @click.option("--json", "as_json", is_flag=True, help="Print run.json / status as JSON.")
 @bad_input_exits
-def submit_command(  # noqa: PLR0917 - click passes options by keyword
+def submit_command(
     targets: tuple[str, ...],
     targets_file: Path | None,
     contexts: tuple[str, ...],
@@ -233,7 +233,7 @@ def _run_fleet(
     as_json: bool,
 ) -> None:
     # Imported here: building the Celery app is not needed by --local or other commands.
-    from scanfleet.celery_app import CHUNK_SIZE, FAN_OUT_TASK, QUEUE, app  # noqa: PLC0415
+    from scanfleet.celery_app import CHUNK_SIZE, FAN_OUT_TASK, QUEUE, app
 
     store = RunStore.from_url(settings.broker_url, settings.key_prefix, settings.retention_days)
     total = sum(e.size() for e in entries)
@@ -339,7 +339,7 @@ def status_command(run_id: str, as_json: bool) -> None:
 def worker_command(concurrency: int | None, loglevel: str) -> None:
     """Run a Celery worker (prefork) for scanfleet's tasks."""
     load_settings()  # configures logging, once, before Celery starts
-    from scanfleet.celery_app import QUEUE, app  # noqa: PLC0415  (after logging is set up)
+    from scanfleet.celery_app import QUEUE, app
 
     argv = ["worker", "--pool=prefork", f"--loglevel={loglevel}", f"--queues={QUEUE}",
             "--without-gossip", "--without-mingle"]
