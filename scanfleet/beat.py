@@ -276,15 +276,35 @@ def set_starter(starter: Starter | None) -> None:
 
 
 def default_starter(sweep: Sweep, settings: Settings) -> str:
-    """Start a sweep's run through the fleet (discovery, fan-out over Celery)."""
+    """Start a sweep's run through the fleet: discovery, then fan-out over Celery.
+
+    The contract with the fleet (`scanfleet.runs.start_fleet_run`): validate, discover,
+    store the run and enqueue it exactly as `submit` does, with `source`, and return the
+    run id once the run exists in the store (so the lock can follow it).
+    """
     try:
-        from scanfleet.runs import start_sweep_run  # type: ignore[attr-defined]
+        from scanfleet.runs import start_fleet_run  # type: ignore[attr-defined]
     except ImportError:
         raise ScanfleetError(
-            "this scanfleet has no fleet run starter (scanfleet.runs.start_sweep_run); "
-            "sweep ticks cannot start runs"
+            "this scanfleet has no fleet run starter (scanfleet.runs.start_fleet_run); "
+            f"sweep {sweep.name!r} cannot start its run"
         ) from None
-    run_id: str = start_sweep_run(sweep, settings)
+    run_id: str = start_fleet_run(
+        settings=settings,
+        kubeconfig=default_kubeconfig(None, os.environ),
+        contexts=sweep.contexts,
+        all_contexts=sweep.all_contexts,
+        namespaces=sweep.namespaces,
+        all_namespaces=sweep.all_namespaces,
+        exclude_namespaces=sweep.exclude_namespaces,
+        selector=sweep.selector,
+        profile=sweep.profile,
+        input_files=sweep.inputs,
+        threshold=Path(sweep.threshold) if sweep.threshold else None,
+        fleet_threshold=Path(sweep.fleet_threshold) if sweep.fleet_threshold else None,
+        dedupe_images=sweep.dedupe_images,
+        source=sweep.source,
+    )
     return run_id
 
 
