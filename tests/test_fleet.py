@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -242,3 +243,25 @@ def test_submit_fans_out_in_bounded_chunks(
     status = run_cli(["status", run_id], fleet_env)
     assert status.returncode == 0
     assert "queued: 1201" in status.stdout
+
+
+def test_start_fleet_run_queues_a_discovery_run_for_sweeps(
+    fleet_env: dict[str, str], redis_server: RedisServer
+) -> None:
+    code = (
+        "import os\n"
+        "from scanfleet.runs import start_fleet_run\n"
+        "from scanfleet.settings import Settings\n"
+        "print(start_fleet_run(settings=Settings.from_env(), kubeconfig=os.environ['KUBECONFIG'],"
+        " all_contexts=True, namespaces=['apps'], selector='app=web', profile='p',"
+        " source='sweep:nightly'))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=fleet_env, capture_output=True,
+                          text=True, check=False, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_id = proc.stdout.strip().splitlines()[-1]
+    r = redis_server.client()
+    plan = json.loads(r.get(f"{KEY_PREFIX}:run:{run_id}:plan"))
+    assert plan["source"] == "sweep:nightly"
+    assert r.hget(f"{KEY_PREFIX}:run:{run_id}:meta", "total") == "4"  # web/app+sidecar x 2
+    assert r.llen("scanfleet") == 1

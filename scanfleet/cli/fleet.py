@@ -36,13 +36,12 @@ from scanfleet.cli.common import (
     threshold_document,
 )
 from scanfleet.cli.scan import print_run
-from scanfleet.discovery import Entry, Scope, covers_map, discover, resolve
+from scanfleet.discovery import Entry, Scope, discover, resolve
 from scanfleet.discovery import dedupe_images as dedupe_by_image
 from scanfleet.errors import BadInput, ScanError
 from scanfleet.kube import ClientCache, choose_contexts, default_kubeconfig, list_contexts
-from scanfleet.leases import LocalLeases
 from scanfleet.results import check_run_id, iso, new_run_id
-from scanfleet.runs import Pipeline, RunPlan, maybe_finalize, run_local
+from scanfleet.runs import RunPlan, enqueue_fleet_run, run_local
 from scanfleet.scan import utcnow
 from scanfleet.settings import Settings, check_ttl
 from scanfleet.store import RunStore, StoreUnavailable
@@ -232,37 +231,26 @@ def _run_fleet(
     wait: bool,
     as_json: bool,
 ) -> None:
-    # Imported here: building the Celery app is not needed by --local or other commands.
-    from scanfleet.celery_app import CHUNK_SIZE, FAN_OUT_TASK, QUEUE, app
-
     store = RunStore.from_url(settings.broker_url, settings.key_prefix, settings.retention_days)
     total = sum(e.size() for e in entries)
     try:
         store.ping()
-        store.create_run(
-            plan.run_id,
-            plan.to_dict(),
-            (e.to_dict() for e in entries),
-            covers_map(plan.run_id, entries),
-            total,
-            created_at=plan.created_at,
-            results_dir=str(out.resolve()) if out is not None else None,
-        )
     except StoreUnavailable as e:
         click.echo(f"scanfleet: error: {e}; nothing queued", err=True)
         sys.exit(EXIT_SCAN_ERROR)
-    click.echo(plan.run_id)
-    sys.stdout.flush()
-    if total == 0:
-        _finalize_empty(store, plan, out or settings.results_dir)
-    with app.producer_or_acquire() as producer:
-        for start in range(0, len(entries), CHUNK_SIZE):
-            app.send_task(
-                FAN_OUT_TASK,
-                args=[plan.run_id, start, min(start + CHUNK_SIZE, len(entries))],
-                queue=QUEUE,
-                producer=producer,
-            )
+
+    def created() -> None:
+        click.echo(plan.run_id)  # alone on the first line, once `status` can find the run
+        sys.stdout.flush()
+
+    try:
+        enqueue_fleet_run(
+            store, plan, entries, out, fallback_results_dir=settings.results_dir,
+            created=created,
+        )
+    except StoreUnavailable as e:
+        click.echo(f"scanfleet: error: {e}", err=True)
+        sys.exit(EXIT_SCAN_ERROR)
     if not wait:
         if as_json:
             status = store.status(plan.run_id)
@@ -271,11 +259,6 @@ def _run_fleet(
     run = follow(store, plan.run_id, total)
     print_run(run, as_json)
     sys.exit(int(run["exit_code"]))
-
-
-def _finalize_empty(store: RunStore, plan: RunPlan, out: Path) -> None:
-    """Nothing matched: the run is over before it starts; aggregate it here."""
-    maybe_finalize(Pipeline(ClientCache(""), store, LocalLeases(1), out), plan)
 
 
 def follow(store: RunStore, run_id: str, total: int) -> dict[str, Any]:
