@@ -94,7 +94,7 @@ class AuditResult:
     duration_s: float
 
 
-def build_argv(  # noqa: PLR0917 - the signature is the module's published contract
+def build_argv(
     auditor: str,
     profile: str,
     target: Target,

@@ -283,7 +283,7 @@ def default_starter(sweep: Sweep, settings: Settings) -> str:
     run id once the run exists in the store (so the lock can follow it).
     """
     try:
-        from scanfleet.runs import start_fleet_run  # type: ignore[attr-defined]
+        from scanfleet.runs import start_fleet_run
     except ImportError:
         raise ScanfleetError(
             "this scanfleet has no fleet run starter (scanfleet.runs.start_fleet_run); "

@@ -81,7 +81,9 @@ def _positive(env: Mapping[str, str], key: str, default: int) -> int:
 
 
 def make_app(settings: Settings, tuning: FleetTuning) -> Celery:
-    app = Celery("scanfleet", broker=settings.broker_url, include=["scanfleet.tasks"])
+    app = Celery(
+        "scanfleet", broker=settings.broker_url, include=["scanfleet.tasks", "scanfleet.beat"]
+    )
     vt = tuning.visibility_timeout
     app.conf.update(
         task_serializer="json",

@@ -30,6 +30,7 @@ import yaml
 from scanfleet.aggregate import Aggregator
 from scanfleet.discovery import Entry, Scope, covers_map, dedupe_images, discover, resolve
 from scanfleet.discovery import dedupe_images as dedupe_by_image
+from scanfleet.drift import write_sweep_drift
 from scanfleet.errors import BadInput, ScanError, ScanInterrupted
 from scanfleet.kube import ClientCache, KubeClient, choose_contexts
 from scanfleet.leases import Limiter, LocalLeases
@@ -456,6 +457,10 @@ def finalize(
         **(extra or {}),
     }
     write_json(out / "run.json", run)
+    # A sweep run is compared with the previous run of the same sweep (drift.json).
+    drift = write_sweep_drift(results_dir, run)
+    if drift is not None:
+        log.info("run.drift", run_id=plan.run_id, baseline=drift.get("run_a"))
     log.info(
         "run.finished",
         run_id=plan.run_id,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from tqdm import tqdm  # type: ignore[import-untyped]
+from tqdm import tqdm
 
 from scanfleet.cli.common import (
     EXIT_SCAN_ERROR,
