@@ -358,3 +358,26 @@ def test_json_logs_carry_the_scan_context(scan: Callable[..., Outcome]) -> None:
         assert e["scan_id"] == out.summaries[0]["scan_id"]
         assert (e["context"], e["namespace"], e["pod"], e["container"]) == (
             "fake", "apps", "web", "app")
+
+
+def test_status_of_a_local_run_reads_its_run_json(
+    scan: Callable[..., Outcome], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scanfleet.cli import fleet as _register_fleet  # noqa: F401
+
+    monkeypatch.setenv("SCANFLEET_KEY_PREFIX", f"test-{tmp_path.name}")
+    out = scan("apps/web/app")
+    assert out.run is not None
+    res = CliRunner().invoke(
+        main_group,
+        ["status", out.run["run_id"], "--json", "--results-dir", str(tmp_path / "results")],
+    )
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["state"] == "finished"
+    assert doc["run"]["targets"] == out.run["targets"]
+    missing = CliRunner().invoke(
+        main_group, ["status", "20200101T000000Z-000000", "--results-dir", str(tmp_path)]
+    )
+    assert missing.exit_code == 2
+    assert "20200101T000000Z-000000" in missing.stderr

@@ -282,19 +282,34 @@ def follow(store: RunStore, run_id: str, total: int) -> dict[str, Any]:
 @main_group.command("status")
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the status document as JSON.")
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to look for run.json of runs Redis does not know "
+                   "(`scan`, `submit --local`; default: $SCANFLEET_RESULTS_DIR).")
 @bad_input_exits
-def status_command(run_id: str, as_json: bool) -> None:
+def status_command(run_id: str, as_json: bool, results_dir: Path | None) -> None:
     """State counts of a run while it runs; its summary once it is done."""
     settings = load_settings()
     check_run_id(run_id)
+    finished = (results_dir or settings.results_dir) / run_id / "run.json"
     store = RunStore.from_url(settings.broker_url, settings.key_prefix, settings.retention_days)
     try:
         status = store.status(run_id)
         result = store.result(run_id) if status is not None and status.finished else None
     except StoreUnavailable as e:
-        click.echo(f"scanfleet: error: {e}", err=True)
-        sys.exit(EXIT_SCAN_ERROR)
+        if not finished.is_file():
+            click.echo(f"scanfleet: error: {e}", err=True)
+            sys.exit(EXIT_SCAN_ERROR)
+        status = result = None
     if status is None:
+        # A local run (`scan`, `submit --local`) never touches Redis; its run.json says all.
+        if finished.is_file():
+            run = json.loads(finished.read_text())
+            if as_json:
+                click.echo(json.dumps({"run_id": run_id, "state": "finished", "run": run},
+                                      indent=2))
+            else:
+                print_run(run, False)
+            return
         fail(f"run {run_id!r} not found (unknown, or older than the retention period)")
         return
     if result is not None:
