@@ -117,8 +117,10 @@ def make_app(settings: Settings, tuning: FleetTuning) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
-        worker_send_task_events=False,
-        task_send_sent_event=False,
+        # Task events feed Flower (the compose stack's monitor); they carry task names and
+        # arguments (run id, context/namespace/pod/container names), never credentials.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
     )
     return app
 
