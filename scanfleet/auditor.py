@@ -42,7 +42,7 @@ from pathlib import Path
 
 import structlog
 
-from scanfleet.errors import AuditorFailed, AuditorMissing, ScanTimeout
+from scanfleet.errors import AuditorFailed, AuditorMissing, ScanInterrupted, ScanTimeout
 from scanfleet.logs import redact_text
 from scanfleet.targets import Target
 
@@ -84,6 +84,22 @@ _ENV_SECRET_NAME = re.compile(
 )
 
 log = structlog.get_logger(__name__)
+
+_stop = threading.Event()
+
+
+def request_stop() -> None:
+    """Make every auditor this process is waiting for stop, in every thread.
+
+    A signal handler can only raise in the main thread; an in-process run with a thread
+    pool (`submit --local`) sets this so audits in the other threads end promptly too,
+    with `ScanInterrupted`, and their identities are revoked.
+    """
+    _stop.set()
+
+
+def clear_stop() -> None:
+    _stop.clear()
 
 
 @dataclass(frozen=True)
@@ -222,6 +238,8 @@ def _wait(proc: subprocess.Popen[bytes], deadline: float) -> int | None:
         code = proc.poll()
         if code is not None:
             return code
+        if _stop.is_set():
+            raise ScanInterrupted("interrupted: the run is stopping")
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return None

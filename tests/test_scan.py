@@ -381,3 +381,42 @@ def test_status_of_a_local_run_reads_its_run_json(
     )
     assert missing.exit_code == 2
     assert "20200101T000000Z-000000" in missing.stderr
+
+
+def test_sigterm_stops_every_thread_of_a_local_run(
+    fake_cluster: FakeCluster, admin_kubeconfig: Path, standin_auditor: str,
+    auditor_plan: Callable[..., Path], tmp_path: Path,
+) -> None:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    auditor_plan({
+        "apps/web/app": {"sleep": 120, "pid_file": str(pids / "app")},
+        "apps/web/sidecar": {"sleep": 120, "pid_file": str(pids / "sidecar")},
+    })
+    results = tmp_path / "results"
+    env = {**os.environ, "SCANFLEET_AUDITOR": standin_auditor}
+    proc = subprocess.Popen(
+        [PY, "-c", "from scanfleet.cli import main; main()", "submit", "apps/web",
+         "--local", "--concurrency", "2", "--profile", "p", "--kubeconfig",
+         str(admin_kubeconfig), "--output", str(results)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(list(pids.iterdir())) == 2, "both audits should be running"
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+        assert time.monotonic() - started < 30, "the run must not wait for the audits"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 3, stderr
+    out = collect(results, proc.returncode, stdout, stderr)
+    assert sorted(s["error"]["kind"] for s in out.summaries) == ["interrupted", "interrupted"]
+    for f in pids.iterdir():
+        with pytest.raises(ProcessLookupError):
+            os.kill(json.loads(f.read_text())["pid"], 0)

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from scanfleet import logs
+from scanfleet.auditor import clear_stop, request_stop
 from scanfleet.errors import BadInput, ScanInterrupted
 from scanfleet.settings import Settings
 
@@ -154,6 +155,7 @@ def interruptible() -> Iterator[None]:
         if fired:
             return
         fired = True
+        request_stop()  # audits running in other threads stop too
         raise ScanInterrupted(f"interrupted by {signal.Signals(signum).name}")
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -162,6 +164,7 @@ def interruptible() -> Iterator[None]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        clear_stop()
 
 
 def env_flag(name: str) -> bool:
