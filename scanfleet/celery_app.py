@@ -30,8 +30,7 @@ import structlog
 from celery import Celery
 from celery.signals import setup_logging, worker_ready
 
-from scanfleet.errors import BadInput
-from scanfleet.settings import Settings
+from scanfleet.settings import Settings, env_int
 
 QUEUE = "scanfleet"
 FAN_OUT_TASK = "scanfleet.fan_out"
@@ -62,22 +61,9 @@ class FleetTuning:
         return cls(
             soft_time_limit=soft,
             time_limit=hard,
-            visibility_timeout=_positive(env, "SCANFLEET_VISIBILITY_TIMEOUT", hard + 300),
-            lease_seconds=_positive(env, "SCANFLEET_LEASE_SECONDS", 60),
+            visibility_timeout=env_int(env, "SCANFLEET_VISIBILITY_TIMEOUT", hard + 300),
+            lease_seconds=env_int(env, "SCANFLEET_LEASE_SECONDS", 60),
         )
-
-
-def _positive(env: Mapping[str, str], key: str, default: int) -> int:
-    raw = env.get(key)
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadInput(f"{key}={raw!r} is not a whole number") from None
-    if value < 1:
-        raise BadInput(f"{key}={raw!r} must be at least 1")
-    return value
 
 
 def make_app(settings: Settings, tuning: FleetTuning) -> Celery:

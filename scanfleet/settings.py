@@ -48,13 +48,13 @@ class Settings:
             broker_url=env.get("SCANFLEET_BROKER_URL") or d.broker_url,
             results_dir=Path(env.get("SCANFLEET_RESULTS_DIR") or d.results_dir),
             auditor=env.get("SCANFLEET_AUDITOR") or d.auditor,
-            cluster_concurrency=_int(
+            cluster_concurrency=env_int(
                 env, "SCANFLEET_CLUSTER_CONCURRENCY", d.cluster_concurrency, 1
             ),
-            token_ttl=_int(env, "SCANFLEET_TOKEN_TTL", d.token_ttl, 1),
-            scan_timeout=_int(env, "SCANFLEET_SCAN_TIMEOUT", d.scan_timeout, 1),
+            token_ttl=env_int(env, "SCANFLEET_TOKEN_TTL", d.token_ttl, 1),
+            scan_timeout=env_int(env, "SCANFLEET_SCAN_TIMEOUT", d.scan_timeout, 1),
             log_format=_choice(env, "SCANFLEET_LOG_FORMAT", d.log_format, ("json", "console")),
-            retention_days=_int(env, "SCANFLEET_RETENTION_DAYS", d.retention_days, 1),
+            retention_days=env_int(env, "SCANFLEET_RETENTION_DAYS", d.retention_days, 1),
             key_prefix=env.get("SCANFLEET_KEY_PREFIX") or d.key_prefix,
         )
 
@@ -71,7 +71,8 @@ def check_ttl(token_ttl: int, scan_timeout: int) -> None:
         raise BadInput(f"token TTL {token_ttl}s must exceed the scan timeout {scan_timeout}s")
 
 
-def _int(env: Mapping[str, str], key: str, default: int, minimum: int) -> int:
+def env_int(env: Mapping[str, str], key: str, default: int, minimum: int = 1) -> int:
+    """A whole-number setting; BadInput naming the variable and value when it is not."""
     raw = env.get(key)
     if not raw:
         return default

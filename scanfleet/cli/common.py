@@ -17,7 +17,7 @@ import click
 from scanfleet import logs
 from scanfleet.auditor import clear_stop, request_stop
 from scanfleet.errors import BadInput, ScanInterrupted
-from scanfleet.settings import Settings
+from scanfleet.settings import Settings, check_ttl
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -128,6 +128,14 @@ def threshold_document(path: Path | None, fleet: bool = False) -> dict[str, Any]
     doc = yaml.safe_load(path.read_text())
     assert isinstance(doc, dict)
     return doc
+
+
+def scan_limits(settings: Settings, token_ttl: int | None, timeout: int | None) -> tuple[int, int]:
+    """Token TTL and scan timeout: flags over the environment, checked against each other."""
+    ttl = token_ttl if token_ttl is not None else settings.token_ttl
+    scan_timeout = timeout if timeout is not None else settings.scan_timeout
+    check_ttl(ttl, scan_timeout)
+    return ttl, scan_timeout
 
 
 def check_files(paths: tuple[Path, ...], what: str) -> tuple[str, ...]:

@@ -32,6 +32,7 @@ from scanfleet.cli.common import (
     main_group,
     output_option,
     results_dir,
+    scan_limits,
     scan_options,
     threshold_document,
 )
@@ -43,7 +44,7 @@ from scanfleet.kube import ClientCache, choose_contexts, default_kubeconfig, lis
 from scanfleet.results import check_run_id, iso, new_run_id
 from scanfleet.runs import RunPlan, enqueue_fleet_run, run_local
 from scanfleet.scan import utcnow
-from scanfleet.settings import Settings, check_ttl
+from scanfleet.settings import Settings
 from scanfleet.store import RunStore, StoreUnavailable
 from scanfleet.targets import Target, load_targets_file, parse_target
 
@@ -112,9 +113,7 @@ def submit_command(
 ) -> None:
     """Scan many containers: TARGET... / --targets-file, or discovery over namespaces."""
     settings = load_settings()
-    ttl = token_ttl if token_ttl is not None else settings.token_ttl
-    scan_timeout = timeout if timeout is not None else settings.scan_timeout
-    check_ttl(ttl, scan_timeout)
+    ttl, scan_timeout = scan_limits(settings, token_ttl, timeout)
     kcfg = default_kubeconfig(kubeconfig, os.environ)
     chosen = choose_contexts(kcfg, contexts, all_contexts)
     explicit = _explicit_targets(targets, targets_file, kcfg, chosen)

@@ -18,6 +18,7 @@ from scanfleet.cli.common import (
     main_group,
     output_option,
     results_dir,
+    scan_limits,
     scan_options,
     threshold_document,
 )
@@ -25,7 +26,6 @@ from scanfleet.kube import ClientCache, choose_contexts, default_kubeconfig
 from scanfleet.results import iso, new_run_id
 from scanfleet.runs import RunPlan, run_local
 from scanfleet.scan import utcnow
-from scanfleet.settings import check_ttl
 from scanfleet.targets import parse_target
 
 
@@ -51,9 +51,7 @@ def scan_command(
 ) -> None:
     """Scan NAMESPACE/POD[/CONTAINER] with a throwaway least-privilege identity."""
     settings = load_settings()
-    ttl = token_ttl if token_ttl is not None else settings.token_ttl
-    scan_timeout = timeout if timeout is not None else settings.scan_timeout
-    check_ttl(ttl, scan_timeout)
+    ttl, scan_timeout = scan_limits(settings, token_ttl, timeout)
     kcfg = default_kubeconfig(kubeconfig, os.environ)
     ctx = choose_contexts(kcfg, [context] if context else [], False)[0]
     tgt = parse_target(target, ctx)
