@@ -278,15 +278,15 @@ def set_starter(starter: Starter | None) -> None:
 def default_starter(sweep: Sweep, settings: Settings) -> str:
     """Start a sweep's run through the fleet: discovery, then fan-out over Celery.
 
-    The contract with the fleet (`scanfleet.runs.start_fleet_run`): validate, discover,
+    The contract with the fleet (`scanfleet.fleet.start_fleet_run`): validate, discover,
     store the run and enqueue it exactly as `submit` does, with `source`, and return the
     run id once the run exists in the store (so the lock can follow it).
     """
     try:
-        from scanfleet.runs import start_fleet_run
+        from scanfleet.fleet import start_fleet_run
     except ImportError:
         raise ScanfleetError(
-            "this scanfleet has no fleet run starter (scanfleet.runs.start_fleet_run); "
+            "this scanfleet has no fleet run starter (scanfleet.fleet.start_fleet_run); "
             f"sweep {sweep.name!r} cannot start its run"
         ) from None
     run_id: str = start_fleet_run(

@@ -9,35 +9,30 @@ functions:
                                     summaries for --dedupe-images)               done == total
 
 They differ only in the `RunState` (in memory, or `RunStore` in Redis) and the `Limiter`
-(a semaphore per context, or Redis leases). Run settings travel as a `RunPlan`: plain JSON,
+(a semaphore per context, or Redis leases): `scanfleet.local` drives a run in-process,
+`scanfleet.fleet` creates and queues one for the Celery tasks of `scanfleet.tasks`. Run settings travel as a `RunPlan`: plain JSON,
 never a credential — contexts by name, the threshold as its parsed document (so a worker on
 another host can judge without the file).
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
-import yaml
 
 from scanfleet.aggregate import Aggregator
-from scanfleet.discovery import Entry, Scope, covers_map, dedupe_images, discover, resolve
-from scanfleet.discovery import dedupe_images as dedupe_by_image
+from scanfleet.discovery import Entry
 from scanfleet.drift import write_sweep_drift
-from scanfleet.errors import BadInput, ScanError, ScanInterrupted
-from scanfleet.kube import ClientCache, KubeClient, choose_contexts
-from scanfleet.leases import Limiter, LocalLeases
-from scanfleet.results import iso, iter_summaries, new_run_id, run_dir, summary_path, write_json
+from scanfleet.errors import BadInput, ScanError
+from scanfleet.kube import ClientCache
+from scanfleet.leases import Limiter
+from scanfleet.results import iso, iter_summaries, run_dir, summary_path, write_json
 from scanfleet.scan import ScanOptions, run_scan, utcnow
-from scanfleet.settings import Settings, check_ttl
-from scanfleet.store import RunStore
 from scanfleet.targets import Target, scan_id_for
 from scanfleet.thresholds import FleetThreshold, Threshold, parse_fleet_threshold, parse_threshold
 
@@ -99,14 +94,6 @@ class RunPlan:
         if self.fleet_threshold is None:
             return None
         return parse_fleet_threshold(self.fleet_threshold, self.fleet_threshold_source)
-
-
-def expand_target(kube: KubeClient, target: Target) -> list[Target]:
-    """A target without container → one target per regular container of the pod."""
-    if target.container is not None:
-        return [target]
-    pod = kube.read_pod(target.namespace, target.pod)
-    return [target.with_container(c.name) for c in pod.containers]
 
 
 def error_summary(
@@ -295,146 +282,6 @@ def record_failure(
     return summary
 
 
-class LocalState:
-    """RunState in memory, for `submit --local` and `scan`."""
-
-    def __init__(self, entries: Sequence[Entry], progress: Progress | None = None) -> None:
-        self.total = sum(e.size() for e in entries)
-        self.covers: dict[str, list[dict[str, Any]]] = {}
-        self.states: dict[str, str] = {}
-        self.done: set[str] = set()
-        self.run: dict[str, Any] | None = None
-        self._finalizing = False
-        self._lock = threading.Lock()
-        self._progress = progress
-        self._run_id: str | None = None
-        self._entries = entries
-
-    def bind(self, run_id: str) -> LocalState:
-        self._run_id = run_id
-        self.covers = {
-            scan_id_for(run_id, e.target): [c.to_dict() for c in e.covers]
-            for e in self._entries
-            if e.covers
-        }
-        return self
-
-    def is_done(self, run_id: str, scan_id: str) -> bool:
-        with self._lock:
-            return scan_id in self.done
-
-    def mark_running(self, run_id: str, scan_id: str) -> None:
-        with self._lock:
-            self.states.setdefault(scan_id, "running")
-
-    def covered(self, run_id: str, scan_id: str) -> list[dict[str, Any]]:
-        return self.covers.get(scan_id, [])
-
-    def finish(self, run_id: str, outcomes: Sequence[tuple[str, str]]) -> tuple[int, int, int]:
-        with self._lock:
-            added = 0
-            for scan_id, status in outcomes:
-                if scan_id not in self.done:
-                    self.done.add(scan_id)
-                    self.states[scan_id] = status
-                    added += 1
-            done = len(self.done)
-        if added and self._progress is not None:
-            self._progress(done, self.total)
-        return added, done, self.total
-
-    def begin_finalize(self, run_id: str, lock_seconds: int = 300) -> bool:
-        with self._lock:
-            if self._finalizing:
-                return False
-            self._finalizing = True
-            return True
-
-    def end_finalize(self, run_id: str, run: Mapping[str, Any]) -> None:
-        self.run = dict(run)
-
-    def is_finalized(self, run_id: str) -> bool:
-        return self.run is not None
-
-
-def run_local(
-    clients: ClientCache,
-    plan: RunPlan,
-    targets: Iterable[Target],
-    results_dir: Path,
-    *,
-    concurrency: int = 1,
-    now: Clock = utcnow,
-    entries: Sequence[Entry] | None = None,
-    cluster_concurrency: int = 10,
-    progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Run every target in-process (threads, no broker), then return the run summary.
-
-    `entries` (from discovery) replace `targets` when given. The per-cluster cap is a
-    semaphore per context, as the fleet's is a lease per context.
-    """
-    out = run_dir(results_dir, plan.run_id)
-    out.mkdir(parents=True, exist_ok=True)
-    if entries is None:
-        entries = resolve(clients, targets, need_images=plan.dedupe_images)
-    if plan.dedupe_images:
-        entries = dedupe_images(entries)
-    state = LocalState(entries, progress).bind(plan.run_id)
-    pipe = Pipeline(clients, state, LocalLeases(cluster_concurrency), results_dir, now)
-    interrupted: ScanInterrupted | None = None
-
-    def one(e: Entry) -> None:
-        if e.error is not None:
-            record_error(pipe, plan, e)
-        else:
-            execute_target(pipe, plan, e.target)
-
-    if concurrency <= 1:
-        for e in entries:
-            try:
-                one(e)
-            except ScanInterrupted as exc:
-                interrupted = exc
-                break
-    else:
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            futures = [pool.submit(one, e) for e in entries]
-            for f in futures:
-                try:
-                    f.result()
-                except ScanInterrupted as exc:
-                    interrupted = exc
-                    for other in futures:
-                        other.cancel()
-    if interrupted is not None:
-        _close_interrupted(pipe, plan, entries, interrupted)
-    if state.run is None:  # nothing to scan, or the interruption path recorded the rest
-        maybe_finalize(pipe, plan)
-    if state.run is None:
-        state.run = finalize(plan, results_dir, now)
-    return state.run
-
-
-def _close_interrupted(
-    pipe: Pipeline, plan: RunPlan, entries: Sequence[Entry], interrupted: ScanInterrupted
-) -> None:
-    """Targets never started still get a result: nothing ends without one."""
-    out = run_dir(pipe.results_dir, plan.run_id)
-    for e in entries:
-        for t in (e, *e.covers):
-            scan_id = scan_id_for(plan.run_id, t.target)
-            if pipe.state.is_done(plan.run_id, scan_id):
-                continue
-            p = summary_path(out, scan_id)
-            if not p.exists():
-                write_json(
-                    p, error_summary(plan.run_id, t.target, interrupted, pipe.now(),
-                                  image=t.image, image_id=t.image_id)
-                )
-            pipe.state.finish(plan.run_id, [(scan_id, "error")])
-
-
 def finalize(
     plan: RunPlan,
     results_dir: Path,
@@ -468,115 +315,3 @@ def finalize(
         targets=run.get("targets"),
     )
     return run
-
-
-def enqueue_fleet_run(
-    store: RunStore, plan: RunPlan, entries: Sequence[Entry], results_dir: Path | None,
-    *, fallback_results_dir: Path, created: Callable[[], None] | None = None,
-) -> int:
-    """Create the run in Redis and queue its fan-out chunks; returns the number of targets.
-
-    `submit` and sweeps both go through here. Raises StoreUnavailable if Redis is down
-    (nothing is queued then). A run with no targets is finalized at once, here.
-    """
-    # The Celery app is an entry point's concern; imported late so `--local` never builds it.
-    from scanfleet.celery_app import CHUNK_SIZE, FAN_OUT_TASK, QUEUE, app
-
-    total = sum(e.size() for e in entries)
-    store.ping()
-    store.create_run(
-        plan.run_id,
-        plan.to_dict(),
-        (e.to_dict() for e in entries),
-        covers_map(plan.run_id, entries),
-        total,
-        created_at=plan.created_at,
-        results_dir=str(results_dir.resolve()) if results_dir is not None else None,
-    )
-    if created is not None:
-        created()  # `submit` prints the run id here: the run exists, nothing is queued yet
-    if total == 0:
-        pipe = Pipeline(ClientCache(""), store, LocalLeases(1), results_dir or fallback_results_dir)
-        maybe_finalize(pipe, plan)
-        return 0
-    with app.producer_or_acquire() as producer:
-        for start in range(0, len(entries), CHUNK_SIZE):
-            app.send_task(
-                FAN_OUT_TASK,
-                args=[plan.run_id, start, min(start + CHUNK_SIZE, len(entries))],
-                queue=QUEUE,
-                producer=producer,
-            )
-    return total
-
-
-def _threshold_doc(path: Path | None, fleet: bool) -> dict[str, Any] | None:
-    """Load and strictly validate a threshold file; the run carries the document."""
-    if path is None:
-        return None
-    from scanfleet.thresholds import load_fleet_threshold, load_threshold
-
-    (load_fleet_threshold if fleet else load_threshold)(path)  # raises ThresholdFileError
-    doc = yaml.safe_load(path.read_text())
-    if not isinstance(doc, dict):
-        raise BadInput(f"threshold file {str(path)!r} must be a mapping")
-    return doc
-
-
-def start_fleet_run(
-    *,
-    settings: Settings,
-    kubeconfig: str,
-    contexts: Sequence[str] = (),
-    all_contexts: bool = False,
-    namespaces: Sequence[str] = (),
-    all_namespaces: bool = False,
-    exclude_namespaces: Sequence[str] = (),
-    selector: str | None = None,
-    profile: str,
-    input_files: Sequence[str | Path] = (),
-    threshold: Path | None = None,
-    fleet_threshold: Path | None = None,
-    dedupe_images: bool = False,
-    source: str = "submit",
-    now: Clock = utcnow,
-) -> str:
-    """A discovery run on the fleet, as `submit` without targets makes it (sweeps use this).
-
-    Validates (BadInput before anything is created), discovers, creates the run in Redis,
-    queues it, and returns the run id once the run exists in the store.
-    """
-    check_ttl(settings.token_ttl, settings.scan_timeout)
-    chosen = choose_contexts(kubeconfig, list(contexts), all_contexts)
-    scope = Scope(chosen, tuple(namespaces), all_namespaces, tuple(exclude_namespaces), selector)
-    for f in input_files:
-        if not Path(f).is_file():
-            raise BadInput(f"input file {str(f)!r} does not exist or is not a file")
-    t = now()
-    plan = RunPlan(
-        run_id=new_run_id(t),
-        source=source,
-        profile=profile,
-        created_at=iso(t),
-        threshold=_threshold_doc(threshold, fleet=False),
-        threshold_source=str(threshold) if threshold else "threshold",
-        fleet_threshold=_threshold_doc(fleet_threshold, fleet=True),
-        fleet_threshold_source=str(fleet_threshold) if fleet_threshold else "fleet threshold",
-        input_files=tuple(str(Path(f).resolve()) for f in input_files),
-        token_ttl=settings.token_ttl,
-        timeout=settings.scan_timeout,
-        auditor=settings.auditor,
-        dedupe_images=dedupe_images,
-    )
-    plan.scan_options()
-    plan.fleet()
-    clients = ClientCache(kubeconfig)
-    try:
-        entries = discover(clients, scope)
-    finally:
-        clients.close()
-    if dedupe_images:
-        entries = dedupe_by_image(entries)
-    store = RunStore.from_url(settings.broker_url, settings.key_prefix, settings.retention_days)
-    enqueue_fleet_run(store, plan, entries, None, fallback_results_dir=settings.results_dir)
-    return plan.run_id

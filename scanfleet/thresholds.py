@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import yaml
 
@@ -332,3 +333,17 @@ def parse_fleet_threshold(data: object, source: str) -> FleetThreshold:
 
 def load_fleet_threshold(path: str | Path) -> FleetThreshold:
     return parse_fleet_threshold(_read_yaml(path), str(path))
+
+
+def threshold_document(path: Path | None, fleet: bool = False) -> dict[str, Any] | None:
+    """Load and strictly validate a threshold file; return its parsed document.
+
+    Runs carry the document, not the path, so a worker on another host can judge.
+    """
+    if path is None:
+        return None
+    (load_fleet_threshold if fleet else load_threshold)(path)  # raises ThresholdFileError
+    doc = _read_yaml(path)
+    if not isinstance(doc, dict):
+        raise ThresholdFileError(f"threshold file {str(path)!r} must be a mapping")
+    return doc

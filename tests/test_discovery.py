@@ -12,8 +12,9 @@ from fakekube import FakeCluster, write_kubeconfig
 from scanfleet.discovery import Entry, Scope, check_selector, dedupe_images, discover, resolve
 from scanfleet.errors import BadInput
 from scanfleet.kube import ClientCache
+from scanfleet.local import run_local
 from scanfleet.results import iter_summaries
-from scanfleet.runs import RunPlan, run_local
+from scanfleet.runs import RunPlan
 from scanfleet.targets import Target
 
 RUN = "20250101T000000Z-abcdef"

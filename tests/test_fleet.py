@@ -250,7 +250,7 @@ def test_start_fleet_run_queues_a_discovery_run_for_sweeps(
 ) -> None:
     code = (
         "import os\n"
-        "from scanfleet.runs import start_fleet_run\n"
+        "from scanfleet.fleet import start_fleet_run\n"
         "from scanfleet.settings import Settings\n"
         "print(start_fleet_run(settings=Settings.from_env(), kubeconfig=os.environ['KUBECONFIG'],"
         " all_contexts=True, namespaces=['apps'], selector='app=web', profile='p',"

@@ -113,23 +113,6 @@ def scan_options(fn: F) -> F:
     return fn
 
 
-def threshold_document(path: Path | None, fleet: bool = False) -> dict[str, Any] | None:
-    """Load and strictly validate a threshold file; return its parsed document.
-
-    Runs carry the document, not the path, so a worker on another host can judge.
-    """
-    if path is None:
-        return None
-    import yaml
-
-    from scanfleet.thresholds import load_fleet_threshold, load_threshold
-
-    (load_fleet_threshold if fleet else load_threshold)(path)  # raises ThresholdFileError
-    doc = yaml.safe_load(path.read_text())
-    assert isinstance(doc, dict)
-    return doc
-
-
 def scan_limits(settings: Settings, token_ttl: int | None, timeout: int | None) -> tuple[int, int]:
     """Token TTL and scan timeout: flags over the environment, checked against each other."""
     ttl = token_ttl if token_ttl is not None else settings.token_ttl

@@ -34,19 +34,21 @@ from scanfleet.cli.common import (
     results_dir,
     scan_limits,
     scan_options,
-    threshold_document,
 )
 from scanfleet.cli.scan import print_run
 from scanfleet.discovery import Entry, Scope, discover, resolve
 from scanfleet.discovery import dedupe_images as dedupe_by_image
 from scanfleet.errors import BadInput, ScanError
+from scanfleet.fleet import enqueue_fleet_run
 from scanfleet.kube import ClientCache, choose_contexts, default_kubeconfig, list_contexts
+from scanfleet.local import run_local
 from scanfleet.results import check_run_id, iso, new_run_id
-from scanfleet.runs import RunPlan, enqueue_fleet_run, run_local
+from scanfleet.runs import RunPlan
 from scanfleet.scan import utcnow
 from scanfleet.settings import Settings
 from scanfleet.store import RunStore, StoreUnavailable
 from scanfleet.targets import Target, load_targets_file, parse_target
+from scanfleet.thresholds import threshold_document
 
 POLL_SECONDS = 0.5
 

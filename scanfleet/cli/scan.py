@@ -20,13 +20,14 @@ from scanfleet.cli.common import (
     results_dir,
     scan_limits,
     scan_options,
-    threshold_document,
 )
 from scanfleet.kube import ClientCache, choose_contexts, default_kubeconfig
+from scanfleet.local import run_local
 from scanfleet.results import iso, new_run_id
-from scanfleet.runs import RunPlan, run_local
+from scanfleet.runs import RunPlan
 from scanfleet.scan import utcnow
 from scanfleet.targets import parse_target
+from scanfleet.thresholds import threshold_document
 
 
 @main_group.command("scan")
