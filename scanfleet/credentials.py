@@ -176,6 +176,7 @@ def scan_identity(
         identity.created.append("RoleBinding")
         token = kube.create_token(ns, name, ttl)
         write_kubeconfig(tmp, endpoint, ns, token)
+        kube.wait_for_access(ns, target.pod, token)
         del token
         log.info("credentials.minted", object=name, token_ttl=ttl)
         yield identity

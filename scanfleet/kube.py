@@ -263,6 +263,50 @@ class KubeClient:
         token: str = resp.status.token
         return token
 
+    def wait_for_access(self, namespace: str, pod: str, token: str,
+                        timeout: float = 15.0) -> None:
+        """Wait until a scan token can read its pod, as the auditor will.
+
+        Authorizers in HA control planes work from caches: right after the RoleBinding is
+        created, a request with the new token can be refused for a moment. One GET here
+        (retried on 401/403 until `timeout`) keeps that race away from the audit.
+        """
+        ep = self.endpoint()
+        pool = urllib3.PoolManager(
+            cert_reqs="CERT_NONE" if ep.insecure else "CERT_REQUIRED",
+            ca_cert_data=ep.ca_data.decode() if ep.ca_data and not ep.insecure else None,
+            server_hostname=ep.tls_server_name,
+            retries=self._cfg.retries,
+            timeout=urllib3.Timeout(connect=REQUEST_TIMEOUT[0], read=REQUEST_TIMEOUT[1]),
+        )
+        url = f"{ep.server.rstrip('/')}/api/v1/namespaces/{namespace}/pods/{pod}"
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        deadline = time.monotonic() + timeout
+        delay = 0.1
+        try:
+            while True:
+                try:
+                    status = pool.request("GET", url, headers=headers).status
+                except urllib3.exceptions.HTTPError as e:
+                    raise ClusterUnavailable(
+                        f"context {self.context!r}: checking the scan identity's access to "
+                        f"pod {namespace}/{pod}: cannot reach the API server "
+                        f"({type(e).__name__})"
+                    ) from None
+                if status == 200:
+                    return
+                if status not in (401, 403) or time.monotonic() + delay > deadline:
+                    error = ClusterForbidden if status in (401, 403) else ClusterApiError
+                    raise error(
+                        f"context {self.context!r}: the scan identity could not read pod "
+                        f"{namespace}/{pod} (HTTP {status}) within {timeout:g} s; RBAC may "
+                        "not have propagated, or an admission webhook changed its Role"
+                    )
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        finally:
+            pool.clear()
+
     def delete(self, kind: str, namespace: str, name: str) -> bool:
         """Delete one scan object; False when it was already gone (404 is fine)."""
         fn = {

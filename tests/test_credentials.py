@@ -16,7 +16,7 @@ import yaml
 from fakekube import FakeCluster
 
 from scanfleet.credentials import identity_objects, object_name, scan_identity
-from scanfleet.errors import ScanfleetError
+from scanfleet.errors import ClusterForbidden, ScanfleetError
 from scanfleet.kube import KubeClient
 from scanfleet.targets import Target
 
@@ -203,3 +203,36 @@ def test_object_name_is_a_valid_dns_label() -> None:
     name = object_name("0123456789abcdef")
     assert len(name) <= 63
     Target("c", "ns", name, name)
+
+
+def test_a_briefly_refused_token_is_waited_for_before_the_audit(
+    kube: KubeClient, fake_cluster: FakeCluster
+) -> None:
+    # As an HA control plane's authorizer cache can: refuse the new token at first.
+    fake_cluster.fail("GET", r"/namespaces/apps/pods/web$", 403, times=2)
+    with scan_identity(kube, TARGET, "0000000000000a11", "r", ttl=900, now=NOW) as ident:
+        assert ident.kubeconfig.exists()
+    probes = [r for r in fake_cluster.requests if r.path == "/api/v1/namespaces/apps/pods/web"]
+    assert len(probes) == 3
+
+
+def test_a_token_that_never_gets_access_fails_as_forbidden_and_is_revoked(
+    kube: KubeClient, fake_cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_cluster.fail("GET", r"/namespaces/apps/pods/web$", 403, times=1000)
+    original = KubeClient.wait_for_access
+
+    def quick(self: KubeClient, namespace: str, pod: str, token: str,
+              timeout: float = 15.0) -> None:
+        original(self, namespace, pod, token, timeout=1.0)
+
+    monkeypatch.setattr(KubeClient, "wait_for_access", quick)
+
+    def mint() -> None:
+        with scan_identity(kube, TARGET, "0000000000000b22", "r", ttl=900, now=NOW):
+            pytest.fail("must not be reached")
+
+    with pytest.raises(ClusterForbidden, match="could not read pod apps/web"):
+        mint()
+    fake_cluster.clear_faults()
+    assert fake_cluster.scanfleet_objects() == []
