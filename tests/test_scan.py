@@ -420,3 +420,21 @@ def test_sigterm_stops_every_thread_of_a_local_run(
     for f in pids.iterdir():
         with pytest.raises(ProcessLookupError):
             os.kill(json.loads(f.read_text())["pid"], 0)
+
+
+def test_input_files_and_extra_auditor_arguments_reach_the_auditor(
+    scan: Callable[..., Outcome], auditor_log: Callable[[], list[dict[str, Any]]],
+    tmp_path: Path,
+) -> None:
+    inputs = tmp_path / "inputs.yml"
+    inputs.write_text("disable_slow_controls: true\n")
+    out = scan("apps/web/app", "--input-file", str(inputs),
+               "--auditor-arg=--controls", "--auditor-arg=SV-1")
+    assert out.exit_code == 0, out.stderr
+    [rec] = auditor_log()
+    argv = rec["argv"]
+    report = out.run_dir / f"{out.summaries[0]['scan_id']}.report.json" if out.run_dir else None
+    assert argv[1:] == ["exec", "profile-dir", "-t", "k8s-container://apps/web/app",
+                        "--reporter", f"json:{report}", "--input-file", str(inputs.resolve()),
+                        "--controls", "SV-1"]
+    assert rec["kubeconfig"] != os.environ.get("KUBECONFIG")

@@ -96,6 +96,13 @@ def scan_options(fn: F) -> F:
                 help="InSpec input file (repeatable).",
             ),
             click.option(
+                "--auditor-arg",
+                "auditor_args",
+                multiple=True,
+                help="Extra argument passed to the auditor as is (repeatable), e.g. "
+                "--auditor-arg=--controls --auditor-arg=SV-230221.",
+            ),
+            click.option(
                 "--token-ttl",
                 type=int,
                 default=None,
