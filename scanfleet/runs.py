@@ -10,9 +10,9 @@ functions:
 
 They differ only in the `RunState` (in memory, or `RunStore` in Redis) and the `Limiter`
 (a semaphore per context, or Redis leases): `scanfleet.local` drives a run in-process,
-`scanfleet.fleet` creates and queues one for the Celery tasks of `scanfleet.tasks`. Run settings travel as a `RunPlan`: plain JSON,
-never a credential — contexts by name, the threshold as its parsed document (so a worker on
-another host can judge without the file).
+`scanfleet.fleet` creates and queues one for the Celery tasks of `scanfleet.tasks`. Run
+settings travel as a `RunPlan`: plain JSON, never a credential — contexts by name, the
+threshold as its parsed document (so a worker on another host can judge without it).
 """
 
 from __future__ import annotations
