@@ -1,0 +1,169 @@
+"""JUnit XML for CI systems: one testsuite per cluster, one testcase per target.
+
+A target that missed its threshold is a `<failure>`, one whose scan could not complete an
+`<error>`; covered_by targets are ordinary test cases that say which scan covered them.
+Streamed: one pass over the summaries per cluster, never the whole run in memory.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from typing import Any, TextIO
+from xml.sax.saxutils import XMLGenerator
+from xml.sax.xmlreader import AttributesImpl
+
+from scanfleet.render import (
+    STATUS_LABELS,
+    Summaries,
+    clean_text,
+    error_of,
+    outcome,
+    target_name,
+)
+from scanfleet.report import SEVERITIES, STATUSES
+
+
+def _seconds(value: object) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+class _Sink(io.TextIOBase):
+    """Any text stream, seen by XMLGenerator as text (it would write bytes to others)."""
+
+    def __init__(self, out: TextIO) -> None:
+        super().__init__()
+        self._out = out
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        self._out.write(s)
+        return len(s)
+
+
+class _Xml:
+    """A streaming, escaping, indenting writer over XMLGenerator."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.gen = XMLGenerator(_Sink(out), encoding="utf-8", short_empty_elements=True)
+        self.depth = 0
+
+    def start(self, name: str, attrs: Mapping[str, object]) -> None:
+        if self.depth:  # the root follows the XML declaration's own line break
+            self.gen.ignorableWhitespace("\n" + "  " * self.depth)
+        self.gen.startElement(name, AttributesImpl({k: clean_text(v) for k, v in attrs.items()}))
+        self.depth += 1
+
+    def end(self, name: str, *, inline: bool = False) -> None:
+        self.depth -= 1
+        if not inline:
+            self.gen.ignorableWhitespace("\n" + "  " * self.depth)
+        self.gen.endElement(name)
+
+    def leaf(self, name: str, attrs: Mapping[str, object], text: str | None = None) -> None:
+        self.start(name, attrs)
+        if text:
+            self.gen.characters(clean_text(text))
+        self.end(name, inline=True)
+
+
+def _suite_stats(summaries: Summaries) -> dict[str, dict[str, float]]:
+    stats: dict[str, dict[str, float]] = {}
+    for s in summaries():
+        ctx = str((s.get("target") or {}).get("context") or "")
+        st = stats.setdefault(ctx, dict.fromkeys(("tests", "failures", "errors", "time"), 0.0))
+        st["tests"] += 1
+        kind = outcome(s)
+        st["failures"] += kind == "failed"
+        st["errors"] += kind == "error"
+        st["time"] += _seconds(s.get("duration_s"))
+    return dict(sorted(stats.items()))
+
+
+def _system_out(s: Mapping[str, Any]) -> str:
+    target = s.get("target") or {}
+    lines = [f"scan {s.get('scan_id')} of image {target.get('image') or '?'}"]
+    if s.get("covered_by"):
+        lines.append(
+            f"covered by scan {s['covered_by']}: the same image was scanned once for this run, "
+            "and its result stands for this container"
+        )
+    counts = s.get("counts")
+    if outcome(s) != "error" and isinstance(counts, Mapping):
+        lines.append(f"compliance {s.get('compliance')}%")
+        for status in STATUSES:
+            c = counts.get(status) or {}
+            per_sev = ", ".join(f"{sev} {c.get(sev, 0)}" for sev in SEVERITIES)
+            lines.append(f"{STATUS_LABELS[status]}: {c.get('total', 0)} ({per_sev})")
+    return "\n".join(lines) + "\n"
+
+
+def _testcase(xml: _Xml, s: Mapping[str, Any]) -> None:
+    target = s.get("target") or {}
+    xml.start(
+        "testcase",
+        {
+            "classname": f"{target.get('context') or ''}.{target.get('namespace') or ''}",
+            "name": target_name(target),
+            "time": f"{_seconds(s.get('duration_s')):.3f}",
+        },
+    )
+    kind = outcome(s)
+    if kind == "failed":
+        failures = [str(f) for f in (s.get("threshold") or {}).get("failures") or []]
+        n = len(failures)
+        message = f"missed its threshold ({n} check{'' if n == 1 else 's'} failed): " + "; ".join(
+            failures
+        )
+        xml.leaf("failure", {"type": "threshold", "message": message}, "\n".join(failures))
+    elif kind == "error":
+        err = s.get("error") if isinstance(s.get("error"), Mapping) else {}
+        if s.get("status") == "completed":  # completed, but its counts are unreadable
+            err = {"kind": "invalid_report", "message": "the target summary has malformed counts"}
+        e_kind, message = error_of({"error": err})
+        xml.leaf("error", {"type": e_kind, "message": message}, message)
+    xml.leaf("system-out", {}, _system_out(s))
+    xml.end("testcase")
+
+
+def write_junit(run: Mapping[str, Any], summaries: Summaries, out: TextIO) -> None:
+    """JUnit XML: `<testsuites>` with totals, a `<testsuite>` per cluster (context)."""
+    stats = _suite_stats(summaries)
+    totals = {k: sum(st[k] for st in stats.values()) for k in ("tests", "failures", "errors")}
+    time = sum(st["time"] for st in stats.values())
+    xml = _Xml(out)
+    xml.gen.startDocument()
+    xml.start(
+        "testsuites",
+        {
+            "name": f"scanfleet run {run.get('run_id')}",
+            **{k: int(v) for k, v in totals.items()},
+            "time": f"{time:.3f}",
+        },
+    )
+    for ctx, st in stats.items():
+        xml.start(
+            "testsuite",
+            {
+                "name": ctx or "(no context)",
+                "tests": int(st["tests"]),
+                "failures": int(st["failures"]),
+                "errors": int(st["errors"]),
+                "skipped": 0,
+                "time": f"{st['time']:.3f}",
+                "timestamp": str(run.get("created_at") or ""),
+            },
+        )
+        xml.start("properties", {})
+        for key in ("run_id", "profile", "source"):
+            xml.leaf("property", {"name": key, "value": run.get(key) or ""})
+        xml.end("properties")
+        for s in summaries():
+            if str((s.get("target") or {}).get("context") or "") == ctx:
+                _testcase(xml, s)
+        xml.end("testsuite")
+    xml.end("testsuites")
+    xml.gen.ignorableWhitespace("\n")
+    xml.gen.endDocument()
