@@ -27,8 +27,10 @@ from typing import Any
 import structlog
 import yaml
 
+from scanfleet import logs
 from scanfleet.errors import ScanfleetError
 from scanfleet.kube import ClusterEndpoint, KubeClient, b64
+from scanfleet.logs import redact_text
 from scanfleet.targets import Target
 
 log = structlog.get_logger("scanfleet.credentials")
@@ -175,11 +177,16 @@ def scan_identity(
         kube.create_object("RoleBinding", ns, bodies["RoleBinding"])
         identity.created.append("RoleBinding")
         token = kube.create_token(ns, name, ttl)
-        write_kubeconfig(tmp, endpoint, ns, token)
-        kube.wait_for_access(ns, target.pod, token)
-        del token
-        log.info("credentials.minted", object=name, token_ttl=ttl)
-        yield identity
+        with logs.secret(token):
+            write_kubeconfig(tmp, endpoint, ns, token)
+            kube.wait_for_access(ns, target.pod, token)
+            log.info("credentials.minted", object=name, token_ttl=ttl)
+            try:
+                yield identity
+            except ScanfleetError as e:
+                # Whatever the auditor echoed, the token leaves with no error message.
+                e.args = tuple(redact_text(str(a), token) for a in e.args)
+                raise
     finally:
         identity.cleanup = revoke(kube, ns, name, created=identity.created)
         shutil.rmtree(tmp, ignore_errors=True)

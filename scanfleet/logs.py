@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+import threading
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
 from typing import Any
 
 import structlog
@@ -39,9 +41,36 @@ _SAFE_KEYS = {
 }
 
 
-def redact_text(text: str) -> str:
-    """Replace anything shaped like a token, bearer header or kubeconfig secret."""
-    return _SECRET_VALUES.sub(REDACTED, text)
+_live_secrets: set[str] = set()
+_live_lock = threading.Lock()
+
+
+@contextmanager
+def secret(value: str) -> Iterator[None]:
+    """While inside, `value` itself is redacted from every log line and scrubbed text.
+
+    Shape rules catch JWTs; this catches a credential of any shape (a cluster may issue
+    opaque tokens) for as long as it lives.
+    """
+    with _live_lock:
+        _live_secrets.add(value)
+    try:
+        yield
+    finally:
+        with _live_lock:
+            _live_secrets.discard(value)
+
+
+def redact_text(text: str, *extra: str) -> str:
+    """Replace anything shaped like a token, bearer header or kubeconfig secret, every
+    live secret, and the `extra` values given."""
+    text = _SECRET_VALUES.sub(REDACTED, text)
+    with _live_lock:
+        values = [*_live_secrets, *extra]
+    for v in values:
+        if v:
+            text = text.replace(v, REDACTED)
+    return text
 
 
 def _redact(value: Any) -> Any:

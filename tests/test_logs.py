@@ -59,3 +59,14 @@ def test_console_format_is_redacted_too(capsys: pytest.CaptureFixture[str]) -> N
     err = capsys.readouterr().err
     assert "x" in err
     assert JWT not in err
+
+
+def test_a_live_secret_of_any_shape_is_redacted(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.configure("json")
+    opaque = "s3cr3t-opaque-token-value"
+    with logs.secret(opaque):
+        structlog.get_logger("t").info("x", detail=f"saw {opaque} in output")
+        assert logs.redact_text(f"a {opaque} b") == f"a {logs.REDACTED} b"
+    assert opaque not in capsys.readouterr().err
+    # Once the credential is gone, ordinary text is left alone.
+    assert logs.redact_text(opaque) == opaque

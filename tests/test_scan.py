@@ -438,3 +438,15 @@ def test_input_files_and_extra_auditor_arguments_reach_the_auditor(
                         "--reporter", f"json:{report}", "--input-file", str(inputs.resolve()),
                         "--controls", "SV-1"]
     assert rec["kubeconfig"] != os.environ.get("KUBECONFIG")
+
+
+def test_an_auditor_that_echoes_its_token_does_not_leak_it(
+    scan: Callable[..., Outcome], fake_cluster: FakeCluster, auditor_plan: Callable[..., Path],
+) -> None:
+    auditor_plan({"*": {"leak_token": True, "exit": 1}})
+    out = scan("apps/web/app")
+    assert out.exit_code == 3
+    [s] = out.summaries
+    assert s["error"]["kind"] == "auditor_exit"
+    assert "debug: using token" in s["error"]["message"]
+    assert_no_token_leak(fake_cluster, out.stdout, out.stderr, files=out.run_dir)
