@@ -11,15 +11,12 @@ from pathlib import Path
 
 from scanfleet.discovery import Entry, Scope, covers_map, discover
 from scanfleet.discovery import dedupe_images as dedupe_by_image
-from scanfleet.errors import BadInput
 from scanfleet.kube import ClientCache, choose_contexts
 from scanfleet.leases import LocalLeases
-from scanfleet.results import iso, new_run_id
 from scanfleet.runs import Clock, Pipeline, RunPlan, maybe_finalize
 from scanfleet.scan import utcnow
 from scanfleet.settings import Settings, check_ttl
 from scanfleet.store import RunStore
-from scanfleet.thresholds import threshold_document
 
 
 def enqueue_fleet_run(
@@ -88,27 +85,11 @@ def start_fleet_run(
     check_ttl(settings.token_ttl, settings.scan_timeout)
     chosen = choose_contexts(kubeconfig, list(contexts), all_contexts)
     scope = Scope(chosen, tuple(namespaces), all_namespaces, tuple(exclude_namespaces), selector)
-    for f in input_files:
-        if not Path(f).is_file():
-            raise BadInput(f"input file {str(f)!r} does not exist or is not a file")
-    t = now()
-    plan = RunPlan(
-        run_id=new_run_id(t),
-        source=source,
-        profile=profile,
-        created_at=iso(t),
-        threshold=threshold_document(threshold),
-        threshold_source=str(threshold) if threshold else "threshold",
-        fleet_threshold=threshold_document(fleet_threshold, fleet=True),
-        fleet_threshold_source=str(fleet_threshold) if fleet_threshold else "fleet threshold",
-        input_files=tuple(str(Path(f).resolve()) for f in input_files),
-        token_ttl=settings.token_ttl,
-        timeout=settings.scan_timeout,
-        auditor=settings.auditor,
-        dedupe_images=dedupe_images,
+    plan = RunPlan.new(
+        source=source, profile=profile, now=now(), auditor=settings.auditor,
+        token_ttl=settings.token_ttl, timeout=settings.scan_timeout, threshold=threshold,
+        fleet_threshold=fleet_threshold, input_files=input_files, dedupe_images=dedupe_images,
     )
-    plan.scan_options()
-    plan.fleet()
     clients = ClientCache(kubeconfig)
     try:
         entries = discover(clients, scope)

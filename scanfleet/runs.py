@@ -31,10 +31,16 @@ from scanfleet.drift import write_sweep_drift
 from scanfleet.errors import BadInput, ScanError
 from scanfleet.kube import ClientCache
 from scanfleet.leases import Limiter
-from scanfleet.results import iso, iter_summaries, run_dir, summary_path, write_json
+from scanfleet.results import iso, iter_summaries, new_run_id, run_dir, summary_path, write_json
 from scanfleet.scan import ScanOptions, run_scan, utcnow
 from scanfleet.targets import Target, scan_id_for
-from scanfleet.thresholds import FleetThreshold, Threshold, parse_fleet_threshold, parse_threshold
+from scanfleet.thresholds import (
+    FleetThreshold,
+    Threshold,
+    parse_fleet_threshold,
+    parse_threshold,
+    threshold_document,
+)
 
 log = structlog.get_logger("scanfleet.runs")
 
@@ -62,6 +68,49 @@ class RunPlan:
     auditor: str = "cinc-auditor"
     dedupe_images: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def new(
+        cls,
+        *,
+        source: str,
+        profile: str,
+        now: datetime,
+        auditor: str,
+        token_ttl: int,
+        timeout: float,
+        threshold: Path | None = None,
+        fleet_threshold: Path | None = None,
+        input_files: Sequence[str | Path] = (),
+        extra_args: Sequence[str] = (),
+        dedupe_images: bool = False,
+    ) -> RunPlan:
+        """A new run's plan, validated: threshold files strictly, input files exist.
+
+        Raises BadInput (ThresholdFileError) before anything is created or queued.
+        """
+        for f in input_files:
+            if not Path(f).is_file():
+                raise BadInput(f"input file {str(f)!r} does not exist or is not a file")
+        plan = cls(
+            run_id=new_run_id(now),
+            source=source,
+            profile=profile,
+            created_at=iso(now),
+            threshold=threshold_document(threshold),
+            threshold_source=str(threshold) if threshold else "threshold",
+            fleet_threshold=threshold_document(fleet_threshold, fleet=True),
+            fleet_threshold_source=str(fleet_threshold) if fleet_threshold else "fleet threshold",
+            input_files=tuple(str(Path(f).resolve()) for f in input_files),
+            extra_args=tuple(extra_args),
+            token_ttl=token_ttl,
+            timeout=timeout,
+            auditor=auditor,
+            dedupe_images=dedupe_images,
+        )
+        plan.scan_options()
+        plan.fleet()
+        return plan
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

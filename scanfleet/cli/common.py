@@ -128,13 +128,6 @@ def scan_limits(settings: Settings, token_ttl: int | None, timeout: int | None) 
     return ttl, scan_timeout
 
 
-def check_files(paths: tuple[Path, ...], what: str) -> tuple[str, ...]:
-    for p in paths:
-        if not p.is_file():
-            raise BadInput(f"{what} {str(p)!r} does not exist or is not a file")
-    return tuple(str(p.resolve()) for p in paths)
-
-
 def results_dir(output: Path | None, settings: Settings) -> Path:
     return output if output is not None else settings.results_dir
 

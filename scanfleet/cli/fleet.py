@@ -24,7 +24,6 @@ from tqdm import tqdm
 from scanfleet.cli.common import (
     EXIT_SCAN_ERROR,
     bad_input_exits,
-    check_files,
     fail,
     interruptible,
     kubeconfig_option,
@@ -42,13 +41,12 @@ from scanfleet.errors import BadInput, ScanError
 from scanfleet.fleet import enqueue_fleet_run
 from scanfleet.kube import ClientCache, choose_contexts, default_kubeconfig, list_contexts
 from scanfleet.local import run_local
-from scanfleet.results import check_run_id, iso, new_run_id
+from scanfleet.results import check_run_id
 from scanfleet.runs import RunPlan
 from scanfleet.scan import utcnow
 from scanfleet.settings import Settings
 from scanfleet.store import RunStore, StoreUnavailable
 from scanfleet.targets import Target, load_targets_file, parse_target
-from scanfleet.thresholds import threshold_document
 
 POLL_SECONDS = 0.5
 
@@ -129,25 +127,12 @@ def submit_command(
             )
     else:
         scope = Scope(chosen, namespaces, all_namespaces, exclude_namespaces, selector)
-    now = utcnow()
-    plan = RunPlan(
-        run_id=new_run_id(now),
-        source="submit",
-        profile=profile,
-        created_at=iso(now),
-        threshold=threshold_document(threshold),
-        threshold_source=str(threshold) if threshold else "threshold",
-        fleet_threshold=threshold_document(fleet_threshold, fleet=True),
-        fleet_threshold_source=str(fleet_threshold) if fleet_threshold else "fleet threshold",
-        input_files=check_files(input_files, "input file"),
-        extra_args=auditor_args,
-        token_ttl=ttl,
-        timeout=scan_timeout,
-        auditor=settings.auditor,
+    plan = RunPlan.new(
+        source="submit", profile=profile, now=utcnow(), auditor=settings.auditor,
+        token_ttl=ttl, timeout=scan_timeout, threshold=threshold,
+        fleet_threshold=fleet_threshold, input_files=input_files, extra_args=auditor_args,
         dedupe_images=dedupe_images,
     )
-    plan.scan_options()
-    plan.fleet()
     clients = ClientCache(kcfg)
     for ctx in {t.context for t in explicit} | set(chosen):
         clients.get(ctx)  # a context the client cannot load is bad input, before anything

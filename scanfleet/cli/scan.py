@@ -11,7 +11,6 @@ import click
 
 from scanfleet.cli.common import (
     bad_input_exits,
-    check_files,
     interruptible,
     kubeconfig_option,
     load_settings,
@@ -23,11 +22,9 @@ from scanfleet.cli.common import (
 )
 from scanfleet.kube import ClientCache, choose_contexts, default_kubeconfig
 from scanfleet.local import run_local
-from scanfleet.results import iso, new_run_id
 from scanfleet.runs import RunPlan
 from scanfleet.scan import utcnow
 from scanfleet.targets import parse_target
-from scanfleet.thresholds import threshold_document
 
 
 @main_group.command("scan")
@@ -57,23 +54,11 @@ def scan_command(
     kcfg = default_kubeconfig(kubeconfig, os.environ)
     ctx = choose_contexts(kcfg, [context] if context else [], False)[0]
     tgt = parse_target(target, ctx)
-    threshold_doc = threshold_document(threshold)
-    inputs = check_files(input_files, "input file")
-    now = utcnow()
-    plan = RunPlan(
-        run_id=new_run_id(now),
-        source="scan",
-        profile=profile,
-        created_at=iso(now),
-        threshold=threshold_doc,
-        threshold_source=str(threshold) if threshold else "threshold",
-        input_files=inputs,
+    plan = RunPlan.new(
+        source="scan", profile=profile, now=utcnow(), auditor=settings.auditor,
+        token_ttl=ttl, timeout=scan_timeout, threshold=threshold, input_files=input_files,
         extra_args=auditor_args,
-        token_ttl=ttl,
-        timeout=scan_timeout,
-        auditor=settings.auditor,
     )
-    plan.scan_options()  # validates the threshold document before anything is created
     clients = ClientCache(kcfg)
     clients.get(ctx)
     click.echo(plan.run_id)
