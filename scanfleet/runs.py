@@ -18,7 +18,7 @@ threshold as its parsed document (so a worker on another host can judge without 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -217,6 +217,8 @@ class Pipeline:
     limiter: Limiter
     results_dir: Path
     now: Clock = utcnow
+    defer_unavailable: bool = False
+    """Let ClusterUnavailable propagate (the fleet retries it) instead of recording it."""
 
 
 def scan_one(
@@ -225,8 +227,12 @@ def scan_one(
     target: Target,
     results_dir: Path,
     now: Clock = utcnow,
+    defer_unavailable: bool = False,
 ) -> dict[str, Any]:
-    """Scan one resolved target of a run and write its summary (never raises ScanError)."""
+    """Scan one resolved target of a run and write its summary.
+
+    Never raises ScanError, except ClusterUnavailable when `defer_unavailable` is set.
+    """
     out = run_dir(results_dir, plan.run_id)
     try:
         kube = clients.get(target.context)
@@ -236,7 +242,8 @@ def scan_one(
         summary = error_summary(plan.run_id, target, err, now())
         write_json(summary_path(out, summary["scan_id"]), summary)
         return summary
-    return run_scan(kube, target, plan.run_id, plan.scan_options(), out, now=now)
+    options = replace(plan.scan_options(), defer_unavailable=defer_unavailable)
+    return run_scan(kube, target, plan.run_id, options, out, now=now)
 
 
 def execute_target(pipe: Pipeline, plan: RunPlan, target: Target) -> dict[str, Any] | None:
@@ -254,7 +261,8 @@ def execute_target(pipe: Pipeline, plan: RunPlan, target: Target) -> dict[str, A
         return None
     with pipe.limiter.slot(target.context, scan_id):
         pipe.state.mark_running(plan.run_id, scan_id)
-        summary = scan_one(pipe.clients, plan, target, pipe.results_dir, pipe.now)
+        summary = scan_one(pipe.clients, plan, target, pipe.results_dir, pipe.now,
+                           pipe.defer_unavailable)
     record(pipe, plan, summary)
     return summary
 

@@ -23,7 +23,13 @@ import structlog
 
 from scanfleet.auditor import run_auditor
 from scanfleet.credentials import scan_identity
-from scanfleet.errors import InvalidReport, ScanError, ScanInterrupted, TargetNotFound
+from scanfleet.errors import (
+    ClusterUnavailable,
+    InvalidReport,
+    ScanError,
+    ScanInterrupted,
+    TargetNotFound,
+)
 from scanfleet.kube import KubeClient
 from scanfleet.report import Counts, control_ids, load_report
 from scanfleet.results import iso, report_path, summary_path, write_json
@@ -51,6 +57,8 @@ class ScanOptions:
     timeout: float = 1800
     auditor: str = "cinc-auditor"
     kill_grace: float = 10.0
+    defer_unavailable: bool = False
+    """Raise ClusterUnavailable instead of recording it, so the fleet can retry later."""
 
 
 @dataclass
@@ -100,6 +108,11 @@ def run_scan(
             _scan(kube, target, scan_id, run_id, options, out_dir, outcome, started)
         except ScanInterrupted as e:
             interrupted = e
+            outcome.error = e
+        except ClusterUnavailable as e:
+            if options.defer_unavailable:
+                log.warning("scan.deferred", error=str(e), cleanup=outcome.cleanup)
+                raise  # identity already revoked; the redelivered scan starts afresh
             outcome.error = e
         except ScanError as e:
             outcome.error = e

@@ -19,6 +19,7 @@ import os
 import random
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -27,7 +28,7 @@ from celery.signals import worker_init, worker_process_init
 
 from scanfleet.celery_app import FAN_OUT_TASK, QUEUE, SCAN_TASK, app, settings, tuning
 from scanfleet.discovery import Entry
-from scanfleet.errors import ScanInterrupted
+from scanfleet.errors import ClusterUnavailable, ScanInterrupted
 from scanfleet.kube import ClientCache, default_kubeconfig
 from scanfleet.leases import NoSlot, RedisLeases, SlotBusy
 from scanfleet.runs import Pipeline, RunPlan, execute_target, fan_out, record_failure
@@ -35,6 +36,8 @@ from scanfleet.store import RunStore, StoreUnavailable
 from scanfleet.targets import Target
 
 log = structlog.get_logger("scanfleet.tasks")
+UNAVAILABLE_RETRIES = 4
+"""Deliveries of a scan that may find its cluster unreachable before it is recorded."""
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -128,7 +131,9 @@ def fan_out_task(self: Any, run_id: str, start: int, stop: int) -> int:
 
 
 @_task(bind=True, name=SCAN_TASK, max_retries=None, acks_late=True)
-def scan_target(self: Any, run_id: str, target: dict[str, Any]) -> str | None:
+def scan_target(
+    self: Any, run_id: str, target: dict[str, Any], unavailable: int = 0
+) -> str | None:
     t = Target.from_dict(target)
     with structlog.contextvars.bound_contextvars(
         run_id=run_id, context=t.context, namespace=t.namespace, pod=t.pod, container=t.container
@@ -142,8 +147,16 @@ def scan_target(self: Any, run_id: str, target: dict[str, Any]) -> str | None:
             plan, pipe = found
         except StoreUnavailable as e:
             raise self.retry(countdown=5, exc=e) from e
+        # A cluster that stays unreachable through urllib3's retries: try the scan again
+        # later, with growing pauses, before recording it as an api_error.
+        pipe = replace(pipe, defer_unavailable=unavailable < UNAVAILABLE_RETRIES)
         try:
             summary = execute_target(pipe, plan, t)
+        except ClusterUnavailable as e:
+            raise self.retry(
+                countdown=min(300, 15 * 2**unavailable), exc=e,
+                kwargs={"unavailable": unavailable + 1},
+            ) from e
         except SlotBusy as e:
             # Another delivery of this scan holds its lease: check back once it could end.
             raise self.retry(countdown=max(1, tuning.lease_seconds // 2), exc=e) from e

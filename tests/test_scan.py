@@ -450,3 +450,29 @@ def test_an_auditor_that_echoes_its_token_does_not_leak_it(
     assert s["error"]["kind"] == "auditor_exit"
     assert "debug: using token" in s["error"]["message"]
     assert_no_token_leak(fake_cluster, out.stdout, out.stderr, files=out.run_dir)
+
+
+def test_an_unreachable_cluster_is_deferred_to_the_fleet_or_recorded(
+    fake_cluster: FakeCluster, admin_kubeconfig: Path, standin_auditor: str, tmp_path: Path,
+) -> None:
+    from dataclasses import replace
+
+    from scanfleet.errors import ClusterUnavailable
+    from scanfleet.kube import KubeClient
+    from scanfleet.scan import ScanOptions, run_scan
+    from scanfleet.targets import Target
+
+    kube = KubeClient(str(admin_kubeconfig), "fake", retries=0)
+    target = Target("fake", "apps", "web", "app")
+    run_id = "20260101T000000Z-abcdef"
+    deferring = ScanOptions(profile="p", auditor=standin_auditor, defer_unavailable=True)
+    fake_cluster.fail("POST", r"/rolebindings$", 503, times=1)
+    with pytest.raises(ClusterUnavailable):
+        run_scan(kube, target, run_id, deferring, tmp_path)
+    assert not list(tmp_path.glob("*.json")), "a deferred scan records nothing"
+    assert fake_cluster.scanfleet_objects() == []
+    fake_cluster.fail("POST", r"/rolebindings$", 503, times=1)
+    summary = run_scan(kube, target, run_id, replace(deferring, defer_unavailable=False),
+                       tmp_path)
+    assert summary["error"]["kind"] == "api_error"
+    kube.close()
