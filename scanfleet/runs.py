@@ -360,11 +360,12 @@ def finalize(
         **result,
         **(extra or {}),
     }
-    write_json(out / "run.json", run)
-    # A sweep run is compared with the previous run of the same sweep (drift.json).
+    # A sweep run is compared with the previous run of the same sweep (drift.json), before
+    # run.json appears: a reader that sees run.json finds every artefact of the run.
     drift = write_sweep_drift(results_dir, run)
     if drift is not None:
         log.info("run.drift", run_id=plan.run_id, baseline=drift.get("run_a"))
+    write_json(out / "run.json", run)
     log.info(
         "run.finished",
         run_id=plan.run_id,
