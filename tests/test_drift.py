@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
+from fixtures_fleet import run_cli
 from fixtures_ops import make_run, summary
 
 from scanfleet.drift import DRIFT_FILE, diff_runs, previous_run, write_sweep_drift
@@ -168,19 +168,11 @@ def test_first_sweep_run_and_non_sweep_runs(tmp_path: Path) -> None:
 def test_diff_cli(tmp_path: Path) -> None:
     two_runs(tmp_path)
 
+    env = {"PATH": "/usr/bin:/bin", "SCANFLEET_RESULTS_DIR": str(tmp_path),
+           "SCANFLEET_LOG_FORMAT": "console"}
+
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-c", "from scanfleet.cli import main; main()", "diff", *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            env={
-                "PATH": "/usr/bin:/bin",
-                "SCANFLEET_RESULTS_DIR": str(tmp_path),
-                "SCANFLEET_LOG_FORMAT": "console",
-            },
-        )
+        return run_cli(["diff", *args], env, timeout=60)
 
     r = run(A, B)
     assert r.returncode == 0, r.stderr

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from fixtures_fleet import run_cli
 from fixtures_ops import make_run
 
 from scanfleet.retention import prune, run_time
@@ -99,19 +99,11 @@ def test_a_failing_store_keeps_the_run_for_the_next_try(results: Path) -> None:
 
 
 def test_prune_cli(results: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "SCANFLEET_RESULTS_DIR": str(results),
+           "SCANFLEET_LOG_FORMAT": "console"}
+
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-c", "from scanfleet.cli import main; main()", "prune", *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            env={
-                "PATH": "/usr/bin:/bin",
-                "SCANFLEET_RESULTS_DIR": str(results),
-                "SCANFLEET_LOG_FORMAT": "console",
-            },
-        )
+        return run_cli(["prune", *args], env, timeout=60)
 
     dry = run("--dry-run", "--older-than-days", "1")
     assert dry.returncode == 0, dry.stderr
