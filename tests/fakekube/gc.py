@@ -52,12 +52,19 @@ def _collect_one(state: State, resource: str, obj: Obj) -> bool:
     if len(alive) == len(refs):
         return False
     if alive:
-        meta["ownerReferences"] = alive
+        _set_refs(obj, alive)
         state.store.replace(KINDS[_group_of(resource), resource], obj)
         return True
     if state.store.delete(resource, ns, meta["name"]) is not None:
         state.collected.append((resource, ns, meta["name"], meta.get("uid", "")))
     return True
+
+
+def _set_refs(obj: Obj, refs: list[dict[str, Any]]) -> None:
+    if refs:
+        obj["metadata"]["ownerReferences"] = refs
+    else:
+        obj["metadata"].pop("ownerReferences", None)  # the API server omits an empty list
 
 
 def _group_of(resource: str) -> str:
@@ -77,8 +84,8 @@ def after_delete(state: State, owner: Obj, policy: str) -> None:
             for dep in state.store.list(resource, ns, lambda o: any(
                     r.get("uid") == uid for r in o["metadata"].get("ownerReferences") or [])):
                 if policy == "Orphan":
-                    dep["metadata"]["ownerReferences"] = [
-                        r for r in dep["metadata"]["ownerReferences"] if r.get("uid") != uid]
+                    _set_refs(dep, [r for r in dep["metadata"]["ownerReferences"]
+                                    if r.get("uid") != uid])
                     state.store.replace(KINDS[_group_of(resource), resource], dep)
                 elif not state.gc_paused and _collect_one(state, resource, dep):
                     _cascade(state, dep)
