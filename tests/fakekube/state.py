@@ -59,7 +59,10 @@ class LoggedRequest(NamedTuple):
     def short(self) -> str:
         """``create serviceaccounts/token apps/scanfleet-x``: a compact form for messages."""
         res = f"{self.resource}/{self.subresource}" if self.subresource else self.resource
-        where = f"{self.namespace}/{self.name}" if self.namespace else self.name
+        name = self.name
+        if not name and isinstance(self.body, dict):  # a create names its object in the body
+            name = str((self.body.get("metadata") or {}).get("name") or "")
+        where = f"{self.namespace}/{name}" if self.namespace else name
         return f"{self.verb or self.method} {res or self.path} {where}".rstrip()
 
 
