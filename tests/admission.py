@@ -38,6 +38,9 @@ from typing import Any
 
 import celpy
 import yaml
+from celpy.adapter import json_to_cel
+from celpy.celtypes import BoolType, MapType, StringType
+from celpy.evaluation import CELEvalError
 from fakekube import LoggedRequest
 
 WORKER = "system:serviceaccount:scanfleet:scanfleet"
@@ -169,9 +172,9 @@ def _admit_one(policy: Policy, attrs: Mapping[str, Any]) -> Decision:
     spec, request = policy.spec, attrs["request"]
     if not any(_rule_matches(r, request) for r in spec["matchConstraints"]["resourceRules"]):
         return Decision(policy.name, applies=False)
-    activation: dict[str, Any] = {k: celpy.json_to_cel(v) for k, v in attrs.items()}
+    activation: dict[str, Any] = {k: json_to_cel(v) for k, v in attrs.items()}
     variables: dict[str, Any] = {}
-    activation["variables"] = celpy.json_to_cel({})
+    activation["variables"] = json_to_cel({})
     decision = Decision(policy.name, applies=True)
     try:
         for cond in spec.get("matchConditions") or []:
@@ -179,19 +182,19 @@ def _admit_one(policy: Policy, attrs: Mapping[str, Any]) -> Decision:
                 return Decision(policy.name, applies=False)
         for var in spec.get("variables") or []:
             variables[var["name"]] = _eval(var["expression"], activation)
-            activation["variables"] = celpy.celtypes.MapType(
-                {celpy.celtypes.StringType(k): v for k, v in variables.items()})
-    except celpy.CELEvalError as e:
+            activation["variables"] = MapType(
+                {StringType(k): v for k, v in variables.items()})
+    except CELEvalError as e:
         decision.failures.append(f"error: {e.args[0] if e.args else e}")
         return decision
     for v in spec["validations"]:
         try:
             ok = _eval(v["expression"], activation)
-        except celpy.CELEvalError as e:
+        except CELEvalError as e:
             decision.failures.append(f"error in {v['expression']!r}: "
                                      f"{e.args[0] if e.args else e}")
             continue
-        if not (isinstance(ok, bool | celpy.celtypes.BoolType) and bool(ok)):
+        if not (isinstance(ok, bool | BoolType) and bool(ok)):
             decision.failures.append(_message(v, activation))
     return decision
 
@@ -200,6 +203,6 @@ def _message(validation: Mapping[str, Any], activation: Mapping[str, Any]) -> st
     if validation.get("messageExpression"):
         try:
             return str(_eval(validation["messageExpression"], activation))
-        except celpy.CELEvalError:
+        except CELEvalError:
             pass
     return str(validation.get("message") or f"failed expression: {validation['expression']}")
