@@ -5,7 +5,8 @@ The policy's CEL (matchConditions, variables, validations) is evaluated with cel
 server's request log and what is not modelled). Three real runs against the fake cluster —
 one `scanfleet scan`, one `scanfleet janitor` pass over expired leftovers, one fleet run
 (`submit --local` over two clusters: discovery, then a scan per container) — are replayed
-as if the worker's ServiceAccount had sent them: every request must be admitted. A list of
+as if the worker's ServiceAccount had sent them: every request must be admitted. A fleet
+run through Redis and a real `scanfleet worker` is replayed the same way. A list of
 attack requests must each be denied.
 
 The first test also counts the API requests of one successful scan (SCAN_REQUESTS) with an
@@ -17,7 +18,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import pytest
 from admission import WORKER, Policy, admission_request, admit, load_policies
 from fakekube import FakeCluster, LoggedRequest
-from fixtures_fleet import STANDIN, FleetClusters, free_port
+from fixtures_fleet import STANDIN, FleetClusters, Worker, free_port
 from fixtures_ops import leave_orphans
 
 from scanfleet.kube import KubeClient
@@ -92,8 +93,20 @@ def janitor_log(fake_cluster: FakeCluster, admin_kubeconfig: Path,
 @pytest.fixture
 def fleet_log(fleet_clusters: FleetClusters, tmp_path: Path) -> list[LoggedRequest]:
     env = cli_env(tmp_path, fleet_clusters.kubeconfig)
-    run(["submit", "--all-contexts", "--all-namespaces", "--exclude-namespace", "kube-system",
-         "--profile", "profile-x", "--local", "--concurrency", "4"], env)
+    run(["submit", *DISCOVER, "--local", "--concurrency", "4"], env)
+    return [r for c in fleet_clusters.all.values() for r in c.request_log]
+
+
+DISCOVER = ["--all-contexts", "--all-namespaces", "--exclude-namespace", "kube-system",
+            "--profile", "profile-x"]
+
+
+@pytest.fixture
+def worker_fleet_log(fleet_clusters: FleetClusters, fleet_env: dict[str, str],
+                     make_worker: Callable[..., Worker]) -> list[LoggedRequest]:
+    """A fleet run through the broker and a real `scanfleet worker`."""
+    make_worker(fleet_env, concurrency=2)
+    run([*["submit", *DISCOVER], "--wait"], fleet_env)
     return [r for c in fleet_clusters.all.values() for r in c.request_log]
 
 
@@ -135,6 +148,11 @@ def test_a_janitor_pass_is_admitted(policies: list[Policy],
 
 def test_a_fleet_run_is_admitted(policies: list[Policy], fleet_log: list[LoggedRequest]) -> None:
     assert admitted(policies, fleet_log) == 8 * 7  # 8 containers over two clusters
+
+
+def test_a_fleet_run_with_a_worker_is_admitted(policies: list[Policy],
+                                              worker_fleet_log: list[LoggedRequest]) -> None:
+    assert admitted(policies, worker_fleet_log) == 8 * 7
 
 
 def test_the_policy_binds_only_the_worker(policies: list[Policy],
