@@ -6,6 +6,7 @@ Driven by the official client and by real kubectl, as ``test_fakekube.py`` does.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Any
 
@@ -239,3 +240,18 @@ def test_request_log_of_a_kubectl_exec_with_a_scan_token(fake_cluster: FakeClust
         ("get", "web", "system:serviceaccount:apps:scan-1"),
         ("create", "web", "system:serviceaccount:apps:scan-1")}
     assert all(t not in repr(fake_cluster.request_log) for t in fake_cluster.issued_tokens)
+
+
+@needs_kubectl
+def test_kubectl_create_token_sees_the_granted_expiry(fake_cluster: FakeCluster, apis: Any,
+                                                      admin_kubeconfig: Path) -> None:
+    core, _ = apis
+    core.create_namespaced_service_account("apps", sa_body("tok"))
+    fake_cluster.set_token_lifetime(lambda requested: requested // 2)
+    proc = kubectl(admin_kubeconfig, "-n", "apps", "create", "token", "tok", "--duration",
+                   "2h", "-o", "json", check=True)
+    tr = json.loads(proc.stdout)
+    created = dt.datetime.fromisoformat(tr["metadata"]["creationTimestamp"])
+    expires = dt.datetime.fromisoformat(tr["status"]["expirationTimestamp"])
+    assert tr["spec"]["expirationSeconds"] == 7200
+    assert abs((expires - created).total_seconds() - 3600) <= 2
