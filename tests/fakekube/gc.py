@@ -11,7 +11,9 @@ A real collector works asynchronously, usually within a second or two of the own
 deletion; the fake collects synchronously, inside the request that deleted the owner or
 created the dangling dependent, unless ``State.gc_paused`` is set: then nothing is collected
 until ``collect_all`` runs (``FakeCluster.collect_garbage``), which is how a test sees the
-window in which dependents outlive their owner. Collections are recorded in
+window in which dependents outlive their owner. ``propagationPolicy: Foreground`` is
+collected like Background (no deletionTimestamp/finalizer phase: the owner is gone at
+once); ``Orphan`` drops the owner's reference from its dependents. Collections are recorded in
 ``State.collected``, never in the request log: the real collector is another client.
 """
 
