@@ -389,17 +389,22 @@ def test_unknown_fields_are_caught() -> None:
     assert _dropped_keys(doc, roundtrip) == ["/spec/template/spec/containers[0]/securityContex"]
 
 
+CLUSTER_SCOPED = frozenset({"Namespace", "ClusterRole", "ClusterRoleBinding",
+                            "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"})
+
+
 def test_kustomization_lists_every_manifest() -> None:
     kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
     files = {p.name for p in DEPLOY.glob("*.yaml")} - {"kustomization.yaml"}
     assert set(kustomization["resources"]) == files
     assert len(kustomization["resources"]) == len(files)
-    namespaced = [
-        d
-        for _, d in _manifests()
-        if d["kind"] not in {"Namespace", "ClusterRole", "ClusterRoleBinding"}
-    ]
-    assert {d["metadata"]["namespace"] for d in namespaced} == {kustomization["namespace"]}
+    # No namespace transformer: it would stamp the cluster-scoped admission policies too.
+    assert "namespace" not in kustomization
+    namespaced = [d for _, d in _manifests() if d["kind"] not in CLUSTER_SCOPED]
+    assert {d["metadata"]["namespace"] for d in namespaced} == {"scanfleet"}
+    for _, d in _manifests():
+        if d["kind"] in CLUSTER_SCOPED:
+            assert "namespace" not in d["metadata"], d["metadata"]["name"]
 
 
 def _clusterrole_rules() -> set[tuple[str, str, str]]:
