@@ -31,6 +31,7 @@ from scanfleet.drift import write_sweep_drift
 from scanfleet.errors import BadInput, ScanError
 from scanfleet.kube import ClientCache
 from scanfleet.leases import Limiter
+from scanfleet.policy import DEFAULT_ALLOWED_PROFILES, check_auditor_args, check_profile
 from scanfleet.results import iso, iter_summaries, new_run_id, run_dir, summary_path, write_json
 from scanfleet.scan import ScanOptions, run_scan, utcnow
 from scanfleet.targets import Target, scan_id_for
@@ -84,11 +85,16 @@ class RunPlan:
         input_files: Sequence[str | Path] = (),
         extra_args: Sequence[str] = (),
         dedupe_images: bool = False,
+        allowed_profiles: Sequence[str] = DEFAULT_ALLOWED_PROFILES,
     ) -> RunPlan:
-        """A new run's plan, validated: threshold files strictly, input files exist.
+        """A new run's plan, validated: threshold files strictly, input files exist, the
+        profile and extra auditor arguments pass the policy (policy.py).
 
-        Raises BadInput (ThresholdFileError) before anything is created or queued.
+        Raises BadInput (ThresholdFileError, PolicyViolation) before anything is created
+        or queued.
         """
+        check_profile(profile, allowed_profiles)
+        check_auditor_args(extra_args)
         for f in input_files:
             if not Path(f).is_file():
                 raise BadInput(f"input file {str(f)!r} does not exist or is not a file")

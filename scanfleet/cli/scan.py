@@ -57,7 +57,7 @@ def scan_command(
     plan = RunPlan.new(
         source="scan", profile=profile, now=utcnow(), auditor=settings.auditor,
         token_ttl=ttl, timeout=scan_timeout, threshold=threshold, input_files=input_files,
-        extra_args=auditor_args,
+        extra_args=auditor_args, allowed_profiles=settings.allowed_profiles,
     )
     clients = ClientCache(kcfg)
     clients.get(ctx)
