@@ -36,6 +36,7 @@ def load_settings() -> Settings:
     except BadInput as e:
         fail(str(e))
     logs.configure(settings.log_format)
+    logs.remember_url(settings.broker_url)
     return settings
 
 
