@@ -35,7 +35,7 @@ def test_allowed_auditor_args_pass(args: list[str]) -> None:
     check_auditor_args(args)
 
 
-@pytest.mark.parametrize("args,named", [
+@pytest.mark.parametrize(("args", "named"), [
     (["-t", "local://"], "-t"), (["--target=local://"], "--target=local://"),
     (["--reporter", "json:/tmp/x"], "--reporter"), (["--config", "c.json"], "--config"),
     (["--bastion-host", "h"], "--bastion-host"), (["--sudo"], "--sudo"),
@@ -83,7 +83,8 @@ def test_profile_symlink_out_of_an_allowed_dir_is_refused(tmp_path: Path) -> Non
 def test_refusal_messages_never_carry_url_credentials() -> None:
     with pytest.raises(PolicyViolation) as info:
         check_profile("http://user:s3cret@h.example/p", DEFAULT_ALLOWED_PROFILES)
-    assert "s3cret" not in str(info.value) and "h.example/p" in str(info.value)
+    assert "s3cret" not in str(info.value)
+    assert "h.example/p" in str(info.value)
     assert safe_url("https://u:pw@h:8443/p?q=1") == "https://h:8443/p?q=1"
 
 
@@ -128,7 +129,8 @@ def test_scan_refuses_a_profile_off_the_allow_list_with_exit_2(tmp_path: Path) -
                 "KUBECONFIG": _kubeconfig(tmp_path)})
     proc = run_cli(["scan", "ns/pod/c", "--profile", "https://u:pw@evil.example/p"], env)
     assert proc.returncode == 2
-    assert "evil.example/p" in proc.stderr and "pw@" not in proc.stderr
+    assert "evil.example/p" in proc.stderr
+    assert "pw@" not in proc.stderr
 
 
 def _kubeconfig(tmp_path: Path) -> str:
@@ -200,4 +202,5 @@ def test_worker_refuses_plans_edited_in_redis(
         assert summary["error"]["kind"] == "rejected"
         assert named in summary["error"]["message"]
         shown = run_cli(["status", run_id], env)
-        assert "[rejected]" in shown.stdout and named in shown.stdout
+        assert "[rejected]" in shown.stdout
+        assert named in shown.stdout

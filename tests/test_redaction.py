@@ -27,10 +27,10 @@ def _reset() -> Iterator[None]:
     for h in list(root.handlers):
         if h not in before:
             root.removeHandler(h)
-    logs._known_secrets.clear()  # noqa: SLF001 - the process-wide set, reset between tests
+    logs._known_secrets.clear()
 
 
-@pytest.mark.parametrize("text,secret", [
+@pytest.mark.parametrize(("text", "secret"), [
     (f"key: {PEM} end", "secretkeymaterial"),
     ("Authorization: Basic dXNlcjpzM2NyZXQ=", "dXNlcjpzM2NyZXQ="),
     ("Authorization: Bearer opaque-tok-123", "opaque-tok-123"),
@@ -60,7 +60,8 @@ def test_remembered_values_are_redacted_for_the_process_life() -> None:
     logs.remember("admin-opaque-token", None, "ab")
     text = "saw opaque/pass and opaque%2Fpass and admin-opaque-token; ab stays"
     out = logs.redact_text(text)
-    assert "opaque/pass" not in out and "opaque%2Fpass" not in out
+    assert "opaque/pass" not in out
+    assert "opaque%2Fpass" not in out
     assert "admin-opaque-token" not in out
     assert "ab stays" in out  # too short to redact by value
 
@@ -78,7 +79,8 @@ def test_stdlib_logging_is_redacted() -> None:
     except RuntimeError:
         logging.getLogger("kombu").exception("boom")
     err = stream.getvalue()
-    assert "failed" in err and "boom" in err
+    assert "failed" in err
+    assert "boom" in err
     for s in ("broker-pass-value", "tok-abcdefgh", "secretkeymaterial"):
         assert s not in err
 
@@ -104,7 +106,8 @@ def test_structlog_lines_carry_no_url_or_json_secrets(
     )
     err = capsys.readouterr().err
     line = json.loads(err.strip().splitlines()[-1])
-    assert "s3cret" not in err and "hunter22" not in err
+    assert "s3cret" not in err
+    assert "hunter22" not in err
     assert line["profile"] == f"https://{logs.REDACTED}@host/p.tar.gz"
 
 
