@@ -8,7 +8,10 @@ trusts nothing executable from it:
   is recorded for information only; `worker_plan` overwrites it);
 - a fleet run's results directory must lie inside the worker's `SCANFLEET_RESULTS_DIR`
   (resolved, so a symlink cannot lead out);
-- the profile must match `SCANFLEET_ALLOWED_PROFILES` (path and URL prefixes);
+- the profile must match `SCANFLEET_ALLOWED_PROFILES` (path and URL prefixes); a URL's
+  credentials never travel in the plan: `RunPlan.profile` is stripped of user:password@,
+  and a worker adds the credentials of the allow-list prefix that matches
+  (`https://user:password@profiles.example/`, the worker's own setting, `credentialed`);
 - extra auditor arguments must be InSpec `exec` flags on `ALLOWED_FLAGS`, which select or
   parameterise controls but cannot re-target the scan (`-t`, `--host`, `--bastion-*`),
   change where or how results are written (`--reporter`, `--config`, `--log-location`),
@@ -80,6 +83,19 @@ def safe_url(value: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
+def credentialed(profile: str, allowed: Iterable[str]) -> str | None:
+    """`profile` with the credentials of the first allow-list URL prefix that matches it and
+    carries user:password@ (a worker's own setting), or None when no such prefix matches."""
+    if "://" not in profile or urlsplit(profile).password is not None:
+        return None
+    for prefix in allowed:
+        q = urlsplit(prefix) if "://" in prefix else None
+        if q is not None and q.password is not None and _url_matches(profile, prefix):
+            p = urlsplit(profile)
+            return p._replace(netloc=f"{q.netloc.rsplit('@', 1)[0]}@{p.netloc}").geturl()
+    return None
+
+
 def _url_matches(profile: str, prefix: str) -> bool:
     p, q = urlsplit(profile), urlsplit(prefix)
     if p.scheme.lower() != q.scheme.lower():
@@ -109,7 +125,7 @@ def check_profile(profile: str, allowed: Iterable[str]) -> None:
             return
     raise PolicyViolation(
         f"profile {safe_url(profile)!r} is not allowed by SCANFLEET_ALLOWED_PROFILES "
-        f"({', '.join(allowed)})"
+        f"({', '.join(safe_url(a) for a in allowed)})"
     )
 
 

@@ -31,7 +31,12 @@ from scanfleet.discovery import Entry
 from scanfleet.errors import BadInput, ClusterUnavailable, Rejected, ScanInterrupted
 from scanfleet.kube import ClientCache, default_kubeconfig
 from scanfleet.leases import NoSlot, RedisLeases, SlotBusy
-from scanfleet.policy import check_auditor_args, check_profile, check_results_dir
+from scanfleet.policy import (
+    check_auditor_args,
+    check_profile,
+    check_results_dir,
+    credentialed,
+)
 from scanfleet.runs import Pipeline, RunPlan, execute_target, fan_out, record_failure
 from scanfleet.settings import check_ttl
 from scanfleet.store import RunStore, StoreUnavailable
@@ -84,7 +89,10 @@ def worker_plan(
     rejects the plan: its targets get `rejected` error results in the worker's own
     results directory, and nothing runs.
     """
-    plan = replace(plan, auditor=settings.auditor)
+    plan = replace(
+        plan, auditor=settings.auditor,
+        profile_url=credentialed(plan.profile, settings.allowed_profiles),
+    )
     results = Path(results_dir) if results_dir else settings.results_dir
     try:
         check_results_dir(results, settings.results_dir)

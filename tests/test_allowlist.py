@@ -19,6 +19,7 @@ from scanfleet.policy import (
     check_auditor_args,
     check_profile,
     check_results_dir,
+    credentialed,
     parse_allowed_profiles,
     safe_url,
 )
@@ -204,3 +205,32 @@ def test_worker_refuses_plans_edited_in_redis(
         shown = run_cli(["status", run_id], env)
         assert "[rejected]" in shown.stdout
         assert named in shown.stdout
+
+
+def test_profile_credentials_stay_out_of_the_serialised_plan(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from scanfleet.runs import RunPlan
+
+    url = "https://user:s3cret@profiles.example/p.tar.gz"
+    plan = RunPlan.new(source="submit", profile=url, now=datetime.now(UTC), auditor="a",
+                       token_ttl=900, timeout=60)
+    assert plan.scan_options().profile == url  # in-process runs use the credentials
+    stored = json.dumps(plan.to_dict())
+    assert "s3cret" not in stored
+    assert plan.to_dict()["profile"] == "https://profiles.example/p.tar.gz"
+    back = RunPlan.from_dict({**plan.to_dict(), "profile_url": "https://evil.example/x"})
+    assert back.scan_options().profile == "https://profiles.example/p.tar.gz"
+
+
+def test_a_worker_takes_profile_credentials_from_its_own_allow_list() -> None:
+    allowed = ("https://bot:t0ken@profiles.example/org/", "https://other.example/")
+    assert credentialed("https://profiles.example/org/p.tar.gz", allowed) == (
+        "https://bot:t0ken@profiles.example/org/p.tar.gz"
+    )
+    assert credentialed("https://other.example/p.tar.gz", allowed) is None
+    assert credentialed("https://profiles.example/elsewhere/p", allowed) is None
+    check_profile("https://profiles.example/org/p.tar.gz", allowed)
+    with pytest.raises(PolicyViolation) as info:
+        check_profile("https://nope.example/p", allowed)
+    assert "t0ken" not in str(info.value)
