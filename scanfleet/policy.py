@@ -26,6 +26,7 @@ removed. This module never reads the environment and never runs anything.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -56,19 +57,19 @@ class PolicyViolation(BadInput):
     """A plan asks for something the policy refuses (exit 2 at submit; `rejected` on a worker)."""
 
 
+# Separators between allow-list entries: a comma, or os.pathsep (':' on POSIX) where it
+# starts the next absolute path or URL; a URL's own colons (scheme, user:password, port)
+# are followed by neither.
+_SEPARATOR = re.compile(
+    rf"\s*(?:,|{re.escape(os.pathsep)}(?=/(?!/)|[A-Za-z][A-Za-z0-9+.-]*://|[A-Za-z]:\\))\s*"
+)
+
+
 def parse_allowed_profiles(raw: str | None) -> tuple[str, ...]:
-    """`SCANFLEET_ALLOWED_PROFILES`: prefixes separated by `os.pathsep` or commas."""
-    if not raw or not raw.strip():
-        return DEFAULT_ALLOWED_PROFILES
-    parts = [p.strip() for chunk in raw.split(os.pathsep) for p in chunk.split(",")]
-    # A URL's own ':' would be split by os.pathsep on POSIX: glue `scheme` + `//rest` back.
-    glued: list[str] = []
-    for p in parts:
-        if glued and p.startswith("//") and "/" not in glued[-1] and glued[-1].isalpha():
-            glued[-1] = f"{glued[-1]}:{p}"
-        elif p:
-            glued.append(p)
-    return tuple(glued) or DEFAULT_ALLOWED_PROFILES
+    """`SCANFLEET_ALLOWED_PROFILES`: absolute path and URL prefixes separated by commas or
+    `os.pathsep`. Empty or unset: `DEFAULT_ALLOWED_PROFILES`."""
+    parts = tuple(p for p in _SEPARATOR.split(raw or "") if p.strip())
+    return parts or DEFAULT_ALLOWED_PROFILES
 
 
 def safe_url(value: str) -> str:

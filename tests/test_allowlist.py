@@ -234,3 +234,11 @@ def test_a_worker_takes_profile_credentials_from_its_own_allow_list() -> None:
     with pytest.raises(PolicyViolation) as info:
         check_profile("https://nope.example/p", allowed)
     assert "t0ken" not in str(info.value)
+
+
+def test_allow_list_separators_leave_url_colons_alone() -> None:
+    raw = "/srv/p:https://bot:pw@h.example:8443/org/:/opt/q,https://x.example/"
+    assert parse_allowed_profiles(raw) == (
+        "/srv/p", "https://bot:pw@h.example:8443/org/", "/opt/q", "https://x.example/"
+    )
+    assert parse_allowed_profiles(" , ") == DEFAULT_ALLOWED_PROFILES
