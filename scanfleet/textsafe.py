@@ -9,7 +9,8 @@ them; the renderers and the terminal output call it, every format alike.
 - `strip_controls(text, keep_newlines=True)`: ANSI/OSC/DCS sequences, C0 controls except
   tab and (optionally) newline, DEL, C1 controls (U+0080-U+009F) and the bidi embedding,
   override and isolate characters (U+202A-U+202E, U+2066-U+2069) are removed.
-- `terminal_line(text)`: the same, for one line printed to a terminal.
+- `strip_hidden(text)`: escape sequences, DEL, C1 and bidi removed, C0 left to the caller.
+- `terminal_line(text)`: one terminal line: `strip_controls` with line breaks as spaces.
 
 Pure: no I/O, no logging.
 """
@@ -44,6 +45,16 @@ def strip_controls(text: str, keep_newlines: bool = True) -> str:
     return _CONTROLS.sub(" ", text)
 
 
+_HIDDEN = re.compile(f"[\\x7f-\\x9f{BIDI}]")
+
+
+def strip_hidden(text: str) -> str:
+    """Escape sequences, DEL, C1 and bidi controls removed; C0 controls left for the caller
+    (XML replaces them, terminals get `strip_controls`)."""
+    return _HIDDEN.sub("", _ESCAPES.sub("", text))
+
+
 def terminal_line(text: object) -> str:
-    """One value printed to a terminal: no escapes, no controls, newlines kept."""
-    return strip_controls(str(text))
+    """One line printed to a terminal: no escapes, no controls, and line breaks become
+    spaces, so a message cannot forge the lines that follow it."""
+    return strip_controls(str(text), keep_newlines=False)
