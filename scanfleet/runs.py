@@ -31,7 +31,7 @@ from scanfleet.drift import write_sweep_drift
 from scanfleet.errors import BadInput, ScanError
 from scanfleet.kube import ClientCache
 from scanfleet.leases import Limiter
-from scanfleet.logs import remember_url
+from scanfleet.logs import redact_text, remember_url
 from scanfleet.policy import (
     DEFAULT_ALLOWED_PROFILES,
     check_auditor_args,
@@ -182,6 +182,8 @@ def error_summary(
         if isinstance(error, ScanError)
         else {"kind": str(error.get("kind")), "message": str(error.get("message"))}
     )
+    # Messages go to result files and Redis: no credential, whatever raised them.
+    err["message"] = redact_text(err["message"])
     return {
         "scan_id": scan_id_for(run_id, target),
         "run_id": run_id,

@@ -117,3 +117,18 @@ def test_strip_controls_removes_escapes_c1_and_bidi() -> None:
     out = strip_controls(hostile)
     assert out == "red link   c1 bidievilx nul ok\tend\n"
     assert strip_controls("a\nb", keep_newlines=False) == "a b"
+
+
+def test_error_results_carry_no_credentials() -> None:
+    from datetime import UTC, datetime
+
+    from scanfleet.runs import error_summary
+    from scanfleet.targets import Target
+
+    summary = error_summary(
+        "20260301T101500Z-a1b2c3", Target("c", "ns", "p", "c"),
+        {"kind": "api_error", "message": "GET https://u:hunter22@h/ failed: Bearer abcdef123"},
+        datetime(2026, 3, 1, tzinfo=UTC),
+    )
+    assert "hunter22" not in summary["error"]["message"]
+    assert "abcdef123" not in summary["error"]["message"]
