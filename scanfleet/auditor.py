@@ -45,6 +45,7 @@ import structlog
 from scanfleet.errors import AuditorFailed, AuditorMissing, ScanInterrupted, ScanTimeout
 from scanfleet.logs import redact_text
 from scanfleet.targets import Target
+from scanfleet.textsafe import strip_controls
 
 COMPLETED_EXIT_CODES = frozenset({0, 100, 101})
 """InSpec's distinct exit codes: 0 all passed, 100 some failed, 101 some skipped."""
@@ -352,6 +353,7 @@ class _StderrTail:
         self._thread.join(join_timeout)
         with self._lock:
             raw = bytes(self._buf)
-        text = redact_text(raw.decode("utf-8", errors="replace"))
+        # Container-derived text: no escape sequences, control or bidi characters either.
+        text = strip_controls(redact_text(raw.decode("utf-8", errors="replace")))
         tail = text.encode("utf-8")[-STDERR_TAIL_BYTES:].decode("utf-8", errors="ignore")
         return tail.strip()

@@ -43,7 +43,7 @@ def check_selector(selector: str | None) -> str | None:
     if selector is None or not selector.strip():
         return None
     for req in _split_requirements(selector):
-        if not _REQUIREMENT.match(req):
+        if not _REQUIREMENT.fullmatch(req):
             raise BadInput(
                 f"invalid label selector {selector!r}: cannot parse requirement {req.strip()!r}"
             )

@@ -13,7 +13,8 @@
         ├── AuditorFailed        auditor_exit
         ├── ScanTimeout          timeout
         ├── InvalidReport        invalid_report
-        └── ScanInterrupted      interrupted
+        ├── ScanInterrupted      interrupted
+        └── Rejected             rejected: a worker refused the plan (policy.py)
 
 Messages say what failed and on which target; they never carry a token, a kubeconfig or a
 whole API payload. Library exceptions are wrapped at the adapter (`raise ... from e`).
@@ -80,6 +81,12 @@ class ScanInterrupted(ScanError):
     kind = "interrupted"
 
 
+class Rejected(ScanError):
+    """A worker refused to run what the plan (read from Redis) asked for: nothing ran."""
+
+    kind = "rejected"
+
+
 ERROR_KINDS = (
     "target_not_found",
     "forbidden",
@@ -89,4 +96,5 @@ ERROR_KINDS = (
     "timeout",
     "invalid_report",
     "interrupted",
+    "rejected",
 )

@@ -89,6 +89,7 @@ def start_fleet_run(
         source=source, profile=profile, now=now(), auditor=settings.auditor,
         token_ttl=settings.token_ttl, timeout=settings.scan_timeout, threshold=threshold,
         fleet_threshold=fleet_threshold, input_files=input_files, dedupe_images=dedupe_images,
+        allowed_profiles=settings.allowed_profiles,
     )
     clients = ClientCache(kubeconfig)
     try:

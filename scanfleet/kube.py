@@ -34,6 +34,7 @@ from scanfleet.errors import (
     ClusterUnavailable,
     TargetNotFound,
 )
+from scanfleet.logs import remember
 
 T = TypeVar("T")
 
@@ -129,6 +130,8 @@ class KubeClient:
             raise BadInput(
                 f"cannot load context {context!r} from kubeconfig {kubeconfig!r}: {_first_line(e)}"
             ) from None
+        # The admin credential is redacted by value from every log line and scrubbed text.
+        remember(*(str(v).split()[-1] for v in (cfg.api_key or {}).values() if v), cfg.password)
         cfg.retries = urllib3.Retry(
             total=retries,
             backoff_factor=backoff,

@@ -20,6 +20,7 @@ from io import StringIO
 from typing import Any, TextIO
 
 from scanfleet.report import SEVERITIES, STATUSES, Counts
+from scanfleet.textsafe import strip_hidden
 
 FORMATS = ("json", "markdown", "junit", "html")
 Summaries = Callable[[], Iterable[Mapping[str, Any]]]
@@ -119,8 +120,17 @@ def _indented(value: Any, indent: int) -> str:
 
 
 def clean_text(value: object) -> str:
-    """Text without the control characters XML 1.0 cannot carry and terminals act on."""
-    return _XML_ILLEGAL.sub("\ufffd", "" if value is None else str(value))
+    """Text without terminal escape sequences, C1 and bidi controls (removed) and without
+    the control characters XML 1.0 cannot carry (replaced by U+FFFD). Every format but
+    json goes through here; json keeps the text and escapes it (`\\u001b`, `\\u202e`)."""
+    return _XML_ILLEGAL.sub("\ufffd", strip_hidden("" if value is None else str(value)))
+
+
+# Markdown that would turn text into a link, an image, a mention or emphasis.
+_MD_INLINE = str.maketrans({
+    "[": "\\[", "]": "\\]", "(": "\\(", ")": "\\)", "!": "\\!", "*": "\\*",
+    "_": "\\_", "~": "\\~", "@": "&#64;", "#": "&#35;",
+})
 
 
 def md_cell(value: object) -> str:
@@ -128,6 +138,7 @@ def md_cell(value: object) -> str:
     text = clean_text(value)
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     text = text.replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`")
+    text = text.translate(_MD_INLINE)
     return re.sub(r"\r\n|\r|\n", "<br>", text)
 
 
@@ -183,8 +194,8 @@ def write_markdown(run: Mapping[str, Any], out: TextIO) -> None:
             ["Total", "Completed", "Met threshold", "Missed threshold", "Scan errors"],
             [[t.get(k, 0) for k in ("total", "completed", "passed", "failed", "error")]],
         ),
-        f"**Compliance: {run.get('compliance', 0)}%** (controls passed out of passed, failed, "
-        "not reviewed and error, over all completed targets)",
+        f"**Compliance: {md_cell(run.get('compliance', 0))}%** (controls passed out of passed, "
+        "failed, not reviewed and error, over all completed targets)",
         "",
         "### Controls by status and severity",
         "",

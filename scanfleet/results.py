@@ -29,7 +29,7 @@ def new_run_id(now: datetime) -> str:
 
 
 def check_run_id(run_id: str) -> str:
-    if not RUN_ID_RE.match(run_id):
+    if not RUN_ID_RE.fullmatch(run_id):
         raise BadInput(f"invalid run id {run_id!r}: expected YYYYMMDDTHHMMSSZ-xxxxxx")
     return run_id
 

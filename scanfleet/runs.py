@@ -31,6 +31,13 @@ from scanfleet.drift import write_sweep_drift
 from scanfleet.errors import BadInput, ScanError
 from scanfleet.kube import ClientCache
 from scanfleet.leases import Limiter
+from scanfleet.logs import redact_text, remember_url
+from scanfleet.policy import (
+    DEFAULT_ALLOWED_PROFILES,
+    check_auditor_args,
+    check_profile,
+    safe_url,
+)
 from scanfleet.results import iso, iter_summaries, new_run_id, run_dir, summary_path, write_json
 from scanfleet.scan import ScanOptions, run_scan, utcnow
 from scanfleet.targets import Target, scan_id_for
@@ -68,6 +75,10 @@ class RunPlan:
     auditor: str = "cinc-auditor"
     dedupe_images: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
+    profile_url: str | None = field(default=None, repr=False, compare=False)
+    """The profile URL with its credentials (user:password@), in memory only: `profile`
+    is the URL without them, and only `profile` is serialised (Redis, run.json). A worker
+    takes credentials from its own allow-list instead (policy.credentialed)."""
 
     @classmethod
     def new(
@@ -84,18 +95,27 @@ class RunPlan:
         input_files: Sequence[str | Path] = (),
         extra_args: Sequence[str] = (),
         dedupe_images: bool = False,
+        allowed_profiles: Sequence[str] = DEFAULT_ALLOWED_PROFILES,
     ) -> RunPlan:
-        """A new run's plan, validated: threshold files strictly, input files exist.
+        """A new run's plan, validated: threshold files strictly, input files exist, the
+        profile and extra auditor arguments pass the policy (policy.py).
 
-        Raises BadInput (ThresholdFileError) before anything is created or queued.
+        Raises BadInput (ThresholdFileError, PolicyViolation) before anything is created
+        or queued.
         """
+        check_profile(profile, allowed_profiles)
+        check_auditor_args(extra_args)
+        shown = safe_url(profile)
+        if shown != profile:
+            remember_url(profile)
         for f in input_files:
             if not Path(f).is_file():
                 raise BadInput(f"input file {str(f)!r} does not exist or is not a file")
         plan = cls(
             run_id=new_run_id(now),
             source=source,
-            profile=profile,
+            profile=shown,
+            profile_url=profile if shown != profile else None,
             created_at=iso(now),
             threshold=threshold_document(threshold),
             threshold_source=str(threshold) if threshold else "threshold",
@@ -114,6 +134,7 @@ class RunPlan:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d.pop("profile_url")
         d["input_files"] = list(self.input_files)
         d["extra_args"] = list(self.extra_args)
         return d
@@ -121,6 +142,7 @@ class RunPlan:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunPlan:
         d = dict(data)
+        d.pop("profile_url", None)
         d["input_files"] = tuple(d.get("input_files", ()))
         d["extra_args"] = tuple(d.get("extra_args", ()))
         return cls(**d)
@@ -130,7 +152,7 @@ class RunPlan:
         if self.threshold is not None:
             threshold = parse_threshold(self.threshold, self.threshold_source)
         return ScanOptions(
-            profile=self.profile,
+            profile=self.profile_url or self.profile,
             threshold=threshold,
             input_files=self.input_files,
             extra_args=self.extra_args,
@@ -160,6 +182,8 @@ def error_summary(
         if isinstance(error, ScanError)
         else {"kind": str(error.get("kind")), "message": str(error.get("message"))}
     )
+    # Messages go to result files and Redis: no credential, whatever raised them.
+    err["message"] = redact_text(err["message"])
     return {
         "scan_id": scan_id_for(run_id, target),
         "run_id": run_id,

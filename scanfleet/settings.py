@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scanfleet.errors import BadInput
+from scanfleet.policy import DEFAULT_ALLOWED_PROFILES, parse_allowed_profiles
 
 TOKEN_TTL_MIN = 600
 TOKEN_TTL_MAX = 86400
@@ -39,13 +40,16 @@ class Settings:
     """Runs older than this are pruned from Redis and the results dir (SCANFLEET_RETENTION_DAYS)."""
     key_prefix: str = "scanfleet"
     """Prefix of every Redis key scanfleet writes (SCANFLEET_KEY_PREFIX)."""
+    allowed_profiles: tuple[str, ...] = DEFAULT_ALLOWED_PROFILES
+    """Profile path and URL prefixes a plan may name (SCANFLEET_ALLOWED_PROFILES, separated
+    by os.pathsep or commas; default: any local path and https URL). See policy.py."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         d = cls()
         return cls(
-            broker_url=env.get("SCANFLEET_BROKER_URL") or d.broker_url,
+            broker_url=broker_url(env) or d.broker_url,
             results_dir=Path(env.get("SCANFLEET_RESULTS_DIR") or d.results_dir),
             auditor=env.get("SCANFLEET_AUDITOR") or d.auditor,
             cluster_concurrency=env_int(
@@ -56,7 +60,29 @@ class Settings:
             log_format=_choice(env, "SCANFLEET_LOG_FORMAT", d.log_format, ("json", "console")),
             retention_days=env_int(env, "SCANFLEET_RETENTION_DAYS", d.retention_days, 1),
             key_prefix=env.get("SCANFLEET_KEY_PREFIX") or d.key_prefix,
+            allowed_profiles=parse_allowed_profiles(env.get("SCANFLEET_ALLOWED_PROFILES")),
         )
+
+
+def broker_url(env: Mapping[str, str]) -> str | None:
+    """SCANFLEET_BROKER_URL if set and not empty, else the first line of the file named by
+    SCANFLEET_BROKER_URL_FILE (a mounted Secret holding a URL with a password), else None."""
+    url = env.get("SCANFLEET_BROKER_URL", "").strip()
+    if url:
+        return url
+    path = env.get("SCANFLEET_BROKER_URL_FILE", "").strip()
+    if not path:
+        return None
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise BadInput(
+            f"SCANFLEET_BROKER_URL_FILE={path!r} cannot be read: {e.strerror}"
+        ) from None
+    first = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if not first:
+        raise BadInput(f"SCANFLEET_BROKER_URL_FILE={path!r} is empty")
+    return first
 
 
 def check_ttl(token_ttl: int, scan_timeout: int) -> None:

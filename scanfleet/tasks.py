@@ -28,12 +28,19 @@ from celery.signals import worker_init, worker_process_init
 
 from scanfleet.celery_app import FAN_OUT_TASK, QUEUE, SCAN_TASK, app, settings, tuning
 from scanfleet.discovery import Entry
-from scanfleet.errors import ClusterUnavailable, ScanInterrupted
+from scanfleet.errors import BadInput, ClusterUnavailable, Rejected, ScanInterrupted
 from scanfleet.kube import ClientCache, default_kubeconfig
 from scanfleet.leases import NoSlot, RedisLeases, SlotBusy
+from scanfleet.policy import (
+    check_auditor_args,
+    check_profile,
+    check_results_dir,
+    credentialed,
+)
 from scanfleet.runs import Pipeline, RunPlan, execute_target, fan_out, record_failure
+from scanfleet.settings import check_ttl
 from scanfleet.store import RunStore, StoreUnavailable
-from scanfleet.targets import Target
+from scanfleet.targets import Target, scan_id_for
 
 log = structlog.get_logger("scanfleet.tasks")
 UNAVAILABLE_RETRIES = 4
@@ -52,21 +59,54 @@ class _Runtime:
         self.leases = RedisLeases(
             self.store, settings.cluster_concurrency, lease_seconds=tuning.lease_seconds
         )
-        self._plans: dict[str, tuple[RunPlan, Path]] = {}
+        self._plans: dict[str, tuple[RunPlan, Path, Rejected | None]] = {}
 
-    def run(self, run_id: str) -> tuple[RunPlan, Pipeline] | None:
+    def run(self, run_id: str) -> tuple[RunPlan, Pipeline, Rejected | None] | None:
+        """The run's plan as this worker will execute it, its pipeline, and the reason the
+        worker refuses it (None when it may run)."""
         cached = self._plans.get(run_id)
         if cached is None:
             data = self.store.plan(run_id)
             if data is None:
                 return None
             meta = self.store.meta(run_id)
-            results = Path(meta.get("results_dir") or settings.results_dir)
             if len(self._plans) > 64:
                 self._plans.clear()
-            cached = self._plans[run_id] = (RunPlan.from_dict(data), results)
-        plan, results = cached
-        return plan, Pipeline(self.clients, self.store, self.leases, results)
+            cached = self._plans[run_id] = worker_plan(
+                RunPlan.from_dict(data), meta.get("results_dir")
+            )
+        plan, results, rejected = cached
+        return plan, Pipeline(self.clients, self.store, self.leases, results), rejected
+
+
+def worker_plan(
+    plan: RunPlan, results_dir: str | None
+) -> tuple[RunPlan, Path, Rejected | None]:
+    """Apply the worker's policy to a plan read from Redis (see policy.py).
+
+    The auditor always comes from this worker's settings. A results directory outside
+    SCANFLEET_RESULTS_DIR, a profile off the allow-list or a refused auditor argument
+    rejects the plan: its targets get `rejected` error results in the worker's own
+    results directory, and nothing runs.
+    """
+    plan = replace(
+        plan, auditor=settings.auditor,
+        profile_url=credentialed(plan.profile, settings.allowed_profiles),
+    )
+    results = Path(results_dir) if results_dir else settings.results_dir
+    try:
+        check_results_dir(results, settings.results_dir)
+    except BadInput as e:
+        log.error("run.rejected", reason=str(e))
+        return plan, settings.results_dir, Rejected(f"worker refused the run: {e}")
+    try:
+        check_profile(plan.profile, settings.allowed_profiles)
+        check_auditor_args(plan.extra_args)
+        check_ttl(plan.token_ttl, int(plan.timeout))
+    except BadInput as e:
+        log.error("run.rejected", reason=str(e))
+        return plan, results, Rejected(f"worker refused the run: {e}")
+    return plan, results, None
 
 
 _runtime: _Runtime | None = None
@@ -108,6 +148,12 @@ def _task(**options: Any) -> Callable[[F], F]:
     return cast(Callable[[F], F], app.task(**options))
 
 
+def _record_rejected(pipe: Pipeline, plan: RunPlan, target: Target, rejected: Rejected) -> str:
+    if not pipe.state.is_done(plan.run_id, scan_id_for(plan.run_id, target)):
+        record_failure(pipe, plan, target, rejected)
+    return "error"
+
+
 @_task(bind=True, name=FAN_OUT_TASK, max_retries=None, acks_late=True)
 def fan_out_task(self: Any, run_id: str, start: int, stop: int) -> int:
     with structlog.contextvars.bound_contextvars(run_id=run_id):
@@ -117,7 +163,7 @@ def fan_out_task(self: Any, run_id: str, start: int, stop: int) -> int:
             if found is None:
                 log.warning("run.unknown", start=start, stop=stop)
                 return 0
-            plan, pipe = found
+            plan, pipe, _rejected = found  # unresolved entries are recorded; scans refuse
             entries = [Entry.from_dict(d) for d in rt.store.entries(run_id, start, stop)]
 
             def enqueue(target: Target) -> None:
@@ -144,7 +190,9 @@ def scan_target(
             if found is None:
                 log.warning("run.unknown")
                 return None
-            plan, pipe = found
+            plan, pipe, rejected = found
+            if rejected is not None:
+                return _record_rejected(pipe, plan, t, rejected)
         except StoreUnavailable as e:
             raise self.retry(countdown=5, exc=e) from e
         # A cluster that stays unreachable through urllib3's retries: try the scan again

@@ -36,6 +36,8 @@ def load_settings() -> Settings:
     except BadInput as e:
         fail(str(e))
     logs.configure(settings.log_format)
+    for url in (settings.broker_url, *settings.allowed_profiles):
+        logs.remember_url(url)
     return settings
 
 

@@ -131,7 +131,7 @@ def submit_command(
         source="submit", profile=profile, now=utcnow(), auditor=settings.auditor,
         token_ttl=ttl, timeout=scan_timeout, threshold=threshold,
         fleet_threshold=fleet_threshold, input_files=input_files, extra_args=auditor_args,
-        dedupe_images=dedupe_images,
+        dedupe_images=dedupe_images, allowed_profiles=settings.allowed_profiles,
     )
     clients = ClientCache(kcfg)
     for ctx in {t.context for t in explicit} | set(chosen):
