@@ -39,6 +39,12 @@ class Settings:
     """Runs older than this are pruned from Redis and the results dir (SCANFLEET_RETENTION_DAYS)."""
     key_prefix: str = "scanfleet"
     """Prefix of every Redis key scanfleet writes (SCANFLEET_KEY_PREFIX)."""
+    metrics_port: int = 0
+    """Serve Prometheus /metrics on this port from `worker` and `beat`; 0: off.
+
+    (SCANFLEET_METRICS_PORT)"""
+    metrics_per_namespace: bool = False
+    """Beat's compliance gauges also per namespace (SCANFLEET_METRICS_PER_NAMESPACE=1)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -56,6 +62,10 @@ class Settings:
             log_format=_choice(env, "SCANFLEET_LOG_FORMAT", d.log_format, ("json", "console")),
             retention_days=env_int(env, "SCANFLEET_RETENTION_DAYS", d.retention_days, 1),
             key_prefix=env.get("SCANFLEET_KEY_PREFIX") or d.key_prefix,
+            metrics_port=env_int(env, "SCANFLEET_METRICS_PORT", d.metrics_port, 0),
+            metrics_per_namespace=_choice(
+                env, "SCANFLEET_METRICS_PER_NAMESPACE", "0", ("0", "1")
+            ) == "1",
         )
 
 
