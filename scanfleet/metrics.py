@@ -5,11 +5,12 @@ call one function here at the point something happens (a result recorded, an ide
 minted or revoked, an API request, a cluster slot taken); nothing else in scanfleet imports
 `prometheus_client`.
 
-Prefork workers count in `prometheus_client`'s multiprocess mode: `prepare_worker` (before
-the pool forks) points `PROMETHEUS_MULTIPROC_DIR` at a fresh private directory, every child
-writes its values there, and the parent serves their sum (`MultiProcessCollector`) plus
-`scanfleet_queue_messages`, read from Redis at scrape time. Metrics are created on first
-use, so that switch can still happen after this module was imported.
+Prefork workers count in `prometheus_client`'s multiprocess mode: `use_multiprocess` (called
+by `scanfleet.exporter` before the pool forks) points `PROMETHEUS_MULTIPROC_DIR` at a fresh
+private directory, every child writes its values there, and the parent serves their sum
+(`registry()`: `MultiProcessCollector`) plus `scanfleet_queue_messages`, read from Redis at
+scrape time. Metrics are created on first use, so that switch can still happen after this
+module was imported.
 
 Labels are bounded by clusters: context, phase, status, error kind, verb, code. It must
 never put a pod, namespace, target, run id or anything secret into a label.

@@ -13,12 +13,13 @@ import json
 import subprocess
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import fakeredis
 import pytest
+from celery import Celery
 from fixtures_fleet import (
     CLI,
     FleetClusters,
@@ -29,10 +30,15 @@ from fixtures_fleet import (
     wait_for,
 )
 from fixtures_metrics import check_metrics, samples, scrape, value
+from fixtures_ops import leave_orphans
 from test_sweep_runs import runs_of, send_tick
 
 from scanfleet import metrics
+from scanfleet.beat import JANITOR_TASK
+from scanfleet.celery_app import QUEUE
+from scanfleet.credentials import MANAGED_BY
 from scanfleet.janitor import Finding, JanitorReport
+from scanfleet.kube import KubeClient
 from scanfleet.posture import PostureCollector, interval_seconds, janitor_totals
 from scanfleet.results import iter_summaries
 from scanfleet.sweeps import load_sweeps
@@ -110,6 +116,15 @@ SWEEPS = ("- name: nightly\n  schedule: '0 3 * * *'\n  all_contexts: true\n"
           "  namespaces: [ops]\n  profile: profile-x\n")
 
 
+def send_task(redis_url: str, name: str) -> None:
+    client = Celery("test-client", broker=redis_url)
+    client.conf.task_serializer = "json"
+    try:
+        client.send_task(name, queue=QUEUE)
+    finally:
+        client.close()
+
+
 class Beat:
     def __init__(self, env: dict[str, str], sweeps: Path, port: int, log: Path) -> None:
         self.port = port
@@ -185,6 +200,7 @@ def _posture(text: str, sweep: str) -> dict[str, float]:
 @pytest.mark.timeout(180)
 def test_beat_posture_after_a_sweep_tick_equals_run_json_and_survives_a_restart(
     fleet_env: dict[str, str], redis_server: RedisServer, make_worker: Callable[..., Worker],
+    fleet_clusters: FleetClusters,
     make_beat: Callable[[dict[str, str], Path], Beat], tmp_path: Path,
 ) -> None:
     sweeps_file = tmp_path / "sweeps.yml"
@@ -213,9 +229,28 @@ def test_beat_posture_after_a_sweep_tick_equals_run_json_and_survives_a_restart(
     assert not [k for k in samples(text)["scanfleet_sweep_threshold_passed"]
                 if ("sweep", "weekdays") in k]  # never ran: no posture, only its interval
 
+    # A janitor pass on the worker: one expired identity deleted, one it may not judge.
+    kube = KubeClient(str(fleet_clusters.kubeconfig), "east")
+    leave_orphans(kube, "apps", "dead1", "run1", datetime.now(UTC) - timedelta(hours=2), 3600)
+    kube.create_service_account("ops", {"metadata": {
+        "name": "scanfleet-noexpiry", "labels": {MANAGED_BY: "scanfleet"}}})
+    send_task(redis_server.url, JANITOR_TASK)
+
+    def janitor_counted() -> str | None:
+        t = beat.scrape()
+        return t if value(t, "scanfleet_janitor_deleted_total", kind="Role") else None
+
+    text = wait_for(janitor_counted, 60, "beat to serve the janitor's count")
+    check_metrics(text)
+    assert {k: value(text, "scanfleet_janitor_deleted_total", kind=k)
+            for k in ("RoleBinding", "Role", "ServiceAccount")} == {
+        "RoleBinding": 1, "Role": 1, "ServiceAccount": 1}
+    assert value(text, "scanfleet_janitor_foreign_total") == 1
+
     beat.stop()
     again = make_beat(env, sweeps_file).scrape()
     assert _posture(again, "nightly") == _posture(text, "nightly")
+    assert value(again, "scanfleet_janitor_deleted_total", kind="Role") == 1
 
 
 # -- in-process: each hook, against this process's registry -----------------------------
