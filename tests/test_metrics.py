@@ -10,7 +10,9 @@ Every scrape passes `promtool check metrics`. The in-process tests below pin eac
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -37,10 +39,12 @@ from scanfleet import metrics
 from scanfleet.beat import JANITOR_TASK
 from scanfleet.celery_app import QUEUE
 from scanfleet.credentials import MANAGED_BY
+from scanfleet.errors import BadInput
 from scanfleet.janitor import Finding, JanitorReport
 from scanfleet.kube import KubeClient
 from scanfleet.posture import PostureCollector, interval_seconds, janitor_totals
 from scanfleet.results import iter_summaries
+from scanfleet.settings import Settings
 from scanfleet.sweeps import load_sweeps
 
 DISCOVER = ["--all-contexts", "--all-namespaces", "--exclude-namespace", "kube-system",
@@ -339,3 +343,48 @@ def test_sweep_interval_is_the_longest_gap_of_the_cron() -> None:
     now = datetime(2026, 11, 30, tzinfo=UTC)
     assert interval_seconds("*/5 * * * *", now) == 300
     assert interval_seconds("0 3 1 * *", now) == 31 * 86400
+
+
+def test_a_child_that_died_without_a_goodbye_no_longer_counts_in_live_gauges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Live gauges (slots, identities) of a SIGKILLed pool child vanish at the next scrape;
+    a living child's stay."""
+    directory = tmp_path / "mp"
+    directory.mkdir()
+    child = ("import os, sys, time\nfrom scanfleet import metrics\n"
+             "metrics.slot_acquired(sys.argv[1]); metrics.identity_phases(None).minted()\n"
+             "print('ready', flush=True)\n"
+             "time.sleep(60) if sys.argv[2] == 'stay' else os._exit(0)\n")
+    env = {**os.environ, metrics.MULTIPROC_ENV: str(directory)}
+    dead = subprocess.run([sys.executable, "-c", child, "gone", "die"], env=env, check=True,
+                          capture_output=True, text=True, timeout=60)
+    assert dead.stdout.strip() == "ready"
+    alive = subprocess.Popen([sys.executable, "-c", child, "held", "stay"], env=env,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert alive.stdout is not None
+        assert alive.stdout.readline().strip() == "ready"
+        monkeypatch.setenv(metrics.MULTIPROC_ENV, str(directory))
+        reg = metrics.registry()
+        assert reg.get_sample_value("scanfleet_cluster_slots_in_use", {"context": "held"}) == 1
+        assert reg.get_sample_value("scanfleet_cluster_slots_in_use", {"context": "gone"}) in (
+            None, 0)
+        assert reg.get_sample_value("scanfleet_identities_active") == 1
+    finally:
+        alive.kill()
+        alive.wait(10)
+        if alive.stdout is not None:
+            alive.stdout.close()
+
+
+def test_metrics_settings_come_from_the_environment() -> None:
+    s = Settings.from_env({"SCANFLEET_METRICS_PORT": "9808",
+                           "SCANFLEET_METRICS_PER_NAMESPACE": "1"})
+    assert (s.metrics_port, s.metrics_per_namespace) == (9808, True)
+    assert (Settings.from_env({}).metrics_port, Settings.from_env({}).metrics_per_namespace) == (
+        0, False)
+    with pytest.raises(BadInput, match="SCANFLEET_METRICS_PORT"):
+        Settings.from_env({"SCANFLEET_METRICS_PORT": "ninety"})
+    with pytest.raises(BadInput, match="SCANFLEET_METRICS_PER_NAMESPACE"):
+        Settings.from_env({"SCANFLEET_METRICS_PER_NAMESPACE": "yes"})
