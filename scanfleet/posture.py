@@ -82,10 +82,13 @@ class RunIndex:
     def latest(self, sources: set[str]) -> dict[str, str]:
         """{source: run id of its newest finished run}, for the sources asked for."""
         found: dict[str, str] = {}
-        if not self.results_dir.is_dir():
+        if not sources or not self.results_dir.is_dir():
             return found
         names = sorted((p.name for p in self.results_dir.iterdir() if RUN_ID_RE.match(p.name)),
                        reverse=True)
+        present = set(names)  # forget pruned runs
+        self._sources = {k: v for k, v in self._sources.items() if k in present}
+        self._by_namespace = {k: v for k, v in self._by_namespace.items() if k in present}
         for run_id in names:
             source = self._source(run_id)
             if source in sources and source not in found:
