@@ -34,6 +34,7 @@ import structlog
 from celery import shared_task
 from celery.schedules import BaseSchedule, schedstate
 
+from scanfleet import posture
 from scanfleet.errors import ScanfleetError
 from scanfleet.janitor import janitor_for_kubeconfig
 from scanfleet.kube import default_kubeconfig
@@ -335,6 +336,7 @@ def janitor_task(
     report = janitor_for_kubeconfig(
         kubeconfig, contexts or [], all_contexts and not contexts, dry_run=dry_run, now=utcnow()
     )
+    posture.janitor_finished(report)
     return report.to_dict()
 
 

@@ -27,6 +27,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
+from scanfleet import metrics
 from scanfleet.errors import (
     BadInput,
     ClusterApiError,
@@ -374,6 +375,7 @@ class KubeClient:
         not_found: Callable[[], Exception] | None = None,
         conflict: Callable[[], Exception] | None = None,
     ) -> T:
+        fn = metrics.api_call(self.context, what, fn)
         try:
             return fn()
         except ApiException as e:

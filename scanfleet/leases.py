@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from scanfleet import metrics
 from scanfleet.errors import ScanfleetError
 from scanfleet.store import RunStore, is_store_error
 
@@ -142,9 +143,11 @@ class RedisLeases:
             name=f"lease-{scan_id}",
         )
         beat.start()
+        metrics.slot_acquired(context)
         try:
             yield
         finally:
+            metrics.slot_released(context)
             stop.set()
             beat.join(timeout=5)
             try:

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from scanfleet import metrics
 from scanfleet.aggregate import Aggregator
 from scanfleet.discovery import Entry
 from scanfleet.drift import write_sweep_drift
@@ -311,7 +312,8 @@ def record(pipe: Pipeline, plan: RunPlan, summary: Mapping[str, Any]) -> None:
         cs = covered_summary(summary, plan.run_id, Entry.from_dict(covered))
         write_json(summary_path(out, cs["scan_id"]), cs)
         outcomes.append((cs["scan_id"], cs["status"]))
-    _added, done, total = pipe.state.finish(plan.run_id, outcomes)
+    added, done, total = pipe.state.finish(plan.run_id, outcomes)
+    metrics.scan_recorded(summary, added)
     if done >= total:
         maybe_finalize(pipe, plan)
 

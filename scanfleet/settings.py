@@ -43,6 +43,12 @@ class Settings:
     allowed_profiles: tuple[str, ...] = DEFAULT_ALLOWED_PROFILES
     """Profile path and URL prefixes a plan may name (SCANFLEET_ALLOWED_PROFILES, separated
     by os.pathsep or commas; default: any local path and https URL). See policy.py."""
+    metrics_port: int = 0
+    """Serve Prometheus /metrics on this port from `worker` and `beat`; 0: off.
+
+    (SCANFLEET_METRICS_PORT)"""
+    metrics_per_namespace: bool = False
+    """Beat's compliance gauges also per namespace (SCANFLEET_METRICS_PER_NAMESPACE=1)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -61,6 +67,10 @@ class Settings:
             retention_days=env_int(env, "SCANFLEET_RETENTION_DAYS", d.retention_days, 1),
             key_prefix=env.get("SCANFLEET_KEY_PREFIX") or d.key_prefix,
             allowed_profiles=parse_allowed_profiles(env.get("SCANFLEET_ALLOWED_PROFILES")),
+            metrics_port=env_int(env, "SCANFLEET_METRICS_PORT", d.metrics_port, 0),
+            metrics_per_namespace=_choice(
+                env, "SCANFLEET_METRICS_PER_NAMESPACE", "0", ("0", "1")
+            ) == "1",
         )
 
 

@@ -109,9 +109,10 @@ def test_compose_has_the_four_services_and_demo_services_only_in_the_demo_profil
     # Flower (a web UI over the broker) only on request: `--profile monitor`.
     assert services["flower"]["profiles"] == ["monitor"]
     extra = set(services) - {"redis", "worker", "beat", "flower"}
-    assert extra == {"k3s", "demo-workload"}
-    for name in extra:
+    assert extra == {"k3s", "demo-workload", "prometheus"}
+    for name in extra - {"prometheus"}:
         assert services[name].get("profiles") == ["demo"], name
+    assert services["prometheus"]["profiles"] == ["observability"]
     assert services["k3s"]["image"].startswith("rancher/k3s:")
     assert services["k3s"]["privileged"] is True
 

@@ -69,6 +69,15 @@ def kubeconfig_option(fn: F) -> F:
     )(fn)
 
 
+def metrics_port_option(fn: F) -> F:
+    return click.option(
+        "--metrics-port",
+        type=click.IntRange(0, 65535),
+        default=None,
+        help="Serve Prometheus /metrics on this port; 0: off (default: $SCANFLEET_METRICS_PORT).",
+    )(fn)
+
+
 def output_option(fn: F) -> F:
     return click.option(
         "--output",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from scanfleet import exporter
 from scanfleet.beat import JANITOR_INTERVAL, LOCK_TTL, PRUNE_INTERVAL, run_beat, utcnow
 from scanfleet.cli.common import (
     EXIT_OK,
@@ -22,6 +23,7 @@ from scanfleet.cli.common import (
     kubeconfig_option,
     load_settings,
     main_group,
+    metrics_port_option,
     output_option,
     results_dir,
 )
@@ -86,6 +88,7 @@ def validate_command(file: Path) -> None:
     show_default=True,
     help="Seconds after which a sweep's lock frees itself if its run never finishes.",
 )
+@metrics_port_option
 @bad_input_exits
 def beat_command(
     sweeps_file: Path,
@@ -93,10 +96,12 @@ def beat_command(
     janitor_interval: int,
     prune_interval: int,
     lock_ttl: int,
+    metrics_port: int | None,
 ) -> None:
     """Run Celery beat: each sweep on its cron schedule, plus the janitor and retention."""
-    load_settings()
+    settings = load_settings()
     sweeps = load_sweeps(sweeps_file)  # a bad file stops here, before anything is scheduled
+    exporter.beat_starting(settings, sweeps, metrics_port)
     from scanfleet.celery_app import app
 
     run_beat(
