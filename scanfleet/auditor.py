@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -42,8 +43,17 @@ from pathlib import Path
 
 import structlog
 
-from scanfleet.errors import AuditorFailed, AuditorMissing, ScanInterrupted, ScanTimeout
+from scanfleet import sandbox, sandbox_reap
+from scanfleet.errors import (
+    AuditorFailed,
+    AuditorMissing,
+    InvalidReport,
+    SandboxUnavailable,
+    ScanInterrupted,
+    ScanTimeout,
+)
 from scanfleet.logs import redact_text
+from scanfleet.results import copy_report
 from scanfleet.targets import Target
 
 COMPLETED_EXIT_CODES = frozenset({0, 100, 101})
@@ -136,7 +146,12 @@ def build_argv(
     return argv
 
 
-def auditor_environment(kubeconfig: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
+def auditor_environment(
+    kubeconfig: Path,
+    base: Mapping[str, str] | None = None,
+    *,
+    workdir: sandbox.WorkDir | None = None,
+) -> dict[str, str]:
     """The auditor's environment: an allowlisted copy of `base` plus KUBECONFIG.
 
     Kept: PATH, HOME, user and locale variables, temp dirs, proxy and CA-bundle variables
@@ -148,6 +163,9 @@ def auditor_environment(kubeconfig: Path, base: Mapping[str, str] | None = None)
     kubeconfig path alone, so the auditor and any kubectl it runs see only the scan's
     least-privilege identity. A proxy URL may carry proxy credentials; it is kept because
     without it the cluster is unreachable.
+
+    With `workdir` (the scan's private work dir), HOME and TMPDIR point into it, and
+    INSPEC_CONFIG_DIR, when unset, keeps naming the worker's ~/.inspec (plugins live there).
     """
     source = os.environ if base is None else base
     env = {
@@ -158,6 +176,12 @@ def auditor_environment(kubeconfig: Path, base: Mapping[str, str] | None = None)
         and "KUBECONFIG" not in k.upper()
     }
     env["KUBECONFIG"] = str(kubeconfig)
+    if workdir is not None:
+        inspec = Path(source.get("HOME") or "/nonexistent") / ".inspec"
+        if "INSPEC_CONFIG_DIR" not in env and inspec.is_dir():
+            env["INSPEC_CONFIG_DIR"] = str(inspec)
+        env["HOME"] = str(workdir.home)
+        env["TMPDIR"] = str(workdir.tmp)
     return env
 
 
@@ -174,37 +198,112 @@ def run_auditor(
     kill_grace: float = 10.0,
     env: Mapping[str, str] | None = None,
 ) -> AuditResult:
-    """Run the auditor against one target and wait for it, never leaving a process behind.
+    """Run the auditor against one target, in its sandbox, and wait for it.
 
-    `env` replaces the parent environment as the base that `auditor_environment` filters.
-    Raises AuditorMissing, AuditorFailed or ScanTimeout; any BaseException raised in the
-    waiting thread (KeyboardInterrupt, ScanInterrupted from a signal handler) terminates
-    the process group and is re-raised unchanged.
+    The auditor writes its report into the scan's private directory (the kubeconfig's);
+    after a completed audit scanfleet rewrites it to `report_path` with the results' file
+    mode. `env` replaces the parent environment as the base that `auditor_environment`
+    filters; the sandbox settings (SCANFLEET_SANDBOX*) are the worker's own, from
+    os.environ.
+    Raises SandboxUnavailable, AuditorMissing, AuditorFailed, InvalidReport or ScanTimeout;
+    any BaseException raised in the waiting thread (KeyboardInterrupt, ScanInterrupted from
+    a signal handler) terminates the process group and is re-raised unchanged.
     """
     if timeout <= 0:
         raise ValueError(f"timeout must be positive, got {timeout!r}")
-    argv = build_argv(auditor, profile, target, report_path, input_files, extra_args)
-    child_env = auditor_environment(kubeconfig, env)
-    started = time.monotonic()
+    config = sandbox.SandboxConfig.from_env(os.environ)
+    mode = sandbox.mode_label(config)  # no Landlock and not opted out: nothing runs
+    if not config.enabled:
+        log.warning("sandbox.off", reason=f"{sandbox.SANDBOX_ENV}=off: the auditor runs "
+                    "unconfined, with everything the worker can reach")
+    private_dir = kubeconfig.parent
+    work = sandbox.prepare_workdir(private_dir)
+    argv = build_argv(auditor, profile, target, work.report, input_files, extra_args)
+    child_env = auditor_environment(kubeconfig, env, workdir=work)
+    executable = shutil.which(auditor, path=child_env.get("PATH", os.defpath))
+    if executable is None:
+        raise AuditorMissing(_missing_message(auditor, "No such file or directory"))
+    scan = sandbox.Scan(executable, profile, kubeconfig, work, report_path.parent,
+                        input_files, extra_args)
+    policy = sandbox.build_policy(config, scan, child_env, os.environ)
+    with sandbox_reap.hold(private_dir):
+        started = time.monotonic()
+        proc = _start(argv, policy, child_env, auditor)
+        sandbox_reap.record_auditor(private_dir, proc.pid)
+        log.info("auditor.started", pid=proc.pid, argv=argv, sandbox=mode,
+                 kubeconfig_path=str(kubeconfig))
+        exit_code, stderr_tail = _supervise(proc, target, started + timeout, timeout,
+                                            kill_grace)
+        duration = time.monotonic() - started
+        log.info("auditor.finished", pid=proc.pid, exit_code=exit_code, duration_s=duration)
+        if exit_code not in COMPLETED_EXIT_CODES:
+            how = f" (killed by {_signal_name(-exit_code)})" if exit_code < 0 else ""
+            raise AuditorFailed(f"auditor exited with code {exit_code}{how}: {stderr_tail}")
+        if work.report.exists() or work.report.is_symlink():
+            try:
+                copy_report(work.report, report_path)
+            except ValueError as e:
+                raise InvalidReport(f"the auditor's report cannot be used: {e}") from e
+    return AuditResult(exit_code=exit_code, duration_s=duration)
+
+
+def _missing_message(auditor: str, why: str) -> str:
+    return (
+        f"auditor executable {auditor!r} cannot be run ({why}): "
+        "set SCANFLEET_AUDITOR to the cinc-auditor executable or install cinc-auditor"
+    )
+
+
+def _start(
+    argv: list[str], policy: sandbox.Policy, env: dict[str, str], auditor: str
+) -> subprocess.Popen[bytes]:
+    """Start the exec helper and wait until it became the auditor (or said why not)."""
+    rfd, wfd = os.pipe()
     try:
         proc = subprocess.Popen(
-            argv,
-            env=child_env,
+            sandbox.helper_argv(policy, wfd, argv),
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,
             close_fds=True,
+            pass_fds=(wfd,),
         )
-    except OSError as e:  # FileNotFoundError, PermissionError, ENOEXEC
-        raise AuditorMissing(
-            f"auditor executable {auditor!r} cannot be run ({e.strerror or e}): "
-            "set SCANFLEET_AUDITOR to the cinc-auditor executable or install cinc-auditor"
-        ) from e
+    except OSError as e:  # the Python interpreter itself cannot be run
+        os.close(rfd)
+        raise SandboxUnavailable(f"the sandbox exec helper cannot be run: {e}") from e
+    finally:
+        os.close(wfd)
     try:
-        log.info("auditor.started", pid=proc.pid, argv=argv, kubeconfig_path=str(kubeconfig))
+        failure = b""
+        while chunk := os.read(rfd, 4096):  # EOF: the helper's exec closed the pipe
+            failure += chunk
+    except BaseException:
+        _terminate_group(proc, 0)
+        raise
+    finally:
+        os.close(rfd)
+    if failure:
+        proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+        kind, _, detail = failure.decode(errors="replace").strip().partition("\t")
+        if kind == "exec":
+            raise AuditorMissing(_missing_message(auditor, detail))
+        raise SandboxUnavailable(f"the auditor sandbox could not be applied: {detail}")
+    return proc
+
+
+def _supervise(
+    proc: subprocess.Popen[bytes], target: Target, deadline: float, timeout: float,
+    kill_grace: float,
+) -> tuple[int, str]:
+    """Wait for the auditor; its exit code and redacted stderr tail. The group never
+    outlives this call."""
+    try:
         tail = _StderrTail(proc)
-        exit_code = _wait(proc, started + timeout)
+        exit_code = _wait(proc, deadline)
     except BaseException:
         log.warning("auditor.interrupted", pid=proc.pid)
         _terminate_group(proc, kill_grace)
@@ -218,13 +317,7 @@ def run_auditor(
         )
     # The leader is done; anything it left in its group (a kubectl exec, ...) goes too.
     _terminate_group(proc, kill_grace)
-    duration = time.monotonic() - started
-    stderr_tail = tail.text()
-    log.info("auditor.finished", pid=proc.pid, exit_code=exit_code, duration_s=duration)
-    if exit_code not in COMPLETED_EXIT_CODES:
-        how = f" (killed by {_signal_name(-exit_code)})" if exit_code < 0 else ""
-        raise AuditorFailed(f"auditor exited with code {exit_code}{how}: {stderr_tail}")
-    return AuditResult(exit_code=exit_code, duration_s=duration)
+    return exit_code, tail.text()
 
 
 def _wait(proc: subprocess.Popen[bytes], deadline: float) -> int | None:
