@@ -216,6 +216,8 @@ def run_auditor(
     if not config.enabled:
         log.warning("sandbox.off", reason=f"{sandbox.SANDBOX_ENV}=off: the auditor runs "
                     "unconfined, with everything the worker can reach")
+    elif missing := sandbox.gaps(sandbox.abi_version()):
+        log.warning("sandbox.partial", sandbox=mode, not_enforced=missing)
     private_dir = kubeconfig.parent
     work = sandbox.prepare_workdir(private_dir)
     argv = build_argv(auditor, profile, target, work.report, input_files, extra_args)

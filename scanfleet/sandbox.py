@@ -146,10 +146,21 @@ def mode_label(config: SandboxConfig) -> str:
     if abi < 1:
         raise SandboxUnavailable(
             "the auditor sandbox needs Linux Landlock (kernel 5.13+ with landlock in the "
-            f"LSM list), and this kernel has none; refusing to scan. Set {SANDBOX_ENV}=off "
-            "to scan without the sandbox (the auditor then reaches whatever the worker can)"
+            "LSM list, and a seccomp profile that allows the landlock_* syscalls), and it is "
+            f"not available here; refusing to scan. Set {SANDBOX_ENV}=off to scan without "
+            "the sandbox (the auditor then reaches whatever the worker can)"
         )
     return f"landlock-abi-{abi}"
+
+
+def gaps(abi: int) -> list[str]:
+    """What this Landlock ABI cannot enforce (logged as a warning on every scan)."""
+    missing = []
+    if abi < 4:
+        missing.append("network (TCP connect/bind; Landlock ABI 4, Linux 6.7)")
+    if abi < 6:
+        missing.append("signal and abstract unix socket scopes (Landlock ABI 6, Linux 6.12)")
+    return missing
 
 
 def describe(config: SandboxConfig) -> dict[str, Any]:

@@ -302,6 +302,30 @@ def test_describe_reports_what_this_kernel_enforces() -> None:
     assert sandbox.describe(sandbox.SandboxConfig(enabled=False))["mode"] == "off"
 
 
+def test_sandbox_command_reports_and_fails_when_unavailable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from scanfleet.cli import sandbox as _register_sandbox  # noqa: F401
+
+    monkeypatch.delenv("SCANFLEET_SANDBOX", raising=False)
+    r = CliRunner().invoke(main_group, ["sandbox", "--json"])
+    abi = sandbox.abi_version()
+    assert r.exit_code == (0 if abi >= 1 else 3), r.output
+    assert json.loads(r.stdout)["landlock_abi"] == abi
+    monkeypatch.setattr(sandbox, "abi_version", lambda: 0)
+    r = CliRunner().invoke(main_group, ["sandbox"])
+    assert r.exit_code == 3
+    assert "unavailable" in r.stdout
+    monkeypatch.setenv("SCANFLEET_SANDBOX", "off")
+    assert CliRunner().invoke(main_group, ["sandbox"]).exit_code == 0
+
+
+def test_partial_abis_name_what_is_not_enforced() -> None:
+    assert sandbox.gaps(7) == []
+    assert len(sandbox.gaps(5)) == 1
+    assert "network" in sandbox.gaps(3)[0]
+
+
 def test_harden_process_makes_the_process_non_dumpable() -> None:
     code = ("import ctypes; from scanfleet.sandbox import harden_process;"
             "libc = ctypes.CDLL(None); print(libc.prctl(3, 0, 0, 0, 0));"
