@@ -5,14 +5,20 @@
     AUDITOR exec PROFILE -t k8s-container://NS/POD/CONTAINER --reporter json:REPORT
             [--input-file F]... [EXTRA...]
 
-with `KUBECONFIG` pointing at the scan's throwaway kubeconfig, waits for it with a timeout,
-and maps the outcome onto the error tree: exit 0 / 100 / 101 (all passed / some failed /
-some skipped) is a completed audit; any other exit is `AuditorFailed` carrying the redacted
-last 2 KB of stderr; a missing executable is `AuditorMissing`; a timeout is `ScanTimeout`.
+with `KUBECONFIG` pointing at the scan's throwaway kubeconfig, inside the auditor sandbox
+(`scanfleet.sandbox`: Landlock, no capabilities, no_new_privs, death with its parent,
+applied by the exec helper between fork and exec). REPORT, HOME and TMPDIR lie in the
+scan's private directory; a completed report is rewritten into the results by scanfleet.
+It waits with a timeout and maps the outcome onto the error tree: exit 0 / 100 / 101 (all
+passed / some failed / some skipped) is a completed audit; any other exit is `AuditorFailed`
+carrying the redacted last 2 KB of stderr; a missing executable is `AuditorMissing`; a
+timeout is `ScanTimeout`; a sandbox that cannot be applied is `SandboxUnavailable`.
 
 What it must never do:
 - run a shell: the argv is a list, so a profile or target holding `;` or `$(...)` is one
   literal argument;
+- run the auditor unconfined unless the operator said SCANFLEET_SANDBOX=off (then it warns
+  on every scan); without Landlock it raises SandboxUnavailable and starts nothing;
 - leak credentials: the auditor's environment is built from an allowlist (see
   `auditor_environment`), `KUBECONFIG` is the temp kubeconfig path and nothing else, and the
   kubeconfig's *content* is never read, logged or put in a message; stderr is redacted
@@ -48,7 +54,6 @@ from scanfleet.errors import (
     AuditorFailed,
     AuditorMissing,
     InvalidReport,
-    SandboxUnavailable,
     ScanInterrupted,
     ScanTimeout,
 )
@@ -211,28 +216,16 @@ def run_auditor(
     """
     if timeout <= 0:
         raise ValueError(f"timeout must be positive, got {timeout!r}")
-    config = sandbox.SandboxConfig.from_env(os.environ)
-    mode = sandbox.mode_label(config)  # no Landlock and not opted out: nothing runs
-    if not config.enabled:
-        log.warning("sandbox.off", reason=f"{sandbox.SANDBOX_ENV}=off: the auditor runs "
-                    "unconfined, with everything the worker can reach")
-    elif missing := sandbox.gaps(sandbox.abi_version()):
-        log.warning("sandbox.partial", sandbox=mode, not_enforced=missing)
-    private_dir = kubeconfig.parent
-    work = sandbox.prepare_workdir(private_dir)
-    argv = build_argv(auditor, profile, target, work.report, input_files, extra_args)
-    child_env = auditor_environment(kubeconfig, env, workdir=work)
-    executable = shutil.which(auditor, path=child_env.get("PATH", os.defpath))
-    if executable is None:
-        raise AuditorMissing(_missing_message(auditor, "No such file or directory"))
-    scan = sandbox.Scan(executable, profile, kubeconfig, work, report_path.parent,
-                        input_files, extra_args)
-    policy = sandbox.build_policy(config, scan, child_env, os.environ)
-    with sandbox_reap.hold(private_dir):
+    launch = _prepare(auditor, profile, target, report_path, kubeconfig, input_files,
+                      extra_args, env)
+    with sandbox_reap.hold(kubeconfig.parent):
         started = time.monotonic()
-        proc = _start(argv, policy, child_env, auditor)
-        sandbox_reap.record_auditor(private_dir, proc.pid)
-        log.info("auditor.started", pid=proc.pid, argv=argv, sandbox=mode,
+        try:
+            proc = sandbox.spawn(launch.policy, launch.argv, launch.env)
+        except sandbox.ExecFailed as e:
+            raise AuditorMissing(_missing_message(auditor, str(e))) from e
+        sandbox_reap.record_auditor(kubeconfig.parent, proc.pid)
+        log.info("auditor.started", pid=proc.pid, argv=launch.argv, sandbox=launch.mode,
                  kubeconfig_path=str(kubeconfig))
         exit_code, stderr_tail = _supervise(proc, target, started + timeout, timeout,
                                             kill_grace)
@@ -241,12 +234,42 @@ def run_auditor(
         if exit_code not in COMPLETED_EXIT_CODES:
             how = f" (killed by {_signal_name(-exit_code)})" if exit_code < 0 else ""
             raise AuditorFailed(f"auditor exited with code {exit_code}{how}: {stderr_tail}")
-        if work.report.exists() or work.report.is_symlink():
+        report = launch.work.report
+        if report.exists() or report.is_symlink():
             try:
-                copy_report(work.report, report_path)
+                copy_report(report, report_path)
             except ValueError as e:
                 raise InvalidReport(f"the auditor's report cannot be used: {e}") from e
     return AuditResult(exit_code=exit_code, duration_s=duration)
+
+
+@dataclass(frozen=True)
+class _Launch:
+    argv: list[str]
+    env: dict[str, str]
+    policy: sandbox.Policy
+    work: sandbox.WorkDir
+    mode: str
+
+
+def _prepare(
+    auditor: str, profile: str, target: Target, report_path: Path, kubeconfig: Path,
+    input_files: Sequence[Path | str], extra_args: Sequence[str],
+    env: Mapping[str, str] | None,
+) -> _Launch:
+    """Sandbox mode, private work dir, argv, environment and policy of one audit."""
+    config = sandbox.SandboxConfig.from_env(os.environ)
+    mode = sandbox.activate(config)  # no Landlock and not opted out: nothing runs
+    work = sandbox.prepare_workdir(kubeconfig.parent)
+    argv = build_argv(auditor, profile, target, work.report, input_files, extra_args)
+    child_env = auditor_environment(kubeconfig, env, workdir=work)
+    executable = shutil.which(auditor, path=child_env.get("PATH", os.defpath))
+    if executable is None:
+        raise AuditorMissing(_missing_message(auditor, "No such file or directory"))
+    scan = sandbox.Scan(executable, profile, kubeconfig, work, report_path.parent,
+                        input_files, extra_args)
+    policy = sandbox.build_policy(config, scan, child_env, os.environ)
+    return _Launch(argv, child_env, policy, work, mode)
 
 
 def _missing_message(auditor: str, why: str) -> str:
@@ -254,47 +277,6 @@ def _missing_message(auditor: str, why: str) -> str:
         f"auditor executable {auditor!r} cannot be run ({why}): "
         "set SCANFLEET_AUDITOR to the cinc-auditor executable or install cinc-auditor"
     )
-
-
-def _start(
-    argv: list[str], policy: sandbox.Policy, env: dict[str, str], auditor: str
-) -> subprocess.Popen[bytes]:
-    """Start the exec helper and wait until it became the auditor (or said why not)."""
-    rfd, wfd = os.pipe()
-    try:
-        proc = subprocess.Popen(
-            sandbox.helper_argv(policy, wfd, argv),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            close_fds=True,
-            pass_fds=(wfd,),
-        )
-    except OSError as e:  # the Python interpreter itself cannot be run
-        os.close(rfd)
-        raise SandboxUnavailable(f"the sandbox exec helper cannot be run: {e}") from e
-    finally:
-        os.close(wfd)
-    try:
-        failure = b""
-        while chunk := os.read(rfd, 4096):  # EOF: the helper's exec closed the pipe
-            failure += chunk
-    except BaseException:
-        _terminate_group(proc, 0)
-        raise
-    finally:
-        os.close(rfd)
-    if failure:
-        proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
-        kind, _, detail = failure.decode(errors="replace").strip().partition("\t")
-        if kind == "exec":
-            raise AuditorMissing(_missing_message(auditor, detail))
-        raise SandboxUnavailable(f"the auditor sandbox could not be applied: {detail}")
-    return proc
 
 
 def _supervise(

@@ -30,10 +30,13 @@ What it must never do:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -42,6 +45,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import structlog
 import yaml
 
 from scanfleet import sandbox_exec
@@ -68,6 +72,8 @@ DEV_WRITE = ("/dev/null",)
 FILE_FLAGS = ("--input-file", "--waiver-file")
 
 _PR_SET_DUMPABLE = 4
+
+log = structlog.get_logger("scanfleet.sandbox")
 
 
 @dataclass(frozen=True)
@@ -153,6 +159,17 @@ def mode_label(config: SandboxConfig) -> str:
     return f"landlock-abi-{abi}"
 
 
+def activate(config: SandboxConfig) -> str:
+    """`mode_label`, plus the warning every scan logs when the sandbox is off or partial."""
+    mode = mode_label(config)
+    if not config.enabled:
+        log.warning("sandbox.off", reason=f"{SANDBOX_ENV}=off: the auditor runs unconfined, "
+                    "with everything the worker can reach")
+    elif missing := gaps(abi_version()):
+        log.warning("sandbox.partial", sandbox=mode, not_enforced=missing)
+    return mode
+
+
 def gaps(abi: int) -> list[str]:
     """What this Landlock ABI cannot enforce (logged as a warning on every scan)."""
     missing = []
@@ -206,6 +223,48 @@ def helper_argv(policy: Policy, errpipe: int, command: Sequence[str]) -> list[st
     """The command line that runs `command` inside `policy`."""
     return [sys.executable, "-I", "-S", str(HELPER), policy.to_json(), str(errpipe),
             str(os.getpid()), *command]
+
+
+class ExecFailed(Exception):
+    """The helper confined itself but could not exec the auditor (missing, not executable)."""
+
+
+def spawn(policy: Policy, argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    """Start `argv` through the exec helper, in a new session, and wait until it is the
+    auditor. stdin and stdout are /dev/null, stderr a pipe. Raises SandboxUnavailable
+    (nothing ran), ExecFailed, or whatever interrupts the wait (the group is killed)."""
+    rfd, wfd = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            helper_argv(policy, wfd, argv), env=dict(env), stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+            close_fds=True, pass_fds=(wfd,),
+        )
+    except OSError as e:  # the interpreter itself cannot be run
+        os.close(rfd)
+        raise SandboxUnavailable(f"the sandbox exec helper cannot be run: {e}") from e
+    finally:
+        os.close(wfd)
+    try:
+        failure = b""
+        while chunk := os.read(rfd, 4096):  # EOF: the helper's exec closed the pipe
+            failure += chunk
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    finally:
+        os.close(rfd)
+    if not failure:
+        return proc
+    proc.wait()
+    if proc.stderr is not None:
+        proc.stderr.close()
+    kind, _, detail = failure.decode(errors="replace").strip().partition("\t")
+    if kind == "exec":
+        raise ExecFailed(detail)
+    raise SandboxUnavailable(f"the auditor sandbox could not be applied: {detail}")
 
 
 @dataclass(frozen=True)
