@@ -263,6 +263,8 @@ def spawn(policy: Policy, argv: Sequence[str], env: Mapping[str, str]) -> subpro
         proc.stderr.close()
     kind, _, detail = failure.decode(errors="replace").strip().partition("\t")
     if kind == "exec":
+        if policy.landlock and "PermissionError" in detail:
+            detail += f"; inside the sandbox: add its directory to {ALLOW_READ_ENV}"
         raise ExecFailed(detail)
     raise SandboxUnavailable(f"the auditor sandbox could not be applied: {detail}")
 

@@ -225,13 +225,25 @@ def main(argv: list[str]) -> int:
         if not command:
             raise SandboxError("no command to run")
         executable = which(command[0])
+    except OSError as e:
+        return _fail(fd, "exec", f"{e.strerror} ({e.__class__.__name__})")
+    except SandboxError as e:
+        return _fail(fd, "sandbox", str(e))
+    try:
         confine(json.loads(policy_json), int(parent))
         os.set_inheritable(fd, False)
+    except Exception as e:  # anything at all: the auditor must not run half-confined
+        return _fail(fd, "sandbox", f"{e.__class__.__name__}: {e}")
+    try:
         os.execv(executable, command)  # noqa: S606 (a list argv, never a shell)
-    except (SandboxError, OSError, ValueError) as e:
-        kind = "exec" if isinstance(e, OSError) else "sandbox"
-        detail = f"{e.strerror} ({e.__class__.__name__})" if isinstance(e, OSError) else str(e)
-        os.write(fd, f"{kind}\t{detail}\n".encode())
+    except OSError as e:
+        return _fail(fd, "exec", f"{e.strerror} ({e.__class__.__name__})")
+    return EXIT_SANDBOX  # not reached: execv does not return
+
+
+def _fail(fd: int, kind: str, detail: str) -> int:
+    """Tell the parent why nothing runs (one line on the error pipe) and exit 125."""
+    os.write(fd, f"{kind}\t{detail}\n".encode())
     return EXIT_SANDBOX
 
 
