@@ -5,14 +5,20 @@
     AUDITOR exec PROFILE -t k8s-container://NS/POD/CONTAINER --reporter json:REPORT
             [--input-file F]... [EXTRA...]
 
-with `KUBECONFIG` pointing at the scan's throwaway kubeconfig, waits for it with a timeout,
-and maps the outcome onto the error tree: exit 0 / 100 / 101 (all passed / some failed /
-some skipped) is a completed audit; any other exit is `AuditorFailed` carrying the redacted
-last 2 KB of stderr; a missing executable is `AuditorMissing`; a timeout is `ScanTimeout`.
+with `KUBECONFIG` pointing at the scan's throwaway kubeconfig, inside the auditor sandbox
+(`scanfleet.sandbox`: Landlock, no capabilities, no_new_privs, death with its parent,
+applied by the exec helper between fork and exec). REPORT, HOME and TMPDIR lie in the
+scan's private directory; a completed report is rewritten into the results by scanfleet.
+It waits with a timeout and maps the outcome onto the error tree: exit 0 / 100 / 101 (all
+passed / some failed / some skipped) is a completed audit; any other exit is `AuditorFailed`
+carrying the redacted last 2 KB of stderr; a missing executable is `AuditorMissing`; a
+timeout is `ScanTimeout`; a sandbox that cannot be applied is `SandboxUnavailable`.
 
 What it must never do:
 - run a shell: the argv is a list, so a profile or target holding `;` or `$(...)` is one
   literal argument;
+- run the auditor unconfined unless the operator said SCANFLEET_SANDBOX=off (then it warns
+  on every scan); without Landlock it raises SandboxUnavailable and starts nothing;
 - leak credentials: the auditor's environment is built from an allowlist (see
   `auditor_environment`), `KUBECONFIG` is the temp kubeconfig path and nothing else, and the
   kubeconfig's *content* is never read, logged or put in a message; stderr is redacted
@@ -32,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -42,8 +49,16 @@ from pathlib import Path
 
 import structlog
 
-from scanfleet.errors import AuditorFailed, AuditorMissing, ScanInterrupted, ScanTimeout
+from scanfleet import sandbox, sandbox_reap
+from scanfleet.errors import (
+    AuditorFailed,
+    AuditorMissing,
+    InvalidReport,
+    ScanInterrupted,
+    ScanTimeout,
+)
 from scanfleet.logs import redact_text
+from scanfleet.results import copy_report
 from scanfleet.targets import Target
 from scanfleet.textsafe import strip_controls
 
@@ -137,7 +152,12 @@ def build_argv(
     return argv
 
 
-def auditor_environment(kubeconfig: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
+def auditor_environment(
+    kubeconfig: Path,
+    base: Mapping[str, str] | None = None,
+    *,
+    workdir: sandbox.WorkDir | None = None,
+) -> dict[str, str]:
     """The auditor's environment: an allowlisted copy of `base` plus KUBECONFIG.
 
     Kept: PATH, HOME, user and locale variables, temp dirs, proxy and CA-bundle variables
@@ -149,6 +169,9 @@ def auditor_environment(kubeconfig: Path, base: Mapping[str, str] | None = None)
     kubeconfig path alone, so the auditor and any kubectl it runs see only the scan's
     least-privilege identity. A proxy URL may carry proxy credentials; it is kept because
     without it the cluster is unreachable.
+
+    With `workdir` (the scan's private work dir), HOME and TMPDIR point into it, and
+    INSPEC_CONFIG_DIR, when unset, keeps naming the worker's ~/.inspec (plugins live there).
     """
     source = os.environ if base is None else base
     env = {
@@ -159,6 +182,12 @@ def auditor_environment(kubeconfig: Path, base: Mapping[str, str] | None = None)
         and "KUBECONFIG" not in k.upper()
     }
     env["KUBECONFIG"] = str(kubeconfig)
+    if workdir is not None:
+        inspec = Path(source.get("HOME") or "/nonexistent") / ".inspec"
+        if "INSPEC_CONFIG_DIR" not in env and inspec.is_dir():
+            env["INSPEC_CONFIG_DIR"] = str(inspec)
+        env["HOME"] = str(workdir.home)
+        env["TMPDIR"] = str(workdir.tmp)
     return env
 
 
@@ -175,37 +204,91 @@ def run_auditor(
     kill_grace: float = 10.0,
     env: Mapping[str, str] | None = None,
 ) -> AuditResult:
-    """Run the auditor against one target and wait for it, never leaving a process behind.
+    """Run the auditor against one target, in its sandbox, and wait for it.
 
-    `env` replaces the parent environment as the base that `auditor_environment` filters.
-    Raises AuditorMissing, AuditorFailed or ScanTimeout; any BaseException raised in the
-    waiting thread (KeyboardInterrupt, ScanInterrupted from a signal handler) terminates
-    the process group and is re-raised unchanged.
+    The auditor writes its report into the scan's private directory (the kubeconfig's);
+    after a completed audit scanfleet rewrites it to `report_path` with the results' file
+    mode. `env` replaces the parent environment as the base that `auditor_environment`
+    filters; the sandbox settings (SCANFLEET_SANDBOX*) are the worker's own, from
+    os.environ.
+    Raises SandboxUnavailable, AuditorMissing, AuditorFailed, InvalidReport or ScanTimeout;
+    any BaseException raised in the waiting thread (KeyboardInterrupt, ScanInterrupted from
+    a signal handler) terminates the process group and is re-raised unchanged.
     """
     if timeout <= 0:
         raise ValueError(f"timeout must be positive, got {timeout!r}")
-    argv = build_argv(auditor, profile, target, report_path, input_files, extra_args)
-    child_env = auditor_environment(kubeconfig, env)
-    started = time.monotonic()
+    launch = _prepare(auditor, profile, target, report_path, kubeconfig, input_files,
+                      extra_args, env)
+    with sandbox_reap.hold(kubeconfig.parent):
+        started = time.monotonic()
+        try:
+            proc = sandbox.spawn(launch.policy, launch.argv, launch.env)
+        except sandbox.ExecFailed as e:
+            raise AuditorMissing(_missing_message(auditor, str(e))) from e
+        sandbox_reap.record_auditor(kubeconfig.parent, proc.pid)
+        log.info("auditor.started", pid=proc.pid, argv=launch.argv, sandbox=launch.mode,
+                 kubeconfig_path=str(kubeconfig))
+        exit_code, stderr_tail = _supervise(proc, target, started + timeout, timeout,
+                                            kill_grace)
+        duration = time.monotonic() - started
+        log.info("auditor.finished", pid=proc.pid, exit_code=exit_code, duration_s=duration)
+        if exit_code not in COMPLETED_EXIT_CODES:
+            how = f" (killed by {_signal_name(-exit_code)})" if exit_code < 0 else ""
+            raise AuditorFailed(f"auditor exited with code {exit_code}{how}: {stderr_tail}")
+        report = launch.work.report
+        if report.exists() or report.is_symlink():
+            try:
+                copy_report(report, report_path)
+            except ValueError as e:
+                raise InvalidReport(f"the auditor's report cannot be used: {e}") from e
+    return AuditResult(exit_code=exit_code, duration_s=duration)
+
+
+@dataclass(frozen=True)
+class _Launch:
+    argv: list[str]
+    env: dict[str, str]
+    policy: sandbox.Policy
+    work: sandbox.WorkDir
+    mode: str
+
+
+def _prepare(
+    auditor: str, profile: str, target: Target, report_path: Path, kubeconfig: Path,
+    input_files: Sequence[Path | str], extra_args: Sequence[str],
+    env: Mapping[str, str] | None,
+) -> _Launch:
+    """Sandbox mode, private work dir, argv, environment and policy of one audit."""
+    config = sandbox.SandboxConfig.from_env(os.environ)
+    mode = sandbox.activate(config)  # no Landlock and not opted out: nothing runs
+    work = sandbox.prepare_workdir(kubeconfig.parent)
+    argv = build_argv(auditor, profile, target, work.report, input_files, extra_args)
+    child_env = auditor_environment(kubeconfig, env, workdir=work)
+    executable = shutil.which(auditor, path=child_env.get("PATH", os.defpath))
+    if executable is None:
+        raise AuditorMissing(_missing_message(auditor, "No such file or directory"))
+    scan = sandbox.Scan(executable, profile, kubeconfig, work, report_path.parent,
+                        input_files, extra_args)
+    policy = sandbox.build_policy(config, scan, child_env, os.environ)
+    return _Launch(argv, child_env, policy, work, mode)
+
+
+def _missing_message(auditor: str, why: str) -> str:
+    return (
+        f"auditor executable {auditor!r} cannot be run ({why}): "
+        "set SCANFLEET_AUDITOR to the cinc-auditor executable or install cinc-auditor"
+    )
+
+
+def _supervise(
+    proc: subprocess.Popen[bytes], target: Target, deadline: float, timeout: float,
+    kill_grace: float,
+) -> tuple[int, str]:
+    """Wait for the auditor; its exit code and redacted stderr tail. The group never
+    outlives this call."""
     try:
-        proc = subprocess.Popen(
-            argv,
-            env=child_env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            close_fds=True,
-        )
-    except OSError as e:  # FileNotFoundError, PermissionError, ENOEXEC
-        raise AuditorMissing(
-            f"auditor executable {auditor!r} cannot be run ({e.strerror or e}): "
-            "set SCANFLEET_AUDITOR to the cinc-auditor executable or install cinc-auditor"
-        ) from e
-    try:
-        log.info("auditor.started", pid=proc.pid, argv=argv, kubeconfig_path=str(kubeconfig))
         tail = _StderrTail(proc)
-        exit_code = _wait(proc, started + timeout)
+        exit_code = _wait(proc, deadline)
     except BaseException:
         log.warning("auditor.interrupted", pid=proc.pid)
         _terminate_group(proc, kill_grace)
@@ -219,13 +302,7 @@ def run_auditor(
         )
     # The leader is done; anything it left in its group (a kubectl exec, ...) goes too.
     _terminate_group(proc, kill_grace)
-    duration = time.monotonic() - started
-    stderr_tail = tail.text()
-    log.info("auditor.finished", pid=proc.pid, exit_code=exit_code, duration_s=duration)
-    if exit_code not in COMPLETED_EXIT_CODES:
-        how = f" (killed by {_signal_name(-exit_code)})" if exit_code < 0 else ""
-        raise AuditorFailed(f"auditor exited with code {exit_code}{how}: {stderr_tail}")
-    return AuditResult(exit_code=exit_code, duration_s=duration)
+    return exit_code, tail.text()
 
 
 def _wait(proc: subprocess.Popen[bytes], deadline: float) -> int | None:

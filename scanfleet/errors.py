@@ -10,6 +10,7 @@
         ├── ClusterApiError      api_error
         │   └── ClusterUnavailable   api_error, retryable (connection, 5xx, 429 after retries)
         ├── AuditorMissing       auditor_missing
+        ├── SandboxUnavailable   sandbox_unavailable (no Landlock, or a policy refused)
         ├── AuditorFailed        auditor_exit
         ├── ScanTimeout          timeout
         ├── InvalidReport        invalid_report
@@ -65,6 +66,12 @@ class AuditorMissing(ScanError):
     kind = "auditor_missing"
 
 
+class SandboxUnavailable(ScanError):
+    """The auditor sandbox cannot be applied here; the auditor was not started."""
+
+    kind = "sandbox_unavailable"
+
+
 class AuditorFailed(ScanError):
     kind = "auditor_exit"
 
@@ -92,6 +99,7 @@ ERROR_KINDS = (
     "forbidden",
     "api_error",
     "auditor_missing",
+    "sandbox_unavailable",
     "auditor_exit",
     "timeout",
     "invalid_report",

@@ -32,7 +32,7 @@ from scanfleet.errors import (
 )
 from scanfleet.kube import KubeClient
 from scanfleet.report import Counts, control_ids, load_report
-from scanfleet.results import iso, report_path, summary_path, write_json
+from scanfleet.results import iso, make_dir, report_path, summary_path, write_json
 from scanfleet.targets import Target, scan_id_for
 from scanfleet.thresholds import Threshold
 
@@ -165,7 +165,7 @@ def _scan(
             "not Running; nothing to exec into"
         )
     report = report_path(out_dir, scan_id)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir)
     report.unlink(missing_ok=True)  # a redelivered scan must not judge an old report
     identity = None
     try:

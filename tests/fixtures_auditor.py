@@ -3,12 +3,20 @@
 `standin_auditor` clears any SCANFLEET_STANDIN_* variable inherited from the outer
 environment, so every test starts from the stand-in's defaults; `auditor_plan` and
 `auditor_log` build on it and set their variables through monkeypatch (undone after the test).
+
+The auditor sandbox is on in tests as in production. The stand-in is a Python script, so
+`standin_auditor` lets the sandbox read what it runs on (its directory, the venv, the
+interpreter's installation, the InSpec samples) and read and write `standin_io`, the one
+directory where plans, logs and pid files the stand-in touches belong (never tmp_path
+itself: that is where admin kubeconfigs live).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,12 +27,31 @@ STANDIN = Path(__file__).resolve().parent / "standin" / "cinc-auditor"
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "inspec-samples"
 
 
+def standin_read_paths() -> list[str]:
+    """What the stand-in needs to read and execute beyond the sandbox's defaults."""
+    paths = [str(STANDIN.parent), sys.prefix, sys.base_prefix, str(SAMPLES)]
+    kubectl = shutil.which("kubectl")
+    if kubectl:
+        paths.append(os.path.dirname(os.path.realpath(kubectl)))
+    return paths
+
+
 @pytest.fixture
-def standin_auditor(monkeypatch: pytest.MonkeyPatch) -> str:
+def standin_io(tmp_path: Path) -> Path:
+    """The directory the sandboxed stand-in may write: plans, logs, pid files."""
+    d = tmp_path / "standin-io"
+    d.mkdir(mode=0o700, exist_ok=True)
+    return d
+
+
+@pytest.fixture
+def standin_auditor(monkeypatch: pytest.MonkeyPatch, standin_io: Path) -> str:
     """Absolute path of the stand-in auditor executable, with a clean stand-in environment."""
     for name in list(os.environ):
-        if name.startswith("SCANFLEET_STANDIN_"):
+        if name.startswith(("SCANFLEET_STANDIN_", "SCANFLEET_SANDBOX")):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("SCANFLEET_SANDBOX_ALLOW_READ", os.pathsep.join(standin_read_paths()))
+    monkeypatch.setenv("SCANFLEET_SANDBOX_ALLOW_WRITE", str(standin_io))
     assert os.access(STANDIN, os.X_OK), f"{STANDIN} must be executable"
     return str(STANDIN)
 
@@ -42,7 +69,7 @@ PlanWriter = Callable[..., Path]
 
 @pytest.fixture
 def auditor_plan(
-    standin_auditor: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    standin_auditor: str, standin_io: Path, monkeypatch: pytest.MonkeyPatch
 ) -> PlanWriter:
     """Write a stand-in plan and point SCANFLEET_STANDIN_PLAN at it.
 
@@ -53,7 +80,7 @@ def auditor_plan(
     exit, sleep, stderr, stderr_bytes, stderr_tail, garbage, no_report, spawn_child,
     ignore_term, pid_file. Calling again replaces the plan. Returns the plan file's path.
     """
-    path = tmp_path / "standin-plan.json"
+    path = standin_io / "standin-plan.json"
 
     def write(plan: Mapping[str, Mapping[str, Any]] | None = None, **entries: Any) -> Path:
         data = {**(plan or {}), **entries}
@@ -78,9 +105,9 @@ class AuditorLog:
 
 @pytest.fixture
 def auditor_log(
-    standin_auditor: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    standin_auditor: str, standin_io: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AuditorLog:
     """Set SCANFLEET_STANDIN_LOG to a temp file; call the result to read its records."""
-    log = AuditorLog(tmp_path / "standin-log.jsonl")
+    log = AuditorLog(standin_io / "standin-log.jsonl")
     monkeypatch.setenv("SCANFLEET_STANDIN_LOG", str(log.path))
     return log

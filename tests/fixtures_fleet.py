@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 import redis
 from fakekube import FakeCluster, write_kubeconfig
+from fixtures_auditor import standin_read_paths
 
 CLI = [sys.executable, "-c", "from scanfleet.cli import main; main()"]
 STANDIN = Path(__file__).resolve().parent / "standin" / "cinc-auditor"
@@ -168,9 +169,12 @@ def fleet_clusters(make_cluster: Callable[..., FakeCluster], tmp_path: Path) -> 
 
 @pytest.fixture
 def fleet_env(
-    tmp_path: Path, redis_server: RedisServer, fleet_clusters: FleetClusters
+    tmp_path: Path, redis_server: RedisServer, fleet_clusters: FleetClusters, standin_io: Path
 ) -> dict[str, str]:
-    """Environment of scanfleet subprocesses in fleet tests."""
+    """Environment of scanfleet subprocesses in fleet tests.
+
+    The auditor sandbox is on: the stand-in may read what it runs on and read/write
+    `standin_io` (put stand-in plans there, never in tmp_path itself)."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("SCANFLEET_", "KUBECONFIG"))}
     env.update({
@@ -187,6 +191,8 @@ def fleet_env(
         "SCANFLEET_STANDIN_SLEEP": "0",
         "KUBECONFIG": str(fleet_clusters.kubeconfig),
         "PYTHONUNBUFFERED": "1",
+        "SCANFLEET_SANDBOX_ALLOW_READ": os.pathsep.join(standin_read_paths()),
+        "SCANFLEET_SANDBOX_ALLOW_WRITE": str(standin_io),
     })
     return env
 

@@ -142,7 +142,7 @@ def test_build_argv_refuses_an_unresolved_container() -> None:
 
 
 def test_the_auditor_receives_argv_unchanged(
-    run: Callable[..., AuditResult], auditor_log: AuditorLog, workdir: Path, tmp_path: Path
+    run: Callable[..., AuditResult], auditor_log: AuditorLog, kubeconfig: Path, tmp_path: Path
 ) -> None:
     inputs = tmp_path / "inputs.yml"
     inputs.write_text("x: 1\n")
@@ -154,7 +154,8 @@ def test_the_auditor_receives_argv_unchanged(
         "-t",
         "k8s-container://team-a/web-7d4b9/app",
         "--reporter",
-        f"json:{workdir / 'report.json'}",
+        # Inside the scan's private dir; scanfleet rewrites it to report_path afterwards.
+        f"json:{kubeconfig.parent / 'auditor' / 'report.json'}",
         "--input-file",
         str(inputs),
         "--no-color",
@@ -249,21 +250,21 @@ def test_run_auditor_uses_the_given_env_as_base(
     run(env=base)
     [record] = auditor_log()
     assert record["kubeconfig"] == str(kubeconfig)
-    assert set(record["env_keys"]) <= {*base, "PWD", "LC_CTYPE", "KUBECONFIG"}
+    assert set(record["env_keys"]) <= {*base, "PWD", "LC_CTYPE", "KUBECONFIG", "TMPDIR"}
 
 
 # --- exit codes and reports -----------------------------------------------------------------
 
 
 @pytest.fixture
-def passing_report(samples_dir: Path, tmp_path: Path) -> Path:
+def passing_report(samples_dir: Path, standin_io: Path) -> Path:
     """minimal_hdf.json with its one failed result turned passed (InSpec would exit 0)."""
     data = json.loads((samples_dir / "minimal_hdf.json").read_text())
     for control in data["profiles"][0]["controls"]:
         for result in control["results"]:
             result["status"] = "passed"
             result.pop("message", None)
-    path = tmp_path / "passing.json"
+    path = standin_io / "passing.json"
     path.write_text(json.dumps(data))
     return path
 
@@ -412,9 +413,9 @@ def test_timeout_terminates_the_whole_process_group(
     run: Callable[..., AuditResult],
     auditor_plan: PlanWriter,
     auditor_log: AuditorLog,
-    tmp_path: Path,
+    standin_io: Path,
 ) -> None:
-    pid_file = tmp_path / "pids.json"
+    pid_file = standin_io / "pids.json"
     auditor_plan({"*": {"sleep": 120, "spawn_child": True, "pid_file": str(pid_file)}})
     started = time.monotonic()
     with pytest.raises(ScanTimeout, match=r"timed out after 1\.5 s") as info:
@@ -432,9 +433,9 @@ def test_timeout_terminates_the_whole_process_group(
 
 
 def test_timeout_escalates_to_kill_when_term_is_ignored(
-    run: Callable[..., AuditResult], auditor_plan: PlanWriter, tmp_path: Path
+    run: Callable[..., AuditResult], auditor_plan: PlanWriter, standin_io: Path
 ) -> None:
-    pid_file = tmp_path / "pids.json"
+    pid_file = standin_io / "pids.json"
     auditor_plan({"*": {"sleep": 120, "spawn_child": True, "ignore_term": True,
                         "pid_file": str(pid_file)}})
     started = time.monotonic()
@@ -448,9 +449,9 @@ def test_timeout_escalates_to_kill_when_term_is_ignored(
 
 
 def test_stragglers_are_removed_after_a_normal_exit(
-    run: Callable[..., AuditResult], auditor_plan: PlanWriter, tmp_path: Path
+    run: Callable[..., AuditResult], auditor_plan: PlanWriter, standin_io: Path
 ) -> None:
-    pid_file = tmp_path / "pids.json"
+    pid_file = standin_io / "pids.json"
     auditor_plan({"*": {"spawn_child": True, "pid_file": str(pid_file)}})
     assert run().exit_code == 100
     pids = read_pids(pid_file)
@@ -470,9 +471,9 @@ def _interrupt_main_when(pid_file: Path, interrupt: Callable[[], None]) -> threa
 
 
 def test_keyboard_interrupt_kills_the_group_and_is_reraised(
-    run: Callable[..., AuditResult], auditor_plan: PlanWriter, tmp_path: Path
+    run: Callable[..., AuditResult], auditor_plan: PlanWriter, standin_io: Path
 ) -> None:
-    pid_file = tmp_path / "pids.json"
+    pid_file = standin_io / "pids.json"
     auditor_plan({"*": {"sleep": 120, "spawn_child": True, "pid_file": str(pid_file)}})
     watcher = _interrupt_main_when(pid_file, _thread.interrupt_main)
     with pytest.raises(KeyboardInterrupt):
@@ -484,9 +485,9 @@ def test_keyboard_interrupt_kills_the_group_and_is_reraised(
 
 
 def test_exception_from_a_signal_handler_kills_the_group_and_is_reraised(
-    run: Callable[..., AuditResult], auditor_plan: PlanWriter, tmp_path: Path
+    run: Callable[..., AuditResult], auditor_plan: PlanWriter, standin_io: Path
 ) -> None:
-    pid_file = tmp_path / "pids.json"
+    pid_file = standin_io / "pids.json"
     auditor_plan({"*": {"sleep": 120, "spawn_child": True, "ignore_term": True,
                         "pid_file": str(pid_file)}})
 

@@ -74,9 +74,9 @@ def test_local_cluster_cap_holds_with_more_threads(
 @pytest.mark.timeout(120)
 def test_local_and_fleet_give_the_same_results(
     fleet_env: dict[str, str], fleet_clusters: FleetClusters,
-    make_worker: Callable[..., Worker], samples_dir: Path, tmp_path: Path,
+    make_worker: Callable[..., Worker], samples_dir: Path, tmp_path: Path, standin_io: Path,
 ) -> None:
-    plan = tmp_path / "standin-plan.json"
+    plan = standin_io / "standin-plan.json"  # where the sandboxed stand-in may read
     plan.write_text(json.dumps({
         "apps/web/sidecar": {"exit": 3, "stderr": "boom"},
         "apps/api": {"report": str(samples_dir / "rhel8_sample_oneOfEachControlStatus.json")},

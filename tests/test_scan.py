@@ -304,9 +304,9 @@ def test_bad_threshold_file_exits_2_before_anything(
 def test_sigterm_during_audit_cleans_up(
     fake_cluster: FakeCluster, admin_kubeconfig: Path, standin_auditor: str,
     auditor_plan: Callable[..., Path], auditor_log: Callable[[], list[dict[str, Any]]],
-    tmp_path: Path,
+    tmp_path: Path, standin_io: Path,
 ) -> None:
-    pid_file = tmp_path / "auditor.pid"
+    pid_file = standin_io / "auditor.pid"
     auditor_plan({"*": {"sleep": 60, "pid_file": str(pid_file)}})
     results = tmp_path / "results"
     env = {**os.environ, "SCANFLEET_AUDITOR": standin_auditor}
@@ -385,9 +385,9 @@ def test_status_of_a_local_run_reads_its_run_json(
 
 def test_sigterm_stops_every_thread_of_a_local_run(
     fake_cluster: FakeCluster, admin_kubeconfig: Path, standin_auditor: str,
-    auditor_plan: Callable[..., Path], tmp_path: Path,
+    auditor_plan: Callable[..., Path], tmp_path: Path, standin_io: Path,
 ) -> None:
-    pids = tmp_path / "pids"
+    pids = standin_io / "pids"
     pids.mkdir()
     auditor_plan({
         "apps/web/app": {"sleep": 120, "pid_file": str(pids / "app")},
@@ -433,10 +433,13 @@ def test_input_files_and_extra_auditor_arguments_reach_the_auditor(
     assert out.exit_code == 0, out.stderr
     [rec] = auditor_log()
     argv = rec["argv"]
-    report = out.run_dir / f"{out.summaries[0]['scan_id']}.report.json" if out.run_dir else None
+    # The auditor reports into the scan's private dir; scanfleet copies it to the results.
+    reporter = Path(rec["kubeconfig"]).parent / "auditor" / "report.json"
     assert argv[1:] == ["exec", "profile-dir", "-t", "k8s-container://apps/web/app",
-                        "--reporter", f"json:{report}", "--input-file", str(inputs.resolve()),
+                        "--reporter", f"json:{reporter}", "--input-file", str(inputs.resolve()),
                         "--controls", "SV-1"]
+    assert out.run_dir is not None
+    assert (out.run_dir / f"{out.summaries[0]['scan_id']}.report.json").is_file()
     assert rec["kubeconfig"] != os.environ.get("KUBECONFIG")
 
 

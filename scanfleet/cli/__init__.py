@@ -16,8 +16,12 @@ from scanfleet.cli.common import main_group
 
 def main() -> None:
     from scanfleet.cli import scan as _scan  # noqa: F401  (registers commands)
+    from scanfleet.sandbox import harden_process
 
-    for name in ("fleet", "report", "sweeps"):
+    # Non-dumpable: no process can read this one's /proc/<pid>/environ or mem without
+    # CAP_SYS_PTRACE; Celery's forked children inherit it (exec resets it for the auditor).
+    harden_process()
+    for name in ("fleet", "report", "sweeps", "sandbox"):
         try:
             __import__(f"scanfleet.cli.{name}")
         except ModuleNotFoundError as e:
