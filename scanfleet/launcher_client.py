@@ -130,6 +130,7 @@ class _Connection:
                 data = b""
             if not data:
                 self._lost()
+                self.sock.close()
                 return
             self._dispatch(json.loads(data))
 
