@@ -31,6 +31,7 @@ What it must never do:
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -65,6 +66,8 @@ ETC_READ = (
 DEV_READ = ("/dev/urandom", "/dev/random", "/dev/zero")
 DEV_WRITE = ("/dev/null",)
 FILE_FLAGS = ("--input-file", "--waiver-file")
+# libyaml's safe loader when present: the kubeconfig is parsed on every scan.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 log = structlog.get_logger("scanfleet.sandbox")
 
@@ -254,21 +257,31 @@ def build_policy(config: SandboxConfig, scan: Scan, env: Mapping[str, str],
     """The policy of one scan. `env` is the auditor's environment, `worker_env` ours."""
     if not config.enabled:
         return Policy(landlock=False, drop_privileges=False)
-    read = [*SYSTEM_READ, *(f"/etc/{n}" for n in ETC_READ), *DEV_READ,
-            str(scan.kubeconfig), *_auditor_dirs(scan.executable, env),
+    read = [str(scan.kubeconfig), *_auditor_dirs(scan.executable, env),
             *_local_inputs(scan), *map(str, config.allow_read)]
-    kubectl = shutil.which("kubectl", path=env.get("PATH"))
+    kubectl = _which_kubectl(env.get("PATH"))
     if kubectl:
         read.append(kubectl)
     write = [str(scan.workdir.root), *DEV_WRITE, *map(str, config.allow_write)]
     policy = Policy(
         landlock=True,
-        read=_existing(read),
+        read=tuple(dict.fromkeys((*_system_read(), *_existing(read)))),
         write=_existing(write),
         connect=tuple(sorted(_ports(scan.kubeconfig, env))),
     )
     _refuse_exposure(policy, config, scan, worker_env)
     return policy
+
+
+@functools.lru_cache(maxsize=1)
+def _system_read() -> tuple[str, ...]:
+    """The fixed read rules, resolved once per process (system paths do not move)."""
+    return _existing([*SYSTEM_READ, *(f"/etc/{n}" for n in ETC_READ), *DEV_READ])
+
+
+@functools.lru_cache(maxsize=16)
+def _which_kubectl(path: str | None) -> str | None:
+    return shutil.which("kubectl", path=path)
 
 
 def _existing(paths: Iterable[str]) -> tuple[str, ...]:
@@ -307,7 +320,7 @@ def _ports(kubeconfig: Path, env: Mapping[str, str]) -> set[int]:
     """The API server's port (only the server URL of the kubeconfig is looked at)."""
     ports: set[int] = set()
     try:
-        doc = yaml.safe_load(kubeconfig.read_text())
+        doc = yaml.load(kubeconfig.read_text(), Loader=_YAML_LOADER)  # noqa: S506 (safe)
     except (OSError, yaml.YAMLError):
         doc = None
     clusters = doc.get("clusters") if isinstance(doc, dict) else None
@@ -341,16 +354,23 @@ def _refuse_exposure(policy: Policy, config: SandboxConfig, scan: Scan,
     not_contained = [Path(tempfile.gettempdir()), scan.results_dir]
     if home != Path("/"):
         not_contained.append(home)
+    # Resolved once per scan, compared as strings: both sides are absolute real paths.
+    guarded_real = list(dict.fromkeys(os.path.realpath(p) for p in guarded))
+    contained_real = list(dict.fromkeys(os.path.realpath(p) for p in not_contained))
     rules = [(p, "read") for p in policy.read] + [(p, "write") for p in policy.write]
     for rule, how in rules:
-        r = Path(rule)
-        for g in (Path(os.path.realpath(p)) for p in guarded):
-            if r == g or g in r.parents or r in g.parents:
+        for g in guarded_real:
+            if rule == g or _below(rule, g) or _below(g, rule):
                 raise SandboxUnavailable(
                     f"sandbox {how} rule {rule} would expose the protected path {g}; "
                     f"narrow {ALLOW_READ_ENV}/{ALLOW_WRITE_ENV} or move the file")
-        for c in (Path(os.path.realpath(p)) for p in not_contained):
-            if r == c or r in c.parents:
+        for c in contained_real:
+            if rule == c or _below(c, rule):
                 raise SandboxUnavailable(
                     f"sandbox {how} rule {rule} would contain {c} (other scans, results "
                     "or the worker's home); allow narrower paths")
+
+
+def _below(path: str, root: str) -> bool:
+    """`path` lies strictly inside `root` (both absolute and normalised)."""
+    return path != root and path.startswith(root.rstrip("/") + "/")

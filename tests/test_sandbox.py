@@ -427,3 +427,40 @@ def test_copy_report_refuses_what_is_not_a_plain_file(tmp_path: Path) -> None:
     results.copy_report(good, tmp_path / "out" / "r.json")
     assert (tmp_path / "out" / "r.json").read_text() == "{}"
     assert stat.S_IMODE((tmp_path / "out" / "r.json").stat().st_mode) == 0o600
+
+
+# --- policy: what a rule may not expose -----------------------------------------------------
+
+
+def _policy_with(tmp_path: Path, allow: Path) -> sandbox.Policy:
+    secrets, results = tmp_path / "secrets", tmp_path / "results"
+    for d in (secrets / "sub", results, tmp_path / "secrets-other", tmp_path / "private"):
+        d.mkdir(parents=True, exist_ok=True)
+    work = sandbox.prepare_workdir(tmp_path / "private")
+    kubeconfig = tmp_path / "private" / "kubeconfig"
+    kubeconfig.write_text("clusters: [{cluster: {server: 'https://127.0.0.1:6443'}}]\n")
+    config = sandbox.SandboxConfig(allow_read=(allow,), protect=(secrets,))
+    scan = sandbox.Scan("/bin/sh", "p", kubeconfig, work, results)
+    return sandbox.build_policy(config, scan, {"PATH": "/usr/bin:/bin"},
+                                {"HOME": str(tmp_path / "home")})
+
+
+@pytest.mark.parametrize(("allow", "refused"), [
+    ("secrets", "would expose"),          # the protected directory itself
+    ("secrets/sub", "would expose"),      # inside it
+    (".", "would expose"),                # containing it
+    ("results", "would contain"),         # the results directory
+    ("secrets-other", None),              # a sibling sharing the name's prefix
+    ("results/../secrets-other", None),
+])
+def test_a_rule_may_not_expose_a_protected_path_or_contain_results(
+    tmp_path: Path, allow: str, refused: str | None,
+) -> None:
+    target = tmp_path / allow
+    if refused is None:
+        policy = _policy_with(tmp_path, target)
+        assert os.path.realpath(target) in policy.read
+        assert policy.connect == (6443,)
+    else:
+        with pytest.raises(SandboxUnavailable, match=refused):
+            _policy_with(tmp_path, target)
