@@ -221,9 +221,13 @@ def child(msg: dict[str, Any], fds: list[int], errfd: int, launcher: int) -> Non
 def _exec(argv: list[str], env: dict[str, str], cwd: str, policy: dict[str, object],
           errfd: int, launcher: int) -> None:
     try:
+        os.chdir(cwd)
+    except OSError as e:
+        _report(errfd, "sandbox", f"cannot enter the working directory: {e.strerror}")
+        return
+    try:
         if not argv:
             raise sandbox_exec.SandboxError("no command to run")
-        os.chdir(cwd)
         executable = sandbox_exec.which(argv[0], env.get("PATH", os.defpath))
     except OSError as e:
         _report(errfd, "exec", f"{e.strerror} ({e.__class__.__name__})")

@@ -66,6 +66,34 @@ class AuditorProcess:
         self._done = threading.Event()
         self._reply: dict[str, Any] = {}
         self._abandoned = False
+        self._attempt = 0  # the id of the request that counts (a retry makes a new one)
+        self._lock = threading.Lock()
+
+    def _retry(self, msg_id: int) -> None:
+        """A new request for this handle: whatever answers an earlier one is ignored."""
+        with self._lock:
+            self._attempt = msg_id
+            self._reply = {}
+            self._started.clear()
+
+    def _answer(self, msg_id: int, reply: dict[str, Any]) -> None:
+        """The launcher's answer to request `msg_id`: started, failed, info, or lost."""
+        with self._lock:
+            if msg_id != self._attempt:
+                return
+            self._reply = reply
+            if reply.get("event") == "started":
+                self.pid = int(reply["pid"])
+                if self._abandoned:
+                    _killpg(self.pid)
+        self._started.set()
+
+    def _abandon(self) -> None:
+        """The requester stopped waiting: kill the auditor now, or as soon as it starts."""
+        with self._lock:
+            self._abandoned = True
+            if self.pid:
+                _killpg(self.pid)
 
     def poll(self) -> int | None:
         return self.returncode
@@ -135,26 +163,19 @@ class _Connection:
             self._dispatch(json.loads(data))
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
-        event = msg.get("event")
+        msg_id = msg.get("id", -1)
         with self.lock:
-            handle = self.pending.get(msg.get("id", -1))
+            handle = self.pending.get(msg_id)
             if handle is None:
                 return
-            if event == "exit":
+            if msg.get("event") == "exit":
                 handle.returncode = os.waitstatus_to_exitcode(int(msg["status"]))
-                del self.pending[msg["id"]]
-            else:
-                handle._reply = msg  # the answer to the request itself
-                if event == "started":
-                    handle.pid = int(msg["pid"])
-                    if handle._abandoned:
-                        _killpg(handle.pid)
-                else:  # "failed", "info": the request is answered and over
-                    del self.pending[msg["id"]]
-        if event == "exit":
-            handle._done.set()
-        else:
-            handle._started.set()
+                del self.pending[msg_id]
+                handle._done.set()
+                return
+            if msg.get("event") != "started":  # "failed", "info": answered and over
+                del self.pending[msg_id]
+        handle._answer(msg_id, msg)
 
     def _lost(self) -> None:
         """The launcher is gone: fail what waits, complete what ran, reap it."""
@@ -164,14 +185,13 @@ class _Connection:
         code = None
         with contextlib.suppress(subprocess.TimeoutExpired):
             code = self.proc.wait(_EXIT_WAIT_S)
-        for handle in pending.values():
-            if handle._started.is_set() and handle.pid:
+        for msg_id, handle in pending.items():
+            if handle._reply.get("event") == "started":
                 handle.lost = True
                 handle.returncode = -signal.SIGKILL
                 handle._done.set()
             else:
-                handle._reply = {"event": "lost", "code": code}
-                handle._started.set()
+                handle._answer(msg_id, {"event": "lost", "code": code})
 
     def close(self) -> None:
         """Our exit: EOF for the launcher (it kills its groups and exits); reap it."""
@@ -249,6 +269,7 @@ class Launcher:
                  fds: Sequence[int]) -> None:
         for _ in range(2):  # a launcher found dead at send time is restarted once
             msg["id"] = next(self._ids)
+            handle._retry(msg["id"])
             if self._connection().send(msg["id"], handle, msg, fds):
                 return
         raise LauncherLost("the auditor launcher exited as it was sent a request")
@@ -259,9 +280,7 @@ class Launcher:
                 raise LauncherLost(f"the launcher did not start the auditor in "
                                    f"{_START_TIMEOUT_S:g} s")
         except BaseException:
-            handle._abandoned = True
-            if handle.pid:
-                _killpg(handle.pid)
+            handle._abandon()
             raise
         reply = handle._reply
         if reply.get("event") == "started":

@@ -9,12 +9,16 @@ auditor's whole group and exits), and a fork of the worker (its own launcher).
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -120,6 +124,10 @@ def test_exec_and_sandbox_failures_are_told_apart_and_nothing_runs(
         _sh(launcher, f"touch {marker}", bad)
     assert unconfined.value.kind == "sandbox"
     assert not marker.exists()
+    with pytest.raises(launcher_client.SpawnFailed, match="working directory") as nowhere:
+        _sh(launcher, f"touch {marker}", OFF, cwd=str(tmp_path / "gone"))
+    assert nowhere.value.kind == "sandbox"
+    assert not marker.exists()
     assert finish(_sh(launcher, "exit 7")) == 7  # the launcher serves on
 
 
@@ -183,6 +191,12 @@ def test_a_killed_launcher_fails_the_scan_kills_the_auditor_and_is_replaced(
     assert launcher_client.get().pid not in (None, old)
 
 
+def _unread(sock: socket.socket) -> int:
+    """Bytes we sent that the peer has not read yet (SIOCOUTQ)."""
+    out = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, struct.pack("i", 0))
+    return int(struct.unpack("i", out)[0])
+
+
 def test_a_request_the_launcher_never_answers_fails_cleanly(
     launcher: launcher_client.Launcher,
 ) -> None:
@@ -200,6 +214,9 @@ def test_a_request_the_launcher_never_answers_fails_cleanly(
 
     thread = threading.Thread(target=spawn)
     thread.start()
+    conn = launcher._conn
+    assert conn is not None
+    wait_until(lambda: _unread(conn.sock) > 0, what="the request to be sent")
     os.kill(pid, signal.SIGKILL)
     thread.join(60)
     assert not thread.is_alive()
@@ -271,3 +288,15 @@ def test_a_forked_worker_gets_its_own_launcher_and_leaves_the_parents_alone() ->
     parent_launcher, parent_code = out[1].split()
     assert (child_code, parent_code) == ("5", "6")
     assert child_launcher != parent_launcher
+
+
+def test_an_answer_to_an_earlier_attempt_is_ignored() -> None:
+    """A request re-sent to a new launcher is not failed by the old one's death notice."""
+    handle = launcher_client.AuditorProcess(None)
+    handle._retry(1)
+    handle._retry(2)  # the first launcher was found dead: sent again to a new one
+    handle._answer(1, {"event": "lost", "code": -9})
+    assert not handle._started.is_set()
+    handle._answer(2, {"event": "started", "pid": os.getpid()})
+    assert handle._started.is_set()
+    assert handle.pid == os.getpid()
