@@ -218,8 +218,8 @@ def which(name: str, path: str | None = None) -> str:
     looked up once Landlock is on."""
     if os.sep in name:
         return name
-    search = os.environ.get("PATH", os.defpath) if path is None else path
-    for directory in search.split(os.pathsep):
+    directories = os.get_exec_path() if path is None else path.split(os.pathsep)
+    for directory in directories:
         candidate = os.path.join(directory or ".", name)
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
