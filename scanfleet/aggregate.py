@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from scanfleet.errors import ExitCode
 from scanfleet.report import SEVERITIES, STATUSES, Counts
 from scanfleet.thresholds import FleetThreshold
 
@@ -30,10 +31,10 @@ def exit_code(
     """SPEC §5: 1 a threshold failed; 3 a scan could not complete (unless a fleet threshold
     bounding `targets.error` judged the errors); else 0."""
     if failed_targets > 0 or fleet_passed is False:
-        return 1
+        return int(ExitCode.THRESHOLD)
     if error_targets > 0 and not errors_bounded:
-        return 3
-    return 0
+        return int(ExitCode.SCAN_ERROR)
+    return int(ExitCode.OK)
 
 
 class _Group:

@@ -34,6 +34,7 @@ import structlog
 from celery import shared_task
 from celery.schedules import BaseSchedule, schedstate
 
+from scanfleet.clock import Clock, utcnow
 from scanfleet.errors import ScanfleetError
 from scanfleet.janitor import janitor_for_kubeconfig
 from scanfleet.kube import default_kubeconfig
@@ -53,13 +54,6 @@ LOCK_TTL = 24 * 3600
 """Backstop: a sweep lock whose run never finishes frees itself after this many seconds."""
 PENDING_TTL = 15 * 60
 """While a run is being started the lock holds a token, not yet a run id; bounded by this."""
-
-Clock = Callable[[], datetime]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
 
 class CronSchedule(BaseSchedule):  # type: ignore[misc]
     """A celery schedule for a 5-field UTC cron expression, computed by croniter.
@@ -282,13 +276,8 @@ def default_starter(sweep: Sweep, settings: Settings) -> str:
     store the run and enqueue it exactly as `submit` does, with `source`, and return the
     run id once the run exists in the store (so the lock can follow it).
     """
-    try:
-        from scanfleet.fleet import start_fleet_run
-    except ImportError:
-        raise ScanfleetError(
-            "this scanfleet has no fleet run starter (scanfleet.fleet.start_fleet_run); "
-            f"sweep {sweep.name!r} cannot start its run"
-        ) from None
+    from scanfleet.fleet import start_fleet_run  # late: the fleet imports Celery's app
+
     run_id: str = start_fleet_run(
         settings=settings,
         kubeconfig=default_kubeconfig(None, os.environ),

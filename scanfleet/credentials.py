@@ -28,6 +28,7 @@ import structlog
 import yaml
 
 from scanfleet import logs
+from scanfleet.clock import rfc3339
 from scanfleet.errors import ScanfleetError
 from scanfleet.kube import ClusterEndpoint, KubeClient, b64
 from scanfleet.logs import redact_text
@@ -46,10 +47,6 @@ DELETE_ORDER = ("RoleBinding", "Role", "ServiceAccount")
 
 def object_name(scan_id: str) -> str:
     return f"scanfleet-{scan_id}"
-
-
-def rfc3339(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def metadata(

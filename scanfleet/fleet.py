@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from scanfleet.clock import Clock, utcnow
 from scanfleet.discovery import Entry, Scope, covers_map, discover
 from scanfleet.discovery import dedupe_images as dedupe_by_image
 from scanfleet.kube import ClientCache, choose_contexts
 from scanfleet.leases import LocalLeases
-from scanfleet.runs import Clock, Pipeline, RunPlan, maybe_finalize
-from scanfleet.scan import utcnow
+from scanfleet.runs import Pipeline, RunPlan, maybe_finalize
 from scanfleet.settings import Settings, check_ttl
 from scanfleet.store import RunStore
 

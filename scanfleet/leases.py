@@ -24,18 +24,10 @@ from typing import Any, Protocol
 
 import structlog
 
-from scanfleet.errors import ScanfleetError
+from scanfleet.errors import NoSlot, SlotBusy
 from scanfleet.store import RunStore, is_store_error
 
 log = structlog.get_logger("scanfleet.leases")
-
-
-class NoSlot(ScanfleetError):
-    """The cluster is at its concurrency cap right now; try again shortly."""
-
-
-class SlotBusy(NoSlot):
-    """This very scan holds a live lease: another delivery of it is running."""
 
 
 class Limiter(Protocol):

@@ -12,13 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from scanfleet.clock import Clock, utcnow
 from scanfleet.discovery import Entry, dedupe_images, resolve
 from scanfleet.errors import ScanInterrupted
 from scanfleet.kube import ClientCache
 from scanfleet.leases import LocalLeases
 from scanfleet.results import run_dir, summary_path, write_json
 from scanfleet.runs import (
-    Clock,
     Pipeline,
     Progress,
     RunPlan,
@@ -28,7 +28,6 @@ from scanfleet.runs import (
     maybe_finalize,
     record_error,
 )
-from scanfleet.scan import utcnow
 from scanfleet.targets import Target, scan_id_for
 
 

@@ -19,12 +19,13 @@ from collections.abc import Callable, Iterable, Mapping
 from io import StringIO
 from typing import Any, TextIO
 
+from scanfleet.errors import ExitCode
 from scanfleet.report import SEVERITIES, STATUSES, Counts
 
 FORMATS = ("json", "markdown", "junit", "html")
 Summaries = Callable[[], Iterable[Mapping[str, Any]]]
 
-VERDICTS = {0: "PASS", 1: "FAIL", 3: "ERROR"}
+VERDICTS = {ExitCode.OK: "PASS", ExitCode.THRESHOLD: "FAIL", ExitCode.SCAN_ERROR: "ERROR"}
 STATUS_LABELS = {
     "passed": "Passed",
     "failed": "Failed",

@@ -34,10 +34,6 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
-def iso(t: datetime) -> str:
-    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def run_dir(results_dir: Path, run_id: str) -> Path:
     return results_dir / check_run_id(run_id)
 

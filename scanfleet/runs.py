@@ -26,13 +26,14 @@ from typing import Any, Protocol
 import structlog
 
 from scanfleet.aggregate import Aggregator
+from scanfleet.clock import Clock, iso, utcnow
 from scanfleet.discovery import Entry
 from scanfleet.drift import write_sweep_drift
 from scanfleet.errors import BadInput, ScanError
 from scanfleet.kube import ClientCache
 from scanfleet.leases import Limiter
-from scanfleet.results import iso, iter_summaries, new_run_id, run_dir, summary_path, write_json
-from scanfleet.scan import ScanOptions, run_scan, utcnow
+from scanfleet.results import iter_summaries, new_run_id, run_dir, summary_path, write_json
+from scanfleet.scan import ScanOptions, run_scan
 from scanfleet.targets import Target, scan_id_for
 from scanfleet.thresholds import (
     FleetThreshold,
@@ -44,7 +45,6 @@ from scanfleet.thresholds import (
 
 log = structlog.get_logger("scanfleet.runs")
 
-Clock = Callable[[], datetime]
 Progress = Callable[[int, int], None]
 """Called with (done, total) after each recorded result."""
 
@@ -342,7 +342,7 @@ def record_failure(
 def finalize(
     plan: RunPlan,
     results_dir: Path,
-    now: Callable[[], datetime] = utcnow,
+    now: Clock = utcnow,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Aggregate the run's summaries (streamed from disk) and write run.json."""

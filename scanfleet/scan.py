@@ -13,15 +13,15 @@ happens here.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from scanfleet.auditor import run_auditor
+from scanfleet.clock import Clock, iso, utcnow
 from scanfleet.credentials import scan_identity
 from scanfleet.errors import (
     ClusterUnavailable,
@@ -32,18 +32,11 @@ from scanfleet.errors import (
 )
 from scanfleet.kube import KubeClient
 from scanfleet.report import Counts, control_ids, load_report
-from scanfleet.results import iso, report_path, summary_path, write_json
+from scanfleet.results import report_path, summary_path, write_json
 from scanfleet.targets import Target, scan_id_for
 from scanfleet.thresholds import Threshold
 
 log = structlog.get_logger("scanfleet.scan")
-
-Clock = Callable[[], datetime]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
 
 @dataclass(frozen=True)
 class ScanOptions:

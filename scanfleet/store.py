@@ -35,14 +35,10 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from scanfleet.errors import ScanfleetError
+from scanfleet.errors import StoreUnavailable
 
 STATES = ("queued", "running", "completed", "error")
 _PUSH_BATCH = 1000
-
-
-class StoreUnavailable(ScanfleetError):
-    """Redis could not be reached (after retries)."""
 
 
 _MARK_RUNNING = """

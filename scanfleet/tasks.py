@@ -28,11 +28,17 @@ from celery.signals import worker_init, worker_process_init
 
 from scanfleet.celery_app import FAN_OUT_TASK, QUEUE, SCAN_TASK, app, settings, tuning
 from scanfleet.discovery import Entry
-from scanfleet.errors import ClusterUnavailable, ScanInterrupted
+from scanfleet.errors import (
+    ClusterUnavailable,
+    NoSlot,
+    ScanInterrupted,
+    SlotBusy,
+    StoreUnavailable,
+)
 from scanfleet.kube import ClientCache, default_kubeconfig
-from scanfleet.leases import NoSlot, RedisLeases, SlotBusy
+from scanfleet.leases import RedisLeases
 from scanfleet.runs import Pipeline, RunPlan, execute_target, fan_out, record_failure
-from scanfleet.store import RunStore, StoreUnavailable
+from scanfleet.store import RunStore
 from scanfleet.targets import Target
 
 log = structlog.get_logger("scanfleet.tasks")

@@ -9,7 +9,8 @@ from collections.abc import Callable
 import fakeredis
 import pytest
 
-from scanfleet.leases import NoSlot, RedisLeases, SlotBusy
+from scanfleet.errors import NoSlot, SlotBusy
+from scanfleet.leases import RedisLeases
 from scanfleet.store import RunStore
 
 RUN = "20250101T000000Z-abcdef"

@@ -15,14 +15,8 @@ from scanfleet.cli.common import main_group
 
 
 def main() -> None:
-    from scanfleet.cli import scan as _scan  # noqa: F401  (registers commands)
+    from scanfleet.cli import fleet, report, scan, sweeps  # noqa: F401  (register commands)
 
-    for name in ("fleet", "report", "sweeps"):
-        try:
-            __import__(f"scanfleet.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"scanfleet.cli.{name}":
-                raise
     try:
         main_group(prog_name="scanfleet")
     except click.exceptions.Exit as e:  # pragma: no cover - click handles in standalone

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -16,13 +15,10 @@ import click
 
 from scanfleet import logs
 from scanfleet.auditor import clear_stop, request_stop
-from scanfleet.errors import BadInput, ScanInterrupted
+from scanfleet.errors import BadInput, ExitCode, ScanInterrupted
 from scanfleet.settings import Settings, check_ttl
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-EXIT_OK, EXIT_THRESHOLD, EXIT_BAD_INPUT, EXIT_SCAN_ERROR = 0, 1, 2, 3
-
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="scanfleet")
@@ -42,7 +38,7 @@ def load_settings() -> Settings:
 def fail(message: str) -> Any:
     """Bad input: say what is wrong and exit 2. Nothing has been created or queued."""
     click.echo(f"scanfleet: error: {message}", err=True)
-    sys.exit(EXIT_BAD_INPUT)
+    sys.exit(ExitCode.BAD_INPUT)
 
 
 def bad_input_exits(fn: F) -> F:
@@ -156,7 +152,3 @@ def interruptible() -> Iterator[None]:
         for s, h in old.items():
             signal.signal(s, h)
         clear_stop()
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")

@@ -22,7 +22,6 @@ import click
 from tqdm import tqdm
 
 from scanfleet.cli.common import (
-    EXIT_SCAN_ERROR,
     bad_input_exits,
     fail,
     interruptible,
@@ -35,17 +34,17 @@ from scanfleet.cli.common import (
     scan_options,
 )
 from scanfleet.cli.scan import print_run
+from scanfleet.clock import utcnow
 from scanfleet.discovery import Entry, Scope, discover, resolve
 from scanfleet.discovery import dedupe_images as dedupe_by_image
-from scanfleet.errors import BadInput, ScanError
+from scanfleet.errors import BadInput, ExitCode, ScanError, StoreUnavailable
 from scanfleet.fleet import enqueue_fleet_run
 from scanfleet.kube import ClientCache, choose_contexts, default_kubeconfig, list_contexts
 from scanfleet.local import run_local
 from scanfleet.results import check_run_id
 from scanfleet.runs import RunPlan
-from scanfleet.scan import utcnow
 from scanfleet.settings import Settings
-from scanfleet.store import RunStore, StoreUnavailable
+from scanfleet.store import RunStore
 from scanfleet.targets import Target, load_targets_file, parse_target
 
 POLL_SECONDS = 0.5
@@ -143,7 +142,7 @@ def submit_command(
             entries = resolve(clients, explicit, need_images=dedupe_images)
     except ScanError as e:
         click.echo(f"scanfleet: error: finding targets failed, nothing queued: {e}", err=True)
-        sys.exit(EXIT_SCAN_ERROR)
+        sys.exit(ExitCode.SCAN_ERROR)
     if dedupe_images:
         entries = dedupe_by_image(entries)
     out = results_dir(output, settings)
@@ -225,7 +224,7 @@ def _run_fleet(
         store.ping()
     except StoreUnavailable as e:
         click.echo(f"scanfleet: error: {e}; nothing queued", err=True)
-        sys.exit(EXIT_SCAN_ERROR)
+        sys.exit(ExitCode.SCAN_ERROR)
 
     def created() -> None:
         click.echo(plan.run_id)  # alone on the first line, once `status` can find the run
@@ -238,7 +237,7 @@ def _run_fleet(
         )
     except StoreUnavailable as e:
         click.echo(f"scanfleet: error: {e}", err=True)
-        sys.exit(EXIT_SCAN_ERROR)
+        sys.exit(ExitCode.SCAN_ERROR)
     if not wait:
         if as_json:
             status = store.status(plan.run_id)
@@ -286,7 +285,7 @@ def status_command(run_id: str, as_json: bool, results_dir: Path | None) -> None
     except StoreUnavailable as e:
         if not finished.is_file():
             click.echo(f"scanfleet: error: {e}", err=True)
-            sys.exit(EXIT_SCAN_ERROR)
+            sys.exit(ExitCode.SCAN_ERROR)
         status = result = None
     if status is None:
         # A local run (`scan`, `submit --local`) never touches Redis; its run.json says all.

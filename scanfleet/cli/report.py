@@ -19,11 +19,11 @@ from typing import Any
 import click
 
 from scanfleet.cli.common import bad_input_exits, load_settings, main_group
-from scanfleet.errors import BadInput
+from scanfleet.errors import BadInput, ExitCode
 from scanfleet.render import FORMATS, write_report
 from scanfleet.results import read_json, run_dir, summary_files
 
-RUN_EXIT_CODES = (0, 1, 3)
+RUN_EXIT_CODES = (ExitCode.OK, ExitCode.THRESHOLD, ExitCode.SCAN_ERROR)
 
 
 def _summaries(directory: Path) -> Iterator[dict[str, Any]]:

@@ -20,10 +20,10 @@ from scanfleet.cli.common import (
     scan_limits,
     scan_options,
 )
+from scanfleet.clock import utcnow
 from scanfleet.kube import ClientCache, choose_contexts, default_kubeconfig
 from scanfleet.local import run_local
 from scanfleet.runs import RunPlan
-from scanfleet.scan import utcnow
 from scanfleet.targets import parse_target
 
 

@@ -13,10 +13,8 @@ from pathlib import Path
 
 import click
 
-from scanfleet.beat import JANITOR_INTERVAL, LOCK_TTL, PRUNE_INTERVAL, run_beat, utcnow
+from scanfleet.beat import JANITOR_INTERVAL, LOCK_TTL, PRUNE_INTERVAL, run_beat
 from scanfleet.cli.common import (
-    EXIT_OK,
-    EXIT_SCAN_ERROR,
     bad_input_exits,
     fail,
     kubeconfig_option,
@@ -25,7 +23,9 @@ from scanfleet.cli.common import (
     output_option,
     results_dir,
 )
+from scanfleet.clock import rfc3339, utcnow
 from scanfleet.drift import diff_runs, format_drift
+from scanfleet.errors import ExitCode
 from scanfleet.janitor import janitor_for_kubeconfig
 from scanfleet.kube import default_kubeconfig
 from scanfleet.results import check_run_id
@@ -46,7 +46,7 @@ def validate_command(file: Path) -> None:
     sweeps = load_sweeps(file)
     now = utcnow()
     for s in sweeps:
-        nxt = s.next_fire(now).strftime("%Y-%m-%dT%H:%M:%SZ")
+        nxt = rfc3339(s.next_fire(now))
         click.echo(f"{s.name}  schedule: {s.schedule!r}  next: {nxt}")
     click.echo(f"{file}: {len(sweeps)} sweep{'' if len(sweeps) == 1 else 's'} OK")
 
@@ -142,7 +142,7 @@ def janitor_command(
         for ctx, err in report.context_errors.items():
             click.echo(f"ERROR context {ctx!r}: {err}", err=True)
         click.echo(f"total: {len(report.deleted)} {verb}")
-    sys.exit(EXIT_OK if report.ok else EXIT_SCAN_ERROR)
+    sys.exit(ExitCode.OK if report.ok else ExitCode.SCAN_ERROR)
 
 
 def _run_path(value: str, base: Path) -> Path:
@@ -216,4 +216,4 @@ def prune_command(
         click.echo(
             f"total: {len(report.pruned)} {verb}, {report.kept} kept (cutoff {report.cutoff})"
         )
-    sys.exit(EXIT_SCAN_ERROR if report.errors else EXIT_OK)
+    sys.exit(ExitCode.SCAN_ERROR if report.errors else ExitCode.OK)
