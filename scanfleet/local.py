@@ -22,8 +22,8 @@ from scanfleet.runs import (
     Pipeline,
     Progress,
     RunPlan,
-    error_summary,
     execute_target,
+    failed_before_scan,
     finalize,
     maybe_finalize,
     record_error,
@@ -165,7 +165,7 @@ def _close_interrupted(
             p = summary_path(out, scan_id)
             if not p.exists():
                 write_json(
-                    p, error_summary(plan.run_id, t.target, interrupted, pipe.now(),
+                    p, failed_before_scan(plan.run_id, t.target, interrupted, pipe.now(),
                                   image=t.image, image_id=t.image_id)
                 )
             pipe.state.finish(plan.run_id, [(scan_id, "error")])

@@ -20,7 +20,7 @@ from io import StringIO
 from typing import Any, TextIO
 
 from scanfleet.errors import ExitCode
-from scanfleet.report import SEVERITIES, STATUSES, Counts
+from scanfleet.inspec import SEVERITIES, STATUSES
 
 FORMATS = ("json", "markdown", "junit", "html")
 Summaries = Callable[[], Iterable[Mapping[str, Any]]]
@@ -79,19 +79,6 @@ def error_of(ref: Mapping[str, Any]) -> tuple[str, str]:
     err = ref.get("error")
     src = err if isinstance(err, Mapping) else ref
     return str(src.get("kind") or "unknown"), str(src.get("message") or "")
-
-
-def outcome(summary: Mapping[str, Any]) -> str:
-    """passed / failed / error for one target summary, as the aggregator judges it."""
-    if summary.get("status") != "completed":
-        return "error"
-    try:
-        Counts.from_dict(summary.get("counts"))
-    except ValueError:
-        return "error"
-    threshold = summary.get("threshold")
-    met = not isinstance(threshold, Mapping) or threshold.get("passed") is not False
-    return "passed" if met else "failed"
 
 
 # --- json -------------------------------------------------------------------------------

@@ -29,11 +29,17 @@ from scanfleet.aggregate import Aggregator
 from scanfleet.clock import Clock, iso, utcnow
 from scanfleet.discovery import Entry
 from scanfleet.drift import write_sweep_drift
-from scanfleet.errors import BadInput, ScanError
+from scanfleet.errors import BadInput, ErrorKind, ScanError
 from scanfleet.kube import ClientCache
 from scanfleet.leases import Limiter
 from scanfleet.results import iter_summaries, new_run_id, run_dir, summary_path, write_json
 from scanfleet.scan import ScanOptions, run_scan
+from scanfleet.summaries import (
+    TargetSummary,
+    covered_summary,
+    error_summary,
+    target_doc,
+)
 from scanfleet.targets import Target, scan_id_for
 from scanfleet.thresholds import (
     FleetThreshold,
@@ -145,7 +151,7 @@ class RunPlan:
         return parse_fleet_threshold(self.fleet_threshold, self.fleet_threshold_source)
 
 
-def error_summary(
+def failed_before_scan(
     run_id: str,
     target: Target,
     error: ScanError | Mapping[str, Any],
@@ -153,39 +159,12 @@ def error_summary(
     *,
     image: str | None = None,
     image_id: str | None = None,
-) -> dict[str, Any]:
+) -> TargetSummary:
     """The summary of a target that failed before its scan could start."""
-    err = (
-        {"kind": error.kind, "message": str(error)}
-        if isinstance(error, ScanError)
-        else {"kind": str(error.get("kind")), "message": str(error.get("message"))}
+    return error_summary(
+        scan_id=scan_id_for(run_id, target), run_id=run_id,
+        target=target_doc(target.to_dict(), image, image_id), error=error, started_at=iso(now),
     )
-    return {
-        "scan_id": scan_id_for(run_id, target),
-        "run_id": run_id,
-        "target": {**target.to_dict(), "image": image, "image_id": image_id},
-        "status": "error",
-        "error": err,
-        "covered_by": None,
-        "started_at": iso(now),
-        "finished_at": iso(now),
-        "duration_s": 0.0,
-        "counts": None,
-        "compliance": None,
-        "threshold": {"passed": None, "failures": []},
-        "cleanup": "complete",
-        "controls": None,
-    }
-
-
-def covered_summary(summary: Mapping[str, Any], run_id: str, entry: Entry) -> dict[str, Any]:
-    """--dedupe-images: the covering scan's result, with the covered target's own identity."""
-    return {
-        **summary,
-        "scan_id": scan_id_for(run_id, entry.target),
-        "target": {**entry.target.to_dict(), "image": entry.image, "image_id": entry.image_id},
-        "covered_by": summary["scan_id"],
-    }
 
 
 class RunState(Protocol):
@@ -228,7 +207,7 @@ def scan_one(
     results_dir: Path,
     now: Clock = utcnow,
     defer_unavailable: bool = False,
-) -> dict[str, Any]:
+) -> TargetSummary:
     """Scan one resolved target of a run and write its summary.
 
     Never raises ScanError, except ClusterUnavailable when `defer_unavailable` is set.
@@ -238,15 +217,15 @@ def scan_one(
         kube = clients.get(target.context)
     except (ScanError, BadInput) as e:
         # BadInput here: the worker's kubeconfig lacks the context the submitter had.
-        err = e if isinstance(e, ScanError) else {"kind": "api_error", "message": str(e)}
-        summary = error_summary(plan.run_id, target, err, now())
+        err = e if isinstance(e, ScanError) else {"kind": ErrorKind.API_ERROR, "message": str(e)}
+        summary = failed_before_scan(plan.run_id, target, err, now())
         write_json(summary_path(out, summary["scan_id"]), summary)
         return summary
     options = replace(plan.scan_options(), defer_unavailable=defer_unavailable)
     return run_scan(kube, target, plan.run_id, options, out, now=now)
 
 
-def execute_target(pipe: Pipeline, plan: RunPlan, target: Target) -> dict[str, Any] | None:
+def execute_target(pipe: Pipeline, plan: RunPlan, target: Target) -> TargetSummary | None:
     """The service every driver calls for one target: slot → scan → record → maybe finalize.
 
     Idempotent under redelivery: a target already recorded is not scanned again (None is
@@ -267,10 +246,10 @@ def execute_target(pipe: Pipeline, plan: RunPlan, target: Target) -> dict[str, A
     return summary
 
 
-def record_error(pipe: Pipeline, plan: RunPlan, entry: Entry) -> dict[str, Any]:
+def record_error(pipe: Pipeline, plan: RunPlan, entry: Entry) -> TargetSummary:
     """An entry that could not be resolved at submit time: its error is its result."""
     assert entry.error is not None
-    summary = error_summary(
+    summary = failed_before_scan(
         plan.run_id, entry.target, entry.error, pipe.now(), image=entry.image,
         image_id=entry.image_id,
     )
@@ -284,7 +263,11 @@ def record(pipe: Pipeline, plan: RunPlan, summary: Mapping[str, Any]) -> None:
     out = run_dir(pipe.results_dir, plan.run_id)
     outcomes = [(str(summary["scan_id"]), str(summary["status"]))]
     for covered in pipe.state.covered(plan.run_id, str(summary["scan_id"])):
-        cs = covered_summary(summary, plan.run_id, Entry.from_dict(covered))
+        e = Entry.from_dict(covered)
+        cs = covered_summary(
+            summary, scan_id_for(plan.run_id, e.target),
+            target_doc(e.target.to_dict(), e.image, e.image_id),
+        )
         write_json(summary_path(out, cs["scan_id"]), cs)
         outcomes.append((cs["scan_id"], cs["status"]))
     _added, done, total = pipe.state.finish(plan.run_id, outcomes)
@@ -328,12 +311,14 @@ def fan_out(
 
 def record_failure(
     pipe: Pipeline, plan: RunPlan, target: Target, exc: BaseException
-) -> dict[str, Any]:
+) -> TargetSummary:
     """Last resort: an unexpected failure still gives the target a result, so the run ends."""
-    error = {"kind": "api_error", "message": f"scan failed: {type(exc).__name__}: {exc}"[:500]}
+    error: ScanError | dict[str, str] = {
+        "kind": ErrorKind.API_ERROR, "message": f"scan failed: {type(exc).__name__}: {exc}"[:500]
+    }
     if isinstance(exc, ScanError):
-        error = {"kind": exc.kind, "message": str(exc)}
-    summary = error_summary(plan.run_id, target, error, pipe.now())
+        error = exc
+    summary = failed_before_scan(plan.run_id, target, error, pipe.now())
     write_json(summary_path(run_dir(pipe.results_dir, plan.run_id), summary["scan_id"]), summary)
     record(pipe, plan, summary)
     return summary

@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import structlog
 
@@ -30,9 +29,16 @@ from scanfleet.errors import (
     ScanInterrupted,
     TargetNotFound,
 )
+from scanfleet.inspec import Counts, control_ids, load_report
 from scanfleet.kube import KubeClient
-from scanfleet.report import Counts, control_ids, load_report
 from scanfleet.results import report_path, summary_path, write_json
+from scanfleet.summaries import (
+    TargetSummary,
+    ThresholdDoc,
+    error_summary,
+    scanned_summary,
+    target_doc,
+)
 from scanfleet.targets import Target, scan_id_for
 from scanfleet.thresholds import Threshold
 
@@ -79,7 +85,7 @@ def run_scan(
     out_dir: Path,
     *,
     now: Clock = utcnow,
-) -> dict[str, Any]:
+) -> TargetSummary:
     """Scan one resolved target and write its summary (and raw report) into `out_dir`."""
     if target.container is None:
         raise ValueError("run_scan needs a resolved target (container known)")
@@ -195,33 +201,20 @@ def _summary(
     started: datetime,
     finished: datetime,
     duration: float,
-) -> dict[str, Any]:
-    counts = outcome.counts
-    threshold: dict[str, Any] = {"passed": None, "failures": []}
-    if counts is not None and options.threshold is not None:
-        failures = options.threshold.evaluate(counts, outcome.ids or {})
+) -> TargetSummary:
+    doc = target_doc(target.to_dict(), outcome.facts.image, outcome.facts.image_id)
+    if outcome.error is not None or outcome.counts is None:
+        error = outcome.error or InvalidReport("the scan produced no counts")
+        return error_summary(
+            scan_id=scan_id, run_id=run_id, target=doc, error=error, started_at=iso(started),
+            finished_at=iso(finished), duration_s=duration, cleanup=outcome.cleanup,
+        )
+    threshold: ThresholdDoc = {"passed": None, "failures": []}
+    if options.threshold is not None:
+        failures = options.threshold.evaluate(outcome.counts, outcome.ids or {})
         threshold = {"passed": not failures, "failures": failures}
-    err = outcome.error
-    return {
-        "scan_id": scan_id,
-        "run_id": run_id,
-        "target": {
-            "context": target.context,
-            "namespace": target.namespace,
-            "pod": target.pod,
-            "container": target.container,
-            "image": outcome.facts.image,
-            "image_id": outcome.facts.image_id,
-        },
-        "status": "error" if err is not None else "completed",
-        "error": None if err is None else {"kind": err.kind, "message": str(err)},
-        "covered_by": None,
-        "started_at": iso(started),
-        "finished_at": iso(finished),
-        "duration_s": round(duration, 3),
-        "counts": counts.to_dict() if counts is not None and err is None else None,
-        "compliance": counts.compliance if counts is not None and err is None else None,
-        "threshold": threshold if err is None else {"passed": None, "failures": []},
-        "cleanup": outcome.cleanup,
-        "controls": outcome.ids if err is None else None,
-    }
+    return scanned_summary(
+        scan_id=scan_id, run_id=run_id, target=doc, started_at=iso(started),
+        finished_at=iso(finished), duration_s=duration, cleanup=outcome.cleanup,
+        counts=outcome.counts, ids=outcome.ids or {}, threshold=threshold,
+    )

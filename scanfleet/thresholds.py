@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from scanfleet.errors import ThresholdFileError
-from scanfleet.report import SEVERITIES, STATUSES, Counts, compliance_of
+from scanfleet.inspec import SEVERITIES, STATUSES, Counts, compliance_of
 
 Bound = tuple[float | None, float | None]  # (min, max)
 _Leaf = tuple[tuple[str, ...], object]  # key parts as written, value

@@ -136,6 +136,12 @@ def summary(
         for sev, ids in (passed or {}).items():
             controls["passed"][sev] = sorted(ids)
     scan_id = f"{namespace}-{pod}-{container}"
+    counts = None
+    if controls is not None:  # a completed summary has counts, or it is judged an error
+        counts = {
+            st: {"total": sum(map(len, by_sev.values())), **{v: len(by_sev[v]) for v in sevs}}
+            for st, by_sev in controls.items()
+        }
     return {
         "scan_id": scan_id,
         "run_id": run_id,
@@ -150,6 +156,7 @@ def summary(
         "status": status,
         "error": None if status == "completed" else {"kind": "timeout", "message": "too slow"},
         "covered_by": None,
+        "counts": counts,
         "controls": controls,
     }
 

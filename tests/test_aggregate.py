@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from scanfleet.aggregate import Aggregator, exit_code
-from scanfleet.report import STATUSES, Control, Counts, control_ids, load_report
+from scanfleet.inspec import STATUSES, Control, Counts, control_ids, load_report
 from scanfleet.thresholds import FleetThreshold, parse_fleet_threshold
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "inspec-samples"

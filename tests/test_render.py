@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from scanfleet.aggregate import Aggregator
+from scanfleet.inspec import Counts, control_ids, load_report
 from scanfleet.render import md_cell, render, write_json
-from scanfleet.report import Counts, control_ids, load_report
 from scanfleet.results import iter_summaries, run_dir, summary_path
 from scanfleet.results import write_json as write_json_file
 from scanfleet.thresholds import parse_fleet_threshold, parse_threshold

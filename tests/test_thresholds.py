@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from scanfleet.errors import ThresholdFileError
-from scanfleet.report import Control, Counts, control_ids, load_report
+from scanfleet.inspec import Control, Counts, control_ids, load_report
 from scanfleet.thresholds import (
     FleetThreshold,
     Threshold,

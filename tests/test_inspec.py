@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from scanfleet.errors import InvalidReport
-from scanfleet.report import (
+from scanfleet.inspec import (
     SEVERITIES,
     STATUSES,
     Control,
