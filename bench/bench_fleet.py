@@ -38,7 +38,7 @@ from scanfleet import logs  # noqa: E402
 from scanfleet.discovery import Scope, discover  # noqa: E402
 from scanfleet.kube import ClientCache  # noqa: E402
 from scanfleet.local import run_local  # noqa: E402
-from scanfleet.runs import RunPlan  # noqa: E402
+from scanfleet.plan import RunPlan  # noqa: E402
 from scanfleet.store import RunStore  # noqa: E402
 
 RUN_LOCAL = "20250101T000000Z-{:06x}"

@@ -14,7 +14,8 @@ from scanfleet.discovery import Entry, Scope, covers_map, discover
 from scanfleet.discovery import dedupe_images as dedupe_by_image
 from scanfleet.kube import ClientCache, choose_contexts
 from scanfleet.leases import LocalLeases
-from scanfleet.runs import Pipeline, RunPlan, maybe_finalize
+from scanfleet.plan import RunPlan
+from scanfleet.runs import Pipeline, maybe_finalize
 from scanfleet.settings import Settings, check_ttl
 from scanfleet.store import RunStore
 

@@ -17,11 +17,11 @@ from scanfleet.discovery import Entry, dedupe_images, resolve
 from scanfleet.errors import ScanInterrupted
 from scanfleet.kube import ClientCache
 from scanfleet.leases import LocalLeases
+from scanfleet.plan import RunPlan
 from scanfleet.results import run_dir, summary_path, write_json
 from scanfleet.runs import (
     Pipeline,
     Progress,
-    RunPlan,
     execute_target,
     failed_before_scan,
     finalize,

@@ -18,7 +18,7 @@ threshold as its parsed document (so a worker on another host can judge without 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,8 +32,9 @@ from scanfleet.drift import write_sweep_drift
 from scanfleet.errors import BadInput, ErrorKind, ScanError
 from scanfleet.kube import ClientCache
 from scanfleet.leases import Limiter
-from scanfleet.results import iter_summaries, new_run_id, run_dir, summary_path, write_json
-from scanfleet.scan import ScanOptions, run_scan
+from scanfleet.plan import RunPlan
+from scanfleet.results import iter_summaries, run_dir, summary_path, write_json
+from scanfleet.scan import run_scan
 from scanfleet.summaries import (
     TargetSummary,
     covered_summary,
@@ -41,114 +42,11 @@ from scanfleet.summaries import (
     target_doc,
 )
 from scanfleet.targets import Target, scan_id_for
-from scanfleet.thresholds import (
-    FleetThreshold,
-    Threshold,
-    parse_fleet_threshold,
-    parse_threshold,
-    threshold_document,
-)
 
 log = structlog.get_logger("scanfleet.runs")
 
 Progress = Callable[[int, int], None]
 """Called with (done, total) after each recorded result."""
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """Everything a worker needs to scan a target of this run. JSON-serialisable."""
-
-    run_id: str
-    source: str
-    profile: str
-    created_at: str
-    threshold: Mapping[str, Any] | None = None
-    threshold_source: str = "threshold"
-    fleet_threshold: Mapping[str, Any] | None = None
-    fleet_threshold_source: str = "fleet threshold"
-    input_files: tuple[str, ...] = ()
-    extra_args: tuple[str, ...] = ()
-    token_ttl: int = 3600
-    timeout: float = 1800
-    auditor: str = "cinc-auditor"
-    dedupe_images: bool = False
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def new(
-        cls,
-        *,
-        source: str,
-        profile: str,
-        now: datetime,
-        auditor: str,
-        token_ttl: int,
-        timeout: float,
-        threshold: Path | None = None,
-        fleet_threshold: Path | None = None,
-        input_files: Sequence[str | Path] = (),
-        extra_args: Sequence[str] = (),
-        dedupe_images: bool = False,
-    ) -> RunPlan:
-        """A new run's plan, validated: threshold files strictly, input files exist.
-
-        Raises BadInput (ThresholdFileError) before anything is created or queued.
-        """
-        for f in input_files:
-            if not Path(f).is_file():
-                raise BadInput(f"input file {str(f)!r} does not exist or is not a file")
-        plan = cls(
-            run_id=new_run_id(now),
-            source=source,
-            profile=profile,
-            created_at=iso(now),
-            threshold=threshold_document(threshold),
-            threshold_source=str(threshold) if threshold else "threshold",
-            fleet_threshold=threshold_document(fleet_threshold, fleet=True),
-            fleet_threshold_source=str(fleet_threshold) if fleet_threshold else "fleet threshold",
-            input_files=tuple(str(Path(f).resolve()) for f in input_files),
-            extra_args=tuple(extra_args),
-            token_ttl=token_ttl,
-            timeout=timeout,
-            auditor=auditor,
-            dedupe_images=dedupe_images,
-        )
-        plan.scan_options()
-        plan.fleet()
-        return plan
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["input_files"] = list(self.input_files)
-        d["extra_args"] = list(self.extra_args)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RunPlan:
-        d = dict(data)
-        d["input_files"] = tuple(d.get("input_files", ()))
-        d["extra_args"] = tuple(d.get("extra_args", ()))
-        return cls(**d)
-
-    def scan_options(self) -> ScanOptions:
-        threshold: Threshold | None = None
-        if self.threshold is not None:
-            threshold = parse_threshold(self.threshold, self.threshold_source)
-        return ScanOptions(
-            profile=self.profile,
-            threshold=threshold,
-            input_files=self.input_files,
-            extra_args=self.extra_args,
-            token_ttl=self.token_ttl,
-            timeout=self.timeout,
-            auditor=self.auditor,
-        )
-
-    def fleet(self) -> FleetThreshold | None:
-        if self.fleet_threshold is None:
-            return None
-        return parse_fleet_threshold(self.fleet_threshold, self.fleet_threshold_source)
 
 
 def failed_before_scan(
@@ -221,7 +119,7 @@ def scan_one(
         summary = failed_before_scan(plan.run_id, target, err, now())
         write_json(summary_path(out, summary["scan_id"]), summary)
         return summary
-    options = replace(plan.scan_options(), defer_unavailable=defer_unavailable)
+    options = replace(plan.scan_options, defer_unavailable=defer_unavailable)
     return run_scan(kube, target, plan.run_id, options, out, now=now)
 
 
@@ -335,7 +233,7 @@ def finalize(
     agg = Aggregator()
     for summary in iter_summaries(out):
         agg.add(summary)
-    result = agg.result(plan.fleet())
+    result = agg.result(plan.fleet)
     run = {
         "run_id": plan.run_id,
         "source": plan.source,

@@ -31,6 +31,7 @@ from scanfleet.errors import (
 )
 from scanfleet.inspec import Counts, control_ids, load_report
 from scanfleet.kube import KubeClient
+from scanfleet.plan import ScanOptions
 from scanfleet.results import report_path, summary_path, write_json
 from scanfleet.summaries import (
     TargetSummary,
@@ -40,25 +41,8 @@ from scanfleet.summaries import (
     target_doc,
 )
 from scanfleet.targets import Target, scan_id_for
-from scanfleet.thresholds import Threshold
 
 log = structlog.get_logger("scanfleet.scan")
-
-@dataclass(frozen=True)
-class ScanOptions:
-    """How to scan: the same for every target of a run."""
-
-    profile: str
-    threshold: Threshold | None = None
-    input_files: tuple[str, ...] = ()
-    extra_args: tuple[str, ...] = ()
-    token_ttl: int = 3600
-    timeout: float = 1800
-    auditor: str = "cinc-auditor"
-    kill_grace: float = 10.0
-    defer_unavailable: bool = False
-    """Raise ClusterUnavailable instead of recording it, so the fleet can retry later."""
-
 
 @dataclass
 class TargetFacts:

@@ -37,7 +37,8 @@ from scanfleet.errors import (
 )
 from scanfleet.kube import ClientCache, default_kubeconfig
 from scanfleet.leases import RedisLeases
-from scanfleet.runs import Pipeline, RunPlan, execute_target, fan_out, record_failure
+from scanfleet.plan import RunPlan
+from scanfleet.runs import Pipeline, execute_target, fan_out, record_failure
 from scanfleet.store import RunStore
 from scanfleet.targets import Target
 

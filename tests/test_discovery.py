@@ -13,8 +13,8 @@ from scanfleet.discovery import Entry, Scope, check_selector, dedupe_images, dis
 from scanfleet.errors import BadInput
 from scanfleet.kube import ClientCache
 from scanfleet.local import run_local
+from scanfleet.plan import RunPlan
 from scanfleet.results import iter_summaries
-from scanfleet.runs import RunPlan
 from scanfleet.targets import Target
 
 RUN = "20250101T000000Z-abcdef"

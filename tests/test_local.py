@@ -14,8 +14,8 @@ from fixtures_fleet import FLEET_CONTAINERS, FleetClusters, Worker, free_port, r
 from scanfleet.discovery import Scope, discover
 from scanfleet.kube import ClientCache
 from scanfleet.local import run_local
+from scanfleet.plan import RunPlan
 from scanfleet.results import iter_summaries
-from scanfleet.runs import RunPlan
 
 DISCOVER = ["--all-contexts", "--all-namespaces", "--exclude-namespace", "kube-system",
             "--profile", "profile-x"]

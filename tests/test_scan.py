@@ -459,7 +459,8 @@ def test_an_unreachable_cluster_is_deferred_to_the_fleet_or_recorded(
 
     from scanfleet.errors import ClusterUnavailable
     from scanfleet.kube import KubeClient
-    from scanfleet.scan import ScanOptions, run_scan
+    from scanfleet.plan import ScanOptions
+    from scanfleet.scan import run_scan
     from scanfleet.targets import Target
 
     kube = KubeClient(str(admin_kubeconfig), "fake", retries=0)

@@ -41,8 +41,8 @@ from scanfleet.errors import BadInput, ExitCode, ScanError, StoreUnavailable
 from scanfleet.fleet import enqueue_fleet_run
 from scanfleet.kube import ClientCache, choose_contexts, default_kubeconfig, list_contexts
 from scanfleet.local import run_local
+from scanfleet.plan import RunPlan
 from scanfleet.results import check_run_id
-from scanfleet.runs import RunPlan
 from scanfleet.settings import Settings
 from scanfleet.store import RunStore
 from scanfleet.targets import Target, load_targets_file, parse_target

@@ -23,7 +23,7 @@ from scanfleet.cli.common import (
 from scanfleet.clock import utcnow
 from scanfleet.kube import ClientCache, choose_contexts, default_kubeconfig
 from scanfleet.local import run_local
-from scanfleet.runs import RunPlan
+from scanfleet.plan import RunPlan
 from scanfleet.targets import parse_target
 
 

@@ -1,0 +1,146 @@
+"""The run plan: what every target of one run is scanned and judged with.
+
+Owns `RunPlan` (plain JSON in Redis, `summaries.PlanDocument`: contexts by name, the
+threshold as its parsed document, never a credential) and the `ScanOptions` derived from it.
+Threshold files are read and validated once in `RunPlan.new`; a plan's threshold and fleet
+threshold are parsed once per plan object (`cached_property`), never once per target.
+
+Pure apart from checking that the named input and threshold files exist; never talks to
+Kubernetes, Redis or Celery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from scanfleet.clock import iso
+from scanfleet.errors import BadInput
+from scanfleet.results import new_run_id
+from scanfleet.thresholds import (
+    FleetThreshold,
+    Threshold,
+    parse_fleet_threshold,
+    parse_threshold,
+    threshold_document,
+)
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """How to scan: the same for every target of a run."""
+
+    profile: str
+    threshold: Threshold | None = None
+    input_files: tuple[str, ...] = ()
+    extra_args: tuple[str, ...] = ()
+    token_ttl: int = 3600
+    timeout: float = 1800
+    auditor: str = "cinc-auditor"
+    kill_grace: float = 10.0
+    defer_unavailable: bool = False
+    """Raise ClusterUnavailable instead of recording it, so the fleet can retry later."""
+
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything a worker needs to scan a target of this run. JSON-serialisable."""
+
+    run_id: str
+    source: str
+    profile: str
+    created_at: str
+    threshold: Mapping[str, Any] | None = None
+    threshold_source: str = "threshold"
+    fleet_threshold: Mapping[str, Any] | None = None
+    fleet_threshold_source: str = "fleet threshold"
+    input_files: tuple[str, ...] = ()
+    extra_args: tuple[str, ...] = ()
+    token_ttl: int = 3600
+    timeout: float = 1800
+    auditor: str = "cinc-auditor"
+    dedupe_images: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def new(
+        cls,
+        *,
+        source: str,
+        profile: str,
+        now: datetime,
+        auditor: str,
+        token_ttl: int,
+        timeout: float,
+        threshold: Path | None = None,
+        fleet_threshold: Path | None = None,
+        input_files: Sequence[str | Path] = (),
+        extra_args: Sequence[str] = (),
+        dedupe_images: bool = False,
+    ) -> RunPlan:
+        """A new run's plan, validated: threshold files strictly, input files exist.
+
+        Raises BadInput (ThresholdFileError) before anything is created or queued.
+        """
+        for f in input_files:
+            if not Path(f).is_file():
+                raise BadInput(f"input file {str(f)!r} does not exist or is not a file")
+        plan = cls(
+            run_id=new_run_id(now),
+            source=source,
+            profile=profile,
+            created_at=iso(now),
+            threshold=threshold_document(threshold),
+            threshold_source=str(threshold) if threshold else "threshold",
+            fleet_threshold=threshold_document(fleet_threshold, fleet=True),
+            fleet_threshold_source=str(fleet_threshold) if fleet_threshold else "fleet threshold",
+            input_files=tuple(str(Path(f).resolve()) for f in input_files),
+            extra_args=tuple(extra_args),
+            token_ttl=token_ttl,
+            timeout=timeout,
+            auditor=auditor,
+            dedupe_images=dedupe_images,
+        )
+        _ = plan.scan_options, plan.fleet  # parse now: BadInput before anything is created
+        return plan
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_files"] = list(self.input_files)
+        d["extra_args"] = list(self.extra_args)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunPlan:
+        d = dict(data)
+        d["input_files"] = tuple(d.get("input_files", ()))
+        d["extra_args"] = tuple(d.get("extra_args", ()))
+        return cls(**d)
+
+    @cached_property
+    def scan_options(self) -> ScanOptions:
+        """How to scan each target; the threshold document is parsed here, once per plan."""
+        threshold: Threshold | None = None
+        if self.threshold is not None:
+            threshold = parse_threshold(self.threshold, self.threshold_source)
+        return ScanOptions(
+            profile=self.profile,
+            threshold=threshold,
+            input_files=self.input_files,
+            extra_args=self.extra_args,
+            token_ttl=self.token_ttl,
+            timeout=self.timeout,
+            auditor=self.auditor,
+        )
+
+    @cached_property
+    def fleet(self) -> FleetThreshold | None:
+        """The fleet threshold, parsed once per plan."""
+        if self.fleet_threshold is None:
+            return None
+        return parse_fleet_threshold(self.fleet_threshold, self.fleet_threshold_source)
