@@ -22,11 +22,12 @@ from scanfleet.results import run_dir, summary_path, write_json
 from scanfleet.runs import (
     Pipeline,
     Progress,
-    execute_target,
+    complete,
     failed_before_scan,
     finalize,
     maybe_finalize,
     record_error,
+    run_target,
 )
 from scanfleet.targets import Target, scan_id_for
 
@@ -124,7 +125,9 @@ def run_local(
         if e.error is not None:
             record_error(pipe, plan, e)
         else:
-            execute_target(pipe, plan, e.target)
+            scanned = run_target(pipe, plan, e.target)
+            if scanned is not None:
+                complete(pipe, plan, scanned)  # in-process, every error is recorded at once
 
     if concurrency <= 1:
         for e in entries:

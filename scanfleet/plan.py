@@ -42,8 +42,6 @@ class ScanOptions:
     timeout: float = 1800
     auditor: str = "cinc-auditor"
     kill_grace: float = 10.0
-    defer_unavailable: bool = False
-    """Raise ClusterUnavailable instead of recording it, so the fleet can retry later."""
 
 
 

@@ -4,9 +4,10 @@ One pipeline, three drivers: `scan` (one target, in-process), `submit --local` (
 pool, no broker) and the fleet (Celery tasks). Every driver goes through the same service
 functions:
 
-    entries (resolved targets)  →  execute_target() per entry   →  record()  →  finalize
-                                   (cluster slot, scan, covered      (state)     once, when
-                                    summaries for --dedupe-images)               done == total
+    entries (resolved targets) → run_target() per entry → complete() → record() → finalize
+                                 (cluster slot, then      (or the      (state,    once, when
+                                  scan.scan_target)        driver      covered    done == total
+                                                           retries)    targets)
 
 They differ only in the `RunState` (in memory, or `RunStore` in Redis) and the `Limiter`
 (a semaphore per context, or Redis leases): `scanfleet.local` drives a run in-process,
@@ -18,7 +19,7 @@ threshold as its parsed document (so a worker on another host can judge without 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,12 +30,12 @@ from scanfleet.aggregate import Aggregator
 from scanfleet.clock import Clock, iso, utcnow
 from scanfleet.discovery import Entry
 from scanfleet.drift import write_sweep_drift
-from scanfleet.errors import BadInput, ErrorKind, ScanError
+from scanfleet.errors import ErrorKind, ScanError, ScanInterrupted
 from scanfleet.kube import ClientCache
 from scanfleet.leases import Limiter
 from scanfleet.plan import RunPlan
 from scanfleet.results import iter_summaries, run_dir, summary_path, write_json
-from scanfleet.scan import run_scan
+from scanfleet.scan import Scanned, scan_target
 from scanfleet.summaries import (
     TargetSummary,
     covered_summary,
@@ -87,49 +88,21 @@ class RunState(Protocol):
 
 @dataclass
 class Pipeline:
-    """What executing a target needs besides the plan and the target."""
+    """What running a target needs besides the plan and the target."""
 
     clients: ClientCache
     state: RunState
     limiter: Limiter
     results_dir: Path
     now: Clock = utcnow
-    defer_unavailable: bool = False
-    """Let ClusterUnavailable propagate (the fleet retries it) instead of recording it."""
 
 
-def scan_one(
-    clients: ClientCache,
-    plan: RunPlan,
-    target: Target,
-    results_dir: Path,
-    now: Clock = utcnow,
-    defer_unavailable: bool = False,
-) -> TargetSummary:
-    """Scan one resolved target of a run and write its summary.
+def run_target(pipe: Pipeline, plan: RunPlan, target: Target) -> Scanned | None:
+    """Take the target's cluster slot and scan it; the driver then calls `complete`.
 
-    Never raises ScanError, except ClusterUnavailable when `defer_unavailable` is set.
-    """
-    out = run_dir(results_dir, plan.run_id)
-    try:
-        kube = clients.get(target.context)
-    except (ScanError, BadInput) as e:
-        # BadInput here: the worker's kubeconfig lacks the context the submitter had.
-        err = e if isinstance(e, ScanError) else {"kind": ErrorKind.API_ERROR, "message": str(e)}
-        summary = failed_before_scan(plan.run_id, target, err, now())
-        write_json(summary_path(out, summary["scan_id"]), summary)
-        return summary
-    options = replace(plan.scan_options, defer_unavailable=defer_unavailable)
-    return run_scan(kube, target, plan.run_id, options, out, now=now)
-
-
-def execute_target(pipe: Pipeline, plan: RunPlan, target: Target) -> TargetSummary | None:
-    """The service every driver calls for one target: slot → scan → record → maybe finalize.
-
-    Idempotent under redelivery: a target already recorded is not scanned again (None is
-    returned, and the run is finalized if that had not happened yet). Raises
-    `leases.NoSlot` when its cluster is at the cap (the caller retries later) and
-    `ScanInterrupted` after the interrupted scan's summary is written.
+    Returns None for a target already recorded (redelivery), after finalizing the run if
+    that had not happened yet. Raises `NoSlot`/`SlotBusy` when the cluster is at its cap or
+    this scan runs elsewhere, and `StoreUnavailable`: all retryable, nothing recorded.
     """
     scan_id = scan_id_for(plan.run_id, target)
     if pipe.state.is_done(plan.run_id, scan_id):
@@ -138,8 +111,24 @@ def execute_target(pipe: Pipeline, plan: RunPlan, target: Target) -> TargetSumma
         return None
     with pipe.limiter.slot(target.context, scan_id):
         pipe.state.mark_running(plan.run_id, scan_id)
-        summary = scan_one(pipe.clients, plan, target, pipe.results_dir, pipe.now,
-                           pipe.defer_unavailable)
+        return scan_target(
+            pipe.clients, target, plan.run_id, plan.scan_options,
+            run_dir(pipe.results_dir, plan.run_id), now=pipe.now,
+        )
+
+
+def complete(pipe: Pipeline, plan: RunPlan, scanned: Scanned) -> TargetSummary:
+    """Write a scan's summary and record it — unless it was interrupted.
+
+    An interrupted scan's summary is written but not recorded, and `ScanInterrupted` is
+    raised so the driver stops (the fleet's message is redelivered; `scan` and
+    `submit --local` record every unfinished target as interrupted).
+    """
+    summary = scanned.summary
+    if isinstance(scanned.error, ScanInterrupted):
+        write_json(summary_path(run_dir(pipe.results_dir, plan.run_id), summary["scan_id"]),
+                   summary)
+        raise scanned.error
     record(pipe, plan, summary)
     return summary
 
@@ -151,14 +140,14 @@ def record_error(pipe: Pipeline, plan: RunPlan, entry: Entry) -> TargetSummary:
         plan.run_id, entry.target, entry.error, pipe.now(), image=entry.image,
         image_id=entry.image_id,
     )
-    write_json(summary_path(run_dir(pipe.results_dir, plan.run_id), summary["scan_id"]), summary)
     record(pipe, plan, summary)
     return summary
 
 
 def record(pipe: Pipeline, plan: RunPlan, summary: Mapping[str, Any]) -> None:
-    """Write covered summaries, count the results, finalize if this was the last one."""
+    """Write the summary and its covered ones, count them, finalize after the last one."""
     out = run_dir(pipe.results_dir, plan.run_id)
+    write_json(summary_path(out, str(summary["scan_id"])), summary)
     outcomes = [(str(summary["scan_id"]), str(summary["status"]))]
     for covered in pipe.state.covered(plan.run_id, str(summary["scan_id"])):
         e = Entry.from_dict(covered)
@@ -217,7 +206,6 @@ def record_failure(
     if isinstance(exc, ScanError):
         error = exc
     summary = failed_before_scan(plan.run_id, target, error, pipe.now())
-    write_json(summary_path(run_dir(pipe.results_dir, plan.run_id), summary["scan_id"]), summary)
     record(pipe, plan, summary)
     return summary
 

@@ -3,23 +3,24 @@
     scanfleet.fan_out(run_id, start, stop)
         read target entries [start, stop) of the run from Redis, queue one scan_target each
         (entries that could not be resolved at submit time are recorded as errors here)
-    scanfleet.scan_target(run_id, target)
-        target = {context, namespace, pod, container}: runs.execute_target, the service
-        `submit --local` runs too
+    scanfleet.scan_target(run_id, target, attempts)
+        target = {context, namespace, pod, container}: runs.run_target then runs.complete,
+        the services `submit --local` runs too
 
 Messages carry a run id and context/namespace/pod/container names: never a credential or
-kubeconfig content. The run plan is read from Redis by run id. Retries: cluster at its cap
-or this scan leased elsewhere (`NoSlot`), Redis unreachable (`StoreUnavailable`). Anything
-else still gives the target an error result, so one bad target never stalls the run.
+kubeconfig content. The run plan is read from Redis by run id. Retries are decided here,
+from the error alone (`retryable`, and its row of `clock.RETRY_DELAYS`): a cluster at its
+cap or this scan leased elsewhere (`NoSlot`, `SlotBusy`), Redis unreachable
+(`StoreUnavailable`), a cluster unreachable (`ClusterUnavailable`, a few times, then it is
+recorded). Anything else still gives the target an error result, so one bad target never
+stalls the run.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import threading
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -27,24 +28,17 @@ import structlog
 from celery.signals import worker_init, worker_process_init
 
 from scanfleet.celery_app import FAN_OUT_TASK, QUEUE, SCAN_TASK, app, settings, tuning
+from scanfleet.clock import backoff, retry_delay
 from scanfleet.discovery import Entry
-from scanfleet.errors import (
-    ClusterUnavailable,
-    NoSlot,
-    ScanInterrupted,
-    SlotBusy,
-    StoreUnavailable,
-)
+from scanfleet.errors import FleetBusy, ScanInterrupted, StoreUnavailable
 from scanfleet.kube import ClientCache, default_kubeconfig
 from scanfleet.leases import RedisLeases
 from scanfleet.plan import RunPlan
-from scanfleet.runs import Pipeline, execute_target, fan_out, record_failure
+from scanfleet.runs import Pipeline, complete, fan_out, record_failure, run_target
 from scanfleet.store import RunStore
 from scanfleet.targets import Target
 
 log = structlog.get_logger("scanfleet.tasks")
-UNAVAILABLE_RETRIES = 4
-"""Deliveries of a scan that may find its cluster unreachable before it is recorded."""
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -134,12 +128,13 @@ def fan_out_task(self: Any, run_id: str, start: int, stop: int) -> int:
             log.info("run.fanned_out", start=start, stop=stop, queued=n)
             return n
         except StoreUnavailable as e:
-            raise self.retry(countdown=5, exc=e) from e
+            _retry_or_continue(self, e, {})
+            raise
 
 
 @_task(bind=True, name=SCAN_TASK, max_retries=None, acks_late=True)
 def scan_target(
-    self: Any, run_id: str, target: dict[str, Any], unavailable: int = 0
+    self: Any, run_id: str, target: dict[str, Any], attempts: dict[str, int] | None = None
 ) -> str | None:
     t = Target.from_dict(target)
     with structlog.contextvars.bound_contextvars(
@@ -153,24 +148,19 @@ def scan_target(
                 return None
             plan, pipe = found
         except StoreUnavailable as e:
-            raise self.retry(countdown=5, exc=e) from e
-        # A cluster that stays unreachable through urllib3's retries: try the scan again
-        # later, with growing pauses, before recording it as an api_error.
-        pipe = replace(pipe, defer_unavailable=unavailable < UNAVAILABLE_RETRIES)
+            _retry_or_continue(self, e, {})
+            raise
+        tried = dict(attempts or {})
         try:
-            summary = execute_target(pipe, plan, t)
-        except ClusterUnavailable as e:
-            raise self.retry(
-                countdown=min(300, 15 * 2**unavailable), exc=e,
-                kwargs={"unavailable": unavailable + 1},
-            ) from e
-        except SlotBusy as e:
-            # Another delivery of this scan holds its lease: check back once it could end.
-            raise self.retry(countdown=max(1, tuning.lease_seconds // 2), exc=e) from e
-        except NoSlot as e:
-            raise self.retry(countdown=1 + random.random(), exc=e) from e  # noqa: S311
-        except StoreUnavailable as e:
-            raise self.retry(countdown=5, exc=e) from e
+            scanned = run_target(pipe, plan, t)
+            if scanned is None:
+                return None
+            if scanned.error is not None:
+                _retry_or_continue(self, scanned.error, tried)
+            summary = complete(pipe, plan, scanned)
+        except FleetBusy as e:
+            _retry_or_continue(self, e, tried)
+            raise  # not reached: FleetBusy is always retried
         except ScanInterrupted:
             raise  # the worker is stopping; the message is redelivered
         except Exception as e:
@@ -178,5 +168,22 @@ def scan_target(
             try:
                 summary = record_failure(pipe, plan, t, e)
             except StoreUnavailable as e2:
-                raise self.retry(countdown=5, exc=e2) from e2
-        return None if summary is None else str(summary["status"])
+                _retry_or_continue(self, e2, tried)
+                raise
+        return str(summary["status"])
+
+
+def _retry_or_continue(task: Any, error: Exception, tried: dict[str, int]) -> None:
+    """The fleet's retry policy: retry `error` later if `clock.RETRY_DELAYS` says so.
+
+    Raises Celery's Retry (the message comes back after the table's backoff) while the
+    error is retryable and its attempts last; returns when it must be recorded instead.
+    """
+    delay = retry_delay(error)
+    key = type(error).__name__
+    n = tried.get(key, 0)
+    if delay is None or (delay.attempts is not None and n >= delay.attempts):
+        return
+    countdown = backoff(delay, n, lease_seconds=tuning.lease_seconds)
+    log.warning("scan.deferred", reason=key, error=str(error), countdown=round(countdown, 1))
+    raise task.retry(countdown=countdown, exc=error, kwargs={"attempts": {**tried, key: n + 1}})

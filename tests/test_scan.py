@@ -452,28 +452,25 @@ def test_an_auditor_that_echoes_its_token_does_not_leak_it(
     assert_no_token_leak(fake_cluster, out.stdout, out.stderr, files=out.run_dir)
 
 
-def test_an_unreachable_cluster_is_deferred_to_the_fleet_or_recorded(
+def test_an_unreachable_cluster_is_a_retryable_error_that_records_nothing(
     fake_cluster: FakeCluster, admin_kubeconfig: Path, standin_auditor: str, tmp_path: Path,
 ) -> None:
-    from dataclasses import replace
-
     from scanfleet.errors import ClusterUnavailable
-    from scanfleet.kube import KubeClient
+    from scanfleet.kube import ClientCache, KubeClient
     from scanfleet.plan import ScanOptions
-    from scanfleet.scan import run_scan
+    from scanfleet.scan import scan_target
     from scanfleet.targets import Target
 
-    kube = KubeClient(str(admin_kubeconfig), "fake", retries=0)
+    clients = ClientCache(str(admin_kubeconfig))
+    clients._clients["fake"] = KubeClient(str(admin_kubeconfig), "fake", retries=0)
     target = Target("fake", "apps", "web", "app")
     run_id = "20260101T000000Z-abcdef"
-    deferring = ScanOptions(profile="p", auditor=standin_auditor, defer_unavailable=True)
+    options = ScanOptions(profile="p", auditor=standin_auditor)
     fake_cluster.fail("POST", r"/rolebindings$", 503, times=1)
-    with pytest.raises(ClusterUnavailable):
-        run_scan(kube, target, run_id, deferring, tmp_path)
-    assert not list(tmp_path.glob("*.json")), "a deferred scan records nothing"
+    scanned = scan_target(clients, target, run_id, options, tmp_path)
+    assert isinstance(scanned.error, ClusterUnavailable)
+    assert scanned.error.retryable  # the fleet driver retries it; `scan` records it
+    assert scanned.summary["error"] == {"kind": "api_error", "message": str(scanned.error)}
+    assert not list(tmp_path.glob("*.json")), "scan_target leaves recording to the driver"
     assert fake_cluster.scanfleet_objects() == []
-    fake_cluster.fail("POST", r"/rolebindings$", 503, times=1)
-    summary = run_scan(kube, target, run_id, replace(deferring, defer_unavailable=False),
-                       tmp_path)
-    assert summary["error"]["kind"] == "api_error"
-    kube.close()
+    clients.close()
