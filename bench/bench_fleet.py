@@ -39,7 +39,7 @@ from scanfleet.discovery import Scope, discover  # noqa: E402
 from scanfleet.kube import ClientCache  # noqa: E402
 from scanfleet.local import run_local  # noqa: E402
 from scanfleet.plan import RunPlan  # noqa: E402
-from scanfleet.store import RunStore  # noqa: E402
+from scanfleet.store.runs import RunStore  # noqa: E402
 
 RUN_LOCAL = "20250101T000000Z-{:06x}"
 

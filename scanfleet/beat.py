@@ -15,8 +15,7 @@ started through one function (`Starter`). It first takes the sweep's lock in Red
 finished is skipped and logged (`sweep.skipped`), never started twice — even when two beat
 processes send the same tick. The lock holds the run id; it is free again once that run is
 finalized (run store) or its run.json exists, and its TTL is the backstop for a run that
-never finishes. Lock operations are Lua scripts on the store's client (only the store
-imports redis).
+never finishes. The lock itself is `store.locks.SweepLock` (only the store imports redis).
 
 Never carries a credential in a task message: sweeps name contexts, never tokens.
 """
@@ -24,11 +23,10 @@ Never carries a credential in a task message: sweeps name contexts, never tokens
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 from celery import shared_task
@@ -40,7 +38,8 @@ from scanfleet.janitor import janitor_for_kubeconfig
 from scanfleet.kube import default_kubeconfig
 from scanfleet.retention import prune
 from scanfleet.settings import Settings
-from scanfleet.store import RunStore
+from scanfleet.store.locks import LOCK_TTL, SweepLock
+from scanfleet.store.runs import RunStore
 from scanfleet.sweeps import Sweep, next_fire
 
 log = structlog.get_logger("scanfleet.beat")
@@ -50,10 +49,6 @@ JANITOR_TASK = "scanfleet.janitor"
 PRUNE_TASK = "scanfleet.prune"
 JANITOR_INTERVAL = 15 * 60
 PRUNE_INTERVAL = 6 * 3600
-LOCK_TTL = 24 * 3600
-"""Backstop: a sweep lock whose run never finishes frees itself after this many seconds."""
-PENDING_TTL = 15 * 60
-"""While a run is being started the lock holds a token, not yet a run id; bounded by this."""
 
 class CronSchedule(BaseSchedule):  # type: ignore[misc]
     """A celery schedule for a 5-field UTC cron expression, computed by croniter.
@@ -159,77 +154,6 @@ def run_beat(
         # In memory: a restart forgets last-run times, so nothing "missed" fires at start.
         kwargs["scheduler"] = "celery.beat:Scheduler"
     app.Beat(**kwargs).run()
-
-
-# -- the sweep lock ------------------------------------------------------------------------
-
-_ACQUIRE = """
-local cur = redis.call('GET', KEYS[1])
-if cur == false or cur == ARGV[2] then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
-  return 1
-end
-return 0
-"""
-# Replace the value only while we hold it (compare-and-set); '' as new value deletes.
-_SWAP = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else
-  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) end
-return 1
-"""
-
-
-class LockStore(Protocol):
-    """What the sweep lock needs from `scanfleet.store.RunStore`."""
-
-    prefix: str
-
-    def script(self, source: str) -> Any: ...
-
-    def is_finalized(self, run_id: str) -> bool: ...
-
-
-class SweepLock:
-    """One sweep at a time, across beat processes and workers."""
-
-    def __init__(self, store: LockStore, results_dir: Path) -> None:
-        self.store = store
-        self.results_dir = results_dir
-        self._acquire = store.script(_ACQUIRE)
-        self._swap = store.script(_SWAP)
-        self._get = store.script("return redis.call('GET', KEYS[1])")
-
-    def key(self, sweep: str) -> str:
-        return f"{self.store.prefix}:sweep:{sweep}:lock"
-
-    def holder(self, sweep: str) -> str | None:
-        value = self._get(keys=[self.key(sweep)])
-        return None if value is None else str(value)
-
-    def finished(self, run_id: str) -> bool:
-        if run_id.startswith("pending:"):
-            return False
-        if (self.results_dir / run_id / "run.json").is_file():
-            return True
-        return self.store.is_finalized(run_id)
-
-    def try_acquire(self, sweep: str) -> tuple[str | None, str | None]:
-        """(our token, None) when acquired, else (None, what holds it)."""
-        token = f"pending:{secrets.token_hex(8)}"
-        key = self.key(sweep)
-        held = self.holder(sweep)
-        stale = held if held is not None and self.finished(held) else ""
-        if self._acquire(keys=[key], args=[token, stale, PENDING_TTL]):
-            return token, None
-        return None, self.holder(sweep) or held
-
-    def bind(self, sweep: str, token: str, run_id: str, ttl: int) -> bool:
-        """Replace our pending token with the run id, for the run's lifetime (ttl backstop)."""
-        return bool(self._swap(keys=[self.key(sweep)], args=[token, run_id, ttl]))
-
-    def release(self, sweep: str, token: str) -> None:
-        self._swap(keys=[self.key(sweep)], args=[token, "", 0])
 
 
 Starter = Callable[[Sweep, Settings], str]

@@ -13,11 +13,11 @@ from scanfleet.clock import Clock, utcnow
 from scanfleet.discovery import Entry, Scope, covers_map, discover
 from scanfleet.discovery import dedupe_images as dedupe_by_image
 from scanfleet.kube import ClientCache, choose_contexts
-from scanfleet.leases import LocalLeases
 from scanfleet.plan import RunPlan
 from scanfleet.runs import Pipeline, maybe_finalize
 from scanfleet.settings import Settings, check_ttl
-from scanfleet.store import RunStore
+from scanfleet.store.runs import RunStore
+from scanfleet.store.slots import LocalSlots
 
 
 def enqueue_fleet_run(
@@ -46,7 +46,7 @@ def enqueue_fleet_run(
     if created is not None:
         created()  # `submit` prints the run id here: the run exists, nothing is queued yet
     if total == 0:
-        pipe = Pipeline(ClientCache(""), store, LocalLeases(1), results_dir or fallback_results_dir)
+        pipe = Pipeline(ClientCache(""), store, LocalSlots(1), results_dir or fallback_results_dir)
         maybe_finalize(pipe, plan)
         return 0
     with app.producer_or_acquire() as producer:

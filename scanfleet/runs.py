@@ -9,7 +9,7 @@ functions:
                                   scan.scan_target)        driver      covered    done == total
                                                            retries)    targets)
 
-They differ only in the `RunState` (in memory, or `RunStore` in Redis) and the `Limiter`
+They differ only in the `RunState` (in memory, or `RunStore` in Redis) and the `Slots`
 (a semaphore per context, or Redis leases): `scanfleet.local` drives a run in-process,
 `scanfleet.fleet` creates and queues one for the Celery tasks of `scanfleet.tasks`. Run
 settings travel as a `RunPlan`: plain JSON, never a credential — contexts by name, the
@@ -32,10 +32,10 @@ from scanfleet.discovery import Entry
 from scanfleet.drift import write_sweep_drift
 from scanfleet.errors import ErrorKind, ScanError, ScanInterrupted
 from scanfleet.kube import ClientCache
-from scanfleet.leases import Limiter
 from scanfleet.plan import RunPlan
 from scanfleet.results import iter_summaries, run_dir, summary_path, write_json
 from scanfleet.scan import Scanned, scan_target
+from scanfleet.store.slots import Slots
 from scanfleet.summaries import (
     TargetSummary,
     covered_summary,
@@ -67,7 +67,7 @@ def failed_before_scan(
 
 
 class RunState(Protocol):
-    """Where a run's progress lives: `LocalState` in memory, `store.RunStore` in Redis."""
+    """Where a run's progress lives: `store.runs.MemoryRunState` or `store.runs.RunStore`."""
 
     def is_done(self, run_id: str, scan_id: str) -> bool: ...
 
@@ -92,7 +92,7 @@ class Pipeline:
 
     clients: ClientCache
     state: RunState
-    limiter: Limiter
+    slots: Slots
     results_dir: Path
     now: Clock = utcnow
 
@@ -109,7 +109,7 @@ def run_target(pipe: Pipeline, plan: RunPlan, target: Target) -> Scanned | None:
         log.info("scan.already_done", run_id=plan.run_id, scan_id=scan_id)
         maybe_finalize(pipe, plan)
         return None
-    with pipe.limiter.slot(target.context, scan_id):
+    with pipe.slots.slot(target.context, scan_id):
         pipe.state.mark_running(plan.run_id, scan_id)
         return scan_target(
             pipe.clients, target, plan.run_id, plan.scan_options,

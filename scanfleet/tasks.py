@@ -32,10 +32,10 @@ from scanfleet.clock import backoff, retry_delay
 from scanfleet.discovery import Entry
 from scanfleet.errors import FleetBusy, ScanInterrupted, StoreUnavailable
 from scanfleet.kube import ClientCache, default_kubeconfig
-from scanfleet.leases import RedisLeases
 from scanfleet.plan import RunPlan
 from scanfleet.runs import Pipeline, complete, fan_out, record_failure, run_target
-from scanfleet.store import RunStore
+from scanfleet.store.runs import RunStore
+from scanfleet.store.slots import RedisSlots
 from scanfleet.targets import Target
 
 log = structlog.get_logger("scanfleet.tasks")
@@ -50,7 +50,7 @@ class _Runtime:
             settings.broker_url, settings.key_prefix, settings.retention_days
         )
         self.clients = ClientCache(default_kubeconfig(None, os.environ))
-        self.leases = RedisLeases(
+        self.slots = RedisSlots(
             self.store, settings.cluster_concurrency, lease_seconds=tuning.lease_seconds
         )
         self._plans: dict[str, tuple[RunPlan, Path]] = {}
@@ -67,7 +67,7 @@ class _Runtime:
                 self._plans.clear()
             cached = self._plans[run_id] = (RunPlan.from_dict(data), results)
         plan, results = cached
-        return plan, Pipeline(self.clients, self.store, self.leases, results)
+        return plan, Pipeline(self.clients, self.store, self.slots, results)
 
 
 _runtime: _Runtime | None = None

@@ -30,12 +30,13 @@ from scanfleet.beat import (
     PRUNE_TASK,
     SWEEP_TICK_TASK,
     CronSchedule,
-    SweepLock,
     beat_schedule,
     run_tick,
 )
 from scanfleet.settings import Settings
-from scanfleet.store import RunStore, connect
+from scanfleet.store.client import connect
+from scanfleet.store.locks import SweepLock
+from scanfleet.store.runs import RunStore
 from scanfleet.sweeps import Sweep, load_sweeps
 
 T0 = datetime(2025, 1, 1, 10, 0, tzinfo=UTC)
@@ -211,7 +212,7 @@ WORKER = textwrap.dedent(
     logs.configure("json")
     from scanfleet.celery_app import app
     import scanfleet.beat as beat
-    from scanfleet.store import RunStore
+    from scanfleet.store.runs import RunStore
 
     def record_start(sweep, settings):
         store = RunStore.from_url(settings.broker_url, settings.key_prefix, 1)

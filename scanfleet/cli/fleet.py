@@ -44,7 +44,7 @@ from scanfleet.local import run_local
 from scanfleet.plan import RunPlan
 from scanfleet.results import check_run_id
 from scanfleet.settings import Settings
-from scanfleet.store import RunStore
+from scanfleet.store.runs import RunStore
 from scanfleet.targets import Target, load_targets_file, parse_target
 
 POLL_SECONDS = 0.5

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from scanfleet.beat import JANITOR_INTERVAL, LOCK_TTL, PRUNE_INTERVAL, run_beat
+from scanfleet.beat import JANITOR_INTERVAL, PRUNE_INTERVAL, run_beat
 from scanfleet.cli.common import (
     bad_input_exits,
     fail,
@@ -30,6 +30,7 @@ from scanfleet.janitor import janitor_for_kubeconfig
 from scanfleet.kube import default_kubeconfig
 from scanfleet.results import check_run_id
 from scanfleet.retention import prune
+from scanfleet.store.locks import LOCK_TTL
 from scanfleet.sweeps import load_sweeps
 
 
@@ -201,7 +202,7 @@ def prune_command(
     days = older_than_days or settings.retention_days
     store = None
     if not files_only and not dry_run:
-        from scanfleet.store import RunStore
+        from scanfleet.store.runs import RunStore
 
         store = RunStore.from_url(settings.broker_url, settings.key_prefix, settings.retention_days)
     report = prune(results_dir(output, settings), days, now=utcnow(), store=store, dry_run=dry_run)
