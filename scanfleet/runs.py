@@ -11,7 +11,7 @@ functions:
 
 They differ only in the `RunState` (in memory, or `RunStore` in Redis) and the `Slots`
 (a semaphore per context, or Redis leases): `scanfleet.local` drives a run in-process,
-`scanfleet.fleet` creates and queues one for the Celery tasks of `scanfleet.tasks`. Run
+`scanfleet.submit` stores and publishes one for the tasks of `scanfleet.worker`. Run
 settings travel as a `RunPlan`: plain JSON, never a credential — contexts by name, the
 threshold as its parsed document (so a worker on another host can judge without it).
 """
@@ -29,7 +29,6 @@ import structlog
 from scanfleet.aggregate import Aggregator
 from scanfleet.clock import Clock, iso, utcnow
 from scanfleet.discovery import Entry
-from scanfleet.drift import write_sweep_drift
 from scanfleet.errors import ErrorKind, ScanError, ScanInterrupted
 from scanfleet.kube import ClientCache
 from scanfleet.plan import RunPlan
@@ -46,6 +45,8 @@ from scanfleet.targets import Target, scan_id_for
 
 log = structlog.get_logger("scanfleet.runs")
 
+FinalizeHook = Callable[[Path, Mapping[str, Any]], None]
+"""Runs once per run, after aggregation and before run.json is written (e.g. drift)."""
 Progress = Callable[[int, int], None]
 """Called with (done, total) after each recorded result."""
 
@@ -95,6 +96,8 @@ class Pipeline:
     slots: Slots
     results_dir: Path
     now: Clock = utcnow
+    hooks: tuple[FinalizeHook, ...] = ()
+    """Called with (results dir, run.json body) before run.json is written."""
 
 
 def run_target(pipe: Pipeline, plan: RunPlan, target: Target) -> Scanned | None:
@@ -169,7 +172,7 @@ def maybe_finalize(pipe: Pipeline, plan: RunPlan) -> dict[str, Any] | None:
     _added, done, total = pipe.state.finish(plan.run_id, [])
     if done < total or not pipe.state.begin_finalize(plan.run_id):
         return None
-    run = finalize(plan, pipe.results_dir, pipe.now)
+    run = finalize(plan, pipe.results_dir, pipe.now, pipe.hooks)
     pipe.state.end_finalize(plan.run_id, run)
     return run
 
@@ -214,9 +217,13 @@ def finalize(
     plan: RunPlan,
     results_dir: Path,
     now: Clock = utcnow,
-    extra: Mapping[str, Any] | None = None,
+    hooks: Sequence[FinalizeHook] = (),
 ) -> dict[str, Any]:
-    """Aggregate the run's summaries (streamed from disk) and write run.json."""
+    """Aggregate the run's summaries (streamed from disk), run the hooks, write run.json.
+
+    The hooks run before run.json appears (sweeping writes drift.json there), so a reader
+    that sees run.json finds every artefact of the run.
+    """
     out = run_dir(results_dir, plan.run_id)
     agg = Aggregator()
     for summary in iter_summaries(out):
@@ -229,13 +236,9 @@ def finalize(
         "created_at": plan.created_at,
         "finished_at": iso(now()),
         **result,
-        **(extra or {}),
     }
-    # A sweep run is compared with the previous run of the same sweep (drift.json), before
-    # run.json appears: a reader that sees run.json finds every artefact of the run.
-    drift = write_sweep_drift(results_dir, run)
-    if drift is not None:
-        log.info("run.drift", run_id=plan.run_id, baseline=drift.get("run_a"))
+    for hook in hooks:
+        hook(results_dir, run)
     write_json(out / "run.json", run)
     log.info(
         "run.finished",

@@ -25,19 +25,17 @@ import pytest
 from fixtures_ops import stop_process, wait_for
 from structlog.testing import capture_logs
 
-from scanfleet.beat import (
-    JANITOR_TASK,
-    PRUNE_TASK,
-    SWEEP_TICK_TASK,
-    CronSchedule,
-    beat_schedule,
-    run_tick,
-)
 from scanfleet.settings import Settings
 from scanfleet.store.client import connect
 from scanfleet.store.locks import SweepLock
 from scanfleet.store.runs import RunStore
+from scanfleet.sweeping import run_tick
 from scanfleet.sweeps import Sweep, load_sweeps
+from scanfleet.worker.app import JANITOR_TASK, PRUNE_TASK, SWEEP_TICK_TASK
+from scanfleet.worker.schedule import (
+    CronSchedule,
+    beat_schedule,
+)
 
 T0 = datetime(2025, 1, 1, 10, 0, tzinfo=UTC)
 PREFIX = "sftest"
@@ -197,8 +195,8 @@ BEAT = textwrap.dedent(
 
     from scanfleet import logs
     logs.configure("json")
-    from scanfleet.celery_app import app
-    from scanfleet.beat import run_beat
+    from scanfleet.worker.app import app
+    from scanfleet.worker.schedule import run_beat
     from scanfleet.sweeps import load_sweeps
 
     run_beat(app, load_sweeps(sys.argv[2]), max_interval=0.25, nowfun=shifted_now)
@@ -210,8 +208,8 @@ WORKER = textwrap.dedent(
     import json, os
     from scanfleet import logs
     logs.configure("json")
-    from scanfleet.celery_app import app
-    import scanfleet.beat as beat
+    from scanfleet.worker.app import app
+    import scanfleet.sweeping as beat
     from scanfleet.store.runs import RunStore
 
     def record_start(sweep, settings):

@@ -245,16 +245,17 @@ def test_submit_fans_out_in_bounded_chunks(
     assert "queued: 1201" in status.stdout
 
 
-def test_start_fleet_run_queues_a_discovery_run_for_sweeps(
+def test_start_sweep_run_queues_a_discovery_run_for_sweeps(
     fleet_env: dict[str, str], redis_server: RedisServer
 ) -> None:
     code = (
-        "import os\n"
-        "from scanfleet.fleet import start_fleet_run\n"
         "from scanfleet.settings import Settings\n"
-        "print(start_fleet_run(settings=Settings.from_env(), kubeconfig=os.environ['KUBECONFIG'],"
-        " all_contexts=True, namespaces=['apps'], selector='app=web', profile='p',"
-        " source='sweep:nightly'))\n"
+        "from scanfleet.sweeping import start_sweep_run\n"
+        "from scanfleet.sweeps import Sweep\n"
+        "from scanfleet.worker.app import app, fan_out_publisher\n"
+        "sweep = Sweep(name='nightly', schedule='0 2 * * *', profile='p', all_contexts=True,"
+        " namespaces=('apps',), selector='app=web')\n"
+        "print(start_sweep_run(sweep, Settings.from_env(), fan_out_publisher(app)))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], env=fleet_env, capture_output=True,
                           text=True, check=False, timeout=60)

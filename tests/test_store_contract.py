@@ -105,7 +105,7 @@ def test_redis_down_while_taking_a_slot_is_retryable_and_records_nothing(
 
 
 def test_the_task_retries_a_store_outage_instead_of_recording_it() -> None:
-    from scanfleet.tasks import _retry_or_continue
+    from scanfleet.worker.tasks import _retry_or_continue
 
     class Retry(Exception):
         pass

@@ -38,13 +38,13 @@ from scanfleet.clock import utcnow
 from scanfleet.discovery import Entry, Scope, discover, resolve
 from scanfleet.discovery import dedupe_images as dedupe_by_image
 from scanfleet.errors import BadInput, ExitCode, ScanError, StoreUnavailable
-from scanfleet.fleet import enqueue_fleet_run
 from scanfleet.kube import ClientCache, choose_contexts, default_kubeconfig, list_contexts
 from scanfleet.local import run_local
 from scanfleet.plan import RunPlan
 from scanfleet.results import check_run_id
 from scanfleet.settings import Settings
 from scanfleet.store.runs import RunStore
+from scanfleet.submit import submit_run
 from scanfleet.targets import Target, load_targets_file, parse_target
 
 POLL_SECONDS = 0.5
@@ -231,9 +231,11 @@ def _run_fleet(
         sys.stdout.flush()
 
     try:
-        enqueue_fleet_run(
-            store, plan, entries, out, fallback_results_dir=settings.results_dir,
-            created=created,
+        from scanfleet.worker.app import app, fan_out_publisher  # late: --local never builds it
+
+        submit_run(
+            store, plan, entries, fan_out_publisher(app), results_dir=out,
+            fallback_results_dir=settings.results_dir, created=created,
         )
     except StoreUnavailable as e:
         click.echo(f"scanfleet: error: {e}", err=True)
@@ -324,7 +326,7 @@ def status_command(run_id: str, as_json: bool, results_dir: Path | None) -> None
 def worker_command(concurrency: int | None, loglevel: str) -> None:
     """Run a Celery worker (prefork) for scanfleet's tasks."""
     load_settings()  # configures logging, once, before Celery starts
-    from scanfleet.celery_app import QUEUE, app
+    from scanfleet.worker.app import QUEUE, app
 
     argv = ["worker", "--pool=prefork", f"--loglevel={loglevel}", f"--queues={QUEUE}",
             "--without-gossip", "--without-mingle"]

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import click
 
-from scanfleet.beat import JANITOR_INTERVAL, PRUNE_INTERVAL, run_beat
 from scanfleet.cli.common import (
     bad_input_exits,
     fail,
@@ -31,7 +30,7 @@ from scanfleet.kube import default_kubeconfig
 from scanfleet.results import check_run_id
 from scanfleet.retention import prune
 from scanfleet.store.locks import LOCK_TTL
-from scanfleet.sweeps import load_sweeps
+from scanfleet.sweeps import JANITOR_INTERVAL, PRUNE_INTERVAL, load_sweeps
 
 
 @main_group.group("sweeps")
@@ -98,7 +97,8 @@ def beat_command(
     """Run Celery beat: each sweep on its cron schedule, plus the janitor and retention."""
     load_settings()
     sweeps = load_sweeps(sweeps_file)  # a bad file stops here, before anything is scheduled
-    from scanfleet.celery_app import app
+    from scanfleet.worker.app import app
+    from scanfleet.worker.schedule import run_beat
 
     run_beat(
         app,

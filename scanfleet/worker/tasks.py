@@ -1,4 +1,4 @@
-"""Celery tasks: thin. Decode arguments, bind log context, call one service in runs.py.
+"""Every Celery task, registered one way (`_task`): decode, bind log context, call one service.
 
     scanfleet.fan_out(run_id, start, stop)
         read target entries [start, stop) of the run from Redis, queue one scan_target each
@@ -14,29 +14,48 @@ cap or this scan leased elsewhere (`NoSlot`, `SlotBusy`), Redis unreachable
 (`StoreUnavailable`), a cluster unreachable (`ClusterUnavailable`, a few times, then it is
 recorded). Anything else still gives the target an error result, so one bad target never
 stalls the run.
+
+    scanfleet.sweep_tick(name, sweep)   sweeping.run_tick, starting runs via submit.submit_run
+    scanfleet.janitor / scanfleet.prune  janitor and retention, on beat's schedule
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import structlog
 from celery.signals import worker_init, worker_process_init
 
-from scanfleet.celery_app import FAN_OUT_TASK, QUEUE, SCAN_TASK, app, settings, tuning
-from scanfleet.clock import backoff, retry_delay
+from scanfleet import sweeping
+from scanfleet.clock import backoff, retry_delay, utcnow
 from scanfleet.discovery import Entry
-from scanfleet.errors import FleetBusy, ScanInterrupted, StoreUnavailable
+from scanfleet.errors import FleetBusy, ScanfleetError, ScanInterrupted, StoreUnavailable
+from scanfleet.janitor import janitor_for_kubeconfig
 from scanfleet.kube import ClientCache, default_kubeconfig
 from scanfleet.plan import RunPlan
+from scanfleet.retention import prune
 from scanfleet.runs import Pipeline, complete, fan_out, record_failure, run_target
+from scanfleet.store.locks import LOCK_TTL, SweepLock
 from scanfleet.store.runs import RunStore
 from scanfleet.store.slots import RedisSlots
+from scanfleet.sweeps import Sweep
 from scanfleet.targets import Target
+from scanfleet.worker.app import (
+    FAN_OUT_TASK,
+    JANITOR_TASK,
+    PRUNE_TASK,
+    QUEUE,
+    SCAN_TASK,
+    SWEEP_TICK_TASK,
+    app,
+    fan_out_publisher,
+    settings,
+    tuning,
+)
 
 log = structlog.get_logger("scanfleet.tasks")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -67,7 +86,8 @@ class _Runtime:
                 self._plans.clear()
             cached = self._plans[run_id] = (RunPlan.from_dict(data), results)
         plan, results = cached
-        return plan, Pipeline(self.clients, self.store, self.slots, results)
+        return plan, Pipeline(self.clients, self.store, self.slots, results,
+                              hooks=(sweeping.write_drift,))
 
 
 _runtime: _Runtime | None = None
@@ -187,3 +207,33 @@ def _retry_or_continue(task: Any, error: Exception, tried: dict[str, int]) -> No
     countdown = backoff(delay, n, lease_seconds=tuning.lease_seconds)
     log.warning("scan.deferred", reason=key, error=str(error), countdown=round(countdown, 1))
     raise task.retry(countdown=countdown, exc=error, kwargs={"attempts": {**tried, key: n + 1}})
+
+
+@_task(name=SWEEP_TICK_TASK, acks_late=False, ignore_result=True)
+def sweep_tick(name: str, sweep: Mapping[str, Any], lock_ttl: int = LOCK_TTL) -> str | None:
+    # acks_late off: a redelivered tick would be a second start attempt; the lock would
+    # refuse it anyway, and the next tick comes on schedule.
+    s = Sweep.from_dict(sweep)
+    if s.name != name:
+        raise ScanfleetError(f"sweep tick {name!r} carries sweep {s.name!r}")
+    lock = SweepLock(runtime().store, settings.results_dir)
+    start = sweeping.starter(fan_out_publisher(app))
+    return sweeping.run_tick(s, lock, start, settings, lock_ttl=lock_ttl)
+
+
+@_task(name=JANITOR_TASK, ignore_result=True)
+def janitor_task(
+    contexts: list[str] | None = None, all_contexts: bool = True, dry_run: bool = False
+) -> dict[str, Any]:
+    report = janitor_for_kubeconfig(
+        runtime().clients.kubeconfig, contexts or [], all_contexts and not contexts,
+        dry_run=dry_run, now=utcnow(),
+    )
+    return report.to_dict()
+
+
+@_task(name=PRUNE_TASK, ignore_result=True)
+def prune_task(older_than_days: int | None = None) -> dict[str, Any]:
+    days = older_than_days or settings.retention_days
+    report = prune(settings.results_dir, days, now=utcnow(), store=runtime().store)
+    return report.to_dict()

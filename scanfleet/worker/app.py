@@ -7,7 +7,7 @@ Delivery guarantees the fleet builds on (kombu's Redis transport):
   than `visibility_timeout`. The visibility timeout is therefore above the longest task
   (scan timeout + time limits' margin), or a slow scan would be delivered twice.
 - `worker_prefetch_multiplier = 1`: a worker reserves no more scans than it has processes.
-- No result backend: run state is ours, in Redis (store.py).
+- No result backend: run state is ours, in Redis (store/).
 Tasks are idempotent (scan ids derive from run and target, results are a set), so the rare
 duplicate delivery costs time, never a second result.
 
@@ -22,7 +22,7 @@ Environment (read here, once; the rest of the configuration is `Settings`):
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,8 +35,9 @@ from scanfleet.settings import Settings, env_int
 QUEUE = "scanfleet"
 FAN_OUT_TASK = "scanfleet.fan_out"
 SCAN_TASK = "scanfleet.scan_target"
-CHUNK_SIZE = 500
-"""Targets per fan-out message: bounded messages, and submit never blocks on 10k publishes."""
+SWEEP_TICK_TASK = "scanfleet.sweep_tick"
+JANITOR_TASK = "scanfleet.janitor"
+PRUNE_TASK = "scanfleet.prune"
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class FleetTuning:
 
 def make_app(settings: Settings, tuning: FleetTuning) -> Celery:
     app = Celery(
-        "scanfleet", broker=settings.broker_url, include=["scanfleet.tasks", "scanfleet.beat"]
+        "scanfleet", broker=settings.broker_url, include=["scanfleet.worker.tasks"]
     )
     vt = tuning.visibility_timeout
     app.conf.update(
@@ -109,6 +110,18 @@ def make_app(settings: Settings, tuning: FleetTuning) -> Celery:
         task_send_sent_event=True,
     )
     return app
+
+
+def fan_out_publisher(celery: Celery) -> Callable[[str, Sequence[tuple[int, int]]], None]:
+    """`submit.Publish` on this app: one fan-out message per chunk, one producer."""
+
+    def publish(run_id: str, chunks: Sequence[tuple[int, int]]) -> None:
+        with celery.producer_or_acquire() as producer:
+            for start, stop in chunks:
+                celery.send_task(FAN_OUT_TASK, args=[run_id, start, stop], queue=QUEUE,
+                                 producer=producer)
+
+    return publish
 
 
 def _keep_our_logging(**_kwargs: Any) -> None:
