@@ -44,6 +44,7 @@ import structlog
 
 from scanfleet.errors import AuditorFailed, AuditorMissing, ScanInterrupted, ScanTimeout
 from scanfleet.logs import redact_text
+from scanfleet.settings import process_environment
 from scanfleet.targets import Target
 
 COMPLETED_EXIT_CODES = frozenset({0, 100, 101})
@@ -149,7 +150,7 @@ def auditor_environment(kubeconfig: Path, base: Mapping[str, str] | None = None)
     least-privilege identity. A proxy URL may carry proxy credentials; it is kept because
     without it the cluster is unreachable.
     """
-    source = os.environ if base is None else base
+    source = process_environment() if base is None else base
     env = {
         k: v
         for k, v in source.items()

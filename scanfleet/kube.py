@@ -42,11 +42,6 @@ _RECREATE_ATTEMPTS = 5
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
-def default_kubeconfig(explicit: str | None, env: Mapping[str, str]) -> str:
-    """`--kubeconfig`, else `$KUBECONFIG` (may be a ':'-separated list), else ~/.kube/config."""
-    return explicit or env.get("KUBECONFIG") or str(Path("~/.kube/config").expanduser())
-
-
 def list_contexts(kubeconfig: str) -> tuple[list[str], str | None]:
     """All context names of a kubeconfig and its current context."""
     try:

@@ -1,14 +1,16 @@
-"""Settings: one frozen dataclass, read from the environment in one place.
+"""Settings: one frozen dataclass, read from the environment here and nowhere else.
 
-Command-line flags override these; library code receives a Settings value and never reads
-the environment itself.
+Owns every environment variable scanfleet reads (`Settings.from_env`) and the process
+environment the auditor's allowlist is filtered from (`process_environment`). Command-line
+flags override these; library code receives a Settings value (or the value it needs) and
+must never read `os.environ` itself.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from scanfleet.errors import BadInput
@@ -39,6 +41,14 @@ class Settings:
     """Runs older than this are pruned from Redis and the results dir (SCANFLEET_RETENTION_DAYS)."""
     key_prefix: str = "scanfleet"
     """Prefix of every Redis key scanfleet writes (SCANFLEET_KEY_PREFIX)."""
+    kubeconfig: str = field(default_factory=lambda: str(Path("~/.kube/config").expanduser()))
+    """Admin kubeconfig when no --kubeconfig is given: $KUBECONFIG (may be a ':'-separated
+    list), else ~/.kube/config."""
+    visibility_timeout: int | None = None
+    """Seconds an unacknowledged Celery message waits before redelivery; None: derived from
+    the scan timeout (SCANFLEET_VISIBILITY_TIMEOUT)."""
+    lease_seconds: int = 60
+    """A cluster-slot lease's lifetime between heartbeats (SCANFLEET_LEASE_SECONDS)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -56,7 +66,18 @@ class Settings:
             log_format=_choice(env, "SCANFLEET_LOG_FORMAT", d.log_format, ("json", "console")),
             retention_days=env_int(env, "SCANFLEET_RETENTION_DAYS", d.retention_days, 1),
             key_prefix=env.get("SCANFLEET_KEY_PREFIX") or d.key_prefix,
+            kubeconfig=env.get("KUBECONFIG") or d.kubeconfig,
+            visibility_timeout=(
+                env_int(env, "SCANFLEET_VISIBILITY_TIMEOUT", 0, 1)
+                if env.get("SCANFLEET_VISIBILITY_TIMEOUT") else None
+            ),
+            lease_seconds=env_int(env, "SCANFLEET_LEASE_SECONDS", d.lease_seconds, 1),
         )
+
+
+def process_environment() -> Mapping[str, str]:
+    """This process's environment: the base the auditor's allowlist is filtered from."""
+    return os.environ
 
 
 def check_ttl(token_ttl: int, scan_timeout: int) -> None:

@@ -13,7 +13,6 @@ publisher is injected. Never carries a credential: sweeps name contexts, never t
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import structlog
 from scanfleet.clock import utcnow
 from scanfleet.discovery import Scope, dedupe_images, discover
 from scanfleet.drift import write_sweep_drift
-from scanfleet.kube import ClientCache, choose_contexts, default_kubeconfig
+from scanfleet.kube import ClientCache, choose_contexts
 from scanfleet.plan import RunPlan
 from scanfleet.settings import Settings, check_ttl
 from scanfleet.store.locks import LOCK_TTL, SweepLock
@@ -83,7 +82,7 @@ def start_sweep_run(sweep: Sweep, settings: Settings, publish: Publish) -> str:
     BadInput before anything is created; StoreUnavailable if Redis is down.
     """
     check_ttl(settings.token_ttl, settings.scan_timeout)
-    kubeconfig = default_kubeconfig(None, os.environ)
+    kubeconfig = settings.kubeconfig
     chosen = choose_contexts(kubeconfig, list(sweep.contexts), sweep.all_contexts)
     scope = Scope(chosen, tuple(sweep.namespaces), sweep.all_namespaces,
                   tuple(sweep.exclude_namespaces), sweep.selector)

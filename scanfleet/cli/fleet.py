@@ -11,7 +11,6 @@ progress bar on stderr and exits with the run's exit code (SPEC §5).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -38,7 +37,7 @@ from scanfleet.clock import utcnow
 from scanfleet.discovery import Entry, Scope, discover, resolve
 from scanfleet.discovery import dedupe_images as dedupe_by_image
 from scanfleet.errors import BadInput, ExitCode, ScanError, StoreUnavailable
-from scanfleet.kube import ClientCache, choose_contexts, default_kubeconfig, list_contexts
+from scanfleet.kube import ClientCache, choose_contexts, list_contexts
 from scanfleet.local import run_local
 from scanfleet.plan import RunPlan
 from scanfleet.results import check_run_id
@@ -114,7 +113,7 @@ def submit_command(
     """Scan many containers: TARGET... / --targets-file, or discovery over namespaces."""
     settings = load_settings()
     ttl, scan_timeout = scan_limits(settings, token_ttl, timeout)
-    kcfg = default_kubeconfig(kubeconfig, os.environ)
+    kcfg = kubeconfig or settings.kubeconfig
     chosen = choose_contexts(kcfg, contexts, all_contexts)
     explicit = _explicit_targets(targets, targets_file, kcfg, chosen)
     scope: Scope | None = None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from scanfleet.cli.common import (
     scan_options,
 )
 from scanfleet.clock import utcnow
-from scanfleet.kube import ClientCache, choose_contexts, default_kubeconfig
+from scanfleet.kube import ClientCache, choose_contexts
 from scanfleet.local import run_local
 from scanfleet.plan import RunPlan
 from scanfleet.targets import parse_target
@@ -51,7 +50,7 @@ def scan_command(
     """Scan NAMESPACE/POD[/CONTAINER] with a throwaway least-privilege identity."""
     settings = load_settings()
     ttl, scan_timeout = scan_limits(settings, token_ttl, timeout)
-    kcfg = default_kubeconfig(kubeconfig, os.environ)
+    kcfg = kubeconfig or settings.kubeconfig
     ctx = choose_contexts(kcfg, [context] if context else [], False)[0]
     tgt = parse_target(target, ctx)
     plan = RunPlan.new(

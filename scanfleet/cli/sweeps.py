@@ -7,7 +7,6 @@ deleted), then calls one service function.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -26,7 +25,6 @@ from scanfleet.clock import rfc3339, utcnow
 from scanfleet.drift import diff_runs, format_drift
 from scanfleet.errors import ExitCode
 from scanfleet.janitor import janitor_for_kubeconfig
-from scanfleet.kube import default_kubeconfig
 from scanfleet.results import check_run_id
 from scanfleet.retention import prune
 from scanfleet.store.locks import LOCK_TTL
@@ -127,8 +125,8 @@ def janitor_command(
     """Delete expired scanfleet ServiceAccounts, Roles and RoleBindings left by killed scans."""
     if contexts and all_contexts:
         fail("--context and --all-contexts exclude each other")
-    load_settings()
-    kcfg = default_kubeconfig(kubeconfig, os.environ)
+    settings = load_settings()
+    kcfg = kubeconfig or settings.kubeconfig
     report = janitor_for_kubeconfig(kcfg, contexts, all_contexts, now=utcnow(), dry_run=dry_run)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))

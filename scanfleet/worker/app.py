@@ -11,7 +11,7 @@ Delivery guarantees the fleet builds on (kombu's Redis transport):
 Tasks are idempotent (scan ids derive from run and target, results are a set), so the rare
 duplicate delivery costs time, never a second result.
 
-Environment (read here, once; the rest of the configuration is `Settings`):
+Delivery settings (read by `Settings`, like every other variable):
 - `SCANFLEET_VISIBILITY_TIMEOUT` seconds (default: hard time limit + 300). Tests use a
   few seconds so a killed worker's scans come back quickly; in production leave it above
   the longest scan.
@@ -21,8 +21,7 @@ Environment (read here, once; the rest of the configuration is `Settings`):
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +29,7 @@ import structlog
 from celery import Celery
 from celery.signals import setup_logging, worker_ready
 
-from scanfleet.settings import Settings, env_int
+from scanfleet.settings import Settings
 
 QUEUE = "scanfleet"
 FAN_OUT_TASK = "scanfleet.fan_out"
@@ -54,16 +53,15 @@ class FleetTuning:
     """Cluster-slot lease lifetime between heartbeats (SCANFLEET_LEASE_SECONDS)."""
 
     @classmethod
-    def from_env(cls, settings: Settings, env: Mapping[str, str] | None = None) -> FleetTuning:
-        env = os.environ if env is None else env
+    def from_settings(cls, settings: Settings) -> FleetTuning:
         # Minting and revoking are a few API calls each, retried with backoff: 5 min margin.
         soft = settings.scan_timeout + 240
         hard = settings.scan_timeout + 300
         return cls(
             soft_time_limit=soft,
             time_limit=hard,
-            visibility_timeout=env_int(env, "SCANFLEET_VISIBILITY_TIMEOUT", hard + 300),
-            lease_seconds=env_int(env, "SCANFLEET_LEASE_SECONDS", 60),
+            visibility_timeout=settings.visibility_timeout or hard + 300,
+            lease_seconds=settings.lease_seconds,
         )
 
 
@@ -140,5 +138,5 @@ def _log_ready(**_kwargs: Any) -> None:
 worker_ready.connect(_log_ready, weak=False)
 
 settings = Settings.from_env()
-tuning = FleetTuning.from_env(settings)
+tuning = FleetTuning.from_settings(settings)
 app = make_app(settings, tuning)

@@ -21,7 +21,6 @@ stalls the run.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -35,7 +34,7 @@ from scanfleet.clock import backoff, retry_delay, utcnow
 from scanfleet.discovery import Entry
 from scanfleet.errors import FleetBusy, ScanfleetError, ScanInterrupted, StoreUnavailable
 from scanfleet.janitor import janitor_for_kubeconfig
-from scanfleet.kube import ClientCache, default_kubeconfig
+from scanfleet.kube import ClientCache
 from scanfleet.plan import RunPlan
 from scanfleet.retention import prune
 from scanfleet.runs import Pipeline, complete, fan_out, record_failure, run_target
@@ -68,7 +67,7 @@ class _Runtime:
         self.store = RunStore.from_url(
             settings.broker_url, settings.key_prefix, settings.retention_days
         )
-        self.clients = ClientCache(default_kubeconfig(None, os.environ))
+        self.clients = ClientCache(settings.kubeconfig)
         self.slots = RedisSlots(
             self.store, settings.cluster_concurrency, lease_seconds=tuning.lease_seconds
         )
