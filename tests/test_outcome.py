@@ -14,7 +14,7 @@ import pytest
 from scanfleet.aggregate import Aggregator
 from scanfleet.drift import diff_summaries
 from scanfleet.inspec import Counts
-from scanfleet.render import render
+from scanfleet.reports import render
 from scanfleet.summaries import Outcome, judge, scanned_summary, target_doc
 
 TARGET = {"context": "east", "namespace": "apps", "pod": "web", "container": "app"}

@@ -1,6 +1,6 @@
 """`scanfleet report`: formats, output files, exit codes, and the HTML page in a real browser.
 
-Runs are built from the real sample reports by test_render.write_run and read back from a
+Runs are built from the real sample reports by test_reports.write_run and read back from a
 results directory, as `report` does after `submit --wait` or `scan`.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from test_render import (
+from test_reports import (
     FAILING,
     FULL,
     HOSTILE,

@@ -20,7 +20,7 @@ import click
 
 from scanfleet.cli.common import bad_input_exits, load_settings, main_group
 from scanfleet.errors import BadInput, ExitCode
-from scanfleet.render import FORMATS, write_report
+from scanfleet.reports import FORMATS, write_report
 from scanfleet.results import read_json, run_dir, summary_files
 from scanfleet.summaries import unreadable_summary
 

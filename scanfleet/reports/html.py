@@ -15,7 +15,7 @@ from html import escape
 from typing import Any, TextIO
 
 from scanfleet.inspec import SEVERITIES, STATUSES
-from scanfleet.render import (
+from scanfleet.reports.common import (
     STATUS_LABELS,
     clean_text,
     error_of,

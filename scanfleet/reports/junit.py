@@ -14,7 +14,7 @@ from xml.sax.saxutils import XMLGenerator
 from xml.sax.xmlreader import AttributesImpl
 
 from scanfleet.inspec import SEVERITIES, STATUSES
-from scanfleet.render import (
+from scanfleet.reports.common import (
     STATUS_LABELS,
     Summaries,
     clean_text,

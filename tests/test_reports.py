@@ -22,7 +22,9 @@ import yaml
 
 from scanfleet.aggregate import Aggregator
 from scanfleet.inspec import Counts, control_ids, load_report
-from scanfleet.render import md_cell, render, write_json
+from scanfleet.reports import render
+from scanfleet.reports.json import write_json
+from scanfleet.reports.markdown import md_cell
 from scanfleet.results import iter_summaries, run_dir, summary_path
 from scanfleet.results import write_json as write_json_file
 from scanfleet.thresholds import parse_fleet_threshold, parse_threshold
