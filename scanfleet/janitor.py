@@ -22,9 +22,10 @@ from typing import Any, Protocol
 
 import structlog
 
-from scanfleet.credentials import DELETE_ORDER, EXPIRES_AT, MANAGED_BY, MANAGED_SELECTOR
 from scanfleet.errors import ScanfleetError
-from scanfleet.kube import ClientCache, choose_contexts
+from scanfleet.identity import DELETE_ORDER, EXPIRES_AT, MANAGED_BY, MANAGED_SELECTOR
+from scanfleet.kube import ClientCache
+from scanfleet.kubeconfig import choose_contexts
 
 log = structlog.get_logger("scanfleet.janitor")
 

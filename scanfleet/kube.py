@@ -11,13 +11,11 @@ It must never log or raise anything that carries a token, a client key or a kube
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,75 +32,14 @@ from scanfleet.errors import (
     ClusterUnavailable,
     TargetNotFound,
 )
+from scanfleet.kubeconfig import ClusterEndpoint, first_line
+from scanfleet.targets import ContainerInfo, PodInfo
 
 T = TypeVar("T")
 
 REQUEST_TIMEOUT = (10.0, 60.0)  # (connect, read) seconds for each API request
 _RECREATE_ATTEMPTS = 5
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-
-
-def list_contexts(kubeconfig: str) -> tuple[list[str], str | None]:
-    """All context names of a kubeconfig and its current context."""
-    try:
-        contexts, current = k8s_config.list_kube_config_contexts(config_file=kubeconfig)
-    except (ConfigException, OSError) as e:
-        raise BadInput(f"cannot read kubeconfig {kubeconfig!r}: {_first_line(e)}") from None
-    names = [c["name"] for c in contexts or []]
-    return names, (current or {}).get("name")
-
-
-def choose_contexts(
-    kubeconfig: str, contexts: tuple[str, ...] | list[str], all_contexts: bool
-) -> list[str]:
-    """Resolve `--context` (repeatable) / `--all-contexts` / the current context."""
-    names, current = list_contexts(kubeconfig)
-    if all_contexts:
-        if not names:
-            raise BadInput(f"kubeconfig {kubeconfig!r} has no contexts")
-        return names
-    if contexts:
-        for name in contexts:
-            if name not in names:
-                raise BadInput(
-                    f"context {name!r} not found in kubeconfig {kubeconfig!r} "
-                    f"(known: {', '.join(names) or 'none'})"
-                )
-        return list(dict.fromkeys(contexts))
-    if not current:
-        raise BadInput(f"kubeconfig {kubeconfig!r} has no current context; pass --context")
-    return [current]
-
-
-@dataclass(frozen=True)
-class ContainerInfo:
-    name: str
-    image: str | None
-    image_id: str | None
-
-
-@dataclass(frozen=True)
-class PodInfo:
-    namespace: str
-    name: str
-    phase: str | None
-    containers: tuple[ContainerInfo, ...]
-    """Regular containers only: never init or ephemeral containers."""
-    labels: Mapping[str, str] = field(default_factory=dict)
-
-    def container(self, name: str) -> ContainerInfo | None:
-        return next((c for c in self.containers if c.name == name), None)
-
-
-@dataclass(frozen=True)
-class ClusterEndpoint:
-    """What a minimal kubeconfig needs to reach the cluster: no credentials in here."""
-
-    server: str
-    ca_data: bytes | None = field(repr=False)
-    """PEM bytes of the CA, inline; None when the server is plain HTTP or TLS is unverified."""
-    insecure: bool = False
-    tls_server_name: str | None = None
 
 
 class KubeClient:
@@ -122,7 +59,7 @@ class KubeClient:
             )
         except (ConfigException, OSError) as e:
             raise BadInput(
-                f"cannot load context {context!r} from kubeconfig {kubeconfig!r}: {_first_line(e)}"
+                f"cannot load context {context!r} from kubeconfig {kubeconfig!r}: {first_line(e)}"
             ) from None
         cfg.retries = urllib3.Retry(
             total=retries,
@@ -412,10 +349,6 @@ def _status_message(e: ApiException) -> str:
     return text[:500]
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).splitlines() or [type(e).__name__])[0][:300]
-
-
 def _pod_info(pod: Any) -> PodInfo:
     statuses = {s.name: s for s in (pod.status.container_statuses or [])} if pod.status else {}
     containers = []
@@ -458,6 +391,3 @@ class ClientCache:
                 c.close()
             self._clients.clear()
 
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()

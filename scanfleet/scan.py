@@ -22,8 +22,8 @@ import structlog
 
 from scanfleet.auditor import run_auditor
 from scanfleet.clock import Clock, iso, utcnow
-from scanfleet.credentials import scan_identity
 from scanfleet.errors import BadInput, ClusterApiError, InvalidReport, ScanError, TargetNotFound
+from scanfleet.identity import scan_identity
 from scanfleet.inspec import Counts, control_ids, load_report
 from scanfleet.kube import ClientCache, KubeClient
 from scanfleet.plan import ScanOptions

@@ -22,7 +22,8 @@ import structlog
 from scanfleet.clock import utcnow
 from scanfleet.discovery import Scope, dedupe_images, discover
 from scanfleet.drift import write_sweep_drift
-from scanfleet.kube import ClientCache, choose_contexts
+from scanfleet.kube import ClientCache
+from scanfleet.kubeconfig import choose_contexts
 from scanfleet.plan import RunPlan
 from scanfleet.settings import Settings, check_ttl
 from scanfleet.store.locks import LOCK_TTL, SweepLock

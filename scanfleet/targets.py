@@ -1,8 +1,9 @@
 """Targets: what to scan, parsed and validated before anything is created or queued.
 
 A target is `(context, namespace, pod, container)`. `container` may be None on input,
-meaning "every regular container of the pod", resolved later against the API. Pure domain:
-no I/O except reading a targets file the user named.
+meaning "every regular container of the pod", resolved later against the API (`PodInfo`,
+`ContainerInfo`: what the Kubernetes adapter reports about a pod). Pure domain: no I/O
+except reading a targets file the user named.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +144,23 @@ def scan_id_for(run_id: str, target: Target) -> str:
     """
     key = "\0".join([run_id, target.context, target.namespace, target.pod, target.container or ""])
     return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    name: str
+    image: str | None
+    image_id: str | None
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    namespace: str
+    name: str
+    phase: str | None
+    containers: tuple[ContainerInfo, ...]
+    """Regular containers only: never init or ephemeral containers."""
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def container(self, name: str) -> ContainerInfo | None:
+        return next((c for c in self.containers if c.name == name), None)

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from scanfleet.credentials import identity_objects
+from scanfleet.identity import identity_objects
 from scanfleet.kube import KubeClient
 from scanfleet.results import write_json
 from scanfleet.targets import Target

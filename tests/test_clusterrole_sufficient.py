@@ -17,7 +17,7 @@ from fakekube import FakeCluster
 
 from scanfleet.cli import main_group
 from scanfleet.cli import scan as _register_scan  # noqa: F401
-from scanfleet.credentials import identity_objects
+from scanfleet.identity import identity_objects
 from scanfleet.kube import KubeClient
 from scanfleet.targets import Target
 

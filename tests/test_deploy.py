@@ -425,7 +425,7 @@ def test_clusterrole_grants_exactly_the_allowed_rules() -> None:
 
 def test_clusterrole_holds_everything_a_scan_role_grants() -> None:
     """Kubernetes refuses to let scanfleet create a Role granting what it does not hold."""
-    from scanfleet.credentials import role_rules
+    from scanfleet.identity import role_rules
 
     granted = _clusterrole_rules()
     for rule in role_rules("some-pod"):

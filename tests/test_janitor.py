@@ -14,7 +14,7 @@ import pytest
 from fakekube import FakeCluster, write_kubeconfig
 from fixtures_ops import leave_orphans
 
-from scanfleet.credentials import EXPIRES_AT, MANAGED_BY
+from scanfleet.identity import EXPIRES_AT, MANAGED_BY
 from scanfleet.janitor import janitor_for_kubeconfig, parse_expiry, run_janitor
 from scanfleet.kube import ClientCache, KubeClient
 

@@ -22,3 +22,9 @@ def test_only_settings_reads_the_environment() -> None:
     assert readers, "the check must see settings.py's own read"
     assert {r.split(":")[0] for r in readers} == {"settings.py"}, readers
 
+
+
+def test_no_module_is_over_400_lines() -> None:
+    long = {str(p.relative_to(PACKAGE)): n for p in _modules()
+            if (n := len(p.read_text().splitlines())) > 400}
+    assert long == {}

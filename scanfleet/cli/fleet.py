@@ -37,7 +37,8 @@ from scanfleet.clock import utcnow
 from scanfleet.discovery import Entry, Scope, discover, resolve
 from scanfleet.discovery import dedupe_images as dedupe_by_image
 from scanfleet.errors import BadInput, ExitCode, ScanError, StoreUnavailable
-from scanfleet.kube import ClientCache, choose_contexts, list_contexts
+from scanfleet.kube import ClientCache
+from scanfleet.kubeconfig import choose_contexts, list_contexts
 from scanfleet.local import run_local
 from scanfleet.plan import RunPlan
 from scanfleet.results import check_run_id

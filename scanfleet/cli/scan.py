@@ -20,7 +20,8 @@ from scanfleet.cli.common import (
     scan_options,
 )
 from scanfleet.clock import utcnow
-from scanfleet.kube import ClientCache, choose_contexts
+from scanfleet.kube import ClientCache
+from scanfleet.kubeconfig import choose_contexts
 from scanfleet.local import run_local
 from scanfleet.plan import RunPlan
 from scanfleet.targets import parse_target

@@ -14,7 +14,6 @@ already created. It never logs or raises the token or the kubeconfig content.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -25,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-import yaml
 
 from scanfleet import logs
 from scanfleet.clock import rfc3339
 from scanfleet.errors import ScanfleetError
-from scanfleet.kube import ClusterEndpoint, KubeClient, b64
+from scanfleet.kube import KubeClient
+from scanfleet.kubeconfig import write_kubeconfig
 from scanfleet.logs import redact_text
 from scanfleet.targets import Target
 
@@ -114,40 +113,6 @@ class ScanIdentity:
     kubeconfig: Path
     cleanup: str = "complete"
     created: list[str] = field(default_factory=list)
-
-
-def kubeconfig_document(endpoint: ClusterEndpoint, namespace: str, token: str) -> dict[str, Any]:
-    cluster: dict[str, Any] = {"server": endpoint.server}
-    if endpoint.insecure:
-        cluster["insecure-skip-tls-verify"] = True
-    elif endpoint.ca_data:
-        cluster["certificate-authority-data"] = b64(endpoint.ca_data)
-    if endpoint.tls_server_name:
-        cluster["tls-server-name"] = endpoint.tls_server_name
-    return {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "target", "cluster": cluster}],
-        "users": [{"name": "scanfleet", "user": {"token": token}}],
-        "contexts": [
-            {
-                "name": "scan",
-                "context": {"cluster": "target", "user": "scanfleet", "namespace": namespace},
-            }
-        ],
-        "current-context": "scan",
-        "preferences": {},
-    }
-
-
-def write_kubeconfig(
-    directory: Path, endpoint: ClusterEndpoint, namespace: str, token: str
-) -> Path:
-    path = directory / "kubeconfig"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(kubeconfig_document(endpoint, namespace, token), f)
-    return path
 
 
 @contextmanager

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from fakekube import FakeCluster
 
-from scanfleet.credentials import identity_objects, object_name, scan_identity
 from scanfleet.errors import ClusterForbidden, ScanfleetError
+from scanfleet.identity import identity_objects, object_name, scan_identity
 from scanfleet.kube import KubeClient
 from scanfleet.targets import Target
 
