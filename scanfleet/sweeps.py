@@ -23,9 +23,8 @@ from typing import Any
 import yaml
 from croniter import CroniterBadDateError, croniter
 
-from scanfleet.discovery import check_selector
 from scanfleet.errors import BadInput, SweepsFileError
-from scanfleet.targets import check_label
+from scanfleet.targets import check_label, check_selector
 from scanfleet.thresholds import load_fleet_threshold, load_threshold
 
 JANITOR_INTERVAL = 15 * 60

@@ -146,6 +146,51 @@ def scan_id_for(run_id: str, target: Target) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+# Label selector syntax (k8s.io/apimachinery/pkg/labels): requirements separated by commas;
+# each `key`, `!key`, `key=v`, `key==v`, `key!=v`, `key in (a,b)`, `key notin (a,b)`.
+_NAME = r"([a-z0-9A-Z]([-_.a-z0-9A-Z]{0,61}[a-z0-9A-Z])?)"
+_PREFIX = r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)"
+_KEY = rf"{_PREFIX}?{_NAME}"
+_VALUE = rf"({_NAME})?"
+_REQUIREMENT = re.compile(
+    rf"^\s*(!\s*{_KEY}|{_KEY}\s*(==?|!=)\s*{_VALUE}|{_KEY}\s+(in|notin)\s*\(\s*"
+    rf"{_VALUE}(\s*,\s*{_VALUE})*\s*\)|{_KEY})\s*$"
+)
+
+
+def check_selector(selector: str | None) -> str | None:
+    """Reject a label selector the API server would reject, before anything is queued."""
+    if selector is None or not selector.strip():
+        return None
+    for req in _split_requirements(selector):
+        if not _REQUIREMENT.match(req):
+            raise BadInput(
+                f"invalid label selector {selector!r}: cannot parse requirement {req.strip()!r}"
+            )
+    return selector
+
+
+def _split_requirements(selector: str) -> list[str]:
+    """Split on commas that are not inside a `(...)` value set."""
+    out: list[str] = []
+    cur: list[str] = []
+    depth = 0
+    for ch in selector:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        if ch == "," and depth == 0:
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    out.append("".join(cur))
+    if depth != 0:
+        raise BadInput(f"invalid label selector {selector!r}: unbalanced parentheses")
+    return out
+
+
 @dataclass(frozen=True)
 class ContainerInfo:
     name: str

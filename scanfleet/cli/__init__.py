@@ -15,7 +15,7 @@ from scanfleet.cli.common import main_group
 
 
 def main() -> None:
-    from scanfleet.cli import fleet, report, scan, sweeps  # noqa: F401  (register commands)
+    from scanfleet.cli import fleet, ops, report, scan, sweeps  # noqa: F401  (register commands)
 
     try:
         main_group(prog_name="scanfleet")

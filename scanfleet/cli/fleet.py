@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from tqdm import tqdm
@@ -34,18 +34,16 @@ from scanfleet.cli.common import (
 )
 from scanfleet.cli.scan import print_run
 from scanfleet.clock import utcnow
-from scanfleet.discovery import Entry, Scope, discover, resolve
-from scanfleet.discovery import dedupe_images as dedupe_by_image
 from scanfleet.errors import BadInput, ExitCode, ScanError, StoreUnavailable
-from scanfleet.kube import ClientCache
-from scanfleet.kubeconfig import choose_contexts, list_contexts
-from scanfleet.local import run_local
 from scanfleet.plan import RunPlan
 from scanfleet.results import check_run_id
 from scanfleet.settings import Settings
 from scanfleet.store.runs import RunStore
-from scanfleet.submit import submit_run
 from scanfleet.targets import Target, load_targets_file, parse_target
+
+if TYPE_CHECKING:
+    from scanfleet.discovery import Entry
+    from scanfleet.kube import ClientCache
 
 POLL_SECONDS = 0.5
 
@@ -114,6 +112,12 @@ def submit_command(
     """Scan many containers: TARGET... / --targets-file, or discovery over namespaces."""
     settings = load_settings()
     ttl, scan_timeout = scan_limits(settings, token_ttl, timeout)
+    # Loaded here, not at import: `--help`, `--version` and `status` stay fast.
+    from scanfleet.discovery import Scope, discover, resolve
+    from scanfleet.discovery import dedupe_images as dedupe_by_image
+    from scanfleet.kube import ClientCache
+    from scanfleet.kubeconfig import choose_contexts
+
     kcfg = kubeconfig or settings.kubeconfig
     chosen = choose_contexts(kcfg, contexts, all_contexts)
     explicit = _explicit_targets(targets, targets_file, kcfg, chosen)
@@ -162,6 +166,8 @@ def _explicit_targets(
     targets: tuple[str, ...], targets_file: Path | None, kcfg: str, chosen: Sequence[str]
 ) -> list[Target]:
     """TARGET... (in every chosen context) and --targets-file entries, validated."""
+    from scanfleet.kubeconfig import list_contexts
+
     out = [parse_target(text, ctx) for text in targets for ctx in chosen]
     if targets_file is not None:
         default = chosen[0] if len(chosen) == 1 else None
@@ -187,6 +193,8 @@ def _run_local(
     settings: Settings,
     as_json: bool,
 ) -> None:
+    from scanfleet.local import run_local
+
     click.echo(plan.run_id)
     total = sum(e.size() for e in entries)
     with tqdm(total=total, file=sys.stderr, unit="target", desc=plan.run_id) as bar:
@@ -231,6 +239,7 @@ def _run_fleet(
         sys.stdout.flush()
 
     try:
+        from scanfleet.submit import submit_run
         from scanfleet.worker.app import app, fan_out_publisher  # late: --local never builds it
 
         submit_run(

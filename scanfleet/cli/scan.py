@@ -1,4 +1,8 @@
-"""`scanfleet scan`: a run of one target, executed in-process."""
+"""`scanfleet scan`: a run of one target, executed in-process; and `print_run`.
+
+The Kubernetes client is imported inside the command only: importing this module (as
+`--help`, `--version` and `status` do) must never load kubernetes or celery.
+"""
 
 from __future__ import annotations
 
@@ -20,9 +24,6 @@ from scanfleet.cli.common import (
     scan_options,
 )
 from scanfleet.clock import utcnow
-from scanfleet.kube import ClientCache
-from scanfleet.kubeconfig import choose_contexts
-from scanfleet.local import run_local
 from scanfleet.plan import RunPlan
 from scanfleet.targets import parse_target
 
@@ -51,6 +52,11 @@ def scan_command(
     """Scan NAMESPACE/POD[/CONTAINER] with a throwaway least-privilege identity."""
     settings = load_settings()
     ttl, scan_timeout = scan_limits(settings, token_ttl, timeout)
+    # Loaded here, not at import: `--help`, `--version` and `status` stay fast.
+    from scanfleet.kube import ClientCache
+    from scanfleet.kubeconfig import choose_contexts
+    from scanfleet.local import run_local
+
     kcfg = kubeconfig or settings.kubeconfig
     ctx = choose_contexts(kcfg, [context] if context else [], False)[0]
     tgt = parse_target(target, ctx)
