@@ -11,16 +11,16 @@ Kubernetes, Redis or Celery.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from scanfleet.clock import iso
 from scanfleet.errors import BadInput
-from scanfleet.results import new_run_id
 from scanfleet.thresholds import (
     FleetThreshold,
     Threshold,
@@ -28,6 +28,11 @@ from scanfleet.thresholds import (
     parse_threshold,
     threshold_document,
 )
+
+
+def new_run_id(now: datetime) -> str:
+    """`YYYYMMDDTHHMMSSZ-<6 hex>`: sorts by time, unique enough across producers."""
+    return f"{now.astimezone(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
 @dataclass(frozen=True)

@@ -11,21 +11,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import tempfile
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from scanfleet.errors import BadInput
 
 RUN_ID_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
-
-
-def new_run_id(now: datetime) -> str:
-    """`YYYYMMDDTHHMMSSZ-<6 hex>`: sorts by time, unique enough across producers."""
-    return f"{now.astimezone(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
 def check_run_id(run_id: str) -> str:
