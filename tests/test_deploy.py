@@ -15,6 +15,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -726,3 +727,36 @@ def test_entrypoint_leaves_an_explicit_kubeconfig_alone_and_passes_commands_thro
     # Anything that is not a scanfleet command runs as given (Flower, a shell, the auditor).
     result = _run_entrypoint(tmp_path, stand_in_bin, "echo", "celery", "flower")
     assert result.stdout.strip() == "celery flower"
+
+
+def _cli_commands() -> list[str]:
+    """The commands `scanfleet --help` lists, from the real CLI."""
+    proc = subprocess.run(
+        [sys.executable, "-c", "from scanfleet.cli import main; main()", "--help"],
+        capture_output=True, text=True, check=True, timeout=60,
+    )
+    section = proc.stdout.split("Commands:", 1)[1]
+    return [line.split()[0] for line in section.splitlines() if line.startswith("  ")]
+
+
+def test_every_scanfleet_command_reaches_scanfleet_through_the_entrypoint(
+    tmp_path: Path, stand_in_bin: Path
+) -> None:
+    commands = _cli_commands()
+    assert {"diff", "prune", "sweeps", "submit", "worker"} <= set(commands)
+    for command in commands:
+        # A and B: `diff A B` must be scanfleet's drift, never GNU diff.
+        result = _run_entrypoint(tmp_path, stand_in_bin, command, "A", "B",
+                                 SCANFLEET_SA_DIR=str(tmp_path / "nowhere"))
+        assert result.stdout.splitlines()[-1] == f"ARGS={command} A B", command
+    result = _run_entrypoint(tmp_path, stand_in_bin, "sweeps", "validate", "x.yml")
+    assert result.stdout.splitlines()[-1] == "ARGS=sweeps validate x.yml"
+
+
+def test_the_entrypoint_runs_explicit_programs_and_sends_unknown_words_to_scanfleet(
+    tmp_path: Path, stand_in_bin: Path
+) -> None:
+    result = _run_entrypoint(tmp_path, stand_in_bin, "/bin/echo", "by", "path")
+    assert result.stdout.strip() == "by path"
+    result = _run_entrypoint(tmp_path, stand_in_bin, "no-such-program-or-command")
+    assert result.stdout.splitlines()[-1] == "ARGS=no-such-program-or-command"
