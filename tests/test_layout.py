@@ -1,4 +1,5 @@
-"""Rules of the package's shape that a reader relies on (see docs/LAYOUT.md)."""
+"""Rules of the package's shape that a reader relies on (docs/LAYOUT.md; lint-imports
+enforces the layers)."""
 
 from __future__ import annotations
 

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from scanfleet.store.client import Redis, connect, guarded
+from scanfleet.summaries import RunState
 
-STATES = ("queued", "running", "completed", "error")
 _PUSH_BATCH = 1000
 
 
@@ -90,11 +90,16 @@ class RunStatus:
     def finished(self) -> bool:
         return self.finished_at is not None
 
+    @property
+    def state(self) -> RunState:
+        if self.finished:
+            return RunState.FINISHED
+        return RunState.RUNNING if self.done or self.running else RunState.QUEUED
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
-            "state": "finished" if self.finished else ("running" if self.done or self.running
-                                                       else "queued"),
+            "state": self.state,
             "total": self.total,
             "queued": self.queued,
             "running": self.running,
