@@ -373,8 +373,9 @@ def _pod_info(pod: Any) -> PodInfo:
 class ClientCache:
     """One KubeClient per (kubeconfig, context) per process, shared by threads."""
 
-    def __init__(self, kubeconfig: str) -> None:
+    def __init__(self, kubeconfig: str, *, retries: int = 5) -> None:
         self.kubeconfig = kubeconfig
+        self.retries = retries
         self._clients: dict[str, KubeClient] = {}
         self._lock = threading.Lock()
 
@@ -382,7 +383,9 @@ class ClientCache:
         with self._lock:
             client = self._clients.get(context)
             if client is None:
-                client = self._clients[context] = KubeClient(self.kubeconfig, context)
+                client = self._clients[context] = KubeClient(
+                    self.kubeconfig, context, retries=self.retries
+                )
             return client
 
     def close(self) -> None:

@@ -59,7 +59,20 @@ def run_local(
     total = sum(e.size() for e in entries)
     state = MemoryRunState(total, covers_map(plan.run_id, entries), progress)
     pipe = Pipeline(clients, state, LocalSlots(cluster_concurrency), results_dir, now)
-    interrupted: ScanInterrupted | None = None
+    interrupted = _run_entries(pipe, plan, entries, concurrency)
+    if interrupted is not None:
+        _close_interrupted(pipe, plan, entries, interrupted)
+    if state.run is None:  # nothing to scan, or the interruption path recorded the rest
+        maybe_finalize(pipe, plan)
+    if state.run is None:
+        state.run = finalize(plan, results_dir, now)
+    return state.run
+
+
+def _run_entries(
+    pipe: Pipeline, plan: RunPlan, entries: Sequence[Entry], concurrency: int
+) -> ScanInterrupted | None:
+    """Record or scan every entry (threads when concurrency > 1); stop on an interrupt."""
 
     def one(e: Entry) -> None:
         if e.error is not None:
@@ -69,30 +82,24 @@ def run_local(
             if scanned is not None:
                 complete(pipe, plan, scanned)  # in-process, every error is recorded at once
 
+    interrupted: ScanInterrupted | None = None
     if concurrency <= 1:
         for e in entries:
             try:
                 one(e)
             except ScanInterrupted as exc:
+                return exc
+        return None
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        futures = [pool.submit(one, e) for e in entries]
+        for f in futures:
+            try:
+                f.result()
+            except ScanInterrupted as exc:
                 interrupted = exc
-                break
-    else:
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            futures = [pool.submit(one, e) for e in entries]
-            for f in futures:
-                try:
-                    f.result()
-                except ScanInterrupted as exc:
-                    interrupted = exc
-                    for other in futures:
-                        other.cancel()
-    if interrupted is not None:
-        _close_interrupted(pipe, plan, entries, interrupted)
-    if state.run is None:  # nothing to scan, or the interruption path recorded the rest
-        maybe_finalize(pipe, plan)
-    if state.run is None:
-        state.run = finalize(plan, results_dir, now)
-    return state.run
+                for other in futures:
+                    other.cancel()
+    return interrupted
 
 
 def _close_interrupted(

@@ -456,13 +456,12 @@ def test_an_unreachable_cluster_is_a_retryable_error_that_records_nothing(
     fake_cluster: FakeCluster, admin_kubeconfig: Path, standin_auditor: str, tmp_path: Path,
 ) -> None:
     from scanfleet.errors import ClusterUnavailable
-    from scanfleet.kube import ClientCache, KubeClient
+    from scanfleet.kube import ClientCache
     from scanfleet.plan import ScanOptions
     from scanfleet.scan import scan_target
     from scanfleet.targets import Target
 
-    clients = ClientCache(str(admin_kubeconfig))
-    clients._clients["fake"] = KubeClient(str(admin_kubeconfig), "fake", retries=0)
+    clients = ClientCache(str(admin_kubeconfig), retries=0)
     target = Target("fake", "apps", "web", "app")
     run_id = "20260101T000000Z-abcdef"
     options = ScanOptions(profile="p", auditor=standin_auditor)
