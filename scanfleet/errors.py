@@ -78,6 +78,11 @@ class ScanError(ScanfleetError):
 
     kind: ErrorKind
 
+    def __init__(self, *args: object) -> None:
+        if type(self) is ScanError:
+            raise TypeError("raise a ScanError leaf, which says its kind")
+        super().__init__(*args)
+
 
 class TargetNotFound(ScanError):
     kind = ErrorKind.TARGET_NOT_FOUND
