@@ -7,6 +7,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
@@ -15,7 +16,9 @@ import click
 
 from scanfleet import logs
 from scanfleet.auditor import clear_stop, request_stop
+from scanfleet.clock import utcnow
 from scanfleet.errors import BadInput, ExitCode, ScanInterrupted
+from scanfleet.plan import RunPlan
 from scanfleet.settings import Settings, check_ttl
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -73,8 +76,60 @@ def output_option(fn: F) -> F:
     )(fn)
 
 
+@dataclass(frozen=True)
+class ScanArgs:
+    """The options `scan` and `submit` share, as one value (`scan_options` builds it)."""
+
+    profile: str
+    threshold: Path | None
+    input_files: tuple[Path, ...]
+    auditor_args: tuple[str, ...]
+    token_ttl: int | None
+    timeout: int | None
+
+    def limits(self, settings: Settings) -> tuple[int, int]:
+        """Token TTL and scan timeout: flags over the environment, checked together."""
+        ttl = self.token_ttl if self.token_ttl is not None else settings.token_ttl
+        timeout = self.timeout if self.timeout is not None else settings.scan_timeout
+        check_ttl(ttl, timeout)
+        return ttl, timeout
+
+    def plan(
+        self,
+        settings: Settings,
+        source: str,
+        *,
+        fleet_threshold: Path | None = None,
+        dedupe_images: bool = False,
+    ) -> RunPlan:
+        """The run's plan, validated (BadInput before anything is created or queued)."""
+        ttl, timeout = self.limits(settings)
+        return RunPlan.new(
+            source=source, profile=self.profile, now=utcnow(), auditor=settings.auditor,
+            token_ttl=ttl, timeout=timeout, threshold=self.threshold,
+            fleet_threshold=fleet_threshold, input_files=self.input_files,
+            extra_args=self.auditor_args, dedupe_images=dedupe_images,
+        )
+
+
 def scan_options(fn: F) -> F:
-    """Options shared by `scan` and `submit`: what to run and how to judge it."""
+    """Options shared by `scan` and `submit`, handed to the command as `scan: ScanArgs`."""
+
+    @functools.wraps(fn)
+    def wrapper(
+        *args: Any,
+        profile: str,
+        threshold: Path | None,
+        input_files: tuple[Path, ...],
+        auditor_args: tuple[str, ...],
+        token_ttl: int | None,
+        timeout: int | None,
+        **kwargs: Any,
+    ) -> Any:
+        scan = ScanArgs(profile, threshold, input_files, auditor_args, token_ttl, timeout)
+        return fn(*args, scan=scan, **kwargs)
+
+    command: Any = wrapper
     for opt in reversed(
         [
             click.option("--profile", required=True, help="InSpec profile: path, URL or name."),
@@ -112,16 +167,8 @@ def scan_options(fn: F) -> F:
             ),
         ]
     ):
-        fn = opt(fn)
-    return fn
-
-
-def scan_limits(settings: Settings, token_ttl: int | None, timeout: int | None) -> tuple[int, int]:
-    """Token TTL and scan timeout: flags over the environment, checked against each other."""
-    ttl = token_ttl if token_ttl is not None else settings.token_ttl
-    scan_timeout = timeout if timeout is not None else settings.scan_timeout
-    check_ttl(ttl, scan_timeout)
-    return ttl, scan_timeout
+        command = opt(command)
+    return command  # type: ignore[no-any-return]
 
 
 def results_dir(output: Path | None, settings: Settings) -> Path:

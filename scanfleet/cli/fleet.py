@@ -21,6 +21,7 @@ import click
 from tqdm import tqdm
 
 from scanfleet.cli.common import (
+    ScanArgs,
     bad_input_exits,
     fail,
     interruptible,
@@ -29,11 +30,9 @@ from scanfleet.cli.common import (
     main_group,
     output_option,
     results_dir,
-    scan_limits,
     scan_options,
 )
 from scanfleet.cli.scan import print_run
-from scanfleet.clock import utcnow
 from scanfleet.errors import BadInput, ExitCode, ScanError, StoreUnavailable
 from scanfleet.plan import RunPlan
 from scanfleet.results import check_run_id
@@ -94,12 +93,7 @@ def submit_command(
     all_namespaces: bool,
     exclude_namespaces: tuple[str, ...],
     selector: str | None,
-    profile: str,
-    threshold: Path | None,
-    input_files: tuple[Path, ...],
-    auditor_args: tuple[str, ...],
-    token_ttl: int | None,
-    timeout: int | None,
+    scan: ScanArgs,
     fleet_threshold: Path | None,
     dedupe_images: bool,
     wait: bool,
@@ -111,7 +105,7 @@ def submit_command(
 ) -> None:
     """Scan many containers: TARGET... / --targets-file, or discovery over namespaces."""
     settings = load_settings()
-    ttl, scan_timeout = scan_limits(settings, token_ttl, timeout)
+    scan.limits(settings)  # bad flags are reported before the kubeconfig is read
     # Loaded here, not at import: `--help`, `--version` and `status` stay fast.
     from scanfleet.discovery import Scope, discover, resolve
     from scanfleet.discovery import dedupe_images as dedupe_by_image
@@ -130,12 +124,8 @@ def submit_command(
             )
     else:
         scope = Scope(chosen, namespaces, all_namespaces, exclude_namespaces, selector)
-    plan = RunPlan.new(
-        source="submit", profile=profile, now=utcnow(), auditor=settings.auditor,
-        token_ttl=ttl, timeout=scan_timeout, threshold=threshold,
-        fleet_threshold=fleet_threshold, input_files=input_files, extra_args=auditor_args,
-        dedupe_images=dedupe_images,
-    )
+    plan = scan.plan(settings, "submit", fleet_threshold=fleet_threshold,
+                     dedupe_images=dedupe_images)
     clients = ClientCache(kcfg)
     for ctx in {t.context for t in explicit} | set(chosen):
         clients.get(ctx)  # a context the client cannot load is bad input, before anything

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from scanfleet.cli.common import (
+    ScanArgs,
     bad_input_exits,
     interruptible,
     kubeconfig_option,
@@ -20,11 +21,8 @@ from scanfleet.cli.common import (
     main_group,
     output_option,
     results_dir,
-    scan_limits,
     scan_options,
 )
-from scanfleet.clock import utcnow
-from scanfleet.plan import RunPlan
 from scanfleet.targets import parse_target
 
 
@@ -38,12 +36,7 @@ from scanfleet.targets import parse_target
 @bad_input_exits
 def scan_command(
     target: str,
-    profile: str,
-    threshold: Path | None,
-    input_files: tuple[Path, ...],
-    auditor_args: tuple[str, ...],
-    token_ttl: int | None,
-    timeout: int | None,
+    scan: ScanArgs,
     context: str | None,
     kubeconfig: str | None,
     output: Path | None,
@@ -51,7 +44,7 @@ def scan_command(
 ) -> None:
     """Scan NAMESPACE/POD[/CONTAINER] with a throwaway least-privilege identity."""
     settings = load_settings()
-    ttl, scan_timeout = scan_limits(settings, token_ttl, timeout)
+    scan.limits(settings)  # bad flags are reported before the kubeconfig is read
     # Loaded here, not at import: `--help`, `--version` and `status` stay fast.
     from scanfleet.kube import ClientCache
     from scanfleet.kubeconfig import choose_contexts
@@ -60,11 +53,7 @@ def scan_command(
     kcfg = kubeconfig or settings.kubeconfig
     ctx = choose_contexts(kcfg, [context] if context else [], False)[0]
     tgt = parse_target(target, ctx)
-    plan = RunPlan.new(
-        source="scan", profile=profile, now=utcnow(), auditor=settings.auditor,
-        token_ttl=ttl, timeout=scan_timeout, threshold=threshold, input_files=input_files,
-        extra_args=auditor_args,
-    )
+    plan = scan.plan(settings, "scan")
     clients = ClientCache(kcfg)
     clients.get(ctx)
     click.echo(plan.run_id)
