@@ -13,6 +13,7 @@
     │   ├── AuditorFailed        auditor_exit
     │   ├── ScanTimeout          timeout
     │   ├── InvalidReport        invalid_report
+    │   ├── TargetChanged        target_changed (the pod was replaced during the scan)
     │   └── ScanInterrupted      interrupted
     └── FleetBusy                the fleet cannot take this scan right now (retryable)
         ├── StoreUnavailable     Redis could not be reached (after the client's retries)
@@ -41,6 +42,7 @@ class ErrorKind(StrEnum):
     TIMEOUT = "timeout"
     INVALID_REPORT = "invalid_report"
     INTERRUPTED = "interrupted"
+    TARGET_CHANGED = "target_changed"
 
 
 class ExitCode(IntEnum):
@@ -120,6 +122,12 @@ class InvalidReport(ScanError):
 
 class ScanInterrupted(ScanError):
     kind = ErrorKind.INTERRUPTED
+
+
+class TargetChanged(ScanError):
+    """The pod was deleted or replaced (another UID under its name) while it was scanned."""
+
+    kind = ErrorKind.TARGET_CHANGED
 
 
 class FleetBusy(ScanfleetError):

@@ -17,6 +17,9 @@ from scanfleet.errors import BadInput
 
 TOKEN_TTL_MIN = 600
 TOKEN_TTL_MAX = 86400
+MINT_MARGIN = 120
+"""Seconds a token must outlive the scan timeout by: minting, the access check (which
+waits out RBAC propagation) and the revoke all happen inside the token's lifetime."""
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,8 @@ class Settings:
 
     (SCANFLEET_CLUSTER_CONCURRENCY)"""
     token_ttl: int = 3600
-    """Seconds a scan token lives; 600..86400 and above the scan timeout (SCANFLEET_TOKEN_TTL)."""
+    """Seconds a scan token lives; 600..86400 and at least the scan timeout plus MINT_MARGIN
+    (SCANFLEET_TOKEN_TTL)."""
     scan_timeout: int = 1800
     """Seconds before the auditor's process group is terminated (SCANFLEET_SCAN_TIMEOUT)."""
     log_format: str = "json"
@@ -88,8 +92,12 @@ def check_ttl(token_ttl: int, scan_timeout: int) -> None:
         )
     if scan_timeout < 1:
         raise BadInput(f"scan timeout {scan_timeout}s must be positive")
-    if token_ttl <= scan_timeout:
-        raise BadInput(f"token TTL {token_ttl}s must exceed the scan timeout {scan_timeout}s")
+    if token_ttl < scan_timeout + MINT_MARGIN:
+        raise BadInput(
+            f"token TTL {token_ttl}s must exceed the scan timeout {scan_timeout}s by at least "
+            f"{MINT_MARGIN}s (the time to mint, check access and revoke): use a TTL of at "
+            f"least {scan_timeout + MINT_MARGIN}s or a shorter timeout"
+        )
 
 
 def env_int(env: Mapping[str, str], key: str, default: int, minimum: int = 1) -> int:

@@ -270,6 +270,8 @@ def test_failed_cleanup_is_recorded_incomplete(
         (["Apps/web"], "'Apps'"),
         (["apps/web", "--token-ttl", "60"], "60"),
         (["apps/web", "--token-ttl", "900", "--timeout", "1000"], "exceed"),
+        (["apps/web", "--token-ttl", "900", "--timeout", "800"], "900s must exceed the scan "
+                                                                 "timeout 800s by at least 120s"),
         (["apps/web", "--context", "nope"], "'nope'"),
         (["apps/web", "--input-file", "/nonexistent.yml"], "/nonexistent.yml"),
     ],
