@@ -8,7 +8,9 @@
     │   ├── TargetNotFound       target_not_found
     │   ├── ClusterForbidden     forbidden
     │   ├── ClusterApiError      api_error
-    │   │   └── ClusterUnavailable   api_error, retryable (connection, 5xx, 429 after retries)
+    │   │   ├── ClusterUnavailable   api_error, retryable (connection, 5xx, 429 after retries)
+    │   │   ├── ObjectChanged        api_error: a delete's UID precondition failed (409)
+    │   │   └── ForeignObject        api_error: a same-named object is not scanfleet's
     │   ├── AuditorMissing       auditor_missing
     │   ├── AuditorFailed        auditor_exit
     │   ├── ScanTimeout          timeout
@@ -102,6 +104,14 @@ class ClusterUnavailable(ClusterApiError):
     """The API could not be reached or kept failing after retries; worth retrying later."""
 
     retryable = True
+
+
+class ObjectChanged(ClusterApiError):
+    """A delete's UID precondition failed: another object has the name now (HTTP 409)."""
+
+
+class ForeignObject(ClusterApiError):
+    """An object of a scan's name exists but is not scanfleet's: it is never deleted."""
 
 
 class AuditorMissing(ScanError):

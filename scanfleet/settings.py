@@ -53,6 +53,10 @@ class Settings:
     the scan timeout (SCANFLEET_VISIBILITY_TIMEOUT)."""
     lease_seconds: int = 60
     """A cluster-slot lease's lifetime between heartbeats (SCANFLEET_LEASE_SECONDS)."""
+    early_revoke_after: int = 300
+    """The workers' janitor revokes a fleet scan's identity whose scan holds no live lease
+    once it is this many seconds old, before its expiry; 0: never early
+    (SCANFLEET_EARLY_REVOKE_AFTER)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -76,6 +80,9 @@ class Settings:
                 if env.get("SCANFLEET_VISIBILITY_TIMEOUT") else None
             ),
             lease_seconds=env_int(env, "SCANFLEET_LEASE_SECONDS", d.lease_seconds, 1),
+            early_revoke_after=env_int(
+                env, "SCANFLEET_EARLY_REVOKE_AFTER", d.early_revoke_after, 0
+            ),
         )
 
 
