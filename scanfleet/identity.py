@@ -244,7 +244,10 @@ def scan_identity(
     sa_uid: str | None = None
     try:
         bodies = identity_objects(scan_id, run_id, target, ttl, now)
-        sa = kube.create_object("ServiceAccount", ns, bodies["ServiceAccount"], not_ours)
+        try:
+            sa = kube.create_object("ServiceAccount", ns, bodies["ServiceAccount"], not_ours)
+        except TargetNotFound as e:  # the namespace does not exist
+            raise TargetNotFound(f"pod {ns}/{target.pod}: {e}") from None
         identity.created.append("ServiceAccount")
         sa_uid = sa["uid"]
         token, granted = kube.create_token(ns, name, ttl)
