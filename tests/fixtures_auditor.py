@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 STANDIN = Path(__file__).resolve().parent / "standin" / "cinc-auditor"
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "inspec-samples"
+SAMPLES = Path(__file__).resolve().parent / "data" / "inspec-samples"
 
 
 @pytest.fixture
@@ -31,9 +31,7 @@ def standin_auditor(monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.fixture
 def samples_dir() -> Path:
-    """shared/inspec-samples, the real InSpec reports beside the repository."""
-    if not (SAMPLES / "minimal_hdf.json").is_file():
-        pytest.skip(f"InSpec sample reports not found at {SAMPLES} (shared/ beside the repo)")
+    """tests/data/inspec-samples: real InSpec reports, vendored (see SOURCES.md there)."""
     return SAMPLES
 
 

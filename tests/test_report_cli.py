@@ -24,7 +24,6 @@ from test_render import (
     NETWORK_REF,
     PASSING,
     RUN_ID,
-    SAMPLES,
     WITH_ERROR,
     validate_junit,
     write_run,
@@ -34,9 +33,6 @@ import scanfleet.cli.report as _report  # noqa: F401  (registers the command)
 from scanfleet.cli.common import main_group
 from scanfleet.results import run_dir
 
-pytestmark = pytest.mark.skipif(
-    not SAMPLES.is_dir(), reason=f"shared sample reports not found at {SAMPLES}"
-)
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fixtures_auditor import SAMPLES
 
 from scanfleet.errors import ThresholdFileError
 from scanfleet.report import Control, Counts, control_ids, load_report
@@ -18,11 +19,7 @@ from scanfleet.thresholds import (
     parse_threshold,
 )
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "inspec-samples"
-needs_samples = pytest.mark.skipif(
-    not SAMPLES.is_dir(), reason=f"shared sample reports not found at {SAMPLES}"
-)
-REPORTS = sorted(p.name for p in SAMPLES.glob("*.json")) if SAMPLES.is_dir() else []
+REPORTS = sorted(p.name for p in SAMPLES.glob("*.json"))
 
 
 def judged(controls: list[Control], threshold: Threshold) -> list[str]:
@@ -49,21 +46,18 @@ CONTROLS = [
 ]
 
 
-@needs_samples
 @pytest.mark.parametrize("name", REPORTS)
 def test_every_sample_meets_its_own_exact_threshold(name: str) -> None:
     threshold = load_threshold(SAMPLES / "thresholds" / f"{name}.exact-with-ids.yml")
     assert judged(load_report(SAMPLES / name), threshold) == []
 
 
-@needs_samples
 def test_sample_exact_thresholds_check_something() -> None:
     # A different sample must fail the exact file: the check is not vacuous.
     threshold = load_threshold(SAMPLES / "thresholds" / "minimal_hdf.json.exact-with-ids.yml")
     assert judged(load_report(SAMPLES / "wrapper-acme-run.json"), threshold) != []
 
 
-@needs_samples
 def test_red_hat_good_passes_the_saf_fixture() -> None:
     threshold = load_threshold(SAMPLES / "thresholds" / "red_hat_good.counts.good.yml")
     assert judged(load_report(SAMPLES / "red_hat_good.json"), threshold) == []
