@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tools import path_with_venv_bin
 
 STANDIN = Path(__file__).resolve().parent / "standin" / "cinc-auditor"
 SAMPLES = Path(__file__).resolve().parent / "data" / "inspec-samples"
@@ -25,6 +26,8 @@ def standin_auditor(monkeypatch: pytest.MonkeyPatch) -> str:
     for name in list(os.environ):
         if name.startswith("SCANFLEET_STANDIN_"):
             monkeypatch.delenv(name)
+    # The stand-in runs `#!/usr/bin/env python3` and kubectl: both from this venv first.
+    monkeypatch.setenv("PATH", path_with_venv_bin(os.environ.get("PATH")))
     assert os.access(STANDIN, os.X_OK), f"{STANDIN} must be executable"
     return str(STANDIN)
 
