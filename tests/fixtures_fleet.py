@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -30,6 +29,7 @@ from typing import Any
 import pytest
 import redis
 from fakekube import FakeCluster, write_kubeconfig
+from tools import require_tool
 
 CLI = [sys.executable, "-c", "from scanfleet.cli import main; main()"]
 STANDIN = Path(__file__).resolve().parent / "standin" / "cinc-auditor"
@@ -56,8 +56,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: flo
 
 class RedisServer:
     def __init__(self, directory: Path, appendonly: bool) -> None:
-        if shutil.which("redis-server") is None:
-            pytest.skip("redis-server is not installed")
+        self.exe = require_tool("redis-server")
         self.dir = directory
         self.appendonly = appendonly
         self.port = free_port()
@@ -72,7 +71,7 @@ class RedisServer:
         return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True)
 
     def start(self) -> RedisServer:
-        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+        args = [self.exe, "--port", str(self.port), "--bind", "127.0.0.1",
                 "--save", "", "--dir", str(self.dir), "--appendonly",
                 "yes" if self.appendonly else "no", "--appendfsync", "always"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

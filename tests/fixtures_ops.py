@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
@@ -24,6 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
+from tools import require_tool
 
 from scanfleet.credentials import identity_objects
 from scanfleet.kube import KubeClient
@@ -72,9 +72,7 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 10) -> None:
 @pytest.fixture
 def ops_redis(tmp_path: Path) -> Iterator[str]:
     """A private redis-server (no persistence) on a free port; yields its URL."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not installed")
+    exe = require_tool("redis-server")
     import redis
 
     port = free_port()
