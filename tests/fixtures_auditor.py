@@ -52,7 +52,7 @@ def auditor_plan(
 
     Keys: "NS/POD/CONTAINER", "NS/POD" or "*" (the most specific wins). Values: report,
     exit, sleep, stderr, stderr_bytes, stderr_tail, garbage, no_report, spawn_child,
-    ignore_term, pid_file. Calling again replaces the plan. Returns the plan file's path.
+    ignore_term, pid_file, wait_for. Calling again replaces the plan. Returns the plan file's path.
     """
     path = tmp_path / "standin-plan.json"
 

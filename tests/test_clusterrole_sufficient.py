@@ -45,7 +45,6 @@ def test_a_full_scan_succeeds_with_exactly_the_clusterrole(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fake_cluster.set_admin_rules(clusterrole_rules())
-    monkeypatch.setenv("SCANFLEET_STANDIN_CHECK_ACCESS", "1")
     res = scan(admin_kubeconfig, standin_auditor, tmp_path)
     assert res.exit_code == 0, res.stderr
     assert fake_cluster.scanfleet_objects() == []
