@@ -163,10 +163,28 @@ def test_two_independent_profiles_are_both_counted() -> None:
     report = {
         "profiles": [
             {"name": "one", "controls": [control("x", results=[result("passed")])]},
-            {"name": "two", "controls": [control("x", results=[result("failed")])]},
+            {"name": "two", "controls": [control("y", results=[result("failed")])]},
         ]
     }
-    assert sorted(c.status for c in parse_report(report)) == ["failed", "passed"]
+    assert sorted((c.id, c.status) for c in parse_report(report)) == [
+        ("x", "passed"), ("y", "failed")]
+
+
+def test_an_id_in_two_independent_profiles_counts_once_from_the_first_with_results() -> None:
+    report = {
+        "profiles": [
+            {"name": "one", "controls": [control("x", results=[result("passed")]),
+                                         control("z", impact=0.9)]},
+            {"name": "two", "controls": [control("x", results=[result("failed")]),
+                                         control("z", impact=0.3, results=[result("failed")])]},
+        ]
+    }
+    parsed = parse_report(report)
+    assert [(c.id, c.status) for c in parsed] == [("x", "passed"), ("z", "failed")]
+    # z: the first control with results is profile two's, so its impact and severity count.
+    assert (parsed[1].impact, parsed[1].severity) == (0.3, "low")
+    counts = Counts.from_controls(parsed)
+    assert (counts.total, counts.get("passed"), counts.get("failed")) == (2, 1, 1)
 
 
 def test_dependency_control_the_wrapper_does_not_list_is_counted() -> None:

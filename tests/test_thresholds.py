@@ -95,6 +95,26 @@ def test_saf_generated_key_spellings_load() -> None:
     assert judged(CONTROLS, t) == []
 
 
+def test_both_spellings_of_one_bucket_join_their_ids() -> None:
+    # `saf generate threshold` writes failed.High.controls; a hand edit adds failed.high.
+    t = parse("failed.high.controls: [f3]\nfailed.High.controls: [f9]")
+    assert t.controls[("failed", "high")] == frozenset({"f3", "f9"})
+    assert judged(CONTROLS, t) == [
+        "failed.high.controls: 1 id, expected exactly 2; missing f9"]
+    nested = parse("failed: {High: {controls: [f3]}, high: {controls: [f3]}}")
+    assert judged(CONTROLS, nested) == []
+
+
+def test_a_bound_under_both_spellings_must_agree() -> None:
+    assert judged(CONTROLS, parse("failed.high.max: 1\nfailed.High.max: 1")) == []
+    with pytest.raises(ThresholdFileError, match=r"failed\.High\.max: given twice"):
+        parse("failed.high.max: 1\nfailed.High.max: 2")
+    with pytest.raises(ThresholdFileError, match=r"targets\.Error\.max: given twice"):
+        fleet("targets.error.max: 1\ntargets.Error.max: 2")
+    with pytest.raises(ThresholdFileError, match=r"fleet\.failed\.High\.max: given twice"):
+        fleet("fleet: {failed.high.max: 1, failed.High.max: 2}")
+
+
 def test_every_failed_check_is_reported_with_key_actual_and_expected() -> None:
     t = parse(
         """
