@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,16 +22,31 @@ STANDIN = Path(__file__).resolve().parent / "standin" / "cinc-auditor"
 SAMPLES = Path(__file__).resolve().parent / "data" / "inspec-samples"
 
 
+@pytest.fixture(scope="session")
+def standin_launcher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An executable that runs the stand-in with this interpreter (sys.executable).
+
+    The stand-in's `#!/usr/bin/env python3` would pick whatever `python3` is first on the
+    (filtered) PATH the auditor gets: a version-manager shim there needs variables the
+    runner drops, or runs another Python. `exec` keeps the pid, so process-group checks hold.
+    """
+    assert os.access(STANDIN, os.X_OK), f"{STANDIN} must be executable"
+    launcher = tmp_path_factory.mktemp("standin") / "cinc-auditor"
+    launcher.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} '
+                        f'{shlex.quote(str(STANDIN))} "$@"\n')
+    launcher.chmod(0o755)
+    return launcher
+
+
 @pytest.fixture
-def standin_auditor(monkeypatch: pytest.MonkeyPatch) -> str:
+def standin_auditor(standin_launcher: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """Absolute path of the stand-in auditor executable, with a clean stand-in environment."""
     for name in list(os.environ):
         if name.startswith("SCANFLEET_STANDIN_"):
             monkeypatch.delenv(name)
-    # The stand-in runs `#!/usr/bin/env python3` and kubectl: both from this venv first.
+    # kubectl (and anything else the stand-in runs) from this venv first.
     monkeypatch.setenv("PATH", path_with_venv_bin(os.environ.get("PATH")))
-    assert os.access(STANDIN, os.X_OK), f"{STANDIN} must be executable"
-    return str(STANDIN)
+    return str(standin_launcher)
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -23,6 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
+from fixtures_fleet import start_redis
 from tools import require_tool
 
 from scanfleet.credentials import identity_objects
@@ -39,12 +39,6 @@ def write_sweeps(tmp_path: Path) -> Callable[..., Path]:
         return p
 
     return write
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> Any:
@@ -73,41 +67,14 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 10) -> None:
 def ops_redis(tmp_path: Path) -> Iterator[str]:
     """A private redis-server (no persistence) on a free port; yields its URL."""
     exe = require_tool("redis-server")
-    import redis
 
-    port = free_port()
     data = tmp_path / "redis"
     data.mkdir()
-    proc = subprocess.Popen(
-        [
-            exe,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(data),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(host="127.0.0.1", port=port)
-
-    def up() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            return False
-
+    port, proc = start_redis([exe, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                              "--dir", str(data)])
     try:
-        wait_for(up, 10, "redis-server to answer PING")
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        client.close()
         stop_process(proc)
 
 

@@ -436,8 +436,9 @@ def test_sigterm_stops_every_thread_of_a_local_run(
     pids = tmp_path / "pids"
     pids.mkdir()
     auditor_plan({
-        "apps/web/app": {"sleep": 120, "pid_file": str(pids / "app")},
-        "apps/web/sidecar": {"sleep": 120, "pid_file": str(pids / "sidecar")},
+        # Audits that outlast the test's timeout: waiting for them would hang the test.
+        "apps/web/app": {"sleep": 3600, "pid_file": str(pids / "app")},
+        "apps/web/sidecar": {"sleep": 3600, "pid_file": str(pids / "sidecar")},
     })
     results = tmp_path / "results"
     env = {**os.environ, "SCANFLEET_AUDITOR": standin_auditor}
@@ -452,10 +453,8 @@ def test_sigterm_stops_every_thread_of_a_local_run(
         while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(list(pids.iterdir())) == 2, "both audits should be running"
-        started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=60)
-        assert time.monotonic() - started < 30, "the run must not wait for the audits"
+        stdout, stderr = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:
             proc.kill()
