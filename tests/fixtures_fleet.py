@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import leftovers
 import pytest
 import redis
 from fakekube import FakeCluster, write_kubeconfig
@@ -128,7 +129,9 @@ class RedisServer:
 
 
 @pytest.fixture
-def make_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+def make_redis(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., RedisServer]]:
     servers: list[RedisServer] = []
 
     def factory(appendonly: bool = False) -> RedisServer:
@@ -137,8 +140,13 @@ def make_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
         return server
 
     yield factory
-    for s in servers:
-        s.stop()
+    try:
+        left = [k for s in servers if s.proc is not None
+                for k in leftovers.immortal_keys(s.client(), leftovers.PREFIXES)]
+        leftovers.fail_on(request, "Redis keys without a TTL", left)
+    finally:
+        for s in servers:
+            s.stop()
 
 
 @pytest.fixture

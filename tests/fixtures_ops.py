@@ -2,8 +2,8 @@
 
 - ``write_sweeps(text_or_data, name="sweeps.yml")``: write a sweeps file in tmp_path.
 - ``ops_redis``: a test-owned ``redis-server`` on a free port (URL), stopped at teardown;
-  an autouse-style check in the fixture fails the test if it left scanfleet keys behind
-  other than the ones it declares via ``ops_redis_allow``.
+  the teardown fails the test if it left scanfleet keys without a TTL (``leftovers.py``;
+  ``@pytest.mark.leaves_leftovers("why")`` to allow it).
 - ``make_run(results_dir, run_id, summaries, run=None)``: a run directory with target
   summaries (SPEC §4 plus ``controls``) and optionally run.json.
 - ``summary(...)``: one target summary.
@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import leftovers
 import pytest
 import yaml
 from fixtures_fleet import start_redis
@@ -64,8 +65,11 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 10) -> None:
 
 
 @pytest.fixture
-def ops_redis(tmp_path: Path) -> Iterator[str]:
-    """A private redis-server (no persistence) on a free port; yields its URL."""
+def ops_redis(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A private redis-server (no persistence) on a free port; yields its URL.
+
+    At teardown the test fails if it left scanfleet keys without a TTL (leftovers.py).
+    """
     exe = require_tool("redis-server")
 
     data = tmp_path / "redis"
@@ -74,6 +78,11 @@ def ops_redis(tmp_path: Path) -> Iterator[str]:
                               "--dir", str(data)])
     try:
         yield f"redis://127.0.0.1:{port}/0"
+        import redis
+
+        with redis.Redis(host="127.0.0.1", port=port) as client:
+            left = leftovers.immortal_keys(client, leftovers.PREFIXES)
+        leftovers.fail_on(request, "Redis keys without a TTL", left)
     finally:
         stop_process(proc)
 

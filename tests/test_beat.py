@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_ops import stop_process, wait_for
+from fixtures_kube import seed_default
+from fixtures_ops import leave_orphans, make_run, stop_process, wait_for
 from structlog.testing import capture_logs
 
 from scanfleet.beat import (
@@ -35,6 +36,7 @@ from scanfleet.beat import (
     beat_schedule,
     run_tick,
 )
+from scanfleet.kube import KubeClient
 from scanfleet.settings import Settings
 from scanfleet.store import RunStore, connect
 from scanfleet.sweeps import Sweep, load_sweeps
@@ -196,6 +198,9 @@ BEAT = textwrap.dedent(
         with open(CLOCK) as f:
             return datetime.fromisoformat(f.read().strip())
 
+    if CLOCK == "-":  # real time
+        file_clock = None
+
     import celery.beat
     from celery.signals import before_task_publish
 
@@ -217,7 +222,9 @@ BEAT = textwrap.dedent(
     from scanfleet.beat import run_beat
     from scanfleet.sweeps import load_sweeps
 
-    run_beat(app, load_sweeps(sys.argv[2]), max_interval=0.25, nowfun=file_clock)
+    periodic = {"janitor_interval": float(sys.argv[3]), "prune_interval": float(sys.argv[4])} \\
+        if len(sys.argv) > 4 else {}
+    run_beat(app, load_sweeps(sys.argv[2]), max_interval=0.25, nowfun=file_clock, **periodic)
     """
 )
 
@@ -391,3 +398,37 @@ def test_a_tick_while_the_lock_is_held_is_skipped(
     assert len(published_ticks(procs, beat)) == 1
     assert procs.starts() == []
     assert store.r.get(f"{PREFIX}:sweep:every-minute:lock") == held
+
+
+@pytest.mark.slow
+def test_workers_run_the_janitor_and_prune_periodically(
+    procs: Procs, every_minute: Path, make_cluster: Callable[..., Any], tmp_path: Path
+) -> None:
+    # What `scanfleet beat` schedules besides sweeps: the janitor and retention, executed by
+    # the workers. Intervals of 1 s (instead of 15 min / 1 h) let the test see repeats.
+    cluster = seed_default(make_cluster())
+    kubeconfig = cluster.write_kubeconfig(tmp_path / "kube" / "config", context="fake")
+    kube = KubeClient(str(kubeconfig), "fake")
+    leave_orphans(kube, "apps", "00000000000000aa", "r", datetime.now(UTC) - timedelta(hours=3),
+                  600)
+    kube.close()
+    results = Path(procs.env["SCANFLEET_RESULTS_DIR"])
+    old = make_run(results, "20200101T000000Z-0000aa", [], run={"source": "submit"})
+    procs.env["KUBECONFIG"] = str(kubeconfig)
+    worker = procs.spawn("worker", WORKER)
+    # Real time: celery's beat heap only looks at its earliest entry, so one frozen clock
+    # for the sweep would starve the interval entries.
+    procs.spawn("beat", BEAT, "-", str(every_minute), "1", "1")
+    try:
+        wait_for(lambda: len(procs.events(worker, "janitor.finished")) >= 2, 90,
+                 "two janitor passes on the worker")
+        wait_for(lambda: len(procs.events(worker, "retention.finished")) >= 2, 90,
+                 "two retention passes on the worker")
+    except AssertionError:
+        raise AssertionError(procs.dump()) from None
+    first = procs.events(worker, "janitor.finished")[0]
+    assert first["deleted"] == 3, first
+    assert first["context_errors"] == 0, first
+    assert cluster.scanfleet_objects() == []
+    assert [e["run_id"] for e in procs.events(worker, "retention.pruned")] == [old.name]
+    assert not old.exists()

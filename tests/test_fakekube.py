@@ -20,6 +20,10 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import stream
 from tools import require_tool
 
+pytestmark = pytest.mark.leaves_leftovers(
+    "tests of the fake itself mint scanfleet-labelled identities by hand"
+)
+
 SCANFLEET = {"app.kubernetes.io/managed-by": "scanfleet"}
 # What deploy/ grants scanfleet (SPEC §9).
 SCANFLEET_CLUSTERROLE = [
