@@ -143,3 +143,27 @@ def test_no_token_in_redis_worker_logs_or_results_after_a_fleet_run(
     for where, text in texts.items():
         for token in tokens:
             assert token not in text, f"a scan token in {where}"
+
+
+def test_an_unexpected_failure_in_the_worker_is_recorded_and_the_run_ends(
+    fleet_env: dict[str, str], fleet_clusters: FleetClusters,
+    make_worker: Callable[..., Worker],
+) -> None:
+    # The API server answers the worker's read of west's apps/web with HTTP 200 and a Status
+    # body: not a Pod. Nothing anticipates that; record_failure must still give the two
+    # targets of that pod a result, so the run finishes.
+    fleet_clusters.west.fail("GET", r"^/api/v1/namespaces/apps/pods/web$", 200, times=1000)
+    workers = [make_worker(fleet_env, concurrency=2)]
+    proc = run_cli(["submit", *DISCOVER, "--wait", "--json"], fleet_env)
+    fleet_clusters.west.clear_faults()
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    run, found = finished(proc, fleet_env)
+    assert run["targets"]["total"] == 8
+    broken = [s for s in found if s["status"] == "error"]
+    assert sorted((s["target"]["context"], s["target"]["pod"], s["target"]["container"])
+                  for s in broken) == [("west", "web", "app"), ("west", "web", "sidecar")]
+    for s in broken:
+        assert s["error"]["message"].startswith("scan failed: "), s["error"]
+    assert sum(s["status"] == "completed" for s in found) == 6
+    assert "scan.failed_unexpectedly" in workers[0].log.read_text(errors="replace")
+
