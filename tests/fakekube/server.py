@@ -179,6 +179,7 @@ class Handler(BaseHTTPRequestHandler):
         body_bytes = self._read_body()
         identity = self._authenticate()
         self._log_index = state.record(method, path, identity,
+                                       user_agent=self.headers.get("User-Agent", ""),
                                        **self._log_fields(method, path, query, body_bytes))
         fault = state.take_fault(method, path)
         if fault is not None:
