@@ -10,10 +10,12 @@
     │   ├── ClusterApiError      api_error
     │   │   └── ClusterUnavailable   api_error, retryable (connection, 5xx, 429 after retries)
     │   ├── AuditorMissing       auditor_missing
+    │   ├── SandboxUnavailable   sandbox_unavailable (no Landlock, or a policy refused)
     │   ├── AuditorFailed        auditor_exit
     │   ├── ScanTimeout          timeout
     │   ├── InvalidReport        invalid_report
-    │   └── ScanInterrupted      interrupted
+    │   ├── ScanInterrupted      interrupted
+    │   └── Rejected             rejected: a worker refused the plan (policy.py)
     └── FleetBusy                the fleet cannot take this scan right now (retryable)
         ├── StoreUnavailable     Redis could not be reached (after the client's retries)
         └── NoSlot               the cluster is at its concurrency cap
@@ -37,10 +39,12 @@ class ErrorKind(StrEnum):
     FORBIDDEN = "forbidden"
     API_ERROR = "api_error"
     AUDITOR_MISSING = "auditor_missing"
+    SANDBOX_UNAVAILABLE = "sandbox_unavailable"
     AUDITOR_EXIT = "auditor_exit"
     TIMEOUT = "timeout"
     INVALID_REPORT = "invalid_report"
     INTERRUPTED = "interrupted"
+    REJECTED = "rejected"
 
 
 class ExitCode(IntEnum):
@@ -106,6 +110,12 @@ class AuditorMissing(ScanError):
     kind = ErrorKind.AUDITOR_MISSING
 
 
+class SandboxUnavailable(ScanError):
+    """The auditor sandbox cannot be applied here; the auditor was not started."""
+
+    kind = ErrorKind.SANDBOX_UNAVAILABLE
+
+
 class AuditorFailed(ScanError):
     kind = ErrorKind.AUDITOR_EXIT
 
@@ -120,6 +130,12 @@ class InvalidReport(ScanError):
 
 class ScanInterrupted(ScanError):
     kind = ErrorKind.INTERRUPTED
+
+
+class Rejected(ScanError):
+    """A worker refused to run what the plan (read from Redis) asked for: nothing ran."""
+
+    kind = ErrorKind.REJECTED
 
 
 class FleetBusy(ScanfleetError):

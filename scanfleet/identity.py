@@ -25,7 +25,7 @@ from typing import Any
 
 import structlog
 
-from scanfleet import logs
+from scanfleet import logs, metrics
 from scanfleet.clock import rfc3339
 from scanfleet.errors import ScanfleetError
 from scanfleet.kube import KubeClient
@@ -122,6 +122,7 @@ def scan_identity(
     """Mint the identity, yield it, and always revoke it."""
     name = object_name(scan_id)
     ns = target.namespace
+    phases = metrics.identity_phases(kube)
     endpoint = kube.endpoint()
     if endpoint.insecure:
         log.warning(
@@ -143,6 +144,7 @@ def scan_identity(
             write_kubeconfig(tmp, endpoint, ns, token)
             kube.wait_for_access(ns, target.pod, token)
             log.info("credentials.minted", object=name, token_ttl=ttl)
+            phases.minted()
             try:
                 yield identity
             except ScanfleetError as e:
@@ -150,11 +152,13 @@ def scan_identity(
                 e.args = tuple(redact_text(str(a), token) for a in e.args)
                 raise
     finally:
+        phases.revoking()
         identity.cleanup = revoke(kube, ns, name, created=identity.created)
         shutil.rmtree(tmp, ignore_errors=True)
         if tmp.exists():
             identity.cleanup = "incomplete"
             log.error("credentials.kubeconfig_not_removed", kubeconfig_path=str(tmp))
+        phases.revoked(identity.cleanup)
 
 
 def revoke(kube: KubeClient, namespace: str, name: str, created: list[str] | None = None) -> str:

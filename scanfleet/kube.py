@@ -25,6 +25,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
+from scanfleet import metrics
 from scanfleet.errors import (
     BadInput,
     ClusterApiError,
@@ -33,6 +34,7 @@ from scanfleet.errors import (
     TargetNotFound,
 )
 from scanfleet.kubeconfig import ClusterEndpoint, first_line
+from scanfleet.logs import remember
 from scanfleet.targets import ContainerInfo, PodInfo
 
 T = TypeVar("T")
@@ -52,15 +54,15 @@ class KubeClient:
         cfg = k8s.Configuration()
         try:
             k8s_config.load_kube_config(
-                config_file=kubeconfig,
-                context=context,
-                client_configuration=cfg,
+                config_file=kubeconfig, context=context, client_configuration=cfg,
                 persist_config=False,
             )
         except (ConfigException, OSError) as e:
             raise BadInput(
                 f"cannot load context {context!r} from kubeconfig {kubeconfig!r}: {first_line(e)}"
             ) from None
+        # The admin credential is redacted by value from every log line and scrubbed text.
+        remember(*(str(v).split()[-1] for v in (cfg.api_key or {}).values() if v), cfg.password)
         cfg.retries = urllib3.Retry(
             total=retries,
             backoff_factor=backoff,
@@ -303,6 +305,7 @@ class KubeClient:
         not_found: Callable[[], Exception] | None = None,
         conflict: Callable[[], Exception] | None = None,
     ) -> T:
+        fn = metrics.api_call(self.context, what, fn)
         try:
             return fn()
         except ApiException as e:

@@ -27,7 +27,7 @@ from scanfleet.identity import scan_identity
 from scanfleet.inspec import Counts, control_ids, load_report
 from scanfleet.kube import ClientCache, KubeClient
 from scanfleet.plan import ScanOptions
-from scanfleet.results import report_path
+from scanfleet.results import make_dir, report_path
 from scanfleet.summaries import (
     ControlIds,
     TargetSummary,
@@ -130,7 +130,7 @@ def _audit(
             "not Running; nothing to exec into"
         )
     report = report_path(out_dir, scan_id)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir)
     report.unlink(missing_ok=True)  # a redelivered scan must not judge an old report
     identity = None
     try:
