@@ -5,14 +5,20 @@
     AUDITOR exec PROFILE -t k8s-container://NS/POD/CONTAINER --reporter json:REPORT
             [--input-file F]... [EXTRA...]
 
-with `KUBECONFIG` pointing at the scan's throwaway kubeconfig, waits for it with a timeout,
-and maps the outcome onto the error tree: exit 0 / 100 / 101 (all passed / some failed /
-some skipped) is a completed audit; any other exit is `AuditorFailed` carrying the redacted
-last 2 KB of stderr; a missing executable is `AuditorMissing`; a timeout is `ScanTimeout`.
+with `KUBECONFIG` pointing at the scan's throwaway kubeconfig, inside the auditor sandbox
+(`scanfleet.sandbox`: Landlock, no capabilities, no_new_privs, death with its parent,
+applied by the exec helper between fork and exec). REPORT, HOME and TMPDIR lie in the
+scan's private directory; a completed report is rewritten into the results by scanfleet.
+It waits with a timeout and maps the outcome onto the error tree: exit 0 / 100 / 101 (all
+passed / some failed / some skipped) is a completed audit; any other exit is `AuditorFailed`
+carrying the redacted last 2 KB of stderr; a missing executable is `AuditorMissing`; a
+timeout is `ScanTimeout`; a sandbox that cannot be applied is `SandboxUnavailable`.
 
 What it must never do:
 - run a shell: the argv is a list, so a profile or target holding `;` or `$(...)` is one
   literal argument;
+- run the auditor unconfined unless the operator said SCANFLEET_SANDBOX=off (then it warns
+  on every scan); without Landlock it raises SandboxUnavailable and starts nothing;
 - leak credentials: the auditor's environment is built from an allowlist (see
   `auditor_environment`), `KUBECONFIG` is the temp kubeconfig path and nothing else, and the
   kubeconfig's *content* is never read, logged or put in a message; stderr is redacted
@@ -20,7 +26,8 @@ What it must never do:
 - leave processes behind: the auditor runs in its own process group (session), and on
   timeout, on any interruption of the waiting thread (KeyboardInterrupt, a ScanInterrupted
   raised by a signal handler, ...) and after a normal exit (stragglers such as a leftover
-  `kubectl exec`) the whole group gets SIGTERM, then SIGKILL after `kill_grace` seconds.
+  `kubectl exec`) the whole group gets SIGTERM, then SIGKILL after `kill_grace` seconds
+  (`scanfleet.procgroup`).
   A process that leaves the group on purpose (setsid) escapes this; containing that is the
   worker's job (its container / cgroup).
 - hold unbounded output in memory: stdout is discarded (the report goes to a file) and only
@@ -32,7 +39,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
+import shutil
 import subprocess
 import threading
 import time
@@ -42,10 +49,20 @@ from pathlib import Path
 
 import structlog
 
-from scanfleet.errors import AuditorFailed, AuditorMissing, ScanInterrupted, ScanTimeout
+from scanfleet import sandbox, sandbox_reap
+from scanfleet.errors import (
+    AuditorFailed,
+    AuditorMissing,
+    InvalidReport,
+    ScanInterrupted,
+    ScanTimeout,
+)
 from scanfleet.logs import redact_text
+from scanfleet.procgroup import signal_name, terminate_group
+from scanfleet.results import copy_report
 from scanfleet.settings import process_environment
 from scanfleet.targets import Target
+from scanfleet.textsafe import strip_controls
 
 COMPLETED_EXIT_CODES = frozenset({0, 100, 101})
 """InSpec's distinct exit codes: 0 all passed, 100 some failed, 101 some skipped."""
@@ -137,7 +154,12 @@ def build_argv(
     return argv
 
 
-def auditor_environment(kubeconfig: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
+def auditor_environment(
+    kubeconfig: Path,
+    base: Mapping[str, str] | None = None,
+    *,
+    workdir: sandbox.WorkDir | None = None,
+) -> dict[str, str]:
     """The auditor's environment: an allowlisted copy of `base` plus KUBECONFIG.
 
     Kept: PATH, HOME, user and locale variables, temp dirs, proxy and CA-bundle variables
@@ -149,6 +171,9 @@ def auditor_environment(kubeconfig: Path, base: Mapping[str, str] | None = None)
     kubeconfig path alone, so the auditor and any kubectl it runs see only the scan's
     least-privilege identity. A proxy URL may carry proxy credentials; it is kept because
     without it the cluster is unreachable.
+
+    With `workdir` (the scan's private work dir), HOME and TMPDIR point into it, and
+    INSPEC_CONFIG_DIR, when unset, keeps naming the worker's ~/.inspec (plugins live there).
     """
     source = process_environment() if base is None else base
     env = {
@@ -159,6 +184,12 @@ def auditor_environment(kubeconfig: Path, base: Mapping[str, str] | None = None)
         and "KUBECONFIG" not in k.upper()
     }
     env["KUBECONFIG"] = str(kubeconfig)
+    if workdir is not None:
+        inspec = Path(source.get("HOME") or "/nonexistent") / ".inspec"
+        if "INSPEC_CONFIG_DIR" not in env and inspec.is_dir():
+            env["INSPEC_CONFIG_DIR"] = str(inspec)
+        env["HOME"] = str(workdir.home)
+        env["TMPDIR"] = str(workdir.tmp)
     return env
 
 
@@ -175,57 +206,105 @@ def run_auditor(
     kill_grace: float = 10.0,
     env: Mapping[str, str] | None = None,
 ) -> AuditResult:
-    """Run the auditor against one target and wait for it, never leaving a process behind.
+    """Run the auditor against one target, in its sandbox, and wait for it.
 
-    `env` replaces the parent environment as the base that `auditor_environment` filters.
-    Raises AuditorMissing, AuditorFailed or ScanTimeout; any BaseException raised in the
-    waiting thread (KeyboardInterrupt, ScanInterrupted from a signal handler) terminates
-    the process group and is re-raised unchanged.
+    The auditor writes its report into the scan's private directory (the kubeconfig's);
+    after a completed audit scanfleet rewrites it to `report_path` with the results' file
+    mode. `env` replaces the parent environment as the base that `auditor_environment`
+    filters; the sandbox settings (SCANFLEET_SANDBOX*) are the worker's own, from
+    os.environ.
+    Raises SandboxUnavailable, AuditorMissing, AuditorFailed, InvalidReport or ScanTimeout;
+    any BaseException raised in the waiting thread (KeyboardInterrupt, ScanInterrupted from
+    a signal handler) terminates the process group and is re-raised unchanged.
     """
     if timeout <= 0:
         raise ValueError(f"timeout must be positive, got {timeout!r}")
-    argv = build_argv(auditor, profile, target, report_path, input_files, extra_args)
-    child_env = auditor_environment(kubeconfig, env)
-    started = time.monotonic()
+    launch = _prepare(auditor, profile, target, report_path, kubeconfig, input_files,
+                      extra_args, env)
+    with sandbox_reap.hold(kubeconfig.parent):
+        started = time.monotonic()
+        try:
+            proc = sandbox.spawn(launch.policy, launch.argv, launch.env)
+        except sandbox.ExecFailed as e:
+            raise AuditorMissing(_missing_message(auditor, str(e))) from e
+        sandbox_reap.record_auditor(kubeconfig.parent, proc.pid)
+        log.info("auditor.started", pid=proc.pid, argv=launch.argv, sandbox=launch.mode,
+                 kubeconfig_path=str(kubeconfig))
+        exit_code, stderr_tail = _supervise(proc, target, started + timeout, timeout,
+                                            kill_grace)
+        duration = time.monotonic() - started
+        log.info("auditor.finished", pid=proc.pid, exit_code=exit_code, duration_s=duration)
+        if exit_code not in COMPLETED_EXIT_CODES:
+            how = f" (killed by {signal_name(-exit_code)})" if exit_code < 0 else ""
+            raise AuditorFailed(f"auditor exited with code {exit_code}{how}: {stderr_tail}")
+        report = launch.work.report
+        if report.exists() or report.is_symlink():
+            try:
+                copy_report(report, report_path)
+            except ValueError as e:
+                raise InvalidReport(f"the auditor's report cannot be used: {e}") from e
+    return AuditResult(exit_code=exit_code, duration_s=duration)
+
+
+@dataclass(frozen=True)
+class _Launch:
+    argv: list[str]
+    env: dict[str, str]
+    policy: sandbox.Policy
+    work: sandbox.WorkDir
+    mode: str
+
+
+def _prepare(
+    auditor: str, profile: str, target: Target, report_path: Path, kubeconfig: Path,
+    input_files: Sequence[Path | str], extra_args: Sequence[str],
+    env: Mapping[str, str] | None,
+) -> _Launch:
+    """Sandbox mode, private work dir, argv, environment and policy of one audit."""
+    config = sandbox.SandboxConfig.from_env(process_environment())
+    mode = sandbox.activate(config)  # no Landlock and not opted out: nothing runs
+    work = sandbox.prepare_workdir(kubeconfig.parent)
+    argv = build_argv(auditor, profile, target, work.report, input_files, extra_args)
+    child_env = auditor_environment(kubeconfig, env, workdir=work)
+    executable = shutil.which(auditor, path=child_env.get("PATH", os.defpath))
+    if executable is None:
+        raise AuditorMissing(_missing_message(auditor, "No such file or directory"))
+    scan = sandbox.Scan(executable, profile, kubeconfig, work, report_path.parent,
+                        input_files, extra_args)
+    policy = sandbox.build_policy(config, scan, child_env, process_environment())
+    return _Launch(argv, child_env, policy, work, mode)
+
+
+def _missing_message(auditor: str, why: str) -> str:
+    return (
+        f"auditor executable {auditor!r} cannot be run ({why}): "
+        "set SCANFLEET_AUDITOR to the cinc-auditor executable or install cinc-auditor"
+    )
+
+
+def _supervise(
+    proc: subprocess.Popen[bytes], target: Target, deadline: float, timeout: float,
+    kill_grace: float,
+) -> tuple[int, str]:
+    """Wait for the auditor; its exit code and redacted stderr tail. The group never
+    outlives this call."""
     try:
-        proc = subprocess.Popen(
-            argv,
-            env=child_env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            close_fds=True,
-        )
-    except OSError as e:  # FileNotFoundError, PermissionError, ENOEXEC
-        raise AuditorMissing(
-            f"auditor executable {auditor!r} cannot be run ({e.strerror or e}): "
-            "set SCANFLEET_AUDITOR to the cinc-auditor executable or install cinc-auditor"
-        ) from e
-    try:
-        log.info("auditor.started", pid=proc.pid, argv=argv, kubeconfig_path=str(kubeconfig))
         tail = _StderrTail(proc)
-        exit_code = _wait(proc, started + timeout)
+        exit_code = _wait(proc, deadline)
     except BaseException:
         log.warning("auditor.interrupted", pid=proc.pid)
-        _terminate_group(proc, kill_grace)
+        terminate_group(proc, kill_grace)
         raise
     if exit_code is None:
         log.warning("auditor.timeout", pid=proc.pid, timeout_s=timeout)
-        _terminate_group(proc, kill_grace)
+        terminate_group(proc, kill_grace)
         raise ScanTimeout(
             f"auditor timed out after {timeout:g} s on {target.ref}; "
             "its process group was terminated"
         )
     # The leader is done; anything it left in its group (a kubectl exec, ...) goes too.
-    _terminate_group(proc, kill_grace)
-    duration = time.monotonic() - started
-    stderr_tail = tail.text()
-    log.info("auditor.finished", pid=proc.pid, exit_code=exit_code, duration_s=duration)
-    if exit_code not in COMPLETED_EXIT_CODES:
-        how = f" (killed by {_signal_name(-exit_code)})" if exit_code < 0 else ""
-        raise AuditorFailed(f"auditor exited with code {exit_code}{how}: {stderr_tail}")
-    return AuditResult(exit_code=exit_code, duration_s=duration)
+    terminate_group(proc, kill_grace)
+    return exit_code, tail.text()
 
 
 def _wait(proc: subprocess.Popen[bytes], deadline: float) -> int | None:
@@ -246,77 +325,6 @@ def _wait(proc: subprocess.Popen[bytes], deadline: float) -> int | None:
             return None
         time.sleep(min(delay, remaining))
         delay = min(delay * 2, _POLL_MAX_S)
-
-
-def _terminate_group(proc: subprocess.Popen[bytes], grace: float) -> None:
-    """SIGTERM the auditor's process group, SIGKILL whatever is alive after `grace` s.
-
-    Robust against a second interruption: whatever happens while waiting out the grace
-    period, the group gets SIGKILL before this returns or raises.
-    """
-    pgid = proc.pid  # start_new_session: the leader's pid is the group id
-    killed = False
-    try:
-        if not _group_alive(pgid) and proc.poll() is not None:
-            return
-        _signal_group(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        delay = 0.001
-        while time.monotonic() < deadline:
-            # Reap the leader as soon as it exits; after that, a live pgid means stragglers.
-            # (The pid is not reused while the group still has members.)
-            if proc.poll() is not None and not _group_alive(pgid):
-                return
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, _POLL_MAX_S)
-        log.warning("auditor.kill", pid=pgid, grace_s=grace)
-        _signal_group(pgid, signal.SIGKILL)
-        killed = True
-    finally:
-        if not killed and (proc.poll() is None or _group_alive(pgid)):
-            _signal_group(pgid, signal.SIGKILL)
-        proc.wait()
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _group_alive(pgid: int) -> bool:
-    """True if a process of group `pgid` is still running (zombies do not count)."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # killpg(0) also succeeds for zombies awaiting their (new) parent's wait; on Linux look
-    # closer so a not-yet-reaped grandchild does not count as alive.
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return True
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # "pid (comm) state ppid pgrp ..." — comm may contain spaces and parentheses.
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) >= 3 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-            return True
-    return False
-
-
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
 
 
 class _StderrTail:
@@ -353,6 +361,7 @@ class _StderrTail:
         self._thread.join(join_timeout)
         with self._lock:
             raw = bytes(self._buf)
-        text = redact_text(raw.decode("utf-8", errors="replace"))
+        # Container-derived text: no escape sequences, control or bidi characters either.
+        text = strip_controls(redact_text(raw.decode("utf-8", errors="replace")))
         tail = text.encode("utf-8")[-STDERR_TAIL_BYTES:].decode("utf-8", errors="ignore")
         return tail.strip()

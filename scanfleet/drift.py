@@ -125,7 +125,7 @@ def previous_run(results_dir: Path, run_id: str, source: str) -> Path | None:
     if not results_dir.is_dir():
         return None
     older = sorted(
-        (p for p in results_dir.iterdir() if RUN_ID_RE.match(p.name) and p.name < run_id),
+        (p for p in results_dir.iterdir() if RUN_ID_RE.fullmatch(p.name) and p.name < run_id),
         key=lambda p: p.name,
         reverse=True,
     )
@@ -151,7 +151,7 @@ def write_sweep_drift(results_dir: Path, run: Mapping[str, Any]) -> dict[str, An
     """
     source = str(run.get("source") or "")
     run_id = str(run.get("run_id") or "")
-    if not source.startswith("sweep:") or not RUN_ID_RE.match(run_id):
+    if not source.startswith("sweep:") or not RUN_ID_RE.fullmatch(run_id):
         return None
     here = results_dir / run_id
     prev = previous_run(results_dir, run_id, source)

@@ -12,11 +12,13 @@
     │   │   ├── ObjectChanged        api_error: a delete's UID precondition failed (409)
     │   │   └── ForeignObject        api_error: a same-named object is not scanfleet's
     │   ├── AuditorMissing       auditor_missing
+    │   ├── SandboxUnavailable   sandbox_unavailable (no Landlock, or a policy refused)
     │   ├── AuditorFailed        auditor_exit
     │   ├── ScanTimeout          timeout
     │   ├── InvalidReport        invalid_report
     │   ├── TargetChanged        target_changed (the pod was replaced during the scan)
-    │   └── ScanInterrupted      interrupted
+    │   ├── ScanInterrupted      interrupted
+    │   └── Rejected             rejected: a worker refused the plan (policy.py)
     └── FleetBusy                the fleet cannot take this scan right now (retryable)
         ├── StoreUnavailable     Redis could not be reached (after the client's retries)
         └── NoSlot               the cluster is at its concurrency cap
@@ -40,11 +42,13 @@ class ErrorKind(StrEnum):
     FORBIDDEN = "forbidden"
     API_ERROR = "api_error"
     AUDITOR_MISSING = "auditor_missing"
+    SANDBOX_UNAVAILABLE = "sandbox_unavailable"
     AUDITOR_EXIT = "auditor_exit"
     TIMEOUT = "timeout"
     INVALID_REPORT = "invalid_report"
     INTERRUPTED = "interrupted"
     TARGET_CHANGED = "target_changed"
+    REJECTED = "rejected"
 
 
 class ExitCode(IntEnum):
@@ -118,6 +122,12 @@ class AuditorMissing(ScanError):
     kind = ErrorKind.AUDITOR_MISSING
 
 
+class SandboxUnavailable(ScanError):
+    """The auditor sandbox cannot be applied here; the auditor was not started."""
+
+    kind = ErrorKind.SANDBOX_UNAVAILABLE
+
+
 class AuditorFailed(ScanError):
     kind = ErrorKind.AUDITOR_EXIT
 
@@ -138,6 +148,12 @@ class TargetChanged(ScanError):
     """The pod was deleted or replaced (another UID under its name) while it was scanned."""
 
     kind = ErrorKind.TARGET_CHANGED
+
+
+class Rejected(ScanError):
+    """A worker refused to run what the plan (read from Redis) asked for: nothing ran."""
+
+    kind = ErrorKind.REJECTED
 
 
 class FleetBusy(ScanfleetError):

@@ -48,7 +48,7 @@ from typing import Any
 
 import structlog
 
-from scanfleet import logs
+from scanfleet import logs, metrics
 from scanfleet.clock import rfc3339, utcnow
 from scanfleet.errors import ClusterApiError, ScanfleetError, TargetChanged, TargetNotFound
 from scanfleet.kube import KubeClient
@@ -233,6 +233,7 @@ def scan_identity(
     """Mint the identity and read the pod with it, yield it, and always revoke it."""
     name = object_name(scan_id)
     ns = target.namespace
+    phases = metrics.identity_phases(kube)
     endpoint = kube.endpoint()
     if endpoint.insecure:
         log.warning(
@@ -263,6 +264,7 @@ def scan_identity(
             identity.pod = identity.client.read_pod(ns, target.pod, wait=access_wait)
             log.info("credentials.minted", object=name, token_ttl=ttl,
                      expires_at=rfc3339(identity.expires_at), pod_uid=identity.pod.uid)
+            phases.minted()
             try:
                 yield identity
             except ScanfleetError as e:
@@ -271,6 +273,7 @@ def scan_identity(
                 raise
     finally:
         with _signals_held():  # a SIGTERM now is delivered once all of this is done
+            phases.revoking()
             if identity.client is not None:
                 identity.client.close()
             identity.cleanup = revoke(kube, ns, name, created=identity.created, uid=sa_uid)
@@ -278,6 +281,7 @@ def scan_identity(
             if tmp.exists():
                 identity.cleanup = "incomplete"
                 log.error("credentials.kubeconfig_not_removed", kubeconfig_path=str(tmp))
+            phases.revoked(identity.cleanup)
 
 
 def _granted(granted: datetime | None, now: datetime, ttl: int, min_lifetime: float,

@@ -27,6 +27,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
+from scanfleet import metrics
 from scanfleet.errors import (
     BadInput,
     ClusterApiError,
@@ -37,6 +38,7 @@ from scanfleet.errors import (
     TargetNotFound,
 )
 from scanfleet.kubeconfig import ClusterEndpoint, first_line
+from scanfleet.logs import remember
 from scanfleet.targets import PodInfo, pod_info
 
 T = TypeVar("T")
@@ -56,15 +58,15 @@ class KubeClient:
         cfg = k8s.Configuration()
         try:
             k8s_config.load_kube_config(
-                config_file=kubeconfig,
-                context=context,
-                client_configuration=cfg,
+                config_file=kubeconfig, context=context, client_configuration=cfg,
                 persist_config=False,
             )
         except (ConfigException, OSError) as e:
             raise BadInput(
                 f"cannot load context {context!r} from kubeconfig {kubeconfig!r}: {first_line(e)}"
             ) from None
+        # The admin credential is redacted by value from every log line and scrubbed text.
+        remember(*(str(v).split()[-1] for v in (cfg.api_key or {}).values() if v), cfg.password)
         cfg.retries = urllib3.Retry(
             total=retries,
             backoff_factor=backoff,
@@ -267,8 +269,7 @@ class KubeClient:
         ]
 
     def as_dict(self, kind: str, obj: Any) -> dict[str, Any]:
-        """The object's JSON form (camelCase), plus `kind`, and metadata's `name`,
-        `namespace`, `uid`, `labels`, `annotations`, `created` (RFC 3339) at the top."""
+        """The object's JSON form, plus `kind` and metadata's main fields at the top."""
         doc: dict[str, Any] = self._api.sanitize_for_serialization(obj)
         meta = doc.get("metadata") or {}
         return doc | {
@@ -319,6 +320,7 @@ class KubeClient:
         not_found: Callable[[], Exception] | None = None,
         conflict: Callable[[], Exception] | None = None,
     ) -> T:
+        fn = metrics.api_call(self.context, what, fn)
         try:
             return fn()
         except ApiException as e:

@@ -17,7 +17,7 @@ from scanfleet.discovery import Entry, covers_map, dedupe_images, resolve
 from scanfleet.errors import ScanInterrupted
 from scanfleet.kube import ClientCache
 from scanfleet.plan import RunPlan
-from scanfleet.results import run_dir, summary_path, write_json
+from scanfleet.results import make_dir, run_dir, summary_path, write_json
 from scanfleet.runs import (
     Pipeline,
     Progress,
@@ -51,7 +51,7 @@ def run_local(
     semaphore per context, as the fleet's is a lease per context.
     """
     out = run_dir(results_dir, plan.run_id)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     if entries is None:
         entries = resolve(clients, targets, need_images=plan.dedupe_images)
     if plan.dedupe_images:

@@ -4,6 +4,18 @@ Library code only gets loggers (`structlog.get_logger()`) and binds context; the
 the worker call `configure()` once. The redaction processor drops tokens and kubeconfig
 content whatever key they arrive under — by key name and by value shape — so a mistake
 elsewhere cannot leak a credential into a log line.
+
+Redaction is by value and by shape:
+- by value: every secret the process knows — scan tokens while they live (`secret()`), and
+  for the process's life (`remember()`, `remember_url()`) the broker URL's password and
+  the admin credential's token or password;
+- by shape: PEM blocks, JWTs, `Bearer`/`Basic` credentials, URL userinfo
+  (`scheme://user:password@`), and token/password/secret/key-data fields of JSON and YAML
+  (or key=value) text.
+It applies to structlog (a processor, plus a last pass over the rendered line) and to
+stdlib logging alike: `configure()` wraps the formatter of every root handler, where
+Celery's, kombu's and urllib3's records end up. It must never print a secret it was given
+(it has no debug output of its own).
 """
 
 from __future__ import annotations
@@ -15,6 +27,7 @@ import threading
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import structlog
 
@@ -23,11 +36,30 @@ _SECRET_KEYS = re.compile(
     r"(token|authorization|password|secret|kubeconfig|client[-_]key|bearer|credential)",
     re.IGNORECASE,
 )
-# A JWT (service account tokens are JWTs), a Bearer header, or an inline kubeconfig.
-_SECRET_VALUES = re.compile(
-    r"(eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"
-    r"|Bearer\s+\S+"
-    r"|(?:client-key-data|token|certificate-authority-data)\s*:\s*\S+)",
+# Shapes of a credential, whatever the process knows about it. Each pattern's group 1 (if
+# any) is kept, so the reader still sees what kind of thing was removed.
+_SECRET_SHAPES: tuple[tuple[re.Pattern[str], str], ...] = (
+    # PEM blocks (private keys, certificates: a client cert identifies an admin too).
+    (re.compile(r"-----BEGIN [A-Z0-9 ]+-----.*?(?:-----END [A-Z0-9 ]+-----|\Z)", re.S),
+     REDACTED),
+    # JWTs (service account tokens are JWTs).
+    (re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), REDACTED),
+    # Authorization headers and the like: Bearer / Basic credentials.
+    (re.compile(r"\b((?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=:-]{6,}", re.I), rf"\1{REDACTED}"),
+    # URL userinfo: scheme://user:password@host, scheme://:password@host.
+    (re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@:]*:[^/\s@]*@"), rf"\1{REDACTED}@"),
+    # JSON fields: "token": "...", "password": "...".
+    (re.compile(
+        r"(\"[A-Za-z_-]*(?:token|password|passwd|secret|client-key-data|"
+        r"certificate-authority-data|client-certificate-data|api[_-]?key)\"\s*:\s*)"
+        r"\"(?:[^\"\\]|\\.)*\"", re.I),
+     rf'\1"{REDACTED}"'),
+    # YAML / key=value text: token: x, password=x, client-key-data: x.
+    (re.compile(
+        r"\b([A-Za-z_-]*(?:token|password|passwd|secret|client-key-data|"
+        r"certificate-authority-data|client-certificate-data|api[_-]?key)\s*[:=]\s*)"
+        r"(?!\[REDACTED\])[^\s,;}\]\"']+", re.I),
+     rf"\1{REDACTED}"),
 )
 _SAFE_KEYS = {
     "event",
@@ -42,7 +74,10 @@ _SAFE_KEYS = {
 
 
 _live_secrets: set[str] = set()
+_known_secrets: set[str] = set()
 _live_lock = threading.Lock()
+_MIN_SECRET_LEN = 4
+"""Shorter values are not redacted by value (replacing every "ab" would wreck the text)."""
 
 
 @contextmanager
@@ -61,15 +96,33 @@ def secret(value: str) -> Iterator[None]:
             _live_secrets.discard(value)
 
 
-def redact_text(text: str, *extra: str) -> str:
-    """Replace anything shaped like a token, bearer header or kubeconfig secret, every
-    live secret, and the `extra` values given."""
-    text = _SECRET_VALUES.sub(REDACTED, text)
+def remember(*values: str | None) -> None:
+    """Redact these values for the rest of the process's life (the broker password, the
+    admin credential's token or key): secrets the process holds from start to end."""
     with _live_lock:
-        values = [*_live_secrets, *extra]
+        _known_secrets.update(v for v in values if v and len(v) >= _MIN_SECRET_LEN)
+
+
+def remember_url(url: str | None) -> None:
+    """Remember the userinfo (user name and password) of a URL such as the broker URL."""
+    if not url or "://" not in url:
+        return
+    parts = urlsplit(url)
+    password = unquote(parts.password) if parts.password else None
+    remember(parts.password, password)
+
+
+def redact_text(text: str, *extra: str) -> str:
+    """Replace credential shapes (PEM blocks, JWTs, Bearer/Basic credentials, URL userinfo,
+    token/password fields of JSON and YAML text), every live or remembered secret, and the
+    `extra` values given."""
+    with _live_lock:
+        values = sorted({*_live_secrets, *_known_secrets, *extra}, key=len, reverse=True)
     for v in values:
         if v:
             text = text.replace(v, REDACTED)
+    for pattern, repl in _SECRET_SHAPES:
+        text = pattern.sub(repl, text)
     return text
 
 
@@ -130,6 +183,27 @@ def configure(fmt: str = "json", level: int = logging.INFO) -> None:
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(message)s")
+    install_stdlib_redaction()
     # urllib3 logs retries with full URLs (no credentials), but keep it quiet and scrubbed.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     logging.getLogger("kubernetes").setLevel(logging.ERROR)
+
+
+class RedactingFormatter(logging.Formatter):
+    """Wraps a handler's formatter: the whole formatted record (message, arguments,
+    traceback) is scrubbed by `redact_text` before it is written."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter("%(name)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(self.inner.format(record))
+
+
+def install_stdlib_redaction(logger: logging.Logger | None = None) -> None:
+    """Scrub every handler of `logger` (default: the root logger, where Celery, kombu and
+    urllib3 records end up). Safe to call again after handlers are added."""
+    for handler in (logger or logging.getLogger()).handlers:
+        if not isinstance(handler.formatter, RedactingFormatter):
+            handler.setFormatter(RedactingFormatter(handler.formatter))

@@ -1,7 +1,8 @@
 """The run plan: what every target of one run is scanned and judged with.
 
 Owns `RunPlan` (plain JSON in Redis, `summaries.PlanDocument`: contexts by name, the
-threshold as its parsed document, never a credential) and the `ScanOptions` derived from it.
+threshold as its parsed document, never a credential: a profile URL's user:password is
+kept in memory only, `profile_url`) and the `ScanOptions` derived from it.
 Threshold files are read and validated once in `RunPlan.new`; a plan's threshold and fleet
 threshold are parsed once per plan object (`cached_property`), never once per target.
 
@@ -21,6 +22,13 @@ from typing import Any
 
 from scanfleet.clock import iso
 from scanfleet.errors import BadInput
+from scanfleet.logs import remember_url
+from scanfleet.policy import (
+    DEFAULT_ALLOWED_PROFILES,
+    check_auditor_args,
+    check_profile,
+    safe_url,
+)
 from scanfleet.thresholds import (
     FleetThreshold,
     Threshold,
@@ -69,6 +77,10 @@ class RunPlan:
     auditor: str = "cinc-auditor"
     dedupe_images: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
+    profile_url: str | None = field(default=None, repr=False, compare=False)
+    """The profile URL with its credentials (user:password@), in memory only: `profile`
+    is the URL without them, and only `profile` is serialised (Redis, run.json). A worker
+    takes credentials from its own allow-list instead (policy.credentialed)."""
 
     @classmethod
     def new(
@@ -85,18 +97,27 @@ class RunPlan:
         input_files: Sequence[str | Path] = (),
         extra_args: Sequence[str] = (),
         dedupe_images: bool = False,
+        allowed_profiles: Sequence[str] = DEFAULT_ALLOWED_PROFILES,
     ) -> RunPlan:
-        """A new run's plan, validated: threshold files strictly, input files exist.
+        """A new run's plan, validated: threshold files strictly, input files exist, the
+        profile and extra auditor arguments pass the policy (policy.py).
 
-        Raises BadInput (ThresholdFileError) before anything is created or queued.
+        Raises BadInput (ThresholdFileError, PolicyViolation) before anything is created
+        or queued.
         """
+        check_profile(profile, allowed_profiles)
+        check_auditor_args(extra_args)
+        shown = safe_url(profile)
+        if shown != profile:
+            remember_url(profile)
         for f in input_files:
             if not Path(f).is_file():
                 raise BadInput(f"input file {str(f)!r} does not exist or is not a file")
         plan = cls(
             run_id=new_run_id(now),
             source=source,
-            profile=profile,
+            profile=shown,
+            profile_url=profile if shown != profile else None,
             created_at=iso(now),
             threshold=threshold_document(threshold),
             threshold_source=str(threshold) if threshold else "threshold",
@@ -114,6 +135,7 @@ class RunPlan:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d.pop("profile_url")
         d["input_files"] = list(self.input_files)
         d["extra_args"] = list(self.extra_args)
         return d
@@ -121,6 +143,7 @@ class RunPlan:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunPlan:
         d = dict(data)
+        d.pop("profile_url", None)
         d["input_files"] = tuple(d.get("input_files", ()))
         d["extra_args"] = tuple(d.get("extra_args", ()))
         return cls(**d)
@@ -132,7 +155,7 @@ class RunPlan:
         if self.threshold is not None:
             threshold = parse_threshold(self.threshold, self.threshold_source)
         return ScanOptions(
-            profile=self.profile,
+            profile=self.profile_url or self.profile,
             threshold=threshold,
             input_files=self.input_files,
             extra_args=self.extra_args,

@@ -35,7 +35,7 @@ class RunKeys(Protocol):
 
 def run_time(run_id: str) -> datetime | None:
     """The UTC creation time in a run id; None if it is not a run id."""
-    if not RUN_ID_RE.match(run_id):
+    if not RUN_ID_RE.fullmatch(run_id):
         return None
     try:
         return datetime.strptime(run_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)

@@ -26,11 +26,13 @@ from typing import Any, Protocol
 
 import structlog
 
+from scanfleet import metrics
 from scanfleet.aggregate import Aggregator
 from scanfleet.clock import Clock, iso, utcnow
 from scanfleet.discovery import Entry
 from scanfleet.errors import ErrorKind, ScanError, ScanInterrupted
 from scanfleet.kube import ClientCache
+from scanfleet.logs import redact_text
 from scanfleet.plan import RunPlan
 from scanfleet.results import iter_summaries, run_dir, summary_path, write_json
 from scanfleet.scan import Scanned, scan_target
@@ -61,10 +63,14 @@ def failed_before_scan(
     image_id: str | None = None,
 ) -> TargetSummary:
     """The summary of a target that failed before its scan could start."""
-    return error_summary(
+    summary = error_summary(
         scan_id=scan_id_for(run_id, target), run_id=run_id,
         target=target_doc(target.to_dict(), image, image_id), error=error, started_at=iso(now),
     )
+    # Messages go to result files and Redis: no credential, whatever raised them.
+    if summary["error"] is not None:
+        summary["error"]["message"] = redact_text(summary["error"]["message"])
+    return summary
 
 
 class RunState(Protocol):
@@ -160,7 +166,8 @@ def record(pipe: Pipeline, plan: RunPlan, summary: Mapping[str, Any]) -> None:
         )
         write_json(summary_path(out, cs["scan_id"]), cs)
         outcomes.append((cs["scan_id"], cs["status"]))
-    _added, done, total = pipe.state.finish(plan.run_id, outcomes)
+    added, done, total = pipe.state.finish(plan.run_id, outcomes)
+    metrics.scan_recorded(summary, added)
     if done >= total:
         maybe_finalize(pipe, plan)
 

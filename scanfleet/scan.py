@@ -36,7 +36,7 @@ from scanfleet.identity import scan_identity
 from scanfleet.inspec import Counts, control_ids, load_report
 from scanfleet.kube import ClientCache, KubeClient
 from scanfleet.plan import ScanOptions
-from scanfleet.results import report_path
+from scanfleet.results import make_dir, report_path
 from scanfleet.settings import MINT_MARGIN
 from scanfleet.summaries import (
     ControlIds,
@@ -125,7 +125,7 @@ def _audit(
     started: datetime,
 ) -> None:
     report = report_path(out_dir, scan_id)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir)
     report.unlink(missing_ok=True)  # a redelivered scan must not judge an old report
     identity = None
     try:

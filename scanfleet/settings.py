@@ -1,7 +1,9 @@
 """Settings: one frozen dataclass, read from the environment here and nowhere else.
 
-Owns every environment variable scanfleet reads (`Settings.from_env`) and the process
-environment the auditor's allowlist is filtered from (`process_environment`). Command-line
+Owns every environment variable scanfleet reads (`Settings.from_env`; the results'
+group-read switch; prometheus_client's multiprocess directory, the one variable written
+for a library) and the process environment the auditor's allowlist and sandbox settings
+are read from (`process_environment`). Command-line
 flags override these; library code receives a Settings value (or the value it needs) and
 must never read `os.environ` itself.
 """
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scanfleet.errors import BadInput
+from scanfleet.policy import DEFAULT_ALLOWED_PROFILES, parse_allowed_profiles
 
 TOKEN_TTL_MIN = 600
 TOKEN_TTL_MAX = 86400
@@ -57,13 +60,22 @@ class Settings:
     """The workers' janitor revokes a fleet scan's identity whose scan holds no live lease
     once it is this many seconds old, before its expiry; 0: never early
     (SCANFLEET_EARLY_REVOKE_AFTER)."""
+    allowed_profiles: tuple[str, ...] = DEFAULT_ALLOWED_PROFILES
+    """Profile path and URL prefixes a plan may name (SCANFLEET_ALLOWED_PROFILES, separated
+    by os.pathsep or commas; default: any local path and https URL). See policy.py."""
+    metrics_port: int = 0
+    """Serve Prometheus /metrics on this port from `worker` and `beat`; 0: off.
+
+    (SCANFLEET_METRICS_PORT)"""
+    metrics_per_namespace: bool = False
+    """Beat's compliance gauges also per namespace (SCANFLEET_METRICS_PER_NAMESPACE=1)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         d = cls()
         return cls(
-            broker_url=env.get("SCANFLEET_BROKER_URL") or d.broker_url,
+            broker_url=broker_url(env) or d.broker_url,
             results_dir=Path(env.get("SCANFLEET_RESULTS_DIR") or d.results_dir),
             auditor=env.get("SCANFLEET_AUDITOR") or d.auditor,
             cluster_concurrency=env_int(
@@ -83,12 +95,63 @@ class Settings:
             early_revoke_after=env_int(
                 env, "SCANFLEET_EARLY_REVOKE_AFTER", d.early_revoke_after, 0
             ),
+            allowed_profiles=parse_allowed_profiles(env.get("SCANFLEET_ALLOWED_PROFILES")),
+            metrics_port=env_int(env, "SCANFLEET_METRICS_PORT", d.metrics_port, 0),
+            metrics_per_namespace=_choice(
+                env, "SCANFLEET_METRICS_PER_NAMESPACE", "0", ("0", "1")
+            ) == "1",
         )
 
 
 def process_environment() -> Mapping[str, str]:
     """This process's environment: the base the auditor's allowlist is filtered from."""
     return os.environ
+
+
+RESULTS_GROUP_READ_ENV = "SCANFLEET_RESULTS_GROUP_READ"
+PROMETHEUS_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def results_group_read(env: Mapping[str, str] | None = None) -> bool:
+    """SCANFLEET_RESULTS_GROUP_READ: 1 makes results 0750/0640 instead of 0700/0600."""
+    raw = (os.environ if env is None else env).get(RESULTS_GROUP_READ_ENV, "").strip().lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    raise BadInput(f"{RESULTS_GROUP_READ_ENV}={raw!r} must be 1 or 0")
+
+
+def prometheus_multiproc_dir() -> str | None:
+    """PROMETHEUS_MULTIPROC_DIR: where prometheus_client's forked children count, if set."""
+    return os.environ.get(PROMETHEUS_MULTIPROC_ENV) or None
+
+
+def set_prometheus_multiproc_dir(directory: str) -> None:
+    """Export PROMETHEUS_MULTIPROC_DIR to this process and every child forked after it
+    (prometheus_client reads it from the environment)."""
+    os.environ[PROMETHEUS_MULTIPROC_ENV] = directory
+
+
+def broker_url(env: Mapping[str, str]) -> str | None:
+    """SCANFLEET_BROKER_URL if set and not empty, else the first line of the file named by
+    SCANFLEET_BROKER_URL_FILE (a mounted Secret holding a URL with a password), else None."""
+    url = env.get("SCANFLEET_BROKER_URL", "").strip()
+    if url:
+        return url
+    path = env.get("SCANFLEET_BROKER_URL_FILE", "").strip()
+    if not path:
+        return None
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise BadInput(
+            f"SCANFLEET_BROKER_URL_FILE={path!r} cannot be read: {e.strerror}"
+        ) from None
+    first = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if not first:
+        raise BadInput(f"SCANFLEET_BROKER_URL_FILE={path!r} is empty")
+    return first
 
 
 def check_ttl(token_ttl: int, scan_timeout: int) -> None:

@@ -93,6 +93,7 @@ def start_sweep_run(sweep: Sweep, settings: Settings, publish: Publish) -> str:
         threshold=Path(sweep.threshold) if sweep.threshold else None,
         fleet_threshold=Path(sweep.fleet_threshold) if sweep.fleet_threshold else None,
         input_files=sweep.inputs, dedupe_images=sweep.dedupe_images,
+        allowed_profiles=settings.allowed_profiles,
     )
     clients = ClientCache(kubeconfig)
     try:

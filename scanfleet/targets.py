@@ -29,7 +29,7 @@ TARGET_KEYS = ("context", "namespace", "pod", "container")
 
 def check_label(value: object, what: str) -> str:
     """A DNS-1123 label: lower-case alphanumerics and '-', at most 63 characters."""
-    if not isinstance(value, str) or len(value) > 63 or not _DNS1123_LABEL.match(value):
+    if not isinstance(value, str) or len(value) > 63 or not _DNS1123_LABEL.fullmatch(value):
         raise BadInput(
             f"invalid {what} {value!r}: must be a DNS-1123 label "
             "(lower-case letters, digits and '-', starting and ending alphanumeric, at most 63)"
@@ -39,7 +39,7 @@ def check_label(value: object, what: str) -> str:
 
 def check_subdomain(value: object, what: str) -> str:
     """A DNS-1123 subdomain: dot-separated labels, at most 253 characters."""
-    if not isinstance(value, str) or len(value) > 253 or not _DNS1123_SUBDOMAIN.match(value):
+    if not isinstance(value, str) or len(value) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(value):
         raise BadInput(
             f"invalid {what} {value!r}: must be a DNS-1123 subdomain "
             "(lower-case letters, digits, '-' and '.', at most 253)"
@@ -163,7 +163,7 @@ def check_selector(selector: str | None) -> str | None:
     if selector is None or not selector.strip():
         return None
     for req in _split_requirements(selector):
-        if not _REQUIREMENT.match(req):
+        if not _REQUIREMENT.fullmatch(req):
             raise BadInput(
                 f"invalid label selector {selector!r}: cannot parse requirement {req.strip()!r}"
             )

@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import pytest
@@ -42,6 +43,7 @@ SCANFLEET_SETTINGS = (
     "SCANFLEET_LOG_FORMAT",
     "SCANFLEET_RETENTION_DAYS",
     "SCANFLEET_KEY_PREFIX",
+    "SCANFLEET_ALLOWED_PROFILES",
 )
 
 # (apiGroup, resource, verb): what scanfleet's own identity may do, and nothing else.
@@ -103,12 +105,15 @@ def test_compose_has_the_four_services_and_demo_services_only_in_the_demo_profil
 ) -> None:
     services = compose["services"]
     assert {"redis", "worker", "beat", "flower"} <= set(services)
-    for name in ("redis", "worker", "beat", "flower"):
+    for name in ("redis", "worker", "beat"):
         assert "profiles" not in services[name], f"{name} must start without a profile"
+    # Flower (a web UI over the broker) only on request: `--profile monitor`.
+    assert services["flower"]["profiles"] == ["monitor"]
     extra = set(services) - {"redis", "worker", "beat", "flower"}
-    assert extra == {"k3s", "demo-workload"}
-    for name in extra:
+    assert extra == {"k3s", "demo-workload", "prometheus"}
+    for name in extra - {"prometheus"}:
         assert services[name].get("profiles") == ["demo"], name
+    assert services["prometheus"]["profiles"] == ["observability"]
     assert services["k3s"]["image"].startswith("rancher/k3s:")
     assert services["k3s"]["privileged"] is True
 
@@ -121,10 +126,31 @@ def test_redis_persists_append_only_and_has_a_health_check(compose: dict[str, An
     assert command[command.index("--appendonly") + 1] == "yes"
     assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
     assert any(v.split(":")[1] == "/data" for v in redis["volumes"])
-    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
-    # Only on loopback, if at all: an unauthenticated Redis must not face the network.
-    for port in redis.get("ports", []):
-        assert str(port).startswith("127.0.0.1:"), port
+    kind, probe = redis["healthcheck"]["test"]
+    assert kind == "CMD-SHELL"
+    assert "redis-cli ping" in probe
+
+
+def test_redis_requires_a_password_and_is_not_published(compose: dict[str, Any]) -> None:
+    redis = compose["services"]["redis"]
+    assert "ports" not in redis
+    # The password is in a config file from a secret, never in the compose file or argv.
+    assert redis["command"][1] == "/run/secrets/redis_conf"
+    assert redis["secrets"] == ["redis_conf"]
+    assert compose["secrets"]["redis_conf"] == {"file": "./secrets/redis.conf"}
+    for name in ("worker", "beat", "flower"):
+        service = compose["services"][name]
+        assert "broker_url" in service["secrets"], name
+        env = service["environment"]
+        assert env["SCANFLEET_BROKER_URL_FILE"] == "/run/secrets/broker_url", name
+        assert env["SCANFLEET_BROKER_URL"] == "${SCANFLEET_BROKER_URL:-}", name
+    assert not [a for s in compose["services"].values() for a in s.get("command", [])
+                if "requirepass" in str(a)]
+    script = (ROOT / "compose" / "make-secrets.sh").read_text()
+    for made in ("secrets/redis.conf", "secrets/broker-url", "secrets/flower.py"):
+        assert made in script
+    assert "chmod 0700 secrets" in script
+    assert "compose/secrets/" in (ROOT / ".gitignore").read_text()
 
 
 def test_scanfleet_services_wait_for_a_healthy_redis(compose: dict[str, Any]) -> None:
@@ -152,17 +178,28 @@ def test_beat_runs_the_sweeps_file_and_flower_watches_the_same_broker(
     assert "scale" not in beat or beat["scale"] == 1
     assert any(v.endswith(":/etc/scanfleet/sweeps.yml:ro") for v in beat["volumes"])
     assert beat["image"] == worker["image"] == flower["image"]
-    broker = worker["environment"]["SCANFLEET_BROKER_URL"]
-    assert f"--broker={broker}" in flower["command"]
+    # Flower runs scanfleet's own app: the same broker settings (URL file) as the workers.
+    assert flower["environment"] == worker["environment"]
+    assert "--app=scanfleet.worker.app" in flower["command"]
     assert "flower" in flower["command"]
+    # Basic auth from a secret config file.
+    assert "--conf=/run/secrets/flower_conf" in flower["command"]
+    assert "flower_conf" in flower["secrets"]
     assert "--port=5555" in flower["command"]
     assert any(str(p).endswith(":5555") for p in flower["ports"])
+    assert all(str(p).startswith("127.0.0.1:") for p in flower["ports"])
 
 
 def test_kubeconfig_is_mounted_read_only_where_it_is_needed(compose: dict[str, Any]) -> None:
     worker = compose["services"]["worker"]
-    mount = "${KUBECONFIG_HOST_PATH:-~/.kube/config}:/etc/scanfleet/kubeconfig:ro"
+    # A dedicated scanner kubeconfig, never the operator's personal one.
+    mount = "${KUBECONFIG_HOST_PATH:-./secrets/scanner-kubeconfig}:/etc/scanfleet/kubeconfig:ro"
     assert mount in worker["volumes"]
+    assert not [v for s in compose["services"].values() for v in s.get("volumes", [])
+                if "~/.kube" in v]
+    assert not re.search(r"^KUBECONFIG_HOST_PATH=~", (ROOT / "compose" / ".env.example")
+                         .read_text(), flags=re.MULTILINE)
+    assert "create token" in (ROOT / "compose" / "README.md").read_text()
     assert worker["environment"]["KUBECONFIG"] == (
         "${SCANFLEET_KUBECONFIG:-/etc/scanfleet/kubeconfig}"
     )
@@ -191,7 +228,7 @@ def test_every_setting_comes_from_the_environment_with_the_product_default(
     compose: dict[str, Any],
 ) -> None:
     defaults = {
-        "SCANFLEET_BROKER_URL": "redis://redis:6379/0",
+        "SCANFLEET_ALLOWED_PROFILES": "/etc/scanfleet/profiles",
         "SCANFLEET_CLUSTER_CONCURRENCY": "10",
         "SCANFLEET_TOKEN_TTL": "3600",
         "SCANFLEET_SCAN_TIMEOUT": "1800",
@@ -202,7 +239,7 @@ def test_every_setting_comes_from_the_environment_with_the_product_default(
     }
     for name in ("worker", "beat"):
         env = compose["services"][name]["environment"]
-        for key in SCANFLEET_SETTINGS:
+        for key in set(SCANFLEET_SETTINGS) - {"SCANFLEET_BROKER_URL"}:
             assert re.fullmatch(rf"\$\{{{key}:-[^}}]+\}}", env[key]), (name, key, env[key])
         for key, default in defaults.items():
             assert env[key] == f"${{{key}:-{default}}}", (name, key)
@@ -254,7 +291,7 @@ def test_sweeps_files_load_with_scanfleets_own_strict_loader(
     sweeps_file: str, compose: dict[str, Any], tmp_path: Path
 ) -> None:
     """As beat would load them, with /etc/scanfleet/profiles mapped to the mounted dir."""
-    sweeps = pytest.importorskip("scanfleet.sweeps")
+    import scanfleet.sweeps as sweeps
     if sweeps_file.endswith("configmap.yaml"):
         (configmap,) = [
             d
@@ -390,17 +427,22 @@ def test_unknown_fields_are_caught() -> None:
     assert _dropped_keys(doc, roundtrip) == ["/spec/template/spec/containers[0]/securityContex"]
 
 
+CLUSTER_SCOPED = frozenset({"Namespace", "ClusterRole", "ClusterRoleBinding",
+                            "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"})
+
+
 def test_kustomization_lists_every_manifest() -> None:
     kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
     files = {p.name for p in DEPLOY.glob("*.yaml")} - {"kustomization.yaml"}
     assert set(kustomization["resources"]) == files
     assert len(kustomization["resources"]) == len(files)
-    namespaced = [
-        d
-        for _, d in _manifests()
-        if d["kind"] not in {"Namespace", "ClusterRole", "ClusterRoleBinding"}
-    ]
-    assert {d["metadata"]["namespace"] for d in namespaced} == {kustomization["namespace"]}
+    # No namespace transformer: it would stamp the cluster-scoped admission policies too.
+    assert "namespace" not in kustomization
+    namespaced = [d for _, d in _manifests() if d["kind"] not in CLUSTER_SCOPED]
+    assert {d["metadata"]["namespace"] for d in namespaced} == {"scanfleet"}
+    for _, d in _manifests():
+        if d["kind"] in CLUSTER_SCOPED:
+            assert "namespace" not in d["metadata"], d["metadata"]["name"]
 
 
 def _clusterrole_rules() -> set[tuple[str, str, str]]:
@@ -516,8 +558,15 @@ def test_redis_is_append_only_and_reachable_only_from_scanfleet_pods() -> None:
     assert args[args.index("--appendonly") + 1] == "yes"
     service = _one("Service", "scanfleet-redis")
     secret = _one("Secret", "scanfleet-broker")
-    host = secret["stringData"]["SCANFLEET_BROKER_URL"].split("//")[1].split(":")[0]
-    assert host.split(".")[0] == service["metadata"]["name"]
+    url = urlsplit(secret["stringData"]["SCANFLEET_BROKER_URL"])
+    assert (url.hostname or "").split(".")[0] == service["metadata"]["name"]
+    # requirepass from the scanfleet-redis-auth Secret, the same password as the URL's.
+    auth = _one("Secret", "scanfleet-redis-auth")["stringData"]["redis.conf"]
+    assert auth.strip() == f"requirepass {url.password}"
+    assert args[:2] == ["redis-server", "/etc/redis-auth/redis.conf"]
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/etc/redis-auth"]
+    volumes = {v["name"]: v for v in redis["spec"]["template"]["spec"]["volumes"]}
+    assert volumes[mount["name"]]["secret"]["secretName"] == "scanfleet-redis-auth"
 
     policy = _one("NetworkPolicy", "scanfleet-redis")["spec"]
     assert policy["podSelector"]["matchLabels"] == service["spec"]["selector"]

@@ -93,8 +93,9 @@ def test_submit_wait_scans_every_running_container_once_within_the_cluster_cap(
     assert set(run["by_cluster"]) == {"east", "west"}
     assert_no_rbac_left(fleet_clusters)
     peaks = [c.peak_scanfleet_serviceaccounts for c in fleet_clusters.all.values()]
-    # Four worker processes could run four scans on one cluster; the cap allows two.
-    assert max(peaks) == 2, peaks
+    # Four worker processes could run four scans on one cluster; the cap allows two. (How
+    # many did overlap is up to the scheduler: the test asserts the bound, not a peak.)
+    assert 1 <= max(peaks) <= 2, peaks
     status = run_cli(["status", run_id, "--json"], env)
     assert status.returncode == 0, status.stderr
     doc = json.loads(status.stdout)

@@ -18,6 +18,10 @@ from scanfleet.identity import EXPIRES_AT, MANAGED_BY, SCAN_ID_LABEL, role_rules
 from scanfleet.janitor import janitor_for_kubeconfig, parse_expiry, run_janitor
 from scanfleet.kube import ClientCache, KubeClient
 
+pytestmark = pytest.mark.leaves_leftovers(
+    "seeds expired and live orphans and asserts which ones remain"
+)
+
 KINDS = ("serviceaccounts", "roles", "rolebindings")
 
 

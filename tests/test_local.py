@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_fleet import FLEET_CONTAINERS, FleetClusters, Worker, free_port, run_cli
+from fixtures_fleet import FLEET_CONTAINERS, FleetClusters, Worker, run_cli
 
 from scanfleet.discovery import Scope, discover
 from scanfleet.kube import ClientCache
@@ -32,8 +32,8 @@ def by_ref(results_dir: Path, run_id: str) -> dict[str, dict[str, Any]]:
 
 
 def test_local_needs_no_broker(fleet_env: dict[str, str], fleet_clusters: FleetClusters,
-                               tmp_path: Path) -> None:
-    env = {**fleet_env, "SCANFLEET_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
+                               closed_port: int) -> None:
+    env = {**fleet_env, "SCANFLEET_BROKER_URL": f"redis://127.0.0.1:{closed_port}/0"}
     proc = run_cli(["submit", *DISCOVER, "--local", "--concurrency", "4", "--json"], env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_id, body = proc.stdout.split("\n", 1)
@@ -74,9 +74,9 @@ def test_local_cluster_cap_holds_with_more_threads(
 @pytest.mark.timeout(120)
 def test_local_and_fleet_give_the_same_results(
     fleet_env: dict[str, str], fleet_clusters: FleetClusters,
-    make_worker: Callable[..., Worker], samples_dir: Path, tmp_path: Path,
+    make_worker: Callable[..., Worker], samples_dir: Path, tmp_path: Path, standin_io: Path,
 ) -> None:
-    plan = tmp_path / "standin-plan.json"
+    plan = standin_io / "standin-plan.json"  # where the sandboxed stand-in may read
     plan.write_text(json.dumps({
         "apps/web/sidecar": {"exit": 3, "stderr": "boom"},
         "apps/api": {"report": str(samples_dir / "rhel8_sample_oneOfEachControlStatus.json")},

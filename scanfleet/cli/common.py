@@ -35,6 +35,8 @@ def load_settings() -> Settings:
     except BadInput as e:
         fail(str(e))
     logs.configure(settings.log_format)
+    for url in (settings.broker_url, *settings.allowed_profiles):
+        logs.remember_url(url)
     return settings
 
 
@@ -63,6 +65,15 @@ def kubeconfig_option(fn: F) -> F:
         type=click.Path(dir_okay=False),
         default=None,
         help="Admin kubeconfig (default: $KUBECONFIG, then ~/.kube/config).",
+    )(fn)
+
+
+def metrics_port_option(fn: F) -> F:
+    return click.option(
+        "--metrics-port",
+        type=click.IntRange(0, 65535),
+        default=None,
+        help="Serve Prometheus /metrics on this port; 0: off (default: $SCANFLEET_METRICS_PORT).",
     )(fn)
 
 
@@ -109,6 +120,7 @@ class ScanArgs:
             token_ttl=ttl, timeout=timeout, threshold=self.threshold,
             fleet_threshold=fleet_threshold, input_files=self.input_files,
             extra_args=self.auditor_args, dedupe_images=dedupe_images,
+            allowed_profiles=settings.allowed_profiles,
         )
 
 

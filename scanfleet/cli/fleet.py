@@ -28,6 +28,7 @@ from scanfleet.cli.common import (
     kubeconfig_option,
     load_settings,
     main_group,
+    metrics_port_option,
     output_option,
     results_dir,
     scan_options,
@@ -322,9 +323,13 @@ def status_command(run_id: str, as_json: bool, results_dir: Path | None) -> None
     help="Worker processes (default: number of CPUs).",
 )
 @click.option("--loglevel", default="INFO", show_default=True, help="Celery's log level.")
-def worker_command(concurrency: int | None, loglevel: str) -> None:
+@metrics_port_option
+def worker_command(concurrency: int | None, loglevel: str, metrics_port: int | None) -> None:
     """Run a Celery worker (prefork) for scanfleet's tasks."""
-    load_settings()  # configures logging, once, before Celery starts
+    settings = load_settings()  # configures logging, once, before Celery starts
+    from scanfleet import exporter
+
+    exporter.worker_starting(settings, metrics_port)
     from scanfleet.worker.app import QUEUE, app
 
     argv = ["worker", "--pool=prefork", f"--loglevel={loglevel}", f"--queues={QUEUE}",

@@ -24,6 +24,7 @@ from scanfleet.cli.common import (
     scan_options,
 )
 from scanfleet.targets import parse_target
+from scanfleet.textsafe import terminal_line
 
 
 @main_group.command("scan")
@@ -63,19 +64,25 @@ def scan_command(
     sys.exit(int(run["exit_code"]))
 
 
+def _echo(text: str) -> None:
+    """A line for a terminal: auditor- and cluster-derived text cannot move the cursor,
+    rewrite the title, hide text or add hyperlinks (textsafe.terminal_line)."""
+    click.echo(terminal_line(text))
+
+
 def print_run(run: dict[str, Any], as_json: bool) -> None:
     import json
 
     if as_json:
-        click.echo(json.dumps(run, indent=2))
+        click.echo(json.dumps(run, indent=2))  # ensure_ascii: escapes, never raw controls
         return
     t = run["targets"]
-    click.echo(
+    _echo(
         f"targets: {t['total']}  completed: {t['completed']}  errors: {t['error']}  "
         f"met threshold: {t['passed']}  missed: {t['failed']}"
     )
     c = run["counts"]
-    click.echo(
+    _echo(
         "controls: "
         + "  ".join(
             f"{s}: {c[s]['total']}" for s in ("passed", "failed", "skipped", "no_impact", "error")
@@ -85,12 +92,12 @@ def print_run(run: dict[str, Any], as_json: bool) -> None:
     for ft in run.get("failing_targets", []):
         ref = f"{ft['context']}:{ft['namespace']}/{ft['pod']}/{ft['container']}"
         for failure in ft.get("failures", []):
-            click.echo(f"FAIL {ref}: {failure}")
+            _echo(f"FAIL {ref}: {failure}")
     for et in run.get("error_targets", []):
         ref = f"{et['context']}:{et['namespace']}/{et['pod']}/{et.get('container') or '*'}"
         err = et.get("error") or {}
-        click.echo(f"ERROR {ref}: [{err.get('kind')}] {err.get('message')}")
+        _echo(f"ERROR {ref}: [{err.get('kind')}] {err.get('message')}")
     fleet = run.get("fleet_threshold") or {}
     for failure in fleet.get("failures", []) or []:
-        click.echo(f"FLEET FAIL: {failure}")
-    click.echo(f"results: {run['run_id']}  exit code: {run['exit_code']}")
+        _echo(f"FLEET FAIL: {failure}")
+    _echo(f"results: {run['run_id']}  exit code: {run['exit_code']}")

@@ -14,6 +14,7 @@ from scanfleet.cli.common import (
     bad_input_exits,
     load_settings,
     main_group,
+    metrics_port_option,
 )
 from scanfleet.clock import rfc3339, utcnow
 from scanfleet.settings import check_ttl
@@ -76,6 +77,7 @@ def validate_command(file: Path) -> None:
     show_default=True,
     help="Seconds after which a sweep's lock frees itself if its run never finishes.",
 )
+@metrics_port_option
 @bad_input_exits
 def beat_command(
     sweeps_file: Path,
@@ -83,11 +85,15 @@ def beat_command(
     janitor_interval: int,
     prune_interval: int,
     lock_ttl: int,
+    metrics_port: int | None,
 ) -> None:
     """Run Celery beat: each sweep on its cron schedule, plus the janitor and retention."""
     settings = load_settings()
     check_ttl(settings.token_ttl, settings.scan_timeout)
     sweeps = load_sweeps(sweeps_file)  # a bad file stops here, before anything is scheduled
+    from scanfleet import exporter
+
+    exporter.beat_starting(settings, sweeps, metrics_port)
     from scanfleet.worker.app import app
     from scanfleet.worker.schedule import run_beat
 

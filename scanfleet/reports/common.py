@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from scanfleet.errors import ExitCode
+from scanfleet.textsafe import strip_hidden
 
 Summaries = Callable[[], Iterable[Mapping[str, Any]]]
 
@@ -72,5 +73,7 @@ def error_of(ref: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def clean_text(value: object) -> str:
-    """Text without the control characters XML 1.0 cannot carry and terminals act on."""
-    return _XML_ILLEGAL.sub("\ufffd", "" if value is None else str(value))
+    """Text without terminal escape sequences, C1 and bidi controls (removed) and without
+    the control characters XML 1.0 cannot carry (replaced by U+FFFD). Every format but
+    json goes through here; json keeps the text and escapes it (`\\u001b`, `\\u202e`)."""
+    return _XML_ILLEGAL.sub("\ufffd", strip_hidden("" if value is None else str(value)))

@@ -20,12 +20,19 @@ from scanfleet.reports.common import (
     verdict,
 )
 
+# Markdown that would turn text into a link, an image, a mention or emphasis.
+_MD_INLINE = str.maketrans({
+    "[": "\\[", "]": "\\]", "(": "\\(", ")": "\\)", "!": "\\!", "*": "\\*",
+    "_": "\\_", "~": "\\~", "@": "&#64;", "#": "&#35;",
+})
+
 
 def md_cell(value: object) -> str:
     """Text safe inside a GitHub/GitLab table cell: no raw HTML, pipes or line breaks."""
     text = clean_text(value)
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     text = text.replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`")
+    text = text.translate(_MD_INLINE)
     return re.sub(r"\r\n|\r|\n", "<br>", text)
 
 
@@ -81,8 +88,8 @@ def write_markdown(run: Mapping[str, Any], out: TextIO) -> None:
             ["Total", "Completed", "Met threshold", "Missed threshold", "Scan errors"],
             [[t.get(k, 0) for k in ("total", "completed", "passed", "failed", "error")]],
         ),
-        f"**Compliance: {run.get('compliance', 0)}%** (controls passed out of passed, failed, "
-        "not reviewed and error, over all completed targets)",
+        f"**Compliance: {md_cell(run.get('compliance', 0))}%** (controls passed out of passed, "
+        "failed, not reviewed and error, over all completed targets)",
         "",
         "### Controls by status and severity",
         "",

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from scanfleet import metrics
 from scanfleet.errors import NoSlot, SlotBusy, StoreUnavailable
 from scanfleet.store.client import call
 from scanfleet.store.runs import RunStore
@@ -135,9 +136,11 @@ class RedisSlots:
             name=f"lease-{scan_id}",
         )
         beat.start()
+        metrics.slot_acquired(context)
         try:
             yield
         finally:
+            metrics.slot_released(context)
             stop.set()
             beat.join(timeout=5)
             try:

@@ -17,13 +17,29 @@ Delivery settings (read by `Settings`, like every other variable):
   the longest scan.
 - `SCANFLEET_LEASE_SECONDS` (default 60): a cluster-slot lease's lifetime between
   heartbeats; how long a dead worker's slot stays taken.
+
+The broker is the fleet's control plane, so:
+- authentication: a password or ACL user travels in the broker URL
+  (`redis://user:password@host:6379/0`), or the URL is read from a mounted file
+  (`SCANFLEET_BROKER_URL_FILE`, see settings.py); the password is redacted from every log
+  line (logs.remember_url);
+- TLS: a `rediss://` URL with the redis-py/kombu query convention
+  (`?ssl_cert_reqs=required&ssl_ca_certs=/path/ca.pem[&ssl_certfile=..&ssl_keyfile=..]`).
+  kombu silently falls back to an unverified connection for a bare `rediss://` URL;
+  `broker_tls` makes certificate verification the default instead (redis-py, used by
+  the run store, already defaults to `required`);
+- remote control is off on workers (`worker_enable_remote_control=False`): nobody who can
+  write the broker can shut down, reconfigure or rate-limit a worker through Celery's
+  control commands.
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import structlog
 from celery import Celery
@@ -65,6 +81,19 @@ class FleetTuning:
         )
 
 
+def broker_tls(url: str) -> dict[str, Any] | None:
+    """`broker_use_ssl` for a `rediss://` URL that names no `ssl_*` option: verify the
+    server's certificate against the system CAs. None for a plain `redis://` URL or when
+    the URL carries its own `ssl_*` options (kombu passes those to redis-py, whose default
+    is `required`)."""
+    parts = urlsplit(url)
+    if parts.scheme != "rediss":
+        return None
+    if any(k.startswith("ssl_") for k in parse_qs(parts.query)):
+        return None
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+
+
 def make_app(settings: Settings, tuning: FleetTuning) -> Celery:
     app = Celery(
         "scanfleet", broker=settings.broker_url, include=["scanfleet.worker.tasks"]
@@ -95,6 +124,9 @@ def make_app(settings: Settings, tuning: FleetTuning) -> Celery:
             "socket_connect_timeout": 10,
             "health_check_interval": 10,
         },
+        broker_use_ssl=broker_tls(settings.broker_url),
+        # No Celery control commands (shutdown, pool changes, rate limits) over the broker.
+        worker_enable_remote_control=False,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         # On a broker connection loss, keep running scans: cancelling would abort audits

@@ -15,6 +15,11 @@ cap or this scan leased elsewhere (`NoSlot`, `SlotBusy`), Redis unreachable
 recorded). Anything else still gives the target an error result, so one bad target never
 stalls the run.
 
+A plan read from Redis is not trusted (`worker_plan`, policy.py): the auditor comes from
+this worker's settings, and a results directory outside SCANFLEET_RESULTS_DIR, a profile
+off the allow-list, a refused auditor argument or a bad token TTL gives every target a
+`rejected` error result instead of a scan.
+
     scanfleet.sweep_tick(name, sweep)   sweeping.run_tick, starting runs via submit.submit_run
     scanfleet.janitor / scanfleet.prune  janitor and retention, on beat's schedule
 """
@@ -24,27 +29,38 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import structlog
+from celery.exceptions import Retry
 from celery.signals import worker_init, worker_process_init
 
-from scanfleet import sweeping
+from scanfleet import posture, sweeping
 from scanfleet.clock import backoff, retry_delay, utcnow
 from scanfleet.discovery import Entry
-from scanfleet.errors import FleetBusy, ScanfleetError, ScanInterrupted, StoreUnavailable
+from scanfleet.errors import (
+    BadInput,
+    FleetBusy,
+    Rejected,
+    ScanfleetError,
+    ScanInterrupted,
+    StoreUnavailable,
+)
 from scanfleet.janitor import EarlyRevoke, janitor_for_kubeconfig
 from scanfleet.kube import ClientCache
 from scanfleet.plan import RunPlan
+from scanfleet.policy import check_auditor_args, check_profile, check_results_dir, credentialed
 from scanfleet.retention import prune
 from scanfleet.runs import Pipeline, complete, fan_out, record_failure, run_target
+from scanfleet.settings import check_ttl
 from scanfleet.store.locks import LOCK_TTL, SweepLock
 from scanfleet.store.runs import RunStore
 from scanfleet.store.slots import RedisSlots
 from scanfleet.sweeps import Sweep
-from scanfleet.targets import Target
+from scanfleet.targets import Target, scan_id_for
 from scanfleet.worker.app import (
     FAN_OUT_TASK,
     JANITOR_TASK,
@@ -73,22 +89,56 @@ class _Runtime:
         self.slots = RedisSlots(
             self.store, settings.cluster_concurrency, lease_seconds=tuning.lease_seconds
         )
-        self._plans: dict[str, tuple[RunPlan, Path]] = {}
+        self._plans: dict[str, tuple[RunPlan, Path, Rejected | None]] = {}
 
-    def run(self, run_id: str) -> tuple[RunPlan, Pipeline] | None:
+    def run(self, run_id: str) -> tuple[RunPlan, Pipeline, Rejected | None] | None:
+        """The run's plan as this worker will execute it, its pipeline, and the reason the
+        worker refuses it (None when it may run)."""
         cached = self._plans.get(run_id)
         if cached is None:
             data = self.store.plan(run_id)
             if data is None:
                 return None
             meta = self.store.meta(run_id)
-            results = Path(meta.get("results_dir") or settings.results_dir)
             if len(self._plans) > 64:
                 self._plans.clear()
-            cached = self._plans[run_id] = (RunPlan.from_dict(data), results)
-        plan, results = cached
-        return plan, Pipeline(self.clients, self.store, self.slots, results,
-                              hooks=(sweeping.write_drift,))
+            cached = self._plans[run_id] = worker_plan(
+                RunPlan.from_dict(data), meta.get("results_dir")
+            )
+        plan, results, rejected = cached
+        pipe = Pipeline(self.clients, self.store, self.slots, results,
+                        hooks=(sweeping.write_drift,))
+        return plan, pipe, rejected
+
+
+def worker_plan(
+    plan: RunPlan, results_dir: str | None
+) -> tuple[RunPlan, Path, Rejected | None]:
+    """Apply the worker's policy to a plan read from Redis (see policy.py).
+
+    The auditor always comes from this worker's settings. A results directory outside
+    SCANFLEET_RESULTS_DIR, a profile off the allow-list or a refused auditor argument
+    rejects the plan: its targets get `rejected` error results in the worker's own
+    results directory, and nothing runs.
+    """
+    plan = replace(
+        plan, auditor=settings.auditor,
+        profile_url=credentialed(plan.profile, settings.allowed_profiles),
+    )
+    results = Path(results_dir) if results_dir else settings.results_dir
+    try:
+        check_results_dir(results, settings.results_dir)
+    except BadInput as e:
+        log.error("run.rejected", reason=str(e))
+        return plan, settings.results_dir, Rejected(f"worker refused the run: {e}")
+    try:
+        check_profile(plan.profile, settings.allowed_profiles)
+        check_auditor_args(plan.extra_args)
+        check_ttl(plan.token_ttl, int(plan.timeout))
+    except BadInput as e:
+        log.error("run.rejected", reason=str(e))
+        return plan, results, Rejected(f"worker refused the run: {e}")
+    return plan, results, None
 
 
 _runtime: _Runtime | None = None
@@ -130,6 +180,12 @@ def _task(**options: Any) -> Callable[[F], F]:
     return cast(Callable[[F], F], app.task(**options))
 
 
+def _record_rejected(pipe: Pipeline, plan: RunPlan, target: Target, rejected: Rejected) -> str:
+    if not pipe.state.is_done(plan.run_id, scan_id_for(plan.run_id, target)):
+        record_failure(pipe, plan, target, rejected)
+    return "error"
+
+
 @_task(bind=True, name=FAN_OUT_TASK, max_retries=None, acks_late=True)
 def fan_out_task(self: Any, run_id: str, start: int, stop: int) -> int:
     with structlog.contextvars.bound_contextvars(run_id=run_id):
@@ -139,7 +195,7 @@ def fan_out_task(self: Any, run_id: str, start: int, stop: int) -> int:
             if found is None:
                 log.warning("run.unknown", start=start, stop=stop)
                 return 0
-            plan, pipe = found
+            plan, pipe, _rejected = found  # unresolved entries are recorded; scans refuse
             entries = [Entry.from_dict(d) for d in rt.store.entries(run_id, start, stop)]
 
             def enqueue(target: Target) -> None:
@@ -167,7 +223,9 @@ def scan_target(
             if found is None:
                 log.warning("run.unknown")
                 return None
-            plan, pipe = found
+            plan, pipe, rejected = found
+            if rejected is not None:
+                return _record_rejected(pipe, plan, t, rejected)
         except StoreUnavailable as e:
             _retry_or_continue(self, e, {})
             raise
@@ -184,6 +242,8 @@ def scan_target(
             raise  # not reached: FleetBusy is always retried
         except ScanInterrupted:
             raise  # the worker is stopping; the message is redelivered
+        except Retry:
+            raise  # an unreachable cluster's retry (scanned.error), not a failure to record
         except Exception as e:
             log.exception("scan.failed_unexpectedly")
             try:
@@ -237,6 +297,7 @@ def janitor_task(
         rt.clients.kubeconfig, contexts or [], all_contexts and not contexts,
         dry_run=dry_run, now=utcnow(), early=early,
     )
+    posture.janitor_finished(report)
     return report.to_dict()
 
 

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import gc
 from .rbac import Attributes, Identity, format_rules, uncovered_rules
 from .selectors import SelectorError, parse_field_selector, parse_label_selector
 from .state import State
@@ -104,6 +105,21 @@ def _merge(target: Any, patch: Any) -> Any:
         else:
             out[k] = _merge(out.get(k), v)
     return out
+
+
+def _precondition_failed(kind: Kind, current: Obj, opts: dict[str, Any]) -> Response | None:
+    """409 Conflict as kube-apiserver answers a DELETE whose preconditions do not hold."""
+    pre = opts.get("preconditions") or {}
+    meta = current["metadata"]
+    for field_name, key, label in (("uid", "uid", "UID"),
+                                   ("resourceVersion", "resourceVersion", "ResourceVersion")):
+        want = pre.get(field_name)
+        if want is not None and want != meta.get(key):
+            return status(409, f'Operation cannot be fulfilled on {kind.qualified} '
+                          f'"{meta["name"]}": Precondition failed: {label} in precondition: '
+                          f'{want}, {label} in object meta: {meta.get(key)}', "Conflict",
+                          _details(kind, meta["name"]))
+    return None
 
 
 class Api:
@@ -257,7 +273,9 @@ class Api:
             if self.store.exists(kind.resource, namespace, name):
                 return status(409, f'{kind.qualified} "{name}" already exists', "AlreadyExists",
                               _details(kind, name))
-            return Response(201, self.store.add(kind, obj))
+            created = self.store.add(kind, obj)
+            gc.after_create(self.state, kind.resource, created)
+            return Response(201, created)
 
     def replace(self, identity: Identity, kind: Kind, namespace: str, name: str,
                 obj: Any) -> Response:
@@ -300,11 +318,31 @@ class Api:
         merged["metadata"].pop("resourceVersion", None)
         return self.replace(identity, kind, namespace, name, merged)
 
-    def delete(self, kind: Kind, namespace: str, name: str) -> Response:
+    def delete(self, kind: Kind, namespace: str, name: str,
+               options: dict[str, Any] | None = None) -> Response:
+        """Delete with DeleteOptions (body and query merged): preconditions, propagation."""
         if kind.resource not in ("serviceaccounts", "roles", "rolebindings"):
             return status(405, f"delete is not supported on {kind.resource} by the fake",
                           "MethodNotAllowed")
-        obj = self.store.delete(kind.resource, namespace, name)
+        opts = options or {}
+        policy = opts.get("propagationPolicy") or ("Orphan" if opts.get("orphanDependents")
+                                                   else "Background")
+        if policy not in gc.PROPAGATION_POLICIES:
+            return invalid(Kind("deleteoptions", "DeleteOptions"), name, [(
+                "propagationPolicy", policy, 'Unsupported value: supported values: '
+                '"Foreground", "Background", "Orphan"')])
+        with self.store.lock:
+            current = self.store.get(kind.resource, namespace, name)
+            if current is None:
+                return not_found(kind, name)
+            if (err := _precondition_failed(kind, current, opts)) is not None:
+                return err
+            if opts.get("dryRun"):
+                obj: Obj | None = current
+            else:
+                obj = self.store.delete(kind.resource, namespace, name)
+                if obj is not None:
+                    gc.after_delete(self.state, obj, policy)
         if obj is None:
             return not_found(kind, name)
         if kind.resource == "serviceaccounts":
@@ -329,7 +367,9 @@ class Api:
             kind = Kind("serviceaccounts", "TokenRequest", group="authentication.k8s.io")
             return invalid(kind, name, [("spec.expirationSeconds", seconds,
                                          "may not specify a duration less than 10 minutes")])
-        issued = self.state.tokens.issue(namespace, name, sa["metadata"]["uid"], seconds)
+        lifetime = self.state.token_lifetime
+        granted = seconds if lifetime is None else int(lifetime(seconds))
+        issued = self.state.tokens.issue(namespace, name, sa["metadata"]["uid"], granted)
         if pod is not None:
             self.state.tokens.bind(issued.token, pod["metadata"]["name"], pod["metadata"]["uid"])
         created = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

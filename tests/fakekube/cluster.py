@@ -8,13 +8,13 @@ import secrets
 import ssl
 import tempfile
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .rbac import Rule
 from .server import FakeHTTPServer
-from .state import ExecAttempt, ExecHandler, Fault, RecordedRequest, State
+from .state import ExecAttempt, ExecHandler, Fault, LoggedRequest, RecordedRequest, State
 from .store import KINDS, MANAGED_BY, RBAC, Obj
 from .tls import make_pki
 
@@ -198,6 +198,23 @@ class FakeCluster:
             return list(self._state.requests)
 
     @property
+    def request_log(self) -> list[LoggedRequest]:
+        """Every request with verb, resource, names, user, status and write body (a copy)."""
+        with self._state.lock:
+            return list(self._state.log)
+
+    def clear_request_log(self) -> None:
+        """Forget the request log (to count the requests of one operation from here on)."""
+        with self._state.lock:
+            self._state.log.clear()
+
+    @property
+    def collected(self) -> list[tuple[str, str, str, str]]:
+        """(resource, namespace, name, uid) of everything the garbage collector deleted."""
+        with self._state.lock:
+            return list(self._state.collected)
+
+    @property
     def exec_attempts(self) -> list[ExecAttempt]:
         with self._state.lock:
             return list(self._state.exec_attempts)
@@ -239,6 +256,25 @@ class FakeCluster:
     def set_admin_rules(self, rules: Iterable[Rule] | None) -> None:
         """Restrict the admin identity to these PolicyRules (None: superuser again)."""
         self._state.admin_rules = None if rules is None else [dict(r) for r in rules]
+
+    def set_token_lifetime(self, lifetime: Callable[[int], int] | None) -> None:
+        """Grant TokenRequests ``lifetime(requested_seconds)`` seconds instead (None: as asked).
+
+        Real API servers cap (``--service-account-max-token-expiration``) or extend the
+        requested expiry; ``status.expirationTimestamp`` always tells the truth.
+        """
+        self._state.token_lifetime = lifetime
+
+    def pause_gc(self) -> None:
+        """Stop garbage collection (as a slow collector): dependents outlive their owner."""
+        self._state.gc_paused = True
+
+    def collect_garbage(self) -> int:
+        """Resume garbage collection and run a full pass; returns how many it deleted."""
+        from .gc import collect_all
+
+        self._state.gc_paused = False
+        return collect_all(self._state)
 
     def set_exec_handler(self, handler: ExecHandler | None) -> None:
         """``handler(namespace, pod, container, command) -> (stdout, exit_code)`` for exec."""

@@ -68,6 +68,26 @@ class FakeHTTPServer(ThreadingHTTPServer):
                 c.shutdown(socket.SHUT_RDWR)
 
 
+def parse_path(path: str) -> tuple[str, str | None, str, str | None, str | None] | None:
+    """``/api/v1/namespaces/ns/pods/x/exec`` -> (group, namespace, resource, name, subresource).
+
+    None for paths that name no resource (discovery, unknown prefixes).
+    """
+    parts = path.strip("/").split("/")
+    if parts[:2] == ["api", "v1"]:
+        group, rest = "", parts[2:]
+    elif len(parts) >= 3 and parts[0] == "apis" and parts[2] == "v1":
+        group, rest = parts[1], parts[3:]
+    else:
+        return None
+    namespace: str | None = None
+    if rest[:1] == ["namespaces"] and len(rest) >= 3:
+        namespace, rest = rest[1], rest[2:]
+    if not rest or len(rest) > 3:
+        return None
+    return group, namespace, rest[0], (rest[1:2] or [None])[0], (rest[2:3] or [None])[0]
+
+
 class _Dropped(Exception):
     pass
 
@@ -80,6 +100,7 @@ class Handler(BaseHTTPRequestHandler):
     # client's delayed ACK add ~40 ms to every response, as no real API server does.
     disable_nagle_algorithm = True
     server: FakeHTTPServer
+    _log_index: int | None = None
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -101,6 +122,7 @@ class Handler(BaseHTTPRequestHandler):
 
     # --- plumbing -----------------------------------------------------------------------
     def _send(self, resp: Response) -> None:
+        self._finish(resp.code)
         data = json.dumps(resp.body).encode()
         self.send_response(resp.code)
         self.send_header("Content-Type", "application/json")
@@ -110,6 +132,12 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(data)
+
+    def _finish(self, code: int) -> None:
+        index = getattr(self, "_log_index", None)
+        if index is not None:
+            self.server.state.finish(index, code)
+            self._log_index = None
 
     def _read_body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
@@ -152,7 +180,9 @@ class Handler(BaseHTTPRequestHandler):
         method = self.command
         body_bytes = self._read_body()
         identity = self._authenticate()
-        state.record(method, path, identity)
+        self._log_index = state.record(method, path, identity,
+                                       user_agent=self.headers.get("User-Agent", ""),
+                                       **self._log_fields(method, path, query, body_bytes))
         fault = state.take_fault(method, path)
         if fault is not None:
             if fault.status is None:
@@ -176,6 +206,25 @@ class Handler(BaseHTTPRequestHandler):
         if resp is not None:
             self._send(resp)
 
+    def _log_fields(self, method: str, path: str, query: dict[str, str],
+                    body_bytes: bytes) -> dict[str, Any]:
+        """What the request log keeps besides method, path and identity (never a token)."""
+        parsed = parse_path(path)
+        fields: dict[str, Any] = {"query": tuple(sorted(query.items()))}
+        if parsed is not None:
+            group, namespace, resource, name, sub = parsed
+            fields.update(group=group, namespace=namespace or "", resource=resource,
+                          name=name or "", subresource=sub or "",
+                          verb=self._verb(method, name, sub))
+        if method in ("POST", "PUT", "PATCH", "DELETE") and body_bytes:
+            fields["body"] = self._decode(body_bytes)[0]
+        if parsed is not None and method in ("PUT", "PATCH", "DELETE") and parsed[3]:
+            kind = KINDS.get((parsed[0], parsed[2]))
+            if kind is not None and not parsed[4]:
+                fields["old_object"] = self.server.state.store.get(
+                    kind.resource, (parsed[1] or "") if kind.namespaced else "", parsed[3])
+        return fields
+
     def _decode(self, body: bytes) -> tuple[Any, Response | None]:
         ctype = (self.headers.get("Content-Type") or "application/json").split(";")[0].strip()
         try:
@@ -197,21 +246,10 @@ class Handler(BaseHTTPRequestHandler):
             doc = self._discovery(path)
             if doc is not None:
                 return Response(200, doc)
-        parts = path.strip("/").split("/")
-        if parts[:2] == ["api", "v1"]:
-            group, rest = "", parts[2:]
-        elif len(parts) >= 3 and parts[0] == "apis" and parts[2] == "v1":
-            group, rest = parts[1], parts[3:]
-        else:
+        parsed = parse_path(path)
+        if parsed is None:
             return status(404, "the server could not find the requested resource", "NotFound")
-        namespace: str | None = None
-        if rest[:1] == ["namespaces"] and len(rest) >= 3:
-            namespace, rest = rest[1], rest[2:]
-        if not rest:
-            return status(404, "the server could not find the requested resource", "NotFound")
-        resource, name, sub = rest[0], (rest[1:2] or [None])[0], (rest[2:3] or [None])[0]
-        if len(rest) > 3:
-            return status(404, "the server could not find the requested resource", "NotFound")
+        group, namespace, resource, name, sub = parsed
         if group == AUTHZ and resource == "selfsubjectaccessreviews" and name is None:
             verb = "create" if method == "POST" else "unknown"
             attrs = Attributes(verb, resource, group)
@@ -255,7 +293,14 @@ class Handler(BaseHTTPRequestHandler):
             body, err = self._decode(body_bytes)
             return err or api.patch(identity, kind, namespace or "", name, body)
         if method == "DELETE" and name is not None:
-            return api.delete(kind, namespace or "", name)
+            body, err = self._decode(body_bytes)
+            if err is not None:
+                return err
+            options = dict(body) if isinstance(body, dict) else {}
+            for key in ("propagationPolicy", "dryRun", "gracePeriodSeconds"):
+                if key in query:
+                    options.setdefault(key, query[key])
+            return api.delete(kind, namespace or "", name, options)
         return status(405, f"{method} is not supported on {path} by the fake",
                       "MethodNotAllowed")
 
@@ -336,6 +381,7 @@ class Handler(BaseHTTPRequestHandler):
             stdout, code = handler(namespace, pod_name, container, list(command))
         else:
             stdout, code = f"fake-exec:{container}:{' '.join(command)}\n".encode(), 0
+        self._finish(101)
         self.send_response(101, "Switching Protocols")
         self.send_header("Upgrade", "websocket")
         self.send_header("Connection", "Upgrade")

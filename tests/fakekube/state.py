@@ -28,6 +28,46 @@ class RecordedRequest(NamedTuple):
     identity: str  # username, or "" when unauthenticated
 
 
+class LoggedRequest(NamedTuple):
+    """One request as the API server saw it: the request log (``FakeCluster.request_log``).
+
+    ``verb``/``group``/``resource``/... are the authorizer's view (``verb`` is "" for paths
+    that name no resource, such as discovery); ``code`` is the status sent (101 for an exec
+    upgrade; None when the connection was dropped or nothing was sent); ``body`` is the
+    decoded JSON body of writes (POST, PUT, PATCH, DELETE), None otherwise; ``query`` the
+    query parameters (last value of each); ``old_object`` the stored object a PUT, PATCH or
+    DELETE found (what admission sees as ``oldObject``); ``user_agent`` the client's
+    User-Agent (kubectl's tells the auditor's requests from scanfleet's). No token is ever recorded:
+    ``identity`` and ``groups`` are the user the credential resolved to.
+    """
+
+    method: str
+    path: str
+    identity: str
+    verb: str = ""
+    group: str = ""
+    resource: str = ""
+    subresource: str = ""
+    namespace: str = ""
+    name: str = ""
+    groups: tuple[str, ...] = ()
+    code: int | None = None
+    body: Any = None
+    query: tuple[tuple[str, str], ...] = ()
+    old_object: Any = None
+    user_agent: str = ""
+
+    @property
+    def short(self) -> str:
+        """``create serviceaccounts/token apps/scanfleet-x``: a compact form for messages."""
+        res = f"{self.resource}/{self.subresource}" if self.subresource else self.resource
+        name = self.name
+        if not name and isinstance(self.body, dict):  # a create names its object in the body
+            name = str((self.body.get("metadata") or {}).get("name") or "")
+        where = f"{self.namespace}/{name}" if self.namespace else name
+        return f"{self.verb or self.method} {res or self.path} {where}".rstrip()
+
+
 @dataclass(frozen=True)
 class ExecAttempt:
     identity: str
@@ -55,10 +95,15 @@ class State:
         self.tokens = TokenIssuer()
         self.admin_rules: list[Rule] | None = None
         self.requests: list[RecordedRequest] = []
+        self.log: list[LoggedRequest] = []
         self.exec_attempts: list[ExecAttempt] = []
         self.errors: list[str] = []
         self.faults: list[Fault] = []
         self.exec_handler: ExecHandler | None = None
+        # requested expirationSeconds -> granted seconds (None: granted as requested)
+        self.token_lifetime: Callable[[int], int] | None = None
+        self.gc_paused = False
+        self.collected: list[tuple[str, str, str, str]] = []  # (resource, ns, name, uid)
         self.live_scanfleet_sas = 0
         self.peak_scanfleet_sas = 0
         self.store.listen(self._on_change)
@@ -113,11 +158,21 @@ class State:
                     return f
         return None
 
-    def record(self, method: str, path: str, identity: Identity | None) -> None:
+    def record(self, method: str, path: str, identity: Identity | None,
+               **fields: Any) -> int:
+        """Append a request to the log; returns its index for ``finish``."""
+        user = identity.username if identity else ""
         with self.lock:
-            self.requests.append(
-                RecordedRequest(method, path, identity.username if identity else "")
-            )
+            self.requests.append(RecordedRequest(method, path, user))
+            self.log.append(LoggedRequest(method, path, user,
+                                          groups=identity.groups if identity else (), **fields))
+            return len(self.log) - 1
+
+    def finish(self, index: int, code: int) -> None:
+        """Record the status code sent for the request at ``index`` of the log."""
+        with self.lock:
+            if index < len(self.log):
+                self.log[index] = self.log[index]._replace(code=code)
 
 
 def _subject_is(subject: dict[str, Any], identity: Identity, binding_ns: str) -> bool:

@@ -1,0 +1,132 @@
+"""CPU benchmark: scanfleet's own CPU per run (fixed) and per scan, and its memory.
+
+    python bench/bench_cpu.py [--sizes 24,100,400,1000] [--concurrency 8]
+
+Runs `scanfleet submit --local --concurrency C` as a child process against the fake API
+server (in this process, so its CPU is not counted) over N explicit targets, with an
+auditor that only copies a sample report (`/bin/sh` + `cp`; the path is baked in, as the
+auditor gets an allow-listed environment). The child's CPU comes from
+`wait4` (it includes the auditors it reaped); the auditor's own CPU, measured alone, is
+subtracted. A least-squares line over the sizes gives:
+
+- fixed CPU per run (the intercept: start-up, imports, client set-up, finalize);
+- CPU per scan (the slope: everything scanfleet does per target);
+- wall per target at the largest size, and peak RSS per size.
+
+It also prints the CPU of `scanfleet --version` and `scanfleet --help`, which must not
+import the kubernetes client or Celery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from fakekube import FakeCluster  # noqa: E402
+
+CLI = [sys.executable, "-c", "from scanfleet.cli import main; main()"]
+SAMPLE = ROOT / "tests" / "data" / "inspec-samples" / "minimal_hdf.json"
+
+COPY_AUDITOR = """#!/bin/sh
+# Writes the sample report wherever --reporter json:PATH points; nothing else.
+for a; do case "$a" in json:*) cp "{report}" "${a#json:}";; esac; done
+exit 0
+"""
+
+
+def child_cpu(argv: list[str], env: dict[str, str]) -> tuple[float, float, int]:
+    """Run argv; return (CPU seconds incl. reaped descendants, wall seconds, peak RSS KiB)."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode not in (0, 1):
+        raise SystemExit(f"bench: {argv[3:5]} exited {proc.returncode}")
+    return usage.ru_utime + usage.ru_stime, wall, usage.ru_maxrss
+
+
+def auditor_cpu(auditor: Path, tmp: Path, env: dict[str, str], runs: int = 50) -> float:
+    """CPU of one auditor invocation alone (what the copy stand-in itself costs)."""
+    argv = [str(auditor), "exec", "p", "-t", "k8s-container://a/b/c",
+            "--reporter", f"json:{tmp / 'probe.json'}"]
+    before = os.times()
+    for _ in range(runs):
+        subprocess.run(argv, env=env, check=True)
+    after = os.times()
+    return ((after.children_user - before.children_user)
+            + (after.children_system - before.children_system)) / runs
+
+
+def fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares intercept and slope."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+    return my - slope * mx, slope
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="24,100,400,1000")
+    ap.add_argument("--concurrency", type=int, default=8)
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    tmp = Path(tempfile.mkdtemp(prefix="scanfleet-bench-cpu-"))
+    cluster = FakeCluster(name="bench").start()
+    try:
+        cluster.add_namespace("bench")
+        for i in range(max(sizes)):
+            cluster.add_pod("bench", f"pod-{i:04d}", containers=[("app", "img:1", f"sha256:{i}")])
+        kcfg = cluster.write_kubeconfig(tmp / "kubeconfig", context="bench")
+        auditor = tmp / "copy-auditor"
+        auditor.write_text(COPY_AUDITOR.replace("{report}", str(SAMPLE)))
+        auditor.chmod(0o755)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SCANFLEET_")}
+        env.update({
+            "KUBECONFIG": str(kcfg), "SCANFLEET_AUDITOR": str(auditor),
+            "SCANFLEET_RESULTS_DIR": str(tmp / "results"), "SCANFLEET_TOKEN_TTL": "900",
+            "SCANFLEET_SCAN_TIMEOUT": "120", "SCANFLEET_CLUSTER_CONCURRENCY": "64",
+            "SCANFLEET_SANDBOX_ALLOW_READ": os.pathsep.join([str(tmp), str(SAMPLE.parent)]),
+        })
+        per_auditor = auditor_cpu(auditor, tmp, env)
+        for flag in ("--version", "--help"):
+            cpu, wall, _ = child_cpu([*CLI, flag], env)
+            print(f"scanfleet {flag}: {cpu * 1000:.0f} ms CPU, {wall * 1000:.0f} ms wall")
+        xs: list[float] = []
+        ys: list[float] = []
+        for n in sizes:
+            targets = [{"context": "bench", "namespace": "bench", "pod": f"pod-{i:04d}",
+                        "container": "app"} for i in range(n)]
+            tf = tmp / f"targets-{n}.json"
+            tf.write_text(json.dumps(targets))
+            cpu, wall, rss = child_cpu([*CLI, "submit", "--local", "--concurrency",
+                                        str(args.concurrency), "--targets-file", str(tf),
+                                        "--profile", str(tmp)], env)
+            own = cpu - n * per_auditor
+            xs.append(n)
+            ys.append(own)
+            print(f"N={n:5d}: scanfleet CPU {own:6.2f} s ({own / n * 1000:5.1f} ms/target), "
+                  f"wall {wall:6.2f} s ({wall / n * 1000:5.1f} ms/target), "
+                  f"peak RSS {rss / 1024:.0f} MB")
+        fixed, slope = fit(xs, ys)
+        print(f"auditor stand-in alone: {per_auditor * 1000:.1f} ms CPU per call (subtracted)")
+        print(f"fit: fixed CPU per run {fixed:.2f} s, CPU per scan {slope * 1000:.1f} ms")
+    finally:
+        cluster.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
