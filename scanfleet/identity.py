@@ -38,7 +38,7 @@ import shutil
 import signal
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -50,7 +50,13 @@ import structlog
 
 from scanfleet import logs, metrics
 from scanfleet.clock import rfc3339, utcnow
-from scanfleet.errors import ClusterApiError, ScanfleetError, TargetChanged, TargetNotFound
+from scanfleet.errors import (
+    ClusterApiError,
+    ForeignObject,
+    ScanfleetError,
+    TargetChanged,
+    TargetNotFound,
+)
 from scanfleet.kube import KubeClient
 from scanfleet.kubeconfig import write_kubeconfig
 from scanfleet.logs import redact_text
@@ -196,6 +202,10 @@ class ScanIdentity:
     kubeconfig: Path
     cleanup: str = "complete"
     created: list[str] = field(default_factory=list)
+    uids: dict[str, str] = field(default_factory=dict)
+    """The UID of each object this scan created, by kind."""
+    foreign: set[str] = field(default_factory=set)
+    """Kinds whose name was taken by an object that is not scanfleet's: never deleted."""
     pod: PodInfo | None = None
     """The target pod as the scan identity read it before the audit."""
     expires_at: datetime | None = None
@@ -242,23 +252,19 @@ def scan_identity(
         )
     tmp = Path(tempfile.mkdtemp(prefix="scanfleet-"))  # mkdtemp creates it 0700
     identity = ScanIdentity(name=name, namespace=ns, kubeconfig=tmp / "kubeconfig")
-    sa_uid: str | None = None
     try:
         bodies = identity_objects(scan_id, run_id, target, ttl, now)
         try:
-            sa = kube.create_object("ServiceAccount", ns, bodies["ServiceAccount"], not_ours)
+            sa_uid = _create(kube, identity, bodies["ServiceAccount"])
         except TargetNotFound as e:  # the namespace does not exist
             raise TargetNotFound(f"pod {ns}/{target.pod}: {e}") from None
-        identity.created.append("ServiceAccount")
-        sa_uid = sa["uid"]
         token, granted = kube.create_token(ns, name, ttl)
         with logs.secret(token):
             identity.expires_at = _granted(granted, now, ttl, min_lifetime, target)
             owned = identity_objects(scan_id, run_id, target, ttl, now, owner_uid=sa_uid)
             for kind in ("Role", "RoleBinding"):
                 owned[kind]["metadata"]["annotations"][EXPIRES_AT] = rfc3339(identity.expires_at)
-                kube.create_object(kind, ns, owned[kind], not_ours)
-                identity.created.append(kind)
+                _create(kube, identity, owned[kind])
             write_kubeconfig(tmp, endpoint, ns, token)
             identity.client = ScanClient(endpoint, token, kube.context, kube.retries)
             identity.pod = identity.client.read_pod(ns, target.pod, wait=access_wait)
@@ -276,12 +282,26 @@ def scan_identity(
             phases.revoking()
             if identity.client is not None:
                 identity.client.close()
-            identity.cleanup = revoke(kube, ns, name, created=identity.created, uid=sa_uid)
+            identity.cleanup = revoke(kube, ns, name, created=identity.created,
+                                      uids=identity.uids, foreign=identity.foreign)
             shutil.rmtree(tmp, ignore_errors=True)
             if tmp.exists():
                 identity.cleanup = "incomplete"
                 log.error("credentials.kubeconfig_not_removed", kubeconfig_path=str(tmp))
             phases.revoked(identity.cleanup)
+
+
+def _create(kube: KubeClient, identity: ScanIdentity, body: dict[str, Any]) -> str:
+    """Create one object of the identity (unless a foreign one has its name); its UID."""
+    kind = body["kind"]
+    try:
+        obj = kube.create_object(kind, identity.namespace, body, not_ours)
+    except ForeignObject:
+        identity.foreign.add(kind)
+        raise
+    identity.created.append(kind)
+    identity.uids[kind] = str(obj["uid"])
+    return identity.uids[kind]
 
 
 def _granted(granted: datetime | None, now: datetime, ttl: int, min_lifetime: float,
@@ -302,37 +322,42 @@ def _granted(granted: datetime | None, now: datetime, ttl: int, min_lifetime: fl
 
 def revoke(
     kube: KubeClient, namespace: str, name: str, created: list[str] | None = None,
-    uid: str | None = None,
+    uids: Mapping[str, str] | None = None, foreign: Collection[str] = (),
 ) -> str:
     """Delete the ServiceAccount; only if that fails, the RoleBinding and Role too.
 
     Deleting the ServiceAccount invalidates all its tokens at once; the garbage collector
     removes the Role and RoleBinding it owns (propagationPolicy Background) and nothing
-    here waits for it. With `uid`, only that ServiceAccount is deleted (one that replaced it
-    means ours is gone already). Returns "complete" or "incomplete". Objects that do not
-    exist are fine; all are tried even when `created` says a create never returned (a
-    request that timed out may still have created its object). A SIGTERM/SIGINT arriving
-    meanwhile is held until the deletes are done, then delivered.
+    here waits for it. An object whose UID is in `uids` is deleted only if it is still that
+    one; a `foreign` kind (its name taken by an object not scanfleet's) never. Returns
+    "complete" or "incomplete". Objects that do not exist are fine; all are tried even when
+    `created` says a create never returned (a request that timed out may still have created
+    its object). A SIGTERM/SIGINT arriving meanwhile is held until the deletes are done.
     """
+    uids = uids or {}
+    if "ServiceAccount" in foreign:
+        return "complete"  # it is first: nothing of this scan was created
     with _signals_held():
         try:
-            kube.delete("ServiceAccount", namespace, name, uid=uid, background=True)
+            kube.delete("ServiceAccount", namespace, name, uid=uids.get("ServiceAccount"),
+                        background=True)
         except ScanfleetError as e:
             known = created is None or "ServiceAccount" in created
             (log.error if known else log.warning)(
                 "credentials.revoke_failed", kind="ServiceAccount", object=name, error=str(e))
-            others = _delete_each(kube, namespace, name, created, DELETE_ORDER[:2])
+            kinds = tuple(k for k in DELETE_ORDER[:2] if k not in foreign)
+            others = _delete_each(kube, namespace, name, created, kinds, uids)
             return "incomplete" if known or others == "incomplete" else "complete"
     log.info("credentials.revoked", object=name)
     return "complete"
 
 
 def _delete_each(kube: KubeClient, namespace: str, name: str, created: list[str] | None,
-                 kinds: tuple[str, ...]) -> str:
+                 kinds: tuple[str, ...], uids: Mapping[str, str]) -> str:
     result = "complete"
     for kind in kinds:
         try:
-            kube.delete(kind, namespace, name)
+            kube.delete(kind, namespace, name, uid=uids.get(kind))
         except ScanfleetError as e:
             known = created is None or kind in created
             if known:

@@ -47,8 +47,10 @@ def test_mint_and_revoke_take_six_requests_and_the_token_reads_the_pod(
     fake_cluster.clear_request_log()
     with scan_identity(kube, TARGET, "0123456789abcdef", "r", ttl=900, now=NOW) as ident:
         assert ident.pod is not None
-        assert ident.pod.uid == fake_cluster.objects("pods", "apps")[0]["metadata"]["uid"]
-        assert [c.name for c in ident.pod.containers] == ["app"]
+        [web] = [p for p in fake_cluster.objects("pods", "apps")
+                 if p["metadata"]["name"] == "web"]
+        assert ident.pod.uid == web["metadata"]["uid"]
+        assert [c.name for c in ident.pod.containers] == ["app", "sidecar"]  # regular only
     name = "apps/scanfleet-0123456789abcdef"
     assert _seq(fake_cluster) == [
         f"create serviceaccounts {name} [201]",
