@@ -198,9 +198,9 @@ def test_auditor_failures(
 
 def test_a_pod_replaced_during_a_failing_audit_is_target_changed(
     scan: Callable[..., Outcome], fake_cluster: FakeCluster, auditor_plan: Callable[..., Path],
-    tmp_path: Path,
+    standin_io: Path,
 ) -> None:
-    pid_file, go = tmp_path / "auditor.pid", tmp_path / "go"
+    pid_file, go = standin_io / "auditor.pid", standin_io / "go"
     auditor_plan({"*": {"pid_file": str(pid_file), "wait_for": str(go), "exit": 1,
                         "stderr": "error: pod went away"}})
     old_uid = fake_cluster.objects("pods", "apps")
