@@ -2,15 +2,16 @@
 
 Owns every worker-side metric and the HTTP endpoint that serves them. Existing modules
 call one function here at the point something happens (a result recorded, an identity
-minted or revoked, an API request, a cluster slot taken); nothing else in scanfleet imports
-`prometheus_client`.
+minted or revoked, an API request, a cluster slot taken); outside this module only beat's
+`posture` and the `exporter` start-up import `prometheus_client`. kube, identity and the
+store's slots import this module, so it must never import redis, celery or the store.
 
 Prefork workers count in `prometheus_client`'s multiprocess mode: `use_multiprocess` (called
-by `scanfleet.exporter` before the pool forks) points `PROMETHEUS_MULTIPROC_DIR` at a fresh
-private directory, every child writes its values there, and the parent serves their sum
-(`registry()`: `MultiProcessCollector`) plus `scanfleet_queue_messages`, read from Redis at
-scrape time. Metrics are created on first use, so that switch can still happen after this
-module was imported.
+by `scanfleet.exporter` before the pool forks) points `PROMETHEUS_MULTIPROC_DIR` (set and
+read through settings.py) at a fresh private directory, every child writes its values
+there, and the parent serves their sum (`registry()`: `MultiProcessCollector`) plus
+`scanfleet_queue_messages`, read from Redis at scrape time. Metrics are created on first
+use, so that switch can still happen after this module was imported.
 
 Labels are bounded by clusters: context, phase, status, error kind, verb, code. It must
 never put a pod, namespace, target, run id or anything secret into a label.
@@ -153,7 +154,7 @@ def api_call(context: str, what: str, fn: Callable[[], T]) -> Callable[[], T]:
 
 
 class IdentityPhases:
-    """The mint → audit → revoke clock of one scan identity (credentials.scan_identity)."""
+    """The mint → audit → revoke clock of one scan identity (identity.scan_identity)."""
 
     def __init__(self, context: str) -> None:
         self.context = context

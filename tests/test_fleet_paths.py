@@ -49,9 +49,9 @@ def redis_text(client: redis.Redis) -> str:
 
 
 def test_dedupe_images_scans_each_image_once_and_covers_the_rest(
-    fleet_env: dict[str, str], make_worker: Callable[..., Worker], tmp_path: Path,
+    fleet_env: dict[str, str], make_worker: Callable[..., Worker], standin_io: Path,
 ) -> None:
-    log = tmp_path / "auditor.jsonl"
+    log = standin_io / "auditor.jsonl"  # where the sandboxed stand-in may write
     env = {**fleet_env, "SCANFLEET_STANDIN_LOG": str(log)}
     make_worker(env, concurrency=2)
     proc = run_cli(["submit", *DISCOVER, "--dedupe-images", "--wait", "--json"], env)

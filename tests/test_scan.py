@@ -232,12 +232,13 @@ def test_a_pod_replaced_during_a_failing_audit_is_target_changed(
 @pytest.mark.parametrize("how", ["expired", "revoked"])
 def test_a_dead_scan_token_fails_the_scan(
     scan: Callable[..., Outcome], fake_cluster: FakeCluster, auditor_plan: Callable[..., Path],
-    auditor_log: Any, admin_kubeconfig: Path, tmp_path: Path, how: str,
+    auditor_log: Any, admin_kubeconfig: Path, standin_io: Path, how: str,
 ) -> None:
     # Once the auditor has started (the stand-in holds until `go` exists), its token dies:
     # the stand-in authenticates and execs with the kubeconfig it was given, so it must be
-    # refused and the scan must end in auditor_exit, with no report.
-    started, go = tmp_path / "started.json", tmp_path / "go"
+    # refused and the scan must end in auditor_exit, with no report. Both files live where
+    # the sandboxed stand-in may write (standin_io).
+    started, go = standin_io / "started.json", standin_io / "go"
     auditor_plan({"*": {"pid_file": str(started), "wait_for": str(go)}})
 
     def kill_the_token() -> None:
