@@ -130,9 +130,9 @@ def test_janitor_removes_expired_orphans_and_nothing_else(
     assert report.kept == 6
     assert report.foreign == []
     # Every delete names the UID of the object that was listed.
-    deletes = [r for r in a.request_log if r.method == "DELETE"]
+    logged = [r for r in a.request_log if r.method == "DELETE"]
     assert all(r.body["preconditions"]["uid"] == r.old_object["metadata"]["uid"]
-               for r in deletes)
+               for r in logged)
     # Nothing ever listed or deleted outside the label selector.
     for c in (a, b):
         deletes = [r for r in c.requests if r[0] == "DELETE"]

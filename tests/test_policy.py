@@ -153,8 +153,9 @@ def test_a_scan_is_admitted(policies: list[Policy], scan_log: list[LoggedRequest
     # the scan token's, not the worker's.
     assert admitted(policies, scan_log) == 5
     owned = [r for r in scan_log if r.method == "POST" and r.resource in ("roles", "rolebindings")]
+    assert len(owned) == 2
     assert all(r.body["metadata"]["ownerReferences"][0]["kind"] == "ServiceAccount"
-               for r in owned) and len(owned) == 2
+               for r in owned)
 
 
 def test_a_janitor_pass_is_admitted(policies: list[Policy],

@@ -143,7 +143,8 @@ def test_the_workers_janitor_revokes_idle_fleet_identities_early(
     [early] = seen
     assert early.leases is Runtime.slots
     assert early.min_age == timedelta(seconds=300)
-    assert early.fleet_run("fleet-run") and not early.fleet_run("local-run")
+    assert early.fleet_run("fleet-run")
+    assert not early.fleet_run("local-run")
     monkeypatch.setattr(tasks, "settings", replace(tasks.settings, early_revoke_after=0))
     tasks.janitor_task.run()
     assert seen[-1] is None
