@@ -410,3 +410,25 @@ def test_a_fleet_identity_whose_scan_holds_no_lease_is_revoked_before_its_expiry
     assert without.deleted == []  # without the fleet's leases, only expiry counts
     assert triple("apps", BUSY) | triple("apps", CLI_SCAN) <= names(a)
     assert not triple("apps", IDLE) & names(a)
+
+
+def test_ownerless_leftovers_are_judged_by_their_expiry(
+    two_clusters: tuple[FakeCluster, FakeCluster, Path],
+) -> None:
+    # A slow garbage collector: the ServiceAccount is gone, its Role and RoleBinding linger.
+    a, _, kubeconfig = two_clusters
+    a.pause_gc()
+    kube = KubeClient(str(kubeconfig), "east")
+    try:
+        leave_orphans(kube, "apps", DEAD1, "run1", NOW - timedelta(minutes=30), 3600)
+        kube.delete("ServiceAccount", "apps", f"scanfleet-{DEAD1}", background=True)
+    finally:
+        kube.close()
+    assert names(a) == triple("apps", DEAD1) - {("serviceaccounts", "apps", f"scanfleet-{DEAD1}")}
+    early = janitor_for_kubeconfig(str(kubeconfig), ["east"], False, now=NOW)
+    assert (early.deleted, early.foreign, early.kept) == ([], [], 2)
+    late = janitor_for_kubeconfig(str(kubeconfig), ["east"], False, now=NOW + timedelta(hours=1))
+    assert {(f.kind, f.reason) for f in late.deleted} == {("RoleBinding", "expired"),
+                                                          ("Role", "expired")}
+    assert names(a) == set()
+    a.collect_garbage()
