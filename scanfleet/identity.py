@@ -309,7 +309,7 @@ def _granted(granted: datetime | None, now: datetime, ttl: int, min_lifetime: fl
     """The token's expiry; ClusterApiError when the API server granted too short a life."""
     if granted is None:  # a server that does not say: what was asked for
         return now + timedelta(seconds=ttl)
-    lifetime = (granted - utcnow()).total_seconds()
+    lifetime = (granted - utcnow()).total_seconds()  # the server's clock, not the injected one
     if lifetime < min_lifetime:
         raise ClusterApiError(
             f"context {target.context!r}: the API server granted the scan token "
