@@ -97,7 +97,7 @@ def _paths(raw: str | None) -> tuple[Path, ...]:
 
 @dataclass(frozen=True)
 class Policy:
-    """What the exec helper enforces for one scan (paths resolved, ports as numbers)."""
+    """What the launcher's child enforces for one scan (paths resolved, ports as numbers)."""
 
     landlock: bool
     read: tuple[str, ...] = ()
