@@ -49,13 +49,16 @@ import structlog
 import yaml
 
 from scanfleet import sandbox_exec
-from scanfleet.errors import BadInput, SandboxUnavailable
+from scanfleet.errors import SandboxUnavailable
+from scanfleet.settings import (  # noqa: F401  (re-exported: the sandbox's setting names)
+    ALLOW_READ_ENV,
+    ALLOW_WRITE_ENV,
+    DEFAULT_PROTECT,
+    PROTECT_ENV,
+    SANDBOX_ENV,
+    SandboxSettings,
+)
 
-SANDBOX_ENV = "SCANFLEET_SANDBOX"
-ALLOW_READ_ENV = "SCANFLEET_SANDBOX_ALLOW_READ"
-ALLOW_WRITE_ENV = "SCANFLEET_SANDBOX_ALLOW_WRITE"
-PROTECT_ENV = "SCANFLEET_SANDBOX_PROTECT"
-DEFAULT_PROTECT = ("/var/run/secrets", "/run/secrets")
 HELPER = Path(__file__).resolve().with_name("sandbox_exec.py")
 
 SYSTEM_READ = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin")
@@ -76,27 +79,8 @@ _PR_SET_DUMPABLE = 4
 log = structlog.get_logger("scanfleet.sandbox")
 
 
-@dataclass(frozen=True)
-class SandboxConfig:
-    """The operator's sandbox settings (environment names above)."""
-
-    enabled: bool = True
-    allow_read: tuple[Path, ...] = ()
-    allow_write: tuple[Path, ...] = ()
-    protect: tuple[Path, ...] = tuple(Path(p) for p in DEFAULT_PROTECT)
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> SandboxConfig:
-        raw = (env.get(SANDBOX_ENV) or "on").strip().lower()
-        if raw not in ("on", "off", "landlock"):
-            raise BadInput(f"{SANDBOX_ENV}={raw!r} must be 'on' (the default) or 'off'")
-        protect = _paths(env.get(PROTECT_ENV)) or cls().protect
-        return cls(raw != "off", _paths(env.get(ALLOW_READ_ENV)),
-                   _paths(env.get(ALLOW_WRITE_ENV)), protect)
-
-
-def _paths(raw: str | None) -> tuple[Path, ...]:
-    return tuple(Path(p) for p in (raw or "").split(os.pathsep) if p.strip())
+SandboxConfig = SandboxSettings
+"""The operator's sandbox settings, parsed by settings.py (`Settings.sandbox`)."""
 
 
 @dataclass(frozen=True)

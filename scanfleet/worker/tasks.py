@@ -36,13 +36,14 @@ import structlog
 from celery.exceptions import Retry
 from celery.signals import worker_init, worker_process_init
 
-from scanfleet import posture, sweeping
+from scanfleet import posture, sandbox, sweeping
 from scanfleet.clock import backoff, retry_delay, utcnow
 from scanfleet.discovery import Entry
 from scanfleet.errors import (
     BadInput,
     FleetBusy,
     Rejected,
+    SandboxUnavailable,
     ScanfleetError,
     ScanInterrupted,
     StoreUnavailable,
@@ -88,6 +89,7 @@ class _Runtime:
             self.store, settings.cluster_concurrency, lease_seconds=tuning.lease_seconds
         )
         self._plans: dict[str, tuple[RunPlan, Path, Rejected | None]] = {}
+        self.sandbox = _sandbox_mode()
 
     def run(self, run_id: str) -> tuple[RunPlan, Pipeline, Rejected | None] | None:
         """The run's plan as this worker will execute it, its pipeline, and the reason the
@@ -105,8 +107,17 @@ class _Runtime:
             )
         plan, results, rejected = cached
         pipe = Pipeline(self.clients, self.store, self.slots, results,
-                        hooks=(sweeping.write_drift,))
+                        hooks=(sweeping.write_drift,), sandbox=self.sandbox)
         return plan, pipe, rejected
+
+
+def _sandbox_mode() -> str:
+    """This worker's sandbox mode for run.json (`scanfleet worker` refused to start without
+    one; a scan started anyway is refused by `run_auditor`)."""
+    try:
+        return sandbox.mode_label(settings.sandbox)
+    except SandboxUnavailable:
+        return "unavailable"
 
 
 def worker_plan(
