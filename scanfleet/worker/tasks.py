@@ -286,6 +286,8 @@ def sweep_tick(name: str, sweep: Mapping[str, Any], lock_ttl: int = LOCK_TTL) ->
     s = Sweep.from_dict(sweep)
     if s.name != name:
         raise ScanfleetError(f"sweep tick {name!r} carries sweep {s.name!r}")
+    # The tick came without the profile URL's credentials: ours, from the allow-list.
+    s = replace(s, profile=credentialed(s.profile, settings.allowed_profiles) or s.profile)
     lock = SweepLock(runtime().store, settings.results_dir)
     start = sweeping.starter(fan_out_publisher(app))
     return sweeping.run_tick(s, lock, start, settings, lock_ttl=lock_ttl)
