@@ -153,3 +153,13 @@ def test_a_sweep_tick_carries_the_profile_url_without_credentials(
         for key in client.scan_iter(f"{KEY_PREFIX}:*"):
             client.delete(key)
     assert started == [PROFILE]
+
+
+def test_a_worker_with_a_wrong_password_exits_3_instead_of_retrying_forever(
+    locked_redis: int, fleet_env: dict[str, str],
+) -> None:
+    env = {**fleet_env, "SCANFLEET_BROKER_URL": f"redis://:wrong-pw-y@127.0.0.1:{locked_redis}/0"}
+    r = run_cli(["worker", "-c", "1"], env, timeout=60)
+    assert r.returncode == 3, r.stderr[-2000:]
+    assert "refused scanfleet's credentials" in r.stderr
+    assert "wrong-pw-y" not in r.stderr + r.stdout

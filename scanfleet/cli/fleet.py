@@ -333,6 +333,11 @@ def worker_command(concurrency: int | None, loglevel: str, metrics_port: int | N
     """Run a Celery worker (prefork) for scanfleet's tasks."""
     settings = load_settings()  # configures logging, once, before Celery starts
     _worker_sandbox(settings)
+    from scanfleet.store.client import login_refused
+
+    if refused := login_refused(settings.broker_url):  # Celery would retry it forever
+        click.echo(f"scanfleet: error: {refused}; the worker did not start", err=True)
+        sys.exit(ExitCode.SCAN_ERROR)
     from scanfleet import exporter
 
     exporter.worker_starting(settings, metrics_port)

@@ -55,6 +55,20 @@ def connect(url: str, *, retry_seconds: float = 60.0) -> redis.Redis:
     )
 
 
+def login_refused(url: str) -> str | None:
+    """Why Redis at `url` refuses scanfleet's credentials, or None (accepted, or not
+    reachable right now: a start-up may wait for Redis, never for a wrong password)."""
+    client = connect(url, retry_seconds=2)
+    try:
+        with guarded("login"):
+            client.ping()
+    except StoreUnavailable as e:
+        return str(e) if isinstance(e.__cause__, AuthenticationError) else None
+    finally:
+        client.close()
+    return None
+
+
 class guarded:
     """`with guarded("what"):` — RedisError inside becomes StoreUnavailable naming `what`."""
 
