@@ -22,7 +22,7 @@ from scanfleet.thresholds import FleetThreshold
 TOP_FAILING = 20
 MAX_TARGET_REFS = 100
 MAX_FAILURES_PER_REF = 20
-MAX_ERROR_LINE = 160
+MAX_ERROR_LINE = 240
 _SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}  # critical first
 
 

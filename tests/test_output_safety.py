@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from scanfleet.aggregate import Aggregator
+from scanfleet.aggregate import MAX_ERROR_LINE, Aggregator
 from scanfleet.cli.scan import print_run
 from scanfleet.reports import render
 from scanfleet.reports.markdown import md_cell
@@ -67,7 +67,7 @@ def test_json_keeps_the_text_but_escapes_every_control() -> None:
     assert "click" in line
     assert "\n" not in line
     assert "forged" not in line
-    assert len(line) <= 160
+    assert len(line) <= MAX_ERROR_LINE
 
 
 def test_markdown_has_no_links_images_or_mentions_anywhere() -> None:
