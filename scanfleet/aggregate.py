@@ -3,7 +3,9 @@
 Streaming: `Aggregator.add` folds one summary into running sums and maps keyed by cluster,
 namespace, image and control id, so memory grows with the number of distinct keys, never
 with the number of targets. A malformed summary is counted as a target that could not be
-scanned; it never stops the aggregation of the others. Pure domain, no I/O.
+scanned; it never stops the aggregation of the others. `error_targets` carries each error's
+kind and a short sanitized first line (`error_line`), never the whole message: stderr a
+hostile container may shape lives in the target summary only. Pure domain, no I/O.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from typing import Any
 from scanfleet.errors import ExitCode
 from scanfleet.inspec import SEVERITIES, STATUSES, Counts
 from scanfleet.summaries import Outcome, judge
+from scanfleet.textsafe import strip_controls
 from scanfleet.thresholds import FleetThreshold
 
 TOP_FAILING = 20
 MAX_TARGET_REFS = 100
 MAX_FAILURES_PER_REF = 20
+MAX_ERROR_LINE = 240
 _SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}  # critical first
 
 
@@ -36,6 +40,15 @@ def exit_code(
     if error_targets > 0 and not errors_bounded:
         return int(ExitCode.SCAN_ERROR)
     return int(ExitCode.OK)
+
+
+def error_line(message: object) -> str:
+    """run.json's short form of a target's error message: its first line, without escapes
+    or controls, at most MAX_ERROR_LINE characters. The full message (for an auditor that
+    failed: its sanitized stderr tail, container-derived text) stays in the target summary."""
+    first = str(message or "").strip().split("\n", 1)[0]
+    line = " ".join(strip_controls(first, keep_newlines=False).split())
+    return line if len(line) <= MAX_ERROR_LINE else line[: MAX_ERROR_LINE - 1] + "…"
 
 
 class _Group:
@@ -113,7 +126,7 @@ class Aggregator:
         if verdict.outcome is Outcome.ERROR:
             ref = _ref(summary)
             err = verdict.error or {}
-            ref["error"] = {"kind": err.get("kind"), "message": err.get("message")}
+            ref["error"] = {"kind": err.get("kind"), "message": error_line(err.get("message"))}
             self.error_targets.add(ref)
         else:
             self._add_ids(verdict.ids or {})

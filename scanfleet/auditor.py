@@ -61,7 +61,7 @@ from scanfleet.launcher_client import AuditorProcess
 from scanfleet.logs import redact_text
 from scanfleet.procgroup import signal_name, terminate_group
 from scanfleet.results import copy_report
-from scanfleet.settings import process_environment
+from scanfleet.settings import process_environment, sandbox_settings
 from scanfleet.targets import Target
 from scanfleet.textsafe import strip_controls
 
@@ -212,8 +212,8 @@ def run_auditor(
     The auditor writes its report into the scan's private directory (the kubeconfig's);
     after a completed audit scanfleet rewrites it to `report_path` with the results' file
     mode. `env` replaces the parent environment as the base that `auditor_environment`
-    filters; the sandbox settings (SCANFLEET_SANDBOX*) are the worker's own, from
-    os.environ.
+    filters; the sandbox settings (SCANFLEET_SANDBOX*) are the worker's own
+    (`settings.sandbox_settings()`, as `Settings.sandbox` reads them).
     Raises SandboxUnavailable, AuditorMissing, AuditorFailed, InvalidReport or ScanTimeout;
     any BaseException raised in the waiting thread (KeyboardInterrupt, ScanInterrupted from
     a signal handler) terminates the process group and is re-raised unchanged.
@@ -265,7 +265,7 @@ def _prepare(
     env: Mapping[str, str] | None,
 ) -> _Launch:
     """Sandbox mode, private work dir, argv, environment and policy of one audit."""
-    config = sandbox.SandboxConfig.from_env(process_environment())
+    config = sandbox_settings()  # Settings.sandbox's variables, read by settings.py
     mode = sandbox.activate(config)  # no Landlock and not opted out: nothing runs
     work = sandbox.prepare_workdir(kubeconfig.parent)
     argv = build_argv(auditor, profile, target, work.report, input_files, extra_args)

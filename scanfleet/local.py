@@ -44,11 +44,13 @@ def run_local(
     entries: Sequence[Entry] | None = None,
     cluster_concurrency: int = 10,
     progress: Progress | None = None,
+    sandbox: str | None = None,
 ) -> dict[str, Any]:
     """Run every target in-process (threads, no broker), then return the run summary.
 
     `entries` (from discovery) replace `targets` when given. The per-cluster cap is a
-    semaphore per context, as the fleet's is a lease per context.
+    semaphore per context, as the fleet's is a lease per context. `sandbox` (the mode the
+    caller checked before starting, `sandbox.mode_label`) is recorded in run.json.
     """
     out = run_dir(results_dir, plan.run_id)
     make_dir(out)
@@ -58,14 +60,15 @@ def run_local(
         entries = dedupe_images(entries)
     total = sum(e.size() for e in entries)
     state = MemoryRunState(total, covers_map(plan.run_id, entries), progress)
-    pipe = Pipeline(clients, state, LocalSlots(cluster_concurrency), results_dir, now)
+    pipe = Pipeline(clients, state, LocalSlots(cluster_concurrency), results_dir, now,
+                    sandbox=sandbox)
     interrupted = _run_entries(pipe, plan, entries, concurrency)
     if interrupted is not None:
         _close_interrupted(pipe, plan, entries, interrupted)
     if state.run is None:  # nothing to scan, or the interruption path recorded the rest
         maybe_finalize(pipe, plan)
     if state.run is None:
-        state.run = finalize(plan, results_dir, now)
+        state.run = finalize(plan, results_dir, now, sandbox=sandbox)
     return state.run
 
 

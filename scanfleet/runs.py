@@ -104,6 +104,9 @@ class Pipeline:
     now: Clock = utcnow
     hooks: tuple[FinalizeHook, ...] = ()
     """Called with (results dir, run.json body) before run.json is written."""
+    sandbox: str | None = None
+    """The auditor sandbox mode of this driver ("landlock-abi-N", "off"): run.json's
+    `sandbox` when this driver finalizes the run."""
 
 
 def run_target(pipe: Pipeline, plan: RunPlan, target: Target) -> Scanned | None:
@@ -179,7 +182,7 @@ def maybe_finalize(pipe: Pipeline, plan: RunPlan) -> dict[str, Any] | None:
     _added, done, total = pipe.state.finish(plan.run_id, [])
     if done < total or not pipe.state.begin_finalize(plan.run_id):
         return None
-    run = finalize(plan, pipe.results_dir, pipe.now, pipe.hooks)
+    run = finalize(plan, pipe.results_dir, pipe.now, pipe.hooks, sandbox=pipe.sandbox)
     pipe.state.end_finalize(plan.run_id, run)
     return run
 
@@ -225,8 +228,12 @@ def finalize(
     results_dir: Path,
     now: Clock = utcnow,
     hooks: Sequence[FinalizeHook] = (),
+    *,
+    sandbox: str | None = None,
 ) -> dict[str, Any]:
     """Aggregate the run's summaries (streamed from disk), run the hooks, write run.json.
+
+    `sandbox` is the auditor sandbox mode the run's scans ran in (`sandbox.mode_label`).
 
     The hooks run before run.json appears (sweeping writes drift.json there), so a reader
     that sees run.json finds every artefact of the run.
@@ -242,6 +249,7 @@ def finalize(
         "profile": plan.profile,
         "created_at": plan.created_at,
         "finished_at": iso(now()),
+        "sandbox": sandbox,
         **result,
     }
     for hook in hooks:

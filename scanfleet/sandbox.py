@@ -45,14 +45,16 @@ import structlog
 import yaml
 
 from scanfleet import launcher_client, sandbox_exec
-from scanfleet.errors import AuditorFailed, BadInput, SandboxUnavailable
+from scanfleet.errors import AuditorFailed, SandboxUnavailable
 from scanfleet.launcher_client import AuditorProcess
-
-SANDBOX_ENV = "SCANFLEET_SANDBOX"
-ALLOW_READ_ENV = "SCANFLEET_SANDBOX_ALLOW_READ"
-ALLOW_WRITE_ENV = "SCANFLEET_SANDBOX_ALLOW_WRITE"
-PROTECT_ENV = "SCANFLEET_SANDBOX_PROTECT"
-DEFAULT_PROTECT = ("/var/run/secrets", "/run/secrets")
+from scanfleet.settings import (  # noqa: F401  (re-exported: the sandbox's setting names)
+    ALLOW_READ_ENV,
+    ALLOW_WRITE_ENV,
+    DEFAULT_PROTECT,
+    PROTECT_ENV,
+    SANDBOX_ENV,
+    SandboxSettings,
+)
 
 SYSTEM_READ = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin")
 # /etc, entry by entry: what a Ruby CLI, OpenSSL, glibc's resolver and kubectl read. Not
@@ -72,27 +74,8 @@ _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 log = structlog.get_logger("scanfleet.sandbox")
 
 
-@dataclass(frozen=True)
-class SandboxConfig:
-    """The operator's sandbox settings (environment names above)."""
-
-    enabled: bool = True
-    allow_read: tuple[Path, ...] = ()
-    allow_write: tuple[Path, ...] = ()
-    protect: tuple[Path, ...] = tuple(Path(p) for p in DEFAULT_PROTECT)
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> SandboxConfig:
-        raw = (env.get(SANDBOX_ENV) or "on").strip().lower()
-        if raw not in ("on", "off", "landlock"):
-            raise BadInput(f"{SANDBOX_ENV}={raw!r} must be 'on' (the default) or 'off'")
-        protect = _paths(env.get(PROTECT_ENV)) or cls().protect
-        return cls(raw != "off", _paths(env.get(ALLOW_READ_ENV)),
-                   _paths(env.get(ALLOW_WRITE_ENV)), protect)
-
-
-def _paths(raw: str | None) -> tuple[Path, ...]:
-    return tuple(Path(p) for p in (raw or "").split(os.pathsep) if p.strip())
+SandboxConfig = SandboxSettings
+"""The operator's sandbox settings, parsed by settings.py (`Settings.sandbox`)."""
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,10 @@ started (a `kubectl exec`) does not; `reap_stale()`, called at worker start, kil
 and removes the directories (and the live tokens in them) of scans whose worker died.
 
 What it must never do:
-- touch a directory that is locked (a live scan), owned by another user, or a symlink;
+- touch a directory that is locked (a live scan), owned by another user, or a symlink,
+  nor one that holds anything but what a scan puts in its private directory (`kubeconfig`,
+  `auditor.pid`, the auditor's `auditor/` work dir): a live worker's `scanfleet-metrics-*`
+  or a results directory named `scanfleet-*` under the temp root is not a scan's;
 - remove a directory that has not reached its auditor yet (still minting) unless it is
   older than `min_age`;
 - kill a process that is not in the recorded auditor session (a reused pid is checked
@@ -32,6 +35,8 @@ import structlog
 PREFIX = "scanfleet-"
 RECORD = "auditor.pid"
 MIN_AGE_S = 900.0
+# Everything a scan's private directory may hold (identity.py, auditor.py, sandbox.py).
+SCAN_ENTRIES = frozenset({"kubeconfig", RECORD, "auditor"})
 
 log = structlog.get_logger("scanfleet.sandbox")
 
@@ -82,9 +87,18 @@ def reap_stale(tmp_root: Path | None = None, *, min_age: float = MIN_AGE_S) -> l
             continue
         if not d.is_dir() or d.is_symlink() or st.st_uid != os.getuid():
             continue
+        if not _looks_like_a_scan(d):
+            continue
         if _reap_one(d, st.st_mtime, min_age):
             removed.append(d)
     return removed
+
+
+def _looks_like_a_scan(d: Path) -> bool:
+    try:
+        return set(os.listdir(d)) <= SCAN_ENTRIES
+    except OSError:
+        return False
 
 
 def _reap_one(d: Path, mtime: float, min_age: float) -> bool:

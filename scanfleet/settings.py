@@ -1,9 +1,10 @@
 """Settings: one frozen dataclass, read from the environment here and nowhere else.
 
-Owns every environment variable scanfleet reads (`Settings.from_env`; the results'
-group-read switch; prometheus_client's multiprocess directory, the one variable written
-for a library) and the process environment the auditor's allowlist and sandbox settings
-are read from (`process_environment`). Command-line
+Owns every environment variable scanfleet reads (`Settings.from_env`, including the
+sandbox's SCANFLEET_SANDBOX* and SCANFLEET_RESULTS_GROUP_READ; `sandbox_settings()` and
+`results_group_read()` read those two for code below a Settings value; prometheus_client's
+multiprocess directory, the one variable written for a library) and the process
+environment the auditor's allowlist is filtered from (`process_environment`). Command-line
 flags override these; library code receives a Settings value (or the value it needs) and
 must never read `os.environ` itself.
 """
@@ -23,6 +24,47 @@ TOKEN_TTL_MAX = 86400
 MINT_MARGIN = 120
 """Seconds a token must outlive the scan timeout by: minting, the access check (which
 waits out RBAC propagation) and the revoke all happen inside the token's lifetime."""
+
+
+SANDBOX_ENV = "SCANFLEET_SANDBOX"
+ALLOW_READ_ENV = "SCANFLEET_SANDBOX_ALLOW_READ"
+ALLOW_WRITE_ENV = "SCANFLEET_SANDBOX_ALLOW_WRITE"
+PROTECT_ENV = "SCANFLEET_SANDBOX_PROTECT"
+DEFAULT_PROTECT = ("/var/run/secrets", "/run/secrets")
+
+
+@dataclass(frozen=True)
+class SandboxSettings:
+    """The operator's auditor-sandbox settings (`scanfleet.sandbox.SandboxConfig`)."""
+
+    enabled: bool = True
+    """False only with SCANFLEET_SANDBOX=off: the auditor runs unconfined."""
+    allow_read: tuple[Path, ...] = ()
+    """Extra read+execute paths (SCANFLEET_SANDBOX_ALLOW_READ, os.pathsep-separated)."""
+    allow_write: tuple[Path, ...] = ()
+    """Extra read+write paths (SCANFLEET_SANDBOX_ALLOW_WRITE, os.pathsep-separated)."""
+    protect: tuple[Path, ...] = tuple(Path(p) for p in DEFAULT_PROTECT)
+    """Paths no allow rule may cover (SCANFLEET_SANDBOX_PROTECT; default the service
+    account secret mounts)."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SandboxSettings:
+        env = os.environ if env is None else env
+        raw = (env.get(SANDBOX_ENV) or "on").strip().lower()
+        if raw not in ("on", "off", "landlock"):
+            raise BadInput(f"{SANDBOX_ENV}={raw!r} must be 'on' (the default) or 'off'")
+        protect = _paths(env.get(PROTECT_ENV)) or cls().protect
+        return cls(raw != "off", _paths(env.get(ALLOW_READ_ENV)),
+                   _paths(env.get(ALLOW_WRITE_ENV)), protect)
+
+
+def _paths(raw: str | None) -> tuple[Path, ...]:
+    return tuple(Path(p) for p in (raw or "").split(os.pathsep) if p.strip())
+
+
+def sandbox_settings() -> SandboxSettings:
+    """This process's sandbox settings, for code below a Settings value (the auditor)."""
+    return SandboxSettings.from_env(os.environ)
 
 
 @dataclass(frozen=True)
@@ -69,6 +111,10 @@ class Settings:
     (SCANFLEET_METRICS_PORT)"""
     metrics_per_namespace: bool = False
     """Beat's compliance gauges also per namespace (SCANFLEET_METRICS_PER_NAMESPACE=1)."""
+    sandbox: SandboxSettings = field(default_factory=SandboxSettings)
+    """The auditor sandbox (SCANFLEET_SANDBOX, SCANFLEET_SANDBOX_ALLOW_READ/_WRITE/_PROTECT)."""
+    results_group_read: bool = False
+    """Results 0750/0640 instead of 0700/0600 (SCANFLEET_RESULTS_GROUP_READ=1)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -100,6 +146,8 @@ class Settings:
             metrics_per_namespace=_choice(
                 env, "SCANFLEET_METRICS_PER_NAMESPACE", "0", ("0", "1")
             ) == "1",
+            sandbox=SandboxSettings.from_env(env),
+            results_group_read=results_group_read(env),
         )
 
 

@@ -87,6 +87,7 @@ class RunDocument(TypedDict):
     profile: str
     created_at: str
     finished_at: str
+    sandbox: str | None
     targets: dict[str, int]
     counts: dict[str, dict[str, int]]
     compliance: int

@@ -251,3 +251,23 @@ def test_empty_run() -> None:
     assert result["compliance"] == 0
     assert set(result["counts"]) == set(STATUSES)
     assert result["exit_code"] == 0
+
+
+def test_error_targets_carry_the_kind_and_a_short_sanitized_first_line() -> None:
+    from scanfleet.aggregate import MAX_ERROR_LINE, error_line
+
+    stderr = "\x1b]0;pwned\x07boom " + "x" * 500 + "\nsecond line from the container"
+    agg = Aggregator()
+    s = summary(1, [])
+    s["status"], s["counts"], s["controls"] = "error", None, None
+    s["error"] = {"kind": "auditor_failed", "message": f"auditor exited with code 1: {stderr}"}
+    agg.add(s)
+    [ref] = agg.result(None)["error_targets"]
+    message = ref["error"]["message"]
+    assert ref["error"]["kind"] == "auditor_failed"
+    assert message.startswith("auditor exited with code 1: boom x")
+    assert len(message) == MAX_ERROR_LINE
+    assert "second line" not in message
+    assert "\x1b" not in message
+    assert "\x07" not in message
+    assert error_line(None) == ""

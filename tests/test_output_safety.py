@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from scanfleet.aggregate import Aggregator
+from scanfleet.aggregate import MAX_ERROR_LINE, Aggregator
 from scanfleet.cli.scan import print_run
 from scanfleet.reports import render
 from scanfleet.reports.markdown import md_cell
@@ -60,7 +60,14 @@ def test_json_keeps_the_text_but_escapes_every_control() -> None:
     out = render("json", run, lambda: [hostile_summary()])
     for ch in FORBIDDEN:
         assert ch not in out
-    assert json.loads(out)["error_targets"][0]["error"]["message"] == HOSTILE
+    doc = json.loads(out)
+    assert doc["targets_detail"][0]["error"]["message"] == HOSTILE  # the summary keeps it
+    # run.json's error_targets: the kind and a short first line, sanitized.
+    line = doc["error_targets"][0]["error"]["message"]
+    assert "click" in line
+    assert "\n" not in line
+    assert "forged" not in line
+    assert len(line) <= MAX_ERROR_LINE
 
 
 def test_markdown_has_no_links_images_or_mentions_anywhere() -> None:

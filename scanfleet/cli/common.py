@@ -17,7 +17,7 @@ import click
 from scanfleet import logs
 from scanfleet.auditor import clear_stop, request_stop
 from scanfleet.clock import utcnow
-from scanfleet.errors import BadInput, ExitCode, ScanInterrupted
+from scanfleet.errors import BadInput, ExitCode, SandboxUnavailable, ScanInterrupted
 from scanfleet.plan import RunPlan
 from scanfleet.settings import Settings, check_ttl
 
@@ -38,6 +38,20 @@ def load_settings() -> Settings:
     for url in (settings.broker_url, *settings.allowed_profiles):
         logs.remember_url(url)
     return settings
+
+
+def sandbox_mode(settings: Settings, what: str = "nothing was started") -> str:
+    """The auditor sandbox mode scans will run in ("landlock-abi-N", or "off" when the
+    operator opted out), checked before anything is created. Without Landlock and without
+    SCANFLEET_SANDBOX=off: the reason on stderr and exit 3 (a scan could not run; not bad
+    input), with no run directory, Redis key or cluster object made."""
+    from scanfleet.sandbox import mode_label
+
+    try:
+        return mode_label(settings.sandbox)
+    except SandboxUnavailable as e:
+        click.echo(f"scanfleet: error: [{e.kind}] {e}; {what}", err=True)
+        sys.exit(ExitCode.SCAN_ERROR)
 
 
 def fail(message: str) -> Any:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+import structlog
 from tqdm import tqdm
 
 from scanfleet.cli.common import (
@@ -31,6 +32,7 @@ from scanfleet.cli.common import (
     metrics_port_option,
     output_option,
     results_dir,
+    sandbox_mode,
     scan_options,
 )
 from scanfleet.cli.scan import print_run
@@ -127,6 +129,7 @@ def submit_command(
         scope = Scope(chosen, namespaces, all_namespaces, exclude_namespaces, selector)
     plan = scan.plan(settings, "submit", fleet_threshold=fleet_threshold,
                      dedupe_images=dedupe_images)
+    mode = sandbox_mode(settings) if local else None  # the workers check their own
     clients = ClientCache(kcfg)
     for ctx in {t.context for t in explicit} | set(chosen):
         clients.get(ctx)  # a context the client cannot load is bad input, before anything
@@ -144,7 +147,7 @@ def submit_command(
     if local:
         _run_local(
             clients=clients, plan=plan, entries=entries, out=out, concurrency=concurrency,
-            settings=settings, as_json=as_json,
+            settings=settings, as_json=as_json, sandbox=mode,
         )
     else:
         _run_fleet(
@@ -183,6 +186,7 @@ def _run_local(
     concurrency: int,
     settings: Settings,
     as_json: bool,
+    sandbox: str | None,
 ) -> None:
     from scanfleet.local import run_local
 
@@ -203,6 +207,7 @@ def _run_local(
                 entries=entries,
                 cluster_concurrency=settings.cluster_concurrency,
                 progress=progress,
+                sandbox=sandbox,
             )
     print_run(run, as_json)
     sys.exit(int(run["exit_code"]))
@@ -327,6 +332,12 @@ def status_command(run_id: str, as_json: bool, results_dir: Path | None) -> None
 def worker_command(concurrency: int | None, loglevel: str, metrics_port: int | None) -> None:
     """Run a Celery worker (prefork) for scanfleet's tasks."""
     settings = load_settings()  # configures logging, once, before Celery starts
+    _worker_sandbox(settings)
+    from scanfleet.store.client import login_refused
+
+    if refused := login_refused(settings.broker_url):  # Celery would retry it forever
+        click.echo(f"scanfleet: error: {refused}; the worker did not start", err=True)
+        sys.exit(ExitCode.SCAN_ERROR)
     from scanfleet import exporter
 
     exporter.worker_starting(settings, metrics_port)
@@ -337,3 +348,16 @@ def worker_command(concurrency: int | None, loglevel: str, metrics_port: int | N
     if concurrency is not None:
         argv.append(f"--concurrency={concurrency}")
     app.worker_main(argv)
+
+
+def _worker_sandbox(settings: Settings) -> None:
+    """Before the pool forks: refuse to start without the sandbox (exit 3) unless opted
+    out, and clear what dead workers left (stale scan dirs, their orphaned auditors)."""
+    from scanfleet import sandbox_reap
+    from scanfleet.sandbox import activate
+
+    sandbox_mode(settings, "the worker did not start")
+    mode = activate(settings.sandbox)  # logs sandbox.off / sandbox.partial
+    removed = sandbox_reap.reap_stale()
+    structlog.get_logger("scanfleet.worker").info(
+        "worker.sandbox", sandbox=mode, stale_scan_dirs_removed=len(removed))

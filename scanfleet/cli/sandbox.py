@@ -13,9 +13,8 @@ import json
 
 import click
 
-from scanfleet.cli.common import bad_input_exits, main_group
-from scanfleet.sandbox import SandboxConfig, describe
-from scanfleet.settings import process_environment
+from scanfleet.cli.common import bad_input_exits, load_settings, main_group
+from scanfleet.sandbox import describe
 
 EXIT_UNAVAILABLE = 3
 
@@ -25,7 +24,7 @@ EXIT_UNAVAILABLE = 3
 @bad_input_exits
 def sandbox_command(as_json: bool) -> None:
     """Report what the auditor sandbox enforces on this host."""
-    report = describe(SandboxConfig.from_env(process_environment()))
+    report = describe(load_settings().sandbox)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:

@@ -21,6 +21,7 @@ from scanfleet.cli.common import (
     main_group,
     output_option,
     results_dir,
+    sandbox_mode,
     scan_options,
 )
 from scanfleet.targets import parse_target
@@ -55,11 +56,12 @@ def scan_command(
     ctx = choose_contexts(kcfg, [context] if context else [], False)[0]
     tgt = parse_target(target, ctx)
     plan = scan.plan(settings, "scan")
+    mode = sandbox_mode(settings)
     clients = ClientCache(kcfg)
     clients.get(ctx)
     click.echo(plan.run_id)
     with interruptible():
-        run = run_local(clients, plan, [tgt], results_dir(output, settings))
+        run = run_local(clients, plan, [tgt], results_dir(output, settings), sandbox=mode)
     print_run(run, as_json)
     sys.exit(int(run["exit_code"]))
 

@@ -1,28 +1,48 @@
 """The Redis client of the store and the one wrapper every Redis call goes through.
 
-Owns `connect()` (a client that rides out a Redis restart) and `guarded(what)`, which turns
-any `RedisError` into `StoreUnavailable` naming what failed. Must never be bypassed: code
+Owns `connect()` (a client that rides out a Redis restart, but gives up at once when Redis
+refuses its credentials) and `guarded(what)`, which turns any `RedisError` into
+`StoreUnavailable` naming what failed. Must never be bypassed: code
 that talks to Redis outside `with guarded(...)` can leak a RedisError into a scan's result.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from scanfleet.errors import StoreUnavailable
 
 Redis = redis.Redis
+T = TypeVar("T")
+
+
+class _LoginFinal(Retry):
+    """redis-py's Retry, except that a refused login is final: AuthenticationError is a
+    ConnectionError to redis-py, and retrying a wrong password only delays the error."""
+
+    def call_with_retry(
+        self, do: Callable[[], T], fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        def retryable(e: Exception) -> bool:
+            return not isinstance(e, AuthenticationError) and (
+                is_retryable is None or is_retryable(e))
+
+        return super().call_with_retry(do, fail, retryable, with_failure_count)
 
 
 def connect(url: str, *, retry_seconds: float = 60.0) -> redis.Redis:
-    """A client that rides out a Redis restart: connection errors retried with backoff."""
+    """A client that rides out a Redis restart: connection errors retried with backoff;
+    a refused password or ACL user fails the first call."""
     attempts = max(1, int(retry_seconds / 2))
     return redis.Redis.from_url(
         url,
@@ -30,9 +50,23 @@ def connect(url: str, *, retry_seconds: float = 60.0) -> redis.Redis:
         socket_timeout=30,
         socket_connect_timeout=5,
         health_check_interval=10,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), attempts),
+        retry=_LoginFinal(ExponentialBackoff(cap=2.0, base=0.1), attempts),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
+
+
+def login_refused(url: str) -> str | None:
+    """Why Redis at `url` refuses scanfleet's credentials, or None (accepted, or not
+    reachable right now: a start-up may wait for Redis, never for a wrong password)."""
+    client = connect(url, retry_seconds=2)
+    try:
+        with guarded("login"):
+            client.ping()
+    except StoreUnavailable as e:
+        return str(e) if isinstance(e.__cause__, AuthenticationError) else None
+    finally:
+        client.close()
+    return None
 
 
 class guarded:
@@ -47,6 +81,12 @@ class guarded:
     def __exit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: object
     ) -> None:
+        if isinstance(e, AuthenticationError):
+            raise StoreUnavailable(
+                f"Redis: {self.what}: the broker refused scanfleet's credentials "
+                "(wrong or missing password or ACL user in SCANFLEET_BROKER_URL / "
+                "SCANFLEET_BROKER_URL_FILE)"
+            ) from e
         if e is not None and isinstance(e, RedisError):
             raise StoreUnavailable(
                 f"Redis: {self.what}: {type(e).__name__}: {str(e)[:200]}"

@@ -10,7 +10,9 @@ with a schedule built here:
 - `scanfleet.prune` every `prune_interval` seconds (default 6 hours).
 
 Only schedules: the tasks run on the workers (worker.tasks), and what a tick does is
-`scanfleet.sweeping`. Never carries a credential in a task message.
+`scanfleet.sweeping`. Never carries a credential in a task message: a sweep's profile URL
+is sent without its user:password@ (`tick_sweep`); the worker that runs the tick adds the
+credentials of its own SCANFLEET_ALLOWED_PROFILES entry, as for `submit` (policy.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import structlog
 from celery.schedules import BaseSchedule, schedstate
 
 from scanfleet.clock import Clock, utcnow
+from scanfleet.logs import remember_url
+from scanfleet.policy import safe_url
 from scanfleet.store.locks import LOCK_TTL
 from scanfleet.sweeps import JANITOR_INTERVAL, PRUNE_INTERVAL, Sweep, next_fire
 from scanfleet.worker.app import JANITOR_TASK, PRUNE_TASK, SWEEP_TICK_TASK
@@ -85,12 +89,17 @@ def beat_schedule(
             "task": SWEEP_TICK_TASK,
             "schedule": CronSchedule(s.schedule, nowfun=nowfun),
             "args": (s.name,),
-            "kwargs": {"sweep": s.to_dict(), "lock_ttl": lock_ttl},
+            "kwargs": {"sweep": tick_sweep(s), "lock_ttl": lock_ttl},
         }
         for s in sweeps
     }
     entries.update(periodic_entries(janitor_interval, prune_interval))
     return entries
+
+
+def tick_sweep(sweep: Sweep) -> dict[str, Any]:
+    """The sweep as a tick message carries it: the profile URL without credentials."""
+    return {**sweep.to_dict(), "profile": safe_url(sweep.profile)}
 
 
 def periodic_entries(
@@ -126,6 +135,11 @@ def run_beat(
     app.conf.enable_utc = True
     for s in sweeps:
         log.info("beat.sweep_scheduled", sweep=s.name, schedule=s.schedule)
+        if safe_url(s.profile) != s.profile:
+            remember_url(s.profile)  # redacted from beat's own logs too
+            log.warning("beat.profile_credentials_not_sent", sweep=s.name,
+                        reason="tick messages carry the profile URL without credentials; "
+                        "workers add them from SCANFLEET_ALLOWED_PROFILES")
     kwargs: dict[str, Any] = {"max_interval": max_interval, "quiet": True}
     if schedule_file is not None:
         kwargs["schedule"] = str(schedule_file)

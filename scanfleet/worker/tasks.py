@@ -38,13 +38,14 @@ import structlog
 from celery.exceptions import Retry
 from celery.signals import worker_init, worker_process_init
 
-from scanfleet import posture, sweeping
+from scanfleet import posture, sandbox, sweeping
 from scanfleet.clock import backoff, retry_delay, utcnow
 from scanfleet.discovery import Entry
 from scanfleet.errors import (
     BadInput,
     FleetBusy,
     Rejected,
+    SandboxUnavailable,
     ScanfleetError,
     ScanInterrupted,
     StoreUnavailable,
@@ -90,6 +91,7 @@ class _Runtime:
             self.store, settings.cluster_concurrency, lease_seconds=tuning.lease_seconds
         )
         self._plans: dict[str, tuple[RunPlan, Path, Rejected | None]] = {}
+        self.sandbox = _sandbox_mode()
 
     def run(self, run_id: str) -> tuple[RunPlan, Pipeline, Rejected | None] | None:
         """The run's plan as this worker will execute it, its pipeline, and the reason the
@@ -107,8 +109,17 @@ class _Runtime:
             )
         plan, results, rejected = cached
         pipe = Pipeline(self.clients, self.store, self.slots, results,
-                        hooks=(sweeping.write_drift,))
+                        hooks=(sweeping.write_drift,), sandbox=self.sandbox)
         return plan, pipe, rejected
+
+
+def _sandbox_mode() -> str:
+    """This worker's sandbox mode for run.json (`scanfleet worker` refused to start without
+    one; a scan started anyway is refused by `run_auditor`)."""
+    try:
+        return sandbox.mode_label(settings.sandbox)
+    except SandboxUnavailable:
+        return "unavailable"
 
 
 def worker_plan(
@@ -277,6 +288,8 @@ def sweep_tick(name: str, sweep: Mapping[str, Any], lock_ttl: int = LOCK_TTL) ->
     s = Sweep.from_dict(sweep)
     if s.name != name:
         raise ScanfleetError(f"sweep tick {name!r} carries sweep {s.name!r}")
+    # The tick came without the profile URL's credentials: ours, from the allow-list.
+    s = replace(s, profile=credentialed(s.profile, settings.allowed_profiles) or s.profile)
     lock = SweepLock(runtime().store, settings.results_dir)
     start = sweeping.starter(fan_out_publisher(app))
     return sweeping.run_tick(s, lock, start, settings, lock_ttl=lock_ttl)
