@@ -46,8 +46,13 @@ def listener() -> Iterator[int]:
 
 
 def hostile_world(tmp_path: Path, admin: Path, redis_port: int, other_port: int,
-                  probes: Path) -> dict[str, str]:
-    """Secrets for the auditor to go after, and the environment that points it at them."""
+                  probes: Path, scanfleet_pid: int | None = None) -> dict[str, str]:
+    """Secrets for the auditor to go after, and the environment that points it at them.
+
+    The auditor's parent is the launcher, whose environment is empty; the scanfleet process
+    whose environment matters is `scanfleet_pid` where the test knows it (in-process runs).
+    Without it (a worker started later) the environ probe reads the launcher's, which is
+    empty whether or not the sandbox is on (`EMPTY_LAUNCHER`)."""
     home = tmp_path / "home"
     (home / ".kube").mkdir(parents=True)
     (home / ".kube" / "config").write_text("token: the-operators-own-token\n")
@@ -63,10 +68,12 @@ def hostile_world(tmp_path: Path, admin: Path, redis_port: int, other_port: int,
         "read": {"admin_kubeconfig": str(admin), "home_kube": str(home / ".kube" / "config"),
                  "sa_token": str(secrets / "sa" / "token"),
                  "other_scan": str(other / "kubeconfig"),
-                 "parent_environ": "/proc/{ppid}/environ"},
+                 "parent_environ": (f"/proc/{scanfleet_pid}/environ" if scanfleet_pid
+                                    else "/proc/{ppid}/environ")},
         "connect": {"redis": ["127.0.0.1", redis_port], "other_port": ["127.0.0.1", other_port]},
         "bind": True,
         "signal_parent": True,
+        **({"signal": {"signal_scanfleet": scanfleet_pid}} if scanfleet_pid else {}),
     }
     return {"HOME": str(home), "TMPDIR": str(tmp), "SCANFLEET_SANDBOX_PROTECT": str(secrets),
             "SCANFLEET_AUDITOR": str(HOSTILE), "SCANFLEET_STANDIN_HOSTILE": json.dumps(spec),
@@ -79,8 +86,12 @@ def assert_confined(probes: dict[str, str]) -> None:
     assert reached == [], f"the sandboxed auditor reached: {reached}"
 
 
+EMPTY_LAUNCHER = "denied: empty"
+
+
 def assert_unconfined(probes: dict[str, str]) -> None:
-    failed = {k: v for k, v in probes.items() if v != "ok"}
+    failed = {k: v for k, v in probes.items()
+              if v != "ok" and not (k == "parent_environ" and v == EMPTY_LAUNCHER)}
     assert failed == {}, "without the sandbox the probes must work, or the test proves nothing"
 
 
@@ -98,7 +109,8 @@ def local_submit(
     admin = fake_cluster.write_kubeconfig(tmp_path / "kube" / "config")
     probes = standin_io / "probes.json"
     redis_port = 6379
-    for k, v in hostile_world(tmp_path, admin, redis_port, listener, probes).items():
+    for k, v in hostile_world(tmp_path, admin, redis_port, listener, probes,
+                              scanfleet_pid=os.getpid()).items():
         monkeypatch.setenv(k, v)
     monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
     monkeypatch.delenv("KUBECONFIG", raising=False)
@@ -280,4 +292,5 @@ def test_a_worker_with_the_sandbox_off_lets_the_probes_through(
     assert run["targets"]["completed"] == 1, run
     assert run["sandbox"] == "off"
     assert_unconfined(outcome)
+    assert outcome["signal_parent"] == "ok"  # the launcher: what the sandbox scope stops
     wait_for(lambda: b'"sandbox.off"' in worker.log.read_bytes(), 10, "the sandbox.off warning")
