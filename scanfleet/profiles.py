@@ -18,10 +18,7 @@ scanfleet builds after `$SCANFLEET_AUDITOR vendor DIR --overwrite` — determini
 (sorted entries, no timestamps, owners or gzip name), so workers that fetch the same profile
 and dependencies build the same bytes.
 
-Vendoring runs the worker's own auditor (never the plan's) outside Landlock, because it needs
-the network, but with no capabilities, no_new_privs, a filtered environment (no broker URL,
-no admin kubeconfig: KUBECONFIG is /dev/null) and a private HOME and TMPDIR; it resolves
-dependencies and does not run the profile's controls.
+Vendoring (archives.py) runs the worker's own auditor, never the plan's.
 
 The cache is a directory only this user can open (0700, refused otherwise): the
 SCANFLEET_PROFILE_CACHE setting, else `<tmp>/scanfleet.profiles.<uid>` (not `scanfleet-*`,
@@ -35,39 +32,32 @@ download.py); extract an archive outside its scratch directory or without size l
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import os
 import shutil
-import signal
 import stat
-import subprocess
-import tarfile
 import tempfile
-import zipfile
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import structlog
-import yaml
 
-from scanfleet import sandbox
-from scanfleet.auditor import auditor_environment
+from scanfleet.archives import (
+    Vendoring,
+    archive_suffix,
+    read_manifest,
+    remote_dependencies,
+    vendor,
+)
 from scanfleet.download import Limits, ProfileUnavailable, download
 from scanfleet.errors import BadInput, Rejected
-from scanfleet.logs import redact_text, remember_url
+from scanfleet.logs import remember_url
 from scanfleet.policy import safe_url
 
-REMOTE_SOURCES = ("url", "git", "supermarket", "compliance")
-"""`depends:` keys that name a profile elsewhere (`path:` inside the archive needs nothing)."""
-MANIFEST_MAX_BYTES = 1024 * 1024
-EXTRACT_FACTOR = 8
-"""An archive may unpack to at most this many times `Limits.max_bytes`."""
 KEEP_PER_URL = 4
 """Cached digests kept per URL (the newest)."""
-STDERR_TAIL = 1000
 
 log = structlog.get_logger("scanfleet.profiles")
 
@@ -179,7 +169,8 @@ def fetch(url: str, cache: ProfileCache, config: FetchConfig) -> LocalProfile:
         src = raw
         remote = remote_dependencies(read_manifest(raw, suffix, shown))
         if remote:
-            src = vendor(raw, suffix, work, config, shown)
+            how = Vendoring(config.auditor, config.env, config.vendor_timeout, config.limits)
+            src = vendor(raw, suffix, work, how, shown)
             digest, suffix = file_sha256(src), ".tar.gz"
         path = cache.store(url, src, digest, suffix)
     log.info("profile.fetched", profile=shown, sha256=digest, vendored=bool(remote),
@@ -225,151 +216,21 @@ def pinned(
     return fetched
 
 
-# -- the archive ------------------------------------------------------------------------
+class RunPins:
+    """A worker process's view of each run's pinned digest, so that once it is known the
+    run's later scans here use the cache instead of downloading again."""
 
-def archive_suffix(path: Path, shown: str) -> str:
-    """`.tar.gz` or `.zip`, by the file's magic bytes (URLs need not say)."""
-    with path.open("rb") as f:
-        head = f.read(4)
-    if head[:2] == b"\x1f\x8b":
-        return ".tar.gz"
-    if head == b"PK\x03\x04":
-        return ".zip"
-    raise ProfileUnavailable(
-        f"profile {shown} is not a .tar.gz or .zip profile archive; point the URL at an "
-        "archive (a git forge's archive link, for example)")
+    def __init__(self, config: FetchConfig) -> None:
+        self.config = config
+        self._known: dict[str, str] = {}
+        self._lock = threading.Lock()  # one fetch at a time in this process
 
-
-def read_manifest(path: Path, suffix: str, shown: str) -> dict[str, Any]:
-    """The profile's inspec.yml (at the archive root, or in its single top directory)."""
-    try:
-        text = _manifest_bytes(path, suffix)
-    except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError) as e:
-        raise ProfileUnavailable(f"profile {shown}: cannot read the archive: {e}") from None
-    if text is None:
-        raise ProfileUnavailable(f"profile {shown}: the archive has no inspec.yml")
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise ProfileUnavailable(f"profile {shown}: inspec.yml is not valid YAML") from None
-    return doc if isinstance(doc, dict) else {}
-
-
-def _manifest_bytes(path: Path, suffix: str) -> bytes | None:
-    def depth(name: str) -> int:
-        return name.removeprefix("./").strip("/").count("/")
-
-    if suffix == ".zip":
-        with zipfile.ZipFile(path) as z:
-            zips = [i for i in z.infolist()
-                    if i.filename.rsplit("/", 1)[-1] == "inspec.yml" and depth(i.filename) <= 1]
-            if not zips:
-                return None
-            info = min(zips, key=lambda i: depth(i.filename))
-            if info.file_size > MANIFEST_MAX_BYTES:
-                return None
-            return z.read(info)
-    with tarfile.open(path, "r:gz") as t:
-        found = [m for m in t.getmembers()
-                 if m.isfile() and m.name.rsplit("/", 1)[-1] == "inspec.yml"
-                 and depth(m.name) <= 1 and m.size <= MANIFEST_MAX_BYTES]
-        if not found:
-            return None
-        f = t.extractfile(min(found, key=lambda m: depth(m.name)))
-        return f.read() if f is not None else None
-
-
-def remote_dependencies(manifest: Mapping[str, Any]) -> list[str]:
-    """Names (or sources) of `depends:` entries that live outside the archive."""
-    depends = manifest.get("depends")
-    out = []
-    for dep in depends if isinstance(depends, list) else []:
-        if isinstance(dep, dict) and any(k in dep for k in REMOTE_SOURCES):
-            source = next(str(dep[k]) for k in REMOTE_SOURCES if k in dep)
-            out.append(str(dep.get("name") or safe_url(source)))
-    return out
-
-
-# -- vendoring --------------------------------------------------------------------------
-
-def vendor(archive: Path, suffix: str, work: Path, config: FetchConfig, shown: str) -> Path:
-    """Unpack, `$auditor vendor DIR --overwrite`, and re-archive deterministically."""
-    root = _unpack(archive, suffix, work / "profile", config.limits, shown)
-    workdir = sandbox.prepare_workdir(work)
-    env = auditor_environment(Path(os.devnull), config.env, workdir=workdir)
-    argv = [config.auditor, "vendor", str(root), "--overwrite"]
-    _run(argv, env, config, shown)
-    out = work / "vendored.tar.gz"
-    deterministic_tar(root, out)
-    return out
-
-
-def _run(argv: list[str], env: Mapping[str, str], config: FetchConfig, shown: str) -> None:
-    # No Landlock (vendoring needs the network), but no capabilities, no_new_privs, its own
-    # session and death with this thread, like every auditor scanfleet starts.
-    policy = sandbox.Policy(landlock=False, drop_privileges=True)
-    try:
-        proc = sandbox.spawn(policy, argv, env)
-    except sandbox.ExecFailed as e:
-        raise ProfileUnavailable(
-            f"vendoring profile {shown}: auditor {config.auditor!r} cannot be run ({e}); "
-            "set SCANFLEET_AUDITOR") from None
-    try:
-        _, err = proc.communicate(timeout=config.vendor_timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise ProfileUnavailable(
-            f"vendoring profile {shown} took longer than {config.vendor_timeout:g} s") from None
-    finally:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)  # anything it left in its session
-    if proc.returncode != 0:
-        tail = redact_text(err.decode("utf-8", "replace"))[-STDERR_TAIL:].strip()
-        raise ProfileUnavailable(
-            f"vendoring profile {shown} failed (auditor exit {proc.returncode}): {tail}")
-
-
-def _unpack(archive: Path, suffix: str, dest: Path, limits: Limits, shown: str) -> Path:
-    """Extract safely (no paths outside `dest`, no devices, bounded size); the profile root."""
-    budget = limits.max_bytes * EXTRACT_FACTOR
-    dest.mkdir(mode=0o700)
-    try:
-        if suffix == ".zip":
-            with zipfile.ZipFile(archive) as z:
-                if sum(i.file_size for i in z.infolist()) > budget:
-                    raise ProfileUnavailable(f"profile {shown} unpacks to more than {budget} B")
-                z.extractall(dest)  # noqa: S202 - zipfile drops absolute paths and '..'
-        else:
-            with tarfile.open(archive, "r:gz") as t:
-                if sum(m.size for m in t.getmembers()) > budget:
-                    raise ProfileUnavailable(f"profile {shown} unpacks to more than {budget} B")
-                t.extractall(dest, filter="data")
-    except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError) as e:
-        raise ProfileUnavailable(f"profile {shown}: cannot unpack the archive: {e}") from None
-    if (dest / "inspec.yml").is_file():
-        return dest
-    tops = [p for p in dest.iterdir() if p.is_dir() and (p / "inspec.yml").is_file()]
-    if len(tops) != 1:
-        raise ProfileUnavailable(f"profile {shown}: the archive has no single inspec.yml")
-    return tops[0]
-
-
-def deterministic_tar(root: Path, out: Path) -> None:
-    """A tar.gz of `root`'s files and directories whose bytes depend on their content only."""
-    with out.open("wb") as raw, \
-            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for path in sorted(root.rglob("*"), key=lambda p: p.relative_to(root).as_posix()):
-            if path.is_symlink() or not (path.is_dir() or path.is_file()):
-                continue
-            info = tarfile.TarInfo(path.relative_to(root).as_posix())
-            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-            if path.is_dir():
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(info)
-                continue
-            info.size, info.mode = path.stat().st_size, 0o644
-            with path.open("rb") as f:
-                tar.addfile(info, f)
+    def profile(self, run_id: str, url: str, recorded: str | None,
+                record: Callable[[str], str]) -> LocalProfile:
+        """`pinned` for one scan of `run_id`. Raises ProfileUnavailable, ProfileMismatch."""
+        with self._lock:
+            got = pinned(url, recorded or self._known.get(run_id), record, self.config)
+            if len(self._known) > 256:
+                self._known.clear()
+            self._known[run_id] = got.sha256
+            return got

@@ -21,6 +21,7 @@ import pytest
 from profile_server import ProfileServer, Redirect, Status, profile_archive, self_signed
 from structlog.testing import capture_logs
 
+from scanfleet.archives import deterministic_tar, remote_dependencies
 from scanfleet.download import Limits, ProfileUnavailable, download
 from scanfleet.errors import BadInput
 from scanfleet.logs import redact_text
@@ -28,12 +29,11 @@ from scanfleet.profiles import (
     FetchConfig,
     ProfileCache,
     ProfileMismatch,
-    deterministic_tar,
+    RunPins,
     fetch,
     fetch_for_run,
     file_sha256,
     pinned,
-    remote_dependencies,
 )
 
 PASSWORD = "s3cr3t-Pa55word"
@@ -170,13 +170,14 @@ def test_https_with_an_untrusted_certificate_fails(
 
 # -- the archive and its dependencies -------------------------------------------------------
 
-def test_remote_dependencies_are_url_git_supermarket_and_compliance_not_path() -> None:
+def test_remote_dependencies_are_everything_but_path() -> None:
     deps = [
         {"name": "a", "url": "https://x/a.tar.gz"}, {"name": "b", "git": "https://g/b"},
         {"name": "c", "supermarket": "dev-sec/c"}, {"name": "d", "compliance": "admin/d"},
         {"name": "e", "path": "../e"}, {"name": "f", "path": "libs/f"},
+        {"name": "dev-sec/ssh-baseline"},  # no source: a Supermarket name
     ]
-    assert remote_dependencies({"depends": deps}) == ["a", "b", "c", "d"]
+    assert remote_dependencies({"depends": deps}) == ["a", "b", "c", "d", "dev-sec/ssh-baseline"]
     assert remote_dependencies({"depends": [{"name": "e", "path": "e"}]}) == []
     assert remote_dependencies({}) == []
 
@@ -283,6 +284,18 @@ def test_pinned_records_the_first_digest_and_refuses_other_bytes(
     with pytest.raises(ProfileMismatch):
         pinned(url, None, record, config, ProfileCache.open(tmp_path / "c"))
     assert record.digest == first.sha256
+
+
+def test_run_pins_remember_the_digest_so_later_scans_use_the_cache(
+    server: ProfileServer, config: FetchConfig
+) -> None:
+    url, record, pins = server.url("/p.tar.gz"), Recorder(), RunPins(config)
+    first = pins.profile("run-1", url, None, record)
+    # The worker's cached plan still says None: the pin it learned is used, no download.
+    again = pins.profile("run-1", url, None, record)
+    assert again == first
+    assert server.hits["/p.tar.gz"] == 1
+    assert record.calls == 1
 
 
 def test_a_profile_with_remote_dependencies_is_vendored_once_deterministically(
