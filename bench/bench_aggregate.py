@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from scanfleet.aggregate import Aggregator
-from scanfleet.report import SEVERITIES, STATUSES, Control, Counts, control_ids
+from scanfleet.inspec import SEVERITIES, STATUSES, Control, Counts, control_ids
 from scanfleet.thresholds import parse_fleet_threshold
 
 FLEET = {

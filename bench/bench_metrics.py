@@ -38,7 +38,7 @@ from fakekube import FakeCluster  # noqa: E402
 from fixtures_fleet import CLI, RedisServer, free_port  # noqa: E402
 
 from scanfleet import logs  # noqa: E402
-from scanfleet.store import RunStore  # noqa: E402
+from scanfleet.store.runs import RunStore  # noqa: E402
 
 
 def _scraper(port: int, stop: threading.Event) -> None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from scanfleet.report import SEVERITIES, STATUSES, Counts
+from scanfleet.errors import ExitCode
+from scanfleet.inspec import SEVERITIES, STATUSES, Counts
+from scanfleet.summaries import Outcome, judge
 from scanfleet.thresholds import FleetThreshold
 
 TOP_FAILING = 20
@@ -30,10 +32,10 @@ def exit_code(
     """SPEC §5: 1 a threshold failed; 3 a scan could not complete (unless a fleet threshold
     bounding `targets.error` judged the errors); else 0."""
     if failed_targets > 0 or fleet_passed is False:
-        return 1
+        return int(ExitCode.THRESHOLD)
     if error_targets > 0 and not errors_bounded:
-        return 3
-    return 0
+        return int(ExitCode.SCAN_ERROR)
+    return int(ExitCode.OK)
 
 
 class _Group:
@@ -106,57 +108,31 @@ class Aggregator:
         self.error_targets = _BoundedRefs(MAX_TARGET_REFS)
 
     def add(self, summary: Mapping[str, Any]) -> None:
-        """Fold one target summary in."""
-        counts: Counts | None = None
-        outcome = "error"
-        error = summary.get("error")
-        if summary.get("status") == "completed":
-            try:
-                counts = Counts.from_dict(summary.get("counts"))
-                ids = self._ids(summary.get("controls"))
-            except ValueError as e:
-                counts, error = None, {"kind": "invalid_report", "message": f"bad summary: {e}"}
-            else:
-                threshold = summary.get("threshold")
-                threshold = threshold if isinstance(threshold, Mapping) else {}
-                met = threshold.get("passed") is not False
-                outcome = "passed" if met else "failed"
-                self._add_ids(ids)
-                if not met:
-                    ref = _ref(summary)
-                    ref["failures"] = list(threshold.get("failures") or [])[:MAX_FAILURES_PER_REF]
-                    self.failing_targets.add(ref)
-        if outcome == "error":
+        """Fold one target summary in, as `summaries.judge` rules it."""
+        verdict = judge(summary)
+        if verdict.outcome is Outcome.ERROR:
             ref = _ref(summary)
-            err = error if isinstance(error, Mapping) else {}
+            err = verdict.error or {}
             ref["error"] = {"kind": err.get("kind"), "message": err.get("message")}
             self.error_targets.add(ref)
+        else:
+            self._add_ids(verdict.ids or {})
+            if verdict.outcome is Outcome.FAILED:
+                ref = _ref(summary)
+                ref["failures"] = list(verdict.failures)[:MAX_FAILURES_PER_REF]
+                self.failing_targets.add(ref)
         target = summary.get("target")
         target = target if isinstance(target, Mapping) else {}
-        self.all.add(outcome, counts)
+        self.all.add(verdict.outcome, verdict.counts)
         image = target.get("image") or target.get("image_id")
         for groups, key in (
             (self.by_cluster, target.get("context")),
             (self.by_namespace, target.get("namespace")),
             (self.by_image, image),
         ):
-            groups.setdefault(str(key) if key is not None else "", _Group()).add(outcome, counts)
-
-    @staticmethod
-    def _ids(controls: object) -> dict[str, dict[str, list[str]]]:
-        if controls is None:
-            return {}
-        if not isinstance(controls, Mapping):
-            raise ValueError("controls must be an object")
-        out: dict[str, dict[str, list[str]]] = {}
-        for status, by_sev in controls.items():
-            if status not in STATUSES or not isinstance(by_sev, Mapping):
-                raise ValueError(f"controls: unknown or malformed status {status!r}")
-            for sev, ids in by_sev.items():
-                if sev not in SEVERITIES or not isinstance(ids, list):
-                    raise ValueError(f"controls: malformed {status}.{sev}")
-                out.setdefault(status, {})[sev] = [str(i) for i in ids]
-        return out
+            groups.setdefault(str(key) if key is not None else "", _Group()).add(
+                verdict.outcome, verdict.counts
+            )
 
     def _add_ids(self, ids: Mapping[str, Mapping[str, Iterable[str]]]) -> None:
         for status, by_sev in ids.items():

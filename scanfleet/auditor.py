@@ -26,7 +26,8 @@ What it must never do:
 - leave processes behind: the auditor runs in its own process group (session), and on
   timeout, on any interruption of the waiting thread (KeyboardInterrupt, a ScanInterrupted
   raised by a signal handler, ...) and after a normal exit (stragglers such as a leftover
-  `kubectl exec`) the whole group gets SIGTERM, then SIGKILL after `kill_grace` seconds.
+  `kubectl exec`) the whole group gets SIGTERM, then SIGKILL after `kill_grace` seconds
+  (`scanfleet.procgroup`).
   A process that leaves the group on purpose (setsid) escapes this; containing that is the
   worker's job (its container / cgroup).
 - hold unbounded output in memory: stdout is discarded (the report goes to a file) and only
@@ -39,7 +40,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -58,7 +58,9 @@ from scanfleet.errors import (
     ScanTimeout,
 )
 from scanfleet.logs import redact_text
+from scanfleet.procgroup import signal_name, terminate_group
 from scanfleet.results import copy_report
+from scanfleet.settings import process_environment
 from scanfleet.targets import Target
 from scanfleet.textsafe import strip_controls
 
@@ -173,7 +175,7 @@ def auditor_environment(
     With `workdir` (the scan's private work dir), HOME and TMPDIR point into it, and
     INSPEC_CONFIG_DIR, when unset, keeps naming the worker's ~/.inspec (plugins live there).
     """
-    source = os.environ if base is None else base
+    source = process_environment() if base is None else base
     env = {
         k: v
         for k, v in source.items()
@@ -233,7 +235,7 @@ def run_auditor(
         duration = time.monotonic() - started
         log.info("auditor.finished", pid=proc.pid, exit_code=exit_code, duration_s=duration)
         if exit_code not in COMPLETED_EXIT_CODES:
-            how = f" (killed by {_signal_name(-exit_code)})" if exit_code < 0 else ""
+            how = f" (killed by {signal_name(-exit_code)})" if exit_code < 0 else ""
             raise AuditorFailed(f"auditor exited with code {exit_code}{how}: {stderr_tail}")
         report = launch.work.report
         if report.exists() or report.is_symlink():
@@ -259,7 +261,7 @@ def _prepare(
     env: Mapping[str, str] | None,
 ) -> _Launch:
     """Sandbox mode, private work dir, argv, environment and policy of one audit."""
-    config = sandbox.SandboxConfig.from_env(os.environ)
+    config = sandbox.SandboxConfig.from_env(process_environment())
     mode = sandbox.activate(config)  # no Landlock and not opted out: nothing runs
     work = sandbox.prepare_workdir(kubeconfig.parent)
     argv = build_argv(auditor, profile, target, work.report, input_files, extra_args)
@@ -269,7 +271,7 @@ def _prepare(
         raise AuditorMissing(_missing_message(auditor, "No such file or directory"))
     scan = sandbox.Scan(executable, profile, kubeconfig, work, report_path.parent,
                         input_files, extra_args)
-    policy = sandbox.build_policy(config, scan, child_env, os.environ)
+    policy = sandbox.build_policy(config, scan, child_env, process_environment())
     return _Launch(argv, child_env, policy, work, mode)
 
 
@@ -291,17 +293,17 @@ def _supervise(
         exit_code = _wait(proc, deadline)
     except BaseException:
         log.warning("auditor.interrupted", pid=proc.pid)
-        _terminate_group(proc, kill_grace)
+        terminate_group(proc, kill_grace)
         raise
     if exit_code is None:
         log.warning("auditor.timeout", pid=proc.pid, timeout_s=timeout)
-        _terminate_group(proc, kill_grace)
+        terminate_group(proc, kill_grace)
         raise ScanTimeout(
             f"auditor timed out after {timeout:g} s on {target.ref}; "
             "its process group was terminated"
         )
     # The leader is done; anything it left in its group (a kubectl exec, ...) goes too.
-    _terminate_group(proc, kill_grace)
+    terminate_group(proc, kill_grace)
     return exit_code, tail.text()
 
 
@@ -323,77 +325,6 @@ def _wait(proc: subprocess.Popen[bytes], deadline: float) -> int | None:
             return None
         time.sleep(min(delay, remaining))
         delay = min(delay * 2, _POLL_MAX_S)
-
-
-def _terminate_group(proc: subprocess.Popen[bytes], grace: float) -> None:
-    """SIGTERM the auditor's process group, SIGKILL whatever is alive after `grace` s.
-
-    Robust against a second interruption: whatever happens while waiting out the grace
-    period, the group gets SIGKILL before this returns or raises.
-    """
-    pgid = proc.pid  # start_new_session: the leader's pid is the group id
-    killed = False
-    try:
-        if not _group_alive(pgid) and proc.poll() is not None:
-            return
-        _signal_group(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        delay = 0.001
-        while time.monotonic() < deadline:
-            # Reap the leader as soon as it exits; after that, a live pgid means stragglers.
-            # (The pid is not reused while the group still has members.)
-            if proc.poll() is not None and not _group_alive(pgid):
-                return
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, _POLL_MAX_S)
-        log.warning("auditor.kill", pid=pgid, grace_s=grace)
-        _signal_group(pgid, signal.SIGKILL)
-        killed = True
-    finally:
-        if not killed and (proc.poll() is None or _group_alive(pgid)):
-            _signal_group(pgid, signal.SIGKILL)
-        proc.wait()
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _group_alive(pgid: int) -> bool:
-    """True if a process of group `pgid` is still running (zombies do not count)."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # killpg(0) also succeeds for zombies awaiting their (new) parent's wait; on Linux look
-    # closer so a not-yet-reaped grandchild does not count as alive.
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return True
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # "pid (comm) state ppid pgrp ..." — comm may contain spaces and parentheses.
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) >= 3 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-            return True
-    return False
-
-
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
 
 
 class _StderrTail:

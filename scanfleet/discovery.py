@@ -11,7 +11,6 @@ covered by it). Talks to Kubernetes only through `KubeClient`; never creates any
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,56 +19,11 @@ import structlog
 
 from scanfleet.errors import BadInput, ScanError
 from scanfleet.kube import ClientCache, KubeClient
-from scanfleet.targets import Target, check_label, scan_id_for
+from scanfleet.targets import Target, check_label, check_selector, scan_id_for
 
 log = structlog.get_logger("scanfleet.discovery")
 
 PAGE_SIZE = 500
-
-# Label selector syntax (k8s.io/apimachinery/pkg/labels): requirements separated by commas;
-# each `key`, `!key`, `key=v`, `key==v`, `key!=v`, `key in (a,b)`, `key notin (a,b)`.
-_NAME = r"([a-z0-9A-Z]([-_.a-z0-9A-Z]{0,61}[a-z0-9A-Z])?)"
-_PREFIX = r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)"
-_KEY = rf"{_PREFIX}?{_NAME}"
-_VALUE = rf"({_NAME})?"
-_REQUIREMENT = re.compile(
-    rf"^\s*(!\s*{_KEY}|{_KEY}\s*(==?|!=)\s*{_VALUE}|{_KEY}\s+(in|notin)\s*\(\s*"
-    rf"{_VALUE}(\s*,\s*{_VALUE})*\s*\)|{_KEY})\s*$"
-)
-
-
-def check_selector(selector: str | None) -> str | None:
-    """Reject a label selector the API server would reject, before anything is queued."""
-    if selector is None or not selector.strip():
-        return None
-    for req in _split_requirements(selector):
-        if not _REQUIREMENT.fullmatch(req):
-            raise BadInput(
-                f"invalid label selector {selector!r}: cannot parse requirement {req.strip()!r}"
-            )
-    return selector
-
-
-def _split_requirements(selector: str) -> list[str]:
-    """Split on commas that are not inside a `(...)` value set."""
-    out: list[str] = []
-    cur: list[str] = []
-    depth = 0
-    for ch in selector:
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        if ch == "," and depth == 0:
-            out.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    out.append("".join(cur))
-    if depth != 0:
-        raise BadInput(f"invalid label selector {selector!r}: unbalanced parentheses")
-    return out
-
 
 @dataclass(frozen=True)
 class Entry:

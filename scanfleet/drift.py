@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from scanfleet.results import RUN_ID_RE, iter_summaries, read_json, write_json
+from scanfleet.summaries import Outcome, judge
 
 TargetKey = tuple[str, str, str, str]
 DRIFT_FILE = "drift.json"
@@ -38,19 +39,15 @@ def _target_dict(key: TargetKey) -> dict[str, str]:
     return dict(zip(("context", "namespace", "pod", "container"), key, strict=True))
 
 
-def _by_status(controls: object) -> dict[str, dict[str, str]] | None:
-    """{status: {control id: severity}} from a summary's `controls`; None if absent."""
-    if not isinstance(controls, Mapping):
+def _by_status(summary: Mapping[str, Any]) -> dict[str, dict[str, str]] | None:
+    """{status: {control id: severity}} of a summary `judge` accepts; None for an error."""
+    verdict = judge(summary)
+    if verdict.outcome is Outcome.ERROR:
         return None
-    out: dict[str, dict[str, str]] = {}
-    for status, by_sev in controls.items():
-        if not isinstance(by_sev, Mapping):
-            continue
-        ids = out.setdefault(str(status), {})
-        for sev, bucket in by_sev.items():
-            for cid in bucket if isinstance(bucket, list) else ():
-                ids[str(cid)] = str(sev)
-    return out
+    return {
+        status: {cid: sev for sev, ids in by_sev.items() for cid in ids}
+        for status, by_sev in (verdict.ids or {}).items()
+    }
 
 
 def _index(summaries: Iterable[Mapping[str, Any]]) -> dict[TargetKey, Mapping[str, Any]]:
@@ -60,7 +57,7 @@ def _index(summaries: Iterable[Mapping[str, Any]]) -> dict[TargetKey, Mapping[st
 def diff_target(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any] | None:
     """What changed for one target between two runs; None when nothing did."""
     status_a, status_b = a.get("status"), b.get("status")
-    ca, cb = _by_status(a.get("controls")), _by_status(b.get("controls"))
+    ca, cb = _by_status(a), _by_status(b)
     newly: list[dict[str, str]] = []
     fixed: list[dict[str, str]] = []
     if ca is not None and cb is not None:

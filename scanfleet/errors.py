@@ -1,35 +1,76 @@
-"""The error tree of scanfleet. Every error a caller can act on is one of these.
+"""The error tree of scanfleet, its result-file error kinds, and its exit codes.
 
     ScanfleetError
     ├── BadInput                 exit 2, raised before anything is created or queued
     │   ├── ThresholdFileError   a threshold / fleet-threshold file is malformed
     │   └── SweepsFileError      a sweeps file is malformed
-    └── ScanError                one target could not be scanned; `kind` goes to error.kind
-        ├── TargetNotFound       target_not_found
-        ├── ClusterForbidden     forbidden
-        ├── ClusterApiError      api_error
-        │   └── ClusterUnavailable   api_error, retryable (connection, 5xx, 429 after retries)
-        ├── AuditorMissing       auditor_missing
-        ├── SandboxUnavailable   sandbox_unavailable (no Landlock, or a policy refused)
-        ├── AuditorFailed        auditor_exit
-        ├── ScanTimeout          timeout
-        ├── InvalidReport        invalid_report
-        ├── ScanInterrupted      interrupted
-        └── Rejected             rejected: a worker refused the plan (policy.py)
+    ├── ScanError                one target could not be scanned; `kind` goes to error.kind
+    │   ├── TargetNotFound       target_not_found
+    │   ├── ClusterForbidden     forbidden
+    │   ├── ClusterApiError      api_error
+    │   │   ├── ClusterUnavailable   api_error, retryable (connection, 5xx, 429 after retries)
+    │   │   ├── ObjectChanged        api_error: a delete's UID precondition failed (409)
+    │   │   └── ForeignObject        api_error: a same-named object is not scanfleet's
+    │   ├── AuditorMissing       auditor_missing
+    │   ├── SandboxUnavailable   sandbox_unavailable (no Landlock, or a policy refused)
+    │   ├── AuditorFailed        auditor_exit
+    │   ├── ScanTimeout          timeout
+    │   ├── InvalidReport        invalid_report
+    │   ├── TargetChanged        target_changed (the pod was replaced during the scan)
+    │   ├── ScanInterrupted      interrupted
+    │   └── Rejected             rejected: a worker refused the plan (policy.py)
+    └── FleetBusy                the fleet cannot take this scan right now (retryable)
+        ├── StoreUnavailable     Redis could not be reached (after the client's retries)
+        └── NoSlot               the cluster is at its concurrency cap
+            └── SlotBusy         this very scan holds a live lease elsewhere
 
-Messages say what failed and on which target; they never carry a token, a kubeconfig or a
-whole API payload. Library exceptions are wrapped at the adapter (`raise ... from e`).
+Every leaf says its `kind` and whether it is `retryable`; the drivers decide retries from
+those two attributes alone (see `clock.RETRY_DELAYS`). Messages say what failed and on
+which target; they never carry a token, a kubeconfig or a whole API payload. Library
+exceptions are wrapped at the adapter (`raise ... from e`). This module imports nothing.
 """
 
 from __future__ import annotations
+
+from enum import IntEnum, StrEnum
+
+
+class ErrorKind(StrEnum):
+    """`error.kind` of a target summary (SPEC §4)."""
+
+    TARGET_NOT_FOUND = "target_not_found"
+    FORBIDDEN = "forbidden"
+    API_ERROR = "api_error"
+    AUDITOR_MISSING = "auditor_missing"
+    SANDBOX_UNAVAILABLE = "sandbox_unavailable"
+    AUDITOR_EXIT = "auditor_exit"
+    TIMEOUT = "timeout"
+    INVALID_REPORT = "invalid_report"
+    INTERRUPTED = "interrupted"
+    TARGET_CHANGED = "target_changed"
+    REJECTED = "rejected"
+
+
+class ExitCode(IntEnum):
+    """Process exit codes (SPEC §5), the only definition."""
+
+    OK = 0
+    THRESHOLD = 1
+    BAD_INPUT = 2
+    SCAN_ERROR = 3
 
 
 class ScanfleetError(Exception):
     """Root of every scanfleet error."""
 
+    kind: str = "error"
+    retryable: bool = False
+
 
 class BadInput(ScanfleetError):
     """Invalid user input; nothing has been created or queued (exit code 2)."""
+
+    kind = "bad_input"
 
 
 class ThresholdFileError(BadInput):
@@ -41,68 +82,102 @@ class SweepsFileError(BadInput):
 
 
 class ScanError(ScanfleetError):
-    """A scan of one target could not complete. `kind` is the result file's error.kind."""
+    """A scan of one target could not complete. Only its leaves are raised."""
 
-    kind = "api_error"
+    kind: ErrorKind
+
+    def __init__(self, *args: object) -> None:
+        if type(self) is ScanError:
+            raise TypeError("raise a ScanError leaf, which says its kind")
+        super().__init__(*args)
 
 
 class TargetNotFound(ScanError):
-    kind = "target_not_found"
+    kind = ErrorKind.TARGET_NOT_FOUND
 
 
 class ClusterForbidden(ScanError):
-    kind = "forbidden"
+    kind = ErrorKind.FORBIDDEN
 
 
 class ClusterApiError(ScanError):
-    kind = "api_error"
+    kind = ErrorKind.API_ERROR
 
 
 class ClusterUnavailable(ClusterApiError):
     """The API could not be reached or kept failing after retries; worth retrying later."""
 
+    retryable = True
+
+
+class ObjectChanged(ClusterApiError):
+    """A delete's UID precondition failed: another object has the name now (HTTP 409)."""
+
+
+class ForeignObject(ClusterApiError):
+    """An object of a scan's name exists but is not scanfleet's: it is never deleted."""
+
 
 class AuditorMissing(ScanError):
-    kind = "auditor_missing"
+    kind = ErrorKind.AUDITOR_MISSING
 
 
 class SandboxUnavailable(ScanError):
     """The auditor sandbox cannot be applied here; the auditor was not started."""
 
-    kind = "sandbox_unavailable"
+    kind = ErrorKind.SANDBOX_UNAVAILABLE
 
 
 class AuditorFailed(ScanError):
-    kind = "auditor_exit"
+    kind = ErrorKind.AUDITOR_EXIT
 
 
 class ScanTimeout(ScanError):
-    kind = "timeout"
+    kind = ErrorKind.TIMEOUT
 
 
 class InvalidReport(ScanError):
-    kind = "invalid_report"
+    kind = ErrorKind.INVALID_REPORT
 
 
 class ScanInterrupted(ScanError):
-    kind = "interrupted"
+    kind = ErrorKind.INTERRUPTED
+
+
+class TargetChanged(ScanError):
+    """The pod was deleted or replaced (another UID under its name) while it was scanned."""
+
+    kind = ErrorKind.TARGET_CHANGED
 
 
 class Rejected(ScanError):
     """A worker refused to run what the plan (read from Redis) asked for: nothing ran."""
 
-    kind = "rejected"
+    kind = ErrorKind.REJECTED
 
 
-ERROR_KINDS = (
-    "target_not_found",
-    "forbidden",
-    "api_error",
-    "auditor_missing",
-    "sandbox_unavailable",
-    "auditor_exit",
-    "timeout",
-    "invalid_report",
-    "interrupted",
-    "rejected",
-)
+class FleetBusy(ScanfleetError):
+    """The fleet cannot take this scan now; the scan itself has not started."""
+
+    retryable = True
+
+
+class StoreUnavailable(FleetBusy):
+    """Redis could not be reached (after retries)."""
+
+    kind = "store_unavailable"
+
+
+class NoSlot(FleetBusy):
+    """The cluster is at its concurrency cap right now; try again shortly."""
+
+    kind = "no_slot"
+
+
+class SlotBusy(NoSlot):
+    """This very scan holds a live lease: another delivery of it is running."""
+
+    kind = "slot_busy"
+
+
+ERROR_KINDS = tuple(k.value for k in ErrorKind)

@@ -21,8 +21,8 @@ from celery.signals import worker_process_shutdown
 from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
 from scanfleet import metrics, posture
-from scanfleet.settings import Settings
-from scanfleet.store import connect
+from scanfleet.settings import Settings, prometheus_multiproc_dir
+from scanfleet.store.client import connect
 from scanfleet.sweeps import Sweep
 
 log = structlog.get_logger("scanfleet.exporter")
@@ -48,7 +48,7 @@ def prepare_worker(port: int, llen: Callable[[str], int], queue: str) -> str | N
 def _child_shutdown(**_kwargs: Any) -> None:
     """A pool child is going away: its live gauges no longer count. (A child killed
     without this is dropped at the next scrape by `metrics._DeadChildren`.)"""
-    directory = os.environ.get(metrics.MULTIPROC_ENV)
+    directory = prometheus_multiproc_dir()
     if directory:
         with contextlib.suppress(OSError):
             multiprocess.mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]
@@ -56,7 +56,7 @@ def _child_shutdown(**_kwargs: Any) -> None:
 
 def worker_starting(settings: Settings, port: int | None = None) -> None:
     """`scanfleet worker`'s hook, before Celery starts its pool (port default: settings)."""
-    from scanfleet.celery_app import QUEUE
+    from scanfleet.worker.app import QUEUE
 
     client = connect(settings.broker_url, retry_seconds=2)
     prepare_worker(settings.metrics_port if port is None else port, client.llen, QUEUE)

@@ -1,97 +1,36 @@
 """The in-process driver of a run: `scan` and `submit --local` (threads, no broker).
 
-Run state lives in memory (`LocalState`); the per-cluster cap is a semaphore per context.
+Run state lives in memory (`store.runs.MemoryRunState`); the per-cluster cap is a semaphore
+per context (`store.slots.LocalSlots`).
 Everything else is the shared pipeline of `scanfleet.runs`, as the fleet uses it.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from scanfleet.discovery import Entry, dedupe_images, resolve
+from scanfleet.clock import Clock, utcnow
+from scanfleet.discovery import Entry, covers_map, dedupe_images, resolve
 from scanfleet.errors import ScanInterrupted
 from scanfleet.kube import ClientCache
-from scanfleet.leases import LocalLeases
+from scanfleet.plan import RunPlan
 from scanfleet.results import make_dir, run_dir, summary_path, write_json
 from scanfleet.runs import (
-    Clock,
     Pipeline,
     Progress,
-    RunPlan,
-    error_summary,
-    execute_target,
+    complete,
+    failed_before_scan,
     finalize,
     maybe_finalize,
     record_error,
+    run_target,
 )
-from scanfleet.scan import utcnow
+from scanfleet.store.runs import MemoryRunState
+from scanfleet.store.slots import LocalSlots
 from scanfleet.targets import Target, scan_id_for
-
-
-class LocalState:
-    """RunState in memory, for `submit --local` and `scan`."""
-
-    def __init__(self, entries: Sequence[Entry], progress: Progress | None = None) -> None:
-        self.total = sum(e.size() for e in entries)
-        self.covers: dict[str, list[dict[str, Any]]] = {}
-        self.states: dict[str, str] = {}
-        self.done: set[str] = set()
-        self.run: dict[str, Any] | None = None
-        self._finalizing = False
-        self._lock = threading.Lock()
-        self._progress = progress
-        self._run_id: str | None = None
-        self._entries = entries
-
-    def bind(self, run_id: str) -> LocalState:
-        self._run_id = run_id
-        self.covers = {
-            scan_id_for(run_id, e.target): [c.to_dict() for c in e.covers]
-            for e in self._entries
-            if e.covers
-        }
-        return self
-
-    def is_done(self, run_id: str, scan_id: str) -> bool:
-        with self._lock:
-            return scan_id in self.done
-
-    def mark_running(self, run_id: str, scan_id: str) -> None:
-        with self._lock:
-            self.states.setdefault(scan_id, "running")
-
-    def covered(self, run_id: str, scan_id: str) -> list[dict[str, Any]]:
-        return self.covers.get(scan_id, [])
-
-    def finish(self, run_id: str, outcomes: Sequence[tuple[str, str]]) -> tuple[int, int, int]:
-        with self._lock:
-            added = 0
-            for scan_id, status in outcomes:
-                if scan_id not in self.done:
-                    self.done.add(scan_id)
-                    self.states[scan_id] = status
-                    added += 1
-            done = len(self.done)
-        if added and self._progress is not None:
-            self._progress(done, self.total)
-        return added, done, self.total
-
-    def begin_finalize(self, run_id: str, lock_seconds: int = 300) -> bool:
-        with self._lock:
-            if self._finalizing:
-                return False
-            self._finalizing = True
-            return True
-
-    def end_finalize(self, run_id: str, run: Mapping[str, Any]) -> None:
-        self.run = dict(run)
-
-    def is_finalized(self, run_id: str) -> bool:
-        return self.run is not None
 
 
 def run_local(
@@ -117,33 +56,10 @@ def run_local(
         entries = resolve(clients, targets, need_images=plan.dedupe_images)
     if plan.dedupe_images:
         entries = dedupe_images(entries)
-    state = LocalState(entries, progress).bind(plan.run_id)
-    pipe = Pipeline(clients, state, LocalLeases(cluster_concurrency), results_dir, now)
-    interrupted: ScanInterrupted | None = None
-
-    def one(e: Entry) -> None:
-        if e.error is not None:
-            record_error(pipe, plan, e)
-        else:
-            execute_target(pipe, plan, e.target)
-
-    if concurrency <= 1:
-        for e in entries:
-            try:
-                one(e)
-            except ScanInterrupted as exc:
-                interrupted = exc
-                break
-    else:
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            futures = [pool.submit(one, e) for e in entries]
-            for f in futures:
-                try:
-                    f.result()
-                except ScanInterrupted as exc:
-                    interrupted = exc
-                    for other in futures:
-                        other.cancel()
+    total = sum(e.size() for e in entries)
+    state = MemoryRunState(total, covers_map(plan.run_id, entries), progress)
+    pipe = Pipeline(clients, state, LocalSlots(cluster_concurrency), results_dir, now)
+    interrupted = _run_entries(pipe, plan, entries, concurrency)
     if interrupted is not None:
         _close_interrupted(pipe, plan, entries, interrupted)
     if state.run is None:  # nothing to scan, or the interruption path recorded the rest
@@ -151,6 +67,39 @@ def run_local(
     if state.run is None:
         state.run = finalize(plan, results_dir, now)
     return state.run
+
+
+def _run_entries(
+    pipe: Pipeline, plan: RunPlan, entries: Sequence[Entry], concurrency: int
+) -> ScanInterrupted | None:
+    """Record or scan every entry (threads when concurrency > 1); stop on an interrupt."""
+
+    def one(e: Entry) -> None:
+        if e.error is not None:
+            record_error(pipe, plan, e)
+        else:
+            scanned = run_target(pipe, plan, e.target)
+            if scanned is not None:
+                complete(pipe, plan, scanned)  # in-process, every error is recorded at once
+
+    interrupted: ScanInterrupted | None = None
+    if concurrency <= 1:
+        for e in entries:
+            try:
+                one(e)
+            except ScanInterrupted as exc:
+                return exc
+        return None
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        futures = [pool.submit(one, e) for e in entries]
+        for f in futures:
+            try:
+                f.result()
+            except ScanInterrupted as exc:
+                interrupted = exc
+                for other in futures:
+                    other.cancel()
+    return interrupted
 
 
 def _close_interrupted(
@@ -166,7 +115,7 @@ def _close_interrupted(
             p = summary_path(out, scan_id)
             if not p.exists():
                 write_json(
-                    p, error_summary(plan.run_id, t.target, interrupted, pipe.now(),
+                    p, failed_before_scan(plan.run_id, t.target, interrupted, pipe.now(),
                                   image=t.image, image_id=t.image_id)
                 )
             pipe.state.finish(plan.run_id, [(scan_id, "error")])

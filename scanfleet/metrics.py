@@ -2,15 +2,16 @@
 
 Owns every worker-side metric and the HTTP endpoint that serves them. Existing modules
 call one function here at the point something happens (a result recorded, an identity
-minted or revoked, an API request, a cluster slot taken); nothing else in scanfleet imports
-`prometheus_client`.
+minted or revoked, an API request, a cluster slot taken); outside this module only beat's
+`posture` and the `exporter` start-up import `prometheus_client`. kube, identity and the
+store's slots import this module, so it must never import redis, celery or the store.
 
 Prefork workers count in `prometheus_client`'s multiprocess mode: `use_multiprocess` (called
-by `scanfleet.exporter` before the pool forks) points `PROMETHEUS_MULTIPROC_DIR` at a fresh
-private directory, every child writes its values there, and the parent serves their sum
-(`registry()`: `MultiProcessCollector`) plus `scanfleet_queue_messages`, read from Redis at
-scrape time. Metrics are created on first use, so that switch can still happen after this
-module was imported.
+by `scanfleet.exporter` before the pool forks) points `PROMETHEUS_MULTIPROC_DIR` (set and
+read through settings.py) at a fresh private directory, every child writes its values
+there, and the parent serves their sum (`registry()`: `MultiProcessCollector`) plus
+`scanfleet_queue_messages`, read from Redis at scrape time. Metrics are created on first
+use, so that switch can still happen after this module was imported.
 
 Labels are bounded by clusters: context, phase, status, error kind, verb, code. It must
 never put a pod, namespace, target, run id or anything secret into a label.
@@ -37,13 +38,19 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from scanfleet.settings import (
+    PROMETHEUS_MULTIPROC_ENV,
+    prometheus_multiproc_dir,
+    set_prometheus_multiproc_dir,
+)
+
 log = structlog.get_logger("scanfleet.metrics")
 T = TypeVar("T")
 
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 2700, 3600)
 """Seconds: minting and revoking take well under a second, audits seconds to an hour."""
 PHASES = ("mint", "audit", "revoke", "total")
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+MULTIPROC_ENV = PROMETHEUS_MULTIPROC_ENV
 QUEUE_PRIORITY_SEP = "\x06\x16"
 """kombu's Redis transport keeps priorities 3, 6, 9 of a queue in `<queue>\\x06\\x16<n>`."""
 _VERBS = {"reading": "get", "listing": "list", "creating": "create", "deleting": "delete",
@@ -147,7 +154,7 @@ def api_call(context: str, what: str, fn: Callable[[], T]) -> Callable[[], T]:
 
 
 class IdentityPhases:
-    """The mint → audit → revoke clock of one scan identity (credentials.scan_identity)."""
+    """The mint → audit → revoke clock of one scan identity (identity.scan_identity)."""
 
     def __init__(self, context: str) -> None:
         self.context = context
@@ -239,7 +246,7 @@ def _alive(pid: int) -> bool:
 def registry(llen: Callable[[str], int] | None = None, queue: str = "") -> CollectorRegistry:
     """What /metrics serves: the children's files summed (multiprocess) or this process."""
     reg = CollectorRegistry()
-    directory = os.environ.get(MULTIPROC_ENV)
+    directory = prometheus_multiproc_dir()
     if directory:
         reg.register(_DeadChildren(directory))
         multiprocess.MultiProcessCollector(reg, directory)  # type: ignore[no-untyped-call]
@@ -259,5 +266,5 @@ def use_multiprocess(directory: str) -> None:
     """
     if _metrics is not None:
         raise RuntimeError("metrics were created before multiprocess mode was set up")
-    os.environ[MULTIPROC_ENV] = directory
+    set_prometheus_multiproc_dir(directory)
     values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]

@@ -18,29 +18,22 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import stat
 import tempfile
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from scanfleet.errors import BadInput
+from scanfleet.settings import results_group_read
 
 RUN_ID_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
-GROUP_READ_ENV = "SCANFLEET_RESULTS_GROUP_READ"
 _COPY_CHUNK = 1024 * 1024
 
 
 def result_modes(env: Mapping[str, str] | None = None) -> tuple[int, int]:
     """(directory mode, file mode): 0700/0600, or 0750/0640 with group read enabled."""
-    raw = (os.environ if env is None else env).get(GROUP_READ_ENV, "").strip().lower()
-    if raw in ("1", "true", "yes", "on"):
-        return 0o750, 0o640
-    if raw in ("", "0", "false", "no", "off"):
-        return 0o700, 0o600
-    raise BadInput(f"{GROUP_READ_ENV}={raw!r} must be 1 or 0")
+    return (0o750, 0o640) if results_group_read(env) else (0o700, 0o600)
 
 
 def make_dir(path: Path) -> None:
@@ -57,19 +50,10 @@ def make_dir(path: Path) -> None:
             os.chmod(p, dir_mode)
 
 
-def new_run_id(now: datetime) -> str:
-    """`YYYYMMDDTHHMMSSZ-<6 hex>`: sorts by time, unique enough across producers."""
-    return f"{now.astimezone(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
-
-
 def check_run_id(run_id: str) -> str:
     if not RUN_ID_RE.fullmatch(run_id):
         raise BadInput(f"invalid run id {run_id!r}: expected YYYYMMDDTHHMMSSZ-xxxxxx")
     return run_id
-
-
-def iso(t: datetime) -> str:
-    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def run_dir(results_dir: Path, run_id: str) -> Path:

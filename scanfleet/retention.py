@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from scanfleet.clock import rfc3339
 from scanfleet.errors import ScanfleetError
 from scanfleet.results import RUN_ID_RE
 
@@ -86,7 +87,7 @@ def prune(
         raise ValueError("older_than_days must be at least 1")
     cutoff = now.astimezone(UTC) - timedelta(days=older_than_days)
     report = PruneReport(
-        cutoff=cutoff.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        cutoff=rfc3339(cutoff),
         dry_run=dry_run,
         redis="deleted" if store is not None and not dry_run else "skipped",
     )

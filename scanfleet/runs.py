@@ -4,13 +4,14 @@ One pipeline, three drivers: `scan` (one target, in-process), `submit --local` (
 pool, no broker) and the fleet (Celery tasks). Every driver goes through the same service
 functions:
 
-    entries (resolved targets)  →  execute_target() per entry   →  record()  →  finalize
-                                   (cluster slot, scan, covered      (state)     once, when
-                                    summaries for --dedupe-images)               done == total
+    entries (resolved targets) → run_target() per entry → complete() → record() → finalize
+                                 (cluster slot, then      (or the      (state,    once, when
+                                  scan.scan_target)        driver      covered    done == total
+                                                           retries)    targets)
 
-They differ only in the `RunState` (in memory, or `RunStore` in Redis) and the `Limiter`
+They differ only in the `RunState` (in memory, or `RunStore` in Redis) and the `Slots`
 (a semaphore per context, or Redis leases): `scanfleet.local` drives a run in-process,
-`scanfleet.fleet` creates and queues one for the Celery tasks of `scanfleet.tasks`. Run
+`scanfleet.submit` stores and publishes one for the tasks of `scanfleet.worker`. Run
 settings travel as a `RunPlan`: plain JSON, never a credential — contexts by name, the
 threshold as its parsed document (so a worker on another host can judge without it).
 """
@@ -18,7 +19,7 @@ threshold as its parsed document (so a worker on another host can judge without 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,148 +28,32 @@ import structlog
 
 from scanfleet import metrics
 from scanfleet.aggregate import Aggregator
+from scanfleet.clock import Clock, iso, utcnow
 from scanfleet.discovery import Entry
-from scanfleet.drift import write_sweep_drift
-from scanfleet.errors import BadInput, ScanError
+from scanfleet.errors import ErrorKind, ScanError, ScanInterrupted
 from scanfleet.kube import ClientCache
-from scanfleet.leases import Limiter
-from scanfleet.logs import redact_text, remember_url
-from scanfleet.policy import (
-    DEFAULT_ALLOWED_PROFILES,
-    check_auditor_args,
-    check_profile,
-    safe_url,
+from scanfleet.logs import redact_text
+from scanfleet.plan import RunPlan
+from scanfleet.results import iter_summaries, run_dir, summary_path, write_json
+from scanfleet.scan import Scanned, scan_target
+from scanfleet.store.slots import Slots
+from scanfleet.summaries import (
+    TargetSummary,
+    covered_summary,
+    error_summary,
+    target_doc,
 )
-from scanfleet.results import iso, iter_summaries, new_run_id, run_dir, summary_path, write_json
-from scanfleet.scan import ScanOptions, run_scan, utcnow
 from scanfleet.targets import Target, scan_id_for
-from scanfleet.thresholds import (
-    FleetThreshold,
-    Threshold,
-    parse_fleet_threshold,
-    parse_threshold,
-    threshold_document,
-)
 
 log = structlog.get_logger("scanfleet.runs")
 
-Clock = Callable[[], datetime]
+FinalizeHook = Callable[[Path, Mapping[str, Any]], None]
+"""Runs once per run, after aggregation and before run.json is written (e.g. drift)."""
 Progress = Callable[[int, int], None]
 """Called with (done, total) after each recorded result."""
 
 
-@dataclass(frozen=True)
-class RunPlan:
-    """Everything a worker needs to scan a target of this run. JSON-serialisable."""
-
-    run_id: str
-    source: str
-    profile: str
-    created_at: str
-    threshold: Mapping[str, Any] | None = None
-    threshold_source: str = "threshold"
-    fleet_threshold: Mapping[str, Any] | None = None
-    fleet_threshold_source: str = "fleet threshold"
-    input_files: tuple[str, ...] = ()
-    extra_args: tuple[str, ...] = ()
-    token_ttl: int = 3600
-    timeout: float = 1800
-    auditor: str = "cinc-auditor"
-    dedupe_images: bool = False
-    extra: Mapping[str, Any] = field(default_factory=dict)
-    profile_url: str | None = field(default=None, repr=False, compare=False)
-    """The profile URL with its credentials (user:password@), in memory only: `profile`
-    is the URL without them, and only `profile` is serialised (Redis, run.json). A worker
-    takes credentials from its own allow-list instead (policy.credentialed)."""
-
-    @classmethod
-    def new(
-        cls,
-        *,
-        source: str,
-        profile: str,
-        now: datetime,
-        auditor: str,
-        token_ttl: int,
-        timeout: float,
-        threshold: Path | None = None,
-        fleet_threshold: Path | None = None,
-        input_files: Sequence[str | Path] = (),
-        extra_args: Sequence[str] = (),
-        dedupe_images: bool = False,
-        allowed_profiles: Sequence[str] = DEFAULT_ALLOWED_PROFILES,
-    ) -> RunPlan:
-        """A new run's plan, validated: threshold files strictly, input files exist, the
-        profile and extra auditor arguments pass the policy (policy.py).
-
-        Raises BadInput (ThresholdFileError, PolicyViolation) before anything is created
-        or queued.
-        """
-        check_profile(profile, allowed_profiles)
-        check_auditor_args(extra_args)
-        shown = safe_url(profile)
-        if shown != profile:
-            remember_url(profile)
-        for f in input_files:
-            if not Path(f).is_file():
-                raise BadInput(f"input file {str(f)!r} does not exist or is not a file")
-        plan = cls(
-            run_id=new_run_id(now),
-            source=source,
-            profile=shown,
-            profile_url=profile if shown != profile else None,
-            created_at=iso(now),
-            threshold=threshold_document(threshold),
-            threshold_source=str(threshold) if threshold else "threshold",
-            fleet_threshold=threshold_document(fleet_threshold, fleet=True),
-            fleet_threshold_source=str(fleet_threshold) if fleet_threshold else "fleet threshold",
-            input_files=tuple(str(Path(f).resolve()) for f in input_files),
-            extra_args=tuple(extra_args),
-            token_ttl=token_ttl,
-            timeout=timeout,
-            auditor=auditor,
-            dedupe_images=dedupe_images,
-        )
-        plan.scan_options()
-        plan.fleet()
-        return plan
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("profile_url")
-        d["input_files"] = list(self.input_files)
-        d["extra_args"] = list(self.extra_args)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RunPlan:
-        d = dict(data)
-        d.pop("profile_url", None)
-        d["input_files"] = tuple(d.get("input_files", ()))
-        d["extra_args"] = tuple(d.get("extra_args", ()))
-        return cls(**d)
-
-    def scan_options(self) -> ScanOptions:
-        threshold: Threshold | None = None
-        if self.threshold is not None:
-            threshold = parse_threshold(self.threshold, self.threshold_source)
-        return ScanOptions(
-            profile=self.profile_url or self.profile,
-            threshold=threshold,
-            input_files=self.input_files,
-            extra_args=self.extra_args,
-            token_ttl=self.token_ttl,
-            timeout=self.timeout,
-            auditor=self.auditor,
-        )
-
-    def fleet(self) -> FleetThreshold | None:
-        if self.fleet_threshold is None:
-            return None
-        return parse_fleet_threshold(self.fleet_threshold, self.fleet_threshold_source)
-
-
-def error_summary(
+def failed_before_scan(
     run_id: str,
     target: Target,
     error: ScanError | Mapping[str, Any],
@@ -176,45 +61,20 @@ def error_summary(
     *,
     image: str | None = None,
     image_id: str | None = None,
-) -> dict[str, Any]:
+) -> TargetSummary:
     """The summary of a target that failed before its scan could start."""
-    err = (
-        {"kind": error.kind, "message": str(error)}
-        if isinstance(error, ScanError)
-        else {"kind": str(error.get("kind")), "message": str(error.get("message"))}
+    summary = error_summary(
+        scan_id=scan_id_for(run_id, target), run_id=run_id,
+        target=target_doc(target.to_dict(), image, image_id), error=error, started_at=iso(now),
     )
     # Messages go to result files and Redis: no credential, whatever raised them.
-    err["message"] = redact_text(err["message"])
-    return {
-        "scan_id": scan_id_for(run_id, target),
-        "run_id": run_id,
-        "target": {**target.to_dict(), "image": image, "image_id": image_id},
-        "status": "error",
-        "error": err,
-        "covered_by": None,
-        "started_at": iso(now),
-        "finished_at": iso(now),
-        "duration_s": 0.0,
-        "counts": None,
-        "compliance": None,
-        "threshold": {"passed": None, "failures": []},
-        "cleanup": "complete",
-        "controls": None,
-    }
-
-
-def covered_summary(summary: Mapping[str, Any], run_id: str, entry: Entry) -> dict[str, Any]:
-    """--dedupe-images: the covering scan's result, with the covered target's own identity."""
-    return {
-        **summary,
-        "scan_id": scan_id_for(run_id, entry.target),
-        "target": {**entry.target.to_dict(), "image": entry.image, "image_id": entry.image_id},
-        "covered_by": summary["scan_id"],
-    }
+    if summary["error"] is not None:
+        summary["error"]["message"] = redact_text(summary["error"]["message"])
+    return summary
 
 
 class RunState(Protocol):
-    """Where a run's progress lives: `LocalState` in memory, `store.RunStore` in Redis."""
+    """Where a run's progress lives: `store.runs.MemoryRunState` or `store.runs.RunStore`."""
 
     def is_done(self, run_id: str, scan_id: str) -> bool: ...
 
@@ -235,81 +95,75 @@ class RunState(Protocol):
 
 @dataclass
 class Pipeline:
-    """What executing a target needs besides the plan and the target."""
+    """What running a target needs besides the plan and the target."""
 
     clients: ClientCache
     state: RunState
-    limiter: Limiter
+    slots: Slots
     results_dir: Path
     now: Clock = utcnow
-    defer_unavailable: bool = False
-    """Let ClusterUnavailable propagate (the fleet retries it) instead of recording it."""
+    hooks: tuple[FinalizeHook, ...] = ()
+    """Called with (results dir, run.json body) before run.json is written."""
 
 
-def scan_one(
-    clients: ClientCache,
-    plan: RunPlan,
-    target: Target,
-    results_dir: Path,
-    now: Clock = utcnow,
-    defer_unavailable: bool = False,
-) -> dict[str, Any]:
-    """Scan one resolved target of a run and write its summary.
+def run_target(pipe: Pipeline, plan: RunPlan, target: Target) -> Scanned | None:
+    """Take the target's cluster slot and scan it; the driver then calls `complete`.
 
-    Never raises ScanError, except ClusterUnavailable when `defer_unavailable` is set.
-    """
-    out = run_dir(results_dir, plan.run_id)
-    try:
-        kube = clients.get(target.context)
-    except (ScanError, BadInput) as e:
-        # BadInput here: the worker's kubeconfig lacks the context the submitter had.
-        err = e if isinstance(e, ScanError) else {"kind": "api_error", "message": str(e)}
-        summary = error_summary(plan.run_id, target, err, now())
-        write_json(summary_path(out, summary["scan_id"]), summary)
-        return summary
-    options = replace(plan.scan_options(), defer_unavailable=defer_unavailable)
-    return run_scan(kube, target, plan.run_id, options, out, now=now)
-
-
-def execute_target(pipe: Pipeline, plan: RunPlan, target: Target) -> dict[str, Any] | None:
-    """The service every driver calls for one target: slot → scan → record → maybe finalize.
-
-    Idempotent under redelivery: a target already recorded is not scanned again (None is
-    returned, and the run is finalized if that had not happened yet). Raises
-    `leases.NoSlot` when its cluster is at the cap (the caller retries later) and
-    `ScanInterrupted` after the interrupted scan's summary is written.
+    Returns None for a target already recorded (redelivery), after finalizing the run if
+    that had not happened yet. Raises `NoSlot`/`SlotBusy` when the cluster is at its cap or
+    this scan runs elsewhere, and `StoreUnavailable`: all retryable, nothing recorded.
     """
     scan_id = scan_id_for(plan.run_id, target)
     if pipe.state.is_done(plan.run_id, scan_id):
         log.info("scan.already_done", run_id=plan.run_id, scan_id=scan_id)
         maybe_finalize(pipe, plan)
         return None
-    with pipe.limiter.slot(target.context, scan_id):
+    with pipe.slots.slot(target.context, scan_id):
         pipe.state.mark_running(plan.run_id, scan_id)
-        summary = scan_one(pipe.clients, plan, target, pipe.results_dir, pipe.now,
-                           pipe.defer_unavailable)
+        return scan_target(
+            pipe.clients, target, plan.run_id, plan.scan_options,
+            run_dir(pipe.results_dir, plan.run_id), now=pipe.now,
+        )
+
+
+def complete(pipe: Pipeline, plan: RunPlan, scanned: Scanned) -> TargetSummary:
+    """Write a scan's summary and record it — unless it was interrupted.
+
+    An interrupted scan's summary is written but not recorded, and `ScanInterrupted` is
+    raised so the driver stops (the fleet's message is redelivered; `scan` and
+    `submit --local` record every unfinished target as interrupted).
+    """
+    summary = scanned.summary
+    if isinstance(scanned.error, ScanInterrupted):
+        write_json(summary_path(run_dir(pipe.results_dir, plan.run_id), summary["scan_id"]),
+                   summary)
+        raise scanned.error
     record(pipe, plan, summary)
     return summary
 
 
-def record_error(pipe: Pipeline, plan: RunPlan, entry: Entry) -> dict[str, Any]:
+def record_error(pipe: Pipeline, plan: RunPlan, entry: Entry) -> TargetSummary:
     """An entry that could not be resolved at submit time: its error is its result."""
     assert entry.error is not None
-    summary = error_summary(
+    summary = failed_before_scan(
         plan.run_id, entry.target, entry.error, pipe.now(), image=entry.image,
         image_id=entry.image_id,
     )
-    write_json(summary_path(run_dir(pipe.results_dir, plan.run_id), summary["scan_id"]), summary)
     record(pipe, plan, summary)
     return summary
 
 
 def record(pipe: Pipeline, plan: RunPlan, summary: Mapping[str, Any]) -> None:
-    """Write covered summaries, count the results, finalize if this was the last one."""
+    """Write the summary and its covered ones, count them, finalize after the last one."""
     out = run_dir(pipe.results_dir, plan.run_id)
+    write_json(summary_path(out, str(summary["scan_id"])), summary)
     outcomes = [(str(summary["scan_id"]), str(summary["status"]))]
     for covered in pipe.state.covered(plan.run_id, str(summary["scan_id"])):
-        cs = covered_summary(summary, plan.run_id, Entry.from_dict(covered))
+        e = Entry.from_dict(covered)
+        cs = covered_summary(
+            summary, scan_id_for(plan.run_id, e.target),
+            target_doc(e.target.to_dict(), e.image, e.image_id),
+        )
         write_json(summary_path(out, cs["scan_id"]), cs)
         outcomes.append((cs["scan_id"], cs["status"]))
     added, done, total = pipe.state.finish(plan.run_id, outcomes)
@@ -325,7 +179,7 @@ def maybe_finalize(pipe: Pipeline, plan: RunPlan) -> dict[str, Any] | None:
     _added, done, total = pipe.state.finish(plan.run_id, [])
     if done < total or not pipe.state.begin_finalize(plan.run_id):
         return None
-    run = finalize(plan, pipe.results_dir, pipe.now)
+    run = finalize(plan, pipe.results_dir, pipe.now, pipe.hooks)
     pipe.state.end_finalize(plan.run_id, run)
     return run
 
@@ -354,13 +208,14 @@ def fan_out(
 
 def record_failure(
     pipe: Pipeline, plan: RunPlan, target: Target, exc: BaseException
-) -> dict[str, Any]:
+) -> TargetSummary:
     """Last resort: an unexpected failure still gives the target a result, so the run ends."""
-    error = {"kind": "api_error", "message": f"scan failed: {type(exc).__name__}: {exc}"[:500]}
+    error: ScanError | dict[str, str] = {
+        "kind": ErrorKind.API_ERROR, "message": f"scan failed: {type(exc).__name__}: {exc}"[:500]
+    }
     if isinstance(exc, ScanError):
-        error = {"kind": exc.kind, "message": str(exc)}
-    summary = error_summary(plan.run_id, target, error, pipe.now())
-    write_json(summary_path(run_dir(pipe.results_dir, plan.run_id), summary["scan_id"]), summary)
+        error = exc
+    summary = failed_before_scan(plan.run_id, target, error, pipe.now())
     record(pipe, plan, summary)
     return summary
 
@@ -368,15 +223,19 @@ def record_failure(
 def finalize(
     plan: RunPlan,
     results_dir: Path,
-    now: Callable[[], datetime] = utcnow,
-    extra: Mapping[str, Any] | None = None,
+    now: Clock = utcnow,
+    hooks: Sequence[FinalizeHook] = (),
 ) -> dict[str, Any]:
-    """Aggregate the run's summaries (streamed from disk) and write run.json."""
+    """Aggregate the run's summaries (streamed from disk), run the hooks, write run.json.
+
+    The hooks run before run.json appears (sweeping writes drift.json there), so a reader
+    that sees run.json finds every artefact of the run.
+    """
     out = run_dir(results_dir, plan.run_id)
     agg = Aggregator()
     for summary in iter_summaries(out):
         agg.add(summary)
-    result = agg.result(plan.fleet())
+    result = agg.result(plan.fleet)
     run = {
         "run_id": plan.run_id,
         "source": plan.source,
@@ -384,13 +243,9 @@ def finalize(
         "created_at": plan.created_at,
         "finished_at": iso(now()),
         **result,
-        **(extra or {}),
     }
-    # A sweep run is compared with the previous run of the same sweep (drift.json), before
-    # run.json appears: a reader that sees run.json finds every artefact of the run.
-    drift = write_sweep_drift(results_dir, run)
-    if drift is not None:
-        log.info("run.drift", run_id=plan.run_id, baseline=drift.get("run_a"))
+    for hook in hooks:
+        hook(results_dir, run)
     write_json(out / "run.json", run)
     log.info(
         "run.finished",

@@ -211,7 +211,7 @@ def which(name: str) -> str:
     """`name` resolved on PATH now: nothing may be imported once Landlock is on."""
     if os.sep in name:
         return name
-    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+    for directory in os.get_exec_path():
         candidate = os.path.join(directory or ".", name)
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate

@@ -1,196 +1,174 @@
-"""The scan of one target: the service every entry point calls (CLI `scan`, `submit
---local`, the Celery task).
+"""The scan of one target: `scan_target()`, which every driver runs (CLI `scan`,
+`submit --local`, the Celery task).
 
-    check the pod and container → mint identity → audit → judge → revoke → summary
+    admin client → mint identity, read the pod with it → check the container → audit
+    (on failure: was it still the same pod?) → revoke → judge
 
-It always returns a target summary (SPEC §4) for a resolved target: a scan that could not
-complete is a summary with `status: "error"` and an `error.kind`, never an exception — so
-one bad target never stops the others. Only `ScanInterrupted` is re-raised after the summary
-is written, so the caller can stop too. Clean-up happens inside `scan_identity`, whatever
-happens here.
+It always returns a `Scanned`: the target summary (SPEC §4) and, when the scan could not
+complete, the `ScanError` behind it — never an exception for one target's failure, so one
+bad target never stops the others. It writes the auditor's raw report but never the summary
+and never run state: whether a failed scan is recorded or retried later is the driver's
+decision, made from `error.retryable` (see `runs.complete`). Clean-up happens inside
+`identity.scan_identity`, whatever happens here.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from scanfleet.auditor import run_auditor
-from scanfleet.credentials import scan_identity
+from scanfleet.clock import Clock, iso, utcnow
 from scanfleet.errors import (
-    ClusterUnavailable,
+    AuditorFailed,
+    BadInput,
+    ClusterApiError,
     InvalidReport,
     ScanError,
-    ScanInterrupted,
+    ScanTimeout,
     TargetNotFound,
 )
-from scanfleet.kube import KubeClient
-from scanfleet.report import Counts, control_ids, load_report
-from scanfleet.results import iso, make_dir, report_path, summary_path, write_json
-from scanfleet.targets import Target, scan_id_for
-from scanfleet.thresholds import Threshold
+from scanfleet.identity import scan_identity
+from scanfleet.inspec import Counts, control_ids, load_report
+from scanfleet.kube import ClientCache, KubeClient
+from scanfleet.plan import ScanOptions
+from scanfleet.results import make_dir, report_path
+from scanfleet.settings import MINT_MARGIN
+from scanfleet.summaries import (
+    ControlIds,
+    TargetSummary,
+    ThresholdDoc,
+    error_summary,
+    scanned_summary,
+    target_doc,
+)
+from scanfleet.targets import PodInfo, Target, scan_id_for
 
 log = structlog.get_logger("scanfleet.scan")
 
-Clock = Callable[[], datetime]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
 
 @dataclass(frozen=True)
-class ScanOptions:
-    """How to scan: the same for every target of a run."""
+class Scanned:
+    """One scan's summary, and the error that made it an error summary (if any)."""
 
-    profile: str
-    threshold: Threshold | None = None
-    input_files: tuple[str, ...] = ()
-    extra_args: tuple[str, ...] = ()
-    token_ttl: int = 3600
-    timeout: float = 1800
-    auditor: str = "cinc-auditor"
-    kill_grace: float = 10.0
-    defer_unavailable: bool = False
-    """Raise ClusterUnavailable instead of recording it, so the fleet can retry later."""
+    summary: TargetSummary
+    error: ScanError | None = None
 
 
 @dataclass
-class TargetFacts:
-    """What the API told us about the target container (image, image id)."""
+class _Progress:
+    """What the scan learned so far; an error summary keeps the facts found before it."""
 
     image: str | None = None
     image_id: str | None = None
-
-
-@dataclass
-class _Outcome:
     counts: Counts | None = None
-    ids: dict[str, dict[str, list[str]]] | None = None
-    error: ScanError | None = None
+    ids: ControlIds | None = None
     cleanup: str = "complete"
-    facts: TargetFacts = field(default_factory=TargetFacts)
 
 
-def run_scan(
-    kube: KubeClient,
+def scan_target(
+    clients: ClientCache,
     target: Target,
     run_id: str,
     options: ScanOptions,
     out_dir: Path,
     *,
     now: Clock = utcnow,
-) -> dict[str, Any]:
-    """Scan one resolved target and write its summary (and raw report) into `out_dir`."""
+) -> Scanned:
+    """Scan one resolved target of a run; the raw report goes into `out_dir`."""
     if target.container is None:
-        raise ValueError("run_scan needs a resolved target (container known)")
+        raise ValueError("scan_target needs a resolved target (container known)")
     scan_id = scan_id_for(run_id, target)
     started = now()
     t0 = time.monotonic()
-    outcome = _Outcome()
-    interrupted: ScanInterrupted | None = None
+    found = _Progress()
+    error: ScanError | None = None
     with structlog.contextvars.bound_contextvars(
-        run_id=run_id,
-        scan_id=scan_id,
-        context=target.context,
-        namespace=target.namespace,
-        pod=target.pod,
-        container=target.container,
+        run_id=run_id, scan_id=scan_id, context=target.context, namespace=target.namespace,
+        pod=target.pod, container=target.container,
     ):
         log.info("scan.started", profile=options.profile)
         try:
-            _scan(kube, target, scan_id, run_id, options, out_dir, outcome, started)
-        except ScanInterrupted as e:
-            interrupted = e
-            outcome.error = e
-        except ClusterUnavailable as e:
-            if options.defer_unavailable:
-                log.warning("scan.deferred", error=str(e), cleanup=outcome.cleanup)
-                raise  # identity already revoked; the redelivered scan starts afresh
-            outcome.error = e
+            _audit(_admin(clients, target), target, scan_id, run_id, options, out_dir, found,
+                   started)
         except ScanError as e:
-            outcome.error = e
-        summary = _summary(
-            scan_id, run_id, target, options, outcome, started, now(), time.monotonic() - t0
-        )
-        write_json(summary_path(out_dir, scan_id), summary)
-        if outcome.error is not None:
-            log.warning(
-                "scan.error",
-                kind=outcome.error.kind,
-                error=str(outcome.error),
-                cleanup=outcome.cleanup,
-            )
+            error = e
+        summary = _summary(scan_id, run_id, target, options, found, error, started, now(),
+                           time.monotonic() - t0)
+        if error is not None:
+            log.warning("scan.error", kind=error.kind, error=str(error), cleanup=found.cleanup)
         else:
-            log.info(
-                "scan.finished",
-                compliance=summary["compliance"],
-                threshold_passed=summary["threshold"]["passed"],
-                cleanup=outcome.cleanup,
-            )
-    if interrupted is not None:
-        raise interrupted
-    return summary
+            log.info("scan.finished", compliance=summary["compliance"],
+                     threshold_passed=summary["threshold"]["passed"], cleanup=found.cleanup)
+    return Scanned(summary, error)
 
 
-def _scan(
+def _admin(clients: ClientCache, target: Target) -> KubeClient:
+    try:
+        return clients.get(target.context)
+    except BadInput as e:  # the worker's kubeconfig lacks the context the submitter had
+        raise ClusterApiError(str(e)) from e
+
+
+def _audit(
     kube: KubeClient,
     target: Target,
     scan_id: str,
     run_id: str,
     options: ScanOptions,
     out_dir: Path,
-    outcome: _Outcome,
+    found: _Progress,
     started: datetime,
 ) -> None:
-    assert target.container is not None
-    pod = kube.read_pod(target.namespace, target.pod)
-    container = pod.container(target.container)
-    if container is None:
-        raise TargetNotFound(
-            f"container {target.container!r} is not a regular container of pod "
-            f"{target.namespace}/{target.pod} in context {target.context!r} "
-            f"(containers: {', '.join(c.name for c in pod.containers) or 'none'})"
-        )
-    outcome.facts = TargetFacts(container.image, container.image_id)
-    if pod.phase != "Running":
-        raise TargetNotFound(
-            f"pod {target.namespace}/{target.pod} is {pod.phase or 'in an unknown phase'}, "
-            "not Running; nothing to exec into"
-        )
     report = report_path(out_dir, scan_id)
     make_dir(out_dir)
     report.unlink(missing_ok=True)  # a redelivered scan must not judge an old report
     identity = None
     try:
         with scan_identity(
-            kube, target, scan_id, run_id, ttl=options.token_ttl, now=started
+            kube, target, scan_id, run_id, ttl=options.token_ttl, now=started,
+            min_lifetime=options.timeout + MINT_MARGIN,
         ) as identity:
-            run_auditor(
-                options.auditor,
-                options.profile,
-                target,
-                report,
-                identity.kubeconfig,
-                input_files=options.input_files,
-                extra_args=options.extra_args,
-                timeout=options.timeout,
-                kill_grace=options.kill_grace,
-            )
+            assert identity.pod is not None  # read with the scan's token: the access check
+            _check_pod(identity.pod, target, found)
+            try:
+                run_auditor(
+                    options.auditor, options.profile, target, report, identity.kubeconfig,
+                    input_files=options.input_files, extra_args=options.extra_args,
+                    timeout=options.timeout, kill_grace=options.kill_grace,
+                )
+            except (AuditorFailed, ScanTimeout, InvalidReport) as e:
+                # Was it still the same pod? A replaced pod is not this auditor's failure.
+                raise identity.target_changed() or e from None
     finally:
         if identity is not None:
-            outcome.cleanup = identity.cleanup
+            found.cleanup = identity.cleanup
     if not report.exists():
         raise InvalidReport(f"the auditor completed but wrote no report at {report.name}")
     controls = load_report(report)
-    outcome.counts = Counts.from_controls(controls)
-    outcome.ids = control_ids(controls)
+    found.counts = Counts.from_controls(controls)
+    found.ids = control_ids(controls)
+
+
+def _check_pod(pod: PodInfo, target: Target, found: _Progress) -> None:
+    """The container is a regular container of the pod, and the pod is Running."""
+    container = pod.container(target.container or "")
+    if container is None:
+        raise TargetNotFound(
+            f"container {target.container!r} is not a regular container of pod "
+            f"{target.namespace}/{target.pod} in context {target.context!r} "
+            f"(containers: {', '.join(c.name for c in pod.containers) or 'none'})"
+        )
+    found.image, found.image_id = container.image, container.image_id
+    if pod.phase != "Running":
+        raise TargetNotFound(
+            f"pod {target.namespace}/{target.pod} is {pod.phase or 'in an unknown phase'}, "
+            "not Running; nothing to exec into"
+        )
 
 
 def _summary(
@@ -198,37 +176,26 @@ def _summary(
     run_id: str,
     target: Target,
     options: ScanOptions,
-    outcome: _Outcome,
+    found: _Progress,
+    error: ScanError | None,
     started: datetime,
     finished: datetime,
     duration: float,
-) -> dict[str, Any]:
-    counts = outcome.counts
-    threshold: dict[str, Any] = {"passed": None, "failures": []}
-    if counts is not None and options.threshold is not None:
-        failures = options.threshold.evaluate(counts, outcome.ids or {})
+) -> TargetSummary:
+    doc = target_doc(target.to_dict(), found.image, found.image_id)
+    if error is not None or found.counts is None:
+        return error_summary(
+            scan_id=scan_id, run_id=run_id, target=doc,
+            error=error or InvalidReport("the scan produced no counts"),
+            started_at=iso(started), finished_at=iso(finished), duration_s=duration,
+            cleanup=found.cleanup,
+        )
+    threshold: ThresholdDoc = {"passed": None, "failures": []}
+    if options.threshold is not None:
+        failures = options.threshold.evaluate(found.counts, found.ids or {})
         threshold = {"passed": not failures, "failures": failures}
-    err = outcome.error
-    return {
-        "scan_id": scan_id,
-        "run_id": run_id,
-        "target": {
-            "context": target.context,
-            "namespace": target.namespace,
-            "pod": target.pod,
-            "container": target.container,
-            "image": outcome.facts.image,
-            "image_id": outcome.facts.image_id,
-        },
-        "status": "error" if err is not None else "completed",
-        "error": None if err is None else {"kind": err.kind, "message": str(err)},
-        "covered_by": None,
-        "started_at": iso(started),
-        "finished_at": iso(finished),
-        "duration_s": round(duration, 3),
-        "counts": counts.to_dict() if counts is not None and err is None else None,
-        "compliance": counts.compliance if counts is not None and err is None else None,
-        "threshold": threshold if err is None else {"passed": None, "failures": []},
-        "cleanup": outcome.cleanup,
-        "controls": outcome.ids if err is None else None,
-    }
+    return scanned_summary(
+        scan_id=scan_id, run_id=run_id, target=doc, started_at=iso(started),
+        finished_at=iso(finished), duration_s=duration, cleanup=found.cleanup,
+        counts=found.counts, ids=found.ids or {}, threshold=threshold,
+    )

@@ -1,14 +1,18 @@
-"""Settings: one frozen dataclass, read from the environment in one place.
+"""Settings: one frozen dataclass, read from the environment here and nowhere else.
 
-Command-line flags override these; library code receives a Settings value and never reads
-the environment itself.
+Owns every environment variable scanfleet reads (`Settings.from_env`; the results'
+group-read switch; prometheus_client's multiprocess directory, the one variable written
+for a library) and the process environment the auditor's allowlist and sandbox settings
+are read from (`process_environment`). Command-line
+flags override these; library code receives a Settings value (or the value it needs) and
+must never read `os.environ` itself.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from scanfleet.errors import BadInput
@@ -16,6 +20,9 @@ from scanfleet.policy import DEFAULT_ALLOWED_PROFILES, parse_allowed_profiles
 
 TOKEN_TTL_MIN = 600
 TOKEN_TTL_MAX = 86400
+MINT_MARGIN = 120
+"""Seconds a token must outlive the scan timeout by: minting, the access check (which
+waits out RBAC propagation) and the revoke all happen inside the token's lifetime."""
 
 
 @dataclass(frozen=True)
@@ -31,7 +38,8 @@ class Settings:
 
     (SCANFLEET_CLUSTER_CONCURRENCY)"""
     token_ttl: int = 3600
-    """Seconds a scan token lives; 600..86400 and above the scan timeout (SCANFLEET_TOKEN_TTL)."""
+    """Seconds a scan token lives; 600..86400 and at least the scan timeout plus MINT_MARGIN
+    (SCANFLEET_TOKEN_TTL)."""
     scan_timeout: int = 1800
     """Seconds before the auditor's process group is terminated (SCANFLEET_SCAN_TIMEOUT)."""
     log_format: str = "json"
@@ -40,6 +48,18 @@ class Settings:
     """Runs older than this are pruned from Redis and the results dir (SCANFLEET_RETENTION_DAYS)."""
     key_prefix: str = "scanfleet"
     """Prefix of every Redis key scanfleet writes (SCANFLEET_KEY_PREFIX)."""
+    kubeconfig: str = field(default_factory=lambda: str(Path("~/.kube/config").expanduser()))
+    """Admin kubeconfig when no --kubeconfig is given: $KUBECONFIG (may be a ':'-separated
+    list), else ~/.kube/config."""
+    visibility_timeout: int | None = None
+    """Seconds an unacknowledged Celery message waits before redelivery; None: derived from
+    the scan timeout (SCANFLEET_VISIBILITY_TIMEOUT)."""
+    lease_seconds: int = 60
+    """A cluster-slot lease's lifetime between heartbeats (SCANFLEET_LEASE_SECONDS)."""
+    early_revoke_after: int = 300
+    """The workers' janitor revokes a fleet scan's identity whose scan holds no live lease
+    once it is this many seconds old, before its expiry; 0: never early
+    (SCANFLEET_EARLY_REVOKE_AFTER)."""
     allowed_profiles: tuple[str, ...] = DEFAULT_ALLOWED_PROFILES
     """Profile path and URL prefixes a plan may name (SCANFLEET_ALLOWED_PROFILES, separated
     by os.pathsep or commas; default: any local path and https URL). See policy.py."""
@@ -66,12 +86,51 @@ class Settings:
             log_format=_choice(env, "SCANFLEET_LOG_FORMAT", d.log_format, ("json", "console")),
             retention_days=env_int(env, "SCANFLEET_RETENTION_DAYS", d.retention_days, 1),
             key_prefix=env.get("SCANFLEET_KEY_PREFIX") or d.key_prefix,
+            kubeconfig=env.get("KUBECONFIG") or d.kubeconfig,
+            visibility_timeout=(
+                env_int(env, "SCANFLEET_VISIBILITY_TIMEOUT", 0, 1)
+                if env.get("SCANFLEET_VISIBILITY_TIMEOUT") else None
+            ),
+            lease_seconds=env_int(env, "SCANFLEET_LEASE_SECONDS", d.lease_seconds, 1),
+            early_revoke_after=env_int(
+                env, "SCANFLEET_EARLY_REVOKE_AFTER", d.early_revoke_after, 0
+            ),
             allowed_profiles=parse_allowed_profiles(env.get("SCANFLEET_ALLOWED_PROFILES")),
             metrics_port=env_int(env, "SCANFLEET_METRICS_PORT", d.metrics_port, 0),
             metrics_per_namespace=_choice(
                 env, "SCANFLEET_METRICS_PER_NAMESPACE", "0", ("0", "1")
             ) == "1",
         )
+
+
+def process_environment() -> Mapping[str, str]:
+    """This process's environment: the base the auditor's allowlist is filtered from."""
+    return os.environ
+
+
+RESULTS_GROUP_READ_ENV = "SCANFLEET_RESULTS_GROUP_READ"
+PROMETHEUS_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def results_group_read(env: Mapping[str, str] | None = None) -> bool:
+    """SCANFLEET_RESULTS_GROUP_READ: 1 makes results 0750/0640 instead of 0700/0600."""
+    raw = (os.environ if env is None else env).get(RESULTS_GROUP_READ_ENV, "").strip().lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    raise BadInput(f"{RESULTS_GROUP_READ_ENV}={raw!r} must be 1 or 0")
+
+
+def prometheus_multiproc_dir() -> str | None:
+    """PROMETHEUS_MULTIPROC_DIR: where prometheus_client's forked children count, if set."""
+    return os.environ.get(PROMETHEUS_MULTIPROC_ENV) or None
+
+
+def set_prometheus_multiproc_dir(directory: str) -> None:
+    """Export PROMETHEUS_MULTIPROC_DIR to this process and every child forked after it
+    (prometheus_client reads it from the environment)."""
+    os.environ[PROMETHEUS_MULTIPROC_ENV] = directory
 
 
 def broker_url(env: Mapping[str, str]) -> str | None:
@@ -103,8 +162,12 @@ def check_ttl(token_ttl: int, scan_timeout: int) -> None:
         )
     if scan_timeout < 1:
         raise BadInput(f"scan timeout {scan_timeout}s must be positive")
-    if token_ttl <= scan_timeout:
-        raise BadInput(f"token TTL {token_ttl}s must exceed the scan timeout {scan_timeout}s")
+    if token_ttl < scan_timeout + MINT_MARGIN:
+        raise BadInput(
+            f"token TTL {token_ttl}s must exceed the scan timeout {scan_timeout}s by at least "
+            f"{MINT_MARGIN}s (the time to mint, check access and revoke): use a TTL of at "
+            f"least {scan_timeout + MINT_MARGIN}s or a shorter timeout"
+        )
 
 
 def env_int(env: Mapping[str, str], key: str, default: int, minimum: int = 1) -> int:

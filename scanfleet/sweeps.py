@@ -23,10 +23,14 @@ from typing import Any
 import yaml
 from croniter import CroniterBadDateError, croniter
 
-from scanfleet.discovery import check_selector
 from scanfleet.errors import BadInput, SweepsFileError
-from scanfleet.targets import check_label
+from scanfleet.targets import check_label, check_selector
 from scanfleet.thresholds import load_fleet_threshold, load_threshold
+
+JANITOR_INTERVAL = 15 * 60
+"""Seconds between the janitor runs beat schedules (default of `scanfleet beat`)."""
+PRUNE_INTERVAL = 6 * 3600
+"""Seconds between the retention runs beat schedules (default of `scanfleet beat`)."""
 
 KEYS = (
     "name",

@@ -1,8 +1,9 @@
 """Targets: what to scan, parsed and validated before anything is created or queued.
 
 A target is `(context, namespace, pod, container)`. `container` may be None on input,
-meaning "every regular container of the pod", resolved later against the API. Pure domain:
-no I/O except reading a targets file the user named.
+meaning "every regular container of the pod", resolved later against the API (`PodInfo`,
+`ContainerInfo`: what the Kubernetes adapter reports about a pod). Pure domain: no I/O
+except reading a targets file the user named.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +144,85 @@ def scan_id_for(run_id: str, target: Target) -> str:
     """
     key = "\0".join([run_id, target.context, target.namespace, target.pod, target.container or ""])
     return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+# Label selector syntax (k8s.io/apimachinery/pkg/labels): requirements separated by commas;
+# each `key`, `!key`, `key=v`, `key==v`, `key!=v`, `key in (a,b)`, `key notin (a,b)`.
+_NAME = r"([a-z0-9A-Z]([-_.a-z0-9A-Z]{0,61}[a-z0-9A-Z])?)"
+_PREFIX = r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)"
+_KEY = rf"{_PREFIX}?{_NAME}"
+_VALUE = rf"({_NAME})?"
+_REQUIREMENT = re.compile(
+    rf"^\s*(!\s*{_KEY}|{_KEY}\s*(==?|!=)\s*{_VALUE}|{_KEY}\s+(in|notin)\s*\(\s*"
+    rf"{_VALUE}(\s*,\s*{_VALUE})*\s*\)|{_KEY})\s*$"
+)
+
+
+def check_selector(selector: str | None) -> str | None:
+    """Reject a label selector the API server would reject, before anything is queued."""
+    if selector is None or not selector.strip():
+        return None
+    for req in _split_requirements(selector):
+        if not _REQUIREMENT.fullmatch(req):
+            raise BadInput(
+                f"invalid label selector {selector!r}: cannot parse requirement {req.strip()!r}"
+            )
+    return selector
+
+
+def _split_requirements(selector: str) -> list[str]:
+    """Split on commas that are not inside a `(...)` value set."""
+    out: list[str] = []
+    cur: list[str] = []
+    depth = 0
+    for ch in selector:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        if ch == "," and depth == 0:
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    out.append("".join(cur))
+    if depth != 0:
+        raise BadInput(f"invalid label selector {selector!r}: unbalanced parentheses")
+    return out
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    name: str
+    image: str | None
+    image_id: str | None
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    namespace: str
+    name: str
+    phase: str | None
+    containers: tuple[ContainerInfo, ...]
+    """Regular containers only: never init or ephemeral containers."""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    uid: str | None = None
+    """metadata.uid: a pod re-created under the same name has another."""
+
+    def container(self, name: str) -> ContainerInfo | None:
+        return next((c for c in self.containers if c.name == name), None)
+
+
+def pod_info(pod: Mapping[str, Any]) -> PodInfo:
+    """A pod's facts from its JSON document (regular containers only)."""
+    meta, spec, st = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
+    statuses = {s.get("name"): s for s in st.get("containerStatuses") or []}
+    containers = []
+    for c in spec.get("containers") or []:
+        s = statuses.get(c.get("name")) or {}
+        containers.append(ContainerInfo(name=c.get("name", ""),
+                                        image=s.get("image") or c.get("image"),
+                                        image_id=s.get("imageID") or None))
+    return PodInfo(namespace=meta.get("namespace", ""), name=meta.get("name", ""),
+                   phase=st.get("phase"), containers=tuple(containers),
+                   labels=dict(meta.get("labels") or {}), uid=meta.get("uid"))

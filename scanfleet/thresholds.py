@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from scanfleet.errors import ThresholdFileError
-from scanfleet.report import SEVERITIES, STATUSES, Counts, compliance_of
+from scanfleet.inspec import SEVERITIES, STATUSES, Counts, compliance_of
 
 Bound = tuple[float | None, float | None]  # (min, max)
 _Leaf = tuple[tuple[str, ...], object]  # key parts as written, value
@@ -190,7 +190,9 @@ class _Builder:
         ):
             self._set_bound(key, (n[0], n[1]), n[2], _bound_value(self.source, key, value, False))
         elif len(n) == 3 and n[0] in STATUSES and n[1] in SEVERITIES and n[2] == "controls":
-            self.controls[(n[0], n[1])] = self._ids(key, value)
+            # `failed.high.controls` and `failed.High.controls` name one bucket: join them.
+            ids = self._ids(key, value)
+            self.controls[(n[0], n[1])] = self.controls.get((n[0], n[1]), frozenset()) | ids
         else:
             raise ThresholdFileError(f"{self.source}: unknown key {key!r} (valid: {_KEY_FORMS})")
 
@@ -311,7 +313,11 @@ def parse_fleet_threshold(data: object, source: str) -> FleetThreshold:
             has_fleet = True
         elif n[0] == "targets" and len(n) == 3 and n[1] in TARGET_KINDS and n[2] in ("min", "max"):
             pair = targets.setdefault(n[1], [None, None])
-            pair[0 if n[2] == "min" else 1] = _bound_value(source, key, value, n[1] == "compliance")
+            side = 0 if n[2] == "min" else 1
+            bound = _bound_value(source, key, value, n[1] == "compliance")
+            if pair[side] is not None and pair[side] != bound:
+                raise ThresholdFileError(f"{source}: {key}: given twice with different values")
+            pair[side] = bound
         elif n[0] == "targets":
             raise ThresholdFileError(
                 f"{source}: unknown key {key!r} (valid: targets.passed|failed|error|compliance"

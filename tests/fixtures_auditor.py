@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import sys
 from collections.abc import Callable, Mapping
@@ -22,9 +23,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tools import path_with_venv_bin
 
 STANDIN = Path(__file__).resolve().parent / "standin" / "cinc-auditor"
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "inspec-samples"
+SAMPLES = Path(__file__).resolve().parent / "data" / "inspec-samples"
+
+
+@pytest.fixture(scope="session")
+def standin_launcher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An executable that runs the stand-in with this interpreter (sys.executable).
+
+    The stand-in's `#!/usr/bin/env python3` would pick whatever `python3` is first on the
+    (filtered) PATH the auditor gets: a version-manager shim there needs variables the
+    runner drops, or runs another Python. `exec` keeps the pid, so process-group checks hold.
+    """
+    assert os.access(STANDIN, os.X_OK), f"{STANDIN} must be executable"
+    launcher = tmp_path_factory.mktemp("standin") / "cinc-auditor"
+    launcher.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} '
+                        f'{shlex.quote(str(STANDIN))} "$@"\n')
+    launcher.chmod(0o755)
+    return launcher
 
 
 def standin_read_paths() -> list[str]:
@@ -45,22 +63,26 @@ def standin_io(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def standin_auditor(monkeypatch: pytest.MonkeyPatch, standin_io: Path) -> str:
+def standin_auditor(
+    standin_launcher: Path, monkeypatch: pytest.MonkeyPatch, standin_io: Path
+) -> str:
     """Absolute path of the stand-in auditor executable, with a clean stand-in environment."""
     for name in list(os.environ):
         if name.startswith(("SCANFLEET_STANDIN_", "SCANFLEET_SANDBOX")):
             monkeypatch.delenv(name)
-    monkeypatch.setenv("SCANFLEET_SANDBOX_ALLOW_READ", os.pathsep.join(standin_read_paths()))
+    # kubectl (and anything else the stand-in runs) from this venv first.
+    monkeypatch.setenv("PATH", path_with_venv_bin(os.environ.get("PATH")))
+    monkeypatch.setenv(
+        "SCANFLEET_SANDBOX_ALLOW_READ",
+        os.pathsep.join([*standin_read_paths(), str(standin_launcher.parent)]),
+    )
     monkeypatch.setenv("SCANFLEET_SANDBOX_ALLOW_WRITE", str(standin_io))
-    assert os.access(STANDIN, os.X_OK), f"{STANDIN} must be executable"
-    return str(STANDIN)
+    return str(standin_launcher)
 
 
 @pytest.fixture
 def samples_dir() -> Path:
-    """shared/inspec-samples, the real InSpec reports beside the repository."""
-    if not (SAMPLES / "minimal_hdf.json").is_file():
-        pytest.skip(f"InSpec sample reports not found at {SAMPLES} (shared/ beside the repo)")
+    """tests/data/inspec-samples: real InSpec reports, vendored (see SOURCES.md there)."""
     return SAMPLES
 
 
@@ -78,7 +100,7 @@ def auditor_plan(
 
     Keys: "NS/POD/CONTAINER", "NS/POD" or "*" (the most specific wins). Values: report,
     exit, sleep, stderr, stderr_bytes, stderr_tail, garbage, no_report, spawn_child,
-    ignore_term, pid_file. Calling again replaces the plan. Returns the plan file's path.
+    ignore_term, pid_file, wait_for. Calling again replaces the plan. Returns the plan file's path.
     """
     path = standin_io / "standin-plan.json"
 

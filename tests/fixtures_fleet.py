@@ -16,21 +16,22 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import leftovers
 import pytest
 import redis
 from fakekube import FakeCluster, write_kubeconfig
 from fixtures_auditor import standin_read_paths
+from tools import path_with_venv_bin, require_tool
 
 CLI = [sys.executable, "-c", "from scanfleet.cli import main; main()"]
 STANDIN = Path(__file__).resolve().parent / "standin" / "cinc-auditor"
@@ -38,9 +39,44 @@ KEY_PREFIX = "sftest"
 
 
 def free_port() -> int:
+    """A port that was free a moment ago: only for servers started by `start_redis`."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A port bound (never listening) for the whole test: connecting to it is refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield int(s.getsockname()[1])
+
+
+def start_redis(args: Sequence[str], port: int | None = None,
+                attempts: int = 5) -> tuple[int, subprocess.Popen[bytes]]:
+    """Start redis-server (`args` without --port) and wait until *it* answers PING.
+
+    Without `port`, take a fresh one; if another process grabbed it between our probe and
+    redis' bind (redis exits, or someone else's server answers), retry on a new port.
+    """
+    for _ in range(attempts if port is None else 1):
+        p = port or free_port()
+        proc = subprocess.Popen([*args, "--port", str(p)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 15
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                with redis.Redis(host="127.0.0.1", port=p) as client:
+                    if client.info("server")["process_id"] == proc.pid:
+                        return p, proc
+            except redis.ConnectionError:
+                pass
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    pytest.fail(f"redis-server did not start ({args[0]}, {attempts} ports tried)")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
@@ -57,11 +93,10 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: flo
 
 class RedisServer:
     def __init__(self, directory: Path, appendonly: bool) -> None:
-        if shutil.which("redis-server") is None:
-            pytest.skip("redis-server is not installed")
+        self.exe = require_tool("redis-server")
         self.dir = directory
         self.appendonly = appendonly
-        self.port = free_port()
+        self.port: int | None = None  # chosen at the first start, kept across restarts
         self.proc: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
 
@@ -73,18 +108,10 @@ class RedisServer:
         return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True)
 
     def start(self) -> RedisServer:
-        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+        args = [self.exe, "--bind", "127.0.0.1",
                 "--save", "", "--dir", str(self.dir), "--appendonly",
                 "yes" if self.appendonly else "no", "--appendfsync", "always"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-        def up() -> bool:
-            try:
-                return bool(self.client().ping())
-            except redis.ConnectionError:
-                return False
-
-        wait_for(up, 10, "redis-server to answer PING")
+        self.port, self.proc = start_redis(args, self.port)
         return self
 
     def stop(self) -> None:
@@ -103,7 +130,9 @@ class RedisServer:
 
 
 @pytest.fixture
-def make_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+def make_redis(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., RedisServer]]:
     servers: list[RedisServer] = []
 
     def factory(appendonly: bool = False) -> RedisServer:
@@ -112,8 +141,13 @@ def make_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
         return server
 
     yield factory
-    for s in servers:
-        s.stop()
+    try:
+        left = [k for s in servers if s.proc is not None
+                for k in leftovers.immortal_keys(s.client(), leftovers.PREFIXES)]
+        leftovers.fail_on(request, "Redis keys without a TTL", left)
+    finally:
+        for s in servers:
+            s.stop()
 
 
 @pytest.fixture
@@ -169,7 +203,8 @@ def fleet_clusters(make_cluster: Callable[..., FakeCluster], tmp_path: Path) -> 
 
 @pytest.fixture
 def fleet_env(
-    tmp_path: Path, redis_server: RedisServer, fleet_clusters: FleetClusters, standin_io: Path
+    tmp_path: Path, redis_server: RedisServer, fleet_clusters: FleetClusters,
+    standin_launcher: Path, standin_io: Path,
 ) -> dict[str, str]:
     """Environment of scanfleet subprocesses in fleet tests.
 
@@ -180,7 +215,8 @@ def fleet_env(
     env.update({
         "SCANFLEET_BROKER_URL": redis_server.url,
         "SCANFLEET_RESULTS_DIR": str(tmp_path / "results"),
-        "SCANFLEET_AUDITOR": str(STANDIN),
+        "SCANFLEET_AUDITOR": str(standin_launcher),
+        "PATH": path_with_venv_bin(os.environ.get("PATH")),  # kubectl for the stand-in
         "SCANFLEET_KEY_PREFIX": KEY_PREFIX,
         "SCANFLEET_CLUSTER_CONCURRENCY": "10",
         "SCANFLEET_VISIBILITY_TIMEOUT": "8",
@@ -191,7 +227,9 @@ def fleet_env(
         "SCANFLEET_STANDIN_SLEEP": "0",
         "KUBECONFIG": str(fleet_clusters.kubeconfig),
         "PYTHONUNBUFFERED": "1",
-        "SCANFLEET_SANDBOX_ALLOW_READ": os.pathsep.join(standin_read_paths()),
+        "SCANFLEET_SANDBOX_ALLOW_READ": os.pathsep.join(
+            [*standin_read_paths(), str(standin_launcher.parent)]
+        ),
         "SCANFLEET_SANDBOX_ALLOW_WRITE": str(standin_io),
     })
     return env

@@ -1,6 +1,7 @@
 """Fixtures for the fake Kubernetes API server (``tests/fakekube``).
 
-- ``make_cluster(tls=True, name="fake")``: start another ``FakeCluster`` (stopped at teardown).
+- ``make_cluster(tls=True, name="fake")``: start another ``FakeCluster`` (stopped at teardown,
+  after failing the test if scanfleet RBAC objects are left in it: see ``leftovers.py``).
 - ``fake_cluster``: a started TLS cluster seeded with namespace ``apps`` (Running pod ``web``
   with containers ``app`` and ``sidecar`` and init container ``init-db``; Pending pod
   ``pending``; a Secret ``db-password``) and an empty namespace ``other``.
@@ -12,12 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import leftovers
 import pytest
 from fakekube import FakeCluster
 
 
 @pytest.fixture
-def make_cluster() -> Iterator[Callable[..., FakeCluster]]:
+def make_cluster(request: pytest.FixtureRequest) -> Iterator[Callable[..., FakeCluster]]:
     started: list[FakeCluster] = []
 
     def factory(tls: bool = True, name: str = "fake") -> FakeCluster:
@@ -26,8 +28,11 @@ def make_cluster() -> Iterator[Callable[..., FakeCluster]]:
         return cluster
 
     yield factory
-    for cluster in started:
-        cluster.stop()
+    try:
+        leftovers.fail_on(request, "scanfleet RBAC objects", leftovers.rbac_left(started))
+    finally:
+        for cluster in started:
+            cluster.stop()
 
 
 def seed_default(cluster: FakeCluster) -> FakeCluster:

@@ -2,8 +2,8 @@
 
 - ``write_sweeps(text_or_data, name="sweeps.yml")``: write a sweeps file in tmp_path.
 - ``ops_redis``: a test-owned ``redis-server`` on a free port (URL), stopped at teardown;
-  an autouse-style check in the fixture fails the test if it left scanfleet keys behind
-  other than the ones it declares via ``ops_redis_allow``.
+  the teardown fails the test if it left scanfleet keys without a TTL (``leftovers.py``;
+  ``@pytest.mark.leaves_leftovers("why")`` to allow it).
 - ``make_run(results_dir, run_id, summaries, run=None)``: a run directory with target
   summaries (SPEC §4 plus ``controls``) and optionally run.json.
 - ``summary(...)``: one target summary.
@@ -13,8 +13,6 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -22,10 +20,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import leftovers
 import pytest
 import yaml
+from fixtures_fleet import start_redis
+from tools import require_tool
 
-from scanfleet.credentials import identity_objects
+from scanfleet.identity import identity_objects
 from scanfleet.kube import KubeClient
 from scanfleet.results import write_json
 from scanfleet.targets import Target
@@ -39,12 +40,6 @@ def write_sweeps(tmp_path: Path) -> Callable[..., Path]:
         return p
 
     return write
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> Any:
@@ -70,46 +65,25 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 10) -> None:
 
 
 @pytest.fixture
-def ops_redis(tmp_path: Path) -> Iterator[str]:
-    """A private redis-server (no persistence) on a free port; yields its URL."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not installed")
-    import redis
+def ops_redis(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A private redis-server (no persistence) on a free port; yields its URL.
 
-    port = free_port()
+    At teardown the test fails if it left scanfleet keys without a TTL (leftovers.py).
+    """
+    exe = require_tool("redis-server")
+
     data = tmp_path / "redis"
     data.mkdir()
-    proc = subprocess.Popen(
-        [
-            exe,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(data),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(host="127.0.0.1", port=port)
-
-    def up() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            return False
-
+    port, proc = start_redis([exe, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                              "--dir", str(data)])
     try:
-        wait_for(up, 10, "redis-server to answer PING")
         yield f"redis://127.0.0.1:{port}/0"
+        import redis
+
+        with redis.Redis(host="127.0.0.1", port=port) as client:
+            left = leftovers.immortal_keys(client, leftovers.PREFIXES)
+        leftovers.fail_on(request, "Redis keys without a TTL", left)
     finally:
-        client.close()
         stop_process(proc)
 
 
@@ -136,6 +110,12 @@ def summary(
         for sev, ids in (passed or {}).items():
             controls["passed"][sev] = sorted(ids)
     scan_id = f"{namespace}-{pod}-{container}"
+    counts = None
+    if controls is not None:  # a completed summary has counts, or it is judged an error
+        counts = {
+            st: {"total": sum(map(len, by_sev.values())), **{v: len(by_sev[v]) for v in sevs}}
+            for st, by_sev in controls.items()
+        }
     return {
         "scan_id": scan_id,
         "run_id": run_id,
@@ -150,6 +130,7 @@ def summary(
         "status": status,
         "error": None if status == "completed" else {"kind": "timeout", "message": "too slow"},
         "covered_by": None,
+        "counts": counts,
         "controls": controls,
     }
 
@@ -175,9 +156,10 @@ def leave_orphans(
     """Create the three identity objects exactly as a scan mints them, then never revoke."""
     target = Target(kube.context, namespace, "web", "app")
     bodies = identity_objects(scan_id, run_id, target, ttl, created)
-    kube.create_service_account(namespace, bodies["ServiceAccount"])
-    kube.create_role(namespace, bodies["Role"])
-    kube.create_role_binding(namespace, bodies["RoleBinding"])
+    sa = kube.create_service_account(namespace, bodies["ServiceAccount"])
+    owned = identity_objects(scan_id, run_id, target, ttl, created, owner_uid=sa["uid"])
+    kube.create_role(namespace, owned["Role"])
+    kube.create_role_binding(namespace, owned["RoleBinding"])
 
 
 def past(now: datetime, seconds: int) -> datetime:

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from fixtures_auditor import SAMPLES
 
 from scanfleet.aggregate import Aggregator, exit_code
-from scanfleet.report import STATUSES, Control, Counts, control_ids, load_report
+from scanfleet.inspec import STATUSES, Control, Counts, control_ids, load_report
 from scanfleet.thresholds import FleetThreshold, parse_fleet_threshold
-
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "inspec-samples"
-needs_samples = pytest.mark.skipif(
-    not SAMPLES.is_dir(), reason=f"shared sample reports not found at {SAMPLES}"
-)
 
 
 def summary(
@@ -64,7 +59,6 @@ def ctl(cid: str, status: str, severity: str) -> Control:
 ERR = {"kind": "timeout", "message": "auditor timed out after 1800 s"}
 
 
-@needs_samples
 def test_aggregating_the_samples_equals_the_sum_of_their_counts() -> None:
     agg = Aggregator()
     expected = Counts()

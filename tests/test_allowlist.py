@@ -155,14 +155,14 @@ def _submit(env: dict[str, str], profile: str) -> str:
 @pytest.mark.timeout(150)
 def test_worker_refuses_plans_edited_in_redis(
     fleet_env: dict[str, str], redis_server: RedisServer,
-    make_worker: Callable[..., Worker], tmp_path: Path,
+    make_worker: Callable[..., Worker], tmp_path: Path, standin_io: Path,
 ) -> None:
     profiles = tmp_path / "profiles"
     marker = tmp_path / "evil-ran"
     evil = tmp_path / "evil-auditor"
     evil.write_text(f"#!/bin/sh\ntouch {marker}\nexit 0\n")
     evil.chmod(stat.S_IRWXU)
-    standin_log = tmp_path / "standin.jsonl"
+    standin_log = standin_io / "standin.jsonl"  # the sandboxed stand-in writes only there
     env = {**fleet_env, "SCANFLEET_ALLOWED_PROFILES": str(profiles),
            "SCANFLEET_STANDIN_LOG": str(standin_log)}
     r = redis_server.client()
@@ -190,14 +190,14 @@ def test_worker_refuses_plans_edited_in_redis(
 
     assert not marker.exists(), "an executable named by the plan ran"
     assert not elsewhere.exists()
-    ran = standin_log.read_text() if standin_log.exists() else ""
-    assert exe_run in ran  # the worker's own auditor scanned it
+    ran = standin_log.read_text().splitlines() if standin_log.exists() else []
+    # Four runs of one target each: the worker's own auditor ran once, for exe_run only.
+    assert len(ran) == 1, ran
     results = Path(env["SCANFLEET_RESULTS_DIR"])
     (exe_summary,) = iter_summaries(results / exe_run)
     assert exe_summary["status"] == "completed"
     for run_id, named in ((dir_run, str(elsewhere)), (arg_run, "'-t'"),
                           (prof_run, "/etc/evil-profile")):
-        assert run_id not in ran, f"the auditor ran for {run_id}"
         (summary,) = iter_summaries(results / run_id)
         assert summary["status"] == "error"
         assert summary["error"]["kind"] == "rejected"
@@ -210,17 +210,17 @@ def test_worker_refuses_plans_edited_in_redis(
 def test_profile_credentials_stay_out_of_the_serialised_plan(tmp_path: Path) -> None:
     from datetime import UTC, datetime
 
-    from scanfleet.runs import RunPlan
+    from scanfleet.plan import RunPlan
 
     url = "https://user:s3cret@profiles.example/p.tar.gz"
     plan = RunPlan.new(source="submit", profile=url, now=datetime.now(UTC), auditor="a",
                        token_ttl=900, timeout=60)
-    assert plan.scan_options().profile == url  # in-process runs use the credentials
+    assert plan.scan_options.profile == url  # in-process runs use the credentials
     stored = json.dumps(plan.to_dict())
     assert "s3cret" not in stored
     assert plan.to_dict()["profile"] == "https://profiles.example/p.tar.gz"
     back = RunPlan.from_dict({**plan.to_dict(), "profile_url": "https://evil.example/x"})
-    assert back.scan_options().profile == "https://profiles.example/p.tar.gz"
+    assert back.scan_options.profile == "https://profiles.example/p.tar.gz"
 
 
 def test_a_worker_takes_profile_credentials_from_its_own_allow_list() -> None:

@@ -1,10 +1,12 @@
 """Sweeps on Celery beat: the croniter schedule, the sweep lock, and real beat processes.
 
 The end-to-end tests run real `celery beat` processes (the same `run_beat` that
-`scanfleet beat` calls, with the schedule's clock shifted so the next minute boundary is a
-few seconds away instead of up to sixty) and a real Celery worker, against a test-owned
-redis-server. The worker's run starter is a stand-in that records the run in the store:
-what the tick does around it — the lock, the skip — is the code under test.
+`scanfleet beat` calls) and a real Celery worker, against a test-owned redis-server. The
+beats' clock is a file the test writes: it reads 10:00:30 until every beat has built its
+schedule, then the test moves it past 10:01, so the tick is due at a moment the test chooses
+rather than at a wall-clock minute boundary. The worker's run starter is a stand-in that
+records the run in the store: what the tick does around it — the lock, the skip — is the
+code under test.
 """
 
 from __future__ import annotations
@@ -15,28 +17,28 @@ import pickle
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_ops import stop_process, wait_for
+from fixtures_kube import seed_default
+from fixtures_ops import leave_orphans, make_run, stop_process, wait_for
 from structlog.testing import capture_logs
 
-from scanfleet.beat import (
-    JANITOR_TASK,
-    PRUNE_TASK,
-    SWEEP_TICK_TASK,
-    CronSchedule,
-    SweepLock,
-    beat_schedule,
-    run_tick,
-)
+from scanfleet.kube import KubeClient
 from scanfleet.settings import Settings
-from scanfleet.store import RunStore, connect
+from scanfleet.store.client import connect
+from scanfleet.store.locks import SweepLock
+from scanfleet.store.runs import RunStore
+from scanfleet.sweeping import run_tick
 from scanfleet.sweeps import Sweep, load_sweeps
+from scanfleet.worker.app import JANITOR_TASK, PRUNE_TASK, SWEEP_TICK_TASK
+from scanfleet.worker.schedule import (
+    CronSchedule,
+    beat_schedule,
+)
 
 T0 = datetime(2025, 1, 1, 10, 0, tzinfo=UTC)
 PREFIX = "sftest"
@@ -186,21 +188,42 @@ def test_a_start_in_progress_holds_the_lock(store: RunStore, tmp_path: Path) -> 
 
 BEAT = textwrap.dedent(
     """
-    import sys
-    from datetime import UTC, datetime, timedelta
+    import json, sys
+    from datetime import datetime
 
-    OFFSET = float(sys.argv[1])
+    CLOCK = sys.argv[1]
 
-    def shifted_now():
-        return datetime.now(UTC) + timedelta(seconds=OFFSET)
+    def file_clock():
+        with open(CLOCK) as f:
+            return datetime.fromisoformat(f.read().strip())
+
+    if CLOCK == "-":  # real time
+        file_clock = None
+
+    import celery.beat
+    from celery.signals import before_task_publish
+
+    populate_heap = celery.beat.Scheduler.populate_heap
+
+    def populate_and_say_so(self, *args, **kwargs):
+        populate_heap(self, *args, **kwargs)
+        print(json.dumps({"event": "test.schedule_ready"}), flush=True)
+
+    celery.beat.Scheduler.populate_heap = populate_and_say_so
+
+    @before_task_publish.connect
+    def published(sender=None, **kwargs):
+        print(json.dumps({"event": "test.published", "task": sender}), flush=True)
 
     from scanfleet import logs
     logs.configure("json")
-    from scanfleet.celery_app import app
-    from scanfleet.beat import run_beat
+    from scanfleet.worker.app import app
+    from scanfleet.worker.schedule import run_beat
     from scanfleet.sweeps import load_sweeps
 
-    run_beat(app, load_sweeps(sys.argv[2]), max_interval=0.25, nowfun=shifted_now)
+    periodic = {"janitor_interval": float(sys.argv[3]), "prune_interval": float(sys.argv[4])} \\
+        if len(sys.argv) > 4 else {}
+    run_beat(app, load_sweeps(sys.argv[2]), max_interval=0.25, nowfun=file_clock, **periodic)
     """
 )
 
@@ -209,9 +232,9 @@ WORKER = textwrap.dedent(
     import json, os
     from scanfleet import logs
     logs.configure("json")
-    from scanfleet.celery_app import app
-    import scanfleet.beat as beat
-    from scanfleet.store import RunStore
+    from scanfleet.worker.app import app
+    import scanfleet.sweeping as beat
+    from scanfleet.store.runs import RunStore
 
     def record_start(sweep, settings):
         store = RunStore.from_url(settings.broker_url, settings.key_prefix, 1)
@@ -291,10 +314,30 @@ def procs(tmp_path: Path, ops_redis: str) -> Iterator[Procs]:
     p.stop()
 
 
-def minute_soon(lead: float) -> float:
-    """A clock offset that puts the next minute boundary `lead` seconds from now."""
-    now = time.time()
-    return (60 - (now + lead) % 60) % 60
+BEFORE_TICK = datetime(2025, 1, 1, 10, 0, 30, tzinfo=UTC)
+AFTER_TICK = datetime(2025, 1, 1, 10, 1, 1, tzinfo=UTC)
+
+
+def set_clock(path: Path, t: datetime) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(t.isoformat())
+    os.replace(tmp, path)
+
+
+def start_beats(procs: Procs, sweeps: Path, *names: str) -> list[Path]:
+    """Start beats on a file clock before the 10:01 tick; once all are ready, pass it."""
+    clock = procs.tmp / "clock"
+    set_clock(clock, BEFORE_TICK)
+    logs = [procs.spawn(name, BEAT, str(clock), str(sweeps)) for name in names]
+    for log in logs:
+        wait_for(lambda log=log: procs.events(log, "test.schedule_ready"), 60,
+                 f"{log.stem} to build its schedule")
+    set_clock(clock, AFTER_TICK)
+    return logs
+
+
+def published_ticks(procs: Procs, log: Path) -> list[dict[str, Any]]:
+    return [e for e in procs.events(log, "test.published") if e["task"] == SWEEP_TICK_TASK]
 
 
 @pytest.fixture
@@ -320,12 +363,10 @@ def test_two_beats_fire_the_sweep_once_and_the_overlapping_tick_is_skipped(
     procs: Procs, every_minute: Path
 ) -> None:
     worker = procs.spawn("worker", WORKER)
-    offset = str(minute_soon(lead=6))
-    beat_a = procs.spawn("beat-a", BEAT, offset, str(every_minute))
-    beat_b = procs.spawn("beat-b", BEAT, offset, str(every_minute))
     try:
-        wait_for(lambda: procs.events(worker, "sweep.skipped"), 40, "the second tick's skip")
-        wait_for(procs.starts, 5, "the first tick's run")
+        beat_a, beat_b = start_beats(procs, every_minute, "beat-a", "beat-b")
+        wait_for(lambda: procs.events(worker, "sweep.skipped"), 60, "the second tick's skip")
+        wait_for(procs.starts, 30, "the first tick's run")
     except AssertionError:
         raise AssertionError(procs.dump()) from None
     starts = procs.starts()
@@ -335,8 +376,8 @@ def test_two_beats_fire_the_sweep_once_and_the_overlapping_tick_is_skipped(
     assert skip["running"] == "20250101T000000Z-abcdef"
     (started,) = procs.events(worker, "sweep.started")
     assert started["source"] == "sweep:every-minute"
-    for beat in (beat_a, beat_b):  # both beats really sent the tick
-        assert "beat.sweep_scheduled" in beat.read_text()
+    for beat in (beat_a, beat_b):  # each beat published the 10:01 tick exactly once
+        assert len(published_ticks(procs, beat)) == 1, procs.dump()
 
 
 @pytest.mark.slow
@@ -346,12 +387,51 @@ def test_a_tick_while_the_lock_is_held_is_skipped(
     held = "20241231T235900Z-0a0a0a"  # a run that has not finished
     store.r.set(f"{PREFIX}:sweep:every-minute:lock", held, ex=600)
     worker = procs.spawn("worker", WORKER)
-    procs.spawn("beat", BEAT, str(minute_soon(lead=6)), str(every_minute))
     try:
-        wait_for(lambda: procs.events(worker, "sweep.skipped"), 40, "the tick's skip")
+        (beat,) = start_beats(procs, every_minute, "beat")
+        wait_for(lambda: procs.events(worker, "sweep.skipped"), 60, "the tick's skip")
     except AssertionError:
         raise AssertionError(procs.dump()) from None
     (skip,) = procs.events(worker, "sweep.skipped")
     assert skip["running"] == held
+    assert len(published_ticks(procs, beat)) == 1
     assert procs.starts() == []
     assert store.r.get(f"{PREFIX}:sweep:every-minute:lock") == held
+
+
+@pytest.mark.slow
+@pytest.mark.leaves_leftovers(
+    "the janitor's Redis totals (posture.janitor_finished) have no TTL by design: they "
+    "survive a beat restart"
+)
+def test_workers_run_the_janitor_and_prune_periodically(
+    procs: Procs, every_minute: Path, make_cluster: Callable[..., Any], tmp_path: Path
+) -> None:
+    # What `scanfleet beat` schedules besides sweeps: the janitor and retention, executed by
+    # the workers. Intervals of 1 s (instead of 15 min / 1 h) let the test see repeats.
+    cluster = seed_default(make_cluster())
+    kubeconfig = cluster.write_kubeconfig(tmp_path / "kube" / "config", context="fake")
+    kube = KubeClient(str(kubeconfig), "fake")
+    leave_orphans(kube, "apps", "00000000000000aa", "r", datetime.now(UTC) - timedelta(hours=3),
+                  600)
+    kube.close()
+    results = Path(procs.env["SCANFLEET_RESULTS_DIR"])
+    old = make_run(results, "20200101T000000Z-0000aa", [], run={"source": "submit"})
+    procs.env["KUBECONFIG"] = str(kubeconfig)
+    worker = procs.spawn("worker", WORKER)
+    # Real time: celery's beat heap only looks at its earliest entry, so one frozen clock
+    # for the sweep would starve the interval entries.
+    procs.spawn("beat", BEAT, "-", str(every_minute), "1", "1")
+    try:
+        wait_for(lambda: len(procs.events(worker, "janitor.finished")) >= 2, 90,
+                 "two janitor passes on the worker")
+        wait_for(lambda: len(procs.events(worker, "retention.finished")) >= 2, 90,
+                 "two retention passes on the worker")
+    except AssertionError:
+        raise AssertionError(procs.dump()) from None
+    first = procs.events(worker, "janitor.finished")[0]
+    assert first["deleted"] == 3, first
+    assert first["context_errors"] == 0, first
+    assert cluster.scanfleet_objects() == []
+    assert [e["run_id"] for e in procs.events(worker, "retention.pruned")] == [old.name]
+    assert not old.exists()

@@ -26,9 +26,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fixtures_fleet import CLI, FleetClusters, Worker, free_port, run_cli, wait_for
 
-from scanfleet.celery_app import broker_tls
 from scanfleet.errors import BadInput
 from scanfleet.settings import Settings
+from scanfleet.worker.app import broker_tls
 
 PASSWORD = "br0ker-Pa55-d8f1c2"
 PROFILE_SECRET = "pr0file-s3cret-77a1"
@@ -260,6 +260,6 @@ def test_rediss_without_options_verifies_the_certificate() -> None:
 
 
 def test_workers_have_remote_control_off() -> None:
-    from scanfleet.celery_app import app
+    from scanfleet.worker.app import app
 
     assert app.conf.worker_enable_remote_control is False

@@ -6,6 +6,7 @@ Kubernetes' RBAC escalation check, so a full scan and a janitor pass must still 
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from fakekube import FakeCluster
 
 from scanfleet.cli import main_group
 from scanfleet.cli import scan as _register_scan  # noqa: F401
-from scanfleet.credentials import identity_objects
+from scanfleet.identity import identity_objects
 from scanfleet.kube import KubeClient
 from scanfleet.targets import Target
 
@@ -45,7 +46,6 @@ def test_a_full_scan_succeeds_with_exactly_the_clusterrole(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fake_cluster.set_admin_rules(clusterrole_rules())
-    monkeypatch.setenv("SCANFLEET_STANDIN_CHECK_ACCESS", "1")
     res = scan(admin_kubeconfig, standin_auditor, tmp_path)
     assert res.exit_code == 0, res.stderr
     assert fake_cluster.scanfleet_objects() == []
@@ -56,8 +56,16 @@ def test_without_pods_exec_kubernetes_refuses_to_let_scanfleet_grant_it(
 ) -> None:
     rules = [r for r in clusterrole_rules() if r["resources"] != ["pods/exec"]]
     fake_cluster.set_admin_rules(rules)
-    res = scan(admin_kubeconfig, standin_auditor, tmp_path)
-    assert res.exit_code == 3
+    res = scan(admin_kubeconfig, standin_auditor, tmp_path / "results")
+    assert res.exit_code == 3, res.stderr
+    [run_dir] = [p for p in (tmp_path / "results").iterdir() if p.is_dir()]
+    [summary] = [json.loads(p.read_text()) for p in run_dir.glob("*.json")
+                 if p.name != "run.json" and not p.name.endswith(".report.json")]
+    # Kubernetes' escalation check refuses the Role: that is `forbidden`, not some other
+    # exit-3 error (an unreachable cluster or a crashed auditor would also exit 3).
+    assert summary["error"]["kind"] == "forbidden", summary["error"]
+    assert "pods/exec" in summary["error"]["message"]
+    assert not list(run_dir.glob("*.report.json"))
     assert fake_cluster.scanfleet_objects() == []
 
 

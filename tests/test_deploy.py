@@ -15,6 +15,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -179,7 +180,7 @@ def test_beat_runs_the_sweeps_file_and_flower_watches_the_same_broker(
     assert beat["image"] == worker["image"] == flower["image"]
     # Flower runs scanfleet's own app: the same broker settings (URL file) as the workers.
     assert flower["environment"] == worker["environment"]
-    assert "--app=scanfleet.celery_app" in flower["command"]
+    assert "--app=scanfleet.worker.app" in flower["command"]
     assert "flower" in flower["command"]
     # Basic auth from a secret config file.
     assert "--conf=/run/secrets/flower_conf" in flower["command"]
@@ -290,7 +291,7 @@ def test_sweeps_files_load_with_scanfleets_own_strict_loader(
     sweeps_file: str, compose: dict[str, Any], tmp_path: Path
 ) -> None:
     """As beat would load them, with /etc/scanfleet/profiles mapped to the mounted dir."""
-    sweeps = pytest.importorskip("scanfleet.sweeps")
+    import scanfleet.sweeps as sweeps
     if sweeps_file.endswith("configmap.yaml"):
         (configmap,) = [
             d
@@ -467,7 +468,7 @@ def test_clusterrole_grants_exactly_the_allowed_rules() -> None:
 
 def test_clusterrole_holds_everything_a_scan_role_grants() -> None:
     """Kubernetes refuses to let scanfleet create a Role granting what it does not hold."""
-    from scanfleet.credentials import role_rules
+    from scanfleet.identity import role_rules
 
     granted = _clusterrole_rules()
     for rule in role_rules("some-pod"):
@@ -544,7 +545,7 @@ def test_worker_and_beat_deployments() -> None:
     config = _one("ConfigMap", "scanfleet-config")["data"]
     grace = worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace > int(config["SCANFLEET_SCAN_TIMEOUT"])
-    assert int(config["SCANFLEET_TOKEN_TTL"]) > int(config["SCANFLEET_SCAN_TIMEOUT"])
+    assert int(config["SCANFLEET_TOKEN_TTL"]) >= int(config["SCANFLEET_SCAN_TIMEOUT"]) + 120
     assert set(config) == set(SCANFLEET_SETTINGS) - {"SCANFLEET_BROKER_URL"}
     secret = _one("Secret", "scanfleet-broker")
     assert set(secret["stringData"]) == {"SCANFLEET_BROKER_URL"}
@@ -775,3 +776,36 @@ def test_entrypoint_leaves_an_explicit_kubeconfig_alone_and_passes_commands_thro
     # Anything that is not a scanfleet command runs as given (Flower, a shell, the auditor).
     result = _run_entrypoint(tmp_path, stand_in_bin, "echo", "celery", "flower")
     assert result.stdout.strip() == "celery flower"
+
+
+def _cli_commands() -> list[str]:
+    """The commands `scanfleet --help` lists, from the real CLI."""
+    proc = subprocess.run(
+        [sys.executable, "-c", "from scanfleet.cli import main; main()", "--help"],
+        capture_output=True, text=True, check=True, timeout=60,
+    )
+    section = proc.stdout.split("Commands:", 1)[1]
+    return [line.split()[0] for line in section.splitlines() if line.startswith("  ")]
+
+
+def test_every_scanfleet_command_reaches_scanfleet_through_the_entrypoint(
+    tmp_path: Path, stand_in_bin: Path
+) -> None:
+    commands = _cli_commands()
+    assert {"diff", "prune", "sweeps", "submit", "worker"} <= set(commands)
+    for command in commands:
+        # A and B: `diff A B` must be scanfleet's drift, never GNU diff.
+        result = _run_entrypoint(tmp_path, stand_in_bin, command, "A", "B",
+                                 SCANFLEET_SA_DIR=str(tmp_path / "nowhere"))
+        assert result.stdout.splitlines()[-1] == f"ARGS={command} A B", command
+    result = _run_entrypoint(tmp_path, stand_in_bin, "sweeps", "validate", "x.yml")
+    assert result.stdout.splitlines()[-1] == "ARGS=sweeps validate x.yml"
+
+
+def test_the_entrypoint_runs_explicit_programs_and_sends_unknown_words_to_scanfleet(
+    tmp_path: Path, stand_in_bin: Path
+) -> None:
+    result = _run_entrypoint(tmp_path, stand_in_bin, "/bin/echo", "by", "path")
+    assert result.stdout.strip() == "by path"
+    result = _run_entrypoint(tmp_path, stand_in_bin, "no-such-program-or-command")
+    assert result.stdout.splitlines()[-1] == "ARGS=no-such-program-or-command"

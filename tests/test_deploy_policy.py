@@ -17,7 +17,7 @@ import pytest
 import yaml
 from test_deploy import _clusterrole_rules, _deserialize, _dropped_keys, _one
 
-from scanfleet.credentials import role_rules
+from scanfleet.identity import role_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from fakekube import FakeCluster, write_kubeconfig
 
-from scanfleet.discovery import Entry, Scope, check_selector, dedupe_images, discover, resolve
+from scanfleet.discovery import Entry, Scope, dedupe_images, discover, resolve
 from scanfleet.errors import BadInput
 from scanfleet.kube import ClientCache
 from scanfleet.local import run_local
+from scanfleet.plan import RunPlan
 from scanfleet.results import iter_summaries
-from scanfleet.runs import RunPlan
-from scanfleet.targets import Target
+from scanfleet.targets import Target, check_selector
 
 RUN = "20250101T000000Z-abcdef"
 

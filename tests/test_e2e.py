@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tools import require_tool
 
 KUBECONFIG = os.environ.get("SCANFLEET_E2E_KUBECONFIG")
 pytestmark = [
@@ -44,7 +45,7 @@ def test_scan_a_real_pod_and_leave_nothing_behind(tmp_path: Path) -> None:
     assert run["targets"]["completed"] == run["targets"]["total"]
     for kind in ("serviceaccounts", "roles", "rolebindings"):
         left = subprocess.run(
-            ["kubectl", "--kubeconfig", KUBECONFIG, "get", kind, "-A", "-l",
+            [require_tool("kubectl"), "--kubeconfig", KUBECONFIG, "get", kind, "-A", "-l",
              "app.kubernetes.io/managed-by=scanfleet", "-o", "name"],
             capture_output=True, text=True, timeout=60, check=True,
         )

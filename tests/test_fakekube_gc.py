@@ -18,7 +18,6 @@ from test_fakekube import (
     api_client,
     kubectl,
     mint_scoped_token,
-    needs_kubectl,
     sa_body,
     status_body,
 )
@@ -123,7 +122,6 @@ def test_a_paused_collector_leaves_dependents_until_it_runs(fake_cluster: FakeCl
     assert names(fake_cluster, "roles") == names(fake_cluster, "rolebindings") == set()
 
 
-@needs_kubectl
 def test_kubectl_delete_collects_dependents(fake_cluster: FakeCluster, apis: Any,
                                             admin_kubeconfig: Path) -> None:
     core, rbac = apis
@@ -224,7 +222,7 @@ def test_request_log_has_verb_resource_user_status_and_bodies(
     assert token not in repr(log)
 
 
-@needs_kubectl
+@pytest.mark.leaves_leftovers("mints its identity by hand, as the fake's own tests do")
 def test_request_log_of_a_kubectl_exec_with_a_scan_token(fake_cluster: FakeCluster,
                                                          admin_kubeconfig: Path,
                                                          tmp_path: Path) -> None:
@@ -242,7 +240,6 @@ def test_request_log_of_a_kubectl_exec_with_a_scan_token(fake_cluster: FakeClust
     assert all(t not in repr(fake_cluster.request_log) for t in fake_cluster.issued_tokens)
 
 
-@needs_kubectl
 def test_kubectl_create_token_sees_the_granted_expiry(fake_cluster: FakeCluster, apis: Any,
                                                       admin_kubeconfig: Path) -> None:
     core, _ = apis

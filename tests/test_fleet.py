@@ -93,8 +93,9 @@ def test_submit_wait_scans_every_running_container_once_within_the_cluster_cap(
     assert set(run["by_cluster"]) == {"east", "west"}
     assert_no_rbac_left(fleet_clusters)
     peaks = [c.peak_scanfleet_serviceaccounts for c in fleet_clusters.all.values()]
-    # Four worker processes could run four scans on one cluster; the cap allows two.
-    assert max(peaks) == 2, peaks
+    # Four worker processes could run four scans on one cluster; the cap allows two. (How
+    # many did overlap is up to the scheduler: the test asserts the bound, not a peak.)
+    assert 1 <= max(peaks) <= 2, peaks
     status = run_cli(["status", run_id, "--json"], env)
     assert status.returncode == 0, status.stderr
     doc = json.loads(status.stdout)
@@ -245,16 +246,17 @@ def test_submit_fans_out_in_bounded_chunks(
     assert "queued: 1201" in status.stdout
 
 
-def test_start_fleet_run_queues_a_discovery_run_for_sweeps(
+def test_start_sweep_run_queues_a_discovery_run_for_sweeps(
     fleet_env: dict[str, str], redis_server: RedisServer
 ) -> None:
     code = (
-        "import os\n"
-        "from scanfleet.fleet import start_fleet_run\n"
         "from scanfleet.settings import Settings\n"
-        "print(start_fleet_run(settings=Settings.from_env(), kubeconfig=os.environ['KUBECONFIG'],"
-        " all_contexts=True, namespaces=['apps'], selector='app=web', profile='p',"
-        " source='sweep:nightly'))\n"
+        "from scanfleet.sweeping import start_sweep_run\n"
+        "from scanfleet.sweeps import Sweep\n"
+        "from scanfleet.worker.app import app, fan_out_publisher\n"
+        "sweep = Sweep(name='nightly', schedule='0 2 * * *', profile='p', all_contexts=True,"
+        " namespaces=('apps',), selector='app=web')\n"
+        "print(start_sweep_run(sweep, Settings.from_env(), fan_out_publisher(app)))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], env=fleet_env, capture_output=True,
                           text=True, check=False, timeout=60)

@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_fleet import FLEET_CONTAINERS, FleetClusters, Worker, free_port, run_cli
+from fixtures_fleet import FLEET_CONTAINERS, FleetClusters, Worker, run_cli
 
 from scanfleet.discovery import Scope, discover
 from scanfleet.kube import ClientCache
 from scanfleet.local import run_local
+from scanfleet.plan import RunPlan
 from scanfleet.results import iter_summaries
-from scanfleet.runs import RunPlan
 
 DISCOVER = ["--all-contexts", "--all-namespaces", "--exclude-namespace", "kube-system",
             "--profile", "profile-x"]
@@ -32,8 +32,8 @@ def by_ref(results_dir: Path, run_id: str) -> dict[str, dict[str, Any]]:
 
 
 def test_local_needs_no_broker(fleet_env: dict[str, str], fleet_clusters: FleetClusters,
-                               tmp_path: Path) -> None:
-    env = {**fleet_env, "SCANFLEET_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
+                               closed_port: int) -> None:
+    env = {**fleet_env, "SCANFLEET_BROKER_URL": f"redis://127.0.0.1:{closed_port}/0"}
     proc = run_cli(["submit", *DISCOVER, "--local", "--concurrency", "4", "--json"], env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_id, body = proc.stdout.split("\n", 1)

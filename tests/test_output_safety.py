@@ -12,8 +12,9 @@ import pytest
 
 from scanfleet.aggregate import Aggregator
 from scanfleet.cli.scan import print_run
-from scanfleet.render import md_cell, render
-from scanfleet.runs import error_summary
+from scanfleet.reports import render
+from scanfleet.reports.markdown import md_cell
+from scanfleet.runs import failed_before_scan
 from scanfleet.targets import Target
 
 ESC = "\x1b[2J\x1b]0;pwned\x07\x1b]8;;https://evil.example\x07click\x1b]8;;\x07"
@@ -25,16 +26,17 @@ FORBIDDEN = ("\x1b", "\u202e", "\u2066", "\u2069", "\x9b", "\x85", "\x07")
 
 
 def hostile_summary() -> dict[str, Any]:
-    return error_summary("20260301T101500Z-a1b2c3", Target("east", "apps", "web", "app"),
-                         {"kind": "auditor_exit", "message": HOSTILE},
-                         datetime(2026, 3, 1, tzinfo=UTC))
+    return dict(failed_before_scan(
+        "20260301T101500Z-a1b2c3", Target("east", "apps", "web", "app"),
+        {"kind": "auditor_exit", "message": HOSTILE}, datetime(2026, 3, 1, tzinfo=UTC),
+    ))
 
 
 def hostile_run() -> dict[str, Any]:
     target = Target("east", "apps", "web", "app")
     now = datetime(2026, 3, 1, tzinfo=UTC)
     run_id = "20260301T101500Z-a1b2c3"
-    summary = error_summary(run_id, target, {"kind": "auditor_exit", "message": HOSTILE}, now)
+    summary = failed_before_scan(run_id, target, {"kind": "auditor_exit", "message": HOSTILE}, now)
     agg = Aggregator()
     agg.add(summary)
     run = {"run_id": run_id, "source": "submit", "profile": f"/p/{MD}",

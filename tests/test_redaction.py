@@ -122,10 +122,10 @@ def test_strip_controls_removes_escapes_c1_and_bidi() -> None:
 def test_error_results_carry_no_credentials() -> None:
     from datetime import UTC, datetime
 
-    from scanfleet.runs import error_summary
+    from scanfleet.runs import failed_before_scan
     from scanfleet.targets import Target
 
-    summary = error_summary(
+    summary = failed_before_scan(
         "20260301T101500Z-a1b2c3", Target("c", "ns", "p", "c"),
         {"kind": "api_error", "message": "GET https://u:hunter22@h/ failed: Bearer abcdef123"},
         datetime(2026, 3, 1, tzinfo=UTC),

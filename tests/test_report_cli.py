@@ -1,6 +1,6 @@
 """`scanfleet report`: formats, output files, exit codes, and the HTML page in a real browser.
 
-Runs are built from the real sample reports by test_render.write_run and read back from a
+Runs are built from the real sample reports by test_reports.write_run and read back from a
 results directory, as `report` does after `submit --wait` or `scan`.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,27 +16,22 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from test_render import (
+from test_reports import (
     FAILING,
     FULL,
     HOSTILE,
     NETWORK_REF,
     PASSING,
     RUN_ID,
-    SAMPLES,
     WITH_ERROR,
     validate_junit,
     write_run,
 )
+from tools import require_tool
 
 import scanfleet.cli.report as _report  # noqa: F401  (registers the command)
 from scanfleet.cli.common import main_group
 from scanfleet.results import run_dir
-
-pytestmark = pytest.mark.skipif(
-    not SAMPLES.is_dir(), reason=f"shared sample reports not found at {SAMPLES}"
-)
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture
@@ -194,10 +188,9 @@ def test_format_is_checked(full_run: dict[str, Any]) -> None:
 
 
 def chromium(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    assert CHROMIUM is not None
     return subprocess.run(
         [
-            CHROMIUM,
+            require_tool("chromium", "chromium-browser"),
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
@@ -218,7 +211,6 @@ def chromium(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 @pytest.mark.timeout(240)
 def test_html_renders_in_chromium_without_console_errors(
     full_run: dict[str, Any], tmp_path: Path

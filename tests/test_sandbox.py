@@ -206,11 +206,17 @@ def test_an_allow_rule_that_exposes_a_protected_path_is_refused(
 
 
 @pytest.fixture
-def private(tmp_path: Path) -> Path:
+def private(make_cluster: Callable[..., FakeCluster], tmp_path: Path) -> Path:
+    """A scan's private directory and kubeconfig as scanfleet lays them out (0600 in 0700),
+    for a fake cluster holding the target's pod: the stand-in authenticates and execs with
+    it, as the real transport does."""
+    cluster = make_cluster()
+    cluster.add_namespace("ns")
+    cluster.add_pod("ns", "pod", containers=["app"])
     d = tmp_path / "scanfleet-private"
     d.mkdir(mode=0o700)
-    (d / "kubeconfig").write_text("apiVersion: v1\nkind: Config\n")
-    return d / "kubeconfig"
+    d.chmod(0o700)
+    return cluster.write_kubeconfig(d / "kubeconfig", context="c", namespace="ns")
 
 
 def _run(standin: str, kubeconfig: Path, tmp_path: Path, **kw: Any) -> Any:

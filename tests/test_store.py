@@ -9,8 +9,9 @@ from collections.abc import Callable
 import fakeredis
 import pytest
 
-from scanfleet.leases import NoSlot, RedisLeases, SlotBusy
-from scanfleet.store import RunStore
+from scanfleet.errors import NoSlot, SlotBusy
+from scanfleet.store.runs import RunStore
+from scanfleet.store.slots import RedisSlots
 
 RUN = "20250101T000000Z-abcdef"
 
@@ -99,7 +100,7 @@ def test_covers_and_unknown_runs(store: RunStore) -> None:
 
 
 def test_leases_cap_a_context_and_expire(store: RunStore) -> None:
-    leases = RedisLeases(store, cap=2, lease_seconds=30, wait_seconds=0)
+    leases = RedisSlots(store, cap=2, lease_seconds=30, wait_seconds=0)
     assert leases.try_acquire("east", "s1") == 1
     assert leases.try_acquire("east", "s2") == 1
     assert leases.try_acquire("east", "s3") == 0  # at the cap
@@ -114,7 +115,7 @@ def test_leases_cap_a_context_and_expire(store: RunStore) -> None:
 
 
 def test_lease_slot_context_manager(store: RunStore) -> None:
-    leases = RedisLeases(store, cap=1, lease_seconds=30, wait_seconds=0)
+    leases = RedisSlots(store, cap=1, lease_seconds=30, wait_seconds=0)
     with leases.slot("east", "s1"):
         assert leases.holders("east") == ["s1"]
         with pytest.raises(SlotBusy):
@@ -127,7 +128,7 @@ def test_lease_slot_context_manager(store: RunStore) -> None:
 
 
 def test_renew_never_exceeds_the_cap(store: RunStore) -> None:
-    leases = RedisLeases(store, cap=1, lease_seconds=30, wait_seconds=0)
+    leases = RedisSlots(store, cap=1, lease_seconds=30, wait_seconds=0)
     assert leases.try_acquire("east", "s1") == 1
     assert leases.renew("east", "s1")
     store.r.zadd(store.lease_key("east"), {"s1": 1.0})  # our lease lapsed...

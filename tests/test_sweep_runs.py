@@ -17,9 +17,8 @@ import pytest
 from celery import Celery
 from fixtures_fleet import FleetClusters, RedisServer, Worker, wait_for
 
-from scanfleet.beat import SWEEP_TICK_TASK
-from scanfleet.celery_app import QUEUE
 from scanfleet.sweeps import load_sweeps
+from scanfleet.worker.app import QUEUE, SWEEP_TICK_TASK
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 

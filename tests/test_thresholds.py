@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fixtures_auditor import SAMPLES
 
 from scanfleet.errors import ThresholdFileError
-from scanfleet.report import Control, Counts, control_ids, load_report
+from scanfleet.inspec import Control, Counts, control_ids, load_report
 from scanfleet.thresholds import (
     FleetThreshold,
     Threshold,
@@ -18,11 +19,7 @@ from scanfleet.thresholds import (
     parse_threshold,
 )
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "inspec-samples"
-needs_samples = pytest.mark.skipif(
-    not SAMPLES.is_dir(), reason=f"shared sample reports not found at {SAMPLES}"
-)
-REPORTS = sorted(p.name for p in SAMPLES.glob("*.json")) if SAMPLES.is_dir() else []
+REPORTS = sorted(p.name for p in SAMPLES.glob("*.json"))
 
 
 def judged(controls: list[Control], threshold: Threshold) -> list[str]:
@@ -49,21 +46,18 @@ CONTROLS = [
 ]
 
 
-@needs_samples
 @pytest.mark.parametrize("name", REPORTS)
 def test_every_sample_meets_its_own_exact_threshold(name: str) -> None:
     threshold = load_threshold(SAMPLES / "thresholds" / f"{name}.exact-with-ids.yml")
     assert judged(load_report(SAMPLES / name), threshold) == []
 
 
-@needs_samples
 def test_sample_exact_thresholds_check_something() -> None:
     # A different sample must fail the exact file: the check is not vacuous.
     threshold = load_threshold(SAMPLES / "thresholds" / "minimal_hdf.json.exact-with-ids.yml")
     assert judged(load_report(SAMPLES / "wrapper-acme-run.json"), threshold) != []
 
 
-@needs_samples
 def test_red_hat_good_passes_the_saf_fixture() -> None:
     threshold = load_threshold(SAMPLES / "thresholds" / "red_hat_good.counts.good.yml")
     assert judged(load_report(SAMPLES / "red_hat_good.json"), threshold) == []
@@ -99,6 +93,26 @@ def test_flat_min_and_max_are_both_honoured() -> None:
 def test_saf_generated_key_spellings_load() -> None:
     t = parse("passed.none.controls: []\nfailed.High.controls: [f3]\nno_impact.none.controls: [n1]")
     assert judged(CONTROLS, t) == []
+
+
+def test_both_spellings_of_one_bucket_join_their_ids() -> None:
+    # `saf generate threshold` writes failed.High.controls; a hand edit adds failed.high.
+    t = parse("failed.high.controls: [f3]\nfailed.High.controls: [f9]")
+    assert t.controls[("failed", "high")] == frozenset({"f3", "f9"})
+    assert judged(CONTROLS, t) == [
+        "failed.high.controls: 1 id, expected exactly 2; missing f9"]
+    nested = parse("failed: {High: {controls: [f3]}, high: {controls: [f3]}}")
+    assert judged(CONTROLS, nested) == []
+
+
+def test_a_bound_under_both_spellings_must_agree() -> None:
+    assert judged(CONTROLS, parse("failed.high.max: 1\nfailed.High.max: 1")) == []
+    with pytest.raises(ThresholdFileError, match=r"failed\.High\.max: given twice"):
+        parse("failed.high.max: 1\nfailed.High.max: 2")
+    with pytest.raises(ThresholdFileError, match=r"targets\.Error\.max: given twice"):
+        fleet("targets.error.max: 1\ntargets.Error.max: 2")
+    with pytest.raises(ThresholdFileError, match=r"fleet\.failed\.High\.max: given twice"):
+        fleet("fleet: {failed.high.max: 1, failed.High.max: 2}")
 
 
 def test_every_failed_check_is_reported_with_key_actual_and_expected() -> None:

@@ -7,9 +7,13 @@
 #    `tokenFile` — a path, never a copy of the token, so the kubelet's token rotation is
 #    picked up and no credential lands in a second file. Written 0600 in a 0700 directory
 #    under $TMPDIR (a memory-backed emptyDir in deploy/).
-# 2. Dispatch: no arguments → `scanfleet worker`; a scanfleet command (worker, beat, submit,
-#    janitor, ...) or an option → scanfleet; anything else (celery, cinc-auditor, bash) is
-#    exec'd as given. Always `exec`, so tini's signals reach the real process.
+# 2. Dispatch: no arguments → `scanfleet worker`; a scanfleet command or an option →
+#    scanfleet, even where a system program has the same name (`diff A B` is scanfleet's
+#    drift, never GNU diff); an explicit program — a path, or a name found on PATH (celery,
+#    cinc-auditor, bash) — is exec'd as given; anything else → scanfleet, which names an
+#    unknown command. Always `exec`, so tini's signals reach the real process.
+#    SCANFLEET_COMMANDS must list every command of `scanfleet --help`; tests/test_deploy.py
+#    runs each of them through this script.
 #
 # It must never print the token or the kubeconfig.
 set -euo pipefail
@@ -61,11 +65,12 @@ if [[ $# -eq 0 ]]; then
     set -- worker
 fi
 
-case "$1" in
-    worker | beat | submit | scan | status | report | janitor | -*)
-        exec scanfleet "$@"
-        ;;
-    *)
-        exec "$@"
-        ;;
-esac
+SCANFLEET_COMMANDS=" beat diff janitor prune report scan status submit sweeps worker "
+
+if [[ "$1" == -* || "${SCANFLEET_COMMANDS}" == *" $1 "* ]]; then
+    exec scanfleet "$@"
+fi
+if [[ "$1" == */* ]] || command -v -- "$1" >/dev/null 2>&1; then
+    exec "$@"
+fi
+exec scanfleet "$@"

@@ -15,18 +15,12 @@ from scanfleet.cli.common import main_group
 
 
 def main() -> None:
-    from scanfleet.cli import scan as _scan  # noqa: F401  (registers commands)
+    from scanfleet.cli import fleet, ops, report, sandbox, scan, sweeps  # noqa: F401  (register)
     from scanfleet.sandbox import harden_process
 
     # Non-dumpable: no process can read this one's /proc/<pid>/environ or mem without
     # CAP_SYS_PTRACE; Celery's forked children inherit it (exec resets it for the auditor).
     harden_process()
-    for name in ("fleet", "report", "sweeps", "sandbox"):
-        try:
-            __import__(f"scanfleet.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"scanfleet.cli.{name}":
-                raise
     try:
         main_group(prog_name="scanfleet")
     except click.exceptions.Exit as e:  # pragma: no cover - click handles in standalone

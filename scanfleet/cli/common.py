@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import functools
-import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
@@ -16,13 +16,12 @@ import click
 
 from scanfleet import logs
 from scanfleet.auditor import clear_stop, request_stop
-from scanfleet.errors import BadInput, ScanInterrupted
+from scanfleet.clock import utcnow
+from scanfleet.errors import BadInput, ExitCode, ScanInterrupted
+from scanfleet.plan import RunPlan
 from scanfleet.settings import Settings, check_ttl
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-EXIT_OK, EXIT_THRESHOLD, EXIT_BAD_INPUT, EXIT_SCAN_ERROR = 0, 1, 2, 3
-
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="scanfleet")
@@ -44,7 +43,7 @@ def load_settings() -> Settings:
 def fail(message: str) -> Any:
     """Bad input: say what is wrong and exit 2. Nothing has been created or queued."""
     click.echo(f"scanfleet: error: {message}", err=True)
-    sys.exit(EXIT_BAD_INPUT)
+    sys.exit(ExitCode.BAD_INPUT)
 
 
 def bad_input_exits(fn: F) -> F:
@@ -88,8 +87,61 @@ def output_option(fn: F) -> F:
     )(fn)
 
 
+@dataclass(frozen=True)
+class ScanArgs:
+    """The options `scan` and `submit` share, as one value (`scan_options` builds it)."""
+
+    profile: str
+    threshold: Path | None
+    input_files: tuple[Path, ...]
+    auditor_args: tuple[str, ...]
+    token_ttl: int | None
+    timeout: int | None
+
+    def limits(self, settings: Settings) -> tuple[int, int]:
+        """Token TTL and scan timeout: flags over the environment, checked together."""
+        ttl = self.token_ttl if self.token_ttl is not None else settings.token_ttl
+        timeout = self.timeout if self.timeout is not None else settings.scan_timeout
+        check_ttl(ttl, timeout)
+        return ttl, timeout
+
+    def plan(
+        self,
+        settings: Settings,
+        source: str,
+        *,
+        fleet_threshold: Path | None = None,
+        dedupe_images: bool = False,
+    ) -> RunPlan:
+        """The run's plan, validated (BadInput before anything is created or queued)."""
+        ttl, timeout = self.limits(settings)
+        return RunPlan.new(
+            source=source, profile=self.profile, now=utcnow(), auditor=settings.auditor,
+            token_ttl=ttl, timeout=timeout, threshold=self.threshold,
+            fleet_threshold=fleet_threshold, input_files=self.input_files,
+            extra_args=self.auditor_args, dedupe_images=dedupe_images,
+            allowed_profiles=settings.allowed_profiles,
+        )
+
+
 def scan_options(fn: F) -> F:
-    """Options shared by `scan` and `submit`: what to run and how to judge it."""
+    """Options shared by `scan` and `submit`, handed to the command as `scan: ScanArgs`."""
+
+    @functools.wraps(fn)
+    def wrapper(
+        *args: Any,
+        profile: str,
+        threshold: Path | None,
+        input_files: tuple[Path, ...],
+        auditor_args: tuple[str, ...],
+        token_ttl: int | None,
+        timeout: int | None,
+        **kwargs: Any,
+    ) -> Any:
+        scan = ScanArgs(profile, threshold, input_files, auditor_args, token_ttl, timeout)
+        return fn(*args, scan=scan, **kwargs)
+
+    command: Any = wrapper
     for opt in reversed(
         [
             click.option("--profile", required=True, help="InSpec profile: path, URL or name."),
@@ -127,16 +179,8 @@ def scan_options(fn: F) -> F:
             ),
         ]
     ):
-        fn = opt(fn)
-    return fn
-
-
-def scan_limits(settings: Settings, token_ttl: int | None, timeout: int | None) -> tuple[int, int]:
-    """Token TTL and scan timeout: flags over the environment, checked against each other."""
-    ttl = token_ttl if token_ttl is not None else settings.token_ttl
-    scan_timeout = timeout if timeout is not None else settings.scan_timeout
-    check_ttl(ttl, scan_timeout)
-    return ttl, scan_timeout
+        command = opt(command)
+    return command  # type: ignore[no-any-return]
 
 
 def results_dir(output: Path | None, settings: Settings) -> Path:
@@ -167,7 +211,3 @@ def interruptible() -> Iterator[None]:
         for s, h in old.items():
             signal.signal(s, h)
         clear_stop()
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")

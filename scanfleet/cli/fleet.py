@@ -11,19 +11,17 @@ progress bar on stderr and exits with the run's exit code (SPEC §5).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from tqdm import tqdm
 
-from scanfleet import exporter
 from scanfleet.cli.common import (
-    EXIT_SCAN_ERROR,
+    ScanArgs,
     bad_input_exits,
     fail,
     interruptible,
@@ -33,22 +31,19 @@ from scanfleet.cli.common import (
     metrics_port_option,
     output_option,
     results_dir,
-    scan_limits,
     scan_options,
 )
 from scanfleet.cli.scan import print_run
-from scanfleet.discovery import Entry, Scope, discover, resolve
-from scanfleet.discovery import dedupe_images as dedupe_by_image
-from scanfleet.errors import BadInput, ScanError
-from scanfleet.fleet import enqueue_fleet_run
-from scanfleet.kube import ClientCache, choose_contexts, default_kubeconfig, list_contexts
-from scanfleet.local import run_local
+from scanfleet.errors import BadInput, ExitCode, ScanError, StoreUnavailable
+from scanfleet.plan import RunPlan
 from scanfleet.results import check_run_id
-from scanfleet.runs import RunPlan
-from scanfleet.scan import utcnow
 from scanfleet.settings import Settings
-from scanfleet.store import RunStore, StoreUnavailable
+from scanfleet.store.runs import RunStore
 from scanfleet.targets import Target, load_targets_file, parse_target
+
+if TYPE_CHECKING:
+    from scanfleet.discovery import Entry
+    from scanfleet.kube import ClientCache
 
 POLL_SECONDS = 0.5
 
@@ -99,12 +94,7 @@ def submit_command(
     all_namespaces: bool,
     exclude_namespaces: tuple[str, ...],
     selector: str | None,
-    profile: str,
-    threshold: Path | None,
-    input_files: tuple[Path, ...],
-    auditor_args: tuple[str, ...],
-    token_ttl: int | None,
-    timeout: int | None,
+    scan: ScanArgs,
     fleet_threshold: Path | None,
     dedupe_images: bool,
     wait: bool,
@@ -116,8 +106,14 @@ def submit_command(
 ) -> None:
     """Scan many containers: TARGET... / --targets-file, or discovery over namespaces."""
     settings = load_settings()
-    ttl, scan_timeout = scan_limits(settings, token_ttl, timeout)
-    kcfg = default_kubeconfig(kubeconfig, os.environ)
+    scan.limits(settings)  # bad flags are reported before the kubeconfig is read
+    # Loaded here, not at import: `--help`, `--version` and `status` stay fast.
+    from scanfleet.discovery import Scope, discover, resolve
+    from scanfleet.discovery import dedupe_images as dedupe_by_image
+    from scanfleet.kube import ClientCache
+    from scanfleet.kubeconfig import choose_contexts
+
+    kcfg = kubeconfig or settings.kubeconfig
     chosen = choose_contexts(kcfg, contexts, all_contexts)
     explicit = _explicit_targets(targets, targets_file, kcfg, chosen)
     scope: Scope | None = None
@@ -129,12 +125,8 @@ def submit_command(
             )
     else:
         scope = Scope(chosen, namespaces, all_namespaces, exclude_namespaces, selector)
-    plan = RunPlan.new(
-        source="submit", profile=profile, now=utcnow(), auditor=settings.auditor,
-        token_ttl=ttl, timeout=scan_timeout, threshold=threshold,
-        fleet_threshold=fleet_threshold, input_files=input_files, extra_args=auditor_args,
-        dedupe_images=dedupe_images, allowed_profiles=settings.allowed_profiles,
-    )
+    plan = scan.plan(settings, "submit", fleet_threshold=fleet_threshold,
+                     dedupe_images=dedupe_images)
     clients = ClientCache(kcfg)
     for ctx in {t.context for t in explicit} | set(chosen):
         clients.get(ctx)  # a context the client cannot load is bad input, before anything
@@ -145,7 +137,7 @@ def submit_command(
             entries = resolve(clients, explicit, need_images=dedupe_images)
     except ScanError as e:
         click.echo(f"scanfleet: error: finding targets failed, nothing queued: {e}", err=True)
-        sys.exit(EXIT_SCAN_ERROR)
+        sys.exit(ExitCode.SCAN_ERROR)
     if dedupe_images:
         entries = dedupe_by_image(entries)
     out = results_dir(output, settings)
@@ -165,6 +157,8 @@ def _explicit_targets(
     targets: tuple[str, ...], targets_file: Path | None, kcfg: str, chosen: Sequence[str]
 ) -> list[Target]:
     """TARGET... (in every chosen context) and --targets-file entries, validated."""
+    from scanfleet.kubeconfig import list_contexts
+
     out = [parse_target(text, ctx) for text in targets for ctx in chosen]
     if targets_file is not None:
         default = chosen[0] if len(chosen) == 1 else None
@@ -190,6 +184,8 @@ def _run_local(
     settings: Settings,
     as_json: bool,
 ) -> None:
+    from scanfleet.local import run_local
+
     click.echo(plan.run_id)
     total = sum(e.size() for e in entries)
     with tqdm(total=total, file=sys.stderr, unit="target", desc=plan.run_id) as bar:
@@ -227,20 +223,23 @@ def _run_fleet(
         store.ping()
     except StoreUnavailable as e:
         click.echo(f"scanfleet: error: {e}; nothing queued", err=True)
-        sys.exit(EXIT_SCAN_ERROR)
+        sys.exit(ExitCode.SCAN_ERROR)
 
     def created() -> None:
         click.echo(plan.run_id)  # alone on the first line, once `status` can find the run
         sys.stdout.flush()
 
     try:
-        enqueue_fleet_run(
-            store, plan, entries, out, fallback_results_dir=settings.results_dir,
-            created=created,
+        from scanfleet.submit import submit_run
+        from scanfleet.worker.app import app, fan_out_publisher  # late: --local never builds it
+
+        submit_run(
+            store, plan, entries, fan_out_publisher(app), results_dir=out,
+            fallback_results_dir=settings.results_dir, created=created,
         )
     except StoreUnavailable as e:
         click.echo(f"scanfleet: error: {e}", err=True)
-        sys.exit(EXIT_SCAN_ERROR)
+        sys.exit(ExitCode.SCAN_ERROR)
     if not wait:
         if as_json:
             status = store.status(plan.run_id)
@@ -288,7 +287,7 @@ def status_command(run_id: str, as_json: bool, results_dir: Path | None) -> None
     except StoreUnavailable as e:
         if not finished.is_file():
             click.echo(f"scanfleet: error: {e}", err=True)
-            sys.exit(EXIT_SCAN_ERROR)
+            sys.exit(ExitCode.SCAN_ERROR)
         status = result = None
     if status is None:
         # A local run (`scan`, `submit --local`) never touches Redis; its run.json says all.
@@ -328,8 +327,10 @@ def status_command(run_id: str, as_json: bool, results_dir: Path | None) -> None
 def worker_command(concurrency: int | None, loglevel: str, metrics_port: int | None) -> None:
     """Run a Celery worker (prefork) for scanfleet's tasks."""
     settings = load_settings()  # configures logging, once, before Celery starts
+    from scanfleet import exporter
+
     exporter.worker_starting(settings, metrics_port)
-    from scanfleet.celery_app import QUEUE, app
+    from scanfleet.worker.app import QUEUE, app
 
     argv = ["worker", "--pool=prefork", f"--loglevel={loglevel}", f"--queues={QUEUE}",
             "--without-gossip", "--without-mingle"]

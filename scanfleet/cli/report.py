@@ -19,11 +19,12 @@ from typing import Any
 import click
 
 from scanfleet.cli.common import bad_input_exits, load_settings, main_group
-from scanfleet.errors import BadInput
-from scanfleet.render import FORMATS, write_report
+from scanfleet.errors import BadInput, ExitCode
+from scanfleet.reports import FORMATS, write_report
 from scanfleet.results import read_json, run_dir, summary_files
+from scanfleet.summaries import unreadable_summary
 
-RUN_EXIT_CODES = (0, 1, 3)
+RUN_EXIT_CODES = (ExitCode.OK, ExitCode.THRESHOLD, ExitCode.SCAN_ERROR)
 
 
 def _summaries(directory: Path) -> Iterator[dict[str, Any]]:
@@ -43,17 +44,7 @@ def _summaries(directory: Path) -> Iterator[dict[str, Any]]:
         if isinstance(data, dict):
             yield data
             continue
-        yield {
-            "scan_id": path.stem,
-            "target": {},
-            "status": "error",
-            "error": {"kind": "invalid_report", "message": problem},
-            "covered_by": None,
-            "duration_s": 0.0,
-            "counts": None,
-            "compliance": None,
-            "threshold": {"passed": None, "failures": []},
-        }
+        yield unreadable_summary(path.stem, problem)
 
 
 def load_run(directory: Path, run_id: str) -> dict[str, Any]:

@@ -10,12 +10,12 @@ secret and starts nothing.
 from __future__ import annotations
 
 import json
-import os
 
 import click
 
 from scanfleet.cli.common import bad_input_exits, main_group
 from scanfleet.sandbox import SandboxConfig, describe
+from scanfleet.settings import process_environment
 
 EXIT_UNAVAILABLE = 3
 
@@ -25,7 +25,7 @@ EXIT_UNAVAILABLE = 3
 @bad_input_exits
 def sandbox_command(as_json: bool) -> None:
     """Report what the auditor sandbox enforces on this host."""
-    report = describe(SandboxConfig.from_env(os.environ))
+    report = describe(SandboxConfig.from_env(process_environment()))
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:

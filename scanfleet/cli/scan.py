@@ -1,8 +1,11 @@
-"""`scanfleet scan`: a run of one target, executed in-process."""
+"""`scanfleet scan`: a run of one target, executed in-process; and `print_run`.
+
+The Kubernetes client is imported inside the command only: importing this module (as
+`--help`, `--version` and `status` do) must never load kubernetes or celery.
+"""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,6 +13,7 @@ from typing import Any
 import click
 
 from scanfleet.cli.common import (
+    ScanArgs,
     bad_input_exits,
     interruptible,
     kubeconfig_option,
@@ -17,13 +21,8 @@ from scanfleet.cli.common import (
     main_group,
     output_option,
     results_dir,
-    scan_limits,
     scan_options,
 )
-from scanfleet.kube import ClientCache, choose_contexts, default_kubeconfig
-from scanfleet.local import run_local
-from scanfleet.runs import RunPlan
-from scanfleet.scan import utcnow
 from scanfleet.targets import parse_target
 from scanfleet.textsafe import terminal_line
 
@@ -38,12 +37,7 @@ from scanfleet.textsafe import terminal_line
 @bad_input_exits
 def scan_command(
     target: str,
-    profile: str,
-    threshold: Path | None,
-    input_files: tuple[Path, ...],
-    auditor_args: tuple[str, ...],
-    token_ttl: int | None,
-    timeout: int | None,
+    scan: ScanArgs,
     context: str | None,
     kubeconfig: str | None,
     output: Path | None,
@@ -51,15 +45,16 @@ def scan_command(
 ) -> None:
     """Scan NAMESPACE/POD[/CONTAINER] with a throwaway least-privilege identity."""
     settings = load_settings()
-    ttl, scan_timeout = scan_limits(settings, token_ttl, timeout)
-    kcfg = default_kubeconfig(kubeconfig, os.environ)
+    scan.limits(settings)  # bad flags are reported before the kubeconfig is read
+    # Loaded here, not at import: `--help`, `--version` and `status` stay fast.
+    from scanfleet.kube import ClientCache
+    from scanfleet.kubeconfig import choose_contexts
+    from scanfleet.local import run_local
+
+    kcfg = kubeconfig or settings.kubeconfig
     ctx = choose_contexts(kcfg, [context] if context else [], False)[0]
     tgt = parse_target(target, ctx)
-    plan = RunPlan.new(
-        source="scan", profile=profile, now=utcnow(), auditor=settings.auditor,
-        token_ttl=ttl, timeout=scan_timeout, threshold=threshold, input_files=input_files,
-        extra_args=auditor_args, allowed_profiles=settings.allowed_profiles,
-    )
+    plan = scan.plan(settings, "scan")
     clients = ClientCache(kcfg)
     clients.get(ctx)
     click.echo(plan.run_id)

@@ -1,38 +1,25 @@
-"""Operations commands: `sweeps validate`, `beat`, `janitor`, `diff`, `prune`.
+"""`scanfleet sweeps validate` and `scanfleet beat`: scheduled sweeps.
 
-Each validates its input first (exit 2 naming the bad value, nothing scheduled or
-deleted), then calls one service function.
+Each validates the sweeps file first (exit 2 naming the bad value, nothing scheduled),
+then calls one service. Celery is imported only inside `beat`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 from pathlib import Path
 
 import click
 
-from scanfleet import exporter
-from scanfleet.beat import JANITOR_INTERVAL, LOCK_TTL, PRUNE_INTERVAL, run_beat, utcnow
 from scanfleet.cli.common import (
-    EXIT_OK,
-    EXIT_SCAN_ERROR,
     bad_input_exits,
-    fail,
-    kubeconfig_option,
     load_settings,
     main_group,
     metrics_port_option,
-    output_option,
-    results_dir,
 )
-from scanfleet.drift import diff_runs, format_drift
-from scanfleet.janitor import janitor_for_kubeconfig
-from scanfleet.kube import default_kubeconfig
-from scanfleet.results import check_run_id
-from scanfleet.retention import prune
-from scanfleet.sweeps import load_sweeps
+from scanfleet.clock import rfc3339, utcnow
+from scanfleet.settings import check_ttl
+from scanfleet.store.locks import LOCK_TTL
+from scanfleet.sweeps import JANITOR_INTERVAL, PRUNE_INTERVAL, load_sweeps
 
 
 @main_group.group("sweeps")
@@ -45,10 +32,12 @@ def sweeps_group() -> None:
 @bad_input_exits
 def validate_command(file: Path) -> None:
     """Validate a sweeps file; print each sweep with its next fire time (UTC)."""
+    settings = load_settings()
+    check_ttl(settings.token_ttl, settings.scan_timeout)  # every sweep scans with these
     sweeps = load_sweeps(file)
     now = utcnow()
     for s in sweeps:
-        nxt = s.next_fire(now).strftime("%Y-%m-%dT%H:%M:%SZ")
+        nxt = rfc3339(s.next_fire(now))
         click.echo(f"{s.name}  schedule: {s.schedule!r}  next: {nxt}")
     click.echo(f"{file}: {len(sweeps)} sweep{'' if len(sweeps) == 1 else 's'} OK")
 
@@ -100,9 +89,13 @@ def beat_command(
 ) -> None:
     """Run Celery beat: each sweep on its cron schedule, plus the janitor and retention."""
     settings = load_settings()
+    check_ttl(settings.token_ttl, settings.scan_timeout)
     sweeps = load_sweeps(sweeps_file)  # a bad file stops here, before anything is scheduled
+    from scanfleet import exporter
+
     exporter.beat_starting(settings, sweeps, metrics_port)
-    from scanfleet.celery_app import app
+    from scanfleet.worker.app import app
+    from scanfleet.worker.schedule import run_beat
 
     run_beat(
         app,
@@ -112,113 +105,3 @@ def beat_command(
         prune_interval=prune_interval,
         lock_ttl=lock_ttl,
     )
-
-
-@main_group.command("janitor")
-@click.option("--context", "contexts", multiple=True, help="Kubeconfig context (repeatable).")
-@click.option("--all-contexts", is_flag=True, help="Every context of the kubeconfig.")
-@click.option("--dry-run", is_flag=True, help="List what would be deleted; delete nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@kubeconfig_option
-@bad_input_exits
-def janitor_command(
-    contexts: tuple[str, ...],
-    all_contexts: bool,
-    dry_run: bool,
-    as_json: bool,
-    kubeconfig: str | None,
-) -> None:
-    """Delete expired scanfleet ServiceAccounts, Roles and RoleBindings left by killed scans."""
-    if contexts and all_contexts:
-        fail("--context and --all-contexts exclude each other")
-    load_settings()
-    kcfg = default_kubeconfig(kubeconfig, os.environ)
-    report = janitor_for_kubeconfig(kcfg, contexts, all_contexts, now=utcnow(), dry_run=dry_run)
-    if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
-    else:
-        verb = "would delete" if dry_run else "deleted"
-        for f in report.deleted:
-            click.echo(f"{verb} {f.ref} (expired {f.expires_at})")
-        for f in report.warnings:
-            click.echo(f"WARNING {f.ref}: {f.reason} ({f.expires_at!r}); left alone", err=True)
-        for f in report.failed:
-            click.echo(f"FAILED {f.ref}: {f.reason}", err=True)
-        for ctx, err in report.context_errors.items():
-            click.echo(f"ERROR context {ctx!r}: {err}", err=True)
-        click.echo(f"total: {len(report.deleted)} {verb}")
-    sys.exit(EXIT_OK if report.ok else EXIT_SCAN_ERROR)
-
-
-def _run_path(value: str, base: Path) -> Path:
-    """A run id under the results directory, or a run directory path."""
-    p = Path(value)
-    if p.is_dir():
-        return p
-    return base / check_run_id(value)
-
-
-@main_group.command("diff")
-@click.argument("run_a")
-@click.argument("run_b")
-@output_option
-@click.option("--json", "as_json", is_flag=True, help="Print the drift as JSON.")
-@bad_input_exits
-def diff_command(run_a: str, run_b: str, output: Path | None, as_json: bool) -> None:
-    """Drift from RUN_A (older) to RUN_B: newly failing and fixed controls, targets."""
-    settings = load_settings()
-    base = results_dir(output, settings)
-    dirs = [_run_path(r, base) for r in (run_a, run_b)]
-    for d in dirs:
-        if not d.is_dir():
-            fail(f"run directory {str(d)!r} does not exist")
-    drift = diff_runs(dirs[0], dirs[1])
-    if as_json:
-        click.echo(json.dumps(drift, indent=2))
-    else:
-        for line in format_drift(drift):
-            click.echo(line)
-
-
-@main_group.command("prune")
-@click.option(
-    "--older-than-days",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Age in days (default: $SCANFLEET_RETENTION_DAYS, else 30).",
-)
-@click.option("--dry-run", is_flag=True, help="List what would be pruned; delete nothing.")
-@click.option(
-    "--files-only", is_flag=True, help="Prune the results directory only; leave Redis alone."
-)
-@output_option
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@bad_input_exits
-def prune_command(
-    older_than_days: int | None,
-    dry_run: bool,
-    files_only: bool,
-    output: Path | None,
-    as_json: bool,
-) -> None:
-    """Delete runs older than the retention age from the results directory and Redis."""
-    settings = load_settings()
-    days = older_than_days or settings.retention_days
-    store = None
-    if not files_only and not dry_run:
-        from scanfleet.store import RunStore
-
-        store = RunStore.from_url(settings.broker_url, settings.key_prefix, settings.retention_days)
-    report = prune(results_dir(output, settings), days, now=utcnow(), store=store, dry_run=dry_run)
-    if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
-    else:
-        verb = "would prune" if dry_run else "pruned"
-        for run_id in report.pruned:
-            click.echo(f"{verb} {run_id}")
-        for run_id, err in report.errors.items():
-            click.echo(f"FAILED {run_id}: {err}", err=True)
-        click.echo(
-            f"total: {len(report.pruned)} {verb}, {report.kept} kept (cutoff {report.cutoff})"
-        )
-    sys.exit(EXIT_SCAN_ERROR if report.errors else EXIT_OK)

@@ -159,6 +159,8 @@ class Handler(BaseHTTPRequestHandler):
             sa = state.store.get("serviceaccounts", issued.namespace, issued.name)
             if sa is None or sa["metadata"]["uid"] != issued.sa_uid:
                 return None  # the ServiceAccount is gone: its tokens are revoked
+            if issued.pod_uid is not None and not state.tokens.bound_pod_alive(state, issued):
+                return None  # bound to a pod that is gone or was replaced
             return Identity.service_account(issued.namespace, issued.name)
         if isinstance(self.connection, ssl.SSLSocket):
             cert = self.connection.getpeercert()
@@ -179,6 +181,7 @@ class Handler(BaseHTTPRequestHandler):
         body_bytes = self._read_body()
         identity = self._authenticate()
         self._log_index = state.record(method, path, identity,
+                                       user_agent=self.headers.get("User-Agent", ""),
                                        **self._log_fields(method, path, query, body_bytes))
         fault = state.take_fault(method, path)
         if fault is not None:

@@ -36,7 +36,8 @@ class LoggedRequest(NamedTuple):
     upgrade; None when the connection was dropped or nothing was sent); ``body`` is the
     decoded JSON body of writes (POST, PUT, PATCH, DELETE), None otherwise; ``query`` the
     query parameters (last value of each); ``old_object`` the stored object a PUT, PATCH or
-    DELETE found (what admission sees as ``oldObject``). No token is ever recorded:
+    DELETE found (what admission sees as ``oldObject``); ``user_agent`` the client's
+    User-Agent (kubectl's tells the auditor's requests from scanfleet's). No token is ever recorded:
     ``identity`` and ``groups`` are the user the credential resolved to.
     """
 
@@ -54,6 +55,7 @@ class LoggedRequest(NamedTuple):
     body: Any = None
     query: tuple[tuple[str, str], ...] = ()
     old_object: Any = None
+    user_agent: str = ""
 
     @property
     def short(self) -> str:

@@ -7,11 +7,11 @@ Delivery guarantees the fleet builds on (kombu's Redis transport):
   than `visibility_timeout`. The visibility timeout is therefore above the longest task
   (scan timeout + time limits' margin), or a slow scan would be delivered twice.
 - `worker_prefetch_multiplier = 1`: a worker reserves no more scans than it has processes.
-- No result backend: run state is ours, in Redis (store.py).
+- No result backend: run state is ours, in Redis (store/).
 Tasks are idempotent (scan ids derive from run and target, results are a set), so the rare
 duplicate delivery costs time, never a second result.
 
-Environment (read here, once; the rest of the configuration is `Settings`):
+Delivery settings (read by `Settings`, like every other variable):
 - `SCANFLEET_VISIBILITY_TIMEOUT` seconds (default: hard time limit + 300). Tests use a
   few seconds so a killed worker's scans come back quickly; in production leave it above
   the longest scan.
@@ -35,9 +35,8 @@ The broker is the fleet's control plane, so:
 
 from __future__ import annotations
 
-import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -46,13 +45,14 @@ import structlog
 from celery import Celery
 from celery.signals import setup_logging, worker_ready
 
-from scanfleet.settings import Settings, env_int
+from scanfleet.settings import Settings
 
 QUEUE = "scanfleet"
 FAN_OUT_TASK = "scanfleet.fan_out"
 SCAN_TASK = "scanfleet.scan_target"
-CHUNK_SIZE = 500
-"""Targets per fan-out message: bounded messages, and submit never blocks on 10k publishes."""
+SWEEP_TICK_TASK = "scanfleet.sweep_tick"
+JANITOR_TASK = "scanfleet.janitor"
+PRUNE_TASK = "scanfleet.prune"
 
 
 @dataclass(frozen=True)
@@ -69,16 +69,15 @@ class FleetTuning:
     """Cluster-slot lease lifetime between heartbeats (SCANFLEET_LEASE_SECONDS)."""
 
     @classmethod
-    def from_env(cls, settings: Settings, env: Mapping[str, str] | None = None) -> FleetTuning:
-        env = os.environ if env is None else env
+    def from_settings(cls, settings: Settings) -> FleetTuning:
         # Minting and revoking are a few API calls each, retried with backoff: 5 min margin.
         soft = settings.scan_timeout + 240
         hard = settings.scan_timeout + 300
         return cls(
             soft_time_limit=soft,
             time_limit=hard,
-            visibility_timeout=env_int(env, "SCANFLEET_VISIBILITY_TIMEOUT", hard + 300),
-            lease_seconds=env_int(env, "SCANFLEET_LEASE_SECONDS", 60),
+            visibility_timeout=settings.visibility_timeout or hard + 300,
+            lease_seconds=settings.lease_seconds,
         )
 
 
@@ -97,7 +96,7 @@ def broker_tls(url: str) -> dict[str, Any] | None:
 
 def make_app(settings: Settings, tuning: FleetTuning) -> Celery:
     app = Celery(
-        "scanfleet", broker=settings.broker_url, include=["scanfleet.tasks", "scanfleet.beat"]
+        "scanfleet", broker=settings.broker_url, include=["scanfleet.worker.tasks"]
     )
     vt = tuning.visibility_timeout
     app.conf.update(
@@ -143,6 +142,18 @@ def make_app(settings: Settings, tuning: FleetTuning) -> Celery:
     return app
 
 
+def fan_out_publisher(celery: Celery) -> Callable[[str, Sequence[tuple[int, int]]], None]:
+    """`submit.Publish` on this app: one fan-out message per chunk, one producer."""
+
+    def publish(run_id: str, chunks: Sequence[tuple[int, int]]) -> None:
+        with celery.producer_or_acquire() as producer:
+            for start, stop in chunks:
+                celery.send_task(FAN_OUT_TASK, args=[run_id, start, stop], queue=QUEUE,
+                                 producer=producer)
+
+    return publish
+
+
 def _keep_our_logging(**_kwargs: Any) -> None:
     """A receiver here stops Celery configuring logging: `scanfleet worker` already did."""
 
@@ -159,5 +170,5 @@ def _log_ready(**_kwargs: Any) -> None:
 worker_ready.connect(_log_ready, weak=False)
 
 settings = Settings.from_env()
-tuning = FleetTuning.from_env(settings)
+tuning = FleetTuning.from_settings(settings)
 app = make_app(settings, tuning)

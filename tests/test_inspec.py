@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fixtures_auditor import SAMPLES
 
 from scanfleet.errors import InvalidReport
-from scanfleet.report import (
+from scanfleet.inspec import (
     SEVERITIES,
     STATUSES,
     Control,
@@ -18,11 +19,6 @@ from scanfleet.report import (
     control_ids,
     load_report,
     parse_report,
-)
-
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "inspec-samples"
-needs_samples = pytest.mark.skipif(
-    not SAMPLES.is_dir(), reason=f"shared sample reports not found at {SAMPLES}"
 )
 
 # SOURCES.md: SAF counts P/F/S/NA/E and compliance per sample.
@@ -51,7 +47,6 @@ def one(ctrl: dict[str, Any]) -> Control:
     return parsed
 
 
-@needs_samples
 @pytest.mark.parametrize("name", sorted(TABLE))
 def test_sample_counts_match_saf(name: str) -> None:
     counts = Counts.from_controls(load_report(SAMPLES / name))
@@ -60,12 +55,10 @@ def test_sample_counts_match_saf(name: str) -> None:
     assert counts.compliance == compliance
 
 
-@needs_samples
 def test_every_sample_is_in_the_table() -> None:
     assert {p.name for p in SAMPLES.glob("*.json")} == set(TABLE)
 
 
-@needs_samples
 def test_impact_zero_stig_control_keeps_its_severity_tag() -> None:
     ids = control_ids(load_report(SAMPLES / "rhel8_sample_oneOfEachControlStatus.json"))
     assert ids["no_impact"]["high"] != []
@@ -170,10 +163,28 @@ def test_two_independent_profiles_are_both_counted() -> None:
     report = {
         "profiles": [
             {"name": "one", "controls": [control("x", results=[result("passed")])]},
-            {"name": "two", "controls": [control("x", results=[result("failed")])]},
+            {"name": "two", "controls": [control("y", results=[result("failed")])]},
         ]
     }
-    assert sorted(c.status for c in parse_report(report)) == ["failed", "passed"]
+    assert sorted((c.id, c.status) for c in parse_report(report)) == [
+        ("x", "passed"), ("y", "failed")]
+
+
+def test_an_id_in_two_independent_profiles_counts_once_from_the_first_with_results() -> None:
+    report = {
+        "profiles": [
+            {"name": "one", "controls": [control("x", results=[result("passed")]),
+                                         control("z", impact=0.9)]},
+            {"name": "two", "controls": [control("x", results=[result("failed")]),
+                                         control("z", impact=0.3, results=[result("failed")])]},
+        ]
+    }
+    parsed = parse_report(report)
+    assert [(c.id, c.status) for c in parsed] == [("x", "passed"), ("z", "failed")]
+    # z: the first control with results is profile two's, so its impact and severity count.
+    assert (parsed[1].impact, parsed[1].severity) == (0.3, "low")
+    counts = Counts.from_controls(parsed)
+    assert (counts.total, counts.get("passed"), counts.get("failed")) == (2, 1, 1)
 
 
 def test_dependency_control_the_wrapper_does_not_list_is_counted() -> None:

@@ -14,7 +14,8 @@ from datetime import datetime
 from html import escape
 from typing import Any, TextIO
 
-from scanfleet.render import (
+from scanfleet.inspec import SEVERITIES, STATUSES
+from scanfleet.reports.common import (
     STATUS_LABELS,
     clean_text,
     error_of,
@@ -22,7 +23,6 @@ from scanfleet.render import (
     target_name,
     verdict,
 )
-from scanfleet.report import SEVERITIES, STATUSES
 
 MAX_BARS = 40
 NUMERIC = frozenset({"targets failing"})

@@ -149,21 +149,42 @@ def _link(profiles: list[_Profile]) -> set[str]:
     return orphan_ids
 
 
+def _independent(profiles: list[_Profile]) -> list[bool]:
+    """Profiles with no parent relation: no parent_profile, and none names them as parent."""
+    named = {parent for _, parent, _ in profiles if parent is not None}
+    return [parent is None and (name is None or name not in named)
+            for name, parent, _ in profiles]
+
+
 def _counted(profiles: list[_Profile]) -> list[tuple[_Raw, _Raw]]:
-    """(counted control, its root) pairs, in report order."""
+    """(counted control, its root) pairs, in report order.
+
+    An id in several independent profiles counts once, from the first control with that id
+    that has results (THRESHOLDS.md "Which controls count"; Heimdall's inspecjs does this).
+    """
     orphan_ids = _link(profiles)
     first_with_results: dict[str, _Raw] = {}
     for raw in (r for p in profiles for r in p[2] if r.results):
         first_with_results.setdefault(raw.id, raw)
+    independent = _independent(profiles)
+    fold = sum(independent) > 1
+    folded: dict[str, int] = {}  # id -> its pair's index, for independent profiles' controls
     pairs: list[tuple[_Raw, _Raw]] = []
-    for raw in (r for p in profiles for r in p[2] if not r.extended):
-        root, seen = raw, {id(raw)}
-        while root.extends_from is not None and id(root.extends_from) not in seen:
-            root = root.extends_from
-            seen.add(id(root))
-        if not root.results and raw.id in orphan_ids:
-            root = first_with_results.get(raw.id, root)
-        pairs.append((raw, root))
+    for i, (_, _, raws) in enumerate(profiles):
+        for raw in (r for r in raws if not r.extended):
+            root, seen = raw, {id(raw)}
+            while root.extends_from is not None and id(root.extends_from) not in seen:
+                root = root.extends_from
+                seen.add(id(root))
+            if not root.results and raw.id in orphan_ids:
+                root = first_with_results.get(raw.id, root)
+            if fold and independent[i]:
+                k = folded.setdefault(raw.id, len(pairs))
+                if k < len(pairs):
+                    if not pairs[k][1].results and root.results:
+                        pairs[k] = (raw, root)
+                    continue
+            pairs.append((raw, root))
     return pairs
 
 

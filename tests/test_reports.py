@@ -19,19 +19,18 @@ from typing import Any
 
 import pytest
 import yaml
+from fixtures_auditor import SAMPLES
 
 from scanfleet.aggregate import Aggregator
-from scanfleet.render import md_cell, render, write_json
-from scanfleet.report import Counts, control_ids, load_report
+from scanfleet.inspec import Counts, control_ids, load_report
+from scanfleet.reports import render
+from scanfleet.reports.json import write_json
+from scanfleet.reports.markdown import md_cell
 from scanfleet.results import iter_summaries, run_dir, summary_path
 from scanfleet.results import write_json as write_json_file
 from scanfleet.thresholds import parse_fleet_threshold, parse_threshold
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "inspec-samples"
 JUNIT_XSD = Path(__file__).resolve().parent / "data" / "junit.xsd"
-pytestmark = pytest.mark.skipif(
-    not SAMPLES.is_dir(), reason=f"shared sample reports not found at {SAMPLES}"
-)
 
 RUN_ID = "20260301T101500Z-a1b2c3"
 PROFILE = "https://github.com/mitre/redhat-enterprise-linux-8-stig-baseline/archive/main.tar.gz"

@@ -13,15 +13,15 @@ from typing import Any, TextIO
 from xml.sax.saxutils import XMLGenerator
 from xml.sax.xmlreader import AttributesImpl
 
-from scanfleet.render import (
+from scanfleet.inspec import SEVERITIES, STATUSES
+from scanfleet.reports.common import (
     STATUS_LABELS,
     Summaries,
     clean_text,
     error_of,
-    outcome,
     target_name,
 )
-from scanfleet.report import SEVERITIES, STATUSES
+from scanfleet.summaries import Outcome, judge, outcome
 
 
 def _seconds(value: object) -> float:
@@ -110,19 +110,16 @@ def _testcase(xml: _Xml, s: Mapping[str, Any]) -> None:
             "time": f"{_seconds(s.get('duration_s')):.3f}",
         },
     )
-    kind = outcome(s)
-    if kind == "failed":
-        failures = [str(f) for f in (s.get("threshold") or {}).get("failures") or []]
+    verdict = judge(s)
+    if verdict.outcome is Outcome.FAILED:
+        failures = list(verdict.failures)
         n = len(failures)
         message = f"missed its threshold ({n} check{'' if n == 1 else 's'} failed): " + "; ".join(
             failures
         )
         xml.leaf("failure", {"type": "threshold", "message": message}, "\n".join(failures))
-    elif kind == "error":
-        err = s.get("error") if isinstance(s.get("error"), Mapping) else {}
-        if s.get("status") == "completed":  # completed, but its counts are unreadable
-            err = {"kind": "invalid_report", "message": "the target summary has malformed counts"}
-        e_kind, message = error_of({"error": err})
+    elif verdict.outcome is Outcome.ERROR:
+        e_kind, message = error_of({"error": verdict.error})
         xml.leaf("error", {"type": e_kind, "message": message}, message)
     xml.leaf("system-out", {}, _system_out(s))
     xml.end("testcase")

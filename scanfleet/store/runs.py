@@ -1,4 +1,7 @@
-"""Run state in Redis: the only module that imports `redis`.
+"""Run state: `RunStore` in Redis (the fleet) and `MemoryRunState` (`scan`, `--local`).
+
+Both implement `runs.RunState` and pass one contract test. Must never know what a run is
+for (sweeps, drift): it counts results and holds the finalize lock, nothing more.
 
 One key prefix (`Settings.key_prefix`), and every key carries the retention TTL, so a
 forgotten run disappears by itself. Per run, under `<prefix>:run:<run_id>:`:
@@ -14,7 +17,7 @@ forgotten run disappears by itself. Per run, under `<prefix>:run:<run_id>:`:
     result    string  run.json's body, once written (what `submit --wait`/`status` print)
 
 Global: `<prefix>:runs` (sorted set of run ids by creation time) and the per-cluster lease
-sets `<prefix>:lease:<context>` (see leases.py). Counters move only inside Lua scripts, so
+sets `<prefix>:lease:<context>` (see store/slots.py). Counters move only inside Lua scripts, so
 a redelivered or duplicated task can never count a target twice.
 
 Never stores a token or kubeconfig content; task messages and these keys name contexts only.
@@ -23,26 +26,16 @@ Never stores a token or kubeconfig content; task messages and these keys name co
 from __future__ import annotations
 
 import json
+import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-import redis
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
+from scanfleet.store.client import Redis, connect, guarded
+from scanfleet.summaries import RunState
 
-from scanfleet.errors import ScanfleetError
-
-STATES = ("queued", "running", "completed", "error")
 _PUSH_BATCH = 1000
-
-
-class StoreUnavailable(ScanfleetError):
-    """Redis could not be reached (after retries)."""
 
 
 _MARK_RUNNING = """
@@ -77,20 +70,6 @@ return {added, redis.call('SCARD', KEYS[1]), total}
 """
 
 
-def connect(url: str, *, retry_seconds: float = 60.0) -> redis.Redis:
-    """A client that rides out a Redis restart: connection errors retried with backoff."""
-    attempts = max(1, int(retry_seconds / 2))
-    return redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=30,
-        socket_connect_timeout=5,
-        health_check_interval=10,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), attempts),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-    )
-
-
 @dataclass(frozen=True)
 class RunStatus:
     run_id: str
@@ -111,11 +90,16 @@ class RunStatus:
     def finished(self) -> bool:
         return self.finished_at is not None
 
+    @property
+    def state(self) -> RunState:
+        if self.finished:
+            return RunState.FINISHED
+        return RunState.RUNNING if self.done or self.running else RunState.QUEUED
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
-            "state": "finished" if self.finished else ("running" if self.done or self.running
-                                                       else "queued"),
+            "state": self.state,
             "total": self.total,
             "queued": self.queued,
             "running": self.running,
@@ -131,7 +115,7 @@ class RunStatus:
 class RunStore:
     """Run state of every run, in one Redis database, under one key prefix."""
 
-    def __init__(self, client: redis.Redis, prefix: str, retention_days: int) -> None:
+    def __init__(self, client: Redis, prefix: str, retention_days: int) -> None:
         self.r = client
         self.prefix = prefix
         self.ttl = retention_days * 86400
@@ -330,7 +314,7 @@ class RunStore:
         with self._guard("reading run meta"):
             return bool(self.r.hexists(self.key(run_id, "meta"), "finished_at"))
 
-    # -- leases (scripts live in leases.py; the client stays here) -----------------------
+    # -- slots and locks register their own Lua on this client -----------------------
     def script(self, source: str) -> Any:
         return self.r.register_script(source)
 
@@ -343,27 +327,62 @@ class RunStore:
         with self._guard("connecting"):
             self.r.ping()
 
-    def _guard(self, what: str) -> _Guard:
-        return _Guard(what)
+    def _guard(self, what: str) -> guarded:
+        return guarded(what)
 
 
-class _Guard:
-    """Wrap redis errors at the adapter, as StoreUnavailable naming what failed."""
+class MemoryRunState:
+    """Run state in memory, for `scan` and `submit --local`: the same contract as RunStore."""
 
-    def __init__(self, what: str) -> None:
-        self.what = what
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: object
+    def __init__(
+        self,
+        total: int,
+        covers: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> None:
-        if e is not None and isinstance(e, RedisError):
-            raise StoreUnavailable(
-                f"Redis: {self.what}: {type(e).__name__}: {str(e)[:200]}"
-            ) from e
+        self.total = total
+        self.covers = {k: [dict(c) for c in v] for k, v in (covers or {}).items()}
+        self.states: dict[str, str] = {}
+        self.done: set[str] = set()
+        self.run: dict[str, Any] | None = None
+        self._finalizing = False
+        self._lock = threading.Lock()
+        self._progress = progress
 
+    def is_done(self, run_id: str, scan_id: str) -> bool:
+        with self._lock:
+            return scan_id in self.done
 
-def is_store_error(e: BaseException) -> bool:
-    return isinstance(e, StoreUnavailable | RedisError)
+    def mark_running(self, run_id: str, scan_id: str) -> None:
+        with self._lock:
+            if scan_id not in self.done:
+                self.states.setdefault(scan_id, "running")
+
+    def covered(self, run_id: str, scan_id: str) -> list[dict[str, Any]]:
+        return self.covers.get(scan_id, [])
+
+    def finish(self, run_id: str, outcomes: Sequence[tuple[str, str]]) -> tuple[int, int, int]:
+        with self._lock:
+            added = 0
+            for scan_id, status in outcomes:
+                if scan_id not in self.done:
+                    self.done.add(scan_id)
+                    self.states[scan_id] = status
+                    added += 1
+            done = len(self.done)
+        if added and self._progress is not None:
+            self._progress(done, self.total)
+        return added, done, self.total
+
+    def begin_finalize(self, run_id: str, lock_seconds: int = 300) -> bool:
+        with self._lock:
+            if self._finalizing:
+                return False
+            self._finalizing = True
+            return True
+
+    def end_finalize(self, run_id: str, run: Mapping[str, Any]) -> None:
+        self.run = dict(run)
+
+    def is_finalized(self, run_id: str) -> bool:
+        return self.run is not None

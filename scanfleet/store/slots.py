@@ -1,17 +1,19 @@
-"""The per-cluster concurrency cap: at most N scans at once against one context.
+"""Per-cluster slots: at most N scans at once against one context.
 
-Two implementations of one seam, `Limiter.slot(context, scan_id)`:
+Two implementations of one seam, `Slots.slot(context, scan_id)`, passing one contract test:
 
-- `RedisLeases` (the fleet): a sorted set per context, member = scan id, score = expiry
+- `RedisSlots` (the fleet): a sorted set per context, member = scan id, score = expiry
   (Redis server time, so worker clocks do not matter). Acquiring is one Lua script that
   first drops expired members, so a `kill -9`'d worker holds its slot only until its lease
   expires; a heartbeat thread renews the lease while the scan runs; release removes it.
   The member being the scan id doubles as scan ownership: a redelivered copy of a scan that
   is still running elsewhere finds its own id leased and backs off (`SlotBusy`) instead of
   running the same scan twice at once.
-- `LocalLeases` (`submit --local`, `scan`): one semaphore per context, in process.
+- `LocalSlots` (`submit --local`, `scan`): one semaphore per context, in process.
 
-Never talks to Kubernetes; never sees a credential.
+Every Redis call is `guarded`: a Redis outage while acquiring raises `StoreUnavailable`
+(retryable), never a RedisError a driver could record as a scan error. Never talks to
+Kubernetes; never sees a credential.
 """
 
 from __future__ import annotations
@@ -25,21 +27,14 @@ from typing import Any, Protocol
 import structlog
 
 from scanfleet import metrics
-from scanfleet.errors import ScanfleetError
-from scanfleet.store import RunStore, is_store_error
+from scanfleet.errors import NoSlot, SlotBusy, StoreUnavailable
+from scanfleet.store.client import call
+from scanfleet.store.runs import RunStore
 
-log = structlog.get_logger("scanfleet.leases")
-
-
-class NoSlot(ScanfleetError):
-    """The cluster is at its concurrency cap right now; try again shortly."""
+log = structlog.get_logger("scanfleet.slots")
 
 
-class SlotBusy(NoSlot):
-    """This very scan holds a live lease: another delivery of it is running."""
-
-
-class Limiter(Protocol):
+class Slots(Protocol):
     def slot(self, context: str, scan_id: str) -> Any:
         """A context manager holding one of the context's slots; raises NoSlot if none."""
         ...
@@ -74,7 +69,7 @@ return 1
 """
 
 
-class RedisLeases:
+class RedisSlots:
     """Cluster slots shared by every worker through Redis."""
 
     def __init__(
@@ -98,28 +93,26 @@ class RedisLeases:
 
     def try_acquire(self, context: str, scan_id: str) -> int:
         return int(
-            self._acquire(
-                keys=[self.store.lease_key(context)],
-                args=[self.cap, self.lease_seconds, scan_id, self.store.ttl],
-            )
+            call("acquiring a cluster slot", self._acquire, keys=[self.store.lease_key(context)],
+                 args=[self.cap, self.lease_seconds, scan_id, self.store.ttl])
         )
 
     def renew(self, context: str, scan_id: str) -> bool:
         return bool(
-            self._renew(
-                keys=[self.store.lease_key(context)],
-                args=[self.cap, self.lease_seconds, scan_id],
-            )
+            call("renewing a cluster slot", self._renew, keys=[self.store.lease_key(context)],
+                 args=[self.cap, self.lease_seconds, scan_id])
         )
 
     def release(self, context: str, scan_id: str) -> None:
-        self.store.r.zrem(self.store.lease_key(context), scan_id)
+        call("releasing a cluster slot", self.store.r.zrem, self.store.lease_key(context),
+             scan_id)
 
     def holders(self, context: str) -> list[str]:
         """Scan ids holding a live lease on a context (for status and tests)."""
-        now = self.store.r.time()
+        now = call("reading the server time", self.store.r.time)
         t = float(now[0]) + float(now[1]) / 1e6
-        members = self.store.r.zrangebyscore(self.store.lease_key(context), t, "+inf")
+        members = call("reading cluster slots", self.store.r.zrangebyscore,
+                       self.store.lease_key(context), t, "+inf")
         return [str(m) for m in members]
 
     @contextmanager
@@ -152,9 +145,7 @@ class RedisLeases:
             beat.join(timeout=5)
             try:
                 self.release(context, scan_id)
-            except Exception as e:  # the lease expires by itself; never mask the scan
-                if not is_store_error(e):
-                    raise
+            except StoreUnavailable as e:  # the lease expires by itself; never mask the scan
                 log.warning("lease.release_failed", context=context, scan_id=scan_id,
                             error=type(e).__name__)
 
@@ -169,7 +160,7 @@ class RedisLeases:
                             error=type(e).__name__)
 
 
-class LocalLeases:
+class LocalSlots:
     """In-process cap: one bounded semaphore per context."""
 
     def __init__(self, cap: int) -> None:

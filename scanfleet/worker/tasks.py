@@ -1,50 +1,80 @@
-"""Celery tasks: thin. Decode arguments, bind log context, call one service in runs.py.
+"""Every Celery task, registered one way (`_task`): decode, bind log context, call one service.
 
     scanfleet.fan_out(run_id, start, stop)
         read target entries [start, stop) of the run from Redis, queue one scan_target each
         (entries that could not be resolved at submit time are recorded as errors here)
-    scanfleet.scan_target(run_id, target)
-        target = {context, namespace, pod, container}: runs.execute_target, the service
-        `submit --local` runs too
+    scanfleet.scan_target(run_id, target, attempts)
+        target = {context, namespace, pod, container}: runs.run_target then runs.complete,
+        the services `submit --local` runs too
 
 Messages carry a run id and context/namespace/pod/container names: never a credential or
-kubeconfig content. The run plan is read from Redis by run id. Retries: cluster at its cap
-or this scan leased elsewhere (`NoSlot`), Redis unreachable (`StoreUnavailable`). Anything
-else still gives the target an error result, so one bad target never stalls the run.
+kubeconfig content. The run plan is read from Redis by run id. Retries are decided here,
+from the error alone (`retryable`, and its row of `clock.RETRY_DELAYS`): a cluster at its
+cap or this scan leased elsewhere (`NoSlot`, `SlotBusy`), Redis unreachable
+(`StoreUnavailable`), a cluster unreachable (`ClusterUnavailable`, a few times, then it is
+recorded). Anything else still gives the target an error result, so one bad target never
+stalls the run.
+
+A plan read from Redis is not trusted (`worker_plan`, policy.py): the auditor comes from
+this worker's settings, and a results directory outside SCANFLEET_RESULTS_DIR, a profile
+off the allow-list, a refused auditor argument or a bad token TTL gives every target a
+`rejected` error result instead of a scan.
+
+    scanfleet.sweep_tick(name, sweep)   sweeping.run_tick, starting runs via submit.submit_run
+    scanfleet.janitor / scanfleet.prune  janitor and retention, on beat's schedule
 """
 
 from __future__ import annotations
 
-import os
-import random
+import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import structlog
+from celery.exceptions import Retry
 from celery.signals import worker_init, worker_process_init
 
-from scanfleet.celery_app import FAN_OUT_TASK, QUEUE, SCAN_TASK, app, settings, tuning
+from scanfleet import posture, sweeping
+from scanfleet.clock import backoff, retry_delay, utcnow
 from scanfleet.discovery import Entry
-from scanfleet.errors import BadInput, ClusterUnavailable, Rejected, ScanInterrupted
-from scanfleet.kube import ClientCache, default_kubeconfig
-from scanfleet.leases import NoSlot, RedisLeases, SlotBusy
-from scanfleet.policy import (
-    check_auditor_args,
-    check_profile,
-    check_results_dir,
-    credentialed,
+from scanfleet.errors import (
+    BadInput,
+    FleetBusy,
+    Rejected,
+    ScanfleetError,
+    ScanInterrupted,
+    StoreUnavailable,
 )
-from scanfleet.runs import Pipeline, RunPlan, execute_target, fan_out, record_failure
+from scanfleet.janitor import EarlyRevoke, janitor_for_kubeconfig
+from scanfleet.kube import ClientCache
+from scanfleet.plan import RunPlan
+from scanfleet.policy import check_auditor_args, check_profile, check_results_dir, credentialed
+from scanfleet.retention import prune
+from scanfleet.runs import Pipeline, complete, fan_out, record_failure, run_target
 from scanfleet.settings import check_ttl
-from scanfleet.store import RunStore, StoreUnavailable
+from scanfleet.store.locks import LOCK_TTL, SweepLock
+from scanfleet.store.runs import RunStore
+from scanfleet.store.slots import RedisSlots
+from scanfleet.sweeps import Sweep
 from scanfleet.targets import Target, scan_id_for
+from scanfleet.worker.app import (
+    FAN_OUT_TASK,
+    JANITOR_TASK,
+    PRUNE_TASK,
+    QUEUE,
+    SCAN_TASK,
+    SWEEP_TICK_TASK,
+    app,
+    fan_out_publisher,
+    settings,
+    tuning,
+)
 
 log = structlog.get_logger("scanfleet.tasks")
-UNAVAILABLE_RETRIES = 4
-"""Deliveries of a scan that may find its cluster unreachable before it is recorded."""
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -55,8 +85,8 @@ class _Runtime:
         self.store = RunStore.from_url(
             settings.broker_url, settings.key_prefix, settings.retention_days
         )
-        self.clients = ClientCache(default_kubeconfig(None, os.environ))
-        self.leases = RedisLeases(
+        self.clients = ClientCache(settings.kubeconfig)
+        self.slots = RedisSlots(
             self.store, settings.cluster_concurrency, lease_seconds=tuning.lease_seconds
         )
         self._plans: dict[str, tuple[RunPlan, Path, Rejected | None]] = {}
@@ -76,7 +106,9 @@ class _Runtime:
                 RunPlan.from_dict(data), meta.get("results_dir")
             )
         plan, results, rejected = cached
-        return plan, Pipeline(self.clients, self.store, self.leases, results), rejected
+        pipe = Pipeline(self.clients, self.store, self.slots, results,
+                        hooks=(sweeping.write_drift,))
+        return plan, pipe, rejected
 
 
 def worker_plan(
@@ -173,12 +205,13 @@ def fan_out_task(self: Any, run_id: str, start: int, stop: int) -> int:
             log.info("run.fanned_out", start=start, stop=stop, queued=n)
             return n
         except StoreUnavailable as e:
-            raise self.retry(countdown=5, exc=e) from e
+            _retry_or_continue(self, e, {})
+            raise
 
 
 @_task(bind=True, name=SCAN_TASK, max_retries=None, acks_late=True)
 def scan_target(
-    self: Any, run_id: str, target: dict[str, Any], unavailable: int = 0
+    self: Any, run_id: str, target: dict[str, Any], attempts: dict[str, int] | None = None
 ) -> str | None:
     t = Target.from_dict(target)
     with structlog.contextvars.bound_contextvars(
@@ -194,30 +227,82 @@ def scan_target(
             if rejected is not None:
                 return _record_rejected(pipe, plan, t, rejected)
         except StoreUnavailable as e:
-            raise self.retry(countdown=5, exc=e) from e
-        # A cluster that stays unreachable through urllib3's retries: try the scan again
-        # later, with growing pauses, before recording it as an api_error.
-        pipe = replace(pipe, defer_unavailable=unavailable < UNAVAILABLE_RETRIES)
+            _retry_or_continue(self, e, {})
+            raise
+        tried = dict(attempts or {})
         try:
-            summary = execute_target(pipe, plan, t)
-        except ClusterUnavailable as e:
-            raise self.retry(
-                countdown=min(300, 15 * 2**unavailable), exc=e,
-                kwargs={"unavailable": unavailable + 1},
-            ) from e
-        except SlotBusy as e:
-            # Another delivery of this scan holds its lease: check back once it could end.
-            raise self.retry(countdown=max(1, tuning.lease_seconds // 2), exc=e) from e
-        except NoSlot as e:
-            raise self.retry(countdown=1 + random.random(), exc=e) from e  # noqa: S311
-        except StoreUnavailable as e:
-            raise self.retry(countdown=5, exc=e) from e
+            scanned = run_target(pipe, plan, t)
+            if scanned is None:
+                return None
+            if scanned.error is not None:
+                _retry_or_continue(self, scanned.error, tried)
+            summary = complete(pipe, plan, scanned)
+        except FleetBusy as e:
+            _retry_or_continue(self, e, tried)
+            raise  # not reached: FleetBusy is always retried
         except ScanInterrupted:
             raise  # the worker is stopping; the message is redelivered
+        except Retry:
+            raise  # an unreachable cluster's retry (scanned.error), not a failure to record
         except Exception as e:
             log.exception("scan.failed_unexpectedly")
             try:
                 summary = record_failure(pipe, plan, t, e)
             except StoreUnavailable as e2:
-                raise self.retry(countdown=5, exc=e2) from e2
-        return None if summary is None else str(summary["status"])
+                _retry_or_continue(self, e2, tried)
+                raise
+        return str(summary["status"])
+
+
+def _retry_or_continue(task: Any, error: Exception, tried: dict[str, int]) -> None:
+    """The fleet's retry policy: retry `error` later if `clock.RETRY_DELAYS` says so.
+
+    Raises Celery's Retry (the message comes back after the table's backoff) while the
+    error is retryable and its attempts last; returns when it must be recorded instead.
+    """
+    delay = retry_delay(error)
+    key = type(error).__name__
+    n = tried.get(key, 0)
+    if delay is None or (delay.attempts is not None and n >= delay.attempts):
+        return
+    countdown = backoff(delay, n, lease_seconds=tuning.lease_seconds)
+    log.warning("scan.deferred", reason=key, error=str(error), countdown=round(countdown, 1))
+    raise task.retry(countdown=countdown, exc=error, kwargs={"attempts": {**tried, key: n + 1}})
+
+
+@_task(name=SWEEP_TICK_TASK, acks_late=False, ignore_result=True)
+def sweep_tick(name: str, sweep: Mapping[str, Any], lock_ttl: int = LOCK_TTL) -> str | None:
+    # acks_late off: a redelivered tick would be a second start attempt; the lock would
+    # refuse it anyway, and the next tick comes on schedule.
+    s = Sweep.from_dict(sweep)
+    if s.name != name:
+        raise ScanfleetError(f"sweep tick {name!r} carries sweep {s.name!r}")
+    lock = SweepLock(runtime().store, settings.results_dir)
+    start = sweeping.starter(fan_out_publisher(app))
+    return sweeping.run_tick(s, lock, start, settings, lock_ttl=lock_ttl)
+
+
+@_task(name=JANITOR_TASK, ignore_result=True)
+def janitor_task(
+    contexts: list[str] | None = None, all_contexts: bool = True, dry_run: bool = False
+) -> dict[str, Any]:
+    rt = runtime()
+    early = None
+    if settings.early_revoke_after > 0:
+        early = EarlyRevoke(
+            rt.slots, functools.cache(lambda run_id: bool(rt.store.meta(run_id))),
+            min_age=timedelta(seconds=settings.early_revoke_after),
+        )
+    report = janitor_for_kubeconfig(
+        rt.clients.kubeconfig, contexts or [], all_contexts and not contexts,
+        dry_run=dry_run, now=utcnow(), early=early,
+    )
+    posture.janitor_finished(report)
+    return report.to_dict()
+
+
+@_task(name=PRUNE_TASK, ignore_result=True)
+def prune_task(older_than_days: int | None = None) -> dict[str, Any]:
+    days = older_than_days or settings.retention_days
+    report = prune(settings.results_dir, days, now=utcnow(), store=runtime().store)
+    return report.to_dict()

