@@ -37,7 +37,8 @@ import yaml
 
 from scanfleet import sandbox
 from scanfleet.auditor import auditor_environment
-from scanfleet.download import Limits, ProfileUnavailable
+from scanfleet.download import Limits
+from scanfleet.errors import ProfileUnavailable
 from scanfleet.logs import redact_text
 from scanfleet.policy import safe_url
 

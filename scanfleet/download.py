@@ -32,18 +32,12 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from scanfleet.errors import ScanError
+from scanfleet.errors import ProfileUnavailable
 from scanfleet.logs import redact_text, remember, remember_url
 from scanfleet.policy import safe_url
 
 MAX_REDIRECTS = 5
 _CHUNK = 64 * 1024
-
-
-class ProfileUnavailable(ScanError):
-    """A remote profile could not be downloaded, vendored or read as an archive."""
-
-    kind = "profile_unavailable"
 
 
 @dataclass(frozen=True)

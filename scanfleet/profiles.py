@@ -39,7 +39,7 @@ import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import structlog
@@ -51,19 +51,17 @@ from scanfleet.archives import (
     remote_dependencies,
     vendor,
 )
-from scanfleet.download import Limits, ProfileUnavailable, download
-from scanfleet.errors import BadInput, Rejected
+from scanfleet.download import Limits, download
+from scanfleet.errors import BadInput, ProfileMismatch, ProfileUnavailable
 from scanfleet.logs import remember_url
+from scanfleet.plan import RunPlan
 from scanfleet.policy import safe_url
+from scanfleet.settings import Settings
 
 KEEP_PER_URL = 4
 """Cached digests kept per URL (the newest)."""
 
 log = structlog.get_logger("scanfleet.profiles")
-
-
-class ProfileMismatch(Rejected):
-    """This worker fetched different bytes than the run recorded: nothing runs."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +86,36 @@ class FetchConfig:
     this process's)."""
     cache_dir: Path | None = None
     """SCANFLEET_PROFILE_CACHE; None: `<tmp>/scanfleet.profiles.<uid>`."""
+
+
+def fetch_config(settings: Settings, env: Mapping[str, str] | None = None) -> FetchConfig:
+    """This process's FetchConfig: its own auditor, limits and cache; `env` is the base
+    environment of the vendoring auditor (settings.process_environment())."""
+    return FetchConfig(
+        auditor=settings.auditor,
+        limits=Limits(settings.profile_max_bytes, float(settings.profile_timeout)),
+        cache_dir=settings.profile_cache, env=env,
+    )
+
+
+def pin_for_run(plan: RunPlan, config: FetchConfig) -> RunPlan:
+    """`scan` and `submit --local`: the plan with its URL profile fetched once and pinned
+    (the auditor gets `profile_path`). BadInput when it cannot be fetched."""
+    got = fetch_for_run(plan.profile_url or plan.profile, config)
+    if got is None:
+        return plan
+    return replace(plan, profile_sha256=got.sha256, profile_path=str(got.path))
+
+
+def pin_for_scan(plan: RunPlan, pins: RunPins, record: Callable[[str], str]) -> RunPlan:
+    """A fleet worker, before each scan: the plan with the run's pinned archive (from the
+    cache, or fetched and checked). Raises ProfileUnavailable or ProfileMismatch: the
+    target gets that error as its result and no auditor runs."""
+    if not is_remote(plan.profile):
+        return plan
+    got = pins.profile(plan.run_id, plan.profile_url or plan.profile, plan.profile_sha256,
+                       record)
+    return replace(plan, profile_sha256=got.sha256, profile_path=str(got.path))
 
 
 def is_remote(profile: str) -> bool:
@@ -212,7 +240,8 @@ def pinned(
                     fetched_sha256=fetched.sha256)
         raise ProfileMismatch(
             f"profile {fetched.url} now has sha256 {fetched.sha256}, but this run was pinned "
-            f"to sha256 {winner} by its first fetch; refusing to scan with different bytes")
+            f"to sha256 {winner} by its first fetch; refusing to scan with different bytes",
+            pinned=winner)
     return fetched
 
 

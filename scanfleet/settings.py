@@ -69,6 +69,13 @@ class Settings:
     (SCANFLEET_METRICS_PORT)"""
     metrics_per_namespace: bool = False
     """Beat's compliance gauges also per namespace (SCANFLEET_METRICS_PER_NAMESPACE=1)."""
+    profile_cache: Path | None = None
+    """Private (0700) cache of fetched URL profiles; None: `<tmp>/scanfleet.profiles.<uid>`
+    (SCANFLEET_PROFILE_CACHE)."""
+    profile_max_bytes: int = 64 * 1024 * 1024
+    """Largest profile archive downloaded, bytes (SCANFLEET_PROFILE_MAX_BYTES)."""
+    profile_timeout: int = 120
+    """Seconds a profile download may take in all (SCANFLEET_PROFILE_TIMEOUT)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -100,6 +107,10 @@ class Settings:
             metrics_per_namespace=_choice(
                 env, "SCANFLEET_METRICS_PER_NAMESPACE", "0", ("0", "1")
             ) == "1",
+            profile_cache=Path(env["SCANFLEET_PROFILE_CACHE"])
+            if env.get("SCANFLEET_PROFILE_CACHE") else None,
+            profile_max_bytes=env_int(env, "SCANFLEET_PROFILE_MAX_BYTES", d.profile_max_bytes, 1),
+            profile_timeout=env_int(env, "SCANFLEET_PROFILE_TIMEOUT", d.profile_timeout, 1),
         )
 
 

@@ -22,13 +22,12 @@ from profile_server import ProfileServer, Redirect, Status, profile_archive, sel
 from structlog.testing import capture_logs
 
 from scanfleet.archives import deterministic_tar, remote_dependencies
-from scanfleet.download import Limits, ProfileUnavailable, download
-from scanfleet.errors import BadInput
+from scanfleet.download import Limits, download
+from scanfleet.errors import BadInput, ProfileMismatch, ProfileUnavailable
 from scanfleet.logs import redact_text
 from scanfleet.profiles import (
     FetchConfig,
     ProfileCache,
-    ProfileMismatch,
     RunPins,
     fetch,
     fetch_for_run,

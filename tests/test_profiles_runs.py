@@ -1,0 +1,149 @@
+"""Remote profiles end to end: `scan`, `submit --local` and the fleet fetch a URL profile once,
+pin its sha256 (plan, run.json, every summary) and hand the auditor a local archive.
+
+The profile server is http.server on 127.0.0.1 (tests/profile_server.py), allow-listed with
+SCANFLEET_ALLOWED_PROFILES; it counts the requests it serves.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fixtures_fleet import FleetClusters, run_cli
+from profile_server import ProfileServer, profile_archive
+
+from scanfleet.results import iter_summaries
+
+PASSWORD = "Pr0file-Passw0rd-x9"
+PROFILE = profile_archive({"inspec.yml": "name: p\nversion: 1.0.0\n",
+                           "controls/a.rb": "control 'a' do\nend\n"}, top="p-main")
+DIGEST = hashlib.sha256(PROFILE).hexdigest()
+DISCOVER = ["--all-contexts", "--all-namespaces", "--exclude-namespace", "kube-system"]
+
+
+@pytest.fixture
+def server() -> Iterator[ProfileServer]:
+    with ProfileServer() as srv:
+        srv.routes["/p.tar.gz"] = PROFILE
+        yield srv
+
+
+@pytest.fixture
+def env(fleet_env: dict[str, str], server: ProfileServer, tmp_path: Path,
+        standin_io: Path) -> dict[str, str]:
+    return {**fleet_env,
+            "SCANFLEET_ALLOWED_PROFILES": server.url("/"),
+            "SCANFLEET_PROFILE_CACHE": str(tmp_path / "profile-cache"),
+            "SCANFLEET_STANDIN_LOG": str(standin_io / "standin-log.jsonl")}
+
+
+def run_of(stdout: str) -> tuple[str, dict[str, Any]]:
+    run_id, body = stdout.split("\n", 1)
+    return run_id, json.loads(body)
+
+
+def summaries(env: dict[str, str], run_id: str) -> list[dict[str, Any]]:
+    return list(iter_summaries(Path(env["SCANFLEET_RESULTS_DIR"]) / run_id))
+
+
+def standin_calls(env: dict[str, str]) -> list[dict[str, Any]]:
+    log = Path(env["SCANFLEET_STANDIN_LOG"])
+    return [json.loads(line) for line in log.read_text().splitlines() if line]
+
+
+def audited_profiles(env: dict[str, str]) -> list[str]:
+    """The PROFILE argument of every `exec` the stand-in auditor ran."""
+    return [c["profile"] for c in standin_calls(env) if "profile" in c]
+
+
+def test_scan_and_submit_local_fetch_once_per_run_and_pin_the_digest(
+    env: dict[str, str], server: ProfileServer, fleet_clusters: FleetClusters
+) -> None:
+    url = server.url("/p.tar.gz")
+    proc = run_cli(["scan", "apps/api/app", "--context", "east", "--profile", url, "--json"],
+                   env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_id, run = run_of(proc.stdout)
+    assert server.hits["/p.tar.gz"] == 1
+    assert run["profile"] == url
+    assert run["profile_sha256"] == DIGEST
+    assert [s["profile_sha256"] for s in summaries(env, run_id)] == [DIGEST]
+
+    proc = run_cli(["submit", *DISCOVER, "--profile", url, "--local", "--concurrency", "4",
+                    "--json"], env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_id, run = run_of(proc.stdout)
+    assert server.hits["/p.tar.gz"] == 2  # once more: once per run, not once per target
+    assert run["targets"]["total"] == 8
+    assert run["profile_sha256"] == DIGEST
+    assert [s["profile_sha256"] for s in summaries(env, run_id)] == [DIGEST] * 8
+    # The auditor never got the URL: it got the archive, which holds exactly those bytes.
+    profiles = audited_profiles(env)
+    assert len(profiles) == 9
+    for p in profiles:
+        assert "://" not in p
+        assert hashlib.sha256(Path(p).read_bytes()).hexdigest() == DIGEST
+
+
+def test_credentials_reach_the_server_as_basic_auth_and_nowhere_else(
+    env: dict[str, str], server: ProfileServer, fleet_clusters: FleetClusters, tmp_path: Path
+) -> None:
+    url = server.url("/p.tar.gz", userinfo=f"reader:{PASSWORD}")
+    proc = run_cli(["submit", *DISCOVER, "--profile", url, "--local", "--json"], env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = "Basic " + base64.b64encode(f"reader:{PASSWORD}".encode()).decode()
+    assert server.auth["/p.tar.gz"] == [expected]
+    _run_id, run = run_of(proc.stdout)
+    assert run["profile"] == server.url("/p.tar.gz")
+    leaks = [proc.stdout, proc.stderr, Path(env["SCANFLEET_STANDIN_LOG"]).read_text()]
+    leaks += [p.read_text(errors="replace") for p in tmp_path.rglob("*")
+              if p.is_file() and "standin-" not in p.name and p.suffix != ".gz"]
+    for text in leaks:
+        assert PASSWORD not in text
+        assert expected.split()[1] not in text
+
+
+def test_a_profile_that_cannot_be_downloaded_is_bad_input_and_starts_nothing(
+    env: dict[str, str], server: ProfileServer, fleet_clusters: FleetClusters
+) -> None:
+    proc = run_cli(["scan", "apps/api/app", "--context", "east", "--profile",
+                    server.url("/missing.tar.gz")], env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "HTTP 404" in proc.stderr
+    assert proc.stdout == ""  # no run id: no run
+    assert not Path(env["SCANFLEET_RESULTS_DIR"]).exists()
+    for c in fleet_clusters.all.values():
+        assert c.scanfleet_objects() == []
+
+
+def test_a_profile_with_a_remote_dependency_is_vendored_once_per_run(
+    env: dict[str, str], server: ProfileServer, fleet_clusters: FleetClusters
+) -> None:
+    dep = profile_archive({"inspec.yml": "name: dep\nversion: 0.1.0\n"})
+    server.routes["/dep.tar.gz"] = dep
+    server.routes["/meta.tar.gz"] = profile_archive({"inspec.yml": (
+        "name: meta\nversion: 1.0.0\ndepends:\n"
+        f"  - name: dep\n    url: {server.url('/dep.tar.gz')}\n"
+    )})
+    proc = run_cli(["submit", *DISCOVER, "--profile", server.url("/meta.tar.gz"), "--local",
+                    "--concurrency", "4", "--json"], env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_id, run = run_of(proc.stdout)
+    assert server.hits["/meta.tar.gz"] == 1
+    assert server.hits["/dep.tar.gz"] == 1  # vendored once, before the scans
+    assert len([c for c in standin_calls(env) if "vendor" in c]) == 1
+    digests = {s["profile_sha256"] for s in summaries(env, run_id)}
+    assert digests == {run["profile_sha256"]}
+    profiles = set(audited_profiles(env))
+    assert len(profiles) == 1
+    archive = Path(profiles.pop())
+    assert hashlib.sha256(archive.read_bytes()).hexdigest() == run["profile_sha256"]
+    with tarfile.open(archive, "r:gz") as t:
+        assert f"vendor/{hashlib.sha256(dep).hexdigest()}.tar.gz" in t.getnames()
