@@ -6,7 +6,8 @@
         srv.hits["/p.tar.gz"]         # how many GETs it served
         srv.auth["/p.tar.gz"]         # the Authorization headers it received
 
-A route is bytes (200), `Redirect(location)` (302) or `Status(code)`. `tls=(cert, key)`
+A route is bytes (200), a list of bytes (one per request, the last one repeated: the file
+changes under the run), `Redirect(location)` (302) or `Status(code)`. `tls=(cert, key)`
 serves https. `stall` (an Event) makes every response wait until it is set.
 """
 
@@ -40,7 +41,7 @@ class Status:
 
 class ProfileServer:
     def __init__(self, tls: tuple[Path, Path] | None = None, chunked: bool = False) -> None:
-        self.routes: dict[str, bytes | Redirect | Status] = {}
+        self.routes: dict[str, bytes | list[bytes] | Redirect | Status] = {}
         self.hits: Counter[str] = Counter()
         self.auth: defaultdict[str, list[str | None]] = defaultdict(list)
         self.stall: threading.Event | None = None
@@ -90,6 +91,8 @@ class ProfileServer:
                 if server.stall is not None:
                     server.stall.wait(60)
                 route = server.routes.get(path, Status(404))
+                if isinstance(route, list):
+                    route = route[min(server.hits[path], len(route)) - 1]
                 if isinstance(route, Redirect):
                     self.send_response(302)
                     self.send_header("Location", route.location)

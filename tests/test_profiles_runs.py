@@ -11,15 +11,20 @@ import base64
 import hashlib
 import json
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_fleet import FleetClusters, run_cli
+from fixtures_fleet import FleetClusters, RedisServer, Worker, run_cli
 from profile_server import ProfileServer, profile_archive
 
+from scanfleet.errors import ProfileMismatch
+from scanfleet.plan import RunPlan
+from scanfleet.profiles import FetchConfig, RunPins, pin_for_scan
 from scanfleet.results import iter_summaries
+from scanfleet.store.pins import record_profile_digest
+from scanfleet.store.runs import RunStore
 
 PASSWORD = "Pr0file-Passw0rd-x9"
 PROFILE = profile_archive({"inspec.yml": "name: p\nversion: 1.0.0\n",
@@ -147,3 +152,98 @@ def test_a_profile_with_a_remote_dependency_is_vendored_once_per_run(
     assert hashlib.sha256(archive.read_bytes()).hexdigest() == run["profile_sha256"]
     with tarfile.open(archive, "r:gz") as t:
         assert f"vendor/{hashlib.sha256(dep).hexdigest()}.tar.gz" in t.getnames()
+
+
+# -- the fleet -----------------------------------------------------------------------------
+
+def dump_redis(client: Any) -> str:
+    from test_broker_security import dump_redis as dump
+
+    return dump(client)
+
+
+def test_workers_pin_the_first_digest_in_the_redis_plan_and_refuse_other_bytes(
+    redis_server: RedisServer, server: ProfileServer, tmp_path: Path, standin_auditor: str
+) -> None:
+    store = RunStore(redis_server.client(), "sfprofiles", 1)
+    url = server.url("/p.tar.gz")
+    plan = RunPlan(run_id="20250101T000000Z-abcdef", source="test", profile=url,
+                   created_at="2025-01-01T00:00:00Z", auditor=standin_auditor)
+    store.create_run(plan.run_id, plan.to_dict(), [], {}, 0, created_at=plan.created_at,
+                     results_dir=None)
+
+    def record(d: str) -> str:
+        return record_profile_digest(store, plan.run_id, d)
+
+    def worker(name: str) -> RunPins:
+        return RunPins(FetchConfig(auditor=standin_auditor, cache_dir=tmp_path / name))
+
+    a = worker("a")
+    first = pin_for_scan(plan, a, record)
+    assert first.profile_sha256 == DIGEST
+    assert first.scan_options.profile == first.profile_path
+    stored = store.plan(plan.run_id)
+    assert stored is not None
+    assert stored["profile_sha256"] == DIGEST
+    assert redis_server.client().ttl(store.key(plan.run_id, "plan")) > 0  # TTL kept
+    # Mid-run the server's file changes.
+    server.routes["/p.tar.gz"] = profile_archive({"inspec.yml": "name: p\nversion: 2.0.0\n"})
+    changed = hashlib.sha256(server.routes["/p.tar.gz"]).hexdigest()  # type: ignore[arg-type]
+    # Later targets on worker a: its cached bytes, no download.
+    assert pin_for_scan(plan, a, record).profile_path == first.profile_path
+    assert server.hits["/p.tar.gz"] == 1
+    # Worker b reads the plan from Redis (digest recorded) and must download: it refuses.
+    with pytest.raises(ProfileMismatch) as err:
+        pin_for_scan(RunPlan.from_dict(stored), worker("b"), record)
+    assert DIGEST in str(err.value)
+    assert changed in str(err.value)
+    assert err.value.pinned == DIGEST
+    # Worker c holds a plan read before the digest was recorded: the record refuses it too.
+    with pytest.raises(ProfileMismatch):
+        pin_for_scan(plan, worker("c"), record)
+    assert store.plan(plan.run_id)["profile_sha256"] == DIGEST  # type: ignore[index]
+    store.delete_run(plan.run_id)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_fleet_workers_fetch_with_their_own_credentials_and_refuse_changed_bytes(
+    env: dict[str, str], server: ProfileServer, fleet_clusters: FleetClusters,
+    make_worker: Callable[..., Worker], redis_server: RedisServer, tmp_path: Path,
+) -> None:
+    v2 = profile_archive({"inspec.yml": "name: p\nversion: 2.0.0\n"})
+    v2_digest = hashlib.sha256(v2).hexdigest()
+    server.routes["/p.tar.gz"] = [PROFILE, v2]  # the file changes after the first download
+    allowed = server.url("/", userinfo=f"reader:{PASSWORD}")
+    env = {**env, "SCANFLEET_ALLOWED_PROFILES": allowed, "SCANFLEET_STANDIN_SLEEP": "1"}
+    for name in ("a", "b"):  # two workers, each with its own cache
+        make_worker({**env, "SCANFLEET_PROFILE_CACHE": str(tmp_path / f"cache-{name}")},
+                    concurrency=1)
+    url = server.url("/p.tar.gz")  # no credentials: the workers add their own
+    proc = run_cli(["submit", *DISCOVER, "--profile", url, "--wait", "--json"], env,
+                   timeout=150)
+    run_id, run = run_of(proc.stdout)
+    expected = "Basic " + base64.b64encode(f"reader:{PASSWORD}".encode()).decode()
+    assert set(server.auth["/p.tar.gz"]) == {expected}
+    pinned = run["profile_sha256"]
+    assert pinned in (DIGEST, v2_digest)
+    other = v2_digest if pinned == DIGEST else DIGEST
+    found = summaries(env, run_id)
+    assert {s["profile_sha256"] for s in found} == {pinned}
+    refused = [s for s in found if s["status"] == "error"]
+    assert refused, "both workers took targets, so one of them had to refuse"
+    for s in refused:
+        assert s["error"]["kind"] == "rejected"
+        assert pinned in s["error"]["message"]
+        assert other in s["error"]["message"]
+    # No auditor ran for a refused target. The pinned worker downloaded once; the other one
+    # tries again for each of its targets (the file may be put back) and refuses each time.
+    assert len(audited_profiles(env)) == len(found) - len(refused)
+    assert server.hits["/p.tar.gz"] == 1 + len(refused)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    texts = [proc.stdout, proc.stderr, dump_redis(redis_server.client())]
+    texts += [p.read_text(errors="replace") for p in tmp_path.rglob("*")
+              if p.is_file() and p.suffix in (".json", ".log", ".jsonl")]
+    for text in texts:
+        assert PASSWORD not in text
+        assert expected.split()[1] not in text
