@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import tarfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -203,6 +204,39 @@ def test_workers_pin_the_first_digest_in_the_redis_plan_and_refuse_other_bytes(
         pin_for_scan(plan, worker("c"), record)
     assert store.plan(plan.run_id)["profile_sha256"] == DIGEST  # type: ignore[index]
     store.delete_run(plan.run_id)
+
+
+def test_the_first_recorded_digest_wins_a_race(redis_server: RedisServer) -> None:
+    store = RunStore(redis_server.client(), "sfrace", 1)
+    run_id = "20250101T000000Z-fedcba"
+    store.create_run(run_id, {"run_id": run_id, "profile_sha256": None}, [], {}, 0,
+                     created_at="2025-01-01T00:00:00Z", results_dir=None)
+    digests = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(8)]
+    winners: list[str] = []
+    lock = threading.Lock()
+    go = threading.Barrier(len(digests))
+
+    def racer(d: str) -> None:
+        other = RunStore.from_url(redis_server.url, "sfrace", 1)
+        go.wait()
+        try:
+            won = record_profile_digest(other, run_id, d)
+        finally:
+            other.r.close()
+        with lock:
+            winners.append(won)
+
+    threads = [threading.Thread(target=racer, args=(d,)) for d in digests]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(set(winners)) == 1
+    assert len(winners) == len(digests)
+    assert store.plan(run_id) == {"run_id": run_id, "profile_sha256": winners[0]}
+    with pytest.raises(ValueError, match="sha256"):
+        record_profile_digest(store, run_id, "not-a-digest")
+    store.delete_run(run_id)
 
 
 @pytest.mark.slow
