@@ -153,6 +153,10 @@ class ProfileCache:
     def _dir(self, url: str) -> Path:
         return self.root / hashlib.sha256(safe_url(url).encode()).hexdigest()[:32]
 
+    def entry(self, url: str, digest: str, suffix: str = ".tar.gz") -> Path:
+        """Where the archive of `url` with this digest is (or would be) cached."""
+        return self._dir(url) / f"{digest}{suffix}"
+
     def lookup(self, url: str, digest: str) -> Path | None:
         """The cached archive of `url` with this digest, re-hashed; None when absent."""
         for suffix in (".tar.gz", ".zip"):

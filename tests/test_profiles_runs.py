@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fixtures_auditor import STANDIN
 from fixtures_fleet import FleetClusters, RedisServer, Worker, run_cli
 from profile_server import ProfileServer, profile_archive
 
 from scanfleet.errors import ProfileMismatch
 from scanfleet.plan import RunPlan
-from scanfleet.profiles import FetchConfig, RunPins, pin_for_scan
+from scanfleet.profiles import FetchConfig, ProfileCache, RunPins, pin_for_scan
 from scanfleet.results import iter_summaries
 from scanfleet.store.pins import record_profile_digest
 from scanfleet.store.runs import RunStore
@@ -96,6 +97,25 @@ def test_scan_and_submit_local_fetch_once_per_run_and_pin_the_digest(
     for p in profiles:
         assert "://" not in p
         assert hashlib.sha256(Path(p).read_bytes()).hexdigest() == DIGEST
+
+
+def test_the_sandboxed_auditor_reads_the_archive_and_cannot_reach_the_profile_server(
+    env: dict[str, str], server: ProfileServer, fleet_clusters: FleetClusters, standin_io: Path
+) -> None:
+    url = server.url("/p.tar.gz")
+    archive = ProfileCache(Path(env["SCANFLEET_PROFILE_CACHE"])).entry(url, DIGEST)
+    probes = standin_io / "probes.json"
+    env = {**env, "SCANFLEET_AUDITOR": str(STANDIN.with_name("hostile-auditor")),
+           "SCANFLEET_STANDIN_PROBES": str(probes),
+           "SCANFLEET_STANDIN_HOSTILE": json.dumps({
+               "read": {"archive": str(archive)},
+               "connect": {"profile_server": ["127.0.0.1", server.port]}})}
+    proc = run_cli(["scan", "apps/api/app", "--context", "east", "--profile", url], env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outcome = json.loads(probes.read_text())
+    assert outcome["archive"] == "ok"  # the policy's read list has the fetched archive
+    assert outcome["profile_server"].startswith("denied")  # no network but the API server
+    assert server.hits["/p.tar.gz"] == 1  # scanfleet's one download, not the auditor's
 
 
 def test_credentials_reach_the_server_as_basic_auth_and_nowhere_else(
