@@ -290,10 +290,12 @@ def test_fleet_workers_fetch_with_their_own_credentials_and_refuse_changed_bytes
         assert s["error"]["kind"] == "rejected"
         assert pinned in s["error"]["message"]
         assert other in s["error"]["message"]
-    # No auditor ran for a refused target. The pinned worker downloaded once; the other one
-    # tries again for each of its targets (the file may be put back) and refuses each time.
-    assert len(audited_profiles(env)) == len(found) - len(refused)
-    assert server.hits["/p.tar.gz"] == 1 + len(refused)
+    # No auditor ran for a refused target. Completed scans came from a worker's cache: the
+    # pinned worker downloaded once, the other one once per refused target (it tries again,
+    # the file may be put back) and, when the pin is the new file, once more to get it.
+    completed = len(found) - len(refused)
+    assert len(audited_profiles(env)) == completed
+    assert 1 + len(refused) <= server.hits["/p.tar.gz"] <= 2 + len(refused)
     assert proc.returncode == 3, proc.stderr[-3000:]
     texts = [proc.stdout, proc.stderr, dump_redis(redis_server.client())]
     texts += [p.read_text(errors="replace") for p in tmp_path.rglob("*")
