@@ -90,7 +90,11 @@ def main() -> None:
         for i in range(max(sizes)):
             cluster.add_pod("bench", f"pod-{i:04d}", containers=[("app", "img:1", f"sha256:{i}")])
         kcfg = cluster.write_kubeconfig(tmp / "kubeconfig", context="bench")
-        auditor = tmp / "copy-auditor"
+        # The auditor and the profile each in a directory of their own: the sandbox refuses
+        # a read rule that would also expose the admin kubeconfig in `tmp`.
+        (tmp / "auditor").mkdir()
+        (tmp / "profile").mkdir()
+        auditor = tmp / "auditor" / "copy-auditor"
         auditor.write_text(COPY_AUDITOR.replace("{report}", str(SAMPLE)))
         auditor.chmod(0o755)
         env = {k: v for k, v in os.environ.items() if not k.startswith("SCANFLEET_")}
@@ -98,7 +102,8 @@ def main() -> None:
             "KUBECONFIG": str(kcfg), "SCANFLEET_AUDITOR": str(auditor),
             "SCANFLEET_RESULTS_DIR": str(tmp / "results"), "SCANFLEET_TOKEN_TTL": "900",
             "SCANFLEET_SCAN_TIMEOUT": "120", "SCANFLEET_CLUSTER_CONCURRENCY": "64",
-            "SCANFLEET_SANDBOX_ALLOW_READ": os.pathsep.join([str(tmp), str(SAMPLE.parent)]),
+            "SCANFLEET_SANDBOX_ALLOW_READ": os.pathsep.join([str(auditor.parent),
+                                                            str(SAMPLE.parent)]),
         })
         per_auditor = auditor_cpu(auditor, tmp, env)
         for flag in ("--version", "--help"):
@@ -113,7 +118,7 @@ def main() -> None:
             tf.write_text(json.dumps(targets))
             cpu, wall, rss = child_cpu([*CLI, "submit", "--local", "--concurrency",
                                         str(args.concurrency), "--targets-file", str(tf),
-                                        "--profile", str(tmp)], env)
+                                        "--profile", str(tmp / "profile")], env)
             own = cpu - n * per_auditor
             xs.append(n)
             ys.append(own)

@@ -27,18 +27,19 @@ import os
 import signal
 import subprocess
 import tarfile
+import threading
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
 from scanfleet import sandbox
 from scanfleet.auditor import auditor_environment
 from scanfleet.download import Limits
-from scanfleet.errors import ProfileUnavailable
+from scanfleet.errors import ProfileUnavailable, ScanError
 from scanfleet.logs import redact_text
 from scanfleet.policy import safe_url
 
@@ -145,7 +146,7 @@ def vendor(archive: Path, suffix: str, work: Path, how: Vendoring, shown: str) -
 
 def _run(argv: list[str], env: Mapping[str, str], how: Vendoring, shown: str) -> None:
     # No Landlock (vendoring needs the network), but no capabilities, no_new_privs, its own
-    # session and death with this thread, like every auditor scanfleet starts.
+    # session and death with this process, like every auditor scanfleet starts.
     policy = sandbox.Policy(landlock=False, drop_privileges=True)
     try:
         proc = sandbox.spawn(policy, argv, env)
@@ -153,21 +154,41 @@ def _run(argv: list[str], env: Mapping[str, str], how: Vendoring, shown: str) ->
         raise ProfileUnavailable(
             f"vendoring profile {shown}: auditor {how.auditor!r} cannot be run ({e}); "
             "set SCANFLEET_AUDITOR") from None
+    except ScanError as e:  # the launcher could not start it
+        raise ProfileUnavailable(f"vendoring profile {shown}: {e}") from None
+    err = _StderrTail(proc.stderr)
     try:
-        _, err = proc.communicate(timeout=how.timeout)
+        code = proc.wait(timeout=how.timeout)
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
         raise ProfileUnavailable(
             f"vendoring profile {shown} took longer than {how.timeout:g} s") from None
     finally:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)  # anything it left in its session
-    if proc.returncode != 0:
-        tail = redact_text(err.decode("utf-8", "replace"))[-STDERR_TAIL:].strip()
+            os.killpg(proc.pid, signal.SIGKILL)  # on a timeout, and anything it left behind
+    if code != 0:
         raise ProfileUnavailable(
-            f"vendoring profile {shown} failed (auditor exit {proc.returncode}): {tail}")
+            f"vendoring profile {shown} failed (auditor exit {code}): {err.text()}")
+
+
+class _StderrTail:
+    """Drains a pipe in a thread (so a chatty auditor never blocks), keeping its end."""
+
+    def __init__(self, pipe: IO[bytes] | None) -> None:
+        self._buf = bytearray()
+        self._thread = threading.Thread(target=self._pump, args=(pipe,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, pipe: IO[bytes] | None) -> None:
+        if pipe is None:
+            return
+        with contextlib.suppress(OSError, ValueError), pipe:
+            while chunk := pipe.read(65536):
+                self._buf += chunk
+                del self._buf[: max(0, len(self._buf) - 4 * STDERR_TAIL)]
+
+    def text(self) -> str:
+        self._thread.join(2)  # the group is gone: EOF is imminent
+        return redact_text(self._buf.decode("utf-8", "replace"))[-STDERR_TAIL:].strip()
 
 
 def _unpack(archive: Path, suffix: str, dest: Path, limits: Limits, shown: str) -> Path:

@@ -7,10 +7,11 @@
 
 with `KUBECONFIG` pointing at the scan's throwaway kubeconfig, inside the auditor sandbox
 (`scanfleet.sandbox`: Landlock, no capabilities, no_new_privs, death with its parent,
-applied by the exec helper between fork and exec). REPORT, HOME and TMPDIR lie in the
-scan's private directory; a completed report is rewritten into the results by scanfleet.
-It waits with a timeout and maps the outcome onto the error tree: exit 0 / 100 / 101 (all
-passed / some failed / some skipped) is a completed audit; any other exit is `AuditorFailed`
+applied between fork and exec by this process's launcher, `scanfleet.launcher`).
+REPORT, HOME and TMPDIR lie in the scan's private directory; a completed report is
+rewritten into the results by scanfleet. It waits with a timeout and maps the outcome onto
+the error tree: exit 0 / 100 / 101 (all passed / some failed / some skipped) is a completed
+audit; any other exit is `AuditorFailed`
 carrying the redacted last 2 KB of stderr; a missing executable is `AuditorMissing`; a
 timeout is `ScanTimeout`; a sandbox that cannot be applied is `SandboxUnavailable`.
 
@@ -40,7 +41,6 @@ import contextlib
 import os
 import re
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -57,6 +57,7 @@ from scanfleet.errors import (
     ScanInterrupted,
     ScanTimeout,
 )
+from scanfleet.launcher_client import AuditorProcess
 from scanfleet.logs import redact_text
 from scanfleet.procgroup import signal_name, terminate_group
 from scanfleet.results import copy_report
@@ -234,6 +235,9 @@ def run_auditor(
                                             kill_grace)
         duration = time.monotonic() - started
         log.info("auditor.finished", pid=proc.pid, exit_code=exit_code, duration_s=duration)
+        if proc.lost:
+            raise AuditorFailed("the auditor launcher exited during the audit and the "
+                                "auditor was killed with it; the next scan starts a new one")
         if exit_code not in COMPLETED_EXIT_CODES:
             how = f" (killed by {signal_name(-exit_code)})" if exit_code < 0 else ""
             raise AuditorFailed(f"auditor exited with code {exit_code}{how}: {stderr_tail}")
@@ -283,7 +287,7 @@ def _missing_message(auditor: str, why: str) -> str:
 
 
 def _supervise(
-    proc: subprocess.Popen[bytes], target: Target, deadline: float, timeout: float,
+    proc: AuditorProcess, target: Target, deadline: float, timeout: float,
     kill_grace: float,
 ) -> tuple[int, str]:
     """Wait for the auditor; its exit code and redacted stderr tail. The group never
@@ -307,7 +311,7 @@ def _supervise(
     return exit_code, tail.text()
 
 
-def _wait(proc: subprocess.Popen[bytes], deadline: float) -> int | None:
+def _wait(proc: AuditorProcess, deadline: float) -> int | None:
     """Wait for the leader until `deadline` (monotonic); its exit code, or None on timeout.
 
     Polls with short sleeps rather than blocking in waitpid, so a signal handler in the
@@ -330,7 +334,7 @@ def _wait(proc: subprocess.Popen[bytes], deadline: float) -> int | None:
 class _StderrTail:
     """Reads a pipe to EOF in a daemon thread, keeping only its last bytes."""
 
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+    def __init__(self, proc: AuditorProcess) -> None:
         assert proc.stderr is not None
         self._pipe = proc.stderr
         self._buf = bytearray()

@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import time
+from typing import Protocol
 
 import structlog
 
@@ -20,7 +20,17 @@ log = structlog.get_logger("scanfleet.auditor")
 POLL_MAX_S = 0.05
 
 
-def terminate_group(proc: subprocess.Popen[bytes], grace: float) -> None:
+class GroupLeader(Protocol):
+    """What is needed of the group's leader: a `subprocess.Popen` or a launcher handle."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+def terminate_group(proc: GroupLeader, grace: float) -> None:
     """SIGTERM the auditor's process group, SIGKILL whatever is alive after `grace` s.
 
     Robust against a second interruption: whatever happens while waiting out the grace

@@ -2,8 +2,9 @@
 
 The auditor runs untrusted Ruby (the profile) and parses text a hostile container prints.
 It gets the scan's throwaway kubeconfig and nothing else of the worker's: this module
-builds a Landlock policy for one scan and the command line of the exec helper
-(`scanfleet/sandbox_exec.py`) that applies it between fork and exec.
+builds a Landlock policy for one scan and hands it, with the auditor's command line, to
+this process's launcher (`scanfleet/launcher.py`), whose forked child applies it between
+fork and exec (`scanfleet/sandbox_exec.py`).
 
     read + execute   system directories (/usr, /lib*, /bin, /sbin), a curated part of
                      /etc (DNS, TLS trust, users, locale; not shadow, ssh, kubernetes),
@@ -30,14 +31,9 @@ What it must never do:
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import json
+import functools
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,15 +44,15 @@ from urllib.parse import urlsplit
 import structlog
 import yaml
 
-from scanfleet import sandbox_exec
-from scanfleet.errors import BadInput, SandboxUnavailable
+from scanfleet import launcher_client, sandbox_exec
+from scanfleet.errors import AuditorFailed, BadInput, SandboxUnavailable
+from scanfleet.launcher_client import AuditorProcess
 
 SANDBOX_ENV = "SCANFLEET_SANDBOX"
 ALLOW_READ_ENV = "SCANFLEET_SANDBOX_ALLOW_READ"
 ALLOW_WRITE_ENV = "SCANFLEET_SANDBOX_ALLOW_WRITE"
 PROTECT_ENV = "SCANFLEET_SANDBOX_PROTECT"
 DEFAULT_PROTECT = ("/var/run/secrets", "/run/secrets")
-HELPER = Path(__file__).resolve().with_name("sandbox_exec.py")
 
 SYSTEM_READ = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin")
 # /etc, entry by entry: what a Ruby CLI, OpenSSL, glibc's resolver and kubectl read. Not
@@ -70,8 +66,8 @@ ETC_READ = (
 DEV_READ = ("/dev/urandom", "/dev/random", "/dev/zero")
 DEV_WRITE = ("/dev/null",)
 FILE_FLAGS = ("--input-file", "--waiver-file")
-
-_PR_SET_DUMPABLE = 4
+# libyaml's safe loader when present: the kubeconfig is parsed on every scan.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 log = structlog.get_logger("scanfleet.sandbox")
 
@@ -101,7 +97,7 @@ def _paths(raw: str | None) -> tuple[Path, ...]:
 
 @dataclass(frozen=True)
 class Policy:
-    """What the exec helper enforces for one scan (paths resolved, ports as numbers)."""
+    """What the launcher's child enforces for one scan (paths resolved, ports as numbers)."""
 
     landlock: bool
     read: tuple[str, ...] = ()
@@ -109,10 +105,9 @@ class Policy:
     connect: tuple[int, ...] = ()
     drop_privileges: bool = True
 
-    def to_json(self) -> str:
-        return json.dumps({"landlock": self.landlock, "read": list(self.read),
-                           "write": list(self.write), "connect": list(self.connect),
-                           "drop_privileges": self.drop_privileges})
+    def to_dict(self) -> dict[str, object]:
+        return {"landlock": self.landlock, "read": list(self.read), "write": list(self.write),
+                "connect": list(self.connect), "drop_privileges": self.drop_privileges}
 
 
 @dataclass(frozen=True)
@@ -212,61 +207,36 @@ def describe(config: SandboxConfig) -> dict[str, Any]:
 def harden_process() -> None:
     """Make this process non-dumpable: no core dumps, and /proc/<pid>/environ, mem, fd of
     it readable only with CAP_SYS_PTRACE. Call at CLI and worker start (forks inherit it,
-    exec resets it)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_DUMPABLE, ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0),
-                  ctypes.c_ulong(0)) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
-
-
-def helper_argv(policy: Policy, errpipe: int, command: Sequence[str]) -> list[str]:
-    """The command line that runs `command` inside `policy`."""
-    return [sys.executable, "-I", "-S", str(HELPER), policy.to_json(), str(errpipe),
-            str(os.getpid()), *command]
+    exec resets it; the launcher does it for itself)."""
+    try:
+        sandbox_exec.make_non_dumpable()
+    except sandbox_exec.SandboxError as e:
+        raise OSError(f"cannot make this process non-dumpable: {e}") from None
 
 
 class ExecFailed(Exception):
-    """The helper confined itself but could not exec the auditor (missing, not executable)."""
+    """The auditor was confined but could not be exec'd (missing, not executable)."""
 
 
-def spawn(policy: Policy, argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
-    """Start `argv` through the exec helper, in a new session, and wait until it is the
-    auditor. stdin and stdout are /dev/null, stderr a pipe. Raises SandboxUnavailable
-    (nothing ran), ExecFailed, or whatever interrupts the wait (the group is killed)."""
-    rfd, wfd = os.pipe()
+def spawn(policy: Policy, argv: Sequence[str], env: Mapping[str, str]) -> AuditorProcess:
+    """Start `argv` through this process's launcher, confined by `policy`, in a new session,
+    and return once it is the auditor. stdin and stdout are /dev/null, stderr a pipe.
+    Raises SandboxUnavailable (nothing ran), ExecFailed, AuditorFailed (the launcher died
+    before the auditor started), or whatever interrupts the wait (the auditor is killed)."""
     try:
-        proc = subprocess.Popen(
-            helper_argv(policy, wfd, argv), env=dict(env), stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-            close_fds=True, pass_fds=(wfd,),
-        )
-    except OSError as e:  # the interpreter itself cannot be run
-        os.close(rfd)
-        raise SandboxUnavailable(f"the sandbox exec helper cannot be run: {e}") from e
-    finally:
-        os.close(wfd)
-    try:
-        failure = b""
-        while chunk := os.read(rfd, 4096):  # EOF: the helper's exec closed the pipe
-            failure += chunk
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        raise
-    finally:
-        os.close(rfd)
-    if not failure:
-        return proc
-    proc.wait()
-    if proc.stderr is not None:
-        proc.stderr.close()
-    kind, _, detail = failure.decode(errors="replace").strip().partition("\t")
-    if kind == "exec":
-        if policy.landlock and "PermissionError" in detail:
-            detail += f"; inside the sandbox: add its directory to {ALLOW_READ_ENV}"
-        raise ExecFailed(detail)
-    raise SandboxUnavailable(f"the auditor sandbox could not be applied: {detail}")
+        return launcher_client.get().spawn(argv, env, os.getcwd(), policy.to_dict())
+    except launcher_client.SpawnFailed as e:
+        detail = str(e)
+        if e.kind == "exec":
+            if policy.landlock and "PermissionError" in detail:
+                detail += f"; inside the sandbox: add its directory to {ALLOW_READ_ENV}"
+            raise ExecFailed(detail) from None
+        raise SandboxUnavailable(f"the auditor sandbox could not be applied: {detail}") from None
+    except launcher_client.LauncherLost as e:
+        raise AuditorFailed(f"{e}; the scan was not run (the next one starts a new "
+                            "launcher)") from None
+    except OSError as e:  # the launcher itself cannot be started or spoken to
+        raise SandboxUnavailable(f"the auditor launcher cannot be run: {e}") from e
 
 
 @dataclass(frozen=True)
@@ -287,21 +257,31 @@ def build_policy(config: SandboxConfig, scan: Scan, env: Mapping[str, str],
     """The policy of one scan. `env` is the auditor's environment, `worker_env` ours."""
     if not config.enabled:
         return Policy(landlock=False, drop_privileges=False)
-    read = [*SYSTEM_READ, *(f"/etc/{n}" for n in ETC_READ), *DEV_READ,
-            str(scan.kubeconfig), *_auditor_dirs(scan.executable, env),
+    read = [str(scan.kubeconfig), *_auditor_dirs(scan.executable, env),
             *_local_inputs(scan), *map(str, config.allow_read)]
-    kubectl = shutil.which("kubectl", path=env.get("PATH"))
+    kubectl = _which_kubectl(env.get("PATH"))
     if kubectl:
         read.append(kubectl)
     write = [str(scan.workdir.root), *DEV_WRITE, *map(str, config.allow_write)]
     policy = Policy(
         landlock=True,
-        read=_existing(read),
+        read=tuple(dict.fromkeys((*_system_read(), *_existing(read)))),
         write=_existing(write),
         connect=tuple(sorted(_ports(scan.kubeconfig, env))),
     )
     _refuse_exposure(policy, config, scan, worker_env)
     return policy
+
+
+@functools.lru_cache(maxsize=1)
+def _system_read() -> tuple[str, ...]:
+    """The fixed read rules, resolved once per process (system paths do not move)."""
+    return _existing([*SYSTEM_READ, *(f"/etc/{n}" for n in ETC_READ), *DEV_READ])
+
+
+@functools.lru_cache(maxsize=16)
+def _which_kubectl(path: str | None) -> str | None:
+    return shutil.which("kubectl", path=path)
 
 
 def _existing(paths: Iterable[str]) -> tuple[str, ...]:
@@ -340,7 +320,7 @@ def _ports(kubeconfig: Path, env: Mapping[str, str]) -> set[int]:
     """The API server's port (only the server URL of the kubeconfig is looked at)."""
     ports: set[int] = set()
     try:
-        doc = yaml.safe_load(kubeconfig.read_text())
+        doc = yaml.load(kubeconfig.read_text(), Loader=_YAML_LOADER)  # noqa: S506 (safe)
     except (OSError, yaml.YAMLError):
         doc = None
     clusters = doc.get("clusters") if isinstance(doc, dict) else None
@@ -374,16 +354,23 @@ def _refuse_exposure(policy: Policy, config: SandboxConfig, scan: Scan,
     not_contained = [Path(tempfile.gettempdir()), scan.results_dir]
     if home != Path("/"):
         not_contained.append(home)
+    # Resolved once per scan, compared as strings: both sides are absolute real paths.
+    guarded_real = list(dict.fromkeys(os.path.realpath(p) for p in guarded))
+    contained_real = list(dict.fromkeys(os.path.realpath(p) for p in not_contained))
     rules = [(p, "read") for p in policy.read] + [(p, "write") for p in policy.write]
     for rule, how in rules:
-        r = Path(rule)
-        for g in (Path(os.path.realpath(p)) for p in guarded):
-            if r == g or g in r.parents or r in g.parents:
+        for g in guarded_real:
+            if rule == g or _below(rule, g) or _below(g, rule):
                 raise SandboxUnavailable(
                     f"sandbox {how} rule {rule} would expose the protected path {g}; "
                     f"narrow {ALLOW_READ_ENV}/{ALLOW_WRITE_ENV} or move the file")
-        for c in (Path(os.path.realpath(p)) for p in not_contained):
-            if r == c or r in c.parents:
+        for c in contained_real:
+            if rule == c or _below(c, rule):
                 raise SandboxUnavailable(
                     f"sandbox {how} rule {rule} would contain {c} (other scans, results "
                     "or the worker's home); allow narrower paths")
+
+
+def _below(path: str, root: str) -> bool:
+    """`path` lies strictly inside `root` (both absolute and normalised)."""
+    return path != root and path.startswith(root.rstrip("/") + "/")

@@ -1,20 +1,17 @@
-"""The exec helper: confine this process, then become the auditor.
+"""Confinement between fork and exec: the ctypes code behind the auditor sandbox.
 
-Run between fork and exec, by path, with no site packages and no scanfleet imports:
-
-    python -I -S .../scanfleet/sandbox_exec.py POLICY_JSON ERRPIPE_FD PARENT_PID ARGV...
-
-It sets PR_SET_PDEATHSIG SIGKILL (and gives up if the parent is already gone), builds a
-Landlock ruleset from POLICY_JSON (see `scanfleet.sandbox.Policy.to_json`), drops every
-capability (bounding set, ambient, effective/permitted/inheritable), sets no_new_privs,
-restricts itself and then execs ARGV with the environment it was given. Any failure is
-written as one line to ERRPIPE_FD and the helper exits 125 without running the auditor; a
-successful exec closes the pipe (close-on-exec), which is how the parent tells the two apart.
+Imported by the launcher (`scanfleet/launcher.py`, run with -I -S), whose forked child
+calls `confine` and then execs the auditor; scanfleet itself imports it for `abi_version`.
+`confine` sets PR_SET_PDEATHSIG SIGKILL (and gives up if the parent is already gone),
+builds a Landlock ruleset from a policy dict (see `scanfleet.sandbox.Policy.to_dict`),
+drops every capability (bounding set, ambient, effective/permitted/inheritable), sets
+no_new_privs and restricts the calling thread with the ruleset.
 
 What it must never do:
-- import anything outside the standard library (it runs with -I -S, so it cannot, and it
-  must stay cheap: one short-lived interpreter per scan);
-- run the auditor when a requested restriction could not be applied (fail closed);
+- import anything outside the standard library (the launcher runs with -I -S, so it
+  cannot, and it must stay cheap to import);
+- return normally when a requested restriction could not be applied (fail closed: it
+  raises, and the caller runs nothing);
 - print the policy or the environment (they hold paths only, but the rule is simple).
 
 Why ctypes rather than the `landlock` PyPI binding: that binding (1.0.0.dev5) only knows the
@@ -26,11 +23,9 @@ three syscalls are small and stable; they are spelled out here.
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import signal
 import stat
-import sys
 
 SYS_CREATE_RULESET, SYS_ADD_RULE, SYS_RESTRICT_SELF = 444, 445, 446  # same on every arch
 CREATE_RULESET_VERSION = 1
@@ -45,7 +40,8 @@ READ_RIGHTS = FS_EXECUTE | FS_READ_FILE | FS_READ_DIR
 NET_BIND_TCP, NET_CONNECT_TCP = 1 << 0, 1 << 1
 SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1
 
-PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 24, 38
+PR_SET_PDEATHSIG, PR_GET_DUMPABLE, PR_SET_DUMPABLE = 1, 3, 4
+PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 24, 38
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 CAP_VERSION_3 = 0x20080522
 EXIT_SANDBOX = 125
@@ -100,6 +96,16 @@ def _syscall(*args: object) -> int:
 def _prctl(option: int, arg: int = 0) -> int:
     return int(_libc.prctl(option, ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0),
                            ctypes.c_ulong(0)))
+
+
+def make_non_dumpable() -> None:
+    """PR_SET_DUMPABLE 0: no core dumps, and /proc/<pid>/environ, mem, fd of this process
+    readable only with CAP_SYS_PTRACE. Forks inherit it; exec resets it."""
+    _check(_prctl(PR_SET_DUMPABLE, 0), "prctl(PR_SET_DUMPABLE, 0)")
+
+
+def is_dumpable() -> bool:
+    return _prctl(PR_GET_DUMPABLE) == 1
 
 
 def abi_version() -> int:
@@ -207,45 +213,14 @@ def confine(policy: dict[str, object], parent_pid: int) -> None:
         landlock(policy, abi)
 
 
-def which(name: str) -> str:
-    """`name` resolved on PATH now: nothing may be imported once Landlock is on."""
+def which(name: str, path: str | None = None) -> str:
+    """`name` resolved on `path` (a PATH value; ours by default) now: nothing may be
+    looked up once Landlock is on."""
     if os.sep in name:
         return name
-    for directory in os.get_exec_path():
+    directories = os.get_exec_path() if path is None else path.split(os.pathsep)
+    for directory in directories:
         candidate = os.path.join(directory or ".", name)
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     raise FileNotFoundError(2, "No such file or directory", name)
-
-
-def main(argv: list[str]) -> int:
-    policy_json, errpipe, parent, *command = argv
-    fd = int(errpipe)
-    try:
-        if not command:
-            raise SandboxError("no command to run")
-        executable = which(command[0])
-    except OSError as e:
-        return _fail(fd, "exec", f"{e.strerror} ({e.__class__.__name__})")
-    except SandboxError as e:
-        return _fail(fd, "sandbox", str(e))
-    try:
-        confine(json.loads(policy_json), int(parent))
-        os.set_inheritable(fd, False)
-    except Exception as e:  # anything at all: the auditor must not run half-confined
-        return _fail(fd, "sandbox", f"{e.__class__.__name__}: {e}")
-    try:
-        os.execv(executable, command)  # noqa: S606 (a list argv, never a shell)
-    except OSError as e:
-        return _fail(fd, "exec", f"{e.strerror} ({e.__class__.__name__})")
-    return EXIT_SANDBOX  # not reached: execv does not return
-
-
-def _fail(fd: int, kind: str, detail: str) -> int:
-    """Tell the parent why nothing runs (one line on the error pipe) and exit 125."""
-    os.write(fd, f"{kind}\t{detail}\n".encode())
-    return EXIT_SANDBOX
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

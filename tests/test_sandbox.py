@@ -10,6 +10,7 @@ same probes succeed, so these tests fail if the sandbox stops being applied.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -37,7 +38,7 @@ from scanfleet.targets import Target
 
 HOSTILE = STANDIN.with_name("hostile-auditor")
 READ_PROBES = ("admin_kubeconfig", "home_kube", "sa_token", "other_scan", "other_results",
-               "parent_environ")
+               "worker_environ", "launcher_environ")
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
@@ -107,12 +108,15 @@ def hostile(
             "sa_token": str(secrets / "kubernetes.io" / "serviceaccount" / "token"),
             "other_scan": str(other_scan_dir / "kubeconfig"),
             "other_results": str(other_run / "run.json"),
-            "parent_environ": "/proc/{ppid}/environ",
+            # The scan runs in this process (the worker); the auditor's parent is the launcher.
+            "worker_environ": f"/proc/{os.getpid()}/environ",
+            "launcher_environ": "/proc/{ppid}/environ",
             **{f"client_temp_{i}": p for i, p in enumerate(temp_files)},
         },
         "connect": {"redis": ["127.0.0.1", 6379], "other_port": ["127.0.0.1", listener]},
         "bind": True,
         "signal_parent": True,
+        "signal": {"signal_worker": os.getpid()},
         "self_status": True,
     }
     probes = standin_io / "probes.json"
@@ -149,7 +153,7 @@ def test_every_probe_fails_and_the_scan_completes(
     assert outcome.exit_code == 0, outcome.stderr
     attempted = {k for k in probes if k != "self_status"}
     assert {*READ_PROBES, "client_temp_0", "client_temp_1", "redis", "other_port", "bind",
-            "signal_parent"} <= attempted
+            "signal_parent", "signal_worker"} <= attempted
     succeeded = {k: v for k, v in probes.items() if k != "self_status" and v == "ok"}
     assert succeeded == {}, f"the sandboxed auditor reached: {sorted(succeeded)}"
     assert str(probes["self_status"]).startswith("denied"), "/proc is not readable by default"
@@ -163,7 +167,9 @@ def test_the_same_probes_succeed_with_the_sandbox_off(
     monkeypatch.setenv("SCANFLEET_SANDBOX", "off")
     outcome, probes = hostile()
     assert outcome.exit_code == 0, outcome.stderr
-    expected_ok = {k for k in probes if k != "self_status"}
+    expected_ok = {k for k in probes if k not in ("self_status", "launcher_environ")}
+    # The launcher runs with an empty environment: nothing to read there, sandbox or not.
+    assert probes["launcher_environ"] == "denied: empty"
     if not _redis_up():
         expected_ok.discard("redis")
     failed = {k: probes[k] for k in expected_ok if probes[k] != "ok"}
@@ -179,7 +185,8 @@ def test_with_proc_readable_the_parent_environ_stays_closed(
                        os.environ["SCANFLEET_SANDBOX_ALLOW_READ"] + os.pathsep + "/proc")
     outcome, probes = hostile()
     assert outcome.exit_code == 0, outcome.stderr
-    assert probes["parent_environ"].startswith("denied"), probes["parent_environ"]
+    for name in ("worker_environ", "launcher_environ"):
+        assert probes[name].startswith("denied"), f"{name}: {probes[name]}"
     status = probes["self_status"]
     assert isinstance(status, dict), status
     for caps in ("CapEff", "CapPrm", "CapInh", "CapAmb", "CapBnd"):
@@ -239,19 +246,19 @@ def test_without_landlock_nothing_runs_unless_opted_out(
     assert sandbox.mode_label(sandbox.SandboxConfig.from_env(os.environ)) == "off"
 
 
-def test_a_helper_that_cannot_confine_runs_nothing(
+def test_a_child_that_cannot_confine_runs_nothing(
     standin_auditor: str, auditor_log: Any, private: Path, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = sandbox.helper_argv
+    real = sandbox.build_policy
 
-    def wrong_parent(policy: sandbox.Policy, fd: int, cmd: Any) -> list[str]:
-        argv = real(policy, fd, cmd)
-        argv[6] = "1"  # the helper checks it still has the parent it was started by
-        return argv
+    def unopenable_rule(*args: Any) -> sandbox.Policy:
+        policy = real(*args)
+        # A rule the launcher's child cannot open (ENAMETOOLONG): it must give up, not skip.
+        return dataclasses.replace(policy, read=(*policy.read, "/" + "x" * 5000))
 
-    monkeypatch.setattr(sandbox, "helper_argv", wrong_parent)
-    with pytest.raises(SandboxUnavailable, match="is gone"):
+    monkeypatch.setattr(sandbox, "build_policy", unopenable_rule)
+    with pytest.raises(SandboxUnavailable, match="cannot open"):
         _run(standin_auditor, private, tmp_path)
     assert auditor_log() == []
 
@@ -426,3 +433,40 @@ def test_copy_report_refuses_what_is_not_a_plain_file(tmp_path: Path) -> None:
     results.copy_report(good, tmp_path / "out" / "r.json")
     assert (tmp_path / "out" / "r.json").read_text() == "{}"
     assert stat.S_IMODE((tmp_path / "out" / "r.json").stat().st_mode) == 0o600
+
+
+# --- policy: what a rule may not expose -----------------------------------------------------
+
+
+def _policy_with(tmp_path: Path, allow: Path) -> sandbox.Policy:
+    secrets, results = tmp_path / "secrets", tmp_path / "results"
+    for d in (secrets / "sub", results, tmp_path / "secrets-other", tmp_path / "private"):
+        d.mkdir(parents=True, exist_ok=True)
+    work = sandbox.prepare_workdir(tmp_path / "private")
+    kubeconfig = tmp_path / "private" / "kubeconfig"
+    kubeconfig.write_text("clusters: [{cluster: {server: 'https://127.0.0.1:6443'}}]\n")
+    config = sandbox.SandboxConfig(allow_read=(allow,), protect=(secrets,))
+    scan = sandbox.Scan("/bin/sh", "p", kubeconfig, work, results)
+    return sandbox.build_policy(config, scan, {"PATH": "/usr/bin:/bin"},
+                                {"HOME": str(tmp_path / "home")})
+
+
+@pytest.mark.parametrize(("allow", "refused"), [
+    ("secrets", "would expose"),          # the protected directory itself
+    ("secrets/sub", "would expose"),      # inside it
+    (".", "would expose"),                # containing it
+    ("results", "would contain"),         # the results directory
+    ("secrets-other", None),              # a sibling sharing the name's prefix
+    ("results/../secrets-other", None),
+])
+def test_a_rule_may_not_expose_a_protected_path_or_contain_results(
+    tmp_path: Path, allow: str, refused: str | None,
+) -> None:
+    target = tmp_path / allow
+    if refused is None:
+        policy = _policy_with(tmp_path, target)
+        assert os.path.realpath(target) in policy.read
+        assert policy.connect == (6443,)
+    else:
+        with pytest.raises(SandboxUnavailable, match=refused):
+            _policy_with(tmp_path, target)
