@@ -18,7 +18,11 @@
     │   ├── InvalidReport        invalid_report
     │   ├── TargetChanged        target_changed (the pod was replaced during the scan)
     │   ├── ScanInterrupted      interrupted
-    │   └── Rejected             rejected: a worker refused the plan (policy.py)
+    │   ├── Rejected             rejected: a worker refused the plan (policy.py)
+    │   │   └── ProfileMismatch  rejected: this worker's profile bytes differ from the run's
+    │   │                        pinned sha256 (profiles.py)
+    │   └── ProfileUnavailable   profile_unavailable: a URL profile could not be downloaded,
+    │                            read or vendored (download.py, archives.py)
     └── FleetBusy                the fleet cannot take this scan right now (retryable)
         ├── StoreUnavailable     Redis could not be reached (after the client's retries)
         └── NoSlot               the cluster is at its concurrency cap
@@ -49,6 +53,7 @@ class ErrorKind(StrEnum):
     INTERRUPTED = "interrupted"
     TARGET_CHANGED = "target_changed"
     REJECTED = "rejected"
+    PROFILE_UNAVAILABLE = "profile_unavailable"
 
 
 class ExitCode(IntEnum):
@@ -154,6 +159,22 @@ class Rejected(ScanError):
     """A worker refused to run what the plan (read from Redis) asked for: nothing ran."""
 
     kind = ErrorKind.REJECTED
+
+
+class ProfileMismatch(Rejected):
+    """This worker fetched other bytes than the run's pinned digest: nothing runs."""
+
+    def __init__(self, message: str, pinned: str | None = None) -> None:
+        super().__init__(message)
+        self.pinned = pinned
+        """The run's pinned sha256 (what its summaries record)."""
+
+
+class ProfileUnavailable(ScanError):
+    """A URL profile could not be downloaded, read as an archive or vendored. `scan` and
+    `submit --local` turn it into BadInput (exit 2); on a worker it is the target's result."""
+
+    kind = ErrorKind.PROFILE_UNAVAILABLE
 
 
 class FleetBusy(ScanfleetError):

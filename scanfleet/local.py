@@ -119,7 +119,8 @@ def _close_interrupted(
             if not p.exists():
                 write_json(
                     p, failed_before_scan(plan.run_id, t.target, interrupted, pipe.now(),
-                                  image=t.image, image_id=t.image_id)
+                                  image=t.image, image_id=t.image_id,
+                                  profile_sha256=plan.profile_sha256)
                 )
             pipe.state.finish(plan.run_id, [(scan_id, "error")])
 

@@ -55,7 +55,8 @@ class ScanOptions:
     timeout: float = 1800
     auditor: str = "cinc-auditor"
     kill_grace: float = 10.0
-
+    profile_sha256: str | None = None
+    """The sha256 of the archive the auditor gets (a URL profile; profiles.py)."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,11 @@ class RunPlan:
     """The profile URL with its credentials (user:password@), in memory only: `profile`
     is the URL without them, and only `profile` is serialised (Redis, run.json). A worker
     takes credentials from its own allow-list instead (policy.credentialed)."""
+    profile_sha256: str | None = None
+    """A URL profile's pinned sha256: set by `scan`/`submit --local` when they fetch it, and
+    in Redis by the first worker that fetches it (first writer wins; profiles.py)."""
+    profile_path: str | None = field(default=None, repr=False, compare=False)
+    """The fetched archive the auditor gets instead of the URL, in memory only."""
 
     @classmethod
     def new(
@@ -136,6 +142,7 @@ class RunPlan:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("profile_url")
+        d.pop("profile_path")
         d["input_files"] = list(self.input_files)
         d["extra_args"] = list(self.extra_args)
         return d
@@ -144,6 +151,7 @@ class RunPlan:
     def from_dict(cls, data: Mapping[str, Any]) -> RunPlan:
         d = dict(data)
         d.pop("profile_url", None)
+        d.pop("profile_path", None)
         d["input_files"] = tuple(d.get("input_files", ()))
         d["extra_args"] = tuple(d.get("extra_args", ()))
         return cls(**d)
@@ -155,7 +163,8 @@ class RunPlan:
         if self.threshold is not None:
             threshold = parse_threshold(self.threshold, self.threshold_source)
         return ScanOptions(
-            profile=self.profile_url or self.profile,
+            profile=self.profile_path or self.profile_url or self.profile,
+            profile_sha256=self.profile_sha256,
             threshold=threshold,
             input_files=self.input_files,
             extra_args=self.extra_args,

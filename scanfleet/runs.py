@@ -61,11 +61,13 @@ def failed_before_scan(
     *,
     image: str | None = None,
     image_id: str | None = None,
+    profile_sha256: str | None = None,
 ) -> TargetSummary:
     """The summary of a target that failed before its scan could start."""
     summary = error_summary(
         scan_id=scan_id_for(run_id, target), run_id=run_id,
         target=target_doc(target.to_dict(), image, image_id), error=error, started_at=iso(now),
+        profile_sha256=profile_sha256,
     )
     # Messages go to result files and Redis: no credential, whatever raised them.
     if summary["error"] is not None:
@@ -150,7 +152,7 @@ def record_error(pipe: Pipeline, plan: RunPlan, entry: Entry) -> TargetSummary:
     assert entry.error is not None
     summary = failed_before_scan(
         plan.run_id, entry.target, entry.error, pipe.now(), image=entry.image,
-        image_id=entry.image_id,
+        image_id=entry.image_id, profile_sha256=plan.profile_sha256,
     )
     record(pipe, plan, summary)
     return summary
@@ -218,7 +220,8 @@ def record_failure(
     }
     if isinstance(exc, ScanError):
         error = exc
-    summary = failed_before_scan(plan.run_id, target, error, pipe.now())
+    summary = failed_before_scan(plan.run_id, target, error, pipe.now(),
+                                 profile_sha256=plan.profile_sha256)
     record(pipe, plan, summary)
     return summary
 
@@ -251,6 +254,7 @@ def finalize(
         "finished_at": iso(now()),
         "sandbox": sandbox,
         **result,
+        "profile_sha256": plan.profile_sha256,
     }
     for hook in hooks:
         hook(results_dir, run)

@@ -188,7 +188,7 @@ def _summary(
             scan_id=scan_id, run_id=run_id, target=doc,
             error=error or InvalidReport("the scan produced no counts"),
             started_at=iso(started), finished_at=iso(finished), duration_s=duration,
-            cleanup=found.cleanup,
+            cleanup=found.cleanup, profile_sha256=options.profile_sha256,
         )
     threshold: ThresholdDoc = {"passed": None, "failures": []}
     if options.threshold is not None:
@@ -198,4 +198,5 @@ def _summary(
         scan_id=scan_id, run_id=run_id, target=doc, started_at=iso(started),
         finished_at=iso(finished), duration_s=duration, cleanup=found.cleanup,
         counts=found.counts, ids=found.ids or {}, threshold=threshold,
+        profile_sha256=options.profile_sha256,
     )

@@ -115,6 +115,13 @@ class Settings:
     """The auditor sandbox (SCANFLEET_SANDBOX, SCANFLEET_SANDBOX_ALLOW_READ/_WRITE/_PROTECT)."""
     results_group_read: bool = False
     """Results 0750/0640 instead of 0700/0600 (SCANFLEET_RESULTS_GROUP_READ=1)."""
+    profile_cache: Path | None = None
+    """Private (0700) cache of fetched URL profiles; None: `<tmp>/scanfleet.profiles.<uid>`
+    (SCANFLEET_PROFILE_CACHE)."""
+    profile_max_bytes: int = 64 * 1024 * 1024
+    """Largest profile archive downloaded, bytes (SCANFLEET_PROFILE_MAX_BYTES)."""
+    profile_timeout: int = 120
+    """Seconds a profile download may take in all (SCANFLEET_PROFILE_TIMEOUT)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -148,6 +155,10 @@ class Settings:
             ) == "1",
             sandbox=SandboxSettings.from_env(env),
             results_group_read=results_group_read(env),
+            profile_cache=Path(env["SCANFLEET_PROFILE_CACHE"])
+            if env.get("SCANFLEET_PROFILE_CACHE") else None,
+            profile_max_bytes=env_int(env, "SCANFLEET_PROFILE_MAX_BYTES", d.profile_max_bytes, 1),
+            profile_timeout=env_int(env, "SCANFLEET_PROFILE_TIMEOUT", d.profile_timeout, 1),
         )
 
 

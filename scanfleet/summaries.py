@@ -77,6 +77,8 @@ class TargetSummary(TypedDict):
     threshold: ThresholdDoc
     cleanup: str
     controls: ControlIds | None
+    profile_sha256: str | None
+    """The run's pinned profile digest (a URL profile), else None."""
 
 
 class RunDocument(TypedDict):
@@ -99,6 +101,7 @@ class RunDocument(TypedDict):
     error_targets: list[dict[str, Any]]
     fleet_threshold: ThresholdDoc
     exit_code: int
+    profile_sha256: str | None
 
 
 class DriftDocument(TypedDict):
@@ -132,6 +135,7 @@ class PlanDocument(TypedDict):
     auditor: str
     dedupe_images: bool
     extra: Mapping[str, Any]
+    profile_sha256: str | None
 
 
 NO_THRESHOLD: ThresholdDoc = {"passed": None, "failures": []}
@@ -168,6 +172,7 @@ def scanned_summary(
     counts: Counts,
     ids: ControlIds,
     threshold: ThresholdDoc,
+    profile_sha256: str | None = None,
 ) -> TargetSummary:
     """A completed scan: its counts, control ids and threshold verdict."""
     return {
@@ -185,6 +190,7 @@ def scanned_summary(
         "threshold": threshold,
         "cleanup": cleanup,
         "controls": ids,
+        "profile_sha256": profile_sha256,
     }
 
 
@@ -198,6 +204,7 @@ def error_summary(
     finished_at: str | None = None,
     duration_s: float = 0.0,
     cleanup: str = "complete",
+    profile_sha256: str | None = None,
 ) -> TargetSummary:
     """A target that could not be scanned (before, during or after its audit)."""
     return {
@@ -215,6 +222,7 @@ def error_summary(
         "threshold": {"passed": None, "failures": []},
         "cleanup": cleanup,
         "controls": None,
+        "profile_sha256": profile_sha256,
     }
 
 

@@ -36,6 +36,9 @@ def deliver(monkeypatch: pytest.MonkeyPatch) -> Any:
         def run(self, run_id: str) -> tuple[object, object, None]:
             return object(), object(), None
 
+        def pin_profile(self, plan: object) -> object:
+            return plan  # a local profile: nothing to fetch
+
     recorded: list[Any] = []
     completed: list[Any] = []
     monkeypatch.setattr(tasks, "runtime", Runtime)

@@ -189,7 +189,11 @@ def _run_local(
     sandbox: str | None,
 ) -> None:
     from scanfleet.local import run_local
+    from scanfleet.profiles import fetch_config, pin_for_run
+    from scanfleet.settings import process_environment
 
+    # A URL profile: fetched once for the run, before any identity (BadInput: exit 2).
+    plan = pin_for_run(plan, fetch_config(settings, process_environment()))
     click.echo(plan.run_id)
     total = sum(e.size() for e in entries)
     with tqdm(total=total, file=sys.stderr, unit="target", desc=plan.run_id) as bar:

@@ -51,6 +51,8 @@ def scan_command(
     from scanfleet.kube import ClientCache
     from scanfleet.kubeconfig import choose_contexts
     from scanfleet.local import run_local
+    from scanfleet.profiles import fetch_config, pin_for_run
+    from scanfleet.settings import process_environment
 
     kcfg = kubeconfig or settings.kubeconfig
     ctx = choose_contexts(kcfg, [context] if context else [], False)[0]
@@ -59,6 +61,8 @@ def scan_command(
     mode = sandbox_mode(settings)
     clients = ClientCache(kcfg)
     clients.get(ctx)
+    # A URL profile: fetched once, here, before any identity (BadInput: exit 2).
+    plan = pin_for_run(plan, fetch_config(settings, process_environment()))
     click.echo(plan.run_id)
     with interruptible():
         run = run_local(clients, plan, [tgt], results_dir(output, settings), sandbox=mode)

@@ -4,6 +4,7 @@
     store.runs     run state: `RunStore` (Redis) and `MemoryRunState` (in process)
     store.slots    per-cluster slots: `RedisSlots` (leases) and `LocalSlots` (semaphores)
     store.locks    the sweep lock, with its `LOCK_TTL` / `PENDING_TTL`
+    store.pins     a run's pinned profile sha256, in its plan (first writer wins)
 
 All Lua lives in these modules; every Redis call goes through `client.guarded`, so a Redis
 outage surfaces as the retryable `StoreUnavailable` and never as a scan error. Never stores

@@ -18,7 +18,9 @@ stalls the run.
 A plan read from Redis is not trusted (`worker_plan`, policy.py): the auditor comes from
 this worker's settings, and a results directory outside SCANFLEET_RESULTS_DIR, a profile
 off the allow-list, a refused auditor argument or a bad token TTL gives every target a
-`rejected` error result instead of a scan.
+`rejected` error result instead of a scan. A URL profile is fetched by the worker, never by
+the auditor, and pinned to the run's first fetch (`_Runtime.pin_profile`, profiles.py):
+other bytes, or no bytes, give the target an error result and no auditor runs.
 
     scanfleet.sweep_tick(name, sweep)   sweeping.run_tick, starting runs via submit.submit_run
     scanfleet.janitor / scanfleet.prune  janitor and retention, on beat's schedule
@@ -44,8 +46,11 @@ from scanfleet.discovery import Entry
 from scanfleet.errors import (
     BadInput,
     FleetBusy,
+    ProfileMismatch,
+    ProfileUnavailable,
     Rejected,
     SandboxUnavailable,
+    ScanError,
     ScanfleetError,
     ScanInterrupted,
     StoreUnavailable,
@@ -54,10 +59,12 @@ from scanfleet.janitor import EarlyRevoke, janitor_for_kubeconfig
 from scanfleet.kube import ClientCache
 from scanfleet.plan import RunPlan
 from scanfleet.policy import check_auditor_args, check_profile, check_results_dir, credentialed
+from scanfleet.profiles import RunPins, fetch_config, pin_for_scan
 from scanfleet.retention import prune
 from scanfleet.runs import Pipeline, complete, fan_out, record_failure, run_target
-from scanfleet.settings import check_ttl
+from scanfleet.settings import check_ttl, process_environment
 from scanfleet.store.locks import LOCK_TTL, SweepLock
+from scanfleet.store.pins import record_profile_digest
 from scanfleet.store.runs import RunStore
 from scanfleet.store.slots import RedisSlots
 from scanfleet.sweeps import Sweep
@@ -92,6 +99,13 @@ class _Runtime:
         )
         self._plans: dict[str, tuple[RunPlan, Path, Rejected | None]] = {}
         self.sandbox = _sandbox_mode()
+        self.pins = RunPins(fetch_config(settings, process_environment()))
+
+    def pin_profile(self, plan: RunPlan) -> RunPlan:
+        """A URL profile as this worker's cached archive, pinned to the run's sha256 (the
+        first fetch of the run records it in Redis): profiles.pin_for_scan."""
+        return pin_for_scan(
+            plan, self.pins, lambda sha256: record_profile_digest(self.store, plan.run_id, sha256))
 
     def run(self, run_id: str) -> tuple[RunPlan, Pipeline, Rejected | None] | None:
         """The run's plan as this worker will execute it, its pipeline, and the reason the
@@ -191,7 +205,9 @@ def _task(**options: Any) -> Callable[[F], F]:
     return cast(Callable[[F], F], app.task(**options))
 
 
-def _record_rejected(pipe: Pipeline, plan: RunPlan, target: Target, rejected: Rejected) -> str:
+def _record_rejected(pipe: Pipeline, plan: RunPlan, target: Target, rejected: ScanError) -> str:
+    if isinstance(rejected, ProfileMismatch) and rejected.pinned:
+        plan = replace(plan, profile_sha256=rejected.pinned)  # the run's digest, not ours
     if not pipe.state.is_done(plan.run_id, scan_id_for(plan.run_id, target)):
         record_failure(pipe, plan, target, rejected)
     return "error"
@@ -237,6 +253,10 @@ def scan_target(
             plan, pipe, rejected = found
             if rejected is not None:
                 return _record_rejected(pipe, plan, t, rejected)
+            try:
+                plan = rt.pin_profile(plan)
+            except (ProfileUnavailable, ProfileMismatch) as e:
+                return _record_rejected(pipe, plan, t, e)  # no auditor runs
         except StoreUnavailable as e:
             _retry_or_continue(self, e, {})
             raise
