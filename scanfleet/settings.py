@@ -64,6 +64,9 @@ class Settings:
     retry_delay_scale: float = 1.0
     """Multiplies the fleet's retry pauses of `clock.RETRY_DELAYS` (those not derived from
     the lease): 0.01 turns 15..120 s into 0.15..1.2 s, for tests (SCANFLEET_RETRY_DELAY_SCALE)."""
+    kube_retries: int = 5
+    """Retries of one Kubernetes API request in a worker (connection errors, 429, 5xx; with
+    urllib3's backoff, 5 take about 15 s) before the scan is re-queued (SCANFLEET_KUBE_RETRIES)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -93,6 +96,7 @@ class Settings:
                 env, "SCANFLEET_METRICS_PER_NAMESPACE", "0", ("0", "1")
             ) == "1",
             retry_delay_scale=env_float(env, "SCANFLEET_RETRY_DELAY_SCALE", d.retry_delay_scale),
+            kube_retries=env_int(env, "SCANFLEET_KUBE_RETRIES", d.kube_retries, 0),
         )
 
 

@@ -88,7 +88,7 @@ class _Runtime:
         self.store = RunStore.from_url(
             settings.broker_url, settings.key_prefix, settings.retention_days
         )
-        self.clients = ClientCache(settings.kubeconfig)
+        self.clients = ClientCache(settings.kubeconfig, retries=settings.kube_retries)
         self.slots = RedisSlots(
             self.store, settings.cluster_concurrency, lease_seconds=tuning.lease_seconds
         )

@@ -1,0 +1,149 @@
+"""Recovery of expired leases, below the fleet: the store's owner records and atomic claim
+(a real redis-server), `recover_expired` against a fake cluster, and the watcher thread.
+tests/test_recovery_fleet.py kills real workers."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fakekube import FakeCluster
+from fixtures_fleet import RedisServer, wait_for
+
+from scanfleet.errors import SlotBusy
+from scanfleet.identity import object_name
+from scanfleet.kube import ClientCache
+from scanfleet.recovery import Watcher, recover_expired
+from scanfleet.store.runs import RunStore
+from scanfleet.store.slots import RedisSlots
+
+RUN = "20250101T000000Z-abcdef"
+TARGET = {"context": "fake", "namespace": "apps", "pod": "web", "container": "app"}
+RERUN = {"run_id": RUN, "target": TARGET}
+
+
+@pytest.fixture
+def store(redis_server: RedisServer) -> RunStore:
+    return RunStore.from_url(redis_server.url, "sf", retention_days=1)
+
+
+def slots(store: RunStore, lease: float = 0.3) -> RedisSlots:
+    return RedisSlots(store, 5, lease_seconds=lease, wait_seconds=0)
+
+
+def test_an_expired_lease_is_claimed_by_exactly_one_of_many_workers(store: RunStore) -> None:
+    s = slots(store)
+    assert s.try_acquire("fake", "scan1", "tok1", RERUN) == 1  # then no heartbeat: it dies
+    assert s.claim_expired("fake") == []  # live: nothing to recover yet
+    assert s.lease_contexts() == ["fake"]
+    wait_for(lambda: s.holders("fake") == [], 10, "the lease to expire")
+    claims: list[list[tuple[str, dict[str, Any]]]] = []
+    barrier = threading.Barrier(8)
+
+    def claim() -> None:
+        barrier.wait()
+        claims.append(slots(store).claim_expired("fake"))
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(claims, key=len) == [[]] * 7 + [[("scan1", RERUN)]]
+    assert s.claim_expired("fake") == []  # gone from Redis with the claim
+    assert store.r.hlen("sf:rerun:fake") == 0
+
+
+def test_a_finished_scan_leaves_nothing_to_recover(store: RunStore) -> None:
+    s = slots(store, lease=0.3)
+    with s.slot("fake", "scan1", RERUN):
+        pass
+    with pytest.raises(RuntimeError), s.slot("fake", "scan2", RERUN):
+        raise RuntimeError("the scan blew up")  # a failed scan is recorded, not recovered
+    assert store.r.hlen("sf:rerun:fake") == 0
+    assert s.claim_expired("fake") == []
+
+
+def test_a_live_scan_keeps_its_lease_past_the_lease_period(store: RunStore) -> None:
+    s = slots(store, lease=1.0)  # heartbeat every 0.5 s
+    with s.slot("fake", "scan1", RERUN):
+        t0 = store.r.time()
+        wait_for(lambda: store.r.time()[0] >= t0[0] + 3, 10, "three seconds of Redis time")
+        assert s.claim_expired("fake") == []
+        assert s.holders("fake") == ["scan1"]
+
+
+def test_a_scan_whose_lease_was_claimed_ends_with_slot_busy(store: RunStore) -> None:
+    s = slots(store, lease=30)
+    with pytest.raises(SlotBusy, match="another worker re-ran it"), \
+            s.slot("fake", "scan1", RERUN):
+        # A pause longer than the lease: its expiry passes and recovery claims it.
+        store.r.zadd("sf:lease:fake", {"scan1": 1})
+        assert [sid for sid, _ in s.claim_expired("fake")] == ["scan1"]
+        # The re-run takes the lease; the slow copy must not release it on its way out.
+        assert s.try_acquire("fake", "scan1", "rerun-token", RERUN) == 1
+    assert s.holders("fake") == ["scan1"]
+    assert s.release("fake", "scan1", "rerun-token")
+
+
+class Published(list[tuple[str, dict[str, Any]]]):
+    def __call__(self, run_id: str, target: Mapping[str, Any]) -> None:
+        self.append((run_id, dict(target)))
+
+
+class Done:
+    def __init__(self, *done: str) -> None:
+        self.done = set(done)
+
+    def is_done(self, run_id: str, scan_id: str) -> bool:
+        return scan_id in self.done
+
+
+def identity_of(cluster: FakeCluster, scan_id: str) -> list[str]:
+    return [o["metadata"]["name"] for o in cluster.objects("serviceaccounts", "apps")
+            if o["metadata"]["name"] == object_name(scan_id)]
+
+
+def test_recovery_revokes_the_dead_scans_identity_and_publishes_it_once(
+    store: RunStore, fake_cluster: FakeCluster, admin_kubeconfig: Path,
+) -> None:
+    clients = ClientCache(str(admin_kubeconfig), retries=0)
+    name = object_name("0123456789abcdef")
+    clients.get("fake").create_object("ServiceAccount", "apps", {
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "scanfleet"}},
+    })
+    s = slots(store)
+    assert s.try_acquire("fake", "0123456789abcdef", "dead", RERUN) == 1
+    assert s.try_acquire("fake", "fedcba9876543210", "dead", RERUN) == 1  # recorded already
+    published = Published()
+    recover: Callable[[], Any] = lambda: recover_expired(  # noqa: E731
+        s, Done("fedcba9876543210"), clients, published)
+    assert recover().rerun == []  # leases still live
+    assert identity_of(fake_cluster, "0123456789abcdef") == [name]
+    wait_for(lambda: s.holders("fake") == [], 10, "the leases to expire")
+    got = recover()
+    assert got.rerun == ["0123456789abcdef"]
+    assert got.already_done == ["fedcba9876543210"]
+    assert published == [(RUN, TARGET)]
+    assert identity_of(fake_cluster, "0123456789abcdef") == []
+    assert recover().rerun == []  # claimed once: a second pass (another worker) finds nothing
+    assert published == [(RUN, TARGET)]
+
+
+def test_the_watcher_keeps_watching_after_a_failed_pass() -> None:
+    calls: list[int] = []
+
+    def check() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("redis restarting")
+
+    w = Watcher(check, 0.01).start()  # the interval is floored at 0.5 s
+    try:
+        wait_for(lambda: len(calls) >= 2, 10, "a second pass after the failed one")
+    finally:
+        w.stop()
