@@ -78,13 +78,17 @@ def test_a_live_scan_keeps_its_lease_past_the_lease_period(store: RunStore) -> N
 
 def test_a_scan_whose_lease_was_claimed_ends_with_slot_busy(store: RunStore) -> None:
     s = slots(store, lease=30)
-    with pytest.raises(SlotBusy, match="another worker re-ran it"), \
-            s.slot("fake", "scan1", RERUN):
-        # A pause longer than the lease: its expiry passes and recovery claims it.
-        store.r.zadd("sf:lease:fake", {"scan1": 1})
-        assert [sid for sid, _ in s.claim_expired("fake")] == ["scan1"]
-        # The re-run takes the lease; the slow copy must not release it on its way out.
-        assert s.try_acquire("fake", "scan1", "rerun-token", RERUN) == 1
+
+    def slow_scan() -> None:
+        with s.slot("fake", "scan1", RERUN):
+            # A pause longer than the lease: its expiry passes and recovery claims it.
+            store.r.zadd("sf:lease:fake", {"scan1": 1})
+            assert [sid for sid, _ in s.claim_expired("fake")] == ["scan1"]
+            # The re-run takes the lease; the slow copy must not release it on its way out.
+            assert s.try_acquire("fake", "scan1", "rerun-token", RERUN) == 1
+
+    with pytest.raises(SlotBusy, match="another worker re-ran it"):
+        slow_scan()
     assert s.holders("fake") == ["scan1"]
     assert s.release("fake", "scan1", "rerun-token")
 

@@ -56,9 +56,16 @@ def per_target(log: Path) -> dict[str, int]:
     return out
 
 
-def sa_requests(cluster: Any, name: str) -> list[tuple[str, int | None]]:
+def sa_writes(cluster: Any, name: str) -> list[tuple[str, int | None]]:
+    """Creates and deletes of ServiceAccount `name` (not its TokenRequests), in order."""
+    def named(r: Any) -> bool:
+        body_name = ((r.body or {}).get("metadata") or {}).get("name") if r.method == "POST" \
+            else None
+        return name in (r.name, body_name)
+
     return [(r.method, r.code) for r in cluster.request_log
-            if r.resource == "serviceaccounts" and r.name == name and r.method != "GET"]
+            if r.resource == "serviceaccounts" and not r.subresource
+            and r.method in ("POST", "DELETE") and named(r)]
 
 
 def test_a_killed_workers_scan_is_recovered_within_a_few_leases_and_runs_once(
@@ -92,7 +99,7 @@ def test_a_killed_workers_scan_is_recovered_within_a_few_leases_and_runs_once(
     assert b'"scan.recovered"' in rescuer.log.read_bytes()
     # The dead scan's identity was revoked by recovery (no janitor ran) before the re-run
     # minted its own: create, delete, create, delete, and no 409 from a leftover.
-    assert sa_requests(fleet_clusters.east, name) == [
+    assert sa_writes(fleet_clusters.east, name) == [
         ("POST", 201), ("DELETE", 200), ("POST", 201), ("DELETE", 200)]
     assert fleet_clusters.east.scanfleet_objects() == []
 
