@@ -13,10 +13,12 @@ import pytest
 from fakekube import FakeCluster
 from fixtures_fleet import RedisServer, wait_for
 
-from scanfleet.errors import SlotBusy
+from scanfleet.clock import RETRY_DELAYS, backoff
+from scanfleet.errors import BadInput, ClusterUnavailable, SlotBusy
 from scanfleet.identity import object_name
 from scanfleet.kube import ClientCache
 from scanfleet.recovery import Watcher, recover_expired
+from scanfleet.settings import Settings
 from scanfleet.store.runs import RunStore
 from scanfleet.store.slots import RedisSlots
 
@@ -151,3 +153,16 @@ def test_the_watcher_keeps_watching_after_a_failed_pass() -> None:
         wait_for(lambda: len(calls) >= 2, 10, "a second pass after the failed one")
     finally:
         w.stop()
+
+
+def test_the_retry_pauses_scale_with_a_setting_and_the_lease_row_does_not() -> None:
+    scale = Settings.from_env({"SCANFLEET_RETRY_DELAY_SCALE": "0.01"}).retry_delay_scale
+    assert scale == 0.01
+    assert Settings.from_env({}).retry_delay_scale == 1.0
+    unavailable = RETRY_DELAYS[ClusterUnavailable]
+    assert [backoff(unavailable, n, scale=scale) for n in range(4)] == pytest.approx(
+        [0.15, 0.3, 0.6, 1.2])
+    assert backoff(RETRY_DELAYS[SlotBusy], 0, lease_seconds=60, scale=scale) == 30
+    for bad in ("0", "-1", "fast", "inf"):
+        with pytest.raises(BadInput, match="SCANFLEET_RETRY_DELAY_SCALE"):
+            Settings.from_env({"SCANFLEET_RETRY_DELAY_SCALE": bad})
