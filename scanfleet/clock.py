@@ -60,6 +60,11 @@ RETRY_DELAYS: dict[type[Exception], Delay] = {
 }
 
 
+RBAC_PROPAGATION = Delay(base=0.1, cap=2.0)
+"""Between reads of a scan's pod with its new token while the authorizer has not caught up
+with the new RoleBinding (401/403), until the access check's deadline."""
+
+
 def retry_delay(error: BaseException) -> Delay | None:
     """The row of `RETRY_DELAYS` for a retryable error; None when it must not be retried."""
     if not getattr(error, "retryable", False):

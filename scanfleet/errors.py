@@ -8,12 +8,15 @@
     │   ├── TargetNotFound       target_not_found
     │   ├── ClusterForbidden     forbidden
     │   ├── ClusterApiError      api_error
-    │   │   └── ClusterUnavailable   api_error, retryable (connection, 5xx, 429 after retries)
+    │   │   ├── ClusterUnavailable   api_error, retryable (connection, 5xx, 429 after retries)
+    │   │   ├── ObjectChanged        api_error: a delete's UID precondition failed (409)
+    │   │   └── ForeignObject        api_error: a same-named object is not scanfleet's
     │   ├── AuditorMissing       auditor_missing
     │   ├── SandboxUnavailable   sandbox_unavailable (no Landlock, or a policy refused)
     │   ├── AuditorFailed        auditor_exit
     │   ├── ScanTimeout          timeout
     │   ├── InvalidReport        invalid_report
+    │   ├── TargetChanged        target_changed (the pod was replaced during the scan)
     │   ├── ScanInterrupted      interrupted
     │   └── Rejected             rejected: a worker refused the plan (policy.py)
     └── FleetBusy                the fleet cannot take this scan right now (retryable)
@@ -44,6 +47,7 @@ class ErrorKind(StrEnum):
     TIMEOUT = "timeout"
     INVALID_REPORT = "invalid_report"
     INTERRUPTED = "interrupted"
+    TARGET_CHANGED = "target_changed"
     REJECTED = "rejected"
 
 
@@ -106,6 +110,14 @@ class ClusterUnavailable(ClusterApiError):
     retryable = True
 
 
+class ObjectChanged(ClusterApiError):
+    """A delete's UID precondition failed: another object has the name now (HTTP 409)."""
+
+
+class ForeignObject(ClusterApiError):
+    """An object of a scan's name exists but is not scanfleet's: it is never deleted."""
+
+
 class AuditorMissing(ScanError):
     kind = ErrorKind.AUDITOR_MISSING
 
@@ -130,6 +142,12 @@ class InvalidReport(ScanError):
 
 class ScanInterrupted(ScanError):
     kind = ErrorKind.INTERRUPTED
+
+
+class TargetChanged(ScanError):
+    """The pod was deleted or replaced (another UID under its name) while it was scanned."""
+
+    kind = ErrorKind.TARGET_CHANGED
 
 
 class Rejected(ScanError):

@@ -1,29 +1,42 @@
-"""The janitor (SPEC §7): delete expired scan identities a clean-up missed.
+"""The janitor (SPEC §7): delete the scan identities a clean-up missed — and only those.
 
-A scan that was killed (OOM, node loss, SIGKILL) leaves its ServiceAccount, Role and
-RoleBinding behind. For each chosen context the janitor lists those three kinds labelled
-`app.kubernetes.io/managed-by: scanfleet` in every namespace and deletes the ones whose
-`scanfleet.io/expires-at` annotation has passed (RoleBinding, Role, ServiceAccount order),
-and says what it deleted.
+A scan that was killed (OOM, node loss, SIGKILL) leaves its ServiceAccount, and, until the
+garbage collector catches up, its Role and RoleBinding behind. For each chosen context the
+janitor lists those three kinds labelled `app.kubernetes.io/managed-by: scanfleet` in every
+namespace and deletes, RoleBinding, Role, ServiceAccount in that order, the ones that are
+scanfleet's and whose `scanfleet.io/expires-at` has passed — or, run by a fleet worker, whose
+scan is a fleet scan that holds no live cluster-slot lease and that are older than
+`EarlyRevoke.min_age` (revoked early, without waiting for the expiry).
 
-It must never touch an object without that label (the list is a label-selected list, and
-each object's label is checked again), never an unexpired one (the scan may still be
-running), and never one whose expiry is missing or unparseable: those are reported as
-warnings for a human. The clock is injected (`now=`). An error on one context is recorded
-and the others are still swept.
+"Scanfleet's" is `identity.not_ours`: the name, labels, owner, and the exact shape of the
+rules and binding. A labelled object that fails it is reported as foreign and never deleted,
+whoever labelled it. Every delete carries the listed object's UID as precondition: an object
+replaced between the list and the delete (409) is reported as changed and left alone.
+An ownerless Role or RoleBinding (its ServiceAccount gone) is judged like any other.
+It never touches an unexpired object of a running scan, nor one whose expiry is missing or
+unparseable (a warning for a human). The clock is injected (`now=`). An error on one context
+is recorded and the others are still swept.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
 
-from scanfleet.errors import ScanfleetError
-from scanfleet.identity import DELETE_ORDER, EXPIRES_AT, MANAGED_BY, MANAGED_SELECTOR
+from scanfleet.errors import ObjectChanged, ScanfleetError
+from scanfleet.identity import (
+    DELETE_ORDER,
+    EXPIRES_AT,
+    MANAGED_BY,
+    MANAGED_SELECTOR,
+    RUN_ID_LABEL,
+    SCAN_ID_LABEL,
+    not_ours,
+)
 from scanfleet.kube import ClientCache
 from scanfleet.kubeconfig import choose_contexts
 
@@ -35,7 +48,28 @@ class JanitorClient(Protocol):
 
     def list_labelled(self, kind: str, selector: str) -> list[dict[str, Any]]: ...
 
-    def delete(self, kind: str, namespace: str, name: str) -> bool: ...
+    def delete(self, kind: str, namespace: str, name: str, *, uid: str | None = None,
+               background: bool = False) -> bool: ...
+
+
+class Leases(Protocol):
+    """Who holds a live cluster-slot lease (`scanfleet.store.slots.RedisSlots`)."""
+
+    def holders(self, context: str) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class EarlyRevoke:
+    """Revoke a fleet scan's identity before its expiry once its scan is surely not running.
+
+    `fleet_run(run_id)`: the run is the fleet's (its scans hold leases while they run; a
+    CLI scan holds none and is never revoked early). `min_age`: an identity younger than
+    this is left alone (its scan may be between minting and its first heartbeat).
+    """
+
+    leases: Leases
+    fleet_run: Callable[[str], bool]
+    min_age: timedelta = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -48,6 +82,7 @@ class Finding:
     name: str
     expires_at: str | None
     reason: str = ""
+    uid: str | None = None
 
     @property
     def ref(self) -> str:
@@ -63,6 +98,8 @@ class Finding:
         }
         if self.reason:
             d["reason"] = self.reason
+        if self.uid:
+            d["uid"] = self.uid
         return d
 
 
@@ -78,6 +115,10 @@ class JanitorReport:
     context_errors: dict[str, str] = field(default_factory=dict)
     kept: int = 0
     """Labelled objects not yet expired."""
+    foreign: list[Finding] = field(default_factory=list)
+    """Labelled objects that are not scanfleet's shape: never deleted, for a human."""
+    changed: list[Finding] = field(default_factory=list)
+    """Objects replaced between the list and the delete (409 on the UID): left alone."""
 
     @property
     def ok(self) -> bool:
@@ -89,9 +130,12 @@ class JanitorReport:
             "deleted": [f.to_dict() for f in self.deleted],
             "warnings": [f.to_dict() for f in self.warnings],
             "failed": [f.to_dict() for f in self.failed],
+            "foreign": [f.to_dict() for f in self.foreign],
+            "changed": [f.to_dict() for f in self.changed],
             "context_errors": dict(self.context_errors),
             "kept": self.kept,
             "total_deleted": len(self.deleted),
+            "total_foreign": len(self.foreign),
         }
 
 
@@ -118,42 +162,89 @@ def sweep_context(
     now: datetime,
     dry_run: bool,
     report: JanitorReport,
+    early: EarlyRevoke | None = None,
 ) -> None:
     """Find and delete the expired scanfleet objects of one cluster, into `report`."""
-    expired: dict[str, list[Finding]] = {kind: [] for kind in DELETE_ORDER}
+    due: dict[str, list[Finding]] = {kind: [] for kind in DELETE_ORDER}
+    idle = _Idle(context, early, now)
     for kind in DELETE_ORDER:
         for obj in client.list_labelled(kind, MANAGED_SELECTOR):
             if (obj.get("labels") or {}).get(MANAGED_BY) != "scanfleet":
                 continue  # the selector should make this impossible; never trust it to
-            raw = (obj.get("annotations") or {}).get(EXPIRES_AT)
-            finding = Finding(context, kind, obj["namespace"], obj["name"], raw)
-            expiry = parse_expiry(raw)
-            if expiry is None:
-                why = "no expires-at annotation" if raw is None else "unparseable expires-at"
-                warn = Finding(context, kind, obj["namespace"], obj["name"], raw, why)
-                report.warnings.append(warn)
-                log.warning("janitor.unknown_expiry", **warn.to_dict())
-            elif expiry <= now:
-                expired[kind].append(finding)
-            else:
-                report.kept += 1
+            found = _judge(context, kind, obj, now, idle, report)
+            if found is not None:
+                due[kind].append(found)
     for kind in DELETE_ORDER:  # bindings first: the grant goes before the identity
-        for f in expired[kind]:
-            if dry_run:
-                report.deleted.append(f)
-                continue
-            try:
-                gone_before = not client.delete(kind, f.namespace, f.name)
-            except ScanfleetError as e:
-                failed = Finding(f.context, kind, f.namespace, f.name, f.expires_at, str(e))
-                report.failed.append(failed)
-                log.error("janitor.delete_failed", error=str(e), **f.to_dict())
-                continue
-            if gone_before:  # someone else (a late clean-up, another janitor) was first
-                log.info("janitor.already_gone", **f.to_dict())
-                continue
-            report.deleted.append(f)
-            log.info("janitor.deleted", **f.to_dict())
+        for f in due[kind]:
+            _delete(client, f, dry_run, report)
+
+
+class _Idle:
+    """Whether an unexpired identity may be revoked early (EarlyRevoke), per context."""
+
+    def __init__(self, context: str, early: EarlyRevoke | None, now: datetime) -> None:
+        self.context, self.early, self.now = context, early, now
+        self._held: set[str] | None = None
+
+    def __call__(self, obj: dict[str, Any]) -> bool:
+        early = self.early
+        created = parse_expiry(obj.get("created"))
+        labels = obj.get("labels") or {}
+        if early is None or created is None or created > self.now - early.min_age:
+            return False
+        if self._held is None:
+            self._held = set(early.leases.holders(self.context))
+        return labels.get(SCAN_ID_LABEL) not in self._held and early.fleet_run(
+            str(labels.get(RUN_ID_LABEL) or ""))
+
+
+def _judge(context: str, kind: str, obj: dict[str, Any], now: datetime, idle: _Idle,
+           report: JanitorReport) -> Finding | None:
+    """The finding to delete, or None (reported as foreign, a warning, or kept)."""
+    raw = (obj.get("annotations") or {}).get(EXPIRES_AT)
+    ns, name, uid = obj["namespace"], obj["name"], obj.get("uid")
+    why = not_ours(obj | {"kind": kind})
+    if why is not None:
+        foreign = Finding(context, kind, ns, name, raw, f"not scanfleet's: {why}", uid)
+        report.foreign.append(foreign)
+        log.warning("janitor.not_ours", **foreign.to_dict())
+        return None
+    expiry = parse_expiry(raw)
+    if expiry is None:
+        why = "no expires-at annotation" if raw is None else "unparseable expires-at"
+        warn = Finding(context, kind, ns, name, raw, why, uid)
+        report.warnings.append(warn)
+        log.warning("janitor.unknown_expiry", **warn.to_dict())
+        return None
+    if expiry <= now:
+        return Finding(context, kind, ns, name, raw, "expired", uid)
+    if idle(obj):
+        return Finding(context, kind, ns, name, raw, "its fleet scan holds no live lease", uid)
+    report.kept += 1
+    return None
+
+
+def _delete(client: JanitorClient, f: Finding, dry_run: bool, report: JanitorReport) -> None:
+    if dry_run:
+        report.deleted.append(f)
+        return
+    try:
+        gone_before = not client.delete(f.kind, f.namespace, f.name, uid=f.uid)
+    except ObjectChanged as e:
+        changed = Finding(f.context, f.kind, f.namespace, f.name, f.expires_at, str(e), f.uid)
+        report.changed.append(changed)
+        log.warning("janitor.changed", **changed.to_dict())
+        return
+    except ScanfleetError as e:
+        failed = Finding(f.context, f.kind, f.namespace, f.name, f.expires_at, str(e), f.uid)
+        report.failed.append(failed)
+        log.error("janitor.delete_failed", **failed.to_dict())
+        return
+    if gone_before:  # someone else (a late clean-up, the garbage collector) was first
+        log.info("janitor.already_gone", **f.to_dict())
+        return
+    report.deleted.append(f)
+    log.info("janitor.deleted", **f.to_dict())
 
 
 def run_janitor(
@@ -162,12 +253,14 @@ def run_janitor(
     *,
     now: datetime,
     dry_run: bool = False,
+    early: EarlyRevoke | None = None,
 ) -> JanitorReport:
     """Sweep every context; an error on one is recorded and the others still run."""
     report = JanitorReport(dry_run=dry_run)
     for ctx in contexts:
         try:
-            sweep_context(ctx, client_for(ctx), now=now, dry_run=dry_run, report=report)
+            sweep_context(ctx, client_for(ctx), now=now, dry_run=dry_run, report=report,
+                          early=early)
         except ScanfleetError as e:
             report.context_errors[ctx] = str(e)
             log.error("janitor.context_failed", context=ctx, error=str(e))
@@ -175,6 +268,8 @@ def run_janitor(
         "janitor.finished",
         dry_run=dry_run,
         deleted=len(report.deleted),
+        foreign=len(report.foreign),
+        changed=len(report.changed),
         warnings=len(report.warnings),
         failed=len(report.failed),
         context_errors=len(report.context_errors),
@@ -189,6 +284,7 @@ def janitor_for_kubeconfig(
     *,
     now: datetime,
     dry_run: bool = False,
+    early: EarlyRevoke | None = None,
 ) -> JanitorReport:
     """Resolve contexts (`--context`/`--all-contexts`/current) and sweep them.
 
@@ -198,6 +294,6 @@ def janitor_for_kubeconfig(
     chosen = choose_contexts(kubeconfig, list(contexts), all_contexts)
     clients = ClientCache(kubeconfig)
     try:
-        return run_janitor(chosen, clients.get, now=now, dry_run=dry_run)
+        return run_janitor(chosen, clients.get, now=now, dry_run=dry_run, early=early)
     finally:
         clients.close()

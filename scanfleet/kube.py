@@ -11,11 +11,13 @@ It must never log or raise anything that carries a token, a client key or a kube
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,11 +33,13 @@ from scanfleet.errors import (
     ClusterApiError,
     ClusterForbidden,
     ClusterUnavailable,
+    ForeignObject,
+    ObjectChanged,
     TargetNotFound,
 )
 from scanfleet.kubeconfig import ClusterEndpoint, first_line
 from scanfleet.logs import remember
-from scanfleet.targets import ContainerInfo, PodInfo
+from scanfleet.targets import PodInfo, pod_info
 
 T = TypeVar("T")
 
@@ -113,7 +117,7 @@ class KubeClient:
                 f"pod {namespace}/{name} not found in context {self.context!r}"
             ),
         )
-        return _pod_info(pod)
+        return _pod_info(self._api, pod)
 
     def list_namespaces(self) -> list[str]:
         return [
@@ -139,50 +143,62 @@ class KubeClient:
                 **kwargs,
             )
         for pod in pages:
-            yield _pod_info(pod)
+            yield _pod_info(self._api, pod)
 
     # -- scan identity objects -----------------------------------------------------------
-    def create_object(self, kind: str, namespace: str, body: dict[str, Any]) -> None:
-        """Create a ServiceAccount, Role or RoleBinding of a scan.
+    def create_object(
+        self, kind: str, namespace: str, body: dict[str, Any],
+        replaceable: Callable[[dict[str, Any]], str | None] | None = None,
+    ) -> dict[str, Any]:
+        """Create a ServiceAccount, Role or RoleBinding of a scan; the created object.
 
-        If an earlier attempt of the same scan left one (409), it is deleted and created
-        again rather than updated: scanfleet's own ClusterRole grants no `update`, and a
-        recreated ServiceAccount also invalidates any token the earlier attempt obtained.
-        """
+        One left by an earlier attempt of the same scan (409) is deleted (UID precondition)
+        and created again, never updated: the ClusterRole grants no `update`, and a new
+        ServiceAccount invalidates the earlier attempt's tokens. `replaceable(existing)` says
+        why the object in the way is not scanfleet's (None: it is): ForeignObject, and it
+        is left alone."""
         name = body["metadata"]["name"]
-        create = {
-            "ServiceAccount": self.core.create_namespaced_service_account,
-            "Role": self.rbac.create_namespaced_role,
-            "RoleBinding": self.rbac.create_namespaced_role_binding,
-        }[kind]
+        create = self._ops(kind)[0]
         what = f"creating {kind} {namespace}/{name}"
         for attempt in range(_RECREATE_ATTEMPTS):
             try:
-                self._call(
+                created = self._call(
                     what,
                     functools.partial(create, namespace, body, _request_timeout=REQUEST_TIMEOUT),
                     conflict=_Exists,
                 )
-                return
+                return self.as_dict(kind, created)
             except _Exists:
+                existing = self.read_object(kind, namespace, name)
+                if existing is not None:
+                    why = replaceable(existing) if replaceable is not None else None
+                    if why is not None:
+                        raise ForeignObject(
+                            f"context {self.context!r}: {what}: a {kind} of that name exists "
+                            f"and is not scanfleet's ({why}); it was left alone"
+                        ) from None
+                    with contextlib.suppress(ObjectChanged):
+                        self.delete(kind, namespace, name, uid=existing["uid"])
                 # Deletion may finish asynchronously: back off a little before recreating.
-                self.delete(kind, namespace, name)
                 time.sleep(min(0.2 * 2**attempt, 2.0))
         raise ClusterApiError(
             f"context {self.context!r}: {what}: an object of that name kept reappearing"
         )
 
-    def create_service_account(self, namespace: str, body: dict[str, Any]) -> None:
-        self.create_object("ServiceAccount", namespace, body)
+    def create_service_account(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.create_object("ServiceAccount", namespace, body)
 
-    def create_role(self, namespace: str, body: dict[str, Any]) -> None:
-        self.create_object("Role", namespace, body)
+    def create_role(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.create_object("Role", namespace, body)
 
-    def create_role_binding(self, namespace: str, body: dict[str, Any]) -> None:
-        self.create_object("RoleBinding", namespace, body)
+    def create_role_binding(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.create_object("RoleBinding", namespace, body)
 
-    def create_token(self, namespace: str, service_account: str, ttl: int) -> str:
-        """A bound token from the TokenRequest API. The return value is a secret."""
+    def create_token(
+        self, namespace: str, service_account: str, ttl: int
+    ) -> tuple[str, datetime | None]:
+        """A TokenRequest token (a secret) and the expiry the API server granted, which may
+        differ from `ttl` (`--service-account-max-token-expiration`)."""
         body = {
             "apiVersion": "authentication.k8s.io/v1",
             "kind": "TokenRequest",
@@ -195,91 +211,90 @@ class KubeClient:
             ),
         )
         token: str = resp.status.token
-        return token
+        expires: datetime | None = resp.status.expiration_timestamp
+        return token, expires
 
-    def wait_for_access(self, namespace: str, pod: str, token: str,
-                        timeout: float = 15.0) -> None:
-        """Wait until a scan token can read its pod, as the auditor will.
+    @property
+    def retries(self) -> urllib3.Retry:
+        """This cluster's retry policy (the scan token's own pool uses it too)."""
+        return self._cfg.retries  # type: ignore[no-any-return]
 
-        Authorizers in HA control planes work from caches: right after the RoleBinding is
-        created, a request with the new token can be refused for a moment. One GET here
-        (retried on 401/403 until `timeout`) keeps that race away from the audit.
-        """
-        ep = self.endpoint()
-        pool = urllib3.PoolManager(
-            cert_reqs="CERT_NONE" if ep.insecure else "CERT_REQUIRED",
-            ca_cert_data=ep.ca_data.decode() if ep.ca_data and not ep.insecure else None,
-            server_hostname=ep.tls_server_name,
-            retries=self._cfg.retries,
-            timeout=urllib3.Timeout(connect=REQUEST_TIMEOUT[0], read=REQUEST_TIMEOUT[1]),
-        )
-        url = f"{ep.server.rstrip('/')}/api/v1/namespaces/{namespace}/pods/{pod}"
-        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-        deadline = time.monotonic() + timeout
-        delay = 0.1
-        try:
-            while True:
-                try:
-                    status = pool.request("GET", url, headers=headers).status
-                except urllib3.exceptions.HTTPError as e:
-                    raise ClusterUnavailable(
-                        f"context {self.context!r}: checking the scan identity's access to "
-                        f"pod {namespace}/{pod}: cannot reach the API server "
-                        f"({type(e).__name__})"
-                    ) from None
-                if status == 200:
-                    return
-                if status not in (401, 403) or time.monotonic() + delay > deadline:
-                    error = ClusterForbidden if status in (401, 403) else ClusterApiError
-                    raise error(
-                        f"context {self.context!r}: the scan identity could not read pod "
-                        f"{namespace}/{pod} (HTTP {status}) within {timeout:g} s; RBAC may "
-                        "not have propagated, or an admission webhook changed its Role"
-                    )
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-        finally:
-            pool.clear()
-
-    def delete(self, kind: str, namespace: str, name: str) -> bool:
-        """Delete one scan object; False when it was already gone (404 is fine)."""
-        fn = {
-            "ServiceAccount": self.core.delete_namespaced_service_account,
-            "Role": self.rbac.delete_namespaced_role,
-            "RoleBinding": self.rbac.delete_namespaced_role_binding,
-        }[kind]
+    def delete(
+        self, kind: str, namespace: str, name: str, *, uid: str | None = None,
+        background: bool = False,
+    ) -> bool:
+        """Delete one scan object; False when it was already gone (404 is fine). With `uid`,
+        only that very object (ObjectChanged on 409); `background`: propagationPolicy
+        Background (the garbage collector removes what it owns)."""
+        fn = self._ops(kind)[2]
+        options: dict[str, Any] = {}
+        if uid is not None:
+            options["preconditions"] = {"uid": uid}
+        if background:
+            options["propagationPolicy"] = "Background"
+        what = f"deleting {kind} {namespace}/{name}"
         try:
             self._call(
-                f"deleting {kind} {namespace}/{name}",
-                lambda: fn(name, namespace, _request_timeout=REQUEST_TIMEOUT),
+                what,
+                lambda: fn(name, namespace, body=options or None,
+                           _request_timeout=REQUEST_TIMEOUT),
                 not_found=_Gone,
+                conflict=lambda: ObjectChanged(
+                    f"context {self.context!r}: {what}: it was replaced since it was read "
+                    f"(uid {uid} is gone); left alone"),
             )
         except _Gone:
             return False
         return True
 
-    def list_labelled(self, kind: str, selector: str) -> list[dict[str, Any]]:
-        """Objects of one kind, in every namespace, matching a label selector.
+    def read_object(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """One scan-shaped object as a plain dict (see `as_dict`); None when there is none."""
+        fn = self._ops(kind)[1]
+        try:
+            obj = self._call(
+                f"reading {kind} {namespace}/{name}",
+                lambda: fn(name, namespace, _request_timeout=REQUEST_TIMEOUT),
+                not_found=_Gone,
+            )
+        except _Gone:
+            return None
+        return self.as_dict(kind, obj)
 
-        Returned as plain dicts of metadata (name, namespace, labels, annotations).
-        """
-        fn = {
-            "ServiceAccount": self.core.list_service_account_for_all_namespaces,
-            "Role": self.rbac.list_role_for_all_namespaces,
-            "RoleBinding": self.rbac.list_role_binding_for_all_namespaces,
-        }[kind]
+    def list_labelled(self, kind: str, selector: str) -> list[dict[str, Any]]:
+        """Objects of one kind, in every namespace, matching a label selector (`as_dict`)."""
+        fn = self._ops(kind)[3]
         return [
-            {
-                "kind": kind,
-                "name": o.metadata.name,
-                "namespace": o.metadata.namespace,
-                "labels": dict(o.metadata.labels or {}),
-                "annotations": dict(o.metadata.annotations or {}),
-            }
+            self.as_dict(kind, o)
             for o in self._paginate(f"listing {kind}s", fn, label_selector=selector)
         ]
 
+    def as_dict(self, kind: str, obj: Any) -> dict[str, Any]:
+        """The object's JSON form, plus `kind` and metadata's main fields at the top."""
+        doc: dict[str, Any] = self._api.sanitize_for_serialization(obj)
+        meta = doc.get("metadata") or {}
+        return doc | {
+            "kind": kind, "name": meta.get("name"), "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"), "labels": dict(meta.get("labels") or {}),
+            "annotations": dict(meta.get("annotations") or {}),
+            "created": meta.get("creationTimestamp"),
+        }
+
     # -- plumbing ------------------------------------------------------------------------
+    def _ops(self, kind: str) -> tuple[Callable[..., Any], ...]:
+        """(create, read, delete, list in all namespaces) of a scan object kind."""
+        c, r = self.core, self.rbac
+        return {
+            "ServiceAccount": (c.create_namespaced_service_account,
+                               c.read_namespaced_service_account,
+                               c.delete_namespaced_service_account,
+                               c.list_service_account_for_all_namespaces),
+            "Role": (r.create_namespaced_role, r.read_namespaced_role, r.delete_namespaced_role,
+                     r.list_role_for_all_namespaces),
+            "RoleBinding": (r.create_namespaced_role_binding, r.read_namespaced_role_binding,
+                            r.delete_namespaced_role_binding,
+                            r.list_role_binding_for_all_namespaces),
+        }[kind]
+
     def _paginate(
         self, what: str, fn: Callable[..., Any], *args: Any, page_size: int = 500, **kwargs: Any
     ) -> Iterator[Any]:
@@ -325,6 +340,8 @@ class _Gone(Exception):
     pass
 
 
+
+
 class _Exists(Exception):
     pass
 
@@ -352,25 +369,8 @@ def _status_message(e: ApiException) -> str:
     return text[:500]
 
 
-def _pod_info(pod: Any) -> PodInfo:
-    statuses = {s.name: s for s in (pod.status.container_statuses or [])} if pod.status else {}
-    containers = []
-    for c in pod.spec.containers or []:
-        st = statuses.get(c.name)
-        containers.append(
-            ContainerInfo(
-                name=c.name,
-                image=(st.image if st and st.image else c.image),
-                image_id=(st.image_id or None) if st else None,
-            )
-        )
-    return PodInfo(
-        namespace=pod.metadata.namespace,
-        name=pod.metadata.name,
-        phase=pod.status.phase if pod.status else None,
-        containers=tuple(containers),
-        labels=dict(pod.metadata.labels or {}),
-    )
+def _pod_info(api: Any, pod: Any) -> PodInfo:
+    return pod_info(api.sanitize_for_serialization(pod))
 
 
 class ClientCache:

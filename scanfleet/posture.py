@@ -231,8 +231,8 @@ class PostureCollector(Collector):
         yield deleted
         yield CounterMetricFamily(
             "scanfleet_janitor_foreign",
-            "Labelled scan objects the janitor left alone (expiry missing or unparseable), "
-            "counted once per janitor pass that finds them.",
+            "Labelled scan objects the janitor left alone (not scanfleet's shape, or expiry "
+            "missing or unparseable), counted once per janitor pass that finds them.",
             value=float(raw.get("foreign") or 0))
 
 
@@ -243,8 +243,9 @@ def janitor_totals(redis: Hashes, prefix: str, report: Any) -> None:
     key = f"{prefix}:{JANITOR_KEY}"
     for finding in report.deleted:
         redis.hincrby(key, f"deleted:{finding.kind}", 1)
-    if report.warnings:
-        redis.hincrby(key, "foreign", len(report.warnings))
+    left = len(report.warnings) + len(report.foreign)
+    if left:
+        redis.hincrby(key, "foreign", left)
 
 
 def janitor_finished(report: Any) -> None:

@@ -1,7 +1,8 @@
 """The scan of one target: `scan_target()`, which every driver runs (CLI `scan`,
 `submit --local`, the Celery task).
 
-    admin client → check the pod and container → mint identity → audit → judge → revoke
+    admin client → mint identity, read the pod with it → check the container → audit
+    (on failure: was it still the same pod?) → revoke → judge
 
 It always returns a `Scanned`: the target summary (SPEC §4) and, when the scan could not
 complete, the `ScanError` behind it — never an exception for one target's failure, so one
@@ -22,12 +23,21 @@ import structlog
 
 from scanfleet.auditor import run_auditor
 from scanfleet.clock import Clock, iso, utcnow
-from scanfleet.errors import BadInput, ClusterApiError, InvalidReport, ScanError, TargetNotFound
+from scanfleet.errors import (
+    AuditorFailed,
+    BadInput,
+    ClusterApiError,
+    InvalidReport,
+    ScanError,
+    ScanTimeout,
+    TargetNotFound,
+)
 from scanfleet.identity import scan_identity
 from scanfleet.inspec import Counts, control_ids, load_report
 from scanfleet.kube import ClientCache, KubeClient
 from scanfleet.plan import ScanOptions
 from scanfleet.results import make_dir, report_path
+from scanfleet.settings import MINT_MARGIN
 from scanfleet.summaries import (
     ControlIds,
     TargetSummary,
@@ -36,7 +46,7 @@ from scanfleet.summaries import (
     scanned_summary,
     target_doc,
 )
-from scanfleet.targets import Target, scan_id_for
+from scanfleet.targets import PodInfo, Target, scan_id_for
 
 log = structlog.get_logger("scanfleet.scan")
 
@@ -114,9 +124,39 @@ def _audit(
     found: _Progress,
     started: datetime,
 ) -> None:
-    assert target.container is not None
-    pod = kube.read_pod(target.namespace, target.pod)
-    container = pod.container(target.container)
+    report = report_path(out_dir, scan_id)
+    make_dir(out_dir)
+    report.unlink(missing_ok=True)  # a redelivered scan must not judge an old report
+    identity = None
+    try:
+        with scan_identity(
+            kube, target, scan_id, run_id, ttl=options.token_ttl, now=started,
+            min_lifetime=options.timeout + MINT_MARGIN,
+        ) as identity:
+            assert identity.pod is not None  # read with the scan's token: the access check
+            _check_pod(identity.pod, target, found)
+            try:
+                run_auditor(
+                    options.auditor, options.profile, target, report, identity.kubeconfig,
+                    input_files=options.input_files, extra_args=options.extra_args,
+                    timeout=options.timeout, kill_grace=options.kill_grace,
+                )
+            except (AuditorFailed, ScanTimeout, InvalidReport) as e:
+                # Was it still the same pod? A replaced pod is not this auditor's failure.
+                raise identity.target_changed() or e from None
+    finally:
+        if identity is not None:
+            found.cleanup = identity.cleanup
+    if not report.exists():
+        raise InvalidReport(f"the auditor completed but wrote no report at {report.name}")
+    controls = load_report(report)
+    found.counts = Counts.from_controls(controls)
+    found.ids = control_ids(controls)
+
+
+def _check_pod(pod: PodInfo, target: Target, found: _Progress) -> None:
+    """The container is a regular container of the pod, and the pod is Running."""
+    container = pod.container(target.container or "")
     if container is None:
         raise TargetNotFound(
             f"container {target.container!r} is not a regular container of pod "
@@ -129,27 +169,6 @@ def _audit(
             f"pod {target.namespace}/{target.pod} is {pod.phase or 'in an unknown phase'}, "
             "not Running; nothing to exec into"
         )
-    report = report_path(out_dir, scan_id)
-    make_dir(out_dir)
-    report.unlink(missing_ok=True)  # a redelivered scan must not judge an old report
-    identity = None
-    try:
-        with scan_identity(
-            kube, target, scan_id, run_id, ttl=options.token_ttl, now=started
-        ) as identity:
-            run_auditor(
-                options.auditor, options.profile, target, report, identity.kubeconfig,
-                input_files=options.input_files, extra_args=options.extra_args,
-                timeout=options.timeout, kill_grace=options.kill_grace,
-            )
-    finally:
-        if identity is not None:
-            found.cleanup = identity.cleanup
-    if not report.exists():
-        raise InvalidReport(f"the auditor completed but wrote no report at {report.name}")
-    controls = load_report(report)
-    found.counts = Counts.from_controls(controls)
-    found.ids = control_ids(controls)
 
 
 def _summary(

@@ -20,6 +20,9 @@ from scanfleet.policy import DEFAULT_ALLOWED_PROFILES, parse_allowed_profiles
 
 TOKEN_TTL_MIN = 600
 TOKEN_TTL_MAX = 86400
+MINT_MARGIN = 120
+"""Seconds a token must outlive the scan timeout by: minting, the access check (which
+waits out RBAC propagation) and the revoke all happen inside the token's lifetime."""
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,8 @@ class Settings:
 
     (SCANFLEET_CLUSTER_CONCURRENCY)"""
     token_ttl: int = 3600
-    """Seconds a scan token lives; 600..86400 and above the scan timeout (SCANFLEET_TOKEN_TTL)."""
+    """Seconds a scan token lives; 600..86400 and at least the scan timeout plus MINT_MARGIN
+    (SCANFLEET_TOKEN_TTL)."""
     scan_timeout: int = 1800
     """Seconds before the auditor's process group is terminated (SCANFLEET_SCAN_TIMEOUT)."""
     log_format: str = "json"
@@ -52,6 +56,10 @@ class Settings:
     the scan timeout (SCANFLEET_VISIBILITY_TIMEOUT)."""
     lease_seconds: int = 60
     """A cluster-slot lease's lifetime between heartbeats (SCANFLEET_LEASE_SECONDS)."""
+    early_revoke_after: int = 300
+    """The workers' janitor revokes a fleet scan's identity whose scan holds no live lease
+    once it is this many seconds old, before its expiry; 0: never early
+    (SCANFLEET_EARLY_REVOKE_AFTER)."""
     allowed_profiles: tuple[str, ...] = DEFAULT_ALLOWED_PROFILES
     """Profile path and URL prefixes a plan may name (SCANFLEET_ALLOWED_PROFILES, separated
     by os.pathsep or commas; default: any local path and https URL). See policy.py."""
@@ -90,6 +98,9 @@ class Settings:
                 if env.get("SCANFLEET_VISIBILITY_TIMEOUT") else None
             ),
             lease_seconds=env_int(env, "SCANFLEET_LEASE_SECONDS", d.lease_seconds, 1),
+            early_revoke_after=env_int(
+                env, "SCANFLEET_EARLY_REVOKE_AFTER", d.early_revoke_after, 0
+            ),
             allowed_profiles=parse_allowed_profiles(env.get("SCANFLEET_ALLOWED_PROFILES")),
             metrics_port=env_int(env, "SCANFLEET_METRICS_PORT", d.metrics_port, 0),
             metrics_per_namespace=_choice(
@@ -159,8 +170,12 @@ def check_ttl(token_ttl: int, scan_timeout: int) -> None:
         )
     if scan_timeout < 1:
         raise BadInput(f"scan timeout {scan_timeout}s must be positive")
-    if token_ttl <= scan_timeout:
-        raise BadInput(f"token TTL {token_ttl}s must exceed the scan timeout {scan_timeout}s")
+    if token_ttl < scan_timeout + MINT_MARGIN:
+        raise BadInput(
+            f"token TTL {token_ttl}s must exceed the scan timeout {scan_timeout}s by at least "
+            f"{MINT_MARGIN}s (the time to mint, check access and revoke): use a TTL of at "
+            f"least {scan_timeout + MINT_MARGIN}s or a shorter timeout"
+        )
 
 
 def env_int(env: Mapping[str, str], key: str, default: int, minimum: int = 1) -> int:

@@ -206,6 +206,23 @@ class PodInfo:
     containers: tuple[ContainerInfo, ...]
     """Regular containers only: never init or ephemeral containers."""
     labels: Mapping[str, str] = field(default_factory=dict)
+    uid: str | None = None
+    """metadata.uid: a pod re-created under the same name has another."""
 
     def container(self, name: str) -> ContainerInfo | None:
         return next((c for c in self.containers if c.name == name), None)
+
+
+def pod_info(pod: Mapping[str, Any]) -> PodInfo:
+    """A pod's facts from its JSON document (regular containers only)."""
+    meta, spec, st = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
+    statuses = {s.get("name"): s for s in st.get("containerStatuses") or []}
+    containers = []
+    for c in spec.get("containers") or []:
+        s = statuses.get(c.get("name")) or {}
+        containers.append(ContainerInfo(name=c.get("name", ""),
+                                        image=s.get("image") or c.get("image"),
+                                        image_id=s.get("imageID") or None))
+    return PodInfo(namespace=meta.get("namespace", ""), name=meta.get("name", ""),
+                   phase=st.get("phase"), containers=tuple(containers),
+                   labels=dict(meta.get("labels") or {}), uid=meta.get("uid"))

@@ -15,8 +15,8 @@ import yaml
 from fakekube import FakeCluster
 from tools import require_tool
 
-from scanfleet.errors import ClusterForbidden, ScanfleetError
-from scanfleet.identity import identity_objects, object_name, scan_identity
+from scanfleet.errors import ClusterForbidden, ForeignObject, ScanfleetError
+from scanfleet.identity import identity_objects, object_name, role_rules, scan_identity
 from scanfleet.kube import KubeClient
 from scanfleet.targets import Target
 
@@ -58,7 +58,11 @@ def test_role_has_exactly_two_rules_pinned_to_the_pod(
                                  "name": ident.name}
         assert rb["subjects"] == [{"kind": "ServiceAccount", "name": ident.name,
                                    "namespace": "apps"}]
-        for obj in (role, sa, rb):
+        # The ServiceAccount, made before the token, says the requested expiry; the Role and
+        # RoleBinding, made after it, the one the API server granted.
+        assert ident.expires_at is not None
+        granted = ident.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        for obj, expiry in ((role, granted), (sa, "2026-11-26T12:15:00Z"), (rb, granted)):
             meta = obj["metadata"]
             assert meta["name"] == "scanfleet-0123456789abcdef"
             assert meta["labels"] == {
@@ -67,9 +71,15 @@ def test_role_has_exactly_two_rules_pinned_to_the_pod(
                 "scanfleet.io/run-id": "run-1",
             }
             assert meta["annotations"] == {
-                "scanfleet.io/expires-at": "2026-11-26T12:15:00Z",
+                "scanfleet.io/expires-at": expiry,
                 "scanfleet.io/target": "apps/web/app",
             }
+        # Owned by the ServiceAccount: deleting it lets the garbage collector remove them.
+        owner = {"apiVersion": "v1", "kind": "ServiceAccount", "name": ident.name,
+                 "uid": sa["metadata"]["uid"]}
+        assert role["metadata"]["ownerReferences"] == [owner]
+        assert rb["metadata"]["ownerReferences"] == [owner]
+        assert "ownerReferences" not in sa["metadata"]
         token_posts = [r for r in fake_cluster.requests if r.path.endswith("/token")]
         assert len(token_posts) == 1
     assert fake_cluster.scanfleet_objects() == []
@@ -156,15 +166,44 @@ def test_leftovers_of_an_earlier_attempt_are_replaced(
 ) -> None:
     scan_id = "00000000000000dd"
     bodies = identity_objects(scan_id, "r", TARGET, 900, NOW)
-    kube.create_object("ServiceAccount", "apps", bodies["ServiceAccount"])
-    stale = dict(bodies["Role"], rules=[{"apiGroups": [""], "resources": ["pods"],
-                                          "verbs": ["get"], "resourceNames": ["old"]}])
+    old_sa = kube.create_object("ServiceAccount", "apps", bodies["ServiceAccount"])
+    # An earlier attempt's Role, of scanfleet's shape (pinned to a pod that is gone now).
+    stale = dict(bodies["Role"], rules=role_rules("old"))
     kube.create_object("Role", "apps", stale)
     with scan_identity(kube, TARGET, scan_id, "r", ttl=900, now=NOW):
         [role] = fake_cluster.objects("roles", "apps")
         assert role["rules"][0]["resourceNames"] == ["web"]
-        assert len(fake_cluster.objects("serviceaccounts", "apps")) == 1
+        [sa] = fake_cluster.objects("serviceaccounts", "apps")
+        assert sa["metadata"]["uid"] != old_sa["uid"]
     assert not [r for r in fake_cluster.requests if r.method in ("PUT", "PATCH")]
+    replaced = [r for r in fake_cluster.request_log if r.method == "DELETE"
+                and r.resource in ("serviceaccounts", "roles") and r.code == 200]
+    assert all((r.body or {}).get("preconditions", {}).get("uid") for r in replaced[:2])
+
+
+@pytest.mark.parametrize("kind", ["ServiceAccount", "Role", "RoleBinding"])
+def test_a_same_named_object_that_is_not_ours_fails_the_scan_and_is_left_alone(
+    kube: KubeClient, fake_cluster: FakeCluster, kind: str
+) -> None:
+    scan_id = "00000000000000de"
+    bodies = identity_objects(scan_id, "r", TARGET, 900, NOW)
+    foreign = {
+        "ServiceAccount": dict(bodies["ServiceAccount"], automountServiceAccountToken=True),
+        "Role": dict(bodies["Role"], rules=[{"apiGroups": ["*"], "resources": ["*"],
+                                             "verbs": ["*"]}]),
+        "RoleBinding": dict(bodies["RoleBinding"], roleRef={
+            "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "admin"}),
+    }[kind]
+    if kind == "RoleBinding":
+        kube.create_object("Role", "apps", dict(bodies["Role"], metadata={"name": "admin"}))
+    planted = kube.create_object(kind, "apps", foreign)
+    with pytest.raises(ForeignObject, match=f"a {kind} of that name exists and is not"), \
+            scan_identity(kube, TARGET, scan_id, "r", ttl=900, now=NOW):
+        pytest.fail("must not be reached")
+    [still] = [o for o in fake_cluster.scanfleet_objects() if o["kind"] == kind]
+    assert still["metadata"]["uid"] == planted["uid"]
+    kube.delete(kind, "apps", planted["name"])
+    kube.delete("Role", "apps", "admin")
 
 
 def test_exception_inside_revokes_and_propagates(
@@ -189,8 +228,9 @@ def test_token_request_failure_removes_what_was_created(
     ):
         pytest.fail("must not be reached")
     assert fake_cluster.scanfleet_objects() == []
-    deletes = {r.path.rsplit("/", 2)[-2] for r in fake_cluster.requests if r.method == "DELETE"}
-    assert deletes == {"serviceaccounts", "roles", "rolebindings"}
+    # Only the ServiceAccount existed yet: its one delete is the whole clean-up.
+    deletes = [r.path.rsplit("/", 2)[-2] for r in fake_cluster.requests if r.method == "DELETE"]
+    assert deletes == ["serviceaccounts"]
 
 
 def test_object_name_is_a_valid_dns_label() -> None:
@@ -211,19 +251,13 @@ def test_a_briefly_refused_token_is_waited_for_before_the_audit(
 
 
 def test_a_token_that_never_gets_access_fails_as_forbidden_and_is_revoked(
-    kube: KubeClient, fake_cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch
+    kube: KubeClient, fake_cluster: FakeCluster
 ) -> None:
     fake_cluster.fail("GET", r"/namespaces/apps/pods/web$", 403, times=1000)
-    original = KubeClient.wait_for_access
-
-    def quick(self: KubeClient, namespace: str, pod: str, token: str,
-              timeout: float = 15.0) -> None:
-        original(self, namespace, pod, token, timeout=1.0)
-
-    monkeypatch.setattr(KubeClient, "wait_for_access", quick)
 
     def mint() -> None:
-        with scan_identity(kube, TARGET, "0000000000000b22", "r", ttl=900, now=NOW):
+        with scan_identity(kube, TARGET, "0000000000000b22", "r", ttl=900, now=NOW,
+                           access_wait=1.0):
             pytest.fail("must not be reached")
 
     with pytest.raises(ClusterForbidden, match="could not read pod apps/web"):

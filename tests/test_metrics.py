@@ -238,9 +238,10 @@ def test_beat_posture_after_a_sweep_tick_equals_run_json_and_survives_a_restart(
 
     # A janitor pass on the worker: one expired identity deleted, one it may not judge.
     kube = KubeClient(str(fleet_clusters.kubeconfig), "east")
-    leave_orphans(kube, "apps", "dead1", "run1", datetime.now(UTC) - timedelta(hours=2), 3600)
+    leave_orphans(kube, "apps", "dead0000000000d1", "run1",
+                  datetime.now(UTC) - timedelta(hours=2), 3600)
     kube.create_service_account("ops", {"metadata": {
-        "name": "scanfleet-noexpiry", "labels": {MANAGED_BY: "scanfleet"}}})
+        "name": "scanfleet-noexpiry", "labels": {MANAGED_BY: "scanfleet"}}})  # not ours
     send_task(redis_server.url, JANITOR_TASK)
 
     def janitor_counted() -> str | None:
@@ -329,7 +330,7 @@ def test_queue_messages_sum_every_priority_of_the_queue() -> None:
 def test_janitor_totals_accumulate_in_redis_and_beat_serves_them(tmp_path: Path) -> None:
     r = fakeredis.FakeRedis(decode_responses=True)
     f = Finding("c", "Role", "ns", "scanfleet-x", None)
-    report = JanitorReport(dry_run=False, deleted=[f, f], warnings=[f])
+    report = JanitorReport(dry_run=False, deleted=[f, f], warnings=[f], foreign=[f])
     janitor_totals(r, "pfx", report)
     janitor_totals(r, "pfx", report)
     janitor_totals(r, "pfx", JanitorReport(dry_run=True, deleted=[f]))
@@ -339,7 +340,7 @@ def test_janitor_totals_accumulate_in_redis_and_beat_serves_them(tmp_path: Path)
     assert got == {("scanfleet_janitor_deleted", "RoleBinding"): 0,
                    ("scanfleet_janitor_deleted", "Role"): 4,
                    ("scanfleet_janitor_deleted", "ServiceAccount"): 0,
-                   ("scanfleet_janitor_foreign", None): 2}
+                   ("scanfleet_janitor_foreign", None): 4}  # warnings and not-ours
 
 
 def test_sweep_interval_is_the_longest_gap_of_the_cron() -> None:

@@ -33,9 +33,9 @@ from scanfleet.kube import KubeClient
 
 POLICY_FILE = Path(__file__).resolve().parent.parent / "deploy" / "admission-policy.yaml"
 CLI = [sys.executable, "-c", "from scanfleet.cli import main; main()"]
-# API requests of one successful `scanfleet scan` of one container (read pod, create SA,
-# Role, RoleBinding, TokenRequest, access check, delete RoleBinding, Role, SA).
-SCAN_REQUESTS = 9
+# API requests of one successful `scanfleet scan` of one container (create SA, TokenRequest,
+# create Role, RoleBinding, read the pod with the scan token, delete SA: the GC does the rest).
+SCAN_REQUESTS = 6
 HEX = "0123456789abcdef"
 NAME = f"scanfleet-{HEX}"
 RBAC = "rbac.authorization.k8s.io"
@@ -149,7 +149,13 @@ def admitted(policies: list[Policy], log: list[LoggedRequest]) -> int:
 
 
 def test_a_scan_is_admitted(policies: list[Policy], scan_log: list[LoggedRequest]) -> None:
-    assert admitted(policies, scan_log) == 7  # 3 creates, TokenRequest, 3 deletes
+    # SA, TokenRequest, Role and RoleBinding (owned by the SA), one SA delete; the pod read is
+    # the scan token's, not the worker's.
+    assert admitted(policies, scan_log) == 5
+    owned = [r for r in scan_log if r.method == "POST" and r.resource in ("roles", "rolebindings")]
+    assert len(owned) == 2
+    assert all(r.body["metadata"]["ownerReferences"][0]["kind"] == "ServiceAccount"
+               for r in owned)
 
 
 def test_a_janitor_pass_is_admitted(policies: list[Policy],
@@ -160,12 +166,12 @@ def test_a_janitor_pass_is_admitted(policies: list[Policy],
 
 
 def test_a_fleet_run_is_admitted(policies: list[Policy], fleet_log: list[LoggedRequest]) -> None:
-    assert admitted(policies, fleet_log) == 8 * 7  # 8 containers over two clusters
+    assert admitted(policies, fleet_log) == 8 * 5  # 8 containers over two clusters
 
 
 def test_a_fleet_run_with_a_worker_is_admitted(policies: list[Policy],
                                               worker_fleet_log: list[LoggedRequest]) -> None:
-    assert admitted(policies, worker_fleet_log) == 8 * 7
+    assert admitted(policies, worker_fleet_log) == 8 * 5
 
 
 def test_the_policy_binds_only_the_worker(policies: list[Policy],

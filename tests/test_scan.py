@@ -165,7 +165,9 @@ def test_missing_target_is_a_scan_error(
     assert s["status"] == "error"
     assert s["error"]["kind"] == "target_not_found"
     assert needle in s["error"]["message"]
-    assert not any(r.method == "POST" for r in fake_cluster.requests)
+    # The scan's own token found out; the admin identity never read the pod.
+    assert not [r for r in fake_cluster.request_log
+                if r.resource == "pods" and r.identity == "fake-admin"]
 
 
 @pytest.mark.parametrize(
@@ -192,6 +194,39 @@ def test_auditor_failures(
     assert out.run is not None
     assert out.run["targets"]["error"] == 1
     assert f"[{kind}]" in out.stdout
+
+
+def test_a_pod_replaced_during_a_failing_audit_is_target_changed(
+    scan: Callable[..., Outcome], fake_cluster: FakeCluster, auditor_plan: Callable[..., Path],
+    standin_io: Path,
+) -> None:
+    pid_file, go = standin_io / "auditor.pid", standin_io / "go"
+    auditor_plan({"*": {"pid_file": str(pid_file), "wait_for": str(go), "exit": 1,
+                        "stderr": "error: pod went away"}})
+    old_uid = fake_cluster.objects("pods", "apps")
+    old_uid = next(p["metadata"]["uid"] for p in old_uid if p["metadata"]["name"] == "web")
+    new_uid: list[str] = []
+
+    def replace_pod_while_the_auditor_runs() -> None:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        fake_cluster.delete_pod("apps", "web")
+        pod = fake_cluster.add_pod("apps", "web", containers=[("app", "registry.example/web:2")])
+        new_uid.append(pod["metadata"]["uid"])
+        go.touch()
+
+    watcher = threading.Thread(target=replace_pod_while_the_auditor_runs)
+    watcher.start()
+    out = scan("apps/web/app")
+    watcher.join()
+    assert out.exit_code == 3, out.stderr
+    [s] = out.summaries
+    assert s["error"]["kind"] == "target_changed"
+    assert f"uid {old_uid} when the scan started, {new_uid[0]} now" in s["error"]["message"]
+    assert "apps/web" in s["error"]["message"]
+    assert s["cleanup"] == "complete"
+    assert "[target_changed]" in out.stdout
 
 
 @pytest.mark.parametrize("how", ["expired", "revoked"])
@@ -254,7 +289,7 @@ def test_forbidden_admin_leaves_nothing_behind(
     # way, and the ServiceAccount it did create must be removed again.
     fake_cluster.set_admin_rules([
         {"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["get", "list"]},
-        {"apiGroups": [""], "resources": ["serviceaccounts"],
+        {"apiGroups": [""], "resources": ["serviceaccounts", "serviceaccounts/token"],
          "verbs": ["create", "delete", "get"]},
     ])
     out = scan("apps/web/app")
@@ -297,18 +332,18 @@ def test_forbidden_is_not_retried(scan: Callable[..., Outcome], fake_cluster: Fa
 def test_failed_cleanup_is_recorded_incomplete(
     scan: Callable[..., Outcome], fake_cluster: FakeCluster, admin_kubeconfig: Path
 ) -> None:
-    fake_cluster.fail("DELETE", r"/roles/scanfleet-", 403, times=1)
+    fake_cluster.fail("DELETE", r"/serviceaccounts/scanfleet-", 403, times=1)
     out = scan("apps/web/app")
     [s] = out.summaries
     assert s["status"] == "completed"
     assert s["cleanup"] == "incomplete"
-    # The other two were still deleted; the Role is what the janitor will catch.
+    # The grant was still deleted; the ServiceAccount is what the janitor will catch.
     left = fake_cluster.scanfleet_objects()
-    assert [o["kind"] for o in left] == ["Role"]
+    assert [o["kind"] for o in left] == ["ServiceAccount"]
     from scanfleet.kube import KubeClient
 
     assert KubeClient(str(admin_kubeconfig), "fake").delete(
-        "Role", "apps", left[0]["metadata"]["name"])
+        "ServiceAccount", "apps", left[0]["metadata"]["name"])
 
 
 @pytest.mark.parametrize(
@@ -317,6 +352,8 @@ def test_failed_cleanup_is_recorded_incomplete(
         (["Apps/web"], "'Apps'"),
         (["apps/web", "--token-ttl", "60"], "60"),
         (["apps/web", "--token-ttl", "900", "--timeout", "1000"], "exceed"),
+        (["apps/web", "--token-ttl", "900", "--timeout", "800"], "900s must exceed the scan "
+                                                                 "timeout 800s by at least 120s"),
         (["apps/web", "--context", "nope"], "'nope'"),
         (["apps/web", "--input-file", "/nonexistent.yml"], "/nonexistent.yml"),
     ],

@@ -204,3 +204,14 @@ def test_beat_refuses_a_bad_sweeps_file_before_scheduling(
     r = scanfleet("beat", "--sweeps", str(write_sweeps(one(schedul="0 * * * *"))))
     assert r.returncode == 2
     assert "unknown key 'schedul'" in r.stderr
+
+
+def test_sweeps_validate_refuses_a_token_ttl_without_the_minting_margin(
+    write_sweeps: Callable[..., Path], files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SCANFLEET_TOKEN_TTL", "900")
+    monkeypatch.setenv("SCANFLEET_SCAN_TIMEOUT", "800")
+    r = scanfleet("sweeps", "validate", str(write_sweeps(GOOD)))
+    assert r.returncode == 2
+    assert "token TTL 900s must exceed the scan timeout 800s by at least 120s" in r.stderr
+    assert r.stdout == ""

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from scanfleet.errors import BadInput
-from scanfleet.settings import Settings, check_ttl
+from scanfleet.settings import MINT_MARGIN, Settings, check_ttl
 from scanfleet.targets import Target, load_targets_file, parse_target, scan_id_for
 
 
@@ -86,7 +86,10 @@ def test_scan_id_is_stable_per_run_and_target_and_a_valid_name() -> None:
 
 def test_token_ttl_bounds() -> None:
     check_ttl(3600, 1800)
-    for ttl, timeout, needle in [(599, 100, "599"), (86401, 100, "86401"), (900, 900, "exceed")]:
+    check_ttl(900, 900 - MINT_MARGIN)  # exactly the margin is enough
+    for ttl, timeout, needle in [(599, 100, "599"), (86401, 100, "86401"), (900, 900, "exceed"),
+                                 (900, 800, r"TTL 900s must exceed the scan timeout 800s by "
+                                            r"at least 120s")]:
         with pytest.raises(BadInput, match=needle):
             check_ttl(ttl, timeout)
 

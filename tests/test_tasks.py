@@ -110,3 +110,41 @@ def test_an_unreachable_cluster_is_retried_with_growing_pauses_then_recorded(
     assert deliver(down, {"ClusterUnavailable": UNAVAILABLE_RETRIES}) == "error"
     assert deliver.completed == [down]
     assert deliver.recorded == []
+
+
+def test_the_workers_janitor_revokes_idle_fleet_identities_early(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dataclasses import replace
+    from datetime import timedelta
+
+    from scanfleet.janitor import JanitorReport
+
+    class Store:
+        def meta(self, run_id: str) -> dict[str, str]:
+            return {"source": "cli"} if run_id == "fleet-run" else {}
+
+    class Clients:
+        kubeconfig = "/kube/config"
+
+    class Runtime:
+        slots, store, clients = object(), Store(), Clients()
+
+    seen: list[Any] = []
+
+    def janitor(kubeconfig: str, contexts: Any, all_contexts: bool, **kw: Any) -> JanitorReport:
+        seen.append(kw["early"])
+        return JanitorReport(dry_run=kw["dry_run"])
+
+    monkeypatch.setattr(tasks, "runtime", lambda: Runtime)
+    monkeypatch.setattr(tasks, "janitor_for_kubeconfig", janitor)
+    monkeypatch.setattr(tasks.posture, "janitor_finished", lambda report: None)
+    tasks.janitor_task.run()
+    [early] = seen
+    assert early.leases is Runtime.slots
+    assert early.min_age == timedelta(seconds=300)
+    assert early.fleet_run("fleet-run")
+    assert not early.fleet_run("local-run")
+    monkeypatch.setattr(tasks, "settings", replace(tasks.settings, early_revoke_after=0))
+    tasks.janitor_task.run()
+    assert seen[-1] is None

@@ -55,14 +55,19 @@ def janitor_command(
     else:
         verb = "would delete" if dry_run else "deleted"
         for f in report.deleted:
-            click.echo(f"{verb} {f.ref} (expired {f.expires_at})")
+            why = f"expired {f.expires_at}" if f.reason == "expired" else f.reason
+            click.echo(f"{verb} {f.ref} ({why})")
+        for f in report.foreign:
+            click.echo(f"NOT OURS {f.ref}: {f.reason}; left alone", err=True)
+        for f in report.changed:
+            click.echo(f"CHANGED {f.ref}: {f.reason}", err=True)
         for f in report.warnings:
             click.echo(f"WARNING {f.ref}: {f.reason} ({f.expires_at!r}); left alone", err=True)
         for f in report.failed:
             click.echo(f"FAILED {f.ref}: {f.reason}", err=True)
         for ctx, err in report.context_errors.items():
             click.echo(f"ERROR context {ctx!r}: {err}", err=True)
-        click.echo(f"total: {len(report.deleted)} {verb}")
+        click.echo(f"total: {len(report.deleted)} {verb}, {len(report.foreign)} not ours")
     sys.exit(ExitCode.OK if report.ok else ExitCode.SCAN_ERROR)
 
 

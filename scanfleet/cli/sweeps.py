@@ -17,6 +17,7 @@ from scanfleet.cli.common import (
     metrics_port_option,
 )
 from scanfleet.clock import rfc3339, utcnow
+from scanfleet.settings import check_ttl
 from scanfleet.store.locks import LOCK_TTL
 from scanfleet.sweeps import JANITOR_INTERVAL, PRUNE_INTERVAL, load_sweeps
 
@@ -31,6 +32,8 @@ def sweeps_group() -> None:
 @bad_input_exits
 def validate_command(file: Path) -> None:
     """Validate a sweeps file; print each sweep with its next fire time (UTC)."""
+    settings = load_settings()
+    check_ttl(settings.token_ttl, settings.scan_timeout)  # every sweep scans with these
     sweeps = load_sweeps(file)
     now = utcnow()
     for s in sweeps:
@@ -86,6 +89,7 @@ def beat_command(
 ) -> None:
     """Run Celery beat: each sweep on its cron schedule, plus the janitor and retention."""
     settings = load_settings()
+    check_ttl(settings.token_ttl, settings.scan_timeout)
     sweeps = load_sweeps(sweeps_file)  # a bad file stops here, before anything is scheduled
     from scanfleet import exporter
 

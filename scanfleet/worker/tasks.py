@@ -30,9 +30,11 @@ would redeliver the dead worker's message.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -51,7 +53,7 @@ from scanfleet.errors import (
     ScanInterrupted,
     StoreUnavailable,
 )
-from scanfleet.janitor import janitor_for_kubeconfig
+from scanfleet.janitor import EarlyRevoke, janitor_for_kubeconfig
 from scanfleet.kube import ClientCache
 from scanfleet.plan import RunPlan
 from scanfleet.policy import check_auditor_args, check_profile, check_results_dir, credentialed
@@ -314,9 +316,16 @@ def sweep_tick(name: str, sweep: Mapping[str, Any], lock_ttl: int = LOCK_TTL) ->
 def janitor_task(
     contexts: list[str] | None = None, all_contexts: bool = True, dry_run: bool = False
 ) -> dict[str, Any]:
+    rt = runtime()
+    early = None
+    if settings.early_revoke_after > 0:
+        early = EarlyRevoke(
+            rt.slots, functools.cache(lambda run_id: bool(rt.store.meta(run_id))),
+            min_age=timedelta(seconds=settings.early_revoke_after),
+        )
     report = janitor_for_kubeconfig(
-        runtime().clients.kubeconfig, contexts or [], all_contexts and not contexts,
-        dry_run=dry_run, now=utcnow(),
+        rt.clients.kubeconfig, contexts or [], all_contexts and not contexts,
+        dry_run=dry_run, now=utcnow(), early=early,
     )
     posture.janitor_finished(report)
     return report.to_dict()

@@ -358,6 +358,9 @@ class Api:
         if sa is None:
             return not_found(sa_kind, name)
         spec = (body or {}).get("spec") or {} if isinstance(body, dict) else {}
+        pod, refused = self._bound_pod(namespace, name, spec.get("boundObjectRef"))
+        if refused is not None:
+            return refused
         seconds = spec.get("expirationSeconds")
         seconds = 3600 if seconds is None else int(seconds)
         if seconds < MIN_TOKEN_SECONDS:
@@ -367,6 +370,8 @@ class Api:
         lifetime = self.state.token_lifetime
         granted = seconds if lifetime is None else int(lifetime(seconds))
         issued = self.state.tokens.issue(namespace, name, sa["metadata"]["uid"], granted)
+        if pod is not None:
+            self.state.tokens.bind(issued.token, pod["metadata"]["name"], pod["metadata"]["uid"])
         created = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return Response(201, {
             "kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
@@ -376,6 +381,22 @@ class Api:
             "status": {"token": issued.token,
                        "expirationTimestamp": issued.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")},
         })
+
+    def _bound_pod(self, namespace: str, sa_name: str,
+                   ref: Any) -> tuple[Obj | None, Response | None]:
+        """The pod a TokenRequest binds its token to, or the refusal kube-apiserver sends."""
+        if not isinstance(ref, dict):
+            return None, None
+        if (ref.get("apiVersion") or "v1", ref.get("kind")) != ("v1", "Pod"):
+            return None, status(400, f"cannot bind token to object of type {ref.get('kind')}",
+                                "BadRequest")
+        pod = self.store.get("pods", namespace, str(ref.get("name") or ""))
+        if pod is None:
+            return None, not_found(KINDS[("", "pods")], str(ref.get("name") or ""))
+        if (pod.get("spec") or {}).get("serviceAccountName", "default") != sa_name:
+            return None, status(400, f'cannot bind token for serviceaccount "{sa_name}" to pod '
+                                "running with different serviceaccount name.", "BadRequest")
+        return pod, None
 
     def self_subject_access_review(self, identity: Identity, body: Any) -> Response:
         spec = (body.get("spec") or {}) if isinstance(body, dict) else {}

@@ -138,7 +138,8 @@ class FakeCluster:
                 init_containers: Sequence[ContainerSpec] = (),
                 ephemeral_containers: Sequence[ContainerSpec] = (),
                 phase: str = "Running", labels: Mapping[str, str] | None = None,
-                annotations: Mapping[str, str] | None = None) -> Obj:
+                annotations: Mapping[str, str] | None = None,
+                service_account: str = "default") -> Obj:
         """Add a pod. A container is a name, ``(name, image)`` or ``(name, image, imageID)``."""
         regular = [_container(c) for c in containers]
         init = [_container(c) for c in init_containers]
@@ -151,7 +152,8 @@ class FakeCluster:
         pod: Obj = {
             "metadata": {"name": name, "namespace": namespace, "labels": dict(labels or {}),
                          "annotations": dict(annotations or {})},
-            "spec": {"containers": [c for c, _ in regular], "nodeName": "fake-node"},
+            "spec": {"containers": [c for c, _ in regular], "nodeName": "fake-node",
+                     "serviceAccountName": service_account},
             "status": {"phase": phase, "containerStatuses": [s for _, s in regular]},
         }
         if init:

@@ -159,6 +159,8 @@ class Handler(BaseHTTPRequestHandler):
             sa = state.store.get("serviceaccounts", issued.namespace, issued.name)
             if sa is None or sa["metadata"]["uid"] != issued.sa_uid:
                 return None  # the ServiceAccount is gone: its tokens are revoked
+            if issued.pod_uid is not None and not state.tokens.bound_pod_alive(state, issued):
+                return None  # bound to a pod that is gone or was replaced
             return Identity.service_account(issued.namespace, issued.name)
         if isinstance(self.connection, ssl.SSLSocket):
             cert = self.connection.getpeercert()

@@ -1,4 +1,10 @@
-"""Bound service-account tokens: JWT-shaped random strings tied to a ServiceAccount's uid."""
+"""Bound service-account tokens: JWT-shaped random strings tied to a ServiceAccount's uid.
+
+A token requested with ``boundObjectRef`` to a Pod is also tied to that pod's uid, as
+kube-apiserver does it: the TokenRequest is refused (404) when the pod does not exist and
+(400) when the pod does not run as the token's ServiceAccount; the token stops
+authenticating (401) once no pod with that uid exists.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,8 @@ import datetime as dt
 import json
 import secrets
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 
 def _b64(data: bytes) -> str:
@@ -21,6 +28,8 @@ class IssuedToken:
     name: str
     sa_uid: str
     expires_at: dt.datetime
+    pod_name: str | None = None
+    pod_uid: str | None = None
 
 
 class TokenIssuer:
@@ -63,6 +72,15 @@ class TokenIssuer:
         """Make a token expire now (for tests of the 401 path)."""
         with self._lock:
             t = self._by_token[token]
-            self._by_token[token] = IssuedToken(
-                t.token, t.namespace, t.name, t.sa_uid, dt.datetime.now(dt.UTC)
-            )
+            self._by_token[token] = replace(t, expires_at=dt.datetime.now(dt.UTC))
+
+    def bind(self, token: str, pod_name: str, pod_uid: str) -> None:
+        """Tie an issued token to a pod (``boundObjectRef``)."""
+        with self._lock:
+            self._by_token[token] = replace(self._by_token[token], pod_name=pod_name,
+                                            pod_uid=pod_uid)
+
+    @staticmethod
+    def bound_pod_alive(state: Any, issued: IssuedToken) -> bool:
+        pod = state.store.get("pods", issued.namespace, issued.pod_name or "")
+        return pod is not None and pod["metadata"].get("uid") == issued.pod_uid
