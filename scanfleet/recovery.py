@@ -13,10 +13,11 @@ redelivered later (after Redis's visibility timeout) and finds the result record
 target.
 
 What it must never do: re-run a scan whose result is recorded; revoke anything but the
-`scanfleet-<scan_id>` objects of a claimed scan; let a failure (Redis or a cluster down)
-stop the watcher; talk to Redis or Celery itself (the store's `RedisSlots` and a publish
-callable do). Not covered: a worker dying between releasing its lease and recording the
-result (milliseconds) falls back to the visibility timeout.
+`scanfleet-<scan_id>` ServiceAccount of a claimed scan, and that only when it has
+scanfleet's shape (`identity.not_ours`) and still the UID it was read with; let a failure
+(Redis or a cluster down) stop the watcher; talk to Redis or Celery itself (the store's
+`RedisSlots` and a publish callable do). Not covered: a worker dying between releasing
+its lease and recording the result (milliseconds) falls back to the visibility timeout.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any, Protocol
 import structlog
 
 from scanfleet.errors import ScanfleetError
-from scanfleet.identity import object_name, revoke
+from scanfleet.identity import not_ours, object_name, revoke
 from scanfleet.kube import ClientCache
 from scanfleet.targets import Target
 
@@ -86,10 +87,21 @@ def recover_expired(
 
 
 def _revoke(clients: ClientCache, target: Target, scan_id: str) -> bool:
-    """Delete the dead scan's identity; a failure is logged (the janitor's job then)."""
+    """Delete the dead scan's ServiceAccount if it is scanfleet's shape (identity.not_ours),
+    with a UID precondition; the garbage collector removes the Role and RoleBinding it owns.
+    A failure is logged: the janitor's job then, and the re-run's mint replaces it."""
+    name = object_name(scan_id)
     try:
         kube = clients.get(target.context)
-        return revoke(kube, target.namespace, object_name(scan_id)) == "complete"
+        obj = kube.read_object("ServiceAccount", target.namespace, name)
+        if obj is None:
+            return True  # the dead scan never created it, or its own revoke had run
+        why = not_ours(obj | {"kind": "ServiceAccount"})
+        if why is not None:
+            log.error("recovery.not_ours", scan_id=scan_id, object=name, reason=why)
+            return False
+        return revoke(kube, target.namespace, name, uids={"ServiceAccount": obj["uid"]}) \
+            == "complete"
     except ScanfleetError as e:
         log.error("recovery.revoke_failed", scan_id=scan_id, context=target.context,
                   error=str(e))

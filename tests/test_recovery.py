@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,13 @@ from fixtures_fleet import RedisServer, wait_for
 
 from scanfleet.clock import RETRY_DELAYS, backoff
 from scanfleet.errors import BadInput, ClusterUnavailable, SlotBusy
-from scanfleet.identity import object_name
+from scanfleet.identity import identity_objects, object_name
 from scanfleet.kube import ClientCache
 from scanfleet.recovery import Watcher, recover_expired
 from scanfleet.settings import Settings
 from scanfleet.store.runs import RunStore
 from scanfleet.store.slots import RedisSlots
+from scanfleet.targets import Target
 
 RUN = "20250101T000000Z-abcdef"
 TARGET = {"context": "fake", "namespace": "apps", "pod": "web", "container": "app"}
@@ -113,15 +115,18 @@ def identity_of(cluster: FakeCluster, scan_id: str) -> list[str]:
             if o["metadata"]["name"] == object_name(scan_id)]
 
 
+def mint_service_account(clients: ClientCache, scan_id: str, **changes: Any) -> None:
+    """The ServiceAccount a scan creates first (identity.identity_objects), or a decoy."""
+    body = identity_objects(scan_id, RUN, Target.from_dict(TARGET), 900,
+                            datetime.now(UTC))["ServiceAccount"]
+    clients.get("fake").create_object("ServiceAccount", "apps", body | changes)
+
+
 def test_recovery_revokes_the_dead_scans_identity_and_publishes_it_once(
     store: RunStore, fake_cluster: FakeCluster, admin_kubeconfig: Path,
 ) -> None:
     clients = ClientCache(str(admin_kubeconfig), retries=0)
-    name = object_name("0123456789abcdef")
-    clients.get("fake").create_object("ServiceAccount", "apps", {
-        "apiVersion": "v1", "kind": "ServiceAccount",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "scanfleet"}},
-    })
+    mint_service_account(clients, "0123456789abcdef")
     s = slots(store)
     assert s.try_acquire("fake", "0123456789abcdef", "dead", RERUN) == 1
     assert s.try_acquire("fake", "fedcba9876543210", "dead", RERUN) == 1  # recorded already
@@ -129,15 +134,32 @@ def test_recovery_revokes_the_dead_scans_identity_and_publishes_it_once(
     recover: Callable[[], Any] = lambda: recover_expired(  # noqa: E731
         s, Done("fedcba9876543210"), clients, published)
     assert recover().rerun == []  # leases still live
-    assert identity_of(fake_cluster, "0123456789abcdef") == [name]
+    assert identity_of(fake_cluster, "0123456789abcdef") == [object_name("0123456789abcdef")]
     wait_for(lambda: s.holders("fake") == [], 10, "the leases to expire")
     got = recover()
     assert got.rerun == ["0123456789abcdef"]
     assert got.already_done == ["fedcba9876543210"]
+    assert got.revoke_failed == []
     assert published == [(RUN, TARGET)]
     assert identity_of(fake_cluster, "0123456789abcdef") == []
     assert recover().rerun == []  # claimed once: a second pass (another worker) finds nothing
     assert published == [(RUN, TARGET)]
+
+
+@pytest.mark.leaves_leftovers("the decoy is not scanfleet's: recovery must leave it")
+def test_recovery_never_deletes_a_same_named_object_that_is_not_scanfleets(
+    store: RunStore, fake_cluster: FakeCluster, admin_kubeconfig: Path,
+) -> None:
+    clients = ClientCache(str(admin_kubeconfig), retries=0)
+    mint_service_account(clients, "0123456789abcdef", automountServiceAccountToken=True)
+    s = slots(store)
+    assert s.try_acquire("fake", "0123456789abcdef", "dead", RERUN) == 1
+    wait_for(lambda: s.holders("fake") == [], 10, "the lease to expire")
+    published = Published()
+    got = recover_expired(s, Done(), clients, published)
+    assert got.revoke_failed == ["0123456789abcdef"]
+    assert identity_of(fake_cluster, "0123456789abcdef") == [object_name("0123456789abcdef")]
+    assert published == [(RUN, TARGET)]  # the scan still runs again
 
 
 def test_the_watcher_keeps_watching_after_a_failed_pass() -> None:
