@@ -81,8 +81,12 @@ def backoff(
     *,
     lease_seconds: float = 60.0,
     rand: Callable[[], float] = random.random,
+    scale: float = 1.0,
 ) -> float:
-    """Seconds to wait before retry number `attempt` (0-based) under `delay`."""
+    """Seconds to wait before retry number `attempt` (0-based) under `delay`.
+
+    `scale` (Settings.retry_delay_scale) multiplies the table's pauses; a lease-derived
+    row follows the lease instead, which has its own setting."""
     if delay.lease_fraction is not None:
         return max(1.0, float(int(lease_seconds * delay.lease_fraction)))
-    return float(min(delay.cap, delay.base * 2**attempt) + delay.jitter * rand())
+    return scale * float(min(delay.cap, delay.base * 2**attempt) + delay.jitter * rand())

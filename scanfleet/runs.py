@@ -116,14 +116,16 @@ def run_target(pipe: Pipeline, plan: RunPlan, target: Target) -> Scanned | None:
 
     Returns None for a target already recorded (redelivery), after finalizing the run if
     that had not happened yet. Raises `NoSlot`/`SlotBusy` when the cluster is at its cap or
-    this scan runs elsewhere, and `StoreUnavailable`: all retryable, nothing recorded.
+    this scan runs elsewhere (or ran too long without its lease, which recovery then
+    re-ran), and `StoreUnavailable`: all retryable, nothing recorded.
     """
     scan_id = scan_id_for(plan.run_id, target)
     if pipe.state.is_done(plan.run_id, scan_id):
         log.info("scan.already_done", run_id=plan.run_id, scan_id=scan_id)
         maybe_finalize(pipe, plan)
         return None
-    with pipe.slots.slot(target.context, scan_id):
+    rerun = {"run_id": plan.run_id, "target": target.to_dict()}  # recovery.py re-runs it
+    with pipe.slots.slot(target.context, scan_id, rerun):
         pipe.state.mark_running(plan.run_id, scan_id)
         return scan_target(
             pipe.clients, target, plan.run_id, plan.scan_options,

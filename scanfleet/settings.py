@@ -122,6 +122,12 @@ class Settings:
     """Largest profile archive downloaded, bytes (SCANFLEET_PROFILE_MAX_BYTES)."""
     profile_timeout: int = 120
     """Seconds a profile download may take in all (SCANFLEET_PROFILE_TIMEOUT)."""
+    retry_delay_scale: float = 1.0
+    """Multiplies the fleet's retry pauses of `clock.RETRY_DELAYS` (those not derived from
+    the lease): 0.01 turns 15..120 s into 0.15..1.2 s, for tests (SCANFLEET_RETRY_DELAY_SCALE)."""
+    kube_retries: int = 5
+    """Retries of one Kubernetes API request in a worker (connection errors, 429, 5xx; with
+    urllib3's backoff, 5 take about 15 s) before the scan is re-queued (SCANFLEET_KUBE_RETRIES)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -159,6 +165,8 @@ class Settings:
             if env.get("SCANFLEET_PROFILE_CACHE") else None,
             profile_max_bytes=env_int(env, "SCANFLEET_PROFILE_MAX_BYTES", d.profile_max_bytes, 1),
             profile_timeout=env_int(env, "SCANFLEET_PROFILE_TIMEOUT", d.profile_timeout, 1),
+            retry_delay_scale=env_float(env, "SCANFLEET_RETRY_DELAY_SCALE", d.retry_delay_scale),
+            kube_retries=env_int(env, "SCANFLEET_KUBE_RETRIES", d.kube_retries, 0),
         )
 
 
@@ -240,6 +248,20 @@ def env_int(env: Mapping[str, str], key: str, default: int, minimum: int = 1) ->
         raise BadInput(f"{key}={raw!r} is not a whole number") from None
     if value < minimum:
         raise BadInput(f"{key}={raw!r} must be at least {minimum}")
+    return value
+
+
+def env_float(env: Mapping[str, str], key: str, default: float) -> float:
+    """A positive number setting; BadInput naming the variable and value when it is not."""
+    raw = env.get(key)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadInput(f"{key}={raw!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise BadInput(f"{key}={raw!r} must be a positive number")
     return value
 
 

@@ -23,6 +23,10 @@ the auditor, and pinned to the run's first fetch (`_Runtime.pin_profile`, profil
 other bytes, or no bytes, give the target an error result and no auditor runs.
 
     scanfleet.sweep_tick(name, sweep)   sweeping.run_tick, starting runs via submit.submit_run
+
+Every worker's main process also runs recovery.py's watcher (every lease/2): a scan whose
+lease expired without a result is revoked and published again here, long before Redis
+would redeliver the dead worker's message.
     scanfleet.janitor / scanfleet.prune  janitor and retention, on beat's schedule
 """
 
@@ -38,7 +42,7 @@ from typing import Any, TypeVar, cast
 
 import structlog
 from celery.exceptions import Retry
-from celery.signals import worker_init, worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 
 from scanfleet import posture, sandbox, sweeping
 from scanfleet.clock import backoff, retry_delay, utcnow
@@ -60,6 +64,7 @@ from scanfleet.kube import ClientCache
 from scanfleet.plan import RunPlan
 from scanfleet.policy import check_auditor_args, check_profile, check_results_dir, credentialed
 from scanfleet.profiles import RunPins, fetch_config, pin_for_scan
+from scanfleet.recovery import Watcher, recover_expired
 from scanfleet.retention import prune
 from scanfleet.runs import Pipeline, complete, fan_out, record_failure, run_target
 from scanfleet.settings import check_ttl, process_environment
@@ -93,7 +98,7 @@ class _Runtime:
         self.store = RunStore.from_url(
             settings.broker_url, settings.key_prefix, settings.retention_days
         )
-        self.clients = ClientCache(settings.kubeconfig)
+        self.clients = ClientCache(settings.kubeconfig, retries=settings.kube_retries)
         self.slots = RedisSlots(
             self.store, settings.cluster_concurrency, lease_seconds=tuning.lease_seconds
         )
@@ -199,6 +204,30 @@ def _warm_imports(**_kwargs: Any) -> None:
 
 worker_init.connect(_warm_imports, weak=False)
 
+_watcher: Watcher | None = None
+
+
+def _start_recovery(**_kwargs: Any) -> None:
+    """In the worker's main process, once the pool has forked: watch for expired leases
+    with a runtime of its own (the pool's children never share its sockets)."""
+    global _watcher  # noqa: PLW0603 - one per worker process
+    rt = _Runtime()
+
+    def publish(run_id: str, target: Mapping[str, Any]) -> None:
+        app.send_task(SCAN_TASK, args=[run_id, dict(target)], queue=QUEUE)
+
+    _watcher = Watcher(lambda: recover_expired(rt.slots, rt.store, rt.clients, publish),
+                       tuning.lease_seconds / 2).start()
+
+
+def _stop_recovery(**_kwargs: Any) -> None:
+    if _watcher is not None:
+        _watcher.stop()
+
+
+worker_ready.connect(_start_recovery, weak=False)
+worker_shutdown.connect(_stop_recovery, weak=False)
+
 
 def _task(**options: Any) -> Callable[[F], F]:
     """`app.task`, typed (Celery ships no annotations)."""
@@ -296,7 +325,8 @@ def _retry_or_continue(task: Any, error: Exception, tried: dict[str, int]) -> No
     n = tried.get(key, 0)
     if delay is None or (delay.attempts is not None and n >= delay.attempts):
         return
-    countdown = backoff(delay, n, lease_seconds=tuning.lease_seconds)
+    countdown = backoff(delay, n, lease_seconds=tuning.lease_seconds,
+                        scale=settings.retry_delay_scale)
     log.warning("scan.deferred", reason=key, error=str(error), countdown=round(countdown, 1))
     raise task.retry(countdown=countdown, exc=error, kwargs={"attempts": {**tried, key: n + 1}})
 
