@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fixtures_fleet import CLI, FleetClusters, Worker, free_port, run_cli, wait_for
+from profile_server import ProfileServer, profile_archive
 
 from scanfleet.errors import BadInput
 from scanfleet.settings import Settings
@@ -164,20 +165,29 @@ def leak_search(*texts: str, dirs: tuple[Path, ...] = ()) -> list[str]:
     return found
 
 
-def _env(fleet_env: dict[str, str], url: str) -> dict[str, str]:
-    return {**fleet_env, "SCANFLEET_BROKER_URL": url,
-            "SCANFLEET_ALLOWED_PROFILES": f"/,https://bot:{ALLOW_SECRET}@profiles.example/"}
+def _env(fleet_env: dict[str, str], url: str,
+         profiles: str = "https://profiles.example/") -> dict[str, str]:
+    allow = profiles.replace("://", f"://bot:{ALLOW_SECRET}@", 1)
+    return {**fleet_env, "SCANFLEET_BROKER_URL": url, "SCANFLEET_ALLOWED_PROFILES": f"/,{allow}"}
+
+
+@pytest.fixture
+def profiles() -> Iterator[ProfileServer]:
+    """The profile server the workers download from (scanfleet fetches URL profiles itself)."""
+    with ProfileServer() as srv:
+        srv.routes["/p.tar.gz"] = profile_archive({"inspec.yml": "name: p\n"})
+        yield srv
 
 
 def test_tls_and_password_worker_submit_status_beat_and_no_secret_anywhere(
     fleet_env: dict[str, str], fleet_clusters: FleetClusters,
     make_worker: Callable[..., Worker], secure_redis: Callable[[bool], SecureRedis],
-    tmp_path: Path,
+    tmp_path: Path, profiles: ProfileServer,
 ) -> None:
     server = secure_redis(True)
-    env = _env(fleet_env, server.url)
+    env = _env(fleet_env, server.url, profiles.url("/"))
     worker = make_worker(env, concurrency=2)
-    profile = f"https://scanuser:{PROFILE_SECRET}@profiles.example/p.tar.gz"
+    profile = profiles.url("/p.tar.gz", userinfo=f"scanuser:{PROFILE_SECRET}")
     sub = run_cli(["submit", "--context", "east", "apps/api/app", "--profile", profile,
                    "--wait"], env)
     assert sub.returncode == 0, sub.stderr[-2000:]
@@ -189,7 +199,7 @@ def test_tls_and_password_worker_submit_status_beat_and_no_secret_anywhere(
     sweeps = tmp_path / "sweeps.yml"
     sweeps.write_text("- name: minutely\n  schedule: '* * * * *'\n  contexts: [west]\n"
                       "  namespaces: [apps]\n  selector: app=api\n"
-                      "  profile: https://profiles.example/p.tar.gz\n")
+                      f"  profile: {profiles.url('/p.tar.gz')}\n")
     beat_log = tmp_path / "beat.log"
     with beat_log.open("wb") as out:
         beat = subprocess.Popen([*CLI, "beat", "--sweeps", str(sweeps)], env=env,
