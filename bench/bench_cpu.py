@@ -1,6 +1,6 @@
 """CPU benchmark: scanfleet's own CPU per run (fixed) and per scan, and its memory.
 
-    python bench/bench_cpu.py [--sizes 24,100,400,1000] [--concurrency 8]
+    python bench/bench_cpu.py [--sizes 24,100,400,1000] [--concurrency 8] [--no-sandbox]
 
 Runs `scanfleet submit --local --concurrency C` as a child process against the fake API
 server (in this process, so its CPU is not counted) over N explicit targets, with an
@@ -81,6 +81,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="24,100,400,1000")
     ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--no-sandbox", action="store_true",
+                    help="SCANFLEET_SANDBOX=off: no exec helper (its share of the per-scan CPU)")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="scanfleet-bench-cpu-"))
@@ -89,8 +91,12 @@ def main() -> None:
         cluster.add_namespace("bench")
         for i in range(max(sizes)):
             cluster.add_pod("bench", f"pod-{i:04d}", containers=[("app", "img:1", f"sha256:{i}")])
-        kcfg = cluster.write_kubeconfig(tmp / "kubeconfig", context="bench")
-        auditor = tmp / "copy-auditor"
+        # The admin kubeconfig lives outside what the sandbox lets the auditor read.
+        (tmp / "admin").mkdir()
+        kcfg = cluster.write_kubeconfig(tmp / "admin" / "kubeconfig", context="bench")
+        work = tmp / "work"
+        work.mkdir()
+        auditor = work / "copy-auditor"
         auditor.write_text(COPY_AUDITOR.replace("{report}", str(SAMPLE)))
         auditor.chmod(0o755)
         env = {k: v for k, v in os.environ.items() if not k.startswith("SCANFLEET_")}
@@ -98,9 +104,11 @@ def main() -> None:
             "KUBECONFIG": str(kcfg), "SCANFLEET_AUDITOR": str(auditor),
             "SCANFLEET_RESULTS_DIR": str(tmp / "results"), "SCANFLEET_TOKEN_TTL": "900",
             "SCANFLEET_SCAN_TIMEOUT": "120", "SCANFLEET_CLUSTER_CONCURRENCY": "64",
-            "SCANFLEET_SANDBOX_ALLOW_READ": os.pathsep.join([str(tmp), str(SAMPLE.parent)]),
+            "SCANFLEET_SANDBOX_ALLOW_READ": os.pathsep.join([str(work), str(SAMPLE.parent)]),
         })
-        per_auditor = auditor_cpu(auditor, tmp, env)
+        if args.no_sandbox:
+            env["SCANFLEET_SANDBOX"] = "off"
+        per_auditor = auditor_cpu(auditor, work, env)
         for flag in ("--version", "--help"):
             cpu, wall, _ = child_cpu([*CLI, flag], env)
             print(f"scanfleet {flag}: {cpu * 1000:.0f} ms CPU, {wall * 1000:.0f} ms wall")
@@ -109,11 +117,11 @@ def main() -> None:
         for n in sizes:
             targets = [{"context": "bench", "namespace": "bench", "pod": f"pod-{i:04d}",
                         "container": "app"} for i in range(n)]
-            tf = tmp / f"targets-{n}.json"
+            tf = work / f"targets-{n}.json"
             tf.write_text(json.dumps(targets))
             cpu, wall, rss = child_cpu([*CLI, "submit", "--local", "--concurrency",
                                         str(args.concurrency), "--targets-file", str(tf),
-                                        "--profile", str(tmp)], env)
+                                        "--profile", str(work)], env)
             own = cpu - n * per_auditor
             xs.append(n)
             ys.append(own)
