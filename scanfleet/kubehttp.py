@@ -57,6 +57,8 @@ class Transport:
     def __init__(self, cfg: Credentials, pool: urllib3.PoolManager,
                  headers: Mapping[str, str]) -> None:
         self._cfg = cfg
+        # Read once: the library's `host` getter re-scans os.environ for proxies every time.
+        self._host = cfg.host
         self._pool = pool
         self._headers = {**headers, "Accept": "application/json"}
 
@@ -76,7 +78,7 @@ class Transport:
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
-        url = self._cfg.host + path + (f"?{urlencode(query)}" if query else "")
+        url = self._host + path + (f"?{urlencode(query)}" if query else "")
         resp = self._pool.request(method, url, body=data, headers=headers,
                                   timeout=REQUEST_TIMEOUT, preload_content=True)
         if not 200 <= resp.status <= 299:
