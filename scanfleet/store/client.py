@@ -7,22 +7,25 @@ that talks to Redis outside `with guarded(...)` can leak a RedisError into a sca
 
 from __future__ import annotations
 
-from typing import Any
-
-import redis
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
+import sys
+from typing import TYPE_CHECKING, Any
 
 from scanfleet.errors import StoreUnavailable
 
-Redis = redis.Redis
+if TYPE_CHECKING:
+    from redis import Redis
 
 
-def connect(url: str, *, retry_seconds: float = 60.0) -> redis.Redis:
+def connect(url: str, *, retry_seconds: float = 60.0) -> Redis:
     """A client that rides out a Redis restart: connection errors retried with backoff."""
+    # Imported here: `scan` and `submit --local` keep run state in memory and never pay
+    # for redis (and redis.asyncio) at start-up.
+    import redis
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from redis.retry import Retry
+
     attempts = max(1, int(retry_seconds / 2))
     return redis.Redis.from_url(
         url,
@@ -47,10 +50,16 @@ class guarded:
     def __exit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: object
     ) -> None:
-        if e is not None and isinstance(e, RedisError):
+        if e is not None and _is_redis_error(e):
             raise StoreUnavailable(
                 f"Redis: {self.what}: {type(e).__name__}: {str(e)[:200]}"
             ) from e
+
+
+def _is_redis_error(e: BaseException) -> bool:
+    # A process that never imported redis cannot have raised one of its errors.
+    exceptions = sys.modules.get("redis.exceptions")
+    return exceptions is not None and isinstance(e, exceptions.RedisError)
 
 
 def call(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
