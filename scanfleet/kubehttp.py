@@ -11,6 +11,7 @@ without the generated API classes and models; it translates nothing into domain 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -19,6 +20,10 @@ from urllib.parse import quote, urlencode
 import urllib3
 
 REQUEST_TIMEOUT = urllib3.Timeout(connect=10.0, read=60.0)  # each API request
+AUTH_REFRESH_SECONDS = 1.0
+"""How long one answer of `auth_settings()` is reused. Its refresh hook re-applies the whole
+kubeconfig (the `host` setter re-scans os.environ for proxies: ~0.5 ms a call); a token is
+renewed 5 minutes before it expires, so asking once a second is still ahead of it."""
 _RBAC = "/apis/rbac.authorization.k8s.io/v1"
 # kind -> (API group path, resource): where each scan object kind lives.
 RESOURCES = {
@@ -61,6 +66,7 @@ class Transport:
         self._host = cfg.host
         self._pool = pool
         self._headers = {**headers, "Accept": "application/json"}
+        self._auth: tuple[float, dict[str, str]] | None = None
 
     def close(self) -> None:
         self._pool.clear()
@@ -69,11 +75,7 @@ class Transport:
         self, method: str, path: str, query: dict[str, Any] | None = None, body: Any = None
     ) -> Any:
         """The parsed JSON answer; HttpError on a non-2xx status, urllib3's errors as is."""
-        headers = dict(self._headers)
-        # auth_settings() runs refresh_api_key_hook first (exec plugins, expiring tokens).
-        for auth in self._cfg.auth_settings().values():
-            if auth.get("in") == "header" and auth.get("value"):
-                headers[auth["key"]] = auth["value"]
+        headers = {**self._headers, **self._auth_headers()}
         data = None
         if body is not None:
             data = json.dumps(body).encode()
@@ -87,6 +89,19 @@ class Transport:
             return json.loads(resp.data)
         except ValueError:
             raise NotJson from None
+
+    def _auth_headers(self) -> dict[str, str]:
+        """The credential's headers; auth_settings() runs refresh_api_key_hook first (exec
+        plugins, expiring tokens), at most once per AUTH_REFRESH_SECONDS."""
+        now = time.monotonic()
+        cached = self._auth
+        if cached is None or now - cached[0] >= AUTH_REFRESH_SECONDS:
+            headers = {}
+            for auth in self._cfg.auth_settings().values():
+                if auth.get("in") == "header" and auth.get("value"):
+                    headers[auth["key"]] = auth["value"]
+            cached = self._auth = (now, headers)
+        return cached[1]
 
 
 def ns_path(group: str, namespace: str, resource: str, *rest: str) -> str:

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from fakekube import FakeCluster
 
+from scanfleet import kubehttp
 from scanfleet.errors import ClusterApiError, ClusterForbidden, ClusterUnavailable
 from scanfleet.kube import KubeClient
 from scanfleet.kubehttp import parse_time
@@ -49,14 +50,23 @@ def _exec_kubeconfig(cluster: FakeCluster, admin_kubeconfig: Path, tmp_path: Pat
 
 
 def test_an_expired_exec_credential_is_refreshed_before_the_request(
-    fake_cluster: FakeCluster, admin_kubeconfig: Path, tmp_path: Path
+    fake_cluster: FakeCluster, admin_kubeconfig: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    calls = tmp_path / "calls"
     kube = KubeClient(str(_exec_kubeconfig(fake_cluster, admin_kubeconfig, tmp_path)), "fake")
     try:
+        monkeypatch.setattr(kubehttp, "AUTH_REFRESH_SECONDS", 3600.0)
         assert "apps" in kube.list_namespaces()  # the stale token would be refused (401)
+        assert len(calls.read_text()) == 2, "loading, then the refresh before the request"
+        kube.read_pod("apps", "web")
+        kube.list_namespaces()
+        assert len(calls.read_text()) == 2, "the refreshed header is reused within the period"
+        monkeypatch.setattr(kubehttp, "AUTH_REFRESH_SECONDS", 0.0)
+        kube.read_pod("apps", "web")
+        assert len(calls.read_text()) == 3, "after the period the hook runs again"
     finally:
         kube.close()
-    assert len((tmp_path / "calls").read_text()) >= 2, "the plugin ran again at the request"
 
 
 def test_a_refusal_keeps_the_status_message_and_never_the_token(
