@@ -21,6 +21,7 @@ from scanfleet import kubehttp
 from scanfleet.errors import ClusterApiError, ClusterForbidden, ClusterUnavailable
 from scanfleet.kube import KubeClient
 from scanfleet.kubehttp import parse_time
+from scanfleet.scanclient import ScanClient
 
 PLUGIN = """#!{python}
 import json, pathlib
@@ -123,3 +124,24 @@ def test_api_timestamps_parse_as_aware_utc() -> None:
     assert parse_time("2026-01-02T04:04:05+01:00") == t
     assert parse_time("not a time") is None
     assert parse_time(None) is None
+
+
+def test_scan_clients_share_connections_but_never_a_credential(
+    fake_cluster: FakeCluster, admin_kubeconfig: Path
+) -> None:
+    """One pool per cluster and process: a connection a valid token used carries nothing
+    over to the next client's request, which is authenticated by its own token alone."""
+    kube = KubeClient(str(admin_kubeconfig), "fake")
+    endpoint = kube.endpoint()
+    kube.close()
+    valid = ScanClient(endpoint, fake_cluster.admin_token, "fake")
+    bogus = ScanClient(endpoint, "not-a-token-the-server-knows", "fake")
+    try:
+        assert valid.read_pod("apps", "web").name == "web"
+        with pytest.raises(ClusterForbidden, match="HTTP 401"):
+            bogus.read_pod("apps", "web")
+        assert valid.read_pod("apps", "web").name == "web"
+        assert valid._pool is bogus._pool  # one TLS handshake per connection, not per scan
+    finally:
+        valid.close()
+        bogus.close()
