@@ -1,10 +1,14 @@
 """The Kubernetes adapter: the only module that imports `kubernetes`.
 
-One `KubeClient` per cluster (kubeconfig context), each with its own `ApiClient` and
-`Configuration` — never the client library's global default configuration. Retries of
-429 (honouring Retry-After), 5xx and connection errors are urllib3's `Retry`, configured on
-that cluster's connection pool. `ApiException` and urllib3 errors are translated here into
-the domain errors of `scanfleet.errors`; nothing above this module sees them.
+One `KubeClient` per cluster (kubeconfig context), each with its own `Configuration` and
+connection pool — never the client library's global default configuration. The client
+library loads the kubeconfig (exec plugins, client certificates, token refresh through
+`Configuration.refresh_api_key_hook`) and builds the TLS connection pool; the requests
+themselves are plain JSON by resource path (`kubehttp.Transport`), not the generated API classes,
+whose import alone builds hundreds of pydantic models (over a second of CPU per process).
+Retries of 429 (honouring Retry-After), 5xx and connection errors are urllib3's `Retry`,
+configured on that cluster's pool. HTTP statuses and urllib3 errors are translated here
+into the domain errors of `scanfleet.errors`; nothing above this module sees them.
 
 It must never log or raise anything that carries a token, a client key or a kubeconfig.
 """
@@ -13,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,9 +25,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import urllib3
-from kubernetes import client as k8s
 from kubernetes import config as k8s_config
-from kubernetes.client.exceptions import ApiException
+from kubernetes.client.api_client import ApiClient
+from kubernetes.client.configuration import Configuration
 from kubernetes.config.config_exception import ConfigException
 
 from scanfleet import metrics
@@ -38,15 +41,23 @@ from scanfleet.errors import (
     TargetNotFound,
 )
 from scanfleet.kubeconfig import ClusterEndpoint, first_line
+from scanfleet.kubehttp import (
+    RESOURCES,
+    HttpError,
+    NotJson,
+    Transport,
+    ns_path,
+    object_path,
+    parse_time,
+    status_message,
+)
 from scanfleet.logs import remember
 from scanfleet.targets import PodInfo, pod_info
 
 T = TypeVar("T")
 
-REQUEST_TIMEOUT = (10.0, 60.0)  # (connect, read) seconds for each API request
 _RECREATE_ATTEMPTS = 5
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-
 
 class KubeClient:
     """The API calls scanfleet makes against one cluster, as the admin context."""
@@ -55,7 +66,7 @@ class KubeClient:
         self, kubeconfig: str, context: str, *, retries: int = 5, backoff: float = 0.5
     ) -> None:
         self.context = context
-        cfg = k8s.Configuration()
+        cfg = Configuration()
         try:
             k8s_config.load_kube_config(
                 config_file=kubeconfig, context=context, client_configuration=cfg,
@@ -81,13 +92,27 @@ class KubeClient:
             # (credentials.insecure_tls) instead of urllib3 warning on every request.
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         self._cfg = cfg
-        self._api = k8s.ApiClient(configuration=cfg)
-        self.core = k8s.CoreV1Api(self._api)
-        self.rbac = k8s.RbacAuthorizationV1Api(self._api)
-        self.authn = k8s.AuthenticationV1Api(self._api)
+        self._api = ApiClient(configuration=cfg)
+        self._http = Transport(cfg, self._api.rest_client.pool_manager,
+                               self._api.default_headers)
 
     def close(self) -> None:
         self._api.close()
+        self._http.close()
+
+    # The generated API classes, for callers that still want them (tests); scanfleet's own
+    # requests never import them.
+    @functools.cached_property
+    def core(self) -> Any:
+        from kubernetes.client import CoreV1Api
+
+        return CoreV1Api(self._api)
+
+    @functools.cached_property
+    def rbac(self) -> Any:
+        from kubernetes.client import RbacAuthorizationV1Api
+
+        return RbacAuthorizationV1Api(self._api)
 
     # -- endpoint ------------------------------------------------------------------------
     def endpoint(self) -> ClusterEndpoint:
@@ -96,54 +121,42 @@ class KubeClient:
         ca: bytes | None = None
         if cfg.ssl_ca_cert:
             ca = Path(cfg.ssl_ca_cert).read_bytes()
-        elif cfg.ca_cert_data:
-            raw = cfg.ca_cert_data
+        elif raw := getattr(cfg, "ca_cert_data", None):  # kubernetes < 30: always a file
             ca = raw.encode() if isinstance(raw, str) else raw
         return ClusterEndpoint(
             server=cfg.host,
             ca_data=ca,
             insecure=not cfg.verify_ssl,
-            tls_server_name=cfg.tls_server_name or None,
+            tls_server_name=getattr(cfg, "tls_server_name", None) or None,
         )
 
     # -- pods and namespaces -------------------------------------------------------------
     def read_pod(self, namespace: str, name: str) -> PodInfo:
         pod = self._call(
             f"reading pod {namespace}/{name}",
-            lambda: self.core.read_namespaced_pod(
-                name, namespace, _request_timeout=REQUEST_TIMEOUT
-            ),
+            lambda: self._http.request("GET", ns_path("/api/v1", namespace, "pods", name)),
             not_found=lambda: TargetNotFound(
                 f"pod {namespace}/{name} not found in context {self.context!r}"
             ),
         )
-        return _pod_info(self._api, pod)
+        return pod_info(pod)
 
     def list_namespaces(self) -> list[str]:
         return [
-            ns.metadata.name
-            for ns in self._paginate("listing namespaces", self.core.list_namespace)
+            str((ns.get("metadata") or {}).get("name"))
+            for ns in self._paginate("listing namespaces", "/api/v1/namespaces")
         ]
 
     def list_pods(
         self, namespace: str | None, selector: str | None = None, page_size: int = 500
     ) -> Iterator[PodInfo]:
         """Pods in a namespace (or all), paginated with limit/continue."""
-        kwargs: dict[str, Any] = {"label_selector": selector} if selector else {}
         if namespace is None:
-            pages = self._paginate(
-                "listing pods", self.core.list_pod_for_all_namespaces, page_size=page_size, **kwargs
-            )
+            what, path = "listing pods", "/api/v1/pods"
         else:
-            pages = self._paginate(
-                f"listing pods in {namespace}",
-                self.core.list_namespaced_pod,
-                namespace,
-                page_size=page_size,
-                **kwargs,
-            )
-        for pod in pages:
-            yield _pod_info(self._api, pod)
+            what, path = f"listing pods in {namespace}", ns_path("/api/v1", namespace, "pods")
+        for pod in self._paginate(what, path, selector=selector, page_size=page_size):
+            yield pod_info(pod)
 
     # -- scan identity objects -----------------------------------------------------------
     def create_object(
@@ -158,14 +171,12 @@ class KubeClient:
         why the object in the way is not scanfleet's (None: it is): ForeignObject, and it
         is left alone."""
         name = body["metadata"]["name"]
-        create = self._ops(kind)[0]
+        path = object_path(kind, namespace)
         what = f"creating {kind} {namespace}/{name}"
         for attempt in range(_RECREATE_ATTEMPTS):
             try:
                 created = self._call(
-                    what,
-                    functools.partial(create, namespace, body, _request_timeout=REQUEST_TIMEOUT),
-                    conflict=_Exists,
+                    what, lambda: self._http.request("POST", path, body=body), conflict=_Exists
                 )
                 return self.as_dict(kind, created)
             except _Exists:
@@ -204,15 +215,14 @@ class KubeClient:
             "kind": "TokenRequest",
             "spec": {"expirationSeconds": ttl},
         }
-        resp = self._call(
-            f"requesting a token for ServiceAccount {namespace}/{service_account}",
-            lambda: self.core.create_namespaced_service_account_token(
-                service_account, namespace, body, _request_timeout=REQUEST_TIMEOUT
-            ),
-        )
-        token: str = resp.status.token
-        expires: datetime | None = resp.status.expiration_timestamp
-        return token, expires
+        what = f"requesting a token for ServiceAccount {namespace}/{service_account}"
+        path = object_path("ServiceAccount", namespace, service_account, "token")
+        resp = self._call(what, lambda: self._http.request("POST", path, body=body))
+        status = resp.get("status") or {}
+        token = status.get("token")
+        if not isinstance(token, str) or not token:
+            raise ClusterApiError(f"context {self.context!r}: {what}: no token in the answer")
+        return token, parse_time(status.get("expirationTimestamp"))
 
     @property
     def retries(self) -> urllib3.Retry:
@@ -226,18 +236,17 @@ class KubeClient:
         """Delete one scan object; False when it was already gone (404 is fine). With `uid`,
         only that very object (ObjectChanged on 409); `background`: propagationPolicy
         Background (the garbage collector removes what it owns)."""
-        fn = self._ops(kind)[2]
         options: dict[str, Any] = {}
         if uid is not None:
             options["preconditions"] = {"uid": uid}
         if background:
             options["propagationPolicy"] = "Background"
+        path = object_path(kind, namespace, name)
         what = f"deleting {kind} {namespace}/{name}"
         try:
             self._call(
                 what,
-                lambda: fn(name, namespace, body=options or None,
-                           _request_timeout=REQUEST_TIMEOUT),
+                lambda: self._http.request("DELETE", path, body=options or None),
                 not_found=_Gone,
                 conflict=lambda: ObjectChanged(
                     f"context {self.context!r}: {what}: it was replaced since it was read "
@@ -249,11 +258,11 @@ class KubeClient:
 
     def read_object(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """One scan-shaped object as a plain dict (see `as_dict`); None when there is none."""
-        fn = self._ops(kind)[1]
+        path = object_path(kind, namespace, name)
         try:
             obj = self._call(
                 f"reading {kind} {namespace}/{name}",
-                lambda: fn(name, namespace, _request_timeout=REQUEST_TIMEOUT),
+                lambda: self._http.request("GET", path),
                 not_found=_Gone,
             )
         except _Gone:
@@ -262,15 +271,15 @@ class KubeClient:
 
     def list_labelled(self, kind: str, selector: str) -> list[dict[str, Any]]:
         """Objects of one kind, in every namespace, matching a label selector (`as_dict`)."""
-        fn = self._ops(kind)[3]
-        return [
-            self.as_dict(kind, o)
-            for o in self._paginate(f"listing {kind}s", fn, label_selector=selector)
-        ]
+        group, resource = RESOURCES[kind]
+        pages = self._paginate(f"listing {kind}s", f"{group}/{resource}", selector=selector)
+        return [self.as_dict(kind, o) for o in pages]
 
     def as_dict(self, kind: str, obj: Any) -> dict[str, Any]:
         """The object's JSON form, plus `kind` and metadata's main fields at the top."""
-        doc: dict[str, Any] = self._api.sanitize_for_serialization(obj)
+        doc: dict[str, Any] = (
+            obj if isinstance(obj, dict) else self._api.sanitize_for_serialization(obj)
+        )
         meta = doc.get("metadata") or {}
         return doc | {
             "kind": kind, "name": meta.get("name"), "namespace": meta.get("namespace"),
@@ -280,35 +289,19 @@ class KubeClient:
         }
 
     # -- plumbing ------------------------------------------------------------------------
-    def _ops(self, kind: str) -> tuple[Callable[..., Any], ...]:
-        """(create, read, delete, list in all namespaces) of a scan object kind."""
-        c, r = self.core, self.rbac
-        return {
-            "ServiceAccount": (c.create_namespaced_service_account,
-                               c.read_namespaced_service_account,
-                               c.delete_namespaced_service_account,
-                               c.list_service_account_for_all_namespaces),
-            "Role": (r.create_namespaced_role, r.read_namespaced_role, r.delete_namespaced_role,
-                     r.list_role_for_all_namespaces),
-            "RoleBinding": (r.create_namespaced_role_binding, r.read_namespaced_role_binding,
-                            r.delete_namespaced_role_binding,
-                            r.list_role_binding_for_all_namespaces),
-        }[kind]
-
     def _paginate(
-        self, what: str, fn: Callable[..., Any], *args: Any, page_size: int = 500, **kwargs: Any
-    ) -> Iterator[Any]:
+        self, what: str, path: str, *, selector: str | None = None, page_size: int = 500
+    ) -> Iterator[dict[str, Any]]:
         token: str | None = None
         while True:
-            extra = {"_continue": token} if token else {}
-            page = self._call(
-                what,
-                functools.partial(
-                    fn, *args, limit=page_size, _request_timeout=REQUEST_TIMEOUT, **kwargs, **extra
-                ),
-            )
-            yield from page.items or []
-            token = page.metadata._continue if page.metadata else None
+            query: dict[str, Any] = {"limit": page_size}
+            if selector:
+                query["labelSelector"] = selector
+            if token:
+                query["continue"] = token
+            page = self._call(what, functools.partial(self._http.request, "GET", path, query))
+            yield from page.get("items") or []
+            token = (page.get("metadata") or {}).get("continue")
             if not token:
                 return
 
@@ -323,12 +316,16 @@ class KubeClient:
         fn = metrics.api_call(self.context, what, fn)
         try:
             return fn()
-        except ApiException as e:
+        except HttpError as e:
             if e.status == 404 and not_found is not None:
                 raise not_found() from None
             if e.status == 409 and conflict is not None:
                 raise conflict() from None
             raise _translate(self.context, what, e) from None
+        except NotJson:
+            raise ClusterApiError(
+                f"context {self.context!r}: {what}: the API server's answer is not JSON"
+            ) from None
         except urllib3.exceptions.HTTPError as e:
             raise ClusterUnavailable(
                 f"context {self.context!r}: {what}: cannot reach the API server "
@@ -340,14 +337,12 @@ class _Gone(Exception):
     pass
 
 
-
-
 class _Exists(Exception):
     pass
 
 
-def _translate(context: str, what: str, e: ApiException) -> Exception:
-    reason = _status_message(e)
+def _translate(context: str, what: str, e: HttpError) -> Exception:
+    reason = status_message(e)
     msg = f"context {context!r}: {what}: HTTP {e.status} {reason}".rstrip()
     if e.status in (401, 403):
         return ClusterForbidden(msg)
@@ -356,21 +351,6 @@ def _translate(context: str, what: str, e: ApiException) -> Exception:
     if e.status in RETRY_STATUSES or e.status == 0:
         return ClusterUnavailable(msg)
     return ClusterApiError(msg)
-
-
-def _status_message(e: ApiException) -> str:
-    """The `message` of a `kind: Status` body, else the HTTP reason; never the raw body."""
-    try:
-        body = json.loads(e.body) if e.body else {}
-    except (TypeError, ValueError):
-        body = {}
-    message = body.get("message") if isinstance(body, dict) else None
-    text = str(message or e.reason or "")
-    return text[:500]
-
-
-def _pod_info(api: Any, pod: Any) -> PodInfo:
-    return pod_info(api.sanitize_for_serialization(pod))
 
 
 class ClientCache:

@@ -170,8 +170,8 @@ def configure(fmt: str = "json", level: int = logging.INFO) -> None:
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        redact_processor,
         structlog.processors.format_exc_info,
+        # Once, after exceptions are formatted into text (it covers every key then).
         redact_processor,
         renderer,
         _redact_rendered,

@@ -7,13 +7,17 @@ which the Role allows for exactly that pod: the one request is at once the acces
 its phase, its regular containers and its UID.
 
 The connection carries the token and nothing else: no client certificate, so the request is
-authenticated as the scan identity even when the admin context uses certificates. It must
-never log or raise the token.
+authenticated as the scan identity even when the admin context uses certificates. The
+token travels in each request's header, never in the connection, so scans of one cluster
+share a connection pool per process (`_pool`): one TLS handshake per connection, not per
+scan. It must never log or raise the token.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
 from typing import Any
 
@@ -25,6 +29,25 @@ from scanfleet.kubeconfig import ClusterEndpoint
 from scanfleet.targets import PodInfo, pod_info
 
 REQUEST_TIMEOUT = urllib3.Timeout(connect=10.0, read=60.0)
+_POOL_SIZE = 32  # connections kept per cluster: more than a worker's concurrent scans
+_pools: dict[tuple[int, ClusterEndpoint], urllib3.PoolManager] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(endpoint: ClusterEndpoint) -> urllib3.PoolManager:
+    """The process's pool for scan requests to this endpoint (a forked child makes its own)."""
+    key = (os.getpid(), endpoint)
+    with _pools_lock:
+        pool = _pools.get(key)
+        if pool is None:
+            ca = endpoint.ca_data.decode() if endpoint.ca_data and not endpoint.insecure else None
+            pool = _pools[key] = urllib3.PoolManager(
+                num_pools=4, maxsize=_POOL_SIZE, block=False,
+                cert_reqs="CERT_NONE" if endpoint.insecure else "CERT_REQUIRED",
+                ca_cert_data=ca, server_hostname=endpoint.tls_server_name,
+                timeout=REQUEST_TIMEOUT,
+            )
+        return pool
 
 
 class ScanClient:
@@ -35,15 +58,12 @@ class ScanClient:
         self.context = context
         self._server = endpoint.server.rstrip("/")
         self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-        ca = endpoint.ca_data.decode() if endpoint.ca_data and not endpoint.insecure else None
-        self._pool = urllib3.PoolManager(
-            cert_reqs="CERT_NONE" if endpoint.insecure else "CERT_REQUIRED",
-            ca_cert_data=ca, server_hostname=endpoint.tls_server_name,
-            retries=retries, timeout=REQUEST_TIMEOUT,
-        )
+        self._retries = retries
+        self._pool = _pool(endpoint)
 
     def close(self) -> None:
-        self._pool.clear()
+        """Forget the token; the shared pool's connections stay for the next scan."""
+        self._headers = {}
 
     def read_pod(self, namespace: str, name: str, *, wait: float = 0.0) -> PodInfo:
         """GET the pod as the scan identity, retrying 401/403 for up to `wait` seconds.
@@ -74,7 +94,7 @@ class ScanClient:
 
     def _get(self, url: str, what: str) -> tuple[int, Any]:
         try:
-            resp = self._pool.request("GET", url, headers=self._headers)
+            resp = self._pool.request("GET", url, headers=self._headers, retries=self._retries)
         except urllib3.exceptions.HTTPError as e:
             raise ClusterUnavailable(
                 f"context {self.context!r}: reading {what} as the scan identity: cannot reach "

@@ -8,41 +8,50 @@ that talks to Redis outside `with guarded(...)` can leak a RedisError into a sca
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
-
-import redis
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import AuthenticationError, RedisError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from scanfleet.errors import StoreUnavailable
 
-Redis = redis.Redis
+if TYPE_CHECKING:
+    from redis import Redis
+    from redis.retry import Retry
+
 T = TypeVar("T")
 
 
-class _LoginFinal(Retry):
+def _login_final(backoff: Any, attempts: int) -> Retry:
     """redis-py's Retry, except that a refused login is final: AuthenticationError is a
     ConnectionError to redis-py, and retrying a wrong password only delays the error."""
+    from redis.exceptions import AuthenticationError
+    from redis.retry import Retry
 
-    def call_with_retry(
-        self, do: Callable[[], T], fail: Callable[..., Any],
-        is_retryable: Callable[[Exception], bool] | None = None,
-        with_failure_count: bool = False,
-    ) -> T:
-        def retryable(e: Exception) -> bool:
-            return not isinstance(e, AuthenticationError) and (
-                is_retryable is None or is_retryable(e))
+    class LoginFinal(Retry):
+        def call_with_retry(
+            self, do: Callable[[], T], fail: Callable[..., Any],
+            is_retryable: Callable[[Exception], bool] | None = None,
+            with_failure_count: bool = False,
+        ) -> T:
+            def retryable(e: Exception) -> bool:
+                return not isinstance(e, AuthenticationError) and (
+                    is_retryable is None or is_retryable(e))
 
-        return super().call_with_retry(do, fail, retryable, with_failure_count)
+            return super().call_with_retry(do, fail, retryable, with_failure_count)
+
+    return LoginFinal(backoff, attempts)
 
 
-def connect(url: str, *, retry_seconds: float = 60.0) -> redis.Redis:
+def connect(url: str, *, retry_seconds: float = 60.0) -> Redis:
     """A client that rides out a Redis restart: connection errors retried with backoff;
     a refused password or ACL user fails the first call."""
+    # Imported here: `scan` and `submit --local` keep run state in memory and never pay
+    # for redis (and redis.asyncio) at start-up.
+    import redis
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
     attempts = max(1, int(retry_seconds / 2))
     return redis.Redis.from_url(
         url,
@@ -50,7 +59,7 @@ def connect(url: str, *, retry_seconds: float = 60.0) -> redis.Redis:
         socket_timeout=30,
         socket_connect_timeout=5,
         health_check_interval=10,
-        retry=_LoginFinal(ExponentialBackoff(cap=2.0, base=0.1), attempts),
+        retry=_login_final(ExponentialBackoff(cap=2.0, base=0.1), attempts),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
 
@@ -63,7 +72,7 @@ def login_refused(url: str) -> str | None:
         with guarded("login"):
             client.ping()
     except StoreUnavailable as e:
-        return str(e) if isinstance(e.__cause__, AuthenticationError) else None
+        return str(e) if e.__cause__ is not None and _is_login_refused(e.__cause__) else None
     finally:
         client.close()
     return None
@@ -81,16 +90,27 @@ class guarded:
     def __exit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: object
     ) -> None:
-        if isinstance(e, AuthenticationError):
+        if e is not None and _is_login_refused(e):
             raise StoreUnavailable(
                 f"Redis: {self.what}: the broker refused scanfleet's credentials "
                 "(wrong or missing password or ACL user in SCANFLEET_BROKER_URL / "
                 "SCANFLEET_BROKER_URL_FILE)"
             ) from e
-        if e is not None and isinstance(e, RedisError):
+        if e is not None and _is_redis_error(e):
             raise StoreUnavailable(
                 f"Redis: {self.what}: {type(e).__name__}: {str(e)[:200]}"
             ) from e
+
+
+def _is_login_refused(e: BaseException) -> bool:
+    exceptions = sys.modules.get("redis.exceptions")
+    return exceptions is not None and isinstance(e, exceptions.AuthenticationError)
+
+
+def _is_redis_error(e: BaseException) -> bool:
+    # A process that never imported redis cannot have raised one of its errors.
+    exceptions = sys.modules.get("redis.exceptions")
+    return exceptions is not None and isinstance(e, exceptions.RedisError)
 
 
 def call(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -30,10 +30,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from scanfleet.store.client import Redis, connect, guarded
+from scanfleet.store.client import connect, guarded
 from scanfleet.summaries import RunState
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 _PUSH_BATCH = 1000
 
