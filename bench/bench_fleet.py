@@ -34,7 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from fakekube import FakeCluster  # noqa: E402
+from fixtures_auditor import standin_read_paths  # noqa: E402
 from fixtures_fleet import CLI, STANDIN, RedisServer  # noqa: E402
+from tools import path_with_venv_bin  # noqa: E402
 
 from scanfleet import logs  # noqa: E402
 from scanfleet.discovery import Scope, discover  # noqa: E402
@@ -220,9 +222,17 @@ def main() -> None:
     try:
         seed(cluster, n)
         kcfg = cluster.write_kubeconfig(tmp / "kubeconfig", context="bench")
-        auditor = fast_standin(tmp)
+        (tmp / "auditor").mkdir()
+        auditor = fast_standin(tmp / "auditor")
+        # The sandbox is on, as in production: the stand-in (a Python script that execs with
+        # kubectl) may read what it runs on, and its launcher's own directory; never `tmp`,
+        # which holds the admin kubeconfig and the results.
+        sandbox_read = os.pathsep.join([*standin_read_paths(), str(auditor.parent)])
+        os.environ["SCANFLEET_SANDBOX_ALLOW_READ"] = sandbox_read  # bench_local: in-process
+        os.environ["PATH"] = path_with_venv_bin(os.environ.get("PATH"))  # kubectl
         env = {k: v for k, v in os.environ.items() if not k.startswith("SCANFLEET_")}
         env.update({
+            "SCANFLEET_SANDBOX_ALLOW_READ": sandbox_read,
             "SCANFLEET_BROKER_URL": server.url, "SCANFLEET_RESULTS_DIR": str(tmp / "results"),
             "SCANFLEET_AUDITOR": str(auditor), "SCANFLEET_CLUSTER_CONCURRENCY": str(max(w, 10)),
             "SCANFLEET_TOKEN_TTL": "900", "SCANFLEET_SCAN_TIMEOUT": "120",
