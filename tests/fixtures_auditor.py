@@ -17,8 +17,9 @@ import json
 import os
 import shlex
 import shutil
+import socket
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +134,12 @@ def auditor_log(
     log = AuditorLog(standin_io / "standin-log.jsonl")
     monkeypatch.setenv("SCANFLEET_STANDIN_LOG", str(log.path))
     return log
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    """A TCP port that is open and is not the API server's (for the sandbox's probes)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]

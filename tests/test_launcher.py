@@ -20,14 +20,14 @@ import subprocess
 import sys
 import termios
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fixtures_auditor import PlanWriter
+from tools import alive, wait_until
 
 from scanfleet import launcher_client, sandbox
 from scanfleet.auditor import run_auditor
@@ -41,20 +41,6 @@ OFF = {"landlock": False, "drop_privileges": False}
 ENV = {"PATH": "/usr/bin:/bin"}
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def alive(pid: int) -> bool:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except FileNotFoundError:
-        return False
-    return raw[raw.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")
 
 
 def dead(pid: int) -> bool:

@@ -28,6 +28,7 @@ import pytest
 from click.testing import CliRunner
 from fakekube import FakeCluster
 from fixtures_auditor import STANDIN, PlanWriter
+from tools import alive, wait_until
 
 from scanfleet import results, sandbox, sandbox_reap
 from scanfleet.auditor import run_auditor
@@ -41,29 +42,7 @@ READ_PROBES = ("admin_kubeconfig", "home_kube", "sa_token", "other_scan", "other
                "worker_environ", "launcher_environ")
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
-
-def alive(pid: int) -> bool:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except FileNotFoundError:
-        return False
-    return raw[raw.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")
-
-
-@pytest.fixture
-def listener() -> Iterator[int]:
-    """A TCP port that is open and is not the API server's."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        yield s.getsockname()[1]
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +36,6 @@ PROBES = ("admin_kubeconfig", "home_kube", "sa_token", "other_scan", "parent_env
           "redis", "other_port", "bind", "signal_parent")
 MODE = f"landlock-abi-{sandbox.abi_version()}"
 
-
-@pytest.fixture
-def listener() -> Iterator[int]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        yield s.getsockname()[1]
 
 
 def hostile_world(tmp_path: Path, admin: Path, redis_port: int, other_port: int,

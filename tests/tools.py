@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,21 @@ def path_with_venv_bin(path: str | None) -> str:
     """PATH with the venv's bin first, so child processes (the stand-in) find kubectl too."""
     parts = [p for p in (path or os.defpath).split(os.pathsep) if p]
     return os.pathsep.join([str(VENV_BIN), *[p for p in parts if p != str(VENV_BIN)]])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
+    """Poll `predicate` every 20 ms; fail the test naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except FileNotFoundError:
+        return False
+    return raw[raw.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")
