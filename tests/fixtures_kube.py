@@ -17,6 +17,8 @@ import leftovers
 import pytest
 from fakekube import FakeCluster
 
+from scanfleet.kube import KubeClient
+
 
 @pytest.fixture
 def make_cluster(request: pytest.FixtureRequest) -> Iterator[Callable[..., FakeCluster]]:
@@ -60,3 +62,13 @@ def fake_cluster(make_cluster: Callable[..., FakeCluster]) -> FakeCluster:
 @pytest.fixture
 def admin_kubeconfig(fake_cluster: FakeCluster, tmp_path: Path) -> Path:
     return fake_cluster.write_kubeconfig(tmp_path / "kube" / "config", context="fake")
+
+
+@pytest.fixture
+def kube(fake_cluster: FakeCluster, admin_kubeconfig: Path) -> Iterator[KubeClient]:
+    """scanfleet's client of the fake cluster, as the admin; no scanfleet object may outlive
+    the test."""
+    client = KubeClient(str(admin_kubeconfig), "fake")
+    yield client
+    client.close()
+    assert fake_cluster.scanfleet_objects() == []

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,13 +30,6 @@ def kubectl(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
         capture_output=True, text=True, timeout=60, env=env, check=False,
     )
 
-
-@pytest.fixture
-def kube(fake_cluster: FakeCluster, admin_kubeconfig: Path) -> Iterator[KubeClient]:
-    client = KubeClient(str(admin_kubeconfig), "fake")
-    yield client
-    client.close()
-    assert fake_cluster.scanfleet_objects() == []
 
 
 def test_role_has_exactly_two_rules_pinned_to_the_pod(

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,13 +25,6 @@ NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
 TARGET = Target("fake", "apps", "web", "app")
 ADMIN = "fake-admin"
 
-
-@pytest.fixture
-def kube(fake_cluster: FakeCluster, admin_kubeconfig: Path) -> Iterator[KubeClient]:
-    client = KubeClient(str(admin_kubeconfig), "fake")
-    yield client
-    client.close()
-    assert fake_cluster.scanfleet_objects() == []
 
 
 def _seq(cluster: FakeCluster) -> list[str]:
