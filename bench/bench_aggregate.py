@@ -15,9 +15,9 @@ import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
-from scanfleet.aggregate import Aggregator
-from scanfleet.inspec import SEVERITIES, STATUSES, Control, Counts, control_ids
-from scanfleet.thresholds import parse_fleet_threshold
+from scanfleet.judging.aggregate import Aggregator
+from scanfleet.judging.report import SEVERITIES, STATUSES, Control, Counts, control_ids
+from scanfleet.judging.thresholds import parse_fleet_threshold
 
 FLEET = {
     "fleet": {"failed.critical.max": 0, "compliance": {"min": 80}},

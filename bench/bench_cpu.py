@@ -32,9 +32,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 
-from fakekube import FakeCluster  # noqa: E402
+from scanfleet.testing.fakekube import FakeCluster  # noqa: E402
 
 CLI = [sys.executable, "-c", "from scanfleet.cli import main; main()"]
 # The same, also writing its own CPU and its reaped children's (the exec helper and the

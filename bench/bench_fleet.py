@@ -2,14 +2,14 @@
 
     python bench/bench_fleet.py [--n 48] [--w 8] [--sleep 1] [--submit-targets 10000]
 
-Uses the fake API server (tests/fakekube), the stand-in auditor sleeping S seconds and a
+Uses the fake API server (scanfleet/testing/fakekube), the stand-in auditor sleeping S seconds and a
 redis-server of its own on a free port (flushed freely). Prints:
 
 1. efficiency = ideal / measured, ideal = ceil(N/W) x S, for `--local` (W threads) and the
    fleet (one `scanfleet worker -c W`, prefork). Both warm (one warm-up run first).
 2. Kubernetes API requests per scan, from the fake's request log: scanfleet's own (the
    stand-in auditor's kubectl requests, told apart by their User-Agent, are not counted;
-   tests/test_policy.py asserts the same figure for one scan: 6).
+   tests/deploy/test_admission_policy.py asserts the same figure for one scan: 6).
 3. Time and peak RSS of `scanfleet submit` queueing 10,000 explicit targets (no workers).
 4. Throughput of a bare Celery no-op task (same broker and delivery settings) on W procs.
 """
@@ -31,19 +31,18 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 
-from fakekube import FakeCluster  # noqa: E402
-from fixtures_auditor import standin_read_paths  # noqa: E402
-from fixtures_fleet import CLI, STANDIN, RedisServer  # noqa: E402
-from tools import path_with_venv_bin  # noqa: E402
-
-from scanfleet import logs  # noqa: E402
-from scanfleet.discovery import Scope, discover  # noqa: E402
-from scanfleet.kube import ClientCache  # noqa: E402
-from scanfleet.local import run_local  # noqa: E402
-from scanfleet.plan import RunPlan  # noqa: E402
-from scanfleet.store.runs import RunStore  # noqa: E402
+from scanfleet.core import logs  # noqa: E402
+from scanfleet.kube.client import ClientCache  # noqa: E402
+from scanfleet.runs.discovery import Scope, discover  # noqa: E402
+from scanfleet.runs.local import run_local  # noqa: E402
+from scanfleet.scan.plan import RunPlan  # noqa: E402
+from scanfleet.store.state import RunStore  # noqa: E402
+from scanfleet.testing.fakekube import FakeCluster  # noqa: E402
+from tests.support.fixtures_auditor import standin_read_paths  # noqa: E402
+from tests.support.fixtures_fleet import CLI, STANDIN, RedisServer  # noqa: E402
+from tests.support.tools import path_with_venv_bin  # noqa: E402
 
 RUN_LOCAL = "20250101T000000Z-{:06x}"
 

@@ -30,15 +30,15 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_fleet import fast_standin, seed, wait_until  # noqa: E402
-from fakekube import FakeCluster  # noqa: E402
-from fixtures_fleet import CLI, RedisServer, free_port  # noqa: E402
 
-from scanfleet import logs  # noqa: E402
-from scanfleet.store.runs import RunStore  # noqa: E402
+from scanfleet.core import logs  # noqa: E402
+from scanfleet.store.state import RunStore  # noqa: E402
+from scanfleet.testing.fakekube import FakeCluster  # noqa: E402
+from tests.support.fixtures_fleet import CLI, RedisServer, free_port  # noqa: E402
 
 
 def _scraper(port: int, stop: threading.Event) -> None:
@@ -97,7 +97,7 @@ def hook_cost(scans: int = 5000) -> float:
     down), nine API requests (read pod, three creates, a token, three deletes, one more
     read), and the recorded result (counter and total duration).
     """
-    from scanfleet import metrics
+    from scanfleet.core import metrics
 
     class Kube:
         context = "c"

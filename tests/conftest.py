@@ -1,8 +1,8 @@
 """Test-wide fixtures. Each area keeps its fixtures in its own plugin module."""
 
 pytest_plugins = [
-    "fixtures_kube",
-    "fixtures_auditor",
-    "fixtures_fleet",
-    "fixtures_ops",
+    "tests.support.fixtures_kube",
+    "tests.support.fixtures_auditor",
+    "tests.support.fixtures_fleet",
+    "tests.support.fixtures_ops",
 ]

@@ -12,7 +12,7 @@
 #    drift, never GNU diff); an explicit program — a path, or a name found on PATH (celery,
 #    cinc-auditor, bash) — is exec'd as given; anything else → scanfleet, which names an
 #    unknown command. Always `exec`, so tini's signals reach the real process.
-#    SCANFLEET_COMMANDS must list every command of `scanfleet --help`; tests/test_deploy.py
+#    SCANFLEET_COMMANDS must list every command of `scanfleet --help`; tests/deploy/test_deploy.py
 #    runs each of them through this script.
 #
 # It must never print the token or the kubeconfig.

@@ -16,7 +16,7 @@ from scanfleet.cli.common import main_group
 
 def main() -> None:
     from scanfleet.cli import fleet, ops, report, sandbox, scan, sweeps  # noqa: F401  (register)
-    from scanfleet.sandbox import harden_process
+    from scanfleet.sandbox.policy import harden_process
 
     # Non-dumpable: no process can read this one's /proc/<pid>/environ or mem without
     # CAP_SYS_PTRACE; Celery's forked children inherit it (exec resets it for the auditor).

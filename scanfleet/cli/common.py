@@ -14,12 +14,12 @@ from typing import Any, TypeVar
 
 import click
 
-from scanfleet import logs
-from scanfleet.auditor import clear_stop, request_stop
-from scanfleet.clock import utcnow
-from scanfleet.errors import BadInput, ExitCode, SandboxUnavailable, ScanInterrupted
-from scanfleet.plan import RunPlan
-from scanfleet.settings import Settings, check_ttl
+from scanfleet.core import logs
+from scanfleet.core.clock import utcnow
+from scanfleet.core.errors import BadInput, ExitCode, SandboxUnavailable, ScanInterrupted
+from scanfleet.core.settings import Settings, check_ttl
+from scanfleet.scan.auditor import clear_stop, request_stop
+from scanfleet.scan.plan import RunPlan
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,7 +45,7 @@ def sandbox_mode(settings: Settings, what: str = "nothing was started") -> str:
     operator opted out), checked before anything is created. Without Landlock and without
     SCANFLEET_SANDBOX=off: the reason on stderr and exit 3 (a scan could not run; not bad
     input), with no run directory, Redis key or cluster object made."""
-    from scanfleet.sandbox import mode_label
+    from scanfleet.sandbox.policy import mode_label
 
     try:
         return mode_label(settings.sandbox)

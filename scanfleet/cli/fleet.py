@@ -36,16 +36,16 @@ from scanfleet.cli.common import (
     scan_options,
 )
 from scanfleet.cli.scan import print_run
-from scanfleet.errors import BadInput, ExitCode, ScanError, StoreUnavailable
-from scanfleet.plan import RunPlan
-from scanfleet.results import check_run_id
-from scanfleet.settings import Settings
-from scanfleet.store.runs import RunStore
-from scanfleet.targets import Target, load_targets_file, parse_target
+from scanfleet.core.errors import BadInput, ExitCode, ScanError, StoreUnavailable
+from scanfleet.core.settings import Settings
+from scanfleet.core.targets import Target, load_targets_file, parse_target
+from scanfleet.scan.plan import RunPlan
+from scanfleet.store.files import check_run_id
+from scanfleet.store.state import RunStore
 
 if TYPE_CHECKING:
-    from scanfleet.discovery import Entry
-    from scanfleet.kube import ClientCache
+    from scanfleet.kube.client import ClientCache
+    from scanfleet.runs.discovery import Entry
 
 POLL_SECONDS = 0.5
 
@@ -110,10 +110,10 @@ def submit_command(
     settings = load_settings()
     scan.limits(settings)  # bad flags are reported before the kubeconfig is read
     # Loaded here, not at import: `--help`, `--version` and `status` stay fast.
-    from scanfleet.discovery import Scope, discover, resolve
-    from scanfleet.discovery import dedupe_images as dedupe_by_image
-    from scanfleet.kube import ClientCache
-    from scanfleet.kubeconfig import choose_contexts
+    from scanfleet.kube.client import ClientCache
+    from scanfleet.kube.kubeconfig import choose_contexts
+    from scanfleet.runs.discovery import Scope, discover, resolve
+    from scanfleet.runs.discovery import dedupe_images as dedupe_by_image
 
     kcfg = kubeconfig or settings.kubeconfig
     chosen = choose_contexts(kcfg, contexts, all_contexts)
@@ -160,7 +160,7 @@ def _explicit_targets(
     targets: tuple[str, ...], targets_file: Path | None, kcfg: str, chosen: Sequence[str]
 ) -> list[Target]:
     """TARGET... (in every chosen context) and --targets-file entries, validated."""
-    from scanfleet.kubeconfig import list_contexts
+    from scanfleet.kube.kubeconfig import list_contexts
 
     out = [parse_target(text, ctx) for text in targets for ctx in chosen]
     if targets_file is not None:
@@ -188,9 +188,9 @@ def _run_local(
     as_json: bool,
     sandbox: str | None,
 ) -> None:
-    from scanfleet.local import run_local
-    from scanfleet.profiles import fetch_config, pin_for_run
-    from scanfleet.settings import process_environment
+    from scanfleet.core.settings import process_environment
+    from scanfleet.profiles.fetch import fetch_config, pin_for_run
+    from scanfleet.runs.local import run_local
 
     # A URL profile: fetched once for the run, before any identity (BadInput: exit 2).
     plan = pin_for_run(plan, fetch_config(settings, process_environment()))
@@ -239,7 +239,7 @@ def _run_fleet(
         sys.stdout.flush()
 
     try:
-        from scanfleet.submit import submit_run
+        from scanfleet.runs.fleet import submit_run
         from scanfleet.worker.app import app, fan_out_publisher  # late: --local never builds it
 
         submit_run(
@@ -342,7 +342,7 @@ def worker_command(concurrency: int | None, loglevel: str, metrics_port: int | N
     if refused := login_refused(settings.broker_url):  # Celery would retry it forever
         click.echo(f"scanfleet: error: {refused}; the worker did not start", err=True)
         sys.exit(ExitCode.SCAN_ERROR)
-    from scanfleet import exporter
+    from scanfleet.worker import exporter
 
     exporter.worker_starting(settings, metrics_port)
     from scanfleet.worker.app import QUEUE, app
@@ -357,11 +357,11 @@ def worker_command(concurrency: int | None, loglevel: str, metrics_port: int | N
 def _worker_sandbox(settings: Settings) -> None:
     """Before the pool forks: refuse to start without the sandbox (exit 3) unless opted
     out, and clear what dead workers left (stale scan dirs, their orphaned auditors)."""
-    from scanfleet import sandbox_reap
-    from scanfleet.sandbox import activate
+    from scanfleet.sandbox import reaper as sandbox_reap
+    from scanfleet.sandbox.policy import activate
 
     sandbox_mode(settings, "the worker did not start")
     mode = activate(settings.sandbox)  # logs sandbox.off / sandbox.partial
     removed = sandbox_reap.reap_stale()
-    structlog.get_logger("scanfleet.worker").info(
+    structlog.get_logger(__name__).info(
         "worker.sandbox", sandbox=mode, stale_scan_dirs_removed=len(removed))

@@ -21,11 +21,11 @@ from scanfleet.cli.common import (
     output_option,
     results_dir,
 )
-from scanfleet.clock import utcnow
-from scanfleet.drift import diff_runs, format_drift
-from scanfleet.errors import ExitCode
-from scanfleet.results import check_run_id
-from scanfleet.retention import prune
+from scanfleet.core.clock import utcnow
+from scanfleet.core.errors import ExitCode
+from scanfleet.runs.drift import diff_runs, format_drift
+from scanfleet.runs.retention import prune
+from scanfleet.store.files import check_run_id
 
 
 @main_group.command("janitor")
@@ -47,7 +47,9 @@ def janitor_command(
         fail("--context and --all-contexts exclude each other")
     settings = load_settings()
     kcfg = kubeconfig or settings.kubeconfig
-    from scanfleet.janitor import janitor_for_kubeconfig  # the Kubernetes client loads slowly
+    from scanfleet.identity.janitor import (
+        janitor_for_kubeconfig,  # the Kubernetes client loads slowly
+    )
 
     report = janitor_for_kubeconfig(kcfg, contexts, all_contexts, now=utcnow(), dry_run=dry_run)
     if as_json:
@@ -127,7 +129,7 @@ def prune_command(
     days = older_than_days or settings.retention_days
     store = None
     if not files_only and not dry_run:
-        from scanfleet.store.runs import RunStore
+        from scanfleet.store.state import RunStore
 
         store = RunStore.from_url(settings.broker_url, settings.key_prefix, settings.retention_days)
     report = prune(results_dir(output, settings), days, now=utcnow(), store=store, dry_run=dry_run)

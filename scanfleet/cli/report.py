@@ -19,10 +19,10 @@ from typing import Any
 import click
 
 from scanfleet.cli.common import bad_input_exits, load_settings, main_group
-from scanfleet.errors import BadInput, ExitCode
+from scanfleet.core.errors import BadInput, ExitCode
+from scanfleet.judging.documents import unreadable_summary
 from scanfleet.reports import FORMATS, write_report
-from scanfleet.results import read_json, run_dir, summary_files
-from scanfleet.summaries import unreadable_summary
+from scanfleet.store.files import read_json, run_dir, summary_files
 
 RUN_EXIT_CODES = (ExitCode.OK, ExitCode.THRESHOLD, ExitCode.SCAN_ERROR)
 

@@ -14,7 +14,7 @@ import json
 import click
 
 from scanfleet.cli.common import bad_input_exits, load_settings, main_group
-from scanfleet.sandbox import describe
+from scanfleet.sandbox.policy import describe
 
 EXIT_UNAVAILABLE = 3
 

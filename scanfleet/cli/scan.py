@@ -24,8 +24,8 @@ from scanfleet.cli.common import (
     sandbox_mode,
     scan_options,
 )
-from scanfleet.targets import parse_target
-from scanfleet.textsafe import terminal_line
+from scanfleet.core.targets import parse_target
+from scanfleet.core.textsafe import terminal_line
 
 
 @main_group.command("scan")
@@ -48,11 +48,11 @@ def scan_command(
     settings = load_settings()
     scan.limits(settings)  # bad flags are reported before the kubeconfig is read
     # Loaded here, not at import: `--help`, `--version` and `status` stay fast.
-    from scanfleet.kube import ClientCache
-    from scanfleet.kubeconfig import choose_contexts
-    from scanfleet.local import run_local
-    from scanfleet.profiles import fetch_config, pin_for_run
-    from scanfleet.settings import process_environment
+    from scanfleet.core.settings import process_environment
+    from scanfleet.kube.client import ClientCache
+    from scanfleet.kube.kubeconfig import choose_contexts
+    from scanfleet.profiles.fetch import fetch_config, pin_for_run
+    from scanfleet.runs.local import run_local
 
     kcfg = kubeconfig or settings.kubeconfig
     ctx = choose_contexts(kcfg, [context] if context else [], False)[0]

@@ -16,10 +16,10 @@ from scanfleet.cli.common import (
     main_group,
     metrics_port_option,
 )
-from scanfleet.clock import rfc3339, utcnow
-from scanfleet.settings import check_ttl
+from scanfleet.core.clock import rfc3339, utcnow
+from scanfleet.core.settings import check_ttl
 from scanfleet.store.locks import LOCK_TTL
-from scanfleet.sweeps import JANITOR_INTERVAL, PRUNE_INTERVAL, load_sweeps
+from scanfleet.sweeps.spec import JANITOR_INTERVAL, PRUNE_INTERVAL, load_sweeps
 
 
 @main_group.group("sweeps")
@@ -91,7 +91,7 @@ def beat_command(
     settings = load_settings()
     check_ttl(settings.token_ttl, settings.scan_timeout)
     sweeps = load_sweeps(sweeps_file)  # a bad file stops here, before anything is scheduled
-    from scanfleet import exporter
+    from scanfleet.worker import exporter
 
     exporter.beat_starting(settings, sweeps, metrics_port)
     from scanfleet.worker.app import app

@@ -11,8 +11,8 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from scanfleet.errors import ExitCode
-from scanfleet.textsafe import strip_hidden
+from scanfleet.core.errors import ExitCode
+from scanfleet.core.textsafe import strip_hidden
 
 Summaries = Callable[[], Iterable[Mapping[str, Any]]]
 

@@ -14,7 +14,7 @@ from datetime import datetime
 from html import escape
 from typing import Any, TextIO
 
-from scanfleet.inspec import SEVERITIES, STATUSES
+from scanfleet.judging.report import SEVERITIES, STATUSES
 from scanfleet.reports.common import (
     STATUS_LABELS,
     clean_text,

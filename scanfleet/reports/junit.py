@@ -13,7 +13,8 @@ from typing import Any, TextIO
 from xml.sax.saxutils import XMLGenerator
 from xml.sax.xmlreader import AttributesImpl
 
-from scanfleet.inspec import SEVERITIES, STATUSES
+from scanfleet.judging.documents import Outcome, judge, outcome
+from scanfleet.judging.report import SEVERITIES, STATUSES
 from scanfleet.reports.common import (
     STATUS_LABELS,
     Summaries,
@@ -21,7 +22,6 @@ from scanfleet.reports.common import (
     error_of,
     target_name,
 )
-from scanfleet.summaries import Outcome, judge, outcome
 
 
 def _seconds(value: object) -> float:

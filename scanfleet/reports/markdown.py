@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
-from scanfleet.inspec import SEVERITIES, STATUSES
+from scanfleet.judging.report import SEVERITIES, STATUSES
 from scanfleet.reports.common import (
     STATUS_LABELS,
     clean_text,

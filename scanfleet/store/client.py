@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from scanfleet.errors import StoreUnavailable
+from scanfleet.core.errors import StoreUnavailable
 
 if TYPE_CHECKING:
     from redis import Redis

@@ -21,7 +21,7 @@ from typing import Any, cast
 from redis.client import Pipeline
 
 from scanfleet.store.client import guarded
-from scanfleet.store.runs import RunStore
+from scanfleet.store.state import RunStore
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 

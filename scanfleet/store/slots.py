@@ -37,12 +37,12 @@ from typing import Any, Protocol
 
 import structlog
 
-from scanfleet import metrics
-from scanfleet.errors import NoSlot, SlotBusy, StoreUnavailable
+from scanfleet.core import metrics
+from scanfleet.core.errors import NoSlot, SlotBusy, StoreUnavailable
 from scanfleet.store.client import call
-from scanfleet.store.runs import RunStore
+from scanfleet.store.state import RunStore
 
-log = structlog.get_logger("scanfleet.slots")
+log = structlog.get_logger(__name__)
 
 
 class Slots(Protocol):

@@ -45,7 +45,7 @@ import structlog
 from celery import Celery
 from celery.signals import setup_logging, worker_ready
 
-from scanfleet.settings import Settings
+from scanfleet.core.settings import Settings
 
 QUEUE = "scanfleet"
 FAN_OUT_TASK = "scanfleet.fan_out"
@@ -162,7 +162,7 @@ setup_logging.connect(_keep_our_logging, weak=False)
 
 
 def _log_ready(**_kwargs: Any) -> None:
-    structlog.get_logger("scanfleet.worker").info(
+    structlog.get_logger(__name__).info(
         "worker.ready", queue=QUEUE, visibility_timeout=tuning.visibility_timeout
     )
 

@@ -6,11 +6,11 @@ with a schedule built here:
 - one entry per sweep, `scanfleet.sweep_tick(name, sweep=...)`, on a `CronSchedule`: a
   celery schedule class whose fire times come from croniter (the same library that
   validated the expression), in UTC;
-- `scanfleet.janitor` every `janitor_interval` seconds (default 15 minutes);
+- `scanfleet.identity.janitor` every `janitor_interval` seconds (default 15 minutes);
 - `scanfleet.prune` every `prune_interval` seconds (default 6 hours).
 
 Only schedules: the tasks run on the workers (worker.tasks), and what a tick does is
-`scanfleet.sweeping`. Never carries a credential in a task message: a sweep's profile URL
+`scanfleet.sweeps.tick`. Never carries a credential in a task message: a sweep's profile URL
 is sent without its user:password@ (`tick_sweep`); the worker that runs the tick adds the
 credentials of its own SCANFLEET_ALLOWED_PROFILES entry, as for `submit` (policy.py).
 """
@@ -24,14 +24,14 @@ from typing import Any
 import structlog
 from celery.schedules import BaseSchedule, schedstate
 
-from scanfleet.clock import Clock, utcnow
-from scanfleet.logs import remember_url
-from scanfleet.policy import safe_url
+from scanfleet.core.clock import Clock, utcnow
+from scanfleet.core.logs import remember_url
+from scanfleet.core.policy import safe_url
 from scanfleet.store.locks import LOCK_TTL
-from scanfleet.sweeps import JANITOR_INTERVAL, PRUNE_INTERVAL, Sweep, next_fire
+from scanfleet.sweeps.spec import JANITOR_INTERVAL, PRUNE_INTERVAL, Sweep, next_fire
 from scanfleet.worker.app import JANITOR_TASK, PRUNE_TASK, SWEEP_TICK_TASK
 
-log = structlog.get_logger("scanfleet.beat")
+log = structlog.get_logger(__name__)
 
 class CronSchedule(BaseSchedule):  # type: ignore[misc]
     """A celery schedule for a 5-field UTC cron expression, computed by croniter.

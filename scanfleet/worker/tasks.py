@@ -27,7 +27,7 @@ other bytes, or no bytes, give the target an error result and no auditor runs.
 Every worker's main process also runs recovery.py's watcher (every lease/2): a scan whose
 lease expired without a result is revoked and published again here, long before Redis
 would redeliver the dead worker's message.
-    scanfleet.janitor / scanfleet.prune  janitor and retention, on beat's schedule
+    scanfleet.identity.janitor / scanfleet.prune  janitor and retention, on beat's schedule
 """
 
 from __future__ import annotations
@@ -44,10 +44,8 @@ import structlog
 from celery.exceptions import Retry
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 
-from scanfleet import posture, sandbox, sweeping
-from scanfleet.clock import backoff, retry_delay, utcnow
-from scanfleet.discovery import Entry
-from scanfleet.errors import (
+from scanfleet.core.clock import backoff, retry_delay, utcnow
+from scanfleet.core.errors import (
     BadInput,
     FleetBusy,
     ProfileMismatch,
@@ -59,21 +57,25 @@ from scanfleet.errors import (
     ScanInterrupted,
     StoreUnavailable,
 )
-from scanfleet.janitor import EarlyRevoke, janitor_for_kubeconfig
-from scanfleet.kube import ClientCache
-from scanfleet.plan import RunPlan
-from scanfleet.policy import check_auditor_args, check_profile, check_results_dir, credentialed
-from scanfleet.profiles import RunPins, fetch_config, pin_for_scan
-from scanfleet.recovery import Watcher, recover_expired
-from scanfleet.retention import prune
-from scanfleet.runs import Pipeline, complete, fan_out, record_failure, run_target
-from scanfleet.settings import check_ttl, process_environment
+from scanfleet.core.policy import check_auditor_args, check_profile, check_results_dir, credentialed
+from scanfleet.core.settings import check_ttl, process_environment
+from scanfleet.core.targets import Target, scan_id_for
+from scanfleet.identity.janitor import EarlyRevoke, janitor_for_kubeconfig
+from scanfleet.kube.client import ClientCache
+from scanfleet.profiles.fetch import RunPins, fetch_config, pin_for_scan
+from scanfleet.runs.discovery import Entry
+from scanfleet.runs.pipeline import RunContext, complete, fan_out, record_failure, run_target
+from scanfleet.runs.recovery import Watcher, recover_expired
+from scanfleet.runs.retention import prune
+from scanfleet.sandbox import policy as sandbox
+from scanfleet.scan.plan import RunPlan
 from scanfleet.store.locks import LOCK_TTL, SweepLock
 from scanfleet.store.pins import record_profile_digest
-from scanfleet.store.runs import RunStore
 from scanfleet.store.slots import RedisSlots
-from scanfleet.sweeps import Sweep
-from scanfleet.targets import Target, scan_id_for
+from scanfleet.store.state import RunStore
+from scanfleet.sweeps import posture
+from scanfleet.sweeps import tick as sweeping
+from scanfleet.sweeps.spec import Sweep
 from scanfleet.worker.app import (
     FAN_OUT_TASK,
     JANITOR_TASK,
@@ -87,7 +89,7 @@ from scanfleet.worker.app import (
     tuning,
 )
 
-log = structlog.get_logger("scanfleet.tasks")
+log = structlog.get_logger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -112,7 +114,7 @@ class _Runtime:
         return pin_for_scan(
             plan, self.pins, lambda sha256: record_profile_digest(self.store, plan.run_id, sha256))
 
-    def run(self, run_id: str) -> tuple[RunPlan, Pipeline, Rejected | None] | None:
+    def run(self, run_id: str) -> tuple[RunPlan, RunContext, Rejected | None] | None:
         """The run's plan as this worker will execute it, its pipeline, and the reason the
         worker refuses it (None when it may run)."""
         cached = self._plans.get(run_id)
@@ -127,7 +129,7 @@ class _Runtime:
                 RunPlan.from_dict(data), meta.get("results_dir")
             )
         plan, results, rejected = cached
-        pipe = Pipeline(self.clients, self.store, self.slots, results,
+        pipe = RunContext(self.clients, self.store, self.slots, results,
                         hooks=(sweeping.write_drift,), sandbox=self.sandbox)
         return plan, pipe, rejected
 
@@ -195,7 +197,7 @@ worker_process_init.connect(_fresh_runtime, weak=False)
 def _warm_imports(**_kwargs: Any) -> None:
     """In the main process, before the pool forks: the kubernetes client imports its API
     modules lazily (seconds each), so every child would pay that on its first scan."""
-    from scanfleet import kube
+    from scanfleet.kube import client as kube
 
     client = getattr(kube, "k8s", None)
     for name in ("CoreV1Api", "RbacAuthorizationV1Api", "AuthenticationV1Api", "V1Pod"):
@@ -234,7 +236,7 @@ def _task(**options: Any) -> Callable[[F], F]:
     return cast(Callable[[F], F], app.task(**options))
 
 
-def _record_rejected(pipe: Pipeline, plan: RunPlan, target: Target, rejected: ScanError) -> str:
+def _record_rejected(pipe: RunContext, plan: RunPlan, target: Target, rejected: ScanError) -> str:
     if isinstance(rejected, ProfileMismatch) and rejected.pinned:
         plan = replace(plan, profile_sha256=rejected.pinned)  # the run's digest, not ours
     if not pipe.state.is_done(plan.run_id, scan_id_for(plan.run_id, target)):

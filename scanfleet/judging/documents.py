@@ -1,0 +1,312 @@
+"""The JSON documents of a run, typed, and the one rule that judges a target summary.
+
+Owns: the shapes of the target summary (SPEC §4), run.json, drift.json and the stored run
+plan; the `str` enums of target status, run state and outcome; the only builders of a
+target summary (`scanned_summary`, `error_summary`, `covered_summary`,
+`unreadable_summary`); and `judge()` — passed / failed / error for one summary — which
+run.json's aggregation, every report format, `status` and drift all call.
+
+Pure: no I/O, no clock of its own, no logging. It must never grow a second outcome rule:
+whatever reads a summary back asks `judge()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, NotRequired, TypedDict
+
+from scanfleet.core.errors import ErrorKind, ScanError
+from scanfleet.judging.report import SEVERITIES, STATUSES, Counts
+
+ControlIds = dict[str, dict[str, list[str]]]
+"""{status: {severity: [control id, ...]}} of one target (the summary's `controls`)."""
+
+
+class TargetStatus(StrEnum):
+    COMPLETED = "completed"
+    ERROR = "error"
+
+
+class RunPhase(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class Outcome(StrEnum):
+    PASSED = "passed"
+    FAILED = "failed"
+    ERROR = "error"
+
+
+class TargetDoc(TypedDict):
+    context: str
+    namespace: str
+    pod: str
+    container: str | None
+    image: str | None
+    image_id: str | None
+
+
+class ErrorDoc(TypedDict):
+    kind: str
+    message: str
+
+
+class ThresholdDoc(TypedDict):
+    passed: bool | None
+    failures: list[str]
+
+
+class TargetSummary(TypedDict):
+    """`DIR/<run_id>/<scan_id>.json` (SPEC §4)."""
+
+    scan_id: str
+    run_id: str
+    target: TargetDoc
+    status: str
+    error: ErrorDoc | None
+    covered_by: str | None
+    started_at: str
+    finished_at: str
+    duration_s: float
+    counts: dict[str, dict[str, int]] | None
+    compliance: int | None
+    threshold: ThresholdDoc
+    cleanup: str
+    controls: ControlIds | None
+    profile_sha256: str | None
+    """The run's pinned profile digest (a URL profile), else None."""
+
+
+class RunDocument(TypedDict):
+    """`DIR/<run_id>/run.json` (SPEC §5): the run's identity plus `Aggregator.result()`."""
+
+    run_id: str
+    source: str
+    profile: str
+    created_at: str
+    finished_at: str
+    sandbox: str | None
+    targets: dict[str, int]
+    counts: dict[str, dict[str, int]]
+    compliance: int
+    by_cluster: dict[str, Any]
+    by_namespace: dict[str, Any]
+    by_image: dict[str, Any]
+    top_failing_controls: list[dict[str, Any]]
+    failing_targets: list[dict[str, Any]]
+    error_targets: list[dict[str, Any]]
+    fleet_threshold: ThresholdDoc
+    exit_code: int
+    profile_sha256: str | None
+
+
+class DriftDocument(TypedDict):
+    """`DIR/<run_id>/drift.json` of a sweep run (and `scanfleet diff --json`)."""
+
+    source: NotRequired[str]
+    run_a: str | None
+    run_b: str
+    changed: list[dict[str, Any]]
+    appeared: list[dict[str, Any]]
+    disappeared: list[dict[str, Any]]
+    totals: dict[str, int]
+    note: NotRequired[str]
+
+
+class PlanDocument(TypedDict):
+    """A RunPlan as stored in Redis and read by the workers: names, never credentials."""
+
+    run_id: str
+    source: str
+    profile: str
+    created_at: str
+    threshold: Mapping[str, Any] | None
+    threshold_source: str
+    fleet_threshold: Mapping[str, Any] | None
+    fleet_threshold_source: str
+    input_files: list[str]
+    extra_args: list[str]
+    token_ttl: int
+    timeout: float
+    auditor: str
+    dedupe_images: bool
+    extra: Mapping[str, Any]
+    profile_sha256: str | None
+
+
+NO_THRESHOLD: ThresholdDoc = {"passed": None, "failures": []}
+
+
+def target_doc(
+    target: Mapping[str, Any], image: str | None = None, image_id: str | None = None
+) -> TargetDoc:
+    return {
+        "context": str(target["context"]),
+        "namespace": str(target["namespace"]),
+        "pod": str(target["pod"]),
+        "container": target.get("container"),
+        "image": image,
+        "image_id": image_id,
+    }
+
+
+def error_doc(error: ScanError | Mapping[str, Any]) -> ErrorDoc:
+    if isinstance(error, ScanError):
+        return {"kind": str(error.kind), "message": str(error)}
+    return {"kind": str(error.get("kind")), "message": str(error.get("message"))}
+
+
+def scanned_summary(
+    *,
+    scan_id: str,
+    run_id: str,
+    target: TargetDoc,
+    started_at: str,
+    finished_at: str,
+    duration_s: float,
+    cleanup: str,
+    counts: Counts,
+    ids: ControlIds,
+    threshold: ThresholdDoc,
+    profile_sha256: str | None = None,
+) -> TargetSummary:
+    """A completed scan: its counts, control ids and threshold verdict."""
+    return {
+        "scan_id": scan_id,
+        "run_id": run_id,
+        "target": target,
+        "status": TargetStatus.COMPLETED,
+        "error": None,
+        "covered_by": None,
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "duration_s": round(duration_s, 3),
+        "counts": counts.to_dict(),
+        "compliance": counts.compliance,
+        "threshold": threshold,
+        "cleanup": cleanup,
+        "controls": ids,
+        "profile_sha256": profile_sha256,
+    }
+
+
+def error_summary(
+    *,
+    scan_id: str,
+    run_id: str,
+    target: TargetDoc,
+    error: ScanError | Mapping[str, Any],
+    started_at: str,
+    finished_at: str | None = None,
+    duration_s: float = 0.0,
+    cleanup: str = "complete",
+    profile_sha256: str | None = None,
+) -> TargetSummary:
+    """A target that could not be scanned (before, during or after its audit)."""
+    return {
+        "scan_id": scan_id,
+        "run_id": run_id,
+        "target": target,
+        "status": TargetStatus.ERROR,
+        "error": error_doc(error),
+        "covered_by": None,
+        "started_at": started_at,
+        "finished_at": finished_at or started_at,
+        "duration_s": round(duration_s, 3),
+        "counts": None,
+        "compliance": None,
+        "threshold": {"passed": None, "failures": []},
+        "cleanup": cleanup,
+        "controls": None,
+        "profile_sha256": profile_sha256,
+    }
+
+
+def covered_summary(
+    summary: Mapping[str, Any], scan_id: str, target: TargetDoc
+) -> TargetSummary:
+    """--dedupe-images: the covering scan's result, with the covered target's own identity."""
+    out: Any = {**summary, "scan_id": scan_id, "target": target,
+                "covered_by": summary["scan_id"]}
+    return out  # type: ignore[no-any-return]
+
+
+def unreadable_summary(scan_id: str, problem: str) -> dict[str, Any]:
+    """Stands in for a summary file that cannot be read, so the target shows as an error."""
+    return {
+        "scan_id": scan_id,
+        "target": {},
+        "status": TargetStatus.ERROR,
+        "error": {"kind": ErrorKind.INVALID_REPORT, "message": problem},
+        "covered_by": None,
+        "duration_s": 0.0,
+        "counts": None,
+        "compliance": None,
+        "threshold": {"passed": None, "failures": []},
+    }
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What `judge()` decided about one target summary."""
+
+    outcome: Outcome
+    counts: Counts | None = None
+    """The counts of a completed, well-formed summary; None otherwise."""
+    ids: ControlIds | None = None
+    """Its control ids by status and severity ({} when the summary lists none)."""
+    error: Mapping[str, Any] | None = None
+    """Why it is an error: the summary's own error, or what is malformed in it."""
+    failures: Sequence[str] = ()
+    """The threshold checks it missed (outcome failed)."""
+
+
+def judge(summary: Mapping[str, Any]) -> Verdict:
+    """THE outcome rule: passed, failed or error for one target summary.
+
+    A completed summary whose counts or controls are malformed is an error
+    (`invalid_report`), never a pass; a completed one whose threshold says `passed: false`
+    failed; any other completed one passed. Everything that is not completed is an error.
+    """
+    if summary.get("status") != TargetStatus.COMPLETED:
+        err = summary.get("error")
+        err = err if isinstance(err, Mapping) else {}
+        found = {"kind": err.get("kind"), "message": err.get("message")}
+        return Verdict(Outcome.ERROR, error=found)
+    try:
+        counts = Counts.from_dict(summary.get("counts"))
+        ids = control_ids_of(summary.get("controls"))
+    except ValueError as e:
+        bad = {"kind": ErrorKind.INVALID_REPORT, "message": f"bad summary: {e}"}
+        return Verdict(Outcome.ERROR, error=bad)
+    threshold = summary.get("threshold")
+    threshold = threshold if isinstance(threshold, Mapping) else {}
+    if threshold.get("passed") is False:
+        failures = [str(f) for f in threshold.get("failures") or []]
+        return Verdict(Outcome.FAILED, counts, ids, failures=failures)
+    return Verdict(Outcome.PASSED, counts, ids)
+
+
+def outcome(summary: Mapping[str, Any]) -> Outcome:
+    return judge(summary).outcome
+
+
+def control_ids_of(controls: object) -> ControlIds:
+    """A summary's `controls`, validated; ValueError naming what is malformed."""
+    if controls is None:
+        return {}
+    if not isinstance(controls, Mapping):
+        raise ValueError("controls must be an object")
+    out: ControlIds = {}
+    for status, by_sev in controls.items():
+        if status not in STATUSES or not isinstance(by_sev, Mapping):
+            raise ValueError(f"controls: unknown or malformed status {status!r}")
+        for sev, ids in by_sev.items():
+            if sev not in SEVERITIES or not isinstance(ids, list):
+                raise ValueError(f"controls: malformed {status}.{sev}")
+            out.setdefault(status, {})[sev] = [str(i) for i in ids]
+    return out

@@ -1,0 +1,194 @@
+"""Drift between two runs: what changed, per target (issue #5, part 3).
+
+Targets are matched by `(context, namespace, pod, container)`. For a target in both runs:
+controls that newly fail (ids under `failed.*` of the target summary's `controls` in run B
+but not in run A) and controls that were fixed (failed in A, not failed in B, with what
+they are in B: passed, skipped, ... or absent), and a status change (completed <-> error).
+A target only in B appeared; only in A, disappeared. A target that errored on either side
+has no control lists to compare: only its status change is reported.
+
+Pure over two run directories: it reads target summaries and writes nothing, except
+`write_sweep_drift`, which the run's finalizer calls to put `drift.json` next to `run.json`
+for a sweep run. Never reads reports or anything outside the results directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from scanfleet.judging.documents import Outcome, judge
+from scanfleet.store.files import RUN_ID_RE, iter_summaries, read_json, write_json
+
+TargetKey = tuple[str, str, str, str]
+DRIFT_FILE = "drift.json"
+
+
+def target_key(summary: Mapping[str, Any]) -> TargetKey:
+    t = summary.get("target") or {}
+    return (
+        str(t.get("context") or ""),
+        str(t.get("namespace") or ""),
+        str(t.get("pod") or ""),
+        str(t.get("container") or ""),
+    )
+
+
+def _target_dict(key: TargetKey) -> dict[str, str]:
+    return dict(zip(("context", "namespace", "pod", "container"), key, strict=True))
+
+
+def _by_status(summary: Mapping[str, Any]) -> dict[str, dict[str, str]] | None:
+    """{status: {control id: severity}} of a summary `judge` accepts; None for an error."""
+    verdict = judge(summary)
+    if verdict.outcome is Outcome.ERROR:
+        return None
+    return {
+        status: {cid: sev for sev, ids in by_sev.items() for cid in ids}
+        for status, by_sev in (verdict.ids or {}).items()
+    }
+
+
+def _index(summaries: Iterable[Mapping[str, Any]]) -> dict[TargetKey, Mapping[str, Any]]:
+    return {target_key(s): s for s in summaries}
+
+
+def diff_target(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What changed for one target between two runs; None when nothing did."""
+    status_a, status_b = a.get("status"), b.get("status")
+    ca, cb = _by_status(a), _by_status(b)
+    newly: list[dict[str, str]] = []
+    fixed: list[dict[str, str]] = []
+    if ca is not None and cb is not None:
+        failed_a, failed_b = ca.get("failed", {}), cb.get("failed", {})
+        newly = [{"id": i, "severity": failed_b[i]} for i in sorted(set(failed_b) - set(failed_a))]
+        for i in sorted(set(failed_a) - set(failed_b)):
+            now = next((s for s, ids in cb.items() if i in ids), "absent")
+            fixed.append({"id": i, "severity": failed_a[i], "now": now})
+    if status_a == status_b and not newly and not fixed:
+        return None
+    out: dict[str, Any] = {
+        "target": _target_dict(target_key(b)),
+        "newly_failing": newly,
+        "fixed": fixed,
+    }
+    if status_a != status_b:
+        out["status_change"] = {"from": status_a, "to": status_b}
+        err = b.get("error")
+        if isinstance(err, Mapping):
+            out["error"] = {"kind": err.get("kind"), "message": err.get("message")}
+    return out
+
+
+def diff_summaries(
+    a: Iterable[Mapping[str, Any]], b: Iterable[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """The drift from summaries A (older) to summaries B (newer)."""
+    ia, ib = _index(a), _index(b)
+    changed = []
+    for key in sorted(set(ia) & set(ib)):
+        d = diff_target(ia[key], ib[key])
+        if d is not None:
+            changed.append(d)
+    appeared = [
+        {"target": _target_dict(k), "status": ib[k].get("status")}
+        for k in sorted(set(ib) - set(ia))
+    ]
+    disappeared = [
+        {"target": _target_dict(k), "status": ia[k].get("status")}
+        for k in sorted(set(ia) - set(ib))
+    ]
+    return {
+        "changed": changed,
+        "appeared": appeared,
+        "disappeared": disappeared,
+        "totals": {
+            "targets_changed": len(changed),
+            "newly_failing": sum(len(c["newly_failing"]) for c in changed),
+            "fixed": sum(len(c["fixed"]) for c in changed),
+            "status_changes": sum(1 for c in changed if "status_change" in c),
+            "appeared": len(appeared),
+            "disappeared": len(disappeared),
+        },
+    }
+
+
+def diff_runs(dir_a: Path, dir_b: Path) -> dict[str, Any]:
+    """The drift between two run directories (A older, B newer)."""
+    drift = diff_summaries(iter_summaries(dir_a), iter_summaries(dir_b))
+    return {"run_a": dir_a.name, "run_b": dir_b.name, **drift}
+
+
+def previous_run(results_dir: Path, run_id: str, source: str) -> Path | None:
+    """The newest run directory older than `run_id` whose run.json has this `source`."""
+    if not results_dir.is_dir():
+        return None
+    older = sorted(
+        (p for p in results_dir.iterdir() if RUN_ID_RE.fullmatch(p.name) and p.name < run_id),
+        key=lambda p: p.name,
+        reverse=True,
+    )
+    for p in older:
+        run_json = p / "run.json"
+        if not run_json.is_file():
+            continue  # unfinished or broken runs are no baseline
+        try:
+            run = read_json(run_json)
+        except (OSError, ValueError):
+            continue
+        if isinstance(run, Mapping) and run.get("source") == source:
+            return p
+    return None
+
+
+def write_sweep_drift(results_dir: Path, run: Mapping[str, Any]) -> dict[str, Any] | None:
+    """For a finished sweep run (its run.json body), write `drift.json` in its directory.
+
+    The baseline is the previous finished run of the same sweep (same `source`). The first
+    run of a sweep gets a drift.json with `run_a: null` and no changes. Runs that are not
+    sweep runs are left alone (returns None).
+    """
+    source = str(run.get("source") or "")
+    run_id = str(run.get("run_id") or "")
+    if not source.startswith("sweep:") or not RUN_ID_RE.fullmatch(run_id):
+        return None
+    here = results_dir / run_id
+    prev = previous_run(results_dir, run_id, source)
+    if prev is None:
+        drift: dict[str, Any] = {
+            "run_a": None,
+            "run_b": run_id,
+            **diff_summaries([], []),
+            "note": "first run of this sweep: nothing to compare with",
+        }
+    else:
+        drift = diff_runs(prev, here)
+    drift = {"source": source, **drift}
+    write_json(here / DRIFT_FILE, drift)
+    return drift
+
+
+def format_drift(drift: Mapping[str, Any]) -> list[str]:
+    """Human-readable lines for `scanfleet diff`."""
+
+    def ref(t: Mapping[str, str]) -> str:
+        return f"{t['context']}:{t['namespace']}/{t['pod']}/{t['container']}"
+
+    lines = [f"drift {drift.get('run_a')} -> {drift.get('run_b')}"]
+    for c in drift["changed"]:
+        r = ref(c["target"])
+        if "status_change" in c:
+            sc = c["status_change"]
+            lines.append(f"STATUS {r}: {sc['from']} -> {sc['to']}")
+        lines.extend(f"NEW FAIL {r}: {x['id']} ({x['severity']})" for x in c["newly_failing"])
+        lines.extend(f"FIXED {r}: {x['id']} (now {x['now']})" for x in c["fixed"])
+    lines.extend(f"APPEARED {ref(x['target'])} ({x['status']})" for x in drift["appeared"])
+    lines.extend(f"GONE {ref(x['target'])} ({x['status']})" for x in drift["disappeared"])
+    t = drift["totals"]
+    lines.append(
+        f"targets changed: {t['targets_changed']}  newly failing: {t['newly_failing']}  "
+        f"fixed: {t['fixed']}  status changes: {t['status_changes']}  "
+        f"appeared: {t['appeared']}  disappeared: {t['disappeared']}"
+    )
+    return lines

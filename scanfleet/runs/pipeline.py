@@ -1,0 +1,270 @@
+"""A run: many target scans with one id, judged together when the last one ends.
+
+One pipeline, three drivers: `scan` (one target, in-process), `submit --local` (a thread
+pool, no broker) and the fleet (Celery tasks). Every driver goes through the same service
+functions:
+
+    entries (resolved targets) → run_target() per entry → complete() → record() → finalize
+                                 (cluster slot, then      (or the      (state,    once, when
+                                  scan.scan_target)        driver      covered    done == total
+                                                           retries)    targets)
+
+They differ only in the `RunState` (in memory, or `RunStore` in Redis) and the `Slots`
+(a semaphore per context, or Redis leases): `scanfleet.runs.local` drives a run in-process,
+`scanfleet.runs.fleet` stores and publishes one for the tasks of `scanfleet.worker`. Run
+settings travel as a `RunPlan`: plain JSON, never a credential — contexts by name, the
+threshold as its parsed document (so a worker on another host can judge without it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from scanfleet.core import metrics
+from scanfleet.core.clock import Clock, iso, utcnow
+from scanfleet.core.errors import ErrorKind, ScanError, ScanInterrupted
+from scanfleet.core.logs import redact_text
+from scanfleet.core.targets import Target, scan_id_for
+from scanfleet.judging.aggregate import Aggregator
+from scanfleet.judging.documents import (
+    TargetSummary,
+    covered_summary,
+    error_summary,
+    target_doc,
+)
+from scanfleet.kube.client import ClientCache
+from scanfleet.runs.discovery import Entry
+from scanfleet.scan.plan import RunPlan
+from scanfleet.scan.target import Scanned, scan_target
+from scanfleet.store.files import iter_summaries, run_dir, summary_path, write_json
+from scanfleet.store.slots import Slots
+
+log = structlog.get_logger(__name__)
+
+FinalizeHook = Callable[[Path, Mapping[str, Any]], None]
+"""Runs once per run, after aggregation and before run.json is written (e.g. drift)."""
+Progress = Callable[[int, int], None]
+"""Called with (done, total) after each recorded result."""
+
+
+def failed_before_scan(
+    run_id: str,
+    target: Target,
+    error: ScanError | Mapping[str, Any],
+    now: datetime,
+    *,
+    image: str | None = None,
+    image_id: str | None = None,
+    profile_sha256: str | None = None,
+) -> TargetSummary:
+    """The summary of a target that failed before its scan could start."""
+    summary = error_summary(
+        scan_id=scan_id_for(run_id, target), run_id=run_id,
+        target=target_doc(target.to_dict(), image, image_id), error=error, started_at=iso(now),
+        profile_sha256=profile_sha256,
+    )
+    # Messages go to result files and Redis: no credential, whatever raised them.
+    if summary["error"] is not None:
+        summary["error"]["message"] = redact_text(summary["error"]["message"])
+    return summary
+
+
+class RunState(Protocol):
+    """Where a run's progress lives: `store.runs.MemoryRunState` or `store.runs.RunStore`."""
+
+    def is_done(self, run_id: str, scan_id: str) -> bool: ...
+
+    def mark_running(self, run_id: str, scan_id: str) -> None: ...
+
+    def covered(self, run_id: str, scan_id: str) -> list[dict[str, Any]]: ...
+
+    def finish(
+        self, run_id: str, outcomes: Sequence[tuple[str, str]]
+    ) -> tuple[int, int, int]: ...
+
+    def begin_finalize(self, run_id: str, lock_seconds: int = 300) -> bool: ...
+
+    def end_finalize(self, run_id: str, run: Mapping[str, Any]) -> None: ...
+
+    def is_finalized(self, run_id: str) -> bool: ...
+
+
+@dataclass
+class RunContext:
+    """What running a target needs besides the plan and the target."""
+
+    clients: ClientCache
+    state: RunState
+    slots: Slots
+    results_dir: Path
+    now: Clock = utcnow
+    hooks: tuple[FinalizeHook, ...] = ()
+    """Called with (results dir, run.json body) before run.json is written."""
+    sandbox: str | None = None
+    """The auditor sandbox mode of this driver ("landlock-abi-N", "off"): run.json's
+    `sandbox` when this driver finalizes the run."""
+
+
+def run_target(pipe: RunContext, plan: RunPlan, target: Target) -> Scanned | None:
+    """Take the target's cluster slot and scan it; the driver then calls `complete`.
+
+    Returns None for a target already recorded (redelivery), after finalizing the run if
+    that had not happened yet. Raises `NoSlot`/`SlotBusy` when the cluster is at its cap or
+    this scan runs elsewhere (or ran too long without its lease, which recovery then
+    re-ran), and `StoreUnavailable`: all retryable, nothing recorded.
+    """
+    scan_id = scan_id_for(plan.run_id, target)
+    if pipe.state.is_done(plan.run_id, scan_id):
+        log.info("scan.already_done", run_id=plan.run_id, scan_id=scan_id)
+        maybe_finalize(pipe, plan)
+        return None
+    rerun = {"run_id": plan.run_id, "target": target.to_dict()}  # recovery.py re-runs it
+    with pipe.slots.slot(target.context, scan_id, rerun):
+        pipe.state.mark_running(plan.run_id, scan_id)
+        return scan_target(
+            pipe.clients, target, plan.run_id, plan.scan_options,
+            run_dir(pipe.results_dir, plan.run_id), now=pipe.now,
+        )
+
+
+def complete(pipe: RunContext, plan: RunPlan, scanned: Scanned) -> TargetSummary:
+    """Write a scan's summary and record it — unless it was interrupted.
+
+    An interrupted scan's summary is written but not recorded, and `ScanInterrupted` is
+    raised so the driver stops (the fleet's message is redelivered; `scan` and
+    `submit --local` record every unfinished target as interrupted).
+    """
+    summary = scanned.summary
+    if isinstance(scanned.error, ScanInterrupted):
+        write_json(summary_path(run_dir(pipe.results_dir, plan.run_id), summary["scan_id"]),
+                   summary)
+        raise scanned.error
+    record(pipe, plan, summary)
+    return summary
+
+
+def record_error(pipe: RunContext, plan: RunPlan, entry: Entry) -> TargetSummary:
+    """An entry that could not be resolved at submit time: its error is its result."""
+    assert entry.error is not None
+    summary = failed_before_scan(
+        plan.run_id, entry.target, entry.error, pipe.now(), image=entry.image,
+        image_id=entry.image_id, profile_sha256=plan.profile_sha256,
+    )
+    record(pipe, plan, summary)
+    return summary
+
+
+def record(pipe: RunContext, plan: RunPlan, summary: Mapping[str, Any]) -> None:
+    """Write the summary and its covered ones, count them, finalize after the last one."""
+    out = run_dir(pipe.results_dir, plan.run_id)
+    write_json(summary_path(out, str(summary["scan_id"])), summary)
+    outcomes = [(str(summary["scan_id"]), str(summary["status"]))]
+    for covered in pipe.state.covered(plan.run_id, str(summary["scan_id"])):
+        e = Entry.from_dict(covered)
+        cs = covered_summary(
+            summary, scan_id_for(plan.run_id, e.target),
+            target_doc(e.target.to_dict(), e.image, e.image_id),
+        )
+        write_json(summary_path(out, cs["scan_id"]), cs)
+        outcomes.append((cs["scan_id"], cs["status"]))
+    added, done, total = pipe.state.finish(plan.run_id, outcomes)
+    metrics.scan_recorded(summary, added)
+    if done >= total:
+        maybe_finalize(pipe, plan)
+
+
+def maybe_finalize(pipe: RunContext, plan: RunPlan) -> dict[str, Any] | None:
+    """Aggregate the run if every target is recorded and nobody else has (SET NX lock)."""
+    if pipe.state.is_finalized(plan.run_id):
+        return None
+    _added, done, total = pipe.state.finish(plan.run_id, [])
+    if done < total or not pipe.state.begin_finalize(plan.run_id):
+        return None
+    run = finalize(plan, pipe.results_dir, pipe.now, pipe.hooks, sandbox=pipe.sandbox)
+    pipe.state.end_finalize(plan.run_id, run)
+    return run
+
+
+def fan_out(
+    pipe: RunContext,
+    plan: RunPlan,
+    entries: Iterable[Entry],
+    enqueue: Callable[[Target], None],
+) -> int:
+    """One chunk of a fleet run: queue a scan per entry; record unresolvable ones at once.
+
+    Returns how many scans were queued. Safe to repeat: a repeated chunk queues scans whose
+    redelivered copies find their target done (or leased) and record nothing twice.
+    """
+    queued = 0
+    for e in entries:
+        if e.error is not None:
+            if not pipe.state.is_done(plan.run_id, scan_id_for(plan.run_id, e.target)):
+                record_error(pipe, plan, e)
+        else:
+            enqueue(e.target)
+            queued += 1
+    return queued
+
+
+def record_failure(
+    pipe: RunContext, plan: RunPlan, target: Target, exc: BaseException
+) -> TargetSummary:
+    """Last resort: an unexpected failure still gives the target a result, so the run ends."""
+    error: ScanError | dict[str, str] = {
+        "kind": ErrorKind.API_ERROR, "message": f"scan failed: {type(exc).__name__}: {exc}"[:500]
+    }
+    if isinstance(exc, ScanError):
+        error = exc
+    summary = failed_before_scan(plan.run_id, target, error, pipe.now(),
+                                 profile_sha256=plan.profile_sha256)
+    record(pipe, plan, summary)
+    return summary
+
+
+def finalize(
+    plan: RunPlan,
+    results_dir: Path,
+    now: Clock = utcnow,
+    hooks: Sequence[FinalizeHook] = (),
+    *,
+    sandbox: str | None = None,
+) -> dict[str, Any]:
+    """Aggregate the run's summaries (streamed from disk), run the hooks, write run.json.
+
+    `sandbox` is the auditor sandbox mode the run's scans ran in (`sandbox.mode_label`).
+
+    The hooks run before run.json appears (sweeping writes drift.json there), so a reader
+    that sees run.json finds every artefact of the run.
+    """
+    out = run_dir(results_dir, plan.run_id)
+    agg = Aggregator()
+    for summary in iter_summaries(out):
+        agg.add(summary)
+    result = agg.result(plan.fleet)
+    run = {
+        "run_id": plan.run_id,
+        "source": plan.source,
+        "profile": plan.profile,
+        "created_at": plan.created_at,
+        "finished_at": iso(now()),
+        "sandbox": sandbox,
+        **result,
+        "profile_sha256": plan.profile_sha256,
+    }
+    for hook in hooks:
+        hook(results_dir, run)
+    write_json(out / "run.json", run)
+    log.info(
+        "run.finished",
+        run_id=plan.run_id,
+        exit_code=run.get("exit_code"),
+        targets=run.get("targets"),
+    )
+    return run

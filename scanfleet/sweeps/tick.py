@@ -1,0 +1,115 @@
+"""One tick of a sweep, and the drift a sweep run leaves behind (SPEC §7).
+
+A tick takes the sweep's lock (`store.locks.SweepLock`): a sweep whose previous run has not
+finished is skipped and logged (`sweep.skipped`), never started twice — even when two beat
+processes send the same tick. Otherwise it starts an ordinary fleet run with
+`source: "sweep:<name>"` through `submit.submit_run`, exactly as `submit` does, and binds
+the lock to the new run id. `write_drift` is the finalize hook that puts `drift.json` next
+to a sweep run's run.json (runs.finalize calls it and knows nothing about sweeps).
+
+Called by the worker's tasks and the schedule, never the other way round: the Celery
+publisher is injected. Never carries a credential: sweeps name contexts, never tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from scanfleet.core.clock import utcnow
+from scanfleet.core.settings import Settings, check_ttl
+from scanfleet.kube.client import ClientCache
+from scanfleet.kube.kubeconfig import choose_contexts
+from scanfleet.runs.discovery import Scope, dedupe_images, discover
+from scanfleet.runs.drift import write_sweep_drift
+from scanfleet.runs.fleet import Publish, submit_run
+from scanfleet.scan.plan import RunPlan
+from scanfleet.store.locks import LOCK_TTL, SweepLock
+from scanfleet.store.state import RunStore
+from scanfleet.sweeps.spec import Sweep
+
+log = structlog.get_logger(__name__)
+
+Starter = Callable[[Sweep, Settings], str]
+"""Start an ordinary run for a sweep (source "sweep:<name>"); returns the run id."""
+
+
+def run_tick(
+    sweep: Sweep, lock: SweepLock, start: Starter, settings: Settings, *, lock_ttl: int = LOCK_TTL
+) -> str | None:
+    """One tick of a sweep: the new run's id, or None when skipped."""
+    with structlog.contextvars.bound_contextvars(sweep=sweep.name):
+        token, holder = lock.try_acquire(sweep.name)
+        if token is None:
+            log.warning(
+                "sweep.skipped",
+                sweep=sweep.name,
+                reason="the previous run of this sweep has not finished",
+                running=holder,
+            )
+            return None
+        try:
+            run_id = start(sweep, settings)
+        except BaseException:
+            lock.release(sweep.name, token)
+            raise
+        lock.bind(sweep.name, token, run_id, lock_ttl)
+        log.info("sweep.started", sweep=sweep.name, run_id=run_id, source=sweep.source)
+        return run_id
+
+
+_starter: Starter | None = None
+
+
+def set_starter(starter: Starter | None) -> None:
+    """Replace how a tick starts its run (tests; None: `start_sweep_run`)."""
+    global _starter  # noqa: PLW0603 - one process-wide seam, set at start-up
+    _starter = starter
+
+
+def starter(publish: Publish) -> Starter:
+    """The starter a tick uses: the one set for tests, else `start_sweep_run` on `publish`."""
+    if _starter is not None:
+        return _starter
+    return lambda sweep, settings: start_sweep_run(sweep, settings, publish)
+
+
+def start_sweep_run(sweep: Sweep, settings: Settings, publish: Publish) -> str:
+    """Validate, discover, store and publish a sweep's run; its id once it is stored.
+
+    BadInput before anything is created; StoreUnavailable if Redis is down.
+    """
+    check_ttl(settings.token_ttl, settings.scan_timeout)
+    kubeconfig = settings.kubeconfig
+    chosen = choose_contexts(kubeconfig, list(sweep.contexts), sweep.all_contexts)
+    scope = Scope(chosen, tuple(sweep.namespaces), sweep.all_namespaces,
+                  tuple(sweep.exclude_namespaces), sweep.selector)
+    plan = RunPlan.new(
+        source=sweep.source, profile=sweep.profile, now=utcnow(), auditor=settings.auditor,
+        token_ttl=settings.token_ttl, timeout=settings.scan_timeout,
+        threshold=Path(sweep.threshold) if sweep.threshold else None,
+        fleet_threshold=Path(sweep.fleet_threshold) if sweep.fleet_threshold else None,
+        input_files=sweep.inputs, dedupe_images=sweep.dedupe_images,
+        allowed_profiles=settings.allowed_profiles,
+    )
+    clients = ClientCache(kubeconfig)
+    try:
+        entries = discover(clients, scope)
+    finally:
+        clients.close()
+    if sweep.dedupe_images:
+        entries = dedupe_images(entries)
+    store = RunStore.from_url(settings.broker_url, settings.key_prefix, settings.retention_days)
+    submit_run(store, plan, entries, publish, results_dir=None,
+               fallback_results_dir=settings.results_dir, hooks=(write_drift,))
+    return plan.run_id
+
+
+def write_drift(results_dir: Path, run: Mapping[str, Any]) -> None:
+    """Finalize hook: a sweep run is compared with the previous run of the same sweep."""
+    drift = write_sweep_drift(results_dir, run)
+    if drift is not None:
+        log.info("run.drift", run_id=run.get("run_id"), baseline=drift.get("run_a"))

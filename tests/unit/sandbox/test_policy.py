@@ -1,0 +1,453 @@
+"""The auditor sandbox: a hostile auditor reaches nothing but its own credential.
+
+`scanfleet scan` runs scanfleet/testing/standin/hostile-auditor against the fake cluster. With the
+sandbox on, every probe (admin kubeconfig, the kubernetes client's temp cert/key files,
+~/.kube/config, the service account token, another scan's directory, another run's results,
+/proc/<parent>/environ, Redis, a port that is not the API server's, binding a port,
+signalling its parent) fails and the scan still completes; with SCANFLEET_SANDBOX=off the
+same probes succeed, so these tests fail if the sandbox stops being applied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from scanfleet.cli import main_group
+from scanfleet.cli import scan as _register_scan  # noqa: F401
+from scanfleet.core.errors import BadInput, SandboxUnavailable
+from scanfleet.core.targets import Target
+from scanfleet.sandbox import policy as sandbox
+from scanfleet.sandbox import reaper as sandbox_reap
+from scanfleet.scan.auditor import run_auditor
+from scanfleet.store import files as results
+from scanfleet.testing.fakekube import FakeCluster
+from tests.support.fixtures_auditor import STANDIN, PlanWriter
+from tests.support.tools import alive, wait_until
+
+HOSTILE = STANDIN.with_name("hostile-auditor")
+READ_PROBES = ("admin_kubeconfig", "home_kube", "sa_token", "other_scan", "other_results",
+               "worker_environ", "launcher_environ")
+
+
+
+
+
+@pytest.fixture
+def other_scan_dir() -> Iterator[Path]:
+    """Another scan's private directory, as the identity step lays it out."""
+    d = Path(tempfile.mkdtemp(prefix="scanfleet-"))
+    (d / "kubeconfig").write_text("token: another-scans-token\n")
+    yield d
+    for p in sorted(d.rglob("*"), reverse=True):
+        p.unlink() if not p.is_dir() else p.rmdir()
+    d.rmdir()
+
+
+@pytest.fixture
+def hostile(
+    fake_cluster: FakeCluster, standin_auditor: str, standin_io: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, listener: int, other_scan_dir: Path,
+) -> Callable[..., tuple[Any, dict[str, Any]]]:
+    """Run `scanfleet scan apps/web/app` with the hostile auditor; (outcome, probes)."""
+    from kubernetes.client import Configuration
+    from kubernetes.config import kube_config
+
+    admin = fake_cluster.write_kubeconfig(tmp_path / "kube" / "config", auth="client-cert")
+    home = tmp_path / "home"
+    (home / ".kube").mkdir(parents=True)
+    (home / ".kube" / "config").write_text("token: the-operators-own-token\n")
+    secrets = tmp_path / "run-secrets"
+    (secrets / "kubernetes.io" / "serviceaccount").mkdir(parents=True)
+    (secrets / "kubernetes.io" / "serviceaccount" / "token").write_text("worker-sa-token\n")
+    other_run = tmp_path / "results" / "20200101T000000Z-000000"
+    other_run.mkdir(parents=True)
+    (other_run / "run.json").write_text('{"run_id": "20200101T000000Z-000000"}\n')
+    # The admin client writes its CA, certificate and key to temp files; load it once here
+    # so the scan's client reuses them and their names are known.
+    kube_config.load_kube_config(config_file=str(admin), client_configuration=Configuration())
+    temp_files = sorted(kube_config._temp_files.values())
+    assert len(temp_files) >= 2, "the client-cert kubeconfig should leave cert and key files"
+    spec = {
+        "read": {
+            "admin_kubeconfig": str(admin),
+            "home_kube": str(home / ".kube" / "config"),
+            "sa_token": str(secrets / "kubernetes.io" / "serviceaccount" / "token"),
+            "other_scan": str(other_scan_dir / "kubeconfig"),
+            "other_results": str(other_run / "run.json"),
+            # The scan runs in this process (the worker); the auditor's parent is the launcher.
+            "worker_environ": f"/proc/{os.getpid()}/environ",
+            "launcher_environ": "/proc/{ppid}/environ",
+            **{f"client_temp_{i}": p for i, p in enumerate(temp_files)},
+        },
+        "connect": {"redis": ["127.0.0.1", 6379], "other_port": ["127.0.0.1", listener]},
+        "bind": True,
+        "signal_parent": True,
+        "signal": {"signal_worker": os.getpid()},
+        "self_status": True,
+    }
+    probes = standin_io / "probes.json"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("SCANFLEET_SANDBOX_PROTECT", str(secrets))
+    monkeypatch.setenv("SCANFLEET_AUDITOR", str(HOSTILE))
+    monkeypatch.setenv("SCANFLEET_STANDIN_HOSTILE", json.dumps(spec))
+    monkeypatch.setenv("SCANFLEET_STANDIN_PROBES", str(probes))
+    monkeypatch.setenv("SCANFLEET_STANDIN_CHECK_ACCESS", "1")
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+
+    def run(*extra: str) -> tuple[Any, dict[str, Any]]:
+        probes.unlink(missing_ok=True)
+        argv = ["scan", "apps/web/app", "--profile", "p", "--kubeconfig", str(admin),
+                "--output", str(tmp_path / "results"), *extra]
+        outcome = CliRunner().invoke(main_group, argv, catch_exceptions=False)
+        return outcome, json.loads(probes.read_text())
+
+    return run
+
+
+def _redis_up() -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", 6379), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_every_probe_fails_and_the_scan_completes(
+    hostile: Callable[..., tuple[Any, dict[str, Any]]], fake_cluster: FakeCluster
+) -> None:
+    outcome, probes = hostile()
+    assert outcome.exit_code == 0, outcome.stderr
+    attempted = {k for k in probes if k != "self_status"}
+    assert {*READ_PROBES, "client_temp_0", "client_temp_1", "redis", "other_port", "bind",
+            "signal_parent", "signal_worker"} <= attempted
+    succeeded = {k: v for k, v in probes.items() if k != "self_status" and v == "ok"}
+    assert succeeded == {}, f"the sandboxed auditor reached: {sorted(succeeded)}"
+    assert str(probes["self_status"]).startswith("denied"), "/proc is not readable by default"
+    # The stand-in reached the API server with the scan's identity (kubectl get pod).
+    assert fake_cluster.scanfleet_objects() == []
+
+
+def test_the_same_probes_succeed_with_the_sandbox_off(
+    hostile: Callable[..., tuple[Any, dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SCANFLEET_SANDBOX", "off")
+    outcome, probes = hostile()
+    assert outcome.exit_code == 0, outcome.stderr
+    expected_ok = {k for k in probes if k not in ("self_status", "launcher_environ")}
+    # The launcher runs with an empty environment: nothing to read there, sandbox or not.
+    assert probes["launcher_environ"] == "denied: empty"
+    if not _redis_up():
+        expected_ok.discard("redis")
+    failed = {k: probes[k] for k in expected_ok if probes[k] != "ok"}
+    assert failed == {}, "without the sandbox the probes must work, or the test proves nothing"
+    assert '"sandbox.off"' in outcome.stderr or "sandbox.off" in outcome.stderr
+
+
+def test_with_proc_readable_the_parent_environ_stays_closed(
+    hostile: Callable[..., tuple[Any, dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Landlock's ptrace scoping and the dropped capabilities hold on their own."""
+    monkeypatch.setenv("SCANFLEET_SANDBOX_ALLOW_READ",
+                       os.environ["SCANFLEET_SANDBOX_ALLOW_READ"] + os.pathsep + "/proc")
+    outcome, probes = hostile()
+    assert outcome.exit_code == 0, outcome.stderr
+    for name in ("worker_environ", "launcher_environ"):
+        assert probes[name].startswith("denied"), f"{name}: {probes[name]}"
+    status = probes["self_status"]
+    assert isinstance(status, dict), status
+    for caps in ("CapEff", "CapPrm", "CapInh", "CapAmb", "CapBnd"):
+        assert int(status[caps], 16) == 0, f"{caps}={status[caps]}"
+    assert status["NoNewPrivs"] == "1"
+
+
+def test_an_allow_rule_that_exposes_a_protected_path_is_refused(
+    hostile: Callable[..., tuple[Any, dict[str, Any]]], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("SCANFLEET_SANDBOX_ALLOW_READ",
+                       os.environ["SCANFLEET_SANDBOX_ALLOW_READ"] + os.pathsep + str(tmp_path))
+    with pytest.raises(FileNotFoundError):
+        hostile()  # the auditor never ran: no probes file
+    runs = [p for p in (tmp_path / "results").iterdir() if not p.name.startswith("2020")]
+    run_dir = max(runs)
+    [summary] = [results.read_json(p) for p in results.summary_files(run_dir)]
+    assert summary["error"]["kind"] == "sandbox_unavailable"
+    assert "would expose the protected path" in summary["error"]["message"]
+
+
+# --- run_auditor: fail closed, helper errors, dies with its worker --------------------------
+
+
+@pytest.fixture
+def private(make_cluster: Callable[..., FakeCluster], tmp_path: Path) -> Path:
+    """A scan's private directory and kubeconfig as scanfleet lays them out (0600 in 0700),
+    for a fake cluster holding the target's pod: the stand-in authenticates and execs with
+    it, as the real transport does."""
+    cluster = make_cluster()
+    cluster.add_namespace("ns")
+    cluster.add_pod("ns", "pod", containers=["app"])
+    d = tmp_path / "scanfleet-private"
+    d.mkdir(mode=0o700)
+    d.chmod(0o700)
+    return cluster.write_kubeconfig(d / "kubeconfig", context="c", namespace="ns")
+
+
+def _run(standin: str, kubeconfig: Path, tmp_path: Path, **kw: Any) -> Any:
+    return run_auditor(standin, "p", Target("c", "ns", "pod", "app"),
+                       tmp_path / "out" / "r.report.json", kubeconfig, timeout=60, **kw)
+
+
+def test_without_landlock_nothing_runs_unless_opted_out(
+    standin_auditor: str, auditor_log: Any, private: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sandbox, "abi_version", lambda: 0)
+    with pytest.raises(SandboxUnavailable, match="Landlock") as info:
+        _run(standin_auditor, private, tmp_path)
+    assert info.value.kind == "sandbox_unavailable"
+    assert auditor_log() == []
+    monkeypatch.setenv("SCANFLEET_SANDBOX", "off")
+    assert _run(standin_auditor, private, tmp_path).exit_code == 100
+    assert len(auditor_log()) == 1
+    assert sandbox.mode_label(sandbox.SandboxSettings.from_env(os.environ)) == "off"
+
+
+def test_a_child_that_cannot_confine_runs_nothing(
+    standin_auditor: str, auditor_log: Any, private: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = sandbox.build_policy
+
+    def unopenable_rule(*args: Any) -> sandbox.Policy:
+        policy = real(*args)
+        # A rule the launcher's child cannot open (ENAMETOOLONG): it must give up, not skip.
+        return dataclasses.replace(policy, read=(*policy.read, "/" + "x" * 5000))
+
+    monkeypatch.setattr(sandbox, "build_policy", unopenable_rule)
+    with pytest.raises(SandboxUnavailable, match="cannot open"):
+        _run(standin_auditor, private, tmp_path)
+    assert auditor_log() == []
+
+
+def test_the_auditor_dies_with_its_worker(
+    standin_auditor: str, auditor_plan: PlanWriter, standin_io: Path, private: Path,
+    tmp_path: Path,
+) -> None:
+    pid_file = standin_io / "pids.json"
+    auditor_plan({"*": {"sleep": 120, "pid_file": str(pid_file)}})
+    code = (
+        "import sys; from pathlib import Path; from scanfleet.scan.auditor import run_auditor;"
+        "from scanfleet.core.targets import Target;"
+        f"run_auditor({standin_auditor!r}, 'p', Target('c','ns','pod','app'),"
+        f" Path({str(tmp_path / 'r.json')!r}), Path({str(private)!r}), timeout=300)"
+    )
+    worker = subprocess.Popen([sys.executable, "-c", code], env=os.environ.copy())
+    try:
+        wait_until(pid_file.exists, what="the auditor to start")
+        auditor = json.loads(pid_file.read_text())["pid"]
+        assert alive(auditor)
+        worker.kill()  # SIGKILL: no clean-up code runs in the worker
+        worker.wait()
+        wait_until(lambda: not alive(auditor), what="the auditor to die with its worker")
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+
+def test_config_from_env() -> None:
+    c = sandbox.SandboxSettings.from_env({
+        "SCANFLEET_SANDBOX_ALLOW_READ": f"/a{os.pathsep}/b", "SCANFLEET_SANDBOX_ALLOW_WRITE": "/w"})
+    assert c.enabled
+    assert c.allow_read == (Path("/a"), Path("/b"))
+    assert c.allow_write == (Path("/w"),)
+    assert c.protect == (Path("/var/run/secrets"), Path("/run/secrets"))
+    assert not sandbox.SandboxSettings.from_env({"SCANFLEET_SANDBOX": "off"}).enabled
+    with pytest.raises(BadInput, match="SCANFLEET_SANDBOX"):
+        sandbox.SandboxSettings.from_env({"SCANFLEET_SANDBOX": "maybe"})
+
+
+def test_describe_reports_what_this_kernel_enforces() -> None:
+    d = sandbox.describe(sandbox.SandboxSettings())
+    abi = sandbox.abi_version()
+    if abi < 1:
+        assert d["mode"] == "unavailable"
+        return
+    assert d["mode"] == f"landlock-abi-{abi}"
+    assert d["filesystem"] is True
+    assert d["network_tcp"] is (abi >= 4)
+    assert d["scope_signal"] is (abi >= 6)
+    assert "/usr" in d["system_read"]
+    assert sandbox.describe(sandbox.SandboxSettings(enabled=False))["mode"] == "off"
+
+
+def test_sandbox_command_reports_and_fails_when_unavailable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from scanfleet.cli import sandbox as _register_sandbox  # noqa: F401
+
+    monkeypatch.delenv("SCANFLEET_SANDBOX", raising=False)
+    r = CliRunner().invoke(main_group, ["sandbox", "--json"])
+    abi = sandbox.abi_version()
+    assert r.exit_code == (0 if abi >= 1 else 3), r.output
+    assert json.loads(r.stdout)["landlock_abi"] == abi
+    monkeypatch.setattr(sandbox, "abi_version", lambda: 0)
+    r = CliRunner().invoke(main_group, ["sandbox"])
+    assert r.exit_code == 3
+    assert "unavailable" in r.stdout
+    monkeypatch.setenv("SCANFLEET_SANDBOX", "off")
+    assert CliRunner().invoke(main_group, ["sandbox"]).exit_code == 0
+
+
+def test_partial_abis_name_what_is_not_enforced() -> None:
+    assert sandbox.gaps(7) == []
+    assert len(sandbox.gaps(5)) == 1
+    assert "network" in sandbox.gaps(3)[0]
+
+
+def test_harden_process_makes_the_process_non_dumpable() -> None:
+    code = ("import ctypes; from scanfleet.sandbox.policy import harden_process;"
+            "libc = ctypes.CDLL(None); print(libc.prctl(3, 0, 0, 0, 0));"
+            "harden_process(); print(libc.prctl(3, 0, 0, 0, 0))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["1", "0"]
+
+
+# --- stale directories and orphaned auditors ------------------------------------------------
+
+
+def test_reap_stale_kills_orphans_and_removes_only_stale_dirs(tmp_path: Path) -> None:
+    stale = tmp_path / "scanfleet-dead"
+    stale.mkdir(mode=0o700)
+    (stale / "kubeconfig").write_text("token: x\n")
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
+                              start_new_session=True)
+    try:
+        sandbox_reap.record_auditor(stale, orphan.pid)
+        live = tmp_path / "scanfleet-live"
+        live.mkdir(mode=0o700)
+        (live / sandbox_reap.RECORD).write_text("999999999 1\n")  # no such session
+        minting = tmp_path / "scanfleet-minting"
+        minting.mkdir(mode=0o700)
+        with sandbox_reap.hold(live):
+            removed = sandbox_reap.reap_stale(tmp_path)
+        assert removed == [stale]
+        assert not stale.exists()
+        assert live.exists()
+        assert minting.exists()
+        orphan.wait(timeout=20)
+        assert orphan.returncode == -signal.SIGKILL
+        old = time.time() - 2 * sandbox_reap.MIN_AGE_S
+        os.utime(minting, (old, old))
+        assert sandbox_reap.reap_stale(tmp_path) == [live, minting]
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+            orphan.wait()
+
+
+# --- private results ------------------------------------------------------------------------
+
+
+def _modes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root.parent)): stat.S_IMODE(p.stat().st_mode)
+            for p in [root, *root.rglob("*")]}
+
+
+@pytest.mark.parametrize(("group", "dir_mode", "file_mode"),
+                         [("", 0o700, 0o600), ("1", 0o750, 0o640)])
+def test_every_result_file_and_directory_is_private(
+    fake_cluster: FakeCluster, admin_kubeconfig: Path, standin_auditor: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, group: str, dir_mode: int, file_mode: int,
+) -> None:
+    monkeypatch.setenv("SCANFLEET_AUDITOR", standin_auditor)
+    monkeypatch.setenv("SCANFLEET_RESULTS_GROUP_READ", group)
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    out = tmp_path / "results"
+    old = os.umask(0o022)  # a permissive umask must not make results readable
+    try:
+        r = CliRunner().invoke(main_group, ["scan", "apps/web", "--profile", "p",
+                                            "--kubeconfig", str(admin_kubeconfig),
+                                            "--output", str(out)])
+    finally:
+        os.umask(old)
+    assert r.exit_code == 0, r.stderr
+    modes = _modes(out)
+    assert any(k.endswith(".report.json") for k in modes)
+    assert any(k.endswith("run.json") for k in modes)
+    for name, mode in modes.items():
+        expected = dir_mode if (out.parent / name).is_dir() else file_mode
+        assert mode == expected, f"{name}: {mode:04o} != {expected:04o}"
+
+
+def test_copy_report_refuses_what_is_not_a_plain_file(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("admin key")
+    link = tmp_path / "link.json"
+    link.symlink_to(secret)
+    hard = tmp_path / "hard.json"
+    os.link(secret, hard)
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    for bad in (link, hard, fifo):
+        with pytest.raises(ValueError, match=bad.name):
+            results.copy_report(bad, tmp_path / "out" / "r.json")
+    assert not (tmp_path / "out" / "r.json").exists()
+    good = tmp_path / "good.json"
+    good.write_text("{}")
+    results.copy_report(good, tmp_path / "out" / "r.json")
+    assert (tmp_path / "out" / "r.json").read_text() == "{}"
+    assert stat.S_IMODE((tmp_path / "out" / "r.json").stat().st_mode) == 0o600
+
+
+# --- policy: what a rule may not expose -----------------------------------------------------
+
+
+def _policy_with(tmp_path: Path, allow: Path) -> sandbox.Policy:
+    secrets, results = tmp_path / "secrets", tmp_path / "results"
+    for d in (secrets / "sub", results, tmp_path / "secrets-other", tmp_path / "private"):
+        d.mkdir(parents=True, exist_ok=True)
+    work = sandbox.prepare_workdir(tmp_path / "private")
+    kubeconfig = tmp_path / "private" / "kubeconfig"
+    kubeconfig.write_text("clusters: [{cluster: {server: 'https://127.0.0.1:6443'}}]\n")
+    config = sandbox.SandboxSettings(allow_read=(allow,), protect=(secrets,))
+    scan = sandbox.Scan("/bin/sh", "p", kubeconfig, work, results)
+    return sandbox.build_policy(config, scan, {"PATH": "/usr/bin:/bin"},
+                                {"HOME": str(tmp_path / "home")})
+
+
+@pytest.mark.parametrize(("allow", "refused"), [
+    ("secrets", "would expose"),          # the protected directory itself
+    ("secrets/sub", "would expose"),      # inside it
+    (".", "would expose"),                # containing it
+    ("results", "would contain"),         # the results directory
+    ("secrets-other", None),              # a sibling sharing the name's prefix
+    ("results/../secrets-other", None),
+])
+def test_a_rule_may_not_expose_a_protected_path_or_contain_results(
+    tmp_path: Path, allow: str, refused: str | None,
+) -> None:
+    target = tmp_path / allow
+    if refused is None:
+        policy = _policy_with(tmp_path, target)
+        assert os.path.realpath(target) in policy.read
+        assert policy.connect == (6443,)
+    else:
+        with pytest.raises(SandboxUnavailable, match=refused):
+            _policy_with(tmp_path, target)

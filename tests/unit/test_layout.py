@@ -1,0 +1,46 @@
+"""Rules of the package's shape that a reader relies on (docs/LAYOUT.md; lint-imports
+enforces the layers)."""
+
+from __future__ import annotations
+
+import ast
+import tomllib
+from pathlib import Path
+
+from tests.support.paths import ROOT
+
+PACKAGE = ROOT / "scanfleet"
+
+
+def _modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def test_only_settings_reads_the_environment() -> None:
+    readers = []
+    for path in _modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            name = node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", None)
+            if name in ("environ", "getenv", "environb"):
+                readers.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")  # type: ignore[attr-defined]
+    assert readers, "the check must see settings.py's own read"
+    assert {r.split(":")[0] for r in readers} == {"core/settings.py"}, readers
+
+
+def test_every_module_lives_in_a_package() -> None:
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert top == ["__init__.py", "__main__.py"] or top == ["__init__.py"], top
+
+
+def test_every_package_is_a_layer_of_the_import_contract() -> None:
+    """A new package must be placed in the layers (lint-imports then covers its modules)."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    layers = next(c for c in config["contracts"] if c.get("containers") == ["scanfleet"])
+    named = {name.strip() for layer in layers["layers"] for name in layer.split("|")}
+    packages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    assert packages == named
+
+
+def test_every_package_says_what_it_owns() -> None:
+    for init in PACKAGE.glob("*/__init__.py"):
+        assert ast.get_docstring(ast.parse(init.read_text())), init
