@@ -39,7 +39,10 @@ from scanfleet.testing.fakekube import FakeCluster  # noqa: E402
 CLI = [sys.executable, "-c", "from scanfleet.cli import main; main()"]
 # The same, also writing its own CPU and its reaped children's (the exec helper and the
 # auditor) to $BENCH_RUSAGE_FILE at exit: the split between scanfleet and what it spawns.
-CLI_SPLIT = [sys.executable, "-c", """
+CLI_SPLIT = [
+    sys.executable,
+    "-c",
+    """
 import atexit, json, os, resource
 def _dump():
     own, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
@@ -48,7 +51,8 @@ def _dump():
 atexit.register(_dump)
 from scanfleet.cli import main
 main()
-"""]
+""",
+]
 SAMPLE = ROOT / "tests" / "data" / "inspec-samples" / "minimal_hdf.json"
 
 COPY_AUDITOR = """#!/bin/sh
@@ -72,14 +76,23 @@ def child_cpu(argv: list[str], env: dict[str, str]) -> tuple[float, float, int]:
 
 def auditor_cpu(auditor: Path, tmp: Path, env: dict[str, str], runs: int = 50) -> float:
     """CPU of one auditor invocation alone (what the copy stand-in itself costs)."""
-    argv = [str(auditor), "exec", "p", "-t", "k8s-container://a/b/c",
-            "--reporter", f"json:{tmp / 'probe.json'}"]
+    argv = [
+        str(auditor),
+        "exec",
+        "p",
+        "-t",
+        "k8s-container://a/b/c",
+        "--reporter",
+        f"json:{tmp / 'probe.json'}",
+    ]
     before = os.times()
     for _ in range(runs):
         subprocess.run(argv, env=env, check=True)
     after = os.times()
-    return ((after.children_user - before.children_user)
-            + (after.children_system - before.children_system)) / runs
+    return (
+        (after.children_user - before.children_user)
+        + (after.children_system - before.children_system)
+    ) / runs
 
 
 def fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
@@ -95,8 +108,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="24,100,400,1000")
     ap.add_argument("--concurrency", type=int, default=8)
-    ap.add_argument("--no-sandbox", action="store_true",
-                    help="SCANFLEET_SANDBOX=off: no Landlock policy (the exec helper still runs)")
+    ap.add_argument(
+        "--no-sandbox",
+        action="store_true",
+        help="SCANFLEET_SANDBOX=off: no Landlock policy (the exec helper still runs)",
+    )
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="scanfleet-bench-cpu-"))
@@ -114,12 +130,17 @@ def main() -> None:
         auditor.write_text(COPY_AUDITOR.replace("{report}", str(SAMPLE)))
         auditor.chmod(0o755)
         env = {k: v for k, v in os.environ.items() if not k.startswith("SCANFLEET_")}
-        env.update({
-            "KUBECONFIG": str(kcfg), "SCANFLEET_AUDITOR": str(auditor),
-            "SCANFLEET_RESULTS_DIR": str(tmp / "results"), "SCANFLEET_TOKEN_TTL": "900",
-            "SCANFLEET_SCAN_TIMEOUT": "120", "SCANFLEET_CLUSTER_CONCURRENCY": "64",
-            "SCANFLEET_SANDBOX_ALLOW_READ": os.pathsep.join([str(work), str(SAMPLE.parent)]),
-        })
+        env.update(
+            {
+                "KUBECONFIG": str(kcfg),
+                "SCANFLEET_AUDITOR": str(auditor),
+                "SCANFLEET_RESULTS_DIR": str(tmp / "results"),
+                "SCANFLEET_TOKEN_TTL": "900",
+                "SCANFLEET_SCAN_TIMEOUT": "120",
+                "SCANFLEET_CLUSTER_CONCURRENCY": "64",
+                "SCANFLEET_SANDBOX_ALLOW_READ": os.pathsep.join([str(work), str(SAMPLE.parent)]),
+            }
+        )
         if args.no_sandbox:
             env["SCANFLEET_SANDBOX"] = "off"
         per_auditor = auditor_cpu(auditor, work, env)
@@ -131,27 +152,49 @@ def main() -> None:
         own_ys: list[float] = []
         env["BENCH_RUSAGE_FILE"] = str(tmp / "rusage.json")
         for n in sizes:
-            targets = [{"context": "bench", "namespace": "bench", "pod": f"pod-{i:04d}",
-                        "container": "app"} for i in range(n)]
+            targets = [
+                {
+                    "context": "bench",
+                    "namespace": "bench",
+                    "pod": f"pod-{i:04d}",
+                    "container": "app",
+                }
+                for i in range(n)
+            ]
             tf = work / f"targets-{n}.json"
             tf.write_text(json.dumps(targets))
-            cpu, wall, rss = child_cpu([*CLI_SPLIT, "submit", "--local", "--concurrency",
-                                        str(args.concurrency), "--targets-file", str(tf),
-                                        "--profile", str(work)], env)
+            cpu, wall, rss = child_cpu(
+                [
+                    *CLI_SPLIT,
+                    "submit",
+                    "--local",
+                    "--concurrency",
+                    str(args.concurrency),
+                    "--targets-file",
+                    str(tf),
+                    "--profile",
+                    str(work),
+                ],
+                env,
+            )
             own = cpu - n * per_auditor
             xs.append(n)
             ys.append(own)
             own_ys.append(json.loads((tmp / "rusage.json").read_text())[0])
-            print(f"N={n:5d}: scanfleet CPU {own:6.2f} s ({own / n * 1000:5.1f} ms/target), "
-                  f"wall {wall:6.2f} s ({wall / n * 1000:5.1f} ms/target), "
-                  f"peak RSS {rss / 1024:.0f} MB")
+            print(
+                f"N={n:5d}: scanfleet CPU {own:6.2f} s ({own / n * 1000:5.1f} ms/target), "
+                f"wall {wall:6.2f} s ({wall / n * 1000:5.1f} ms/target), "
+                f"peak RSS {rss / 1024:.0f} MB"
+            )
         fixed, slope = fit(xs, ys)
         own_fixed, own_slope = fit(xs, own_ys)
         print(f"auditor stand-in alone: {per_auditor * 1000:.1f} ms CPU per call (subtracted)")
         print(f"fit: fixed CPU per run {fixed:.2f} s, CPU per scan {slope * 1000:.1f} ms")
-        print(f"  of which the scanfleet process: fixed {own_fixed:.2f} s, per scan "
-              f"{own_slope * 1000:.1f} ms; spawned (exec helper, auditor less the stand-in): "
-              f"per scan {(slope - own_slope) * 1000:.1f} ms")
+        print(
+            f"  of which the scanfleet process: fixed {own_fixed:.2f} s, per scan "
+            f"{own_slope * 1000:.1f} ms; spawned (exec helper, auditor less the stand-in): "
+            f"per scan {(slope - own_slope) * 1000:.1f} ms"
+        )
     finally:
         cluster.stop()
         shutil.rmtree(tmp, ignore_errors=True)

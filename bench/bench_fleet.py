@@ -74,17 +74,24 @@ def wait_until(pred, timeout: float, every: float = 0.05) -> None:  # type: igno
         time.sleep(every)
 
 
-def bench_local(kcfg: Path, cluster: FakeCluster, out: Path, n: int, w: int, s: float,
-                auditor: Path) -> dict:
+def bench_local(
+    kcfg: Path, cluster: FakeCluster, out: Path, n: int, w: int, s: float, auditor: Path
+) -> dict:
     os.environ["SCANFLEET_STANDIN_SLEEP"] = str(s)
     clients = ClientCache(str(kcfg))
     entries = discover(clients, Scope(["bench"], namespaces=["bench"]))
     assert len(entries) == n
 
     def run(i: int, subset: list) -> float:  # type: ignore[type-arg]
-        plan = RunPlan(run_id=RUN_LOCAL.format(i), source="bench", profile="p",
-                       created_at="2025-01-01T00:00:00Z", auditor=str(auditor),
-                       token_ttl=900, timeout=120)
+        plan = RunPlan(
+            run_id=RUN_LOCAL.format(i),
+            source="bench",
+            profile="p",
+            created_at="2025-01-01T00:00:00Z",
+            auditor=str(auditor),
+            token_ttl=900,
+            timeout=120,
+        )
         t0 = time.monotonic()
         run_local(clients, plan, [], out, concurrency=w, entries=subset, cluster_concurrency=w)
         return time.monotonic() - t0
@@ -97,23 +104,38 @@ def bench_local(kcfg: Path, cluster: FakeCluster, out: Path, n: int, w: int, s: 
     return {"wall_s": wall, "api_requests_per_scan": requests / n, "single_scan_s": single}
 
 
-def bench_fleet(env: dict[str, str], store: RunStore, n: int, w: int, s: float, tmp: Path
-                ) -> dict:
+def bench_fleet(env: dict[str, str], store: RunStore, n: int, w: int, s: float, tmp: Path) -> dict:
     env = {**env, "SCANFLEET_STANDIN_SLEEP": str(s)}
     log = (tmp / "worker.log").open("wb")
-    worker = subprocess.Popen([*CLI, "worker", "-c", str(w)], env=env, stdout=log,
-                              stderr=subprocess.STDOUT, start_new_session=True)
+    worker = subprocess.Popen(
+        [*CLI, "worker", "-c", str(w)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_until(lambda: b'"worker.ready"' in (tmp / "worker.log").read_bytes(), 60)
 
         def run(count: int) -> float:
-            targets = [{"context": "bench", "namespace": "bench", "pod": f"pod-{i:03d}",
-                        "container": "app"} for i in range(count)]
+            targets = [
+                {
+                    "context": "bench",
+                    "namespace": "bench",
+                    "pod": f"pod-{i:03d}",
+                    "container": "app",
+                }
+                for i in range(count)
+            ]
             tf = tmp / f"targets-{count}.json"
             tf.write_text(json.dumps(targets))
-            p = subprocess.Popen([*CLI, "submit", "--targets-file", str(tf), "--profile", "p"],
-                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                 text=True)
+            p = subprocess.Popen(
+                [*CLI, "submit", "--targets-file", str(tf), "--profile", "p"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
             assert p.stdout is not None
             run_id = p.stdout.readline().strip()
             t0 = time.monotonic()  # the run exists; from here on it is fan-out and scans
@@ -131,8 +153,10 @@ def bench_fleet(env: dict[str, str], store: RunStore, n: int, w: int, s: float, 
 
 
 def bench_submit(env: dict[str, str], redis_url: str, count: int, tmp: Path) -> dict:
-    targets = [{"context": "bench", "namespace": f"ns-{i % 50}", "pod": f"pod-{i}",
-                "container": "app"} for i in range(count)]
+    targets = [
+        {"context": "bench", "namespace": f"ns-{i % 50}", "pod": f"pod-{i}", "container": "app"}
+        for i in range(count)
+    ]
     tf = tmp / "targets-10k.json"
     tf.write_text(json.dumps(targets))
     code = (
@@ -144,8 +168,13 @@ def bench_submit(env: dict[str, str], redis_url: str, count: int, tmp: Path) -> 
         "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n"
     )
     t0 = time.monotonic()
-    p = subprocess.run([sys.executable, "-c", code, "submit", "--targets-file", str(tf),
-                        "--profile", "p"], env=env, capture_output=True, text=True, check=True)
+    p = subprocess.run(
+        [sys.executable, "-c", code, "submit", "--targets-file", str(tf), "--profile", "p"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     wall = time.monotonic() - t0
     line = next(x for x in p.stderr.splitlines() if x.startswith("BENCH "))
     _, inner, rss_kb = line.split()
@@ -153,8 +182,13 @@ def bench_submit(env: dict[str, str], redis_url: str, count: int, tmp: Path) -> 
 
     r = redis.Redis.from_url(redis_url)
     msgs = r.lrange("scanfleet", 0, -1)
-    return {"wall_s": wall, "in_process_s": float(inner), "peak_rss_mb": int(rss_kb) / 1024,
-            "messages": len(msgs), "largest_message_bytes": max(len(m) for m in msgs)}
+    return {
+        "wall_s": wall,
+        "in_process_s": float(inner),
+        "peak_rss_mb": int(rss_kb) / 1024,
+        "messages": len(msgs),
+        "largest_message_bytes": max(len(m) for m in msgs),
+    }
 
 
 NOOP_APP = """
@@ -178,10 +212,28 @@ def bench_noop(redis_url: str, w: int, count: int, tmp: Path) -> dict:
     (tmp / "noop_app.py").write_text(NOOP_APP)
     env = {**os.environ, "BROKER": redis_url, "PYTHONPATH": str(tmp)}
     log = (tmp / "noop.log").open("wb")
-    worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "noop_app", "worker",
-                               "-c", str(w), "--pool=prefork", "--without-gossip",
-                               "--without-mingle", "-l", "INFO"], env=env, cwd=tmp, stdout=log,
-                              stderr=subprocess.STDOUT, start_new_session=True)
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "noop_app",
+            "worker",
+            "-c",
+            str(w),
+            "--pool=prefork",
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "INFO",
+        ],
+        env=env,
+        cwd=tmp,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_until(lambda: b"ready." in (tmp / "noop.log").read_bytes(), 60)
         sys.path.insert(0, str(tmp))
@@ -230,13 +282,19 @@ def main() -> None:
         os.environ["SCANFLEET_SANDBOX_ALLOW_READ"] = sandbox_read  # bench_local: in-process
         os.environ["PATH"] = path_with_venv_bin(os.environ.get("PATH"))  # kubectl
         env = {k: v for k, v in os.environ.items() if not k.startswith("SCANFLEET_")}
-        env.update({
-            "SCANFLEET_SANDBOX_ALLOW_READ": sandbox_read,
-            "SCANFLEET_BROKER_URL": server.url, "SCANFLEET_RESULTS_DIR": str(tmp / "results"),
-            "SCANFLEET_AUDITOR": str(auditor), "SCANFLEET_CLUSTER_CONCURRENCY": str(max(w, 10)),
-            "SCANFLEET_TOKEN_TTL": "900", "SCANFLEET_SCAN_TIMEOUT": "120",
-            "KUBECONFIG": str(kcfg), "SCANFLEET_LOG_FORMAT": "json",
-        })
+        env.update(
+            {
+                "SCANFLEET_SANDBOX_ALLOW_READ": sandbox_read,
+                "SCANFLEET_BROKER_URL": server.url,
+                "SCANFLEET_RESULTS_DIR": str(tmp / "results"),
+                "SCANFLEET_AUDITOR": str(auditor),
+                "SCANFLEET_CLUSTER_CONCURRENCY": str(max(w, 10)),
+                "SCANFLEET_TOKEN_TTL": "900",
+                "SCANFLEET_SCAN_TIMEOUT": "120",
+                "KUBECONFIG": str(kcfg),
+                "SCANFLEET_LOG_FORMAT": "json",
+            }
+        )
         ideal = math.ceil(n / w) * s
         local = bench_local(kcfg, cluster, tmp / "results", n, w, s, auditor)
         store = RunStore.from_url(server.url, "scanfleet", 1)
@@ -247,19 +305,27 @@ def main() -> None:
         noop = bench_noop(server.url, w, args.noop_tasks, tmp)
         print(f"machine: {os.cpu_count()} CPUs; N={n} W={w} S={s}s; ideal {ideal:.1f}s")
         print(f"--local   wall {local['wall_s']:.2f}s  efficiency {ideal / local['wall_s']:.2f}")
-        print(f"fleet     wall {fleet['wall_s']:.2f}s  efficiency {ideal / fleet['wall_s']:.2f}"
-              f"  (one prefork worker, -c {w})")
+        print(
+            f"fleet     wall {fleet['wall_s']:.2f}s  efficiency {ideal / fleet['wall_s']:.2f}"
+            f"  (one prefork worker, -c {w})"
+        )
         floor = math.ceil(n / w) * local["single_scan_s"]
-        print(f"one scan alone: {local['single_scan_s']:.2f}s (S + stand-in start + mint/revoke);"
-              f" scheduling efficiency vs that floor: local {floor / local['wall_s']:.2f}, "
-              f"fleet {floor / fleet['wall_s']:.2f}")
+        print(
+            f"one scan alone: {local['single_scan_s']:.2f}s (S + stand-in start + mint/revoke);"
+            f" scheduling efficiency vs that floor: local {floor / local['wall_s']:.2f}, "
+            f"fleet {floor / fleet['wall_s']:.2f}"
+        )
         print(f"API requests per scan: {local['api_requests_per_scan']:.1f}")
-        print(f"submit {args.submit_targets} targets: {submit['wall_s']:.2f}s wall "
-              f"({submit['in_process_s']:.2f}s in-process), peak RSS "
-              f"{submit['peak_rss_mb']:.0f} MB, {submit['messages']} messages, largest "
-              f"{submit['largest_message_bytes']} bytes")
-        print(f"celery no-op: {noop['tasks']} tasks in {noop['wall_s']:.2f}s = "
-              f"{noop['per_s']:.0f} tasks/s on -c {w} (publish {noop['publish_s']:.2f}s)")
+        print(
+            f"submit {args.submit_targets} targets: {submit['wall_s']:.2f}s wall "
+            f"({submit['in_process_s']:.2f}s in-process), peak RSS "
+            f"{submit['peak_rss_mb']:.0f} MB, {submit['messages']} messages, largest "
+            f"{submit['largest_message_bytes']} bytes"
+        )
+        print(
+            f"celery no-op: {noop['tasks']} tasks in {noop['wall_s']:.2f}s = "
+            f"{noop['per_s']:.0f} tasks/s on -c {w} (publish {noop['publish_s']:.2f}s)"
+        )
     finally:
         server.stop()
         cluster.stop()

@@ -50,27 +50,50 @@ def _scraper(port: int, stop: threading.Event) -> None:
             pass
 
 
-def one_round(env: dict[str, str], store: RunStore, n: int, w: int, tmp: Path, tag: str,
-              metrics_port: int | None) -> float:
+def one_round(
+    env: dict[str, str],
+    store: RunStore,
+    n: int,
+    w: int,
+    tmp: Path,
+    tag: str,
+    metrics_port: int | None,
+) -> float:
     """Scans per second of N scans on a fresh worker."""
     if metrics_port is not None:
         env = {**env, "SCANFLEET_METRICS_PORT": str(metrics_port)}
     log_path = tmp / f"worker-{tag}.log"
     log = log_path.open("wb")
-    worker = subprocess.Popen([*CLI, "worker", "-c", str(w)], env=env, stdout=log,
-                              stderr=subprocess.STDOUT, start_new_session=True)
+    worker = subprocess.Popen(
+        [*CLI, "worker", "-c", str(w)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     stop = threading.Event()
     try:
         wait_until(lambda: b'"worker.ready"' in log_path.read_bytes(), 60)
 
         def run(count: int, name: str) -> float:
-            targets = [{"context": "bench", "namespace": "bench", "pod": f"pod-{i:03d}",
-                        "container": "app"} for i in range(count)]
+            targets = [
+                {
+                    "context": "bench",
+                    "namespace": "bench",
+                    "pod": f"pod-{i:03d}",
+                    "container": "app",
+                }
+                for i in range(count)
+            ]
             tf = tmp / f"targets-{name}.json"
             tf.write_text(json.dumps(targets))
-            p = subprocess.Popen([*CLI, "submit", "--targets-file", str(tf), "--profile", "p"],
-                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                 text=True)
+            p = subprocess.Popen(
+                [*CLI, "submit", "--targets-file", str(tf), "--profile", "p"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
             assert p.stdout is not None
             run_id = p.stdout.readline().strip()
             t0 = time.monotonic()
@@ -105,11 +128,24 @@ def hook_cost(scans: int = 5000) -> float:
     directory = tempfile.mkdtemp(prefix="scanfleet-bench-metrics-")
     try:
         metrics.use_multiprocess(directory)
-        summary = {"target": {"context": "c"}, "status": "completed", "covered_by": None,
-                   "error": None, "duration_s": 1.5}
-        whats = ["reading pod", "creating ServiceAccount", "creating Role", "creating RoleBinding",
-                 "requesting a token", "deleting RoleBinding", "deleting Role",
-                 "deleting ServiceAccount", "reading pod"]
+        summary = {
+            "target": {"context": "c"},
+            "status": "completed",
+            "covered_by": None,
+            "error": None,
+            "duration_s": 1.5,
+        }
+        whats = [
+            "reading pod",
+            "creating ServiceAccount",
+            "creating Role",
+            "creating RoleBinding",
+            "requesting a token",
+            "deleting RoleBinding",
+            "deleting Role",
+            "deleting ServiceAccount",
+            "reading pod",
+        ]
         t0 = time.perf_counter()
         for _ in range(scans):
             metrics.slot_acquired("c")
@@ -141,14 +177,19 @@ def main() -> None:
         seed(cluster, args.n)
         kcfg = cluster.write_kubeconfig(tmp / "kubeconfig", context="bench")
         env = {k: v for k, v in os.environ.items() if not k.startswith("SCANFLEET_")}
-        env.update({
-            "SCANFLEET_BROKER_URL": server.url, "SCANFLEET_RESULTS_DIR": str(tmp / "results"),
-            "SCANFLEET_AUDITOR": str(fast_standin(tmp)),
-            "SCANFLEET_CLUSTER_CONCURRENCY": str(max(args.w, 10)),
-            "SCANFLEET_TOKEN_TTL": "900", "SCANFLEET_SCAN_TIMEOUT": "120",
-            "KUBECONFIG": str(kcfg), "SCANFLEET_LOG_FORMAT": "json",
-            "SCANFLEET_STANDIN_SLEEP": str(args.sleep),
-        })
+        env.update(
+            {
+                "SCANFLEET_BROKER_URL": server.url,
+                "SCANFLEET_RESULTS_DIR": str(tmp / "results"),
+                "SCANFLEET_AUDITOR": str(fast_standin(tmp)),
+                "SCANFLEET_CLUSTER_CONCURRENCY": str(max(args.w, 10)),
+                "SCANFLEET_TOKEN_TTL": "900",
+                "SCANFLEET_SCAN_TIMEOUT": "120",
+                "KUBECONFIG": str(kcfg),
+                "SCANFLEET_LOG_FORMAT": "json",
+                "SCANFLEET_STANDIN_SLEEP": str(args.sleep),
+            }
+        )
         store = RunStore.from_url(server.url, "scanfleet", 1)
         off: list[float] = []
         on: list[float] = []
@@ -156,19 +197,28 @@ def main() -> None:
             off.append(one_round(env, store, args.n, args.w, tmp, f"off{i}", None))
             on.append(one_round(env, store, args.n, args.w, tmp, f"on{i}", free_port()))
         m_off, m_on = statistics.median(off), statistics.median(on)
-        print(f"machine: {os.cpu_count()} CPUs; N={args.n} W={args.w} S={args.sleep}s; "
-              f"{args.rounds} rounds each, alternating")
-        print("without metrics: " + " ".join(f"{x:.2f}" for x in off) + f"  median {m_off:.2f}"
-              " scans/s")
-        print("with metrics:    " + " ".join(f"{x:.2f}" for x in on) + f"  median {m_on:.2f}"
-              " scans/s")
-        print(f"difference: {100 * (m_on - m_off) / m_off:+.1f}% (spread between rounds: "
-              f"without {100 * (max(off) - min(off)) / m_off:.1f}%, "
-              f"with {100 * (max(on) - min(on)) / m_on:.1f}%)")
+        print(
+            f"machine: {os.cpu_count()} CPUs; N={args.n} W={args.w} S={args.sleep}s; "
+            f"{args.rounds} rounds each, alternating"
+        )
+        print(
+            "without metrics: " + " ".join(f"{x:.2f}" for x in off) + f"  median {m_off:.2f}"
+            " scans/s"
+        )
+        print(
+            "with metrics:    " + " ".join(f"{x:.2f}" for x in on) + f"  median {m_on:.2f} scans/s"
+        )
+        print(
+            f"difference: {100 * (m_on - m_off) / m_off:+.1f}% (spread between rounds: "
+            f"without {100 * (max(off) - min(off)) / m_off:.1f}%, "
+            f"with {100 * (max(on) - min(on)) / m_on:.1f}%)"
+        )
         cost = hook_cost()
-        print(f"metrics work per scan: {cost:.0f} us (multiprocess mode, in-process) = "
-              f"{100 * cost * 1e-6 * m_off / args.w:.2f}% of a pool process' time per scan at "
-              f"{m_off:.2f} scans/s on -c {args.w}")
+        print(
+            f"metrics work per scan: {cost:.0f} us (multiprocess mode, in-process) = "
+            f"{100 * cost * 1e-6 * m_off / args.w:.2f}% of a pool process' time per scan at "
+            f"{m_off:.2f} scans/s on -c {args.w}"
+        )
     finally:
         server.stop()
         cluster.stop()

@@ -23,6 +23,7 @@ from scanfleet.scan.plan import RunPlan
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="scanfleet")
 def main_group() -> None:
@@ -130,10 +131,17 @@ class ScanArgs:
         """The run's plan, validated (BadInput before anything is created or queued)."""
         ttl, timeout = self.limits(settings)
         return RunPlan.new(
-            source=source, profile=self.profile, now=utcnow(), auditor=settings.auditor,
-            token_ttl=ttl, timeout=timeout, threshold=self.threshold,
-            fleet_threshold=fleet_threshold, input_files=self.input_files,
-            extra_args=self.auditor_args, dedupe_images=dedupe_images,
+            source=source,
+            profile=self.profile,
+            now=utcnow(),
+            auditor=settings.auditor,
+            token_ttl=ttl,
+            timeout=timeout,
+            threshold=self.threshold,
+            fleet_threshold=fleet_threshold,
+            input_files=self.input_files,
+            extra_args=self.auditor_args,
+            dedupe_images=dedupe_images,
             allowed_profiles=settings.allowed_profiles,
         )
 

@@ -127,8 +127,9 @@ def submit_command(
             )
     else:
         scope = Scope(chosen, namespaces, all_namespaces, exclude_namespaces, selector)
-    plan = scan.plan(settings, "submit", fleet_threshold=fleet_threshold,
-                     dedupe_images=dedupe_images)
+    plan = scan.plan(
+        settings, "submit", fleet_threshold=fleet_threshold, dedupe_images=dedupe_images
+    )
     mode = sandbox_mode(settings) if local else None  # the workers check their own
     clients = ClientCache(kcfg)
     for ctx in {t.context for t in explicit} | set(chosen):
@@ -146,13 +147,23 @@ def submit_command(
     out = results_dir(output, settings)
     if local:
         _run_local(
-            clients=clients, plan=plan, entries=entries, out=out, concurrency=concurrency,
-            settings=settings, as_json=as_json, sandbox=mode,
+            clients=clients,
+            plan=plan,
+            entries=entries,
+            out=out,
+            concurrency=concurrency,
+            settings=settings,
+            as_json=as_json,
+            sandbox=mode,
         )
     else:
         _run_fleet(
-            plan=plan, entries=entries, out=out if output is not None else None,
-            settings=settings, wait=wait, as_json=as_json,
+            plan=plan,
+            entries=entries,
+            out=out if output is not None else None,
+            settings=settings,
+            wait=wait,
+            as_json=as_json,
         )
 
 
@@ -243,8 +254,13 @@ def _run_fleet(
         from scanfleet.worker.app import app, fan_out_publisher  # late: --local never builds it
 
         submit_run(
-            store, plan, entries, fan_out_publisher(app), results_dir=out,
-            fallback_results_dir=settings.results_dir, created=created,
+            store,
+            plan,
+            entries,
+            fan_out_publisher(app),
+            results_dir=out,
+            fallback_results_dir=settings.results_dir,
+            created=created,
         )
     except StoreUnavailable as e:
         click.echo(f"scanfleet: error: {e}", err=True)
@@ -280,9 +296,13 @@ def follow(store: RunStore, run_id: str, total: int) -> dict[str, Any]:
 @main_group.command("status")
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the status document as JSON.")
-@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where to look for run.json of runs Redis does not know "
-                   "(`scan`, `submit --local`; default: $SCANFLEET_RESULTS_DIR).")
+@click.option(
+    "--results-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to look for run.json of runs Redis does not know "
+    "(`scan`, `submit --local`; default: $SCANFLEET_RESULTS_DIR).",
+)
 @bad_input_exits
 def status_command(run_id: str, as_json: bool, results_dir: Path | None) -> None:
     """State counts of a run while it runs; its summary once it is done."""
@@ -303,8 +323,9 @@ def status_command(run_id: str, as_json: bool, results_dir: Path | None) -> None
         if finished.is_file():
             run = json.loads(finished.read_text())
             if as_json:
-                click.echo(json.dumps({"run_id": run_id, "state": "finished", "run": run},
-                                      indent=2))
+                click.echo(
+                    json.dumps({"run_id": run_id, "state": "finished", "run": run}, indent=2)
+                )
             else:
                 print_run(run, False)
             return
@@ -328,7 +349,10 @@ def status_command(run_id: str, as_json: bool, results_dir: Path | None) -> None
 
 @main_group.command("worker")
 @click.option(
-    "--concurrency", "-c", type=click.IntRange(1, 512), default=None,
+    "--concurrency",
+    "-c",
+    type=click.IntRange(1, 512),
+    default=None,
     help="Worker processes (default: number of CPUs).",
 )
 @click.option("--loglevel", default="INFO", show_default=True, help="Celery's log level.")
@@ -347,8 +371,14 @@ def worker_command(concurrency: int | None, loglevel: str, metrics_port: int | N
     exporter.worker_starting(settings, metrics_port)
     from scanfleet.worker.app import QUEUE, app
 
-    argv = ["worker", "--pool=prefork", f"--loglevel={loglevel}", f"--queues={QUEUE}",
-            "--without-gossip", "--without-mingle"]
+    argv = [
+        "worker",
+        "--pool=prefork",
+        f"--loglevel={loglevel}",
+        f"--queues={QUEUE}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
     if concurrency is not None:
         argv.append(f"--concurrency={concurrency}")
     app.worker_main(argv)
@@ -364,4 +394,5 @@ def _worker_sandbox(settings: Settings) -> None:
     mode = activate(settings.sandbox)  # logs sandbox.off / sandbox.partial
     removed = sandbox_reap.reap_stale()
     structlog.get_logger(__name__).info(
-        "worker.sandbox", sandbox=mode, stale_scan_dirs_removed=len(removed))
+        "worker.sandbox", sandbox=mode, stale_scan_dirs_removed=len(removed)
+    )

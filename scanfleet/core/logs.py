@@ -40,8 +40,7 @@ _SECRET_KEYS = re.compile(
 # any) is kept, so the reader still sees what kind of thing was removed.
 _SECRET_SHAPES: tuple[tuple[re.Pattern[str], str], ...] = (
     # PEM blocks (private keys, certificates: a client cert identifies an admin too).
-    (re.compile(r"-----BEGIN [A-Z0-9 ]+-----.*?(?:-----END [A-Z0-9 ]+-----|\Z)", re.S),
-     REDACTED),
+    (re.compile(r"-----BEGIN [A-Z0-9 ]+-----.*?(?:-----END [A-Z0-9 ]+-----|\Z)", re.S), REDACTED),
     # JWTs (service account tokens are JWTs).
     (re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), REDACTED),
     # Authorization headers and the like: Bearer / Basic credentials.
@@ -49,17 +48,25 @@ _SECRET_SHAPES: tuple[tuple[re.Pattern[str], str], ...] = (
     # URL userinfo: scheme://user:password@host, scheme://:password@host.
     (re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@:]*:[^/\s@]*@"), rf"\1{REDACTED}@"),
     # JSON fields: "token": "...", "password": "...".
-    (re.compile(
-        r"(\"[A-Za-z_-]*(?:token|password|passwd|secret|client-key-data|"
-        r"certificate-authority-data|client-certificate-data|api[_-]?key)\"\s*:\s*)"
-        r"\"(?:[^\"\\]|\\.)*\"", re.I),
-     rf'\1"{REDACTED}"'),
+    (
+        re.compile(
+            r"(\"[A-Za-z_-]*(?:token|password|passwd|secret|client-key-data|"
+            r"certificate-authority-data|client-certificate-data|api[_-]?key)\"\s*:\s*)"
+            r"\"(?:[^\"\\]|\\.)*\"",
+            re.I,
+        ),
+        rf'\1"{REDACTED}"',
+    ),
     # YAML / key=value text: token: x, password=x, client-key-data: x.
-    (re.compile(
-        r"\b([A-Za-z_-]*(?:token|password|passwd|secret|client-key-data|"
-        r"certificate-authority-data|client-certificate-data|api[_-]?key)\s*[:=]\s*)"
-        r"(?!\[REDACTED\])[^\s,;}\]\"']+", re.I),
-     rf"\1{REDACTED}"),
+    (
+        re.compile(
+            r"\b([A-Za-z_-]*(?:token|password|passwd|secret|client-key-data|"
+            r"certificate-authority-data|client-certificate-data|api[_-]?key)\s*[:=]\s*)"
+            r"(?!\[REDACTED\])[^\s,;}\]\"']+",
+            re.I,
+        ),
+        rf"\1{REDACTED}",
+    ),
 )
 _SAFE_KEYS = {
     "event",

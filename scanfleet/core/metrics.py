@@ -53,8 +53,13 @@ PHASES = ("mint", "audit", "revoke", "total")
 MULTIPROC_ENV = PROMETHEUS_MULTIPROC_ENV
 QUEUE_PRIORITY_SEP = "\x06\x16"
 """kombu's Redis transport keeps priorities 3, 6, 9 of a queue in `<queue>\\x06\\x16<n>`."""
-_VERBS = {"reading": "get", "listing": "list", "creating": "create", "deleting": "delete",
-          "requesting": "create"}
+_VERBS = {
+    "reading": "get",
+    "listing": "list",
+    "creating": "create",
+    "deleting": "delete",
+    "requesting": "create",
+}
 
 
 @dataclass(frozen=True)
@@ -71,22 +76,44 @@ def _create() -> _Metrics:
     # registry=None: in multiprocess mode the parent reads the children's files; in a single
     # process `registry()` collects these objects directly.
     return _Metrics(
-        scans=Counter("scanfleet_scans_total", "Target scans recorded, by outcome.",
-                      ["context", "status", "error_kind"], registry=None),
-        duration=Histogram("scanfleet_scan_duration_seconds",
-                           "Seconds per scan phase (mint, audit, revoke) and in total.",
-                           ["context", "phase"], buckets=DURATION_BUCKETS, registry=None),
-        api=Counter("scanfleet_api_requests_total",
-                    "Kubernetes API requests by verb and HTTP code (2xx: any success; "
-                    "unreachable: no response).", ["context", "verb", "code"], registry=None),
-        identities=Gauge("scanfleet_identities_active",
-                         "Scan identities minted and not yet revoked.", registry=None,
-                         multiprocess_mode="livesum"),
-        cleanup_incomplete=Counter("scanfleet_cleanup_incomplete",
-                                   "Scans whose identity could not be fully revoked.",
-                                   registry=None),
-        slots=Gauge("scanfleet_cluster_slots_in_use", "Cluster slots (leases) held.",
-                    ["context"], registry=None, multiprocess_mode="livesum"),
+        scans=Counter(
+            "scanfleet_scans_total",
+            "Target scans recorded, by outcome.",
+            ["context", "status", "error_kind"],
+            registry=None,
+        ),
+        duration=Histogram(
+            "scanfleet_scan_duration_seconds",
+            "Seconds per scan phase (mint, audit, revoke) and in total.",
+            ["context", "phase"],
+            buckets=DURATION_BUCKETS,
+            registry=None,
+        ),
+        api=Counter(
+            "scanfleet_api_requests_total",
+            "Kubernetes API requests by verb and HTTP code (2xx: any success; "
+            "unreachable: no response).",
+            ["context", "verb", "code"],
+            registry=None,
+        ),
+        identities=Gauge(
+            "scanfleet_identities_active",
+            "Scan identities minted and not yet revoked.",
+            registry=None,
+            multiprocess_mode="livesum",
+        ),
+        cleanup_incomplete=Counter(
+            "scanfleet_cleanup_incomplete",
+            "Scans whose identity could not be fully revoked.",
+            registry=None,
+        ),
+        slots=Gauge(
+            "scanfleet_cluster_slots_in_use",
+            "Cluster slots (leases) held.",
+            ["context"],
+            registry=None,
+            multiprocess_mode="livesum",
+        ),
     )
 
 
@@ -104,9 +131,13 @@ def _m() -> _Metrics:
 
 
 METRIC_NAMES = (
-    "scanfleet_scans_total", "scanfleet_scan_duration_seconds", "scanfleet_api_requests_total",
-    "scanfleet_identities_active", "scanfleet_cleanup_incomplete_total",
-    "scanfleet_cluster_slots_in_use", "scanfleet_queue_messages",
+    "scanfleet_scans_total",
+    "scanfleet_scan_duration_seconds",
+    "scanfleet_api_requests_total",
+    "scanfleet_identities_active",
+    "scanfleet_cleanup_incomplete_total",
+    "scanfleet_cluster_slots_in_use",
+    "scanfleet_queue_messages",
 )
 """Every metric family a worker serves (the dashboard test checks names against these)."""
 
@@ -214,8 +245,9 @@ class QueueCollector(Collector):
         except Exception as e:  # Redis away: leave the gauge out rather than report 0
             log.warning("metrics.queue_unreadable", error=type(e).__name__)
             return
-        yield GaugeMetricFamily("scanfleet_queue_messages",
-                                "Messages waiting in the scanfleet Celery queue.", value=n)
+        yield GaugeMetricFamily(
+            "scanfleet_queue_messages", "Messages waiting in the scanfleet Celery queue.", value=n
+        )
 
 
 class _DeadChildren(Collector):

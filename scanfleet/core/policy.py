@@ -139,9 +139,7 @@ def check_auditor_args(args: Sequence[str]) -> None:
             raise PolicyViolation(f"auditor argument {arg!r} contains a control character")
         if not arg.startswith("-"):
             if not takes_values:
-                raise PolicyViolation(
-                    f"auditor argument {arg!r} is not a value of an allowed flag"
-                )
+                raise PolicyViolation(f"auditor argument {arg!r} is not a value of an allowed flag")
             continue
         name, has_value, _ = arg.partition("=")
         if name not in ALLOWED_FLAGS or (has_value and not ALLOWED_FLAGS[name]):

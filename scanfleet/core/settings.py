@@ -54,8 +54,9 @@ class SandboxSettings:
         if raw not in ("on", "off", "landlock"):
             raise BadInput(f"{SANDBOX_ENV}={raw!r} must be 'on' (the default) or 'off'")
         protect = _paths(env.get(PROTECT_ENV)) or cls().protect
-        return cls(raw != "off", _paths(env.get(ALLOW_READ_ENV)),
-                   _paths(env.get(ALLOW_WRITE_ENV)), protect)
+        return cls(
+            raw != "off", _paths(env.get(ALLOW_READ_ENV)), _paths(env.get(ALLOW_WRITE_ENV)), protect
+        )
 
 
 def _paths(raw: str | None) -> tuple[Path, ...]:
@@ -148,7 +149,8 @@ class Settings:
             kubeconfig=env.get("KUBECONFIG") or d.kubeconfig,
             visibility_timeout=(
                 env_int(env, "SCANFLEET_VISIBILITY_TIMEOUT", 0, 1)
-                if env.get("SCANFLEET_VISIBILITY_TIMEOUT") else None
+                if env.get("SCANFLEET_VISIBILITY_TIMEOUT")
+                else None
             ),
             lease_seconds=env_int(env, "SCANFLEET_LEASE_SECONDS", d.lease_seconds, 1),
             early_revoke_after=env_int(
@@ -156,13 +158,13 @@ class Settings:
             ),
             allowed_profiles=parse_allowed_profiles(env.get("SCANFLEET_ALLOWED_PROFILES")),
             metrics_port=env_int(env, "SCANFLEET_METRICS_PORT", d.metrics_port, 0),
-            metrics_per_namespace=_choice(
-                env, "SCANFLEET_METRICS_PER_NAMESPACE", "0", ("0", "1")
-            ) == "1",
+            metrics_per_namespace=_choice(env, "SCANFLEET_METRICS_PER_NAMESPACE", "0", ("0", "1"))
+            == "1",
             sandbox=SandboxSettings.from_env(env),
             results_group_read=results_group_read(env),
             profile_cache=Path(env["SCANFLEET_PROFILE_CACHE"])
-            if env.get("SCANFLEET_PROFILE_CACHE") else None,
+            if env.get("SCANFLEET_PROFILE_CACHE")
+            else None,
             profile_max_bytes=env_int(env, "SCANFLEET_PROFILE_MAX_BYTES", d.profile_max_bytes, 1),
             profile_timeout=env_int(env, "SCANFLEET_PROFILE_TIMEOUT", d.profile_timeout, 1),
             retry_delay_scale=env_float(env, "SCANFLEET_RETRY_DELAY_SCALE", d.retry_delay_scale),
@@ -212,9 +214,7 @@ def broker_url(env: Mapping[str, str]) -> str | None:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
-        raise BadInput(
-            f"SCANFLEET_BROKER_URL_FILE={path!r} cannot be read: {e.strerror}"
-        ) from None
+        raise BadInput(f"SCANFLEET_BROKER_URL_FILE={path!r} cannot be read: {e.strerror}") from None
     first = text.strip().splitlines()[0].strip() if text.strip() else ""
     if not first:
         raise BadInput(f"SCANFLEET_BROKER_URL_FILE={path!r} is empty")

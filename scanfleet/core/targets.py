@@ -220,9 +220,18 @@ def pod_info(pod: Mapping[str, Any]) -> PodInfo:
     containers = []
     for c in spec.get("containers") or []:
         s = statuses.get(c.get("name")) or {}
-        containers.append(ContainerInfo(name=c.get("name", ""),
-                                        image=s.get("image") or c.get("image"),
-                                        image_id=s.get("imageID") or None))
-    return PodInfo(namespace=meta.get("namespace", ""), name=meta.get("name", ""),
-                   phase=st.get("phase"), containers=tuple(containers),
-                   labels=dict(meta.get("labels") or {}), uid=meta.get("uid"))
+        containers.append(
+            ContainerInfo(
+                name=c.get("name", ""),
+                image=s.get("image") or c.get("image"),
+                image_id=s.get("imageID") or None,
+            )
+        )
+    return PodInfo(
+        namespace=meta.get("namespace", ""),
+        name=meta.get("name", ""),
+        phase=st.get("phase"),
+        containers=tuple(containers),
+        labels=dict(meta.get("labels") or {}),
+        uid=meta.get("uid"),
+    )

@@ -48,8 +48,15 @@ class JanitorClient(Protocol):
 
     def list_labelled(self, kind: str, selector: str) -> list[dict[str, Any]]: ...
 
-    def delete(self, kind: str, namespace: str, name: str, *, uid: str | None = None,
-               background: bool = False) -> bool: ...
+    def delete(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        *,
+        uid: str | None = None,
+        background: bool = False,
+    ) -> bool: ...
 
 
 class Leases(Protocol):
@@ -195,11 +202,13 @@ class _Idle:
         if self._held is None:
             self._held = set(early.leases.holders(self.context))
         return labels.get(SCAN_ID_LABEL) not in self._held and early.fleet_run(
-            str(labels.get(RUN_ID_LABEL) or ""))
+            str(labels.get(RUN_ID_LABEL) or "")
+        )
 
 
-def _judge(context: str, kind: str, obj: dict[str, Any], now: datetime, idle: _Idle,
-           report: JanitorReport) -> Finding | None:
+def _judge(
+    context: str, kind: str, obj: dict[str, Any], now: datetime, idle: _Idle, report: JanitorReport
+) -> Finding | None:
     """The finding to delete, or None (reported as foreign, a warning, or kept)."""
     raw = (obj.get("annotations") or {}).get(EXPIRES_AT)
     ns, name, uid = obj["namespace"], obj["name"], obj.get("uid")
@@ -259,8 +268,9 @@ def run_janitor(
     report = JanitorReport(dry_run=dry_run)
     for ctx in contexts:
         try:
-            sweep_context(ctx, client_for(ctx), now=now, dry_run=dry_run, report=report,
-                          early=early)
+            sweep_context(
+                ctx, client_for(ctx), now=now, dry_run=dry_run, report=report, early=early
+            )
         except ScanfleetError as e:
             report.context_errors[ctx] = str(e)
             log.error("janitor.context_failed", context=ctx, error=str(e))

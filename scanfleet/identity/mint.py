@@ -109,7 +109,11 @@ def role_rules(pod: str) -> list[dict[str, Any]]:
 
 
 def identity_objects(
-    scan_id: str, run_id: str, target: Target, ttl: int, now: datetime,
+    scan_id: str,
+    run_id: str,
+    target: Target,
+    ttl: int,
+    now: datetime,
     owner_uid: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The three object bodies, by kind; with `owner_uid`, Role and RoleBinding are owned
@@ -159,17 +163,30 @@ def not_ours(obj: dict[str, Any]) -> str | None:
     refs = (obj.get("metadata") or {}).get("ownerReferences") or []
     kind = obj.get("kind")
     checks = (
-        (labels.get(MANAGED_BY) != "scanfleet" or labels.get(SCAN_ID_LABEL) != match.group(1),
-         "its labels do not carry managed-by scanfleet and the scan-id of its name"),
-        (any((r.get("apiVersion"), r.get("kind"), r.get("name"))
-             != ("v1", "ServiceAccount", name) for r in refs),
-         "it has an owner other than the ServiceAccount of its name"),
-        (kind == "ServiceAccount" and obj.get("automountServiceAccountToken") is not False,
-         "the ServiceAccount may mount a token"),
-        (kind == "Role" and not _pinned_rules(obj.get("rules") or []),
-         "its rules are not exactly the two pinned rules on one pod"),
-        (kind == "RoleBinding" and not _own_binding(obj, name),
-         "it does not bind the Role of its name to the ServiceAccount of its name only"),
+        (
+            labels.get(MANAGED_BY) != "scanfleet" or labels.get(SCAN_ID_LABEL) != match.group(1),
+            "its labels do not carry managed-by scanfleet and the scan-id of its name",
+        ),
+        (
+            any(
+                (r.get("apiVersion"), r.get("kind"), r.get("name"))
+                != ("v1", "ServiceAccount", name)
+                for r in refs
+            ),
+            "it has an owner other than the ServiceAccount of its name",
+        ),
+        (
+            kind == "ServiceAccount" and obj.get("automountServiceAccountToken") is not False,
+            "the ServiceAccount may mount a token",
+        ),
+        (
+            kind == "Role" and not _pinned_rules(obj.get("rules") or []),
+            "its rules are not exactly the two pinned rules on one pod",
+        ),
+        (
+            kind == "RoleBinding" and not _own_binding(obj, name),
+            "it does not bind the Role of its name to the ServiceAccount of its name only",
+        ),
     )
     return next((why for bad, why in checks if bad), None)
 
@@ -237,8 +254,15 @@ class ScanIdentity:
 
 @contextmanager
 def scan_identity(
-    kube: KubeClient, target: Target, scan_id: str, run_id: str, *, ttl: int, now: datetime,
-    min_lifetime: float = 0, access_wait: float = ACCESS_WAIT,
+    kube: KubeClient,
+    target: Target,
+    scan_id: str,
+    run_id: str,
+    *,
+    ttl: int,
+    now: datetime,
+    min_lifetime: float = 0,
+    access_wait: float = ACCESS_WAIT,
 ) -> Iterator[ScanIdentity]:
     """Mint the identity and read the pod with it, yield it, and always revoke it."""
     name = object_name(scan_id)
@@ -268,8 +292,13 @@ def scan_identity(
             write_kubeconfig(tmp, endpoint, ns, token)
             identity.client = ScanClient(endpoint, token, kube.context, kube.retries)
             identity.pod = identity.client.read_pod(ns, target.pod, wait=access_wait)
-            log.info("credentials.minted", object=name, token_ttl=ttl,
-                     expires_at=rfc3339(identity.expires_at), pod_uid=identity.pod.uid)
+            log.info(
+                "credentials.minted",
+                object=name,
+                token_ttl=ttl,
+                expires_at=rfc3339(identity.expires_at),
+                pod_uid=identity.pod.uid,
+            )
             phases.minted()
             try:
                 yield identity
@@ -282,8 +311,14 @@ def scan_identity(
             phases.revoking()
             if identity.client is not None:
                 identity.client.close()
-            identity.cleanup = revoke(kube, ns, name, created=identity.created,
-                                      uids=identity.uids, foreign=identity.foreign)
+            identity.cleanup = revoke(
+                kube,
+                ns,
+                name,
+                created=identity.created,
+                uids=identity.uids,
+                foreign=identity.foreign,
+            )
             shutil.rmtree(tmp, ignore_errors=True)
             if tmp.exists():
                 identity.cleanup = "incomplete"
@@ -304,8 +339,9 @@ def _create(kube: KubeClient, identity: ScanIdentity, body: dict[str, Any]) -> s
     return identity.uids[kind]
 
 
-def _granted(granted: datetime | None, now: datetime, ttl: int, min_lifetime: float,
-             target: Target) -> datetime:
+def _granted(
+    granted: datetime | None, now: datetime, ttl: int, min_lifetime: float, target: Target
+) -> datetime:
     """The token's expiry; ClusterApiError when the API server granted too short a life."""
     if granted is None:  # a server that does not say: what was asked for
         return now + timedelta(seconds=ttl)
@@ -321,8 +357,12 @@ def _granted(granted: datetime | None, now: datetime, ttl: int, min_lifetime: fl
 
 
 def revoke(
-    kube: KubeClient, namespace: str, name: str, created: list[str] | None = None,
-    uids: Mapping[str, str] | None = None, foreign: Collection[str] = (),
+    kube: KubeClient,
+    namespace: str,
+    name: str,
+    created: list[str] | None = None,
+    uids: Mapping[str, str] | None = None,
+    foreign: Collection[str] = (),
 ) -> str:
     """Delete the ServiceAccount; only if that fails, the RoleBinding and Role too.
 
@@ -339,12 +379,14 @@ def revoke(
         return "complete"  # it is first: nothing of this scan was created
     with _signals_held():
         try:
-            kube.delete("ServiceAccount", namespace, name, uid=uids.get("ServiceAccount"),
-                        background=True)
+            kube.delete(
+                "ServiceAccount", namespace, name, uid=uids.get("ServiceAccount"), background=True
+            )
         except ScanfleetError as e:
             known = created is None or "ServiceAccount" in created
             (log.error if known else log.warning)(
-                "credentials.revoke_failed", kind="ServiceAccount", object=name, error=str(e))
+                "credentials.revoke_failed", kind="ServiceAccount", object=name, error=str(e)
+            )
             kinds = tuple(k for k in DELETE_ORDER[:2] if k not in foreign)
             others = _delete_each(kube, namespace, name, created, kinds, uids)
             return "incomplete" if known or others == "incomplete" else "complete"
@@ -352,8 +394,14 @@ def revoke(
     return "complete"
 
 
-def _delete_each(kube: KubeClient, namespace: str, name: str, created: list[str] | None,
-                 kinds: tuple[str, ...], uids: Mapping[str, str]) -> str:
+def _delete_each(
+    kube: KubeClient,
+    namespace: str,
+    name: str,
+    created: list[str] | None,
+    kinds: tuple[str, ...],
+    uids: Mapping[str, str],
+) -> str:
     result = "complete"
     for kind in kinds:
         try:

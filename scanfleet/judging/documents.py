@@ -226,12 +226,9 @@ def error_summary(
     }
 
 
-def covered_summary(
-    summary: Mapping[str, Any], scan_id: str, target: TargetDoc
-) -> TargetSummary:
+def covered_summary(summary: Mapping[str, Any], scan_id: str, target: TargetDoc) -> TargetSummary:
     """--dedupe-images: the covering scan's result, with the covered target's own identity."""
-    out: Any = {**summary, "scan_id": scan_id, "target": target,
-                "covered_by": summary["scan_id"]}
+    out: Any = {**summary, "scan_id": scan_id, "target": target, "covered_by": summary["scan_id"]}
     return out  # type: ignore[no-any-return]
 
 

@@ -152,8 +152,7 @@ def _link(profiles: list[_Profile]) -> set[str]:
 def _independent(profiles: list[_Profile]) -> list[bool]:
     """Profiles with no parent relation: no parent_profile, and none names them as parent."""
     named = {parent for _, parent, _ in profiles if parent is not None}
-    return [parent is None and (name is None or name not in named)
-            for name, parent, _ in profiles]
+    return [parent is None and (name is None or name not in named) for name, parent, _ in profiles]
 
 
 def _counted(profiles: list[_Profile]) -> list[tuple[_Raw, _Raw]]:

@@ -59,6 +59,7 @@ T = TypeVar("T")
 _RECREATE_ATTEMPTS = 5
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
+
 class KubeClient:
     """The API calls scanfleet makes against one cluster, as the admin context."""
 
@@ -69,7 +70,9 @@ class KubeClient:
         cfg = Configuration()
         try:
             k8s_config.load_kube_config(
-                config_file=kubeconfig, context=context, client_configuration=cfg,
+                config_file=kubeconfig,
+                context=context,
+                client_configuration=cfg,
                 persist_config=False,
             )
         except (ConfigException, OSError) as e:
@@ -93,8 +96,7 @@ class KubeClient:
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         self._cfg = cfg
         self._api = ApiClient(configuration=cfg)
-        self._http = Transport(cfg, self._api.rest_client.pool_manager,
-                               self._api.default_headers)
+        self._http = Transport(cfg, self._api.rest_client.pool_manager, self._api.default_headers)
 
     def close(self) -> None:
         self._api.close()
@@ -160,7 +162,10 @@ class KubeClient:
 
     # -- scan identity objects -----------------------------------------------------------
     def create_object(
-        self, kind: str, namespace: str, body: dict[str, Any],
+        self,
+        kind: str,
+        namespace: str,
+        body: dict[str, Any],
         replaceable: Callable[[dict[str, Any]], str | None] | None = None,
     ) -> dict[str, Any]:
         """Create a ServiceAccount, Role or RoleBinding of a scan; the created object.
@@ -230,7 +235,12 @@ class KubeClient:
         return self._cfg.retries  # type: ignore[no-any-return]
 
     def delete(
-        self, kind: str, namespace: str, name: str, *, uid: str | None = None,
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        *,
+        uid: str | None = None,
         background: bool = False,
     ) -> bool:
         """Delete one scan object; False when it was already gone (404 is fine). With `uid`,
@@ -250,7 +260,8 @@ class KubeClient:
                 not_found=_Gone,
                 conflict=lambda: ObjectChanged(
                     f"context {self.context!r}: {what}: it was replaced since it was read "
-                    f"(uid {uid} is gone); left alone"),
+                    f"(uid {uid} is gone); left alone"
+                ),
             )
         except _Gone:
             return False
@@ -282,8 +293,11 @@ class KubeClient:
         )
         meta = doc.get("metadata") or {}
         return doc | {
-            "kind": kind, "name": meta.get("name"), "namespace": meta.get("namespace"),
-            "uid": meta.get("uid"), "labels": dict(meta.get("labels") or {}),
+            "kind": kind,
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+            "labels": dict(meta.get("labels") or {}),
             "annotations": dict(meta.get("annotations") or {}),
             "created": meta.get("creationTimestamp"),
         }
@@ -376,4 +390,3 @@ class ClientCache:
             for c in self._clients.values():
                 c.close()
             self._clients.clear()
-

@@ -98,8 +98,11 @@ def write_kubeconfig(
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         # libyaml's emitter when PyYAML has it: the pure-Python one costs ~5 ms per scan.
-        yaml.dump(kubeconfig_document(endpoint, namespace, token), f,
-                  Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper))
+        yaml.dump(
+            kubeconfig_document(endpoint, namespace, token),
+            f,
+            Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper),
+        )
     return path
 
 

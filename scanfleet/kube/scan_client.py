@@ -47,9 +47,12 @@ def _pool(endpoint: ClusterEndpoint) -> urllib3.PoolManager:
         if pool is None:
             ca = endpoint.ca_data.decode() if endpoint.ca_data and not endpoint.insecure else None
             pool = _pools[key] = urllib3.PoolManager(
-                num_pools=4, maxsize=_POOL_SIZE, block=False,
+                num_pools=4,
+                maxsize=_POOL_SIZE,
+                block=False,
                 cert_reqs="CERT_NONE" if endpoint.insecure else "CERT_REQUIRED",
-                ca_cert_data=ca, server_hostname=endpoint.tls_server_name,
+                ca_cert_data=ca,
+                server_hostname=endpoint.tls_server_name,
                 timeout=REQUEST_TIMEOUT,
             )
         return pool
@@ -58,8 +61,9 @@ def _pool(endpoint: ClusterEndpoint) -> urllib3.PoolManager:
 class ScanClient:
     """A connection pool authenticated as one scan identity (its bearer token)."""
 
-    def __init__(self, endpoint: ClusterEndpoint, token: str, context: str,
-                 retries: urllib3.Retry | int = 5) -> None:
+    def __init__(
+        self, endpoint: ClusterEndpoint, token: str, context: str, retries: urllib3.Retry | int = 5
+    ) -> None:
         self.context = context
         self._server = endpoint.server.rstrip("/")
         self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
@@ -84,15 +88,20 @@ class ScanClient:
                 return pod_info(body)
             if status == 404:
                 raise TargetNotFound(
-                    f"pod {namespace}/{name} not found in context {self.context!r}")
+                    f"pod {namespace}/{name} not found in context {self.context!r}"
+                )
             delay = backoff(RBAC_PROPAGATION, attempt, rand=lambda: 0.0)
             if status not in (401, 403) or time.monotonic() + delay > deadline:
                 error = ClusterForbidden if status in (401, 403) else ClusterApiError
                 raise error(
                     f"context {self.context!r}: the scan identity could not read pod "
                     f"{namespace}/{name} (HTTP {status})"
-                    + (f" within {wait:g} s; RBAC may not have propagated, or an admission "
-                       "webhook changed its Role" if status in (401, 403) and wait else "")
+                    + (
+                        f" within {wait:g} s; RBAC may not have propagated, or an admission "
+                        "webhook changed its Role"
+                        if status in (401, 403) and wait
+                        else ""
+                    )
                 )
             time.sleep(delay)
             attempt += 1
@@ -113,4 +122,3 @@ class ScanClient:
             raise ClusterApiError(
                 f"context {self.context!r}: reading {what}: the API server sent no JSON"
             ) from None
-

@@ -59,8 +59,9 @@ class Transport:
     """JSON requests by resource path over the client library's connection pool (TLS,
     client certificate, proxy, `Retry`), authenticated by its `Configuration`."""
 
-    def __init__(self, cfg: Credentials, pool: urllib3.PoolManager,
-                 headers: Mapping[str, str]) -> None:
+    def __init__(
+        self, cfg: Credentials, pool: urllib3.PoolManager, headers: Mapping[str, str]
+    ) -> None:
         self._cfg = cfg
         # Read once: the library's `host` getter re-scans os.environ for proxies every time.
         self._host = cfg.host
@@ -81,8 +82,9 @@ class Transport:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
         url = self._host + path + (f"?{urlencode(query)}" if query else "")
-        resp = self._pool.request(method, url, body=data, headers=headers,
-                                  timeout=REQUEST_TIMEOUT, preload_content=True)
+        resp = self._pool.request(
+            method, url, body=data, headers=headers, timeout=REQUEST_TIMEOUT, preload_content=True
+        )
         if not 200 <= resp.status <= 299:
             raise HttpError(resp.status, resp.reason, resp.data)
         try:

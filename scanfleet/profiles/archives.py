@@ -65,6 +65,7 @@ class Vendoring:
 
 # -- the archive ------------------------------------------------------------------------
 
+
 def archive_suffix(path: Path, shown: str) -> str:
     """`.tar.gz` or `.zip`, by the file's magic bytes (URLs need not say)."""
     with path.open("rb") as f:
@@ -75,7 +76,8 @@ def archive_suffix(path: Path, shown: str) -> str:
         return ".zip"
     raise ProfileUnavailable(
         f"profile {shown} is not a .tar.gz or .zip profile archive; point the URL at an "
-        "archive (a git forge's archive link, for example)")
+        "archive (a git forge's archive link, for example)"
+    )
 
 
 def read_manifest(path: Path, suffix: str, shown: str) -> dict[str, Any]:
@@ -99,8 +101,11 @@ def _manifest_bytes(path: Path, suffix: str) -> bytes | None:
 
     if suffix == ".zip":
         with zipfile.ZipFile(path) as z:
-            zips = [i for i in z.infolist()
-                    if i.filename.rsplit("/", 1)[-1] == "inspec.yml" and depth(i.filename) <= 1]
+            zips = [
+                i
+                for i in z.infolist()
+                if i.filename.rsplit("/", 1)[-1] == "inspec.yml" and depth(i.filename) <= 1
+            ]
             if not zips:
                 return None
             info = min(zips, key=lambda i: depth(i.filename))
@@ -108,9 +113,14 @@ def _manifest_bytes(path: Path, suffix: str) -> bytes | None:
                 return None
             return z.read(info)
     with tarfile.open(path, "r:gz") as t:
-        found = [m for m in t.getmembers()
-                 if m.isfile() and m.name.rsplit("/", 1)[-1] == "inspec.yml"
-                 and depth(m.name) <= 1 and m.size <= MANIFEST_MAX_BYTES]
+        found = [
+            m
+            for m in t.getmembers()
+            if m.isfile()
+            and m.name.rsplit("/", 1)[-1] == "inspec.yml"
+            and depth(m.name) <= 1
+            and m.size <= MANIFEST_MAX_BYTES
+        ]
         if not found:
             return None
         f = t.extractfile(min(found, key=lambda m: depth(m.name)))
@@ -122,8 +132,9 @@ def remote_dependencies(manifest: Mapping[str, Any]) -> list[str]:
     depends = manifest.get("depends")
     out = []
     for dep in depends if isinstance(depends, list) else []:
-        if not isinstance(dep, dict) or ("path" in dep and not any(
-                k in dep for k in REMOTE_SOURCES)):
+        if not isinstance(dep, dict) or (
+            "path" in dep and not any(k in dep for k in REMOTE_SOURCES)
+        ):
             continue
         source = next((str(dep[k]) for k in REMOTE_SOURCES if k in dep), "supermarket")
         out.append(str(dep.get("name") or safe_url(source)))
@@ -131,6 +142,7 @@ def remote_dependencies(manifest: Mapping[str, Any]) -> list[str]:
 
 
 # -- vendoring --------------------------------------------------------------------------
+
 
 def vendor(archive: Path, suffix: str, work: Path, how: Vendoring, shown: str) -> Path:
     """Unpack, `$auditor vendor DIR --overwrite`, and re-archive deterministically."""
@@ -153,7 +165,8 @@ def _run(argv: list[str], env: Mapping[str, str], how: Vendoring, shown: str) ->
     except sandbox.ExecFailed as e:
         raise ProfileUnavailable(
             f"vendoring profile {shown}: auditor {how.auditor!r} cannot be run ({e}); "
-            "set SCANFLEET_AUDITOR") from None
+            "set SCANFLEET_AUDITOR"
+        ) from None
     except ScanError as e:  # the launcher could not start it
         raise ProfileUnavailable(f"vendoring profile {shown}: {e}") from None
     err = _StderrTail(proc.stderr)
@@ -161,13 +174,15 @@ def _run(argv: list[str], env: Mapping[str, str], how: Vendoring, shown: str) ->
         code = proc.wait(timeout=how.timeout)
     except subprocess.TimeoutExpired:
         raise ProfileUnavailable(
-            f"vendoring profile {shown} took longer than {how.timeout:g} s") from None
+            f"vendoring profile {shown} took longer than {how.timeout:g} s"
+        ) from None
     finally:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)  # on a timeout, and anything it left behind
     if code != 0:
         raise ProfileUnavailable(
-            f"vendoring profile {shown} failed (auditor exit {code}): {err.text()}")
+            f"vendoring profile {shown} failed (auditor exit {code}): {err.text()}"
+        )
 
 
 class _StderrTail:
@@ -218,9 +233,11 @@ def _unpack(archive: Path, suffix: str, dest: Path, limits: Limits, shown: str) 
 
 def deterministic_tar(root: Path, out: Path) -> None:
     """A tar.gz of `root`'s files and directories whose bytes depend on their content only."""
-    with out.open("wb") as raw, \
-            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
+    with (
+        out.open("wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar,
+    ):
         for path in sorted(root.rglob("*"), key=lambda p: p.relative_to(root).as_posix()):
             if path.is_symlink() or not (path.is_dir() or path.is_file()):
                 continue

@@ -87,14 +87,20 @@ class _HttpsRedirects(urllib.request.HTTPRedirectHandler):
         self.shown, self.origin, self.auth = shown, origin(start), auth
 
     def redirect_request(
-        self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
-        headers: http.client.HTTPMessage, newurl: str,
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: http.client.HTTPMessage,
+        newurl: str,
     ) -> urllib.request.Request | None:
         if urlsplit(newurl).scheme.lower() != "https":
             fp.close()
             raise ProfileUnavailable(
                 f"profile {self.shown} redirects to {safe_url(newurl)}: scanfleet follows "
-                "redirects only to https URLs")
+                "redirects only to https URLs"
+            )
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
         # newurl is https here, so an equal origin is the same https host and port.
         if new is not None and self.auth and origin(newurl) == self.origin:
@@ -147,8 +153,7 @@ def _save(response: IO[bytes], dest: Path, shown: str, limits: Limits, deadline:
     if length and length.isdigit() and int(length) > limits.max_bytes:
         raise ProfileUnavailable(_too_big(shown, limits))
     digest, size = hashlib.sha256(), 0
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600)
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "wb") as out:
         while chunk := response.read(_CHUNK):
             size += len(chunk)
@@ -157,12 +162,12 @@ def _save(response: IO[bytes], dest: Path, shown: str, limits: Limits, deadline:
             if time.monotonic() > deadline:
                 raise ProfileUnavailable(
                     f"downloading profile {shown} took longer than {limits.timeout:g} s "
-                    "(SCANFLEET_PROFILE_TIMEOUT)")
+                    "(SCANFLEET_PROFILE_TIMEOUT)"
+                )
             digest.update(chunk)
             out.write(chunk)
     return digest.hexdigest()
 
 
 def _too_big(shown: str, limits: Limits) -> str:
-    return (f"profile {shown} is larger than {limits.max_bytes} bytes "
-            "(SCANFLEET_PROFILE_MAX_BYTES)")
+    return f"profile {shown} is larger than {limits.max_bytes} bytes (SCANFLEET_PROFILE_MAX_BYTES)"

@@ -94,7 +94,8 @@ def fetch_config(settings: Settings, env: Mapping[str, str] | None = None) -> Fe
     return FetchConfig(
         auditor=settings.auditor,
         limits=Limits(settings.profile_max_bytes, float(settings.profile_timeout)),
-        cache_dir=settings.profile_cache, env=env,
+        cache_dir=settings.profile_cache,
+        env=env,
     )
 
 
@@ -113,8 +114,7 @@ def pin_for_scan(plan: RunPlan, pins: RunPins, record: Callable[[str], str]) -> 
     target gets that error as its result and no auditor runs."""
     if not is_remote(plan.profile):
         return plan
-    got = pins.profile(plan.run_id, plan.profile_url or plan.profile, plan.profile_sha256,
-                       record)
+    got = pins.profile(plan.run_id, plan.profile_url or plan.profile, plan.profile_sha256, record)
     return replace(plan, profile_sha256=got.sha256, profile_path=str(got.path))
 
 
@@ -145,7 +145,8 @@ class ProfileCache:
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
             raise ProfileUnavailable(
                 f"profile cache {root} is not a directory owned by this user; remove it or "
-                "set SCANFLEET_PROFILE_CACHE to a private directory")
+                "set SCANFLEET_PROFILE_CACHE to a private directory"
+            )
         if stat.S_IMODE(st.st_mode) != 0o700:
             os.chmod(root, 0o700)
         return cls(root)
@@ -205,8 +206,9 @@ def fetch(url: str, cache: ProfileCache, config: FetchConfig) -> LocalProfile:
             src = vendor(raw, suffix, work, how, shown)
             digest, suffix = file_sha256(src), ".tar.gz"
         path = cache.store(url, src, digest, suffix)
-    log.info("profile.fetched", profile=shown, sha256=digest, vendored=bool(remote),
-             dependencies=remote)
+    log.info(
+        "profile.fetched", profile=shown, sha256=digest, vendored=bool(remote), dependencies=remote
+    )
     return LocalProfile(path, digest, shown)
 
 
@@ -224,7 +226,10 @@ def fetch_for_run(profile: str, config: FetchConfig) -> LocalProfile | None:
 
 
 def pinned(
-    url: str, recorded: str | None, record: Callable[[str], str], config: FetchConfig,
+    url: str,
+    recorded: str | None,
+    record: Callable[[str], str],
+    config: FetchConfig,
     cache: ProfileCache | None = None,
 ) -> LocalProfile:
     """A fleet worker's profile for one scan, pinned to the run's digest.
@@ -240,12 +245,17 @@ def pinned(
     winner = recorded if recorded is not None else record(fetched.sha256)
     if winner != fetched.sha256:
         cache.discard(url, fetched.sha256)
-        log.warning("profile.mismatch", profile=fetched.url, run_sha256=winner,
-                    fetched_sha256=fetched.sha256)
+        log.warning(
+            "profile.mismatch",
+            profile=fetched.url,
+            run_sha256=winner,
+            fetched_sha256=fetched.sha256,
+        )
         raise ProfileMismatch(
             f"profile {fetched.url} now has sha256 {fetched.sha256}, but this run was pinned "
             f"to sha256 {winner} by its first fetch; refusing to scan with different bytes",
-            pinned=winner)
+            pinned=winner,
+        )
     return fetched
 
 
@@ -258,8 +268,9 @@ class RunPins:
         self._known: dict[str, str] = {}
         self._lock = threading.Lock()  # one fetch at a time in this process
 
-    def profile(self, run_id: str, url: str, recorded: str | None,
-                record: Callable[[str], str]) -> LocalProfile:
+    def profile(
+        self, run_id: str, url: str, recorded: str | None, record: Callable[[str], str]
+    ) -> LocalProfile:
         """`pinned` for one scan of `run_id`. Raises ProfileUnavailable, ProfileMismatch."""
         with self._lock:
             got = pinned(url, recorded or self._known.get(run_id), record, self.config)

@@ -21,10 +21,20 @@ from scanfleet.reports.common import (
 )
 
 # Markdown that would turn text into a link, an image, a mention or emphasis.
-_MD_INLINE = str.maketrans({
-    "[": "\\[", "]": "\\]", "(": "\\(", ")": "\\)", "!": "\\!", "*": "\\*",
-    "_": "\\_", "~": "\\~", "@": "&#64;", "#": "&#35;",
-})
+_MD_INLINE = str.maketrans(
+    {
+        "[": "\\[",
+        "]": "\\]",
+        "(": "\\(",
+        ")": "\\)",
+        "!": "\\!",
+        "*": "\\*",
+        "_": "\\_",
+        "~": "\\~",
+        "@": "&#64;",
+        "#": "&#35;",
+    }
+)
 
 
 def md_cell(value: object) -> str:

@@ -25,6 +25,7 @@ log = structlog.get_logger(__name__)
 
 PAGE_SIZE = 500
 
+
 @dataclass(frozen=True)
 class Entry:
     """A target to scan, with what the API said about it, or why it cannot be scanned."""
@@ -38,8 +39,11 @@ class Entry:
     """Targets with the same image ID that this entry's scan also answers (dedupe)."""
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {**self.target.to_dict(), "image": self.image,
-                             "image_id": self.image_id}
+        d: dict[str, Any] = {
+            **self.target.to_dict(),
+            "image": self.image,
+            "image_id": self.image_id,
+        }
         if self.error is not None:
             d["error"] = dict(self.error)
         return d
@@ -71,8 +75,7 @@ class Scope:
     def __post_init__(self) -> None:
         if not self.namespaces and not self.all_namespaces:
             raise BadInput(
-                "nothing to scan: give TARGET..., --targets-file, --namespace N or "
-                "--all-namespaces"
+                "nothing to scan: give TARGET..., --targets-file, --namespace N or --all-namespaces"
             )
         if self.namespaces and self.all_namespaces:
             raise BadInput("--namespace and --all-namespaces exclude each other")
@@ -135,9 +138,11 @@ def resolve(clients: ClientCache, targets: Iterable[Target], *, need_images: boo
             else:
                 out.setdefault(t, Entry(t))  # the scan itself reports the error
             continue
-        containers = pod.containers if t.container is None else [
-            c for c in pod.containers if c.name == t.container
-        ]
+        containers = (
+            pod.containers
+            if t.container is None
+            else [c for c in pod.containers if c.name == t.container]
+        )
         if t.container is not None and not containers:
             out.setdefault(t, Entry(t))  # the scan reports target_not_found
         for c in containers:
@@ -163,7 +168,8 @@ def dedupe_images(entries: Sequence[Entry]) -> list[Entry]:
             first[e.image_id] = len(out)
         out.append(e)
     return [
-        Entry(e.target, e.image, e.image_id, e.error, tuple(covers.get(i, ()))) if i in covers
+        Entry(e.target, e.image, e.image_id, e.error, tuple(covers.get(i, ())))
+        if i in covers
         else e
         for i, e in enumerate(out)
     ]
@@ -172,7 +178,5 @@ def dedupe_images(entries: Sequence[Entry]) -> list[Entry]:
 def covers_map(run_id: str, entries: Iterable[Entry]) -> dict[str, list[dict[str, Any]]]:
     """scan_id of a covering entry → the covered entries, as JSON-ready dicts."""
     return {
-        scan_id_for(run_id, e.target): [c.to_dict() for c in e.covers]
-        for e in entries
-        if e.covers
+        scan_id_for(run_id, e.target): [c.to_dict() for c in e.covers] for e in entries if e.covers
     }

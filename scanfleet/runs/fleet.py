@@ -59,8 +59,13 @@ def submit_run(
     if created is not None:
         created()  # `submit` prints the run id here: the run exists, nothing is queued yet
     if total == 0:
-        pipe = RunContext(ClientCache(""), store, LocalSlots(1),
-                        results_dir or fallback_results_dir, hooks=tuple(hooks))
+        pipe = RunContext(
+            ClientCache(""),
+            store,
+            LocalSlots(1),
+            results_dir or fallback_results_dir,
+            hooks=tuple(hooks),
+        )
         maybe_finalize(pipe, plan)
         return 0
     publish(plan.run_id, chunks(len(entries)))

@@ -60,8 +60,9 @@ def run_local(
         entries = dedupe_images(entries)
     total = sum(e.size() for e in entries)
     state = MemoryRunState(total, covers_map(plan.run_id, entries), progress)
-    pipe = RunContext(clients, state, LocalSlots(cluster_concurrency), results_dir, now,
-                    sandbox=sandbox)
+    pipe = RunContext(
+        clients, state, LocalSlots(cluster_concurrency), results_dir, now, sandbox=sandbox
+    )
     interrupted = _run_entries(pipe, plan, entries, concurrency)
     if interrupted is not None:
         _close_interrupted(pipe, plan, entries, interrupted)
@@ -118,10 +119,15 @@ def _close_interrupted(
             p = summary_path(out, scan_id)
             if not p.exists():
                 write_json(
-                    p, failed_before_scan(plan.run_id, t.target, interrupted, pipe.now(),
-                                  image=t.image, image_id=t.image_id,
-                                  profile_sha256=plan.profile_sha256)
+                    p,
+                    failed_before_scan(
+                        plan.run_id,
+                        t.target,
+                        interrupted,
+                        pipe.now(),
+                        image=t.image,
+                        image_id=t.image_id,
+                        profile_sha256=plan.profile_sha256,
+                    ),
                 )
             pipe.state.finish(plan.run_id, [(scan_id, "error")])
-
-

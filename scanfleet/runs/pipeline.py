@@ -65,8 +65,11 @@ def failed_before_scan(
 ) -> TargetSummary:
     """The summary of a target that failed before its scan could start."""
     summary = error_summary(
-        scan_id=scan_id_for(run_id, target), run_id=run_id,
-        target=target_doc(target.to_dict(), image, image_id), error=error, started_at=iso(now),
+        scan_id=scan_id_for(run_id, target),
+        run_id=run_id,
+        target=target_doc(target.to_dict(), image, image_id),
+        error=error,
+        started_at=iso(now),
         profile_sha256=profile_sha256,
     )
     # Messages go to result files and Redis: no credential, whatever raised them.
@@ -84,9 +87,7 @@ class RunState(Protocol):
 
     def covered(self, run_id: str, scan_id: str) -> list[dict[str, Any]]: ...
 
-    def finish(
-        self, run_id: str, outcomes: Sequence[tuple[str, str]]
-    ) -> tuple[int, int, int]: ...
+    def finish(self, run_id: str, outcomes: Sequence[tuple[str, str]]) -> tuple[int, int, int]: ...
 
     def begin_finalize(self, run_id: str, lock_seconds: int = 300) -> bool: ...
 
@@ -128,8 +129,12 @@ def run_target(pipe: RunContext, plan: RunPlan, target: Target) -> Scanned | Non
     with pipe.slots.slot(target.context, scan_id, rerun):
         pipe.state.mark_running(plan.run_id, scan_id)
         return scan_target(
-            pipe.clients, target, plan.run_id, plan.scan_options,
-            run_dir(pipe.results_dir, plan.run_id), now=pipe.now,
+            pipe.clients,
+            target,
+            plan.run_id,
+            plan.scan_options,
+            run_dir(pipe.results_dir, plan.run_id),
+            now=pipe.now,
         )
 
 
@@ -142,8 +147,9 @@ def complete(pipe: RunContext, plan: RunPlan, scanned: Scanned) -> TargetSummary
     """
     summary = scanned.summary
     if isinstance(scanned.error, ScanInterrupted):
-        write_json(summary_path(run_dir(pipe.results_dir, plan.run_id), summary["scan_id"]),
-                   summary)
+        write_json(
+            summary_path(run_dir(pipe.results_dir, plan.run_id), summary["scan_id"]), summary
+        )
         raise scanned.error
     record(pipe, plan, summary)
     return summary
@@ -153,8 +159,13 @@ def record_error(pipe: RunContext, plan: RunPlan, entry: Entry) -> TargetSummary
     """An entry that could not be resolved at submit time: its error is its result."""
     assert entry.error is not None
     summary = failed_before_scan(
-        plan.run_id, entry.target, entry.error, pipe.now(), image=entry.image,
-        image_id=entry.image_id, profile_sha256=plan.profile_sha256,
+        plan.run_id,
+        entry.target,
+        entry.error,
+        pipe.now(),
+        image=entry.image,
+        image_id=entry.image_id,
+        profile_sha256=plan.profile_sha256,
     )
     record(pipe, plan, summary)
     return summary
@@ -168,7 +179,8 @@ def record(pipe: RunContext, plan: RunPlan, summary: Mapping[str, Any]) -> None:
     for covered in pipe.state.covered(plan.run_id, str(summary["scan_id"])):
         e = Entry.from_dict(covered)
         cs = covered_summary(
-            summary, scan_id_for(plan.run_id, e.target),
+            summary,
+            scan_id_for(plan.run_id, e.target),
             target_doc(e.target.to_dict(), e.image, e.image_id),
         )
         write_json(summary_path(out, cs["scan_id"]), cs)
@@ -218,12 +230,14 @@ def record_failure(
 ) -> TargetSummary:
     """Last resort: an unexpected failure still gives the target a result, so the run ends."""
     error: ScanError | dict[str, str] = {
-        "kind": ErrorKind.API_ERROR, "message": f"scan failed: {type(exc).__name__}: {exc}"[:500]
+        "kind": ErrorKind.API_ERROR,
+        "message": f"scan failed: {type(exc).__name__}: {exc}"[:500],
     }
     if isinstance(exc, ScanError):
         error = exc
-    summary = failed_before_scan(plan.run_id, target, error, pipe.now(),
-                                 profile_sha256=plan.profile_sha256)
+    summary = failed_before_scan(
+        plan.run_id, target, error, pipe.now(), profile_sha256=plan.profile_sha256
+    )
     record(pipe, plan, summary)
     return summary
 

@@ -80,9 +80,15 @@ def recover_expired(
                 out.revoke_failed.append(scan_id)
             publish(run_id, target.to_dict())
             out.rerun.append(scan_id)
-            log.warning("scan.recovered", run_id=run_id, scan_id=scan_id, context=context,
-                        namespace=target.namespace, pod=target.pod,
-                        container=target.container)
+            log.warning(
+                "scan.recovered",
+                run_id=run_id,
+                scan_id=scan_id,
+                context=context,
+                namespace=target.namespace,
+                pod=target.pod,
+                container=target.container,
+            )
     return out
 
 
@@ -100,11 +106,11 @@ def _revoke(clients: ClientCache, target: Target, scan_id: str) -> bool:
         if why is not None:
             log.error("recovery.not_ours", scan_id=scan_id, object=name, reason=why)
             return False
-        return revoke(kube, target.namespace, name, uids={"ServiceAccount": obj["uid"]}) \
-            == "complete"
+        return (
+            revoke(kube, target.namespace, name, uids={"ServiceAccount": obj["uid"]}) == "complete"
+        )
     except ScanfleetError as e:
-        log.error("recovery.revoke_failed", scan_id=scan_id, context=target.context,
-                  error=str(e))
+        log.error("recovery.revoke_failed", scan_id=scan_id, context=target.context, error=str(e))
         return False
 
 
@@ -114,8 +120,9 @@ class Watcher:
     Every exception of a pass is logged and the next pass runs on time: a Redis restart
     or an unreachable cluster must not end recovery for the worker's lifetime."""
 
-    def __init__(self, check: Callable[[], object], interval: float,
-                 name: str = "scanfleet-recovery") -> None:
+    def __init__(
+        self, check: Callable[[], object], interval: float, name: str = "scanfleet-recovery"
+    ) -> None:
         self.check = check
         self.interval = max(0.5, interval)
         self._stop = threading.Event()

@@ -94,8 +94,11 @@ def _syscall(*args: object) -> int:
 
 
 def _prctl(option: int, arg: int = 0) -> int:
-    return int(_libc.prctl(option, ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0),
-                           ctypes.c_ulong(0)))
+    return int(
+        _libc.prctl(
+            option, ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)
+        )
+    )
 
 
 def make_non_dumpable() -> None:
@@ -136,8 +139,10 @@ def _add_path(ruleset: int, path: str, rights: int) -> None:
         if not stat.S_ISDIR(os.fstat(fd).st_mode):
             rights &= FILE_RIGHTS
         attr = _PathBeneath(rights, fd)
-        _check(_syscall(SYS_ADD_RULE, ruleset, RULE_PATH_BENEATH, ctypes.byref(attr), 0),
-               f"landlock_add_rule {path!r}")
+        _check(
+            _syscall(SYS_ADD_RULE, ruleset, RULE_PATH_BENEATH, ctypes.byref(attr), 0),
+            f"landlock_add_rule {path!r}",
+        )
     finally:
         os.close(fd)
 
@@ -148,8 +153,10 @@ def landlock(policy: dict[str, object], abi: int) -> None:
     net = NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 else 0
     scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0
     attr = _RulesetAttr(fs, net, scoped)
-    ruleset = _check(_syscall(SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.sizeof(attr), 0),
-                     "landlock_create_ruleset")
+    ruleset = _check(
+        _syscall(SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.sizeof(attr), 0),
+        "landlock_create_ruleset",
+    )
     try:
         for path in policy.get("read", []):  # type: ignore[attr-defined]
             _add_path(ruleset, str(path), READ_RIGHTS & fs)
@@ -158,8 +165,10 @@ def landlock(policy: dict[str, object], abi: int) -> None:
         if net:
             for port in policy.get("connect", []):  # type: ignore[attr-defined]
                 rule = _NetPort(NET_CONNECT_TCP, int(port))
-                _check(_syscall(SYS_ADD_RULE, ruleset, RULE_NET_PORT, ctypes.byref(rule), 0),
-                       f"landlock_add_rule port {port}")
+                _check(
+                    _syscall(SYS_ADD_RULE, ruleset, RULE_NET_PORT, ctypes.byref(rule), 0),
+                    f"landlock_add_rule port {port}",
+                )
         _no_new_privs()  # restrict_self needs it (idempotent)
         _check(_syscall(SYS_RESTRICT_SELF, ruleset, 0), "landlock_restrict_self")
     finally:
@@ -186,8 +195,10 @@ def drop_capabilities() -> None:
     data = (_CapData * 2)()
     _check(int(_libc.capset(ctypes.byref(header), data)), "capset")
     if bounding_kept and (os.geteuid() == 0 or os.getuid() == 0):
-        raise SandboxError("running as root without CAP_SETPCAP: the capability bounding set "
-                           "cannot be emptied, so exec would restore capabilities")
+        raise SandboxError(
+            "running as root without CAP_SETPCAP: the capability bounding set "
+            "cannot be emptied, so exec would restore capabilities"
+        )
 
 
 def _no_new_privs() -> None:

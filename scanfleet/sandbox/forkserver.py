@@ -103,8 +103,9 @@ class Server:
 
     def _request(self) -> bool:
         try:
-            data, fds, _flags, _addr = socket.recv_fds(self.sock, MAX_MESSAGE, FDS_PER_SPAWN,
-                                                       socket.MSG_CMSG_CLOEXEC)
+            data, fds, _flags, _addr = socket.recv_fds(
+                self.sock, MAX_MESSAGE, FDS_PER_SPAWN, socket.MSG_CMSG_CLOEXEC
+            )
         except ConnectionError:
             return False
         if not data:
@@ -114,11 +115,23 @@ class Server:
         try:
             msg = json.loads(data)
             if msg.get("op") == "info":
-                self._send({"id": msg.get("id"), "event": "info", "pid": self.pid,
-                            "dumpable": confine.is_dumpable()})
+                self._send(
+                    {
+                        "id": msg.get("id"),
+                        "event": "info",
+                        "pid": self.pid,
+                        "dumpable": confine.is_dumpable(),
+                    }
+                )
             elif len(fds) != FDS_PER_SPAWN:
-                self._send({"id": msg.get("id"), "event": "failed", "kind": "sandbox",
-                            "detail": "spawn request without its three descriptors"})
+                self._send(
+                    {
+                        "id": msg.get("id"),
+                        "event": "failed",
+                        "kind": "sandbox",
+                        "detail": "spawn request without its three descriptors",
+                    }
+                )
             else:
                 self._spawn(msg, fds)
         finally:
@@ -133,8 +146,14 @@ class Server:
         except OSError as e:
             os.close(rfd)
             os.close(wfd)
-            self._send({"id": msg["id"], "event": "failed", "kind": "sandbox",
-                        "detail": f"fork: {e.strerror}"})
+            self._send(
+                {
+                    "id": msg["id"],
+                    "event": "failed",
+                    "kind": "sandbox",
+                    "detail": f"fork: {e.strerror}",
+                }
+            )
             return
         if pid == 0:
             child(msg, fds, wfd, self.pid)  # never returns
@@ -218,8 +237,14 @@ def child(msg: dict[str, Any], fds: list[int], errfd: int, launcher: int) -> Non
         os._exit(EXIT_SANDBOX)
 
 
-def _exec(argv: list[str], env: dict[str, str], cwd: str, policy: dict[str, object],
-          errfd: int, launcher: int) -> None:
+def _exec(
+    argv: list[str],
+    env: dict[str, str],
+    cwd: str,
+    policy: dict[str, object],
+    errfd: int,
+    launcher: int,
+) -> None:
     try:
         os.chdir(cwd)
     except OSError as e:

@@ -61,10 +61,29 @@ SYSTEM_READ = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin")
 # /etc, entry by entry: what a Ruby CLI, OpenSSL, glibc's resolver and kubectl read. Not
 # the rest (shadow, ssh host keys, sudoers, kubernetes/, machine-id, ...).
 ETC_READ = (
-    "resolv.conf", "hosts", "host.conf", "nsswitch.conf", "gai.conf", "services",
-    "protocols", "passwd", "group", "localtime", "timezone", "ld.so.cache", "ld.so.conf",
-    "ld.so.conf.d", "ssl", "pki", "ca-certificates", "ca-certificates.conf",
-    "crypto-policies", "gemrc", "mime.types", "os-release", "alternatives",
+    "resolv.conf",
+    "hosts",
+    "host.conf",
+    "nsswitch.conf",
+    "gai.conf",
+    "services",
+    "protocols",
+    "passwd",
+    "group",
+    "localtime",
+    "timezone",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "ssl",
+    "pki",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "crypto-policies",
+    "gemrc",
+    "mime.types",
+    "os-release",
+    "alternatives",
 )
 DEV_READ = ("/dev/urandom", "/dev/random", "/dev/zero")
 DEV_WRITE = ("/dev/null",)
@@ -89,8 +108,13 @@ class Policy:
     drop_privileges: bool = True
 
     def to_dict(self) -> dict[str, object]:
-        return {"landlock": self.landlock, "read": list(self.read), "write": list(self.write),
-                "connect": list(self.connect), "drop_privileges": self.drop_privileges}
+        return {
+            "landlock": self.landlock,
+            "read": list(self.read),
+            "write": list(self.write),
+            "connect": list(self.connect),
+            "drop_privileges": self.drop_privileges,
+        }
 
 
 @dataclass(frozen=True)
@@ -141,8 +165,11 @@ def activate(config: SandboxSettings) -> str:
     """`mode_label`, plus the warning every scan logs when the sandbox is off or partial."""
     mode = mode_label(config)
     if not config.enabled:
-        log.warning("sandbox.off", reason=f"{SANDBOX_ENV}=off: the auditor runs unconfined, "
-                    "with everything the worker can reach")
+        log.warning(
+            "sandbox.off",
+            reason=f"{SANDBOX_ENV}=off: the auditor runs unconfined, "
+            "with everything the worker can reach",
+        )
     elif missing := gaps(abi_version()):
         log.warning("sandbox.partial", sandbox=mode, not_enforced=missing)
     return mode
@@ -216,8 +243,9 @@ def spawn(policy: Policy, argv: Sequence[str], env: Mapping[str, str]) -> Audito
             raise ExecFailed(detail) from None
         raise SandboxUnavailable(f"the auditor sandbox could not be applied: {detail}") from None
     except launcher_client.LauncherLost as e:
-        raise AuditorFailed(f"{e}; the scan was not run (the next one starts a new "
-                            "launcher)") from None
+        raise AuditorFailed(
+            f"{e}; the scan was not run (the next one starts a new launcher)"
+        ) from None
     except OSError as e:  # the launcher itself cannot be started or spoken to
         raise SandboxUnavailable(f"the auditor launcher cannot be run: {e}") from e
 
@@ -235,13 +263,18 @@ class Scan:
     extra_args: Sequence[str] = ()
 
 
-def build_policy(config: SandboxSettings, scan: Scan, env: Mapping[str, str],
-                 worker_env: Mapping[str, str]) -> Policy:
+def build_policy(
+    config: SandboxSettings, scan: Scan, env: Mapping[str, str], worker_env: Mapping[str, str]
+) -> Policy:
     """The policy of one scan. `env` is the auditor's environment, `worker_env` ours."""
     if not config.enabled:
         return Policy(landlock=False, drop_privileges=False)
-    read = [str(scan.kubeconfig), *_auditor_dirs(scan.executable, env),
-            *_local_inputs(scan), *map(str, config.allow_read)]
+    read = [
+        str(scan.kubeconfig),
+        *_auditor_dirs(scan.executable, env),
+        *_local_inputs(scan),
+        *map(str, config.allow_read),
+    ]
     kubectl = _which_kubectl(env.get("PATH"))
     if kubectl:
         read.append(kubectl)
@@ -328,12 +361,16 @@ def _url_port(url: str) -> set[int]:
     return {port} if port else set()
 
 
-def _refuse_exposure(policy: Policy, config: SandboxSettings, scan: Scan,
-                     worker_env: Mapping[str, str]) -> None:
+def _refuse_exposure(
+    policy: Policy, config: SandboxSettings, scan: Scan, worker_env: Mapping[str, str]
+) -> None:
     """Refuse a policy whose rules would expose a protected path or another scan."""
     home = Path(worker_env.get("HOME") or os.path.expanduser("~"))
-    guarded = [*config.protect, home / ".kube",
-               *(Path(p) for p in worker_env.get("KUBECONFIG", "").split(os.pathsep) if p)]
+    guarded = [
+        *config.protect,
+        home / ".kube",
+        *(Path(p) for p in worker_env.get("KUBECONFIG", "").split(os.pathsep) if p),
+    ]
     not_contained = [Path(tempfile.gettempdir()), scan.results_dir]
     if home != Path("/"):
         not_contained.append(home)
@@ -346,12 +383,14 @@ def _refuse_exposure(policy: Policy, config: SandboxSettings, scan: Scan,
             if rule == g or _below(rule, g) or _below(g, rule):
                 raise SandboxUnavailable(
                     f"sandbox {how} rule {rule} would expose the protected path {g}; "
-                    f"narrow {ALLOW_READ_ENV}/{ALLOW_WRITE_ENV} or move the file")
+                    f"narrow {ALLOW_READ_ENV}/{ALLOW_WRITE_ENV} or move the file"
+                )
         for c in contained_real:
             if rule == c or _below(c, rule):
                 raise SandboxUnavailable(
                     f"sandbox {how} rule {rule} would contain {c} (other scans, results "
-                    "or the worker's home); allow narrower paths")
+                    "or the worker's home); allow narrower paths"
+                )
 
 
 def _below(path: str, root: str) -> bool:

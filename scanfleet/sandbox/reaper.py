@@ -55,8 +55,7 @@ def hold(private_dir: Path) -> Iterator[None]:
 def record_auditor(private_dir: Path, pid: int) -> None:
     """Note the auditor's session (its pid) and start time for a later reaper."""
     start = start_time(pid)
-    fd = os.open(private_dir / RECORD, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
-                 0o600)
+    fd = os.open(private_dir / RECORD, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(f"{pid} {start if start is not None else -1}\n")
 

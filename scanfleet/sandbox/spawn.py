@@ -113,8 +113,12 @@ class _Connection:
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", str(SERVER), str(theirs.fileno())],
-                env={}, cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                pass_fds=(theirs.fileno(),), start_new_session=True,
+                env={},
+                cwd="/",
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+                start_new_session=True,
             )
         except BaseException:
             ours.close()
@@ -126,12 +130,12 @@ class _Connection:
         self.lock = threading.Lock()  # the pending table and `dead`
         self.send_lock = threading.Lock()
         self.pending: dict[int, AuditorProcess] = {}
-        self.reader = threading.Thread(target=self._read, name="scanfleet-launcher",
-                                       daemon=True)
+        self.reader = threading.Thread(target=self._read, name="scanfleet-launcher", daemon=True)
         self.reader.start()
 
-    def send(self, msg_id: int, handle: AuditorProcess, msg: dict[str, Any],
-             fds: Sequence[int]) -> bool:
+    def send(
+        self, msg_id: int, handle: AuditorProcess, msg: dict[str, Any], fds: Sequence[int]
+    ) -> bool:
         """Register `handle` and send; False if the launcher is gone (nothing was sent)."""
         with self.lock:
             if self.dead:
@@ -236,8 +240,9 @@ class Launcher:
         conn = self._conn
         return conn.proc.pid if conn is not None and not conn.dead else None
 
-    def spawn(self, argv: Sequence[str], env: Mapping[str, str], cwd: str,
-              policy: Mapping[str, object]) -> AuditorProcess:
+    def spawn(
+        self, argv: Sequence[str], env: Mapping[str, str], cwd: str, policy: Mapping[str, object]
+    ) -> AuditorProcess:
         """Start `argv` confined by `policy`; return once it has exec'd.
 
         stdin and stdout are /dev/null, stderr a pipe (`.stderr`). Raises SpawnFailed,
@@ -246,9 +251,17 @@ class Launcher:
         rfd, wfd = os.pipe()
         handle = AuditorProcess(os.fdopen(rfd, "rb", buffering=0))
         try:
-            self._request(handle, {"op": "spawn", "argv": list(argv), "env": dict(env),
-                                   "cwd": cwd, "policy": dict(policy)},
-                          (self._devnull, self._devnull, wfd))
+            self._request(
+                handle,
+                {
+                    "op": "spawn",
+                    "argv": list(argv),
+                    "env": dict(env),
+                    "cwd": cwd,
+                    "policy": dict(policy),
+                },
+                (self._devnull, self._devnull, wfd),
+            )
         except BaseException:
             assert handle.stderr is not None
             handle.stderr.close()
@@ -265,8 +278,7 @@ class Launcher:
             raise LauncherLost("the launcher did not answer")
         return handle._reply
 
-    def _request(self, handle: AuditorProcess, msg: dict[str, Any],
-                 fds: Sequence[int]) -> None:
+    def _request(self, handle: AuditorProcess, msg: dict[str, Any], fds: Sequence[int]) -> None:
         for _ in range(2):  # a launcher found dead at send time is restarted once
             msg["id"] = next(self._ids)
             handle._retry(msg["id"])
@@ -277,8 +289,9 @@ class Launcher:
     def _await_start(self, handle: AuditorProcess) -> AuditorProcess:
         try:
             if not handle._started.wait(_START_TIMEOUT_S):
-                raise LauncherLost(f"the launcher did not start the auditor in "
-                                   f"{_START_TIMEOUT_S:g} s")
+                raise LauncherLost(
+                    f"the launcher did not start the auditor in {_START_TIMEOUT_S:g} s"
+                )
         except BaseException:
             handle._abandon()
             raise
@@ -288,8 +301,9 @@ class Launcher:
         assert handle.stderr is not None
         handle.stderr.close()
         if reply.get("event") == "lost":
-            raise LauncherLost(f"the auditor launcher exited (code {reply.get('code')}) "
-                               "before the auditor started")
+            raise LauncherLost(
+                f"the auditor launcher exited (code {reply.get('code')}) before the auditor started"
+            )
         raise SpawnFailed(str(reply.get("kind") or "sandbox"), str(reply.get("detail", "")))
 
     def close(self) -> None:

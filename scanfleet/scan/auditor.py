@@ -81,19 +81,41 @@ _POLL_MAX_S = 0.05
 # holds things the auditor must not reach: the admin KUBECONFIG, the broker URL (may carry
 # a Redis password), cloud credentials (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, AZURE_*),
 # tokens of any kind.
-_ENV_ALLOW_NAMES = frozenset({
-    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "TZ",
-    "LANG", "LANGUAGE", "TMPDIR", "TMP", "TEMP",
-    # Reaching the API server through a corporate proxy / custom CA bundle.
-    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
-    "SSL_CERT_FILE", "SSL_CERT_DIR",
-    # Ruby gem locations (where the train-k8s-container plugin may live).
-    "GEM_HOME", "GEM_PATH",
-})
+_ENV_ALLOW_NAMES = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "TERM",
+        "TZ",
+        "LANG",
+        "LANGUAGE",
+        "TMPDIR",
+        "TMP",
+        "TEMP",
+        # Reaching the API server through a corporate proxy / custom CA bundle.
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        # Ruby gem locations (where the train-k8s-container plugin may live).
+        "GEM_HOME",
+        "GEM_PATH",
+    }
+)
 _ENV_ALLOW_PREFIXES = (
     "LC_",
     # CINC / InSpec / Train settings (e.g. CHEF_LICENSE, INSPEC_CONFIG_DIR).
-    "CINC_", "INSPEC_", "CHEF_", "TRAIN_",
+    "CINC_",
+    "INSPEC_",
+    "CHEF_",
+    "TRAIN_",
     # Behaviour switches of the test stand-in (scanfleet/testing/standin/cinc-auditor): paths and
     # numbers, never credentials.
     "SCANFLEET_STANDIN_",
@@ -221,8 +243,9 @@ def run_auditor(
     """
     if timeout <= 0:
         raise ValueError(f"timeout must be positive, got {timeout!r}")
-    launch = _prepare(auditor, profile, target, report_path, kubeconfig, input_files,
-                      extra_args, env)
+    launch = _prepare(
+        auditor, profile, target, report_path, kubeconfig, input_files, extra_args, env
+    )
     with sandbox_reap.hold(kubeconfig.parent):
         started = time.monotonic()
         try:
@@ -230,15 +253,21 @@ def run_auditor(
         except sandbox.ExecFailed as e:
             raise AuditorMissing(_missing_message(auditor, str(e))) from e
         sandbox_reap.record_auditor(kubeconfig.parent, proc.pid)
-        log.info("auditor.started", pid=proc.pid, argv=launch.argv, sandbox=launch.mode,
-                 kubeconfig_path=str(kubeconfig))
-        exit_code, stderr_tail = _supervise(proc, target, started + timeout, timeout,
-                                            kill_grace)
+        log.info(
+            "auditor.started",
+            pid=proc.pid,
+            argv=launch.argv,
+            sandbox=launch.mode,
+            kubeconfig_path=str(kubeconfig),
+        )
+        exit_code, stderr_tail = _supervise(proc, target, started + timeout, timeout, kill_grace)
         duration = time.monotonic() - started
         log.info("auditor.finished", pid=proc.pid, exit_code=exit_code, duration_s=duration)
         if proc.lost:
-            raise AuditorFailed("the auditor launcher exited during the audit and the "
-                                "auditor was killed with it; the next scan starts a new one")
+            raise AuditorFailed(
+                "the auditor launcher exited during the audit and the "
+                "auditor was killed with it; the next scan starts a new one"
+            )
         if exit_code not in COMPLETED_EXIT_CODES:
             how = f" (killed by {signal_name(-exit_code)})" if exit_code < 0 else ""
             raise AuditorFailed(f"auditor exited with code {exit_code}{how}: {stderr_tail}")
@@ -261,8 +290,13 @@ class _Launch:
 
 
 def _prepare(
-    auditor: str, profile: str, target: Target, report_path: Path, kubeconfig: Path,
-    input_files: Sequence[Path | str], extra_args: Sequence[str],
+    auditor: str,
+    profile: str,
+    target: Target,
+    report_path: Path,
+    kubeconfig: Path,
+    input_files: Sequence[Path | str],
+    extra_args: Sequence[str],
     env: Mapping[str, str] | None,
 ) -> _Launch:
     """Sandbox mode, private work dir, argv, environment and policy of one audit."""
@@ -274,8 +308,9 @@ def _prepare(
     executable = shutil.which(auditor, path=child_env.get("PATH", os.defpath))
     if executable is None:
         raise AuditorMissing(_missing_message(auditor, "No such file or directory"))
-    scan = sandbox.Scan(executable, profile, kubeconfig, work, report_path.parent,
-                        input_files, extra_args)
+    scan = sandbox.Scan(
+        executable, profile, kubeconfig, work, report_path.parent, input_files, extra_args
+    )
     policy = sandbox.build_policy(config, scan, child_env, process_environment())
     return _Launch(argv, child_env, policy, work, mode)
 
@@ -288,7 +323,10 @@ def _missing_message(auditor: str, why: str) -> str:
 
 
 def _supervise(
-    proc: AuditorProcess, target: Target, deadline: float, timeout: float,
+    proc: AuditorProcess,
+    target: Target,
+    deadline: float,
+    timeout: float,
     kill_grace: float,
 ) -> tuple[int, str]:
     """Wait for the auditor; its exit code and redacted stderr tail. The group never

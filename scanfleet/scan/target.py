@@ -88,22 +88,32 @@ def scan_target(
     found = _Progress()
     error: ScanError | None = None
     with structlog.contextvars.bound_contextvars(
-        run_id=run_id, scan_id=scan_id, context=target.context, namespace=target.namespace,
-        pod=target.pod, container=target.container,
+        run_id=run_id,
+        scan_id=scan_id,
+        context=target.context,
+        namespace=target.namespace,
+        pod=target.pod,
+        container=target.container,
     ):
         log.info("scan.started", profile=options.profile)
         try:
-            _audit(_admin(clients, target), target, scan_id, run_id, options, out_dir, found,
-                   started)
+            _audit(
+                _admin(clients, target), target, scan_id, run_id, options, out_dir, found, started
+            )
         except ScanError as e:
             error = e
-        summary = _summary(scan_id, run_id, target, options, found, error, started, now(),
-                           time.monotonic() - t0)
+        summary = _summary(
+            scan_id, run_id, target, options, found, error, started, now(), time.monotonic() - t0
+        )
         if error is not None:
             log.warning("scan.error", kind=error.kind, error=str(error), cleanup=found.cleanup)
         else:
-            log.info("scan.finished", compliance=summary["compliance"],
-                     threshold_passed=summary["threshold"]["passed"], cleanup=found.cleanup)
+            log.info(
+                "scan.finished",
+                compliance=summary["compliance"],
+                threshold_passed=summary["threshold"]["passed"],
+                cleanup=found.cleanup,
+            )
     return Scanned(summary, error)
 
 
@@ -130,16 +140,27 @@ def _audit(
     identity = None
     try:
         with scan_identity(
-            kube, target, scan_id, run_id, ttl=options.token_ttl, now=started,
+            kube,
+            target,
+            scan_id,
+            run_id,
+            ttl=options.token_ttl,
+            now=started,
             min_lifetime=options.timeout + MINT_MARGIN,
         ) as identity:
             assert identity.pod is not None  # read with the scan's token: the access check
             _check_pod(identity.pod, target, found)
             try:
                 run_auditor(
-                    options.auditor, options.profile, target, report, identity.kubeconfig,
-                    input_files=options.input_files, extra_args=options.extra_args,
-                    timeout=options.timeout, kill_grace=options.kill_grace,
+                    options.auditor,
+                    options.profile,
+                    target,
+                    report,
+                    identity.kubeconfig,
+                    input_files=options.input_files,
+                    extra_args=options.extra_args,
+                    timeout=options.timeout,
+                    kill_grace=options.kill_grace,
                 )
             except (AuditorFailed, ScanTimeout, InvalidReport) as e:
                 # Was it still the same pod? A replaced pod is not this auditor's failure.
@@ -185,18 +206,30 @@ def _summary(
     doc = target_doc(target.to_dict(), found.image, found.image_id)
     if error is not None or found.counts is None:
         return error_summary(
-            scan_id=scan_id, run_id=run_id, target=doc,
+            scan_id=scan_id,
+            run_id=run_id,
+            target=doc,
             error=error or InvalidReport("the scan produced no counts"),
-            started_at=iso(started), finished_at=iso(finished), duration_s=duration,
-            cleanup=found.cleanup, profile_sha256=options.profile_sha256,
+            started_at=iso(started),
+            finished_at=iso(finished),
+            duration_s=duration,
+            cleanup=found.cleanup,
+            profile_sha256=options.profile_sha256,
         )
     threshold: ThresholdDoc = {"passed": None, "failures": []}
     if options.threshold is not None:
         failures = options.threshold.evaluate(found.counts, found.ids or {})
         threshold = {"passed": not failures, "failures": failures}
     return scanned_summary(
-        scan_id=scan_id, run_id=run_id, target=doc, started_at=iso(started),
-        finished_at=iso(finished), duration_s=duration, cleanup=found.cleanup,
-        counts=found.counts, ids=found.ids or {}, threshold=threshold,
+        scan_id=scan_id,
+        run_id=run_id,
+        target=doc,
+        started_at=iso(started),
+        finished_at=iso(finished),
+        duration_s=duration,
+        cleanup=found.cleanup,
+        counts=found.counts,
+        ids=found.ids or {},
+        threshold=threshold,
         profile_sha256=options.profile_sha256,
     )

@@ -29,13 +29,16 @@ def _login_final(backoff: Any, attempts: int) -> Retry:
 
     class LoginFinal(Retry):
         def call_with_retry(
-            self, do: Callable[[], T], fail: Callable[..., Any],
+            self,
+            do: Callable[[], T],
+            fail: Callable[..., Any],
             is_retryable: Callable[[Exception], bool] | None = None,
             with_failure_count: bool = False,
         ) -> T:
             def retryable(e: Exception) -> bool:
                 return not isinstance(e, AuthenticationError) and (
-                    is_retryable is None or is_retryable(e))
+                    is_retryable is None or is_retryable(e)
+                )
 
             return super().call_with_retry(do, fail, retryable, with_failure_count)
 
@@ -87,9 +90,7 @@ class guarded:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: object
-    ) -> None:
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: object) -> None:
         if e is not None and _is_login_refused(e):
             raise StoreUnavailable(
                 f"Redis: {self.what}: the broker refused scanfleet's credentials "
@@ -97,9 +98,7 @@ class guarded:
                 "SCANFLEET_BROKER_URL_FILE)"
             ) from e
         if e is not None and _is_redis_error(e):
-            raise StoreUnavailable(
-                f"Redis: {self.what}: {type(e).__name__}: {str(e)[:200]}"
-            ) from e
+            raise StoreUnavailable(f"Redis: {self.what}: {type(e).__name__}: {str(e)[:200]}") from e
 
 
 def _is_login_refused(e: BaseException) -> bool:

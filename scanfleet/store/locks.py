@@ -82,8 +82,14 @@ class SweepLock:
 
     def bind(self, sweep: str, token: str, run_id: str, ttl: int) -> bool:
         """Replace our pending token with the run id, for the run's lifetime (ttl backstop)."""
-        return bool(call("binding a sweep lock", self._swap, keys=[self.key(sweep)],
-                         args=[token, run_id, ttl]))
+        return bool(
+            call(
+                "binding a sweep lock",
+                self._swap,
+                keys=[self.key(sweep)],
+                args=[token, run_id, ttl],
+            )
+        )
 
     def release(self, sweep: str, token: str) -> None:
         call("releasing a sweep lock", self._swap, keys=[self.key(sweep)], args=[token, "", 0])

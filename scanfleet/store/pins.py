@@ -48,5 +48,4 @@ def record_profile_digest(store: RunStore, run_id: str, sha256: str) -> str:
     with guarded("recording the profile digest"):
         # redis-py's stub types the callable as returning None; value_from_callable returns
         # what it returns.
-        return cast(str, store.r.transaction(
-            txn, key, value_from_callable=True))  # type: ignore[arg-type]
+        return cast(str, store.r.transaction(txn, key, value_from_callable=True))  # type: ignore[arg-type]

@@ -83,7 +83,9 @@ end
 # Renew our lease. Our owner record gone or replaced: the lease expired and recovery
 # claimed it (-1). If it had expired and been dropped (a long pause) but nobody claimed
 # it, take a slot again only if one is free: never renew past the cap. 1 held, 0 lost.
-_RENEW = _OURS + """
+_RENEW = (
+    _OURS
+    + """
 if not ours() then return -1 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -96,14 +98,18 @@ if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
 return 1
 """
+)
 
 # Release our lease and its owner record; 0 if they are no longer ours (claimed).
-_RELEASE = _OURS + """
+_RELEASE = (
+    _OURS
+    + """
 if not ours() then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[3])
 redis.call('HDEL', KEYS[2], ARGV[3])
 return 1
 """
+)
 
 # KEYS: lease set, owner records. Take every record whose lease expired (or was dropped
 # as expired by another acquisition): {scan_id, record, ...}, each to one caller only.
@@ -153,32 +159,44 @@ class RedisSlots:
         p = self.store.prefix
         return [self.store.lease_key(context), f"{p}:rerun:{context}", f"{p}:lease-contexts"]
 
-    def try_acquire(self, context: str, scan_id: str, token: str = "",
-                    rerun: Mapping[str, Any] | None = None) -> int:
+    def try_acquire(
+        self, context: str, scan_id: str, token: str = "", rerun: Mapping[str, Any] | None = None
+    ) -> int:
         record = f"{token}\n{json.dumps(dict(rerun or {}), separators=(',', ':'))}"
         return int(
-            call("acquiring a cluster slot", self._acquire, keys=self._keys(context),
-                 args=[self.cap, self.lease_seconds, scan_id, self.store.ttl, record, context])
+            call(
+                "acquiring a cluster slot",
+                self._acquire,
+                keys=self._keys(context),
+                args=[self.cap, self.lease_seconds, scan_id, self.store.ttl, record, context],
+            )
         )
 
     def renew(self, context: str, scan_id: str, token: str = "") -> int:
         """1 held, 0 lost to the cap, -1 claimed by recovery (the lease had expired)."""
         return int(
-            call("renewing a cluster slot", self._renew, keys=self._keys(context)[:2],
-                 args=[self.cap, self.lease_seconds, scan_id, f"{token}\n"])
+            call(
+                "renewing a cluster slot",
+                self._renew,
+                keys=self._keys(context)[:2],
+                args=[self.cap, self.lease_seconds, scan_id, f"{token}\n"],
+            )
         )
 
     def release(self, context: str, scan_id: str, token: str = "") -> bool:
         """Drop our lease and its owner record; False if recovery had claimed them."""
         return bool(
-            call("releasing a cluster slot", self._release, keys=self._keys(context)[:2],
-                 args=[self.cap, self.lease_seconds, scan_id, f"{token}\n"])
+            call(
+                "releasing a cluster slot",
+                self._release,
+                keys=self._keys(context)[:2],
+                args=[self.cap, self.lease_seconds, scan_id, f"{token}\n"],
+            )
         )
 
     def lease_contexts(self) -> list[str]:
         """Contexts whose leases carry owner records (what `claim_expired` looks at)."""
-        members = call("reading lease contexts", self.store.r.smembers,
-                       self._keys("")[2])
+        members = call("reading lease contexts", self.store.r.smembers, self._keys("")[2])
         return sorted(str(m) for m in members)
 
     def claim_expired(self, context: str) -> list[tuple[str, dict[str, Any]]]:
@@ -199,8 +217,13 @@ class RedisSlots:
         """Scan ids holding a live lease on a context (for status and tests)."""
         now = call("reading the server time", self.store.r.time)
         t = float(now[0]) + float(now[1]) / 1e6
-        members = call("reading cluster slots", self.store.r.zrangebyscore,
-                       self.store.lease_key(context), t, "+inf")
+        members = call(
+            "reading cluster slots",
+            self.store.r.zrangebyscore,
+            self.store.lease_key(context),
+            t,
+            "+inf",
+        )
         return [str(m) for m in members]
 
     @contextmanager
@@ -220,14 +243,14 @@ class RedisSlots:
             if got == -1:
                 raise SlotBusy(f"scan {scan_id} is already running on another worker")
             if time.monotonic() >= deadline:
-                raise NoSlot(
-                    f"context {context!r} is at its concurrency cap ({self.cap} scans)"
-                )
+                raise NoSlot(f"context {context!r} is at its concurrency cap ({self.cap} scans)")
             time.sleep(self.poll_seconds)
         stop, claimed = threading.Event(), threading.Event()
         beat = threading.Thread(
-            target=self._heartbeat, args=(context, scan_id, token, stop, claimed),
-            daemon=True, name=f"lease-{scan_id}",
+            target=self._heartbeat,
+            args=(context, scan_id, token, stop, claimed),
+            daemon=True,
+            name=f"lease-{scan_id}",
         )
         beat.start()
         metrics.slot_acquired(context)
@@ -241,20 +264,28 @@ class RedisSlots:
                 if not self.release(context, scan_id, token):
                     claimed.set()
             except StoreUnavailable as e:  # the lease expires by itself; never mask the scan
-                log.warning("lease.release_failed", context=context, scan_id=scan_id,
-                            error=type(e).__name__)
+                log.warning(
+                    "lease.release_failed", context=context, scan_id=scan_id, error=type(e).__name__
+                )
         if claimed.is_set():
             raise SlotBusy(f"the lease of scan {scan_id} expired and another worker re-ran it")
 
-    def _heartbeat(self, context: str, scan_id: str, token: str, stop: threading.Event,
-                   claimed: threading.Event) -> None:
+    def _heartbeat(
+        self,
+        context: str,
+        scan_id: str,
+        token: str,
+        stop: threading.Event,
+        claimed: threading.Event,
+    ) -> None:
         interval = max(0.5, self.lease_seconds / 3)
         while not stop.wait(interval):
             try:
                 held = self.renew(context, scan_id, token)
             except Exception as e:  # Redis restarting: keep trying while the scan runs
-                log.warning("lease.renew_failed", context=context, scan_id=scan_id,
-                            error=type(e).__name__)
+                log.warning(
+                    "lease.renew_failed", context=context, scan_id=scan_id, error=type(e).__name__
+                )
                 continue
             if held == -1:
                 log.warning("lease.claimed", context=context, scan_id=scan_id)

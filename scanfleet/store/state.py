@@ -137,8 +137,17 @@ class RunStore:
         return f"{self.prefix}:lease:{context}"
 
     def run_keys(self, run_id: str) -> list[str]:
-        parts = ("plan", "meta", "targets", "covers", "state", "counts", "done", "finalize",
-                 "result")
+        parts = (
+            "plan",
+            "meta",
+            "targets",
+            "covers",
+            "state",
+            "counts",
+            "done",
+            "finalize",
+            "result",
+        )
         return [self.key(run_id, p) for p in parts]
 
     # -- creating a run ------------------------------------------------------------------
@@ -186,8 +195,9 @@ class RunStore:
                 meta["results_dir"] = results_dir
             pipe.hset(self.key(run_id, "meta"), mapping=meta)
             pipe.expire(self.key(run_id, "meta"), ttl)
-            pipe.hset(self.key(run_id, "counts"), mapping={"running": 0, "completed": 0,
-                                                            "error": 0})
+            pipe.hset(
+                self.key(run_id, "counts"), mapping={"running": 0, "completed": 0, "error": 0}
+            )
             pipe.expire(self.key(run_id, "counts"), ttl)
             pipe.zadd(f"{self.prefix}:runs", {run_id: time.time()})
             pipe.expire(f"{self.prefix}:runs", ttl)
@@ -296,9 +306,7 @@ class RunStore:
     def begin_finalize(self, run_id: str, lock_seconds: int = 300) -> bool:
         """Take the finalize lock (SET NX with expiry: a dead finalizer cannot hold it)."""
         with self._guard("taking the finalize lock"):
-            return bool(
-                self.r.set(self.key(run_id, "finalize"), "1", nx=True, ex=lock_seconds)
-            )
+            return bool(self.r.set(self.key(run_id, "finalize"), "1", nx=True, ex=lock_seconds))
 
     def end_finalize(self, run_id: str, run: Mapping[str, Any]) -> None:
         with self._guard("storing the run result"):

@@ -48,10 +48,14 @@ INTERVAL_SAMPLES = 16
 JANITOR_KEY = "metrics:janitor"
 
 METRIC_NAMES = (
-    "scanfleet_sweep_interval_seconds", "scanfleet_sweep_last_finished_timestamp_seconds",
-    "scanfleet_sweep_compliance_percent", "scanfleet_sweep_targets",
-    "scanfleet_sweep_threshold_passed", "scanfleet_sweep_drift_controls",
-    "scanfleet_janitor_deleted_total", "scanfleet_janitor_foreign_total",
+    "scanfleet_sweep_interval_seconds",
+    "scanfleet_sweep_last_finished_timestamp_seconds",
+    "scanfleet_sweep_compliance_percent",
+    "scanfleet_sweep_targets",
+    "scanfleet_sweep_threshold_passed",
+    "scanfleet_sweep_drift_controls",
+    "scanfleet_janitor_deleted_total",
+    "scanfleet_janitor_foreign_total",
 )
 
 
@@ -84,8 +88,9 @@ class RunIndex:
         found: dict[str, str] = {}
         if not sources or not self.results_dir.is_dir():
             return found
-        names = sorted((p.name for p in self.results_dir.iterdir() if RUN_ID_RE.match(p.name)),
-                       reverse=True)
+        names = sorted(
+            (p.name for p in self.results_dir.iterdir() if RUN_ID_RE.match(p.name)), reverse=True
+        )
         present = set(names)  # forget pruned runs
         self._sources = {k: v for k, v in self._sources.items() if k in present}
         self._by_namespace = {k: v for k, v in self._by_namespace.items() if k in present}
@@ -116,8 +121,9 @@ class RunIndex:
             groups: dict[tuple[str, str], Counts] = {}
             for s in iter_summaries(self.results_dir / run_id):
                 t = s.get("target") or {}
-                counts = groups.setdefault((str(t.get("context")), str(t.get("namespace"))),
-                                           Counts())
+                counts = groups.setdefault(
+                    (str(t.get("context")), str(t.get("namespace"))), Counts()
+                )
                 if s.get("status") == "completed":
                     try:
                         counts.add(Counts.from_dict(s.get("counts")))
@@ -138,9 +144,16 @@ def _timestamp(text: object) -> float | None:
 class PostureCollector(Collector):
     """Beat's /metrics: the sweeps' posture and the janitor totals, read at scrape time."""
 
-    def __init__(self, sweeps: list[Sweep], results_dir: Path, redis: Hashes | None,
-                 prefix: str, *, per_namespace: bool = False,
-                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        sweeps: list[Sweep],
+        results_dir: Path,
+        redis: Hashes | None,
+        prefix: str,
+        *,
+        per_namespace: bool = False,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.sweeps = sweeps
         self.index = RunIndex(results_dir)
         self.redis = redis
@@ -156,25 +169,34 @@ class PostureCollector(Collector):
         f = {
             "interval": GaugeMetricFamily(
                 "scanfleet_sweep_interval_seconds",
-                "Longest gap between two scheduled runs of the sweep.", labels=["sweep"]),
+                "Longest gap between two scheduled runs of the sweep.",
+                labels=["sweep"],
+            ),
             "finished": GaugeMetricFamily(
                 "scanfleet_sweep_last_finished_timestamp_seconds",
-                "When the sweep's last run finished (Unix time).", labels=["sweep"]),
+                "When the sweep's last run finished (Unix time).",
+                labels=["sweep"],
+            ),
             "compliance": GaugeMetricFamily(
                 "scanfleet_sweep_compliance_percent",
                 "Compliance of the sweep's last run per cluster (and per namespace, opt-in).",
-                labels=["sweep", "context"]),
+                labels=["sweep", "context"],
+            ),
             "targets": GaugeMetricFamily(
-                "scanfleet_sweep_targets", "Targets of the sweep's last run by outcome.",
-                labels=["sweep", "outcome"]),
+                "scanfleet_sweep_targets",
+                "Targets of the sweep's last run by outcome.",
+                labels=["sweep", "outcome"],
+            ),
             "threshold": GaugeMetricFamily(
                 "scanfleet_sweep_threshold_passed",
                 "1 when no target and no fleet threshold failed in the sweep's last run.",
-                labels=["sweep"]),
+                labels=["sweep"],
+            ),
             "drift": GaugeMetricFamily(
                 "scanfleet_sweep_drift_controls",
                 "Controls newly failing (regressed) or fixed since the sweep's run before.",
-                labels=["sweep", "change"]),
+                labels=["sweep", "change"],
+            ),
         }
         now = self.now()
         for s in self.sweeps:
@@ -186,8 +208,12 @@ class PostureCollector(Collector):
                 try:
                     self._run(f, s.name, run_id)
                 except (OSError, ValueError, AttributeError, TypeError) as e:
-                    log.warning("posture.run_unreadable", sweep=s.name, run_id=run_id,
-                                error=type(e).__name__)
+                    log.warning(
+                        "posture.run_unreadable",
+                        sweep=s.name,
+                        run_id=run_id,
+                        error=type(e).__name__,
+                    )
         yield from f.values()
 
     def _run(self, f: Mapping[str, GaugeMetricFamily], sweep: str, run_id: str) -> None:
@@ -202,7 +228,9 @@ class PostureCollector(Collector):
             for (context, ns), value in sorted(self.index.by_namespace(run_id).items()):
                 f["compliance"].add_sample(
                     f["compliance"].name,
-                    {"sweep": sweep, "context": context, "namespace": ns}, float(value))
+                    {"sweep": sweep, "context": context, "namespace": ns},
+                    float(value),
+                )
         targets = run.get("targets") or {}
         for outcome in OUTCOMES:
             f["targets"].add_metric([sweep, outcome], float(targets.get(outcome) or 0))
@@ -223,9 +251,11 @@ class PostureCollector(Collector):
         except Exception as e:  # Redis away: leave the counters out rather than report 0
             log.warning("posture.janitor_unreadable", error=type(e).__name__)
             return
-        deleted = CounterMetricFamily("scanfleet_janitor_deleted",
-                                      "Expired scan objects the janitor deleted.",
-                                      labels=["kind"])
+        deleted = CounterMetricFamily(
+            "scanfleet_janitor_deleted",
+            "Expired scan objects the janitor deleted.",
+            labels=["kind"],
+        )
         for kind in DELETE_ORDER:
             deleted.add_metric([kind], float(raw.get(f"deleted:{kind}") or 0))
         yield deleted
@@ -233,7 +263,8 @@ class PostureCollector(Collector):
             "scanfleet_janitor_foreign",
             "Labelled scan objects the janitor left alone (not scanfleet's shape, or expiry "
             "missing or unparseable), counted once per janitor pass that finds them.",
-            value=float(raw.get("foreign") or 0))
+            value=float(raw.get("foreign") or 0),
+        )
 
 
 def janitor_totals(redis: Hashes, prefix: str, report: Any) -> None:
@@ -252,15 +283,20 @@ def janitor_finished(report: Any) -> None:
     """Hook for the janitor task on a worker: count its report where beat can read it."""
     settings = Settings.from_env()
     try:
-        janitor_totals(connect(settings.broker_url, retry_seconds=10), settings.key_prefix,
-                       report)
+        janitor_totals(connect(settings.broker_url, retry_seconds=10), settings.key_prefix, report)
     except Exception as e:  # a lost count never fails the janitor
         log.warning("posture.janitor_not_counted", error=type(e).__name__)
 
 
 def registry(settings: Settings, sweeps: list[Sweep]) -> CollectorRegistry:
     reg = CollectorRegistry()
-    reg.register(PostureCollector(
-        sweeps, settings.results_dir, connect(settings.broker_url, retry_seconds=2),
-        settings.key_prefix, per_namespace=settings.metrics_per_namespace))
+    reg.register(
+        PostureCollector(
+            sweeps,
+            settings.results_dir,
+            connect(settings.broker_url, retry_seconds=2),
+            settings.key_prefix,
+            per_namespace=settings.metrics_per_namespace,
+        )
+    )
     return reg

@@ -85,14 +85,24 @@ def start_sweep_run(sweep: Sweep, settings: Settings, publish: Publish) -> str:
     check_ttl(settings.token_ttl, settings.scan_timeout)
     kubeconfig = settings.kubeconfig
     chosen = choose_contexts(kubeconfig, list(sweep.contexts), sweep.all_contexts)
-    scope = Scope(chosen, tuple(sweep.namespaces), sweep.all_namespaces,
-                  tuple(sweep.exclude_namespaces), sweep.selector)
+    scope = Scope(
+        chosen,
+        tuple(sweep.namespaces),
+        sweep.all_namespaces,
+        tuple(sweep.exclude_namespaces),
+        sweep.selector,
+    )
     plan = RunPlan.new(
-        source=sweep.source, profile=sweep.profile, now=utcnow(), auditor=settings.auditor,
-        token_ttl=settings.token_ttl, timeout=settings.scan_timeout,
+        source=sweep.source,
+        profile=sweep.profile,
+        now=utcnow(),
+        auditor=settings.auditor,
+        token_ttl=settings.token_ttl,
+        timeout=settings.scan_timeout,
         threshold=Path(sweep.threshold) if sweep.threshold else None,
         fleet_threshold=Path(sweep.fleet_threshold) if sweep.fleet_threshold else None,
-        input_files=sweep.inputs, dedupe_images=sweep.dedupe_images,
+        input_files=sweep.inputs,
+        dedupe_images=sweep.dedupe_images,
         allowed_profiles=settings.allowed_profiles,
     )
     clients = ClientCache(kubeconfig)
@@ -103,8 +113,15 @@ def start_sweep_run(sweep: Sweep, settings: Settings, publish: Publish) -> str:
     if sweep.dedupe_images:
         entries = dedupe_images(entries)
     store = RunStore.from_url(settings.broker_url, settings.key_prefix, settings.retention_days)
-    submit_run(store, plan, entries, publish, results_dir=None,
-               fallback_results_dir=settings.results_dir, hooks=(write_drift,))
+    submit_run(
+        store,
+        plan,
+        entries,
+        publish,
+        results_dir=None,
+        fallback_results_dir=settings.results_dir,
+        hooks=(write_drift,),
+    )
     return plan.run_id
 
 

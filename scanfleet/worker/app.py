@@ -95,9 +95,7 @@ def broker_tls(url: str) -> dict[str, Any] | None:
 
 
 def make_app(settings: Settings, tuning: FleetTuning) -> Celery:
-    app = Celery(
-        "scanfleet", broker=settings.broker_url, include=["scanfleet.worker.tasks"]
-    )
+    app = Celery("scanfleet", broker=settings.broker_url, include=["scanfleet.worker.tasks"])
     vt = tuning.visibility_timeout
     app.conf.update(
         task_serializer="json",
@@ -148,8 +146,9 @@ def fan_out_publisher(celery: Celery) -> Callable[[str, Sequence[tuple[int, int]
     def publish(run_id: str, chunks: Sequence[tuple[int, int]]) -> None:
         with celery.producer_or_acquire() as producer:
             for start, stop in chunks:
-                celery.send_task(FAN_OUT_TASK, args=[run_id, start, stop], queue=QUEUE,
-                                 producer=producer)
+                celery.send_task(
+                    FAN_OUT_TASK, args=[run_id, start, stop], queue=QUEUE, producer=producer
+                )
 
     return publish
 

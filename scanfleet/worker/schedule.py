@@ -33,6 +33,7 @@ from scanfleet.worker.app import JANITOR_TASK, PRUNE_TASK, SWEEP_TICK_TASK
 
 log = structlog.get_logger(__name__)
 
+
 class CronSchedule(BaseSchedule):  # type: ignore[misc]
     """A celery schedule for a 5-field UTC cron expression, computed by croniter.
 
@@ -137,9 +138,12 @@ def run_beat(
         log.info("beat.sweep_scheduled", sweep=s.name, schedule=s.schedule)
         if safe_url(s.profile) != s.profile:
             remember_url(s.profile)  # redacted from beat's own logs too
-            log.warning("beat.profile_credentials_not_sent", sweep=s.name,
-                        reason="tick messages carry the profile URL without credentials; "
-                        "workers add them from SCANFLEET_ALLOWED_PROFILES")
+            log.warning(
+                "beat.profile_credentials_not_sent",
+                sweep=s.name,
+                reason="tick messages carry the profile URL without credentials; "
+                "workers add them from SCANFLEET_ALLOWED_PROFILES",
+            )
     kwargs: dict[str, Any] = {"max_interval": max_interval, "quiet": True}
     if schedule_file is not None:
         kwargs["schedule"] = str(schedule_file)

@@ -112,7 +112,8 @@ class _Runtime:
         """A URL profile as this worker's cached archive, pinned to the run's sha256 (the
         first fetch of the run records it in Redis): profiles.pin_for_scan."""
         return pin_for_scan(
-            plan, self.pins, lambda sha256: record_profile_digest(self.store, plan.run_id, sha256))
+            plan, self.pins, lambda sha256: record_profile_digest(self.store, plan.run_id, sha256)
+        )
 
     def run(self, run_id: str) -> tuple[RunPlan, RunContext, Rejected | None] | None:
         """The run's plan as this worker will execute it, its pipeline, and the reason the
@@ -129,8 +130,14 @@ class _Runtime:
                 RunPlan.from_dict(data), meta.get("results_dir")
             )
         plan, results, rejected = cached
-        pipe = RunContext(self.clients, self.store, self.slots, results,
-                        hooks=(sweeping.write_drift,), sandbox=self.sandbox)
+        pipe = RunContext(
+            self.clients,
+            self.store,
+            self.slots,
+            results,
+            hooks=(sweeping.write_drift,),
+            sandbox=self.sandbox,
+        )
         return plan, pipe, rejected
 
 
@@ -143,9 +150,7 @@ def _sandbox_mode() -> str:
         return "unavailable"
 
 
-def worker_plan(
-    plan: RunPlan, results_dir: str | None
-) -> tuple[RunPlan, Path, Rejected | None]:
+def worker_plan(plan: RunPlan, results_dir: str | None) -> tuple[RunPlan, Path, Rejected | None]:
     """Apply the worker's policy to a plan read from Redis (see policy.py).
 
     The auditor always comes from this worker's settings. A results directory outside
@@ -154,7 +159,8 @@ def worker_plan(
     results directory, and nothing runs.
     """
     plan = replace(
-        plan, auditor=settings.auditor,
+        plan,
+        auditor=settings.auditor,
         profile_url=credentialed(plan.profile, settings.allowed_profiles),
     )
     results = Path(results_dir) if results_dir else settings.results_dir
@@ -218,8 +224,9 @@ def _start_recovery(**_kwargs: Any) -> None:
     def publish(run_id: str, target: Mapping[str, Any]) -> None:
         app.send_task(SCAN_TASK, args=[run_id, dict(target)], queue=QUEUE)
 
-    _watcher = Watcher(lambda: recover_expired(rt.slots, rt.store, rt.clients, publish),
-                       tuning.lease_seconds / 2).start()
+    _watcher = Watcher(
+        lambda: recover_expired(rt.slots, rt.store, rt.clients, publish), tuning.lease_seconds / 2
+    ).start()
 
 
 def _stop_recovery(**_kwargs: Any) -> None:
@@ -327,8 +334,9 @@ def _retry_or_continue(task: Any, error: Exception, tried: dict[str, int]) -> No
     n = tried.get(key, 0)
     if delay is None or (delay.attempts is not None and n >= delay.attempts):
         return
-    countdown = backoff(delay, n, lease_seconds=tuning.lease_seconds,
-                        scale=settings.retry_delay_scale)
+    countdown = backoff(
+        delay, n, lease_seconds=tuning.lease_seconds, scale=settings.retry_delay_scale
+    )
     log.warning("scan.deferred", reason=key, error=str(error), countdown=round(countdown, 1))
     raise task.retry(countdown=countdown, exc=error, kwargs={"attempts": {**tried, key: n + 1}})
 
@@ -355,12 +363,17 @@ def janitor_task(
     early = None
     if settings.early_revoke_after > 0:
         early = EarlyRevoke(
-            rt.slots, functools.cache(lambda run_id: bool(rt.store.meta(run_id))),
+            rt.slots,
+            functools.cache(lambda run_id: bool(rt.store.meta(run_id))),
             min_age=timedelta(seconds=settings.early_revoke_after),
         )
     report = janitor_for_kubeconfig(
-        rt.clients.kubeconfig, contexts or [], all_contexts and not contexts,
-        dry_run=dry_run, now=utcnow(), early=early,
+        rt.clients.kubeconfig,
+        contexts or [],
+        all_contexts and not contexts,
+        dry_run=dry_run,
+        now=utcnow(),
+        early=early,
     )
     posture.janitor_finished(report)
     return report.to_dict()

@@ -51,35 +51,49 @@ def policies() -> list[Policy]:
 
 def cli_env(tmp_path: Path, kubeconfig: Path, auditor: str, **extra: str) -> dict[str, str]:
     """The CLI's environment; the sandbox allow-lists come from the `standin_auditor` fixture."""
-    env = {k: v for k, v in os.environ.items()
-           if k.startswith("SCANFLEET_SANDBOX_")
-           or not k.startswith(("SCANFLEET_", "KUBECONFIG"))}
-    env.update({"SCANFLEET_AUDITOR": auditor, "SCANFLEET_RESULTS_DIR": str(tmp_path / "r"),
-                "SCANFLEET_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0",
-                "SCANFLEET_LOG_FORMAT": "json", "KUBECONFIG": str(kubeconfig), **extra})
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith("SCANFLEET_SANDBOX_") or not k.startswith(("SCANFLEET_", "KUBECONFIG"))
+    }
+    env.update(
+        {
+            "SCANFLEET_AUDITOR": auditor,
+            "SCANFLEET_RESULTS_DIR": str(tmp_path / "r"),
+            "SCANFLEET_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0",
+            "SCANFLEET_LOG_FORMAT": "json",
+            "KUBECONFIG": str(kubeconfig),
+            **extra,
+        }
+    )
     return env
 
 
 def run(args: list[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([*CLI, *args], env=dict(env), capture_output=True, text=True,
-                          timeout=120, check=False)
+    proc = subprocess.run(
+        [*CLI, *args], env=dict(env), capture_output=True, text=True, timeout=120, check=False
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
 @pytest.fixture
-def scan_log(fake_cluster: FakeCluster, admin_kubeconfig: Path,
-             tmp_path: Path, standin_auditor: str) -> list[LoggedRequest]:
+def scan_log(
+    fake_cluster: FakeCluster, admin_kubeconfig: Path, tmp_path: Path, standin_auditor: str
+) -> list[LoggedRequest]:
     fake_cluster.clear_request_log()
-    run(["scan", "apps/web/app", "--profile", "profile-dir", "--output", str(tmp_path / "out")],
-        cli_env(tmp_path, admin_kubeconfig, standin_auditor))
+    run(
+        ["scan", "apps/web/app", "--profile", "profile-dir", "--output", str(tmp_path / "out")],
+        cli_env(tmp_path, admin_kubeconfig, standin_auditor),
+    )
     assert fake_cluster.scanfleet_objects() == []
     return fake_cluster.request_log
 
 
 @pytest.fixture
-def janitor_log(fake_cluster: FakeCluster, admin_kubeconfig: Path,
-                tmp_path: Path, standin_auditor: str) -> list[LoggedRequest]:
+def janitor_log(
+    fake_cluster: FakeCluster, admin_kubeconfig: Path, tmp_path: Path, standin_auditor: str
+) -> list[LoggedRequest]:
     kube = KubeClient(str(admin_kubeconfig), "fake")
     try:
         past = datetime.now(UTC) - timedelta(hours=3)
@@ -94,20 +108,28 @@ def janitor_log(fake_cluster: FakeCluster, admin_kubeconfig: Path,
 
 
 @pytest.fixture
-def fleet_log(fleet_clusters: FleetClusters, tmp_path: Path,
-              standin_auditor: str) -> list[LoggedRequest]:
+def fleet_log(
+    fleet_clusters: FleetClusters, tmp_path: Path, standin_auditor: str
+) -> list[LoggedRequest]:
     env = cli_env(tmp_path, fleet_clusters.kubeconfig, standin_auditor)
     run(["submit", *DISCOVER, "--local", "--concurrency", "4"], env)
     return [r for c in fleet_clusters.all.values() for r in c.request_log]
 
 
-DISCOVER = ["--all-contexts", "--all-namespaces", "--exclude-namespace", "kube-system",
-            "--profile", "profile-x"]
+DISCOVER = [
+    "--all-contexts",
+    "--all-namespaces",
+    "--exclude-namespace",
+    "kube-system",
+    "--profile",
+    "profile-x",
+]
 
 
 @pytest.fixture
-def worker_fleet_log(fleet_clusters: FleetClusters, fleet_env: dict[str, str],
-                     make_worker: Callable[..., Worker]) -> list[LoggedRequest]:
+def worker_fleet_log(
+    fleet_clusters: FleetClusters, fleet_env: dict[str, str], make_worker: Callable[..., Worker]
+) -> list[LoggedRequest]:
     """A fleet run through the broker and a real `scanfleet worker`."""
     make_worker(fleet_env, concurrency=2)
     run([*["submit", *DISCOVER], "--wait"], fleet_env)
@@ -115,8 +137,10 @@ def worker_fleet_log(fleet_clusters: FleetClusters, fleet_env: dict[str, str],
 
 
 def sequence(log: list[LoggedRequest]) -> list[str]:
-    return [f"{r.short} [{r.code}]" + (" (scan token)" if r.identity != "fake-admin" else "")
-            for r in log]
+    return [
+        f"{r.short} [{r.code}]" + (" (scan token)" if r.identity != "fake-admin" else "")
+        for r in log
+    ]
 
 
 # --- request count ---------------------------------------------------------------------------
@@ -155,12 +179,12 @@ def test_a_scan_is_admitted(policies: list[Policy], scan_log: list[LoggedRequest
     assert admitted(policies, scan_log) == 5
     owned = [r for r in scan_log if r.method == "POST" and r.resource in ("roles", "rolebindings")]
     assert len(owned) == 2
-    assert all(r.body["metadata"]["ownerReferences"][0]["kind"] == "ServiceAccount"
-               for r in owned)
+    assert all(r.body["metadata"]["ownerReferences"][0]["kind"] == "ServiceAccount" for r in owned)
 
 
-def test_a_janitor_pass_is_admitted(policies: list[Policy],
-                                    janitor_log: list[LoggedRequest]) -> None:
+def test_a_janitor_pass_is_admitted(
+    policies: list[Policy], janitor_log: list[LoggedRequest]
+) -> None:
     deletes = [r for r in janitor_log if r.method == "DELETE"]
     assert len(deletes) == 6
     assert admitted(policies, janitor_log) == 6
@@ -170,13 +194,15 @@ def test_a_fleet_run_is_admitted(policies: list[Policy], fleet_log: list[LoggedR
     assert admitted(policies, fleet_log) == 8 * 5  # 8 containers over two clusters
 
 
-def test_a_fleet_run_with_a_worker_is_admitted(policies: list[Policy],
-                                              worker_fleet_log: list[LoggedRequest]) -> None:
+def test_a_fleet_run_with_a_worker_is_admitted(
+    policies: list[Policy], worker_fleet_log: list[LoggedRequest]
+) -> None:
     assert admitted(policies, worker_fleet_log) == 8 * 5
 
 
-def test_the_policy_binds_only_the_worker(policies: list[Policy],
-                                          scan_log: list[LoggedRequest]) -> None:
+def test_the_policy_binds_only_the_worker(
+    policies: list[Policy], scan_log: list[LoggedRequest]
+) -> None:
     """Not replayed as the worker, the same requests are not the policy's business."""
     for r in scan_log:
         attrs = admission_request(r)
@@ -186,64 +212,135 @@ def test_the_policy_binds_only_the_worker(policies: list[Policy],
 
 # --- (b) attacks are denied --------------------------------------------------------------------
 def labels(name: str = NAME) -> dict[str, str]:
-    return {"app.kubernetes.io/managed-by": "scanfleet",
-            "scanfleet.io/scan-id": name.removeprefix("scanfleet-")}
+    return {
+        "app.kubernetes.io/managed-by": "scanfleet",
+        "scanfleet.io/scan-id": name.removeprefix("scanfleet-"),
+    }
 
 
-def req(method: str, resource: str, namespace: str, name: str = "", *, group: str = "",
-        sub: str = "", body: Any = None, old: Any = None, user: str = WORKER,
-        query: tuple[tuple[str, str], ...] = ()) -> LoggedRequest:
+def req(
+    method: str,
+    resource: str,
+    namespace: str,
+    name: str = "",
+    *,
+    group: str = "",
+    sub: str = "",
+    body: Any = None,
+    old: Any = None,
+    user: str = WORKER,
+    query: tuple[tuple[str, str], ...] = (),
+) -> LoggedRequest:
     verb = {"POST": "create", "PUT": "update", "DELETE": "delete", "GET": "get"}[method]
-    return LoggedRequest(method, "/synthetic", user, verb=verb, group=group, resource=resource,
-                         subresource=sub, namespace=namespace, name=name,
-                         groups=("system:authenticated",), body=body, old_object=old,
-                         query=query)
+    return LoggedRequest(
+        method,
+        "/synthetic",
+        user,
+        verb=verb,
+        group=group,
+        resource=resource,
+        subresource=sub,
+        namespace=namespace,
+        name=name,
+        groups=("system:authenticated",),
+        body=body,
+        old_object=old,
+        query=query,
+    )
 
 
-def rules(pod: str = "web", pod2: str | None = None, get: tuple[str, ...] = ("get",),
-          extra: tuple[dict[str, Any], ...] = ()) -> list[dict[str, Any]]:
-    return [{"apiGroups": [""], "resources": ["pods"], "verbs": list(get),
-             "resourceNames": [pod]},
-            {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create", "get"],
-             "resourceNames": [pod2 or pod]}, *extra]
+def rules(
+    pod: str = "web",
+    pod2: str | None = None,
+    get: tuple[str, ...] = ("get",),
+    extra: tuple[dict[str, Any], ...] = (),
+) -> list[dict[str, Any]]:
+    return [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": list(get), "resourceNames": [pod]},
+        {
+            "apiGroups": [""],
+            "resources": ["pods/exec"],
+            "verbs": ["create", "get"],
+            "resourceNames": [pod2 or pod],
+        },
+        *extra,
+    ]
 
 
 def role(name: str = NAME, **kw: Any) -> LoggedRequest:
-    return req("POST", "roles", "apps", group=RBAC,
-               body={"metadata": {"name": name, "labels": labels(name)}, "rules": rules(**kw)})
+    return req(
+        "POST",
+        "roles",
+        "apps",
+        group=RBAC,
+        body={"metadata": {"name": name, "labels": labels(name)}, "rules": rules(**kw)},
+    )
 
 
-def binding(role_ref: dict[str, str] | None = None,
-            subjects: list[dict[str, str]] | None = None) -> LoggedRequest:
-    return req("POST", "rolebindings", "apps", group=RBAC, body={
-        "metadata": {"name": NAME, "labels": labels()},
-        "roleRef": role_ref or {"apiGroup": RBAC, "kind": "Role", "name": NAME},
-        "subjects": subjects or [{"kind": "ServiceAccount", "name": NAME, "namespace": "apps"}]})
+def binding(
+    role_ref: dict[str, str] | None = None, subjects: list[dict[str, str]] | None = None
+) -> LoggedRequest:
+    return req(
+        "POST",
+        "rolebindings",
+        "apps",
+        group=RBAC,
+        body={
+            "metadata": {"name": NAME, "labels": labels()},
+            "roleRef": role_ref or {"apiGroup": RBAC, "kind": "Role", "name": NAME},
+            "subjects": subjects or [{"kind": "ServiceAccount", "name": NAME, "namespace": "apps"}],
+        },
+    )
 
 
 def sa(name: str = NAME, lbl: dict[str, str] | None = None, **fields: Any) -> LoggedRequest:
-    body = {"metadata": {"name": name, "labels": labels(name) if lbl is None else lbl},
-            "automountServiceAccountToken": False, **fields}
+    body = {
+        "metadata": {"name": name, "labels": labels(name) if lbl is None else lbl},
+        "automountServiceAccountToken": False,
+        **fields,
+    }
     return req("POST", "serviceaccounts", "apps", body=body)
 
 
 def token(namespace: str, name: str, seconds: int = 3600) -> LoggedRequest:
-    return req("POST", "serviceaccounts", namespace, name, sub="token",
-               body={"spec": {"expirationSeconds": seconds}})
+    return req(
+        "POST",
+        "serviceaccounts",
+        namespace,
+        name,
+        sub="token",
+        body={"spec": {"expirationSeconds": seconds}},
+    )
 
 
-def delete(resource: str, namespace: str, name: str, lbl: dict[str, str] | None,
-           group: str = "") -> LoggedRequest:
-    old = {"metadata": {"name": name, "namespace": namespace, "uid": "u-1",
-                        **({"labels": lbl} if lbl is not None else {})}}
+def delete(
+    resource: str, namespace: str, name: str, lbl: dict[str, str] | None, group: str = ""
+) -> LoggedRequest:
+    old = {
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": "u-1",
+            **({"labels": lbl} if lbl is not None else {}),
+        }
+    }
     return req("DELETE", resource, namespace, name, group=group, old=old)
 
 
 def pod(sa_name: str, method: str = "POST", user: str = "alice") -> LoggedRequest:
-    body = {"metadata": {"name": "borrower"},
-            "spec": {"serviceAccountName": sa_name, "containers": [{"name": "c", "image": "x"}]}}
-    return req(method, "pods", "apps", "borrower" if method == "PUT" else "", body=body,
-               old=body if method == "PUT" else None, user=user)
+    body = {
+        "metadata": {"name": "borrower"},
+        "spec": {"serviceAccountName": sa_name, "containers": [{"name": "c", "image": "x"}]},
+    }
+    return req(
+        method,
+        "pods",
+        "apps",
+        "borrower" if method == "PUT" else "",
+        body=body,
+        old=body if method == "PUT" else None,
+        user=user,
+    )
 
 
 # What each denial must say: every validation is the reason for at least one attack.
@@ -254,75 +351,125 @@ LABELS = "carry app.kubernetes.io/managed-by=scanfleet"
 POD = "no pod may run as a scanfleet-* ServiceAccount"
 SCANFLEET_LABEL = {"app.kubernetes.io/managed-by": "scanfleet"}
 ATTACKS: dict[str, tuple[LoggedRequest, str]] = {
-    "token for a kube-system controller": (token("kube-system", "generic-garbage-collector"),
-        SHAPE),
-    "token for the worker itself": (token("scanfleet", "scanfleet"),
-        SHAPE),
-    "token for a year": (token("apps", NAME, 365 * 86400),
-        "at most 24 hours"),
-    "role with * verbs": (role(get=("*",)),
-        ROLE),
-    "role with an extra rule": (role(extra=({"apiGroups": [""], "resources": ["secrets"],
-                                            "verbs": ["get"]},)),
-        ROLE),
-    "role on two pods": (role(pod2="db"),
-        ROLE),
-    "role without resourceNames": (req("POST", "roles", "apps", group=RBAC, body={
-        "metadata": {"name": NAME, "labels": labels()},
-        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
-                  {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create", "get"]}]}),
-        ROLE),
-    "rolebinding to cluster-admin": (binding({"apiGroup": RBAC, "kind": "ClusterRole",
-                                             "name": "cluster-admin"}),
-        BINDING),
-    "rolebinding to another service account": (binding(
-        subjects=[{"kind": "ServiceAccount", "name": "default", "namespace": "apps"}]),
-        BINDING),
-    "rolebinding to a subject in kube-system": (binding(
-        subjects=[{"kind": "ServiceAccount", "name": NAME, "namespace": "kube-system"}]),
-        BINDING),
-    "rolebinding to a group": (binding(subjects=[{"kind": "Group", "name": "system:masters",
-                                                 "apiGroup": RBAC}]),
-        BINDING),
-    "delete of a labelled payments-api": (delete("serviceaccounts", "payments", "payments-api",
-                                                SCANFLEET_LABEL),
-        SHAPE),
-    "delete of a labelled system:controller binding": (delete(
-        "rolebindings", "kube-system", "system:controller:bootstrap-signer", SCANFLEET_LABEL,
-        RBAC),
-        SHAPE),
-    "delete of an unlabelled scanfleet-shaped object": (delete("roles", "apps", NAME, None, RBAC),
-        LABELS),
-    "scanfleet-looking name, wrong shape": (sa("scanfleet-xyz"),
-        SHAPE),
-    "scanfleet name, 17 hex digits": (sa(NAME + "0"),
-        SHAPE),
-    "scan-id label disagreeing with the name": (sa(lbl=labels("scanfleet-" + "f" * 16)),
-        LABELS),
-    "service account that mounts its token": (sa(automountServiceAccountToken=True),
-        "mounts no token"),
-    "service account with image pull secrets": (sa(imagePullSecrets=[{"name": "registry"}]),
-        "mounts no token"),
-    "owner reference to a Deployment": (req("POST", "roles", "apps", group=RBAC, body={
-        "metadata": {"name": NAME, "labels": labels(), "ownerReferences": [
-            {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "u"}]},
-        "rules": rules()}),
-        "owned by the ServiceAccount"),
-    "update of a scan role": (req("PUT", "roles", "apps", NAME, group=RBAC,
-                                 body={"metadata": {"name": NAME}, "rules": rules()},
-                                 old={"metadata": {"name": NAME, "labels": labels()}}),
-        "never updates"),
-    "worker execs into a pod": (req("GET", "pods", "apps", "web", sub="exec",
-                                   query=(("command", "sh"), ("container", "app"))),
-        "never execs"),
-    "pod running as a scan identity": (pod(NAME),
-        POD),
-    "pod running as any scanfleet- account": (pod("scanfleet-helper"),
-        POD),
-    "pod update keeping a scan identity": (pod(NAME, method="PUT"),
-        POD),
-    "worker creates a pod as a scan identity": (pod(NAME, user=WORKER),
-        POD),
+    "token for a kube-system controller": (
+        token("kube-system", "generic-garbage-collector"),
+        SHAPE,
+    ),
+    "token for the worker itself": (token("scanfleet", "scanfleet"), SHAPE),
+    "token for a year": (token("apps", NAME, 365 * 86400), "at most 24 hours"),
+    "role with * verbs": (role(get=("*",)), ROLE),
+    "role with an extra rule": (
+        role(extra=({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},)),
+        ROLE,
+    ),
+    "role on two pods": (role(pod2="db"), ROLE),
+    "role without resourceNames": (
+        req(
+            "POST",
+            "roles",
+            "apps",
+            group=RBAC,
+            body={
+                "metadata": {"name": NAME, "labels": labels()},
+                "rules": [
+                    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+                    {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create", "get"]},
+                ],
+            },
+        ),
+        ROLE,
+    ),
+    "rolebinding to cluster-admin": (
+        binding({"apiGroup": RBAC, "kind": "ClusterRole", "name": "cluster-admin"}),
+        BINDING,
+    ),
+    "rolebinding to another service account": (
+        binding(subjects=[{"kind": "ServiceAccount", "name": "default", "namespace": "apps"}]),
+        BINDING,
+    ),
+    "rolebinding to a subject in kube-system": (
+        binding(subjects=[{"kind": "ServiceAccount", "name": NAME, "namespace": "kube-system"}]),
+        BINDING,
+    ),
+    "rolebinding to a group": (
+        binding(subjects=[{"kind": "Group", "name": "system:masters", "apiGroup": RBAC}]),
+        BINDING,
+    ),
+    "delete of a labelled payments-api": (
+        delete("serviceaccounts", "payments", "payments-api", SCANFLEET_LABEL),
+        SHAPE,
+    ),
+    "delete of a labelled system:controller binding": (
+        delete(
+            "rolebindings",
+            "kube-system",
+            "system:controller:bootstrap-signer",
+            SCANFLEET_LABEL,
+            RBAC,
+        ),
+        SHAPE,
+    ),
+    "delete of an unlabelled scanfleet-shaped object": (
+        delete("roles", "apps", NAME, None, RBAC),
+        LABELS,
+    ),
+    "scanfleet-looking name, wrong shape": (sa("scanfleet-xyz"), SHAPE),
+    "scanfleet name, 17 hex digits": (sa(NAME + "0"), SHAPE),
+    "scan-id label disagreeing with the name": (sa(lbl=labels("scanfleet-" + "f" * 16)), LABELS),
+    "service account that mounts its token": (
+        sa(automountServiceAccountToken=True),
+        "mounts no token",
+    ),
+    "service account with image pull secrets": (
+        sa(imagePullSecrets=[{"name": "registry"}]),
+        "mounts no token",
+    ),
+    "owner reference to a Deployment": (
+        req(
+            "POST",
+            "roles",
+            "apps",
+            group=RBAC,
+            body={
+                "metadata": {
+                    "name": NAME,
+                    "labels": labels(),
+                    "ownerReferences": [
+                        {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "u"}
+                    ],
+                },
+                "rules": rules(),
+            },
+        ),
+        "owned by the ServiceAccount",
+    ),
+    "update of a scan role": (
+        req(
+            "PUT",
+            "roles",
+            "apps",
+            NAME,
+            group=RBAC,
+            body={"metadata": {"name": NAME}, "rules": rules()},
+            old={"metadata": {"name": NAME, "labels": labels()}},
+        ),
+        "never updates",
+    ),
+    "worker execs into a pod": (
+        req(
+            "GET",
+            "pods",
+            "apps",
+            "web",
+            sub="exec",
+            query=(("command", "sh"), ("container", "app")),
+        ),
+        "never execs",
+    ),
+    "pod running as a scan identity": (pod(NAME), POD),
+    "pod running as any scanfleet- account": (pod("scanfleet-helper"), POD),
+    "pod update keeping a scan identity": (pod(NAME, method="PUT"), POD),
+    "worker creates a pod as a scan identity": (pod(NAME, user=WORKER), POD),
 }
 
 
@@ -340,25 +487,57 @@ def test_attack_is_denied(policies: list[Policy], attack: str) -> None:
 
 ALLOWED: dict[str, LoggedRequest] = {
     "the scan identity execs into its pod": req(
-        "GET", "pods", "apps", "web", sub="exec", user=f"system:serviceaccount:apps:{NAME}"),
-    "a pod running as the worker": pod("scanfleet", user="system:serviceaccount:kube-system:"
-                                       "replicaset-controller"),
+        "GET", "pods", "apps", "web", sub="exec", user=f"system:serviceaccount:apps:{NAME}"
+    ),
+    "a pod running as the worker": pod(
+        "scanfleet", user="system:serviceaccount:kube-system:replicaset-controller"
+    ),
     "a pod running as default": pod("default"),
-    "an admin binds cluster-admin": binding({"apiGroup": RBAC, "kind": "ClusterRole",
-                                             "name": "cluster-admin"})._replace(identity="alice"),
-    "an admin deletes payments-api": delete("serviceaccounts", "payments", "payments-api",
-                                            SCANFLEET_LABEL)._replace(identity="alice"),
+    "an admin binds cluster-admin": binding(
+        {"apiGroup": RBAC, "kind": "ClusterRole", "name": "cluster-admin"}
+    )._replace(identity="alice"),
+    "an admin deletes payments-api": delete(
+        "serviceaccounts", "payments", "payments-api", SCANFLEET_LABEL
+    )._replace(identity="alice"),
     "a scan role with verbs in the other order": req(
-        "POST", "roles", "apps", group=RBAC, body={
+        "POST",
+        "roles",
+        "apps",
+        group=RBAC,
+        body={
             "metadata": {"name": NAME, "labels": labels()},
-            "rules": [{"apiGroups": [""], "resources": ["pods/exec"],
-                       "verbs": ["get", "create"], "resourceNames": ["web"]},
-                      {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"],
-                       "resourceNames": ["web"]}]}),
-    "a scan role owned by its service account": req("POST", "roles", "apps", group=RBAC, body={
-        "metadata": {"name": NAME, "labels": labels(), "ownerReferences": [
-            {"apiVersion": "v1", "kind": "ServiceAccount", "name": NAME, "uid": "u"}]},
-        "rules": rules()}),
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["pods/exec"],
+                    "verbs": ["get", "create"],
+                    "resourceNames": ["web"],
+                },
+                {
+                    "apiGroups": [""],
+                    "resources": ["pods"],
+                    "verbs": ["get"],
+                    "resourceNames": ["web"],
+                },
+            ],
+        },
+    ),
+    "a scan role owned by its service account": req(
+        "POST",
+        "roles",
+        "apps",
+        group=RBAC,
+        body={
+            "metadata": {
+                "name": NAME,
+                "labels": labels(),
+                "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "ServiceAccount", "name": NAME, "uid": "u"}
+                ],
+            },
+            "rules": rules(),
+        },
+    ),
 }
 
 
@@ -371,12 +550,11 @@ def test_legitimate_neighbours_are_admitted(policies: list[Policy], case: str) -
 
 def test_a_cel_error_fails_closed(policies: list[Policy]) -> None:
     """A Role without rules would make the rules check error: failurePolicy Fail denies."""
-    broken = req("POST", "roles", "apps", group=RBAC,
-                 body={"metadata": {"name": NAME, "labels": labels()}})
+    broken = req(
+        "POST", "roles", "apps", group=RBAC, body={"metadata": {"name": NAME, "labels": labels()}}
+    )
     attrs = admission_request(broken)
     assert attrs is not None
     (worker,) = [d for d in admit(policies, attrs) if d.applies]
     assert not worker.allowed
     assert any(f.startswith("error") for f in worker.failures)
-
-

@@ -36,14 +36,25 @@ def clusterrole_rules() -> list[dict[str, Any]]:
 def scan(kubeconfig: Path, auditor: str, out: Path) -> Any:
     return CliRunner(env={"SCANFLEET_AUDITOR": auditor}).invoke(
         main_group,
-        ["scan", "apps/web/app", "--profile", "p", "--kubeconfig", str(kubeconfig),
-         "--output", str(out)],
+        [
+            "scan",
+            "apps/web/app",
+            "--profile",
+            "p",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--output",
+            str(out),
+        ],
         catch_exceptions=False,
     )
 
 
 def test_a_full_scan_succeeds_with_exactly_the_clusterrole(
-    fake_cluster: FakeCluster, admin_kubeconfig: Path, standin_auditor: str, tmp_path: Path,
+    fake_cluster: FakeCluster,
+    admin_kubeconfig: Path,
+    standin_auditor: str,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fake_cluster.set_admin_rules(clusterrole_rules())
@@ -53,15 +64,21 @@ def test_a_full_scan_succeeds_with_exactly_the_clusterrole(
 
 
 def test_without_pods_exec_kubernetes_refuses_to_let_scanfleet_grant_it(
-    fake_cluster: FakeCluster, admin_kubeconfig: Path, standin_auditor: str, tmp_path: Path,
+    fake_cluster: FakeCluster,
+    admin_kubeconfig: Path,
+    standin_auditor: str,
+    tmp_path: Path,
 ) -> None:
     rules = [r for r in clusterrole_rules() if r["resources"] != ["pods/exec"]]
     fake_cluster.set_admin_rules(rules)
     res = scan(admin_kubeconfig, standin_auditor, tmp_path / "results")
     assert res.exit_code == 3, res.stderr
     [run_dir] = [p for p in (tmp_path / "results").iterdir() if p.is_dir()]
-    [summary] = [json.loads(p.read_text()) for p in run_dir.glob("*.json")
-                 if p.name != "run.json" and not p.name.endswith(".report.json")]
+    [summary] = [
+        json.loads(p.read_text())
+        for p in run_dir.glob("*.json")
+        if p.name != "run.json" and not p.name.endswith(".report.json")
+    ]
     # Kubernetes' escalation check refuses the Role: that is `forbidden`, not some other
     # exit-3 error (an unreachable cluster or a crashed auditor would also exit 3).
     assert summary["error"]["kind"] == "forbidden", summary["error"]

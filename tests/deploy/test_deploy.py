@@ -145,8 +145,12 @@ def test_redis_requires_a_password_and_is_not_published(compose: dict[str, Any])
         env = service["environment"]
         assert env["SCANFLEET_BROKER_URL_FILE"] == "/run/secrets/broker_url", name
         assert env["SCANFLEET_BROKER_URL"] == "${SCANFLEET_BROKER_URL:-}", name
-    assert not [a for s in compose["services"].values() for a in s.get("command", [])
-                if "requirepass" in str(a)]
+    assert not [
+        a
+        for s in compose["services"].values()
+        for a in s.get("command", [])
+        if "requirepass" in str(a)
+    ]
     script = (ROOT / "compose" / "make-secrets.sh").read_text()
     for made in ("secrets/redis.conf", "secrets/broker-url", "secrets/flower.py"):
         assert made in script
@@ -196,10 +200,14 @@ def test_kubeconfig_is_mounted_read_only_where_it_is_needed(compose: dict[str, A
     # A dedicated scanner kubeconfig, never the operator's personal one.
     mount = "${KUBECONFIG_HOST_PATH:-./secrets/scanner-kubeconfig}:/etc/scanfleet/kubeconfig:ro"
     assert mount in worker["volumes"]
-    assert not [v for s in compose["services"].values() for v in s.get("volumes", [])
-                if "~/.kube" in v]
-    assert not re.search(r"^KUBECONFIG_HOST_PATH=~", (ROOT / "compose" / ".env.example")
-                         .read_text(), flags=re.MULTILINE)
+    assert not [
+        v for s in compose["services"].values() for v in s.get("volumes", []) if "~/.kube" in v
+    ]
+    assert not re.search(
+        r"^KUBECONFIG_HOST_PATH=~",
+        (ROOT / "compose" / ".env.example").read_text(),
+        flags=re.MULTILINE,
+    )
     assert "create token" in (ROOT / "compose" / "README.md").read_text()
     assert worker["environment"]["KUBECONFIG"] == (
         "${SCANFLEET_KUBECONFIG:-/etc/scanfleet/kubeconfig}"
@@ -293,6 +301,7 @@ def test_sweeps_files_load_with_scanfleets_own_strict_loader(
 ) -> None:
     """As beat would load them, with /etc/scanfleet/profiles mapped to the mounted dir."""
     import scanfleet.sweeps.spec as sweeps
+
     if sweeps_file.endswith("configmap.yaml"):
         (configmap,) = [
             d
@@ -428,8 +437,15 @@ def test_unknown_fields_are_caught() -> None:
     assert _dropped_keys(doc, roundtrip) == ["/spec/template/spec/containers[0]/securityContex"]
 
 
-CLUSTER_SCOPED = frozenset({"Namespace", "ClusterRole", "ClusterRoleBinding",
-                            "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"})
+CLUSTER_SCOPED = frozenset(
+    {
+        "Namespace",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    }
+)
 
 
 def test_kustomization_lists_every_manifest() -> None:
@@ -783,7 +799,10 @@ def _cli_commands() -> list[str]:
     """The commands `scanfleet --help` lists, from the real CLI."""
     proc = subprocess.run(
         [sys.executable, "-c", "from scanfleet.cli import main; main()", "--help"],
-        capture_output=True, text=True, check=True, timeout=60,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     section = proc.stdout.split("Commands:", 1)[1]
     return [line.split()[0] for line in section.splitlines() if line.startswith("  ")]
@@ -796,8 +815,9 @@ def test_every_scanfleet_command_reaches_scanfleet_through_the_entrypoint(
     assert {"diff", "prune", "sweeps", "submit", "worker"} <= set(commands)
     for command in commands:
         # A and B: `diff A B` must be scanfleet's drift, never GNU diff.
-        result = _run_entrypoint(tmp_path, stand_in_bin, command, "A", "B",
-                                 SCANFLEET_SA_DIR=str(tmp_path / "nowhere"))
+        result = _run_entrypoint(
+            tmp_path, stand_in_bin, command, "A", "B", SCANFLEET_SA_DIR=str(tmp_path / "nowhere")
+        )
         assert result.stdout.splitlines()[-1] == f"ARGS={command} A B", command
     result = _run_entrypoint(tmp_path, stand_in_bin, "sweeps", "validate", "x.yml")
     assert result.stdout.splitlines()[-1] == "ARGS=sweeps validate x.yml"

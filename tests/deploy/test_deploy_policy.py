@@ -48,8 +48,9 @@ def _worker_username() -> str:
     return f"system:serviceaccount:{ns}:{sa}"
 
 
-@pytest.mark.parametrize("doc", _component_docs(),
-                         ids=[d["metadata"]["namespace"] for d in _component_docs()])
+@pytest.mark.parametrize(
+    "doc", _component_docs(), ids=[d["metadata"]["namespace"] for d in _component_docs()]
+)
 def test_component_documents_load_into_the_official_client_model(doc: dict[str, Any]) -> None:
     from kubernetes import client as k8s
 
@@ -74,10 +75,13 @@ def test_worker_policy_is_scoped_to_the_workers_service_account() -> None:
 
 
 def _matched(spec: dict[str, Any]) -> set[tuple[str, str, str]]:
-    return {(group, resource, op)
-            for rule in spec["matchConstraints"]["resourceRules"]
-            for group in rule["apiGroups"] for resource in rule["resources"]
-            for op in rule["operations"]}
+    return {
+        (group, resource, op)
+        for rule in spec["matchConstraints"]["resourceRules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for op in rule["operations"]
+    }
 
 
 def test_worker_policy_covers_every_write_the_clusterrole_grants() -> None:
@@ -94,7 +98,9 @@ def test_worker_policy_covers_every_write_the_clusterrole_grants() -> None:
 
 def test_scan_identity_policy_matches_every_pod_create_and_update() -> None:
     assert _matched(_policy("scanfleet-scan-identities")["spec"]) == {
-        ("", "pods", "CREATE"), ("", "pods", "UPDATE")}
+        ("", "pods", "CREATE"),
+        ("", "pods", "UPDATE"),
+    }
 
 
 def test_the_pinned_role_rules_are_the_ones_scanfleet_writes() -> None:
@@ -108,8 +114,9 @@ def test_the_pinned_role_rules_are_the_ones_scanfleet_writes() -> None:
 
 def kustomize(path: Path) -> list[dict[str, Any]]:
     assert KUBECTL is not None
-    proc = subprocess.run([KUBECTL, "kustomize", str(path)], capture_output=True, text=True,
-                          timeout=60, check=False)
+    proc = subprocess.run(
+        [KUBECTL, "kustomize", str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert proc.returncode == 0, proc.stderr
     return [d for d in yaml.safe_load_all(proc.stdout) if d]
 
@@ -118,10 +125,12 @@ def kustomize(path: Path) -> list[dict[str, Any]]:
 def test_kustomize_renders_cluster_scoped_policies_without_a_namespace() -> None:
     docs = kustomize(DEPLOY)
     kinds = {(d["kind"], d["metadata"]["name"]): d for d in docs}
-    for key in (("ValidatingAdmissionPolicy", "scanfleet-worker"),
-                ("ValidatingAdmissionPolicyBinding", "scanfleet-worker"),
-                ("ValidatingAdmissionPolicy", "scanfleet-scan-identities"),
-                ("ValidatingAdmissionPolicyBinding", "scanfleet-scan-identities")):
+    for key in (
+        ("ValidatingAdmissionPolicy", "scanfleet-worker"),
+        ("ValidatingAdmissionPolicyBinding", "scanfleet-worker"),
+        ("ValidatingAdmissionPolicy", "scanfleet-scan-identities"),
+        ("ValidatingAdmissionPolicyBinding", "scanfleet-scan-identities"),
+    ):
         assert "namespace" not in kinds[key]["metadata"], key
     assert ("ClusterRoleBinding", "scanfleet") in kinds
     assert not [d for d in docs if d["kind"] == "RoleBinding"]
@@ -132,8 +141,10 @@ def test_namespace_scoped_component_replaces_the_clusterrolebinding(tmp_path: Pa
     base = tmp_path / "deploy"
     shutil.copytree(DEPLOY, base)
     text = (base / "kustomization.yaml").read_text()
-    enabled = text.replace("# components:\n#   - components/namespace-scoped",
-                           "components:\n  - components/namespace-scoped")
+    enabled = text.replace(
+        "# components:\n#   - components/namespace-scoped",
+        "components:\n  - components/namespace-scoped",
+    )
     assert enabled != text, "the commented-out components: stanza moved"
     (base / "kustomization.yaml").write_text(enabled)
     docs = kustomize(base)
@@ -142,9 +153,13 @@ def test_namespace_scoped_component_replaces_the_clusterrolebinding(tmp_path: Pa
     assert bindings == _component_docs()
     assert {b["metadata"]["namespace"] for b in bindings} == {"team-a", "team-b"}
     for b in bindings:
-        assert b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
-                                "kind": "ClusterRole", "name": "scanfleet"}
-        assert b["subjects"] == [{"kind": "ServiceAccount", "name": "scanfleet",
-                                  "namespace": "scanfleet"}]
+        assert b["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "scanfleet",
+        }
+        assert b["subjects"] == [
+            {"kind": "ServiceAccount", "name": "scanfleet", "namespace": "scanfleet"}
+        ]
     assert any(d["kind"] == "ClusterRole" for d in docs)
     assert any(d["kind"] == "ValidatingAdmissionPolicy" for d in docs)

@@ -33,15 +33,22 @@ from tests.support.fixtures_metrics import promtool
 from tests.support.paths import ROOT
 
 MON = ROOT / "deploy" / "monitoring"
-ALERTS = {"ScanfleetSweepMissed", "ScanfleetComplianceDropped", "ScanfleetScanErrorRateHigh",
-          "ScanfleetIdentityLeftovers", "ScanfleetWorkerDown", "ScanfleetQueueBacklog"}
+ALERTS = {
+    "ScanfleetSweepMissed",
+    "ScanfleetComplianceDropped",
+    "ScanfleetScanErrorRateHigh",
+    "ScanfleetIdentityLeftovers",
+    "ScanfleetWorkerDown",
+    "ScanfleetQueueBacklog",
+}
 NAME = re.compile(r"\bscanfleet_[a-z_]+\b")
 HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
 
 
 def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([promtool(), *args], capture_output=True, text=True, timeout=120,
-                          check=False, cwd=MON)
+    return subprocess.run(
+        [promtool(), *args], capture_output=True, text=True, timeout=120, check=False, cwd=MON
+    )
 
 
 def _rules() -> list[dict[str, Any]]:
@@ -95,14 +102,27 @@ def _exported(tmp_path: Path) -> set[str]:
     worker = _sample_names([metrics.registry(lambda _k: 0, "q")])
     run_dir = tmp_path / "20260101T030000Z-abcdef"
     run_dir.mkdir()
-    (run_dir / "run.json").write_text(json.dumps({
-        "run_id": run_dir.name, "source": "sweep:s", "finished_at": "2026-01-01T03:10:00Z",
-        "targets": {"passed": 1, "failed": 0, "error": 0},
-        "by_cluster": {"c": {"compliance": 90}}, "fleet_threshold": {"passed": None}}))
+    (run_dir / "run.json").write_text(
+        json.dumps(
+            {
+                "run_id": run_dir.name,
+                "source": "sweep:s",
+                "finished_at": "2026-01-01T03:10:00Z",
+                "targets": {"passed": 1, "failed": 0, "error": 0},
+                "by_cluster": {"c": {"compliance": 90}},
+                "fleet_threshold": {"passed": None},
+            }
+        )
+    )
     (run_dir / "drift.json").write_text(json.dumps({"totals": {"newly_failing": 1, "fixed": 0}}))
     sweep = Sweep(name="s", schedule="0 3 * * *", profile="p")
-    beat = _sample_names([posture.PostureCollector(
-        [sweep], tmp_path, fakeredis.FakeRedis(decode_responses=True), "pfx")])
+    beat = _sample_names(
+        [
+            posture.PostureCollector(
+                [sweep], tmp_path, fakeredis.FakeRedis(decode_responses=True), "pfx"
+            )
+        ]
+    )
     return worker | beat
 
 
@@ -122,15 +142,22 @@ def test_the_dashboard_and_the_rules_name_only_exported_metrics(tmp_path: Path) 
     exported = _exported(tmp_path)
     dashboard = json.loads((MON / "dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
-    exprs += [v["query"]["query"] for v in dashboard["templating"]["list"]
-              if isinstance(v.get("query"), dict)]
+    exprs += [
+        v["query"]["query"]
+        for v in dashboard["templating"]["list"]
+        if isinstance(v.get("query"), dict)
+    ]
     named = {_base(n) for e in exprs for n in NAME.findall(e)}
     assert named, "the dashboard names no scanfleet metric"
     assert named - exported == set()
     assert {_base(n) for r in _rules() for n in NAME.findall(r["expr"])} - exported == set()
     # posture per sweep and cluster, scan rate and duration, errors by kind, API requests
-    assert {"scanfleet_sweep_compliance_percent", "scanfleet_scans_total",
-            "scanfleet_scan_duration_seconds", "scanfleet_api_requests_total"} <= named
+    assert {
+        "scanfleet_sweep_compliance_percent",
+        "scanfleet_scans_total",
+        "scanfleet_scan_duration_seconds",
+        "scanfleet_api_requests_total",
+    } <= named
 
 
 def test_compose_prometheus_scrapes_the_jobs_the_alerts_name() -> None:
@@ -140,13 +167,16 @@ def test_compose_prometheus_scrapes_the_jobs_the_alerts_name() -> None:
     jobs = {j["job_name"] for j in yaml.safe_load(config.read_text())["scrape_configs"]}
     assert jobs == {"scanfleet-worker", "scanfleet-beat"}
     assert 'job="scanfleet-worker"' in next(
-        r["expr"] for r in _rules() if r["alert"] == "ScanfleetWorkerDown")
+        r["expr"] for r in _rules() if r["alert"] == "ScanfleetWorkerDown"
+    )
     compose = yaml.safe_load((ROOT / "compose" / "docker-compose.yml").read_text())
     prom = compose["services"]["prometheus"]
-    assert "../deploy/monitoring/rules.yml:/etc/prometheus/rules/scanfleet.yml:ro" in prom[
-        "volumes"]
+    assert (
+        "../deploy/monitoring/rules.yml:/etc/prometheus/rules/scanfleet.yml:ro" in prom["volumes"]
+    )
     assert compose["services"]["worker"]["environment"]["SCANFLEET_METRICS_PORT"] == (
-        "${SCANFLEET_METRICS_PORT:-9808}")
+        "${SCANFLEET_METRICS_PORT:-9808}"
+    )
 
 
 def test_the_kustomize_component_builds_over_the_base(tmp_path: Path) -> None:
@@ -158,16 +188,25 @@ def test_the_kustomize_component_builds_over_the_base(tmp_path: Path) -> None:
     overlay.mkdir()
     (overlay / "kustomization.yaml").write_text(
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
-        "resources: [../deploy]\ncomponents: [../deploy/monitoring]\n")
-    built = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True,
-                           text=True, timeout=120, check=False)
+        "resources: [../deploy]\ncomponents: [../deploy/monitoring]\n"
+    )
+    built = subprocess.run(
+        [kubectl, "kustomize", str(overlay)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert built.returncode == 0, built.stderr
     docs = [d for d in yaml.safe_load_all(built.stdout) if d]
     kinds = {d["kind"] for d in docs}
     assert {"ServiceMonitor", "PrometheusRule"} <= kinds
     monitor = next(d for d in docs if d["kind"] == "ServiceMonitor")
-    jobs = {d["metadata"]["labels"][monitor["spec"]["jobLabel"]]
-            for d in docs if d["kind"] == "Service" and "metrics" in d["metadata"]["name"]}
+    jobs = {
+        d["metadata"]["labels"][monitor["spec"]["jobLabel"]]
+        for d in docs
+        if d["kind"] == "Service" and "metrics" in d["metadata"]["name"]
+    }
     assert jobs == {"scanfleet-worker", "scanfleet-beat"}
     for d in docs:
         if d["kind"] == "Deployment":

@@ -36,9 +36,23 @@ def test_scan_a_real_pod_and_leave_nothing_behind(tmp_path: Path) -> None:
     if not profile:
         pytest.skip("SCANFLEET_E2E_PROFILE is not set")
     res = subprocess.run(
-        [sys.executable, "-c", "from scanfleet.cli import main; main()", "scan", target,
-         "--profile", profile, "--kubeconfig", KUBECONFIG, "--output", str(tmp_path)],
-        capture_output=True, text=True, timeout=3500, check=False,
+        [
+            sys.executable,
+            "-c",
+            "from scanfleet.cli import main; main()",
+            "scan",
+            target,
+            "--profile",
+            profile,
+            "--kubeconfig",
+            KUBECONFIG,
+            "--output",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=3500,
+        check=False,
     )
     assert res.returncode in (0, 1), res.stderr[-4000:]
     [run_dir] = [p for p in tmp_path.iterdir() if p.is_dir()]
@@ -46,8 +60,21 @@ def test_scan_a_real_pod_and_leave_nothing_behind(tmp_path: Path) -> None:
     assert run["targets"]["completed"] == run["targets"]["total"]
     for kind in ("serviceaccounts", "roles", "rolebindings"):
         left = subprocess.run(
-            [require_tool("kubectl"), "--kubeconfig", KUBECONFIG, "get", kind, "-A", "-l",
-             "app.kubernetes.io/managed-by=scanfleet", "-o", "name"],
-            capture_output=True, text=True, timeout=60, check=True,
+            [
+                require_tool("kubectl"),
+                "--kubeconfig",
+                KUBECONFIG,
+                "get",
+                kind,
+                "-A",
+                "-l",
+                "app.kubernetes.io/managed-by=scanfleet",
+                "-o",
+                "name",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
         )
         assert left.stdout.strip() == "", left.stdout

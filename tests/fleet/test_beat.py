@@ -330,8 +330,11 @@ def start_beats(procs: Procs, sweeps: Path, *names: str) -> list[Path]:
     set_clock(clock, BEFORE_TICK)
     logs = [procs.spawn(name, BEAT, str(clock), str(sweeps)) for name in names]
     for log in logs:
-        wait_for(lambda log=log: procs.events(log, "test.schedule_ready"), 60,
-                 f"{log.stem} to build its schedule")
+        wait_for(
+            lambda log=log: procs.events(log, "test.schedule_ready"),
+            60,
+            f"{log.stem} to build its schedule",
+        )
     set_clock(clock, AFTER_TICK)
     return logs
 
@@ -412,8 +415,9 @@ def test_workers_run_the_janitor_and_prune_periodically(
     cluster = seed_default(make_cluster())
     kubeconfig = cluster.write_kubeconfig(tmp_path / "kube" / "config", context="fake")
     kube = KubeClient(str(kubeconfig), "fake")
-    leave_orphans(kube, "apps", "00000000000000aa", "r", datetime.now(UTC) - timedelta(hours=3),
-                  600)
+    leave_orphans(
+        kube, "apps", "00000000000000aa", "r", datetime.now(UTC) - timedelta(hours=3), 600
+    )
     kube.close()
     results = Path(procs.env["SCANFLEET_RESULTS_DIR"])
     old = make_run(results, "20200101T000000Z-0000aa", [], run={"source": "submit"})
@@ -423,10 +427,16 @@ def test_workers_run_the_janitor_and_prune_periodically(
     # for the sweep would starve the interval entries.
     procs.spawn("beat", BEAT, "-", str(every_minute), "1", "1")
     try:
-        wait_for(lambda: len(procs.events(worker, "janitor.finished")) >= 2, 90,
-                 "two janitor passes on the worker")
-        wait_for(lambda: len(procs.events(worker, "retention.finished")) >= 2, 90,
-                 "two retention passes on the worker")
+        wait_for(
+            lambda: len(procs.events(worker, "janitor.finished")) >= 2,
+            90,
+            "two janitor passes on the worker",
+        )
+        wait_for(
+            lambda: len(procs.events(worker, "retention.finished")) >= 2,
+            90,
+            "two retention passes on the worker",
+        )
     except AssertionError:
         raise AssertionError(procs.dump()) from None
     first = procs.events(worker, "janitor.finished")[0]

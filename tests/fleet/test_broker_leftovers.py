@@ -43,10 +43,25 @@ def locked_redis(tmp_path: Path) -> Iterator[int]:
     """A redis-server that requires PASSWORD; its port."""
     exe = require_tool("redis-server")
     port = free_port()
-    proc = subprocess.Popen([exe, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp_path),
-                             "--requirepass", PASSWORD],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            exe,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+            "--requirepass",
+            PASSWORD,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for(lambda: proc.poll() is not None or _answers(port), 15, "redis-server")
         assert proc.poll() is None, "redis-server exited (port taken?)"
@@ -86,10 +101,13 @@ def test_a_refused_login_fails_the_first_call_and_is_not_retried(
 
 
 def test_status_with_a_wrong_password_exits_3_naming_the_cause(locked_redis: int) -> None:
-    env = {"SCANFLEET_BROKER_URL": f"redis://:wrong-pw-x@127.0.0.1:{locked_redis}/0",
-           "PATH": "/usr/bin:/bin"}
-    r = run_cli(["status", "20250101T000000Z-abcdef", "--results-dir", "/nonexistent"], env,
-                timeout=60)
+    env = {
+        "SCANFLEET_BROKER_URL": f"redis://:wrong-pw-x@127.0.0.1:{locked_redis}/0",
+        "PATH": "/usr/bin:/bin",
+    }
+    r = run_cli(
+        ["status", "20250101T000000Z-abcdef", "--results-dir", "/nonexistent"], env, timeout=60
+    )
     assert r.returncode == 3, r.stderr
     assert "refused scanfleet's credentials" in r.stderr
     assert "wrong-pw-x" not in r.stderr + r.stdout
@@ -118,12 +136,15 @@ def _dump(client: redis.Redis) -> str:
 
 
 def test_a_sweep_tick_carries_the_profile_url_without_credentials(
-    redis_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    redis_server: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     sweep = Sweep(name="nightly", schedule="0 3 * * *", profile=PROFILE, contexts=("east",))
     entry = beat_schedule([sweep])["sweep:nightly"]
-    settings = Settings(broker_url=redis_server.url, key_prefix=KEY_PREFIX,
-                        results_dir=tmp_path / "results")
+    settings = Settings(
+        broker_url=redis_server.url, key_prefix=KEY_PREFIX, results_dir=tmp_path / "results"
+    )
     app = make_app(settings, FleetTuning.from_settings(settings))
     client = redis_server.client()
     try:
@@ -156,7 +177,8 @@ def test_a_sweep_tick_carries_the_profile_url_without_credentials(
 
 
 def test_a_worker_with_a_wrong_password_exits_3_instead_of_retrying_forever(
-    locked_redis: int, fleet_env: dict[str, str],
+    locked_redis: int,
+    fleet_env: dict[str, str],
 ) -> None:
     env = {**fleet_env, "SCANFLEET_BROKER_URL": f"redis://:wrong-pw-y@127.0.0.1:{locked_redis}/0"}
     r = run_cli(["worker", "-c", "1"], env, timeout=60)

@@ -48,31 +48,48 @@ def make_tls(directory: Path) -> dict[str, Path]:
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (
-        x509.CertificateBuilder().subject_name(_name("scanfleet test CA"))
-        .issuer_name(_name("scanfleet test CA")).public_key(ca_key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(_name("scanfleet test CA"))
+        .issuer_name(_name("scanfleet test CA"))
+        .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
-        x509.CertificateBuilder().subject_name(_name("localhost")).issuer_name(ca.subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))
-        ]), critical=False)
+        x509.CertificateBuilder()
+        .subject_name(_name("localhost"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
         .sign(ca_key, hashes.SHA256())
     )
     directory.mkdir(parents=True, exist_ok=True)
-    files = {"ca": directory / "ca.pem", "cert": directory / "server.pem",
-             "key": directory / "server-key.pem"}
+    files = {
+        "ca": directory / "ca.pem",
+        "cert": directory / "server.pem",
+        "key": directory / "server-key.pem",
+    }
     files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     files["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files["key"].write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    files["key"].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return files
 
 
@@ -84,12 +101,34 @@ class SecureRedis:
             pytest.skip("redis-server is not installed")
         self.port = free_port()
         self.tls = tls
-        args = ["redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", str(directory), "--requirepass", PASSWORD]
+        args = [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+            "--requirepass",
+            PASSWORD,
+        ]
         if tls:
-            args += ["--port", "0", "--tls-port", str(self.port),
-                     "--tls-cert-file", str(tls["cert"]), "--tls-key-file", str(tls["key"]),
-                     "--tls-ca-cert-file", str(tls["ca"]), "--tls-auth-clients", "no"]
+            args += [
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                str(tls["cert"]),
+                "--tls-key-file",
+                str(tls["key"]),
+                "--tls-ca-cert-file",
+                str(tls["ca"]),
+                "--tls-auth-clients",
+                "no",
+            ]
         else:
             args += ["--port", str(self.port)]
         directory.mkdir(parents=True, exist_ok=True)
@@ -99,8 +138,10 @@ class SecureRedis:
     @property
     def url(self) -> str:
         if self.tls:
-            return (f"rediss://:{PASSWORD}@localhost:{self.port}/0"
-                    f"?ssl_cert_reqs=required&ssl_ca_certs={self.tls['ca']}")
+            return (
+                f"rediss://:{PASSWORD}@localhost:{self.port}/0"
+                f"?ssl_cert_reqs=required&ssl_ca_certs={self.tls['ca']}"
+            )
         return f"redis://:{PASSWORD}@127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
@@ -165,8 +206,9 @@ def leak_search(*texts: str, dirs: tuple[Path, ...] = ()) -> list[str]:
     return found
 
 
-def _env(fleet_env: dict[str, str], url: str,
-         profiles: str = "https://profiles.example/") -> dict[str, str]:
+def _env(
+    fleet_env: dict[str, str], url: str, profiles: str = "https://profiles.example/"
+) -> dict[str, str]:
     allow = profiles.replace("://", f"://bot:{ALLOW_SECRET}@", 1)
     return {**fleet_env, "SCANFLEET_BROKER_URL": url, "SCANFLEET_ALLOWED_PROFILES": f"/,{allow}"}
 
@@ -180,16 +222,20 @@ def profiles() -> Iterator[ProfileServer]:
 
 
 def test_tls_and_password_worker_submit_status_beat_and_no_secret_anywhere(
-    fleet_env: dict[str, str], fleet_clusters: FleetClusters,
-    make_worker: Callable[..., Worker], secure_redis: Callable[[bool], SecureRedis],
-    tmp_path: Path, profiles: ProfileServer,
+    fleet_env: dict[str, str],
+    fleet_clusters: FleetClusters,
+    make_worker: Callable[..., Worker],
+    secure_redis: Callable[[bool], SecureRedis],
+    tmp_path: Path,
+    profiles: ProfileServer,
 ) -> None:
     server = secure_redis(True)
     env = _env(fleet_env, server.url, profiles.url("/"))
     worker = make_worker(env, concurrency=2)
     profile = profiles.url("/p.tar.gz", userinfo=f"scanuser:{PROFILE_SECRET}")
-    sub = run_cli(["submit", "--context", "east", "apps/api/app", "--profile", profile,
-                   "--wait"], env)
+    sub = run_cli(
+        ["submit", "--context", "east", "apps/api/app", "--profile", profile, "--wait"], env
+    )
     assert sub.returncode == 0, sub.stderr[-2000:]
     run_id = sub.stdout.splitlines()[0].strip()
     st = run_cli(["status", run_id, "--json"], env)
@@ -197,19 +243,25 @@ def test_tls_and_password_worker_submit_status_beat_and_no_secret_anywhere(
     assert '"finished"' in st.stdout
 
     sweeps = tmp_path / "sweeps.yml"
-    sweeps.write_text("- name: minutely\n  schedule: '* * * * *'\n  contexts: [west]\n"
-                      "  namespaces: [apps]\n  selector: app=api\n"
-                      f"  profile: {profiles.url('/p.tar.gz')}\n")
+    sweeps.write_text(
+        "- name: minutely\n  schedule: '* * * * *'\n  contexts: [west]\n"
+        "  namespaces: [apps]\n  selector: app=api\n"
+        f"  profile: {profiles.url('/p.tar.gz')}\n"
+    )
     beat_log = tmp_path / "beat.log"
     with beat_log.open("wb") as out:
-        beat = subprocess.Popen([*CLI, "beat", "--sweeps", str(sweeps)], env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
+        beat = subprocess.Popen(
+            [*CLI, "beat", "--sweeps", str(sweeps)], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
         try:
             results = Path(env["SCANFLEET_RESULTS_DIR"])
             swept = wait_for(
-                lambda: [p for p in results.glob("*/run.json")
-                         if '"sweep:minutely"' in p.read_text()],
-                100, "the beat-scheduled sweep run to finish", every=0.5,
+                lambda: [
+                    p for p in results.glob("*/run.json") if '"sweep:minutely"' in p.read_text()
+                ],
+                100,
+                "the beat-scheduled sweep run to finish",
+                every=0.5,
             )
         finally:
             beat.terminate()
@@ -218,16 +270,24 @@ def test_tls_and_password_worker_submit_status_beat_and_no_secret_anywhere(
     # The sweep's profile got the worker's allow-list credentials, which stay out of files.
     dump = dump_redis(server.client())
     assert run_id in dump
-    leaks = leak_search(sub.stdout, sub.stderr, st.stdout, st.stderr, dump,
-                        worker.log.read_text(errors="replace"),
-                        beat_log.read_text(errors="replace"),
-                        dirs=(Path(env["SCANFLEET_RESULTS_DIR"]),))
+    leaks = leak_search(
+        sub.stdout,
+        sub.stderr,
+        st.stdout,
+        st.stderr,
+        dump,
+        worker.log.read_text(errors="replace"),
+        beat_log.read_text(errors="replace"),
+        dirs=(Path(env["SCANFLEET_RESULTS_DIR"]),),
+    )
     assert leaks == []
 
 
 def test_password_from_a_url_file_and_a_wrong_password_is_refused(
-    fleet_env: dict[str, str], fleet_clusters: FleetClusters,
-    make_worker: Callable[..., Worker], secure_redis: Callable[[bool], SecureRedis],
+    fleet_env: dict[str, str],
+    fleet_clusters: FleetClusters,
+    make_worker: Callable[..., Worker],
+    secure_redis: Callable[[bool], SecureRedis],
     tmp_path: Path,
 ) -> None:
     server = secure_redis(False)
@@ -236,16 +296,30 @@ def test_password_from_a_url_file_and_a_wrong_password_is_refused(
     env = _env(fleet_env, "")
     env["SCANFLEET_BROKER_URL_FILE"] = str(url_file)
     worker = make_worker(env, concurrency=1)
-    sub = run_cli(["submit", "--context", "east", "apps/api/app",
-                   "--profile", "/srv/profiles/p", "--wait"], env)
+    sub = run_cli(
+        ["submit", "--context", "east", "apps/api/app", "--profile", "/srv/profiles/p", "--wait"],
+        env,
+    )
     assert sub.returncode == 0, sub.stderr[-2000:]
-    wrong = {**env, "SCANFLEET_BROKER_URL": f"redis://:not-{PASSWORD[:4]}@127.0.0.1:{server.port}/0"}
-    refused = run_cli(["submit", "--context", "east", "apps/api/app",
-                       "--profile", "/srv/profiles/p"], wrong)
+    wrong = {
+        **env,
+        "SCANFLEET_BROKER_URL": f"redis://:not-{PASSWORD[:4]}@127.0.0.1:{server.port}/0",
+    }
+    refused = run_cli(
+        ["submit", "--context", "east", "apps/api/app", "--profile", "/srv/profiles/p"], wrong
+    )
     assert refused.returncode == 3
-    assert leak_search(sub.stdout, sub.stderr, refused.stderr,
-                       worker.log.read_text(errors="replace"), dump_redis(server.client()),
-                       dirs=(Path(env["SCANFLEET_RESULTS_DIR"]),)) == []
+    assert (
+        leak_search(
+            sub.stdout,
+            sub.stderr,
+            refused.stderr,
+            worker.log.read_text(errors="replace"),
+            dump_redis(server.client()),
+            dirs=(Path(env["SCANFLEET_RESULTS_DIR"]),),
+        )
+        == []
+    )
 
 
 def test_broker_url_file_rules(tmp_path: Path) -> None:

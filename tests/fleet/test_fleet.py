@@ -31,8 +31,14 @@ pytestmark = [
     pytest.mark.timeout(150),
 ]
 
-DISCOVER = ["--all-contexts", "--all-namespaces", "--exclude-namespace", "kube-system",
-            "--profile", "profile-x"]
+DISCOVER = [
+    "--all-contexts",
+    "--all-namespaces",
+    "--exclude-namespace",
+    "kube-system",
+    "--profile",
+    "profile-x",
+]
 EXPECTED = sorted(f"{ctx}:{ref}" for ctx in ("east", "west") for ref in FLEET_CONTAINERS)
 
 
@@ -60,8 +66,9 @@ def assert_no_rbac_left(clusters: FleetClusters) -> None:
 
 
 def start_submit(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([*CLI, "submit", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [*CLI, "submit", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def run_id_of(proc: subprocess.Popen[str]) -> str:
@@ -70,7 +77,9 @@ def run_id_of(proc: subprocess.Popen[str]) -> str:
 
 
 def test_submit_wait_scans_every_running_container_once_within_the_cluster_cap(
-    fleet_env: dict[str, str], fleet_clusters: FleetClusters, redis_server: RedisServer,
+    fleet_env: dict[str, str],
+    fleet_clusters: FleetClusters,
+    redis_server: RedisServer,
     make_worker: Callable[..., Worker],
 ) -> None:
     env = {**fleet_env, "SCANFLEET_CLUSTER_CONCURRENCY": "2", "SCANFLEET_STANDIN_SLEEP": "1"}
@@ -114,8 +123,21 @@ def test_threshold_failure_gives_exit_code_1(
     threshold = tmp_path / "threshold.yml"
     threshold.write_text("failed:\n  total:\n    max: 0\n")
     make_worker(fleet_env, concurrency=2)
-    proc = run_cli(["submit", "--context", "west", "apps/web", "--profile", "p",
-                    "--threshold", str(threshold), "--wait", "--json"], fleet_env)
+    proc = run_cli(
+        [
+            "submit",
+            "--context",
+            "west",
+            "apps/web",
+            "--profile",
+            "p",
+            "--threshold",
+            str(threshold),
+            "--wait",
+            "--json",
+        ],
+        fleet_env,
+    )
     assert proc.returncode == 1, proc.stderr[-2000:]
     run_id, body = proc.stdout.split("\n", 1)
     run = json.loads(body)
@@ -126,8 +148,10 @@ def test_threshold_failure_gives_exit_code_1(
 
 
 def test_killed_worker_scans_are_redelivered_and_finish(
-    fleet_env: dict[str, str], fleet_clusters: FleetClusters,
-    make_worker: Callable[..., Worker], redis_server: RedisServer,
+    fleet_env: dict[str, str],
+    fleet_clusters: FleetClusters,
+    make_worker: Callable[..., Worker],
+    redis_server: RedisServer,
 ) -> None:
     env = {**fleet_env, "SCANFLEET_STANDIN_SLEEP": "3"}
     victim = make_worker(env, concurrency=2)
@@ -149,8 +173,10 @@ def test_killed_worker_scans_are_redelivered_and_finish(
 
 
 def test_redis_restart_mid_run_loses_no_target(
-    fleet_env: dict[str, str], fleet_clusters: FleetClusters,
-    make_worker: Callable[..., Worker], make_redis: Callable[..., RedisServer],
+    fleet_env: dict[str, str],
+    fleet_clusters: FleetClusters,
+    make_worker: Callable[..., Worker],
+    make_redis: Callable[..., RedisServer],
 ) -> None:
     server = make_redis(appendonly=True)
     env = {**fleet_env, "SCANFLEET_BROKER_URL": server.url, "SCANFLEET_STANDIN_SLEEP": "1"}
@@ -178,7 +204,9 @@ def request_cleanup() -> Iterator[list[Callable[[], object]]]:
 
 
 def test_bad_input_exits_2_and_queues_nothing(
-    fleet_env: dict[str, str], redis_server: RedisServer, tmp_path: Path,
+    fleet_env: dict[str, str],
+    redis_server: RedisServer,
+    tmp_path: Path,
     request_cleanup: list[Callable[[], object]],
 ) -> None:
     bad_threshold = tmp_path / "bad.yml"
@@ -209,8 +237,12 @@ def test_bad_input_exits_2_and_queues_nothing(
     request_cleanup.append(lambda: structlog.configure(**saved))
     request_cleanup.append(lambda: setattr(logging.getLogger(), "handlers", root_handlers))
     for args, needle in cases:
-        res = runner.invoke(main_group, ["submit", *args, "--profile", "p", "--wait"],
-                            env=fleet_env, catch_exceptions=False)
+        res = runner.invoke(
+            main_group,
+            ["submit", *args, "--profile", "p", "--wait"],
+            env=fleet_env,
+            catch_exceptions=False,
+        )
         assert res.exit_code == 2, (args, res.output[-1000:])
         assert needle in res.stderr, (args, res.stderr[-1000:])
         assert res.stdout == "", args  # no run id: no run was created
@@ -227,8 +259,10 @@ def test_bad_input_exits_2_and_queues_nothing(
 def test_submit_fans_out_in_bounded_chunks(
     fleet_env: dict[str, str], redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    targets = [{"context": "east", "namespace": "apps", "pod": f"pod-{i}", "container": "app"}
-               for i in range(1201)]
+    targets = [
+        {"context": "east", "namespace": "apps", "pod": f"pod-{i}", "container": "app"}
+        for i in range(1201)
+    ]
     tf = tmp_path / "targets.json"
     tf.write_text(json.dumps(targets))
     proc = run_cli(["submit", "--targets-file", str(tf), "--profile", "p", "--json"], fleet_env)
@@ -258,8 +292,14 @@ def test_start_sweep_run_queues_a_discovery_run_for_sweeps(
         " namespaces=('apps',), selector='app=web')\n"
         "print(start_sweep_run(sweep, Settings.from_env(), fan_out_publisher(app)))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], env=fleet_env, capture_output=True,
-                          text=True, check=False, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=fleet_env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     run_id = proc.stdout.strip().splitlines()[-1]
     r = redis_server.client()

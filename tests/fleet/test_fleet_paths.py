@@ -17,8 +17,14 @@ from tests.support.fixtures_fleet import FleetClusters, RedisServer, Worker, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
-DISCOVER = ["--all-contexts", "--all-namespaces", "--exclude-namespace", "kube-system",
-            "--profile", "profile-x"]
+DISCOVER = [
+    "--all-contexts",
+    "--all-namespaces",
+    "--exclude-namespace",
+    "kube-system",
+    "--profile",
+    "profile-x",
+]
 
 
 def finished(proc: Any, env: dict[str, str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -49,7 +55,9 @@ def redis_text(client: redis.Redis) -> str:
 
 
 def test_dedupe_images_scans_each_image_once_and_covers_the_rest(
-    fleet_env: dict[str, str], make_worker: Callable[..., Worker], standin_io: Path,
+    fleet_env: dict[str, str],
+    make_worker: Callable[..., Worker],
+    standin_io: Path,
 ) -> None:
     log = standin_io / "auditor.jsonl"  # where the sandboxed stand-in may write
     env = {**fleet_env, "SCANFLEET_STANDIN_LOG": str(log)}
@@ -73,15 +81,19 @@ def test_dedupe_images_scans_each_image_once_and_covers_the_rest(
 
 
 def test_a_fleet_threshold_judges_the_finished_run(
-    fleet_env: dict[str, str], make_worker: Callable[..., Worker], tmp_path: Path,
+    fleet_env: dict[str, str],
+    make_worker: Callable[..., Worker],
+    tmp_path: Path,
 ) -> None:
     fleet = tmp_path / "fleet.yml"
     # Every scan reports one failed high control: eight in all, more than the fleet allows.
-    fleet.write_text("fleet:\n  failed.high.max: 1\n  passed.total.min: 0\n"
-                     "targets:\n  error.max: 0\n")
+    fleet.write_text(
+        "fleet:\n  failed.high.max: 1\n  passed.total.min: 0\ntargets:\n  error.max: 0\n"
+    )
     make_worker(fleet_env, concurrency=2)
-    proc = run_cli(["submit", *DISCOVER, "--fleet-threshold", str(fleet), "--wait", "--json"],
-                   fleet_env)
+    proc = run_cli(
+        ["submit", *DISCOVER, "--fleet-threshold", str(fleet), "--wait", "--json"], fleet_env
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     run, found = finished(proc, fleet_env)
     assert run["targets"]["error"] == 0
@@ -97,12 +109,25 @@ def test_a_fleet_threshold_judges_the_finished_run(
 
 
 def test_an_explicit_pod_that_does_not_exist_is_target_not_found(
-    fleet_env: dict[str, str], fleet_clusters: FleetClusters,
+    fleet_env: dict[str, str],
+    fleet_clusters: FleetClusters,
     make_worker: Callable[..., Worker],
 ) -> None:
     make_worker(fleet_env, concurrency=2)
-    proc = run_cli(["submit", "--context", "west", "apps/no-such-pod", "apps/web/app",
-                    "--profile", "p", "--wait", "--json"], fleet_env)
+    proc = run_cli(
+        [
+            "submit",
+            "--context",
+            "west",
+            "apps/no-such-pod",
+            "apps/web/app",
+            "--profile",
+            "p",
+            "--wait",
+            "--json",
+        ],
+        fleet_env,
+    )
     assert proc.returncode == 3, proc.stderr[-3000:]
     run, found = finished(proc, fleet_env)
     assert run["targets"]["total"] == 2
@@ -118,8 +143,11 @@ def test_an_explicit_pod_that_does_not_exist_is_target_not_found(
 
 
 def test_no_token_in_redis_worker_logs_or_results_after_a_fleet_run(
-    fleet_env: dict[str, str], fleet_clusters: FleetClusters, redis_server: RedisServer,
-    make_worker: Callable[..., Worker], auditor_plan: Callable[..., Path],
+    fleet_env: dict[str, str],
+    fleet_clusters: FleetClusters,
+    redis_server: RedisServer,
+    make_worker: Callable[..., Worker],
+    auditor_plan: Callable[..., Path],
 ) -> None:
     # A chatty auditor echoes its token on stderr; scanfleet keeps stderr tails in errors.
     plan = auditor_plan({"*": {"leak_token": True, "exit": 3}})
@@ -134,10 +162,14 @@ def test_no_token_in_redis_worker_logs_or_results_after_a_fleet_run(
     assert len(tokens) == 8
     texts = {
         "redis": redis_text(redis_server.client()),
-        "stdout": proc.stdout, "stderr": proc.stderr,
+        "stdout": proc.stdout,
+        "stderr": proc.stderr,
         **{f"worker {w.log.name}": w.log.read_text(errors="replace") for w in workers},
-        **{str(p): p.read_text(errors="replace")
-           for p in Path(env["SCANFLEET_RESULTS_DIR"]).rglob("*") if p.is_file()},
+        **{
+            str(p): p.read_text(errors="replace")
+            for p in Path(env["SCANFLEET_RESULTS_DIR"]).rglob("*")
+            if p.is_file()
+        },
     }
     assert any("debug: using token" in t for t in texts.values())  # the leak was exercised
     for where, text in texts.items():
@@ -146,7 +178,8 @@ def test_no_token_in_redis_worker_logs_or_results_after_a_fleet_run(
 
 
 def test_an_unexpected_failure_in_the_worker_is_recorded_and_the_run_ends(
-    fleet_env: dict[str, str], fleet_clusters: FleetClusters,
+    fleet_env: dict[str, str],
+    fleet_clusters: FleetClusters,
     make_worker: Callable[..., Worker],
 ) -> None:
     # The API server answers the worker's read of west's apps/web with HTTP 200 and a Status
@@ -160,10 +193,10 @@ def test_an_unexpected_failure_in_the_worker_is_recorded_and_the_run_ends(
     run, found = finished(proc, fleet_env)
     assert run["targets"]["total"] == 8
     broken = [s for s in found if s["status"] == "error"]
-    assert sorted((s["target"]["context"], s["target"]["pod"], s["target"]["container"])
-                  for s in broken) == [("west", "web", "app"), ("west", "web", "sidecar")]
+    assert sorted(
+        (s["target"]["context"], s["target"]["pod"], s["target"]["container"]) for s in broken
+    ) == [("west", "web", "app"), ("west", "web", "sidecar")]
     for s in broken:
         assert s["error"]["message"].startswith("scan failed: "), s["error"]
     assert sum(s["status"] == "completed" for s in found) == 6
     assert "scan.failed_unexpectedly" in workers[0].log.read_text(errors="replace")
-

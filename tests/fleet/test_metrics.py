@@ -46,8 +46,14 @@ from tests.support.fixtures_fleet import (
 from tests.support.fixtures_metrics import check_metrics, samples, scrape, value
 from tests.support.fixtures_ops import leave_orphans
 
-DISCOVER = ["--all-contexts", "--all-namespaces", "--exclude-namespace", "kube-system",
-            "--profile", "profile-x"]
+DISCOVER = [
+    "--all-contexts",
+    "--all-namespaces",
+    "--exclude-namespace",
+    "kube-system",
+    "--profile",
+    "profile-x",
+]
 
 
 def _on_disk(results: Path) -> Counter[tuple[str, str, str]]:
@@ -72,7 +78,8 @@ def _scraped(text: str) -> Counter[tuple[str, str, str]]:
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_worker_counts_from_every_child_equal_the_summaries_on_disk(
-    fleet_env: dict[str, str], fleet_clusters: FleetClusters,
+    fleet_env: dict[str, str],
+    fleet_clusters: FleetClusters,
     make_worker: Callable[..., Worker],
 ) -> None:
     port = free_port()
@@ -85,8 +92,11 @@ def test_worker_counts_from_every_child_equal_the_summaries_on_disk(
 
     ok = run_cli(["submit", *DISCOVER, "--wait"], env, timeout=120)
     assert ok.returncode == 0, ok.stderr[-3000:]
-    bad = run_cli(["submit", "--context", "west", "apps/missing", "--profile", "p", "--wait"],
-                  env, timeout=120)
+    bad = run_cli(
+        ["submit", "--context", "west", "apps/missing", "--profile", "p", "--wait"],
+        env,
+        timeout=120,
+    )
     assert bad.returncode == 3, bad.stderr[-3000:]
 
     text = scrape(port)
@@ -98,14 +108,20 @@ def test_worker_counts_from_every_child_equal_the_summaries_on_disk(
     scanned = sum(v for (_, status, _), v in on_disk.items() if status == "completed")
     got = samples(text)
     for phase in ("mint", "audit", "revoke", "total"):
-        count = sum(v for labels, v in got["scanfleet_scan_duration_seconds_count"].items()
-                    if ("phase", phase) in labels)
+        count = sum(
+            v
+            for labels, v in got["scanfleet_scan_duration_seconds_count"].items()
+            if ("phase", phase) in labels
+        )
         assert count == scanned, phase
     assert value(text, "scanfleet_identities_active") == 0
     assert value(text, "scanfleet_cleanup_incomplete_total") == 0
     assert {v for v in got["scanfleet_cluster_slots_in_use"].values()} == {0}
-    creates = {dict(k)["context"]: v for k, v in got["scanfleet_api_requests_total"].items()
-               if dict(k)["verb"] == "create" and dict(k)["code"] == "2xx"}
+    creates = {
+        dict(k)["context"]: v
+        for k, v in got["scanfleet_api_requests_total"].items()
+        if dict(k)["verb"] == "create" and dict(k)["code"] == "2xx"
+    }
     # ServiceAccount, Role, RoleBinding and a token per scan, per cluster: 4 scans each.
     assert creates == {"east": 16, "west": 16}
     assert value(text, "scanfleet_queue_messages") == 0
@@ -113,10 +129,12 @@ def test_worker_counts_from_every_child_equal_the_summaries_on_disk(
         assert {k for k, _ in labels} == {"context", "status", "error_kind"}
 
 
-SWEEPS = ("- name: nightly\n  schedule: '0 3 * * *'\n  all_contexts: true\n"
-          "  namespaces: [apps]\n  selector: app=web\n  profile: profile-x\n"
-          "- name: weekdays\n  schedule: '30 1 * * 1-5'\n  contexts: [east]\n"
-          "  namespaces: [ops]\n  profile: profile-x\n")
+SWEEPS = (
+    "- name: nightly\n  schedule: '0 3 * * *'\n  all_contexts: true\n"
+    "  namespaces: [apps]\n  selector: app=web\n  profile: profile-x\n"
+    "- name: weekdays\n  schedule: '30 1 * * 1-5'\n  contexts: [east]\n"
+    "  namespaces: [ops]\n  profile: profile-x\n"
+)
 
 
 def send_task(redis_url: str, name: str) -> None:
@@ -132,9 +150,12 @@ class Beat:
     def __init__(self, env: dict[str, str], sweeps: Path, port: int, log: Path) -> None:
         self.port = port
         self._out = log.open("wb")
-        self.proc = subprocess.Popen([*CLI, "beat", "--sweeps", str(sweeps),
-                                      "--metrics-port", str(port)],
-                                     env=env, stdout=self._out, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [*CLI, "beat", "--sweeps", str(sweeps), "--metrics-port", str(port)],
+            env=env,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+        )
 
     def scrape(self) -> str:
         def up() -> str | None:
@@ -183,8 +204,10 @@ def _expected_posture(results: Path, run: dict[str, Any]) -> dict[str, float]:
 def _posture(text: str, sweep: str) -> dict[str, float]:
     got = samples(text)
     out: dict[str, float] = {}
-    for name, key in (("scanfleet_sweep_last_finished_timestamp_seconds", "last"),
-                      ("scanfleet_sweep_threshold_passed", "threshold")):
+    for name, key in (
+        ("scanfleet_sweep_last_finished_timestamp_seconds", "last"),
+        ("scanfleet_sweep_threshold_passed", "threshold"),
+    ):
         out[key] = got[name][(("sweep", sweep),)]
     for labels, v in got["scanfleet_sweep_targets"].items():
         if ("sweep", sweep) in labels:
@@ -206,9 +229,12 @@ def _posture(text: str, sweep: str) -> dict[str, float]:
     "the identity without an expiry annotation is one the janitor must leave alone"
 )
 def test_beat_posture_after_a_sweep_tick_equals_run_json_and_survives_a_restart(
-    fleet_env: dict[str, str], redis_server: RedisServer, make_worker: Callable[..., Worker],
+    fleet_env: dict[str, str],
+    redis_server: RedisServer,
+    make_worker: Callable[..., Worker],
     fleet_clusters: FleetClusters,
-    make_beat: Callable[[dict[str, str], Path], Beat], tmp_path: Path,
+    make_beat: Callable[[dict[str, str], Path], Beat],
+    tmp_path: Path,
 ) -> None:
     sweeps_file = tmp_path / "sweeps.yml"
     sweeps_file.write_text(SWEEPS)
@@ -229,19 +255,24 @@ def test_beat_posture_after_a_sweep_tick_equals_run_json_and_survives_a_restart(
     text = beat.scrape()
     check_metrics(text)
     assert _posture(text, "nightly") == _expected_posture(results, run)
-    per_ns = {dict(k)["context"]: v for k, v in
-              samples(text)["scanfleet_sweep_compliance_percent"].items()
-              if ("namespace", "apps") in k}
+    per_ns = {
+        dict(k)["context"]: v
+        for k, v in samples(text)["scanfleet_sweep_compliance_percent"].items()
+        if ("namespace", "apps") in k
+    }
     assert per_ns == {c: float(g["compliance"]) for c, g in run["by_cluster"].items()}
-    assert not [k for k in samples(text)["scanfleet_sweep_threshold_passed"]
-                if ("sweep", "weekdays") in k]  # never ran: no posture, only its interval
+    assert not [
+        k for k in samples(text)["scanfleet_sweep_threshold_passed"] if ("sweep", "weekdays") in k
+    ]  # never ran: no posture, only its interval
 
     # A janitor pass on the worker: one expired identity deleted, one it may not judge.
     kube = KubeClient(str(fleet_clusters.kubeconfig), "east")
-    leave_orphans(kube, "apps", "dead0000000000d1", "run1",
-                  datetime.now(UTC) - timedelta(hours=2), 3600)
-    kube.create_service_account("ops", {"metadata": {
-        "name": "scanfleet-noexpiry", "labels": {MANAGED_BY: "scanfleet"}}})  # not ours
+    leave_orphans(
+        kube, "apps", "dead0000000000d1", "run1", datetime.now(UTC) - timedelta(hours=2), 3600
+    )
+    kube.create_service_account(
+        "ops", {"metadata": {"name": "scanfleet-noexpiry", "labels": {MANAGED_BY: "scanfleet"}}}
+    )  # not ours
     send_task(redis_server.url, JANITOR_TASK)
 
     def janitor_counted() -> str | None:
@@ -250,9 +281,10 @@ def test_beat_posture_after_a_sweep_tick_equals_run_json_and_survives_a_restart(
 
     text = wait_for(janitor_counted, 60, "beat to serve the janitor's count")
     check_metrics(text)
-    assert {k: value(text, "scanfleet_janitor_deleted_total", kind=k)
-            for k in ("RoleBinding", "Role", "ServiceAccount")} == {
-        "RoleBinding": 1, "Role": 1, "ServiceAccount": 1}
+    assert {
+        k: value(text, "scanfleet_janitor_deleted_total", kind=k)
+        for k in ("RoleBinding", "Role", "ServiceAccount")
+    } == {"RoleBinding": 1, "Role": 1, "ServiceAccount": 1}
     assert value(text, "scanfleet_janitor_foreign_total") == 1
 
     beat.stop()
@@ -269,8 +301,13 @@ def _get(name: str, **labels: str) -> float:
 
 
 def test_a_redelivered_or_covered_result_is_not_a_scan() -> None:
-    summary = {"target": {"context": "c1"}, "status": "error", "covered_by": None,
-               "error": {"kind": "timeout", "message": "x"}, "duration_s": 2.0}
+    summary = {
+        "target": {"context": "c1"},
+        "status": "error",
+        "covered_by": None,
+        "error": {"kind": "timeout", "message": "x"},
+        "duration_s": 2.0,
+    }
     labels = {"context": "c1", "status": "error", "error_kind": "timeout"}
     before = _get("scanfleet_scans_total", **labels)
     metrics.scan_recorded(summary, 1)
@@ -292,6 +329,7 @@ def test_api_requests_are_counted_by_verb_and_code() -> None:
     metrics.api_call("c2", "reading pod ns/p", lambda: 1)()
     with pytest.raises(Refused):
         metrics.api_call("c2", "creating Role ns/x", refused)()
+
     def unreachable() -> None:
         raise ConnectionRefusedError("no route")
 
@@ -316,8 +354,10 @@ def test_identity_phases_keep_the_active_gauge_and_the_incomplete_count() -> Non
     failed_mint.revoked("incomplete")
     assert _get("scanfleet_identities_active") == active
     assert _get("scanfleet_cleanup_incomplete_total") == incomplete + 1
-    counts = {p: _get("scanfleet_scan_duration_seconds_count", context="c3", phase=p)
-              for p in ("mint", "audit", "revoke")}
+    counts = {
+        p: _get("scanfleet_scan_duration_seconds_count", context="c3", phase=p)
+        for p in ("mint", "audit", "revoke")
+    }
     assert counts == {"mint": 2, "audit": 1, "revoke": 2}
 
 
@@ -335,12 +375,18 @@ def test_janitor_totals_accumulate_in_redis_and_beat_serves_them(tmp_path: Path)
     janitor_totals(r, "pfx", report)
     janitor_totals(r, "pfx", JanitorReport(dry_run=True, deleted=[f]))
     collector = PostureCollector([], tmp_path, r, "pfx")
-    got = {(m.name, s.labels.get("kind")): s.value for m in collector.collect()
-           for s in m.samples if m.name.startswith("scanfleet_janitor")}
-    assert got == {("scanfleet_janitor_deleted", "RoleBinding"): 0,
-                   ("scanfleet_janitor_deleted", "Role"): 4,
-                   ("scanfleet_janitor_deleted", "ServiceAccount"): 0,
-                   ("scanfleet_janitor_foreign", None): 4}  # warnings and not-ours
+    got = {
+        (m.name, s.labels.get("kind")): s.value
+        for m in collector.collect()
+        for s in m.samples
+        if m.name.startswith("scanfleet_janitor")
+    }
+    assert got == {
+        ("scanfleet_janitor_deleted", "RoleBinding"): 0,
+        ("scanfleet_janitor_deleted", "Role"): 4,
+        ("scanfleet_janitor_deleted", "ServiceAccount"): 0,
+        ("scanfleet_janitor_foreign", None): 4,
+    }  # warnings and not-ours
 
 
 def test_sweep_interval_is_the_longest_gap_of_the_cron() -> None:
@@ -350,22 +396,32 @@ def test_sweep_interval_is_the_longest_gap_of_the_cron() -> None:
 
 
 def test_a_child_that_died_without_a_goodbye_no_longer_counts_in_live_gauges(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Live gauges (slots, identities) of a SIGKILLed pool child vanish at the next scrape;
     a living child's stay."""
     directory = tmp_path / "mp"
     directory.mkdir()
-    child = ("import os, sys, time\nfrom scanfleet.core import metrics\n"
-             "metrics.slot_acquired(sys.argv[1]); metrics.identity_phases(None).minted()\n"
-             "print('ready', flush=True)\n"
-             "time.sleep(60) if sys.argv[2] == 'stay' else os._exit(0)\n")
+    child = (
+        "import os, sys, time\nfrom scanfleet.core import metrics\n"
+        "metrics.slot_acquired(sys.argv[1]); metrics.identity_phases(None).minted()\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60) if sys.argv[2] == 'stay' else os._exit(0)\n"
+    )
     env = {**os.environ, metrics.MULTIPROC_ENV: str(directory)}
-    dead = subprocess.run([sys.executable, "-c", child, "gone", "die"], env=env, check=True,
-                          capture_output=True, text=True, timeout=60)
+    dead = subprocess.run(
+        [sys.executable, "-c", child, "gone", "die"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert dead.stdout.strip() == "ready"
-    alive = subprocess.Popen([sys.executable, "-c", child, "held", "stay"], env=env,
-                             stdout=subprocess.PIPE, text=True)
+    alive = subprocess.Popen(
+        [sys.executable, "-c", child, "held", "stay"], env=env, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert alive.stdout is not None
         assert alive.stdout.readline().strip() == "ready"
@@ -373,7 +429,9 @@ def test_a_child_that_died_without_a_goodbye_no_longer_counts_in_live_gauges(
         reg = metrics.registry()
         assert reg.get_sample_value("scanfleet_cluster_slots_in_use", {"context": "held"}) == 1
         assert reg.get_sample_value("scanfleet_cluster_slots_in_use", {"context": "gone"}) in (
-            None, 0)
+            None,
+            0,
+        )
         assert reg.get_sample_value("scanfleet_identities_active") == 1
     finally:
         alive.kill()
@@ -383,11 +441,14 @@ def test_a_child_that_died_without_a_goodbye_no_longer_counts_in_live_gauges(
 
 
 def test_metrics_settings_come_from_the_environment() -> None:
-    s = Settings.from_env({"SCANFLEET_METRICS_PORT": "9808",
-                           "SCANFLEET_METRICS_PER_NAMESPACE": "1"})
+    s = Settings.from_env(
+        {"SCANFLEET_METRICS_PORT": "9808", "SCANFLEET_METRICS_PER_NAMESPACE": "1"}
+    )
     assert (s.metrics_port, s.metrics_per_namespace) == (9808, True)
     assert (Settings.from_env({}).metrics_port, Settings.from_env({}).metrics_per_namespace) == (
-        0, False)
+        0,
+        False,
+    )
     with pytest.raises(BadInput, match="SCANFLEET_METRICS_PORT"):
         Settings.from_env({"SCANFLEET_METRICS_PORT": "ninety"})
     with pytest.raises(BadInput, match="SCANFLEET_METRICS_PER_NAMESPACE"):

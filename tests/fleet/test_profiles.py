@@ -29,8 +29,10 @@ from tests.support.fixtures_fleet import FleetClusters, RedisServer, Worker, run
 from tests.support.profile_server import ProfileServer, profile_archive
 
 PASSWORD = "Pr0file-Passw0rd-x9"
-PROFILE = profile_archive({"inspec.yml": "name: p\nversion: 1.0.0\n",
-                           "controls/a.rb": "control 'a' do\nend\n"}, top="p-main")
+PROFILE = profile_archive(
+    {"inspec.yml": "name: p\nversion: 1.0.0\n", "controls/a.rb": "control 'a' do\nend\n"},
+    top="p-main",
+)
 DIGEST = hashlib.sha256(PROFILE).hexdigest()
 DISCOVER = ["--all-contexts", "--all-namespaces", "--exclude-namespace", "kube-system"]
 
@@ -43,12 +45,15 @@ def server() -> Iterator[ProfileServer]:
 
 
 @pytest.fixture
-def env(fleet_env: dict[str, str], server: ProfileServer, tmp_path: Path,
-        standin_io: Path) -> dict[str, str]:
-    return {**fleet_env,
-            "SCANFLEET_ALLOWED_PROFILES": server.url("/"),
-            "SCANFLEET_PROFILE_CACHE": str(tmp_path / "profile-cache"),
-            "SCANFLEET_STANDIN_LOG": str(standin_io / "standin-log.jsonl")}
+def env(
+    fleet_env: dict[str, str], server: ProfileServer, tmp_path: Path, standin_io: Path
+) -> dict[str, str]:
+    return {
+        **fleet_env,
+        "SCANFLEET_ALLOWED_PROFILES": server.url("/"),
+        "SCANFLEET_PROFILE_CACHE": str(tmp_path / "profile-cache"),
+        "SCANFLEET_STANDIN_LOG": str(standin_io / "standin-log.jsonl"),
+    }
 
 
 def run_of(stdout: str) -> tuple[str, dict[str, Any]]:
@@ -74,8 +79,7 @@ def test_scan_and_submit_local_fetch_once_per_run_and_pin_the_digest(
     env: dict[str, str], server: ProfileServer, fleet_clusters: FleetClusters
 ) -> None:
     url = server.url("/p.tar.gz")
-    proc = run_cli(["scan", "apps/api/app", "--context", "east", "--profile", url, "--json"],
-                   env)
+    proc = run_cli(["scan", "apps/api/app", "--context", "east", "--profile", url, "--json"], env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_id, run = run_of(proc.stdout)
     assert server.hits["/p.tar.gz"] == 1
@@ -83,8 +87,9 @@ def test_scan_and_submit_local_fetch_once_per_run_and_pin_the_digest(
     assert run["profile_sha256"] == DIGEST
     assert [s["profile_sha256"] for s in summaries(env, run_id)] == [DIGEST]
 
-    proc = run_cli(["submit", *DISCOVER, "--profile", url, "--local", "--concurrency", "4",
-                    "--json"], env)
+    proc = run_cli(
+        ["submit", *DISCOVER, "--profile", url, "--local", "--concurrency", "4", "--json"], env
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_id, run = run_of(proc.stdout)
     assert server.hits["/p.tar.gz"] == 2  # once more: once per run, not once per target
@@ -105,11 +110,17 @@ def test_the_sandboxed_auditor_reads_the_archive_and_cannot_reach_the_profile_se
     url = server.url("/p.tar.gz")
     archive = ProfileCache(Path(env["SCANFLEET_PROFILE_CACHE"])).entry(url, DIGEST)
     probes = standin_io / "probes.json"
-    env = {**env, "SCANFLEET_AUDITOR": str(STANDIN.with_name("hostile-auditor")),
-           "SCANFLEET_STANDIN_PROBES": str(probes),
-           "SCANFLEET_STANDIN_HOSTILE": json.dumps({
-               "read": {"archive": str(archive)},
-               "connect": {"profile_server": ["127.0.0.1", server.port]}})}
+    env = {
+        **env,
+        "SCANFLEET_AUDITOR": str(STANDIN.with_name("hostile-auditor")),
+        "SCANFLEET_STANDIN_PROBES": str(probes),
+        "SCANFLEET_STANDIN_HOSTILE": json.dumps(
+            {
+                "read": {"archive": str(archive)},
+                "connect": {"profile_server": ["127.0.0.1", server.port]},
+            }
+        ),
+    }
     proc = run_cli(["scan", "apps/api/app", "--context", "east", "--profile", url], env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     outcome = json.loads(probes.read_text())
@@ -129,8 +140,11 @@ def test_credentials_reach_the_server_as_basic_auth_and_nowhere_else(
     _run_id, run = run_of(proc.stdout)
     assert run["profile"] == server.url("/p.tar.gz")
     leaks = [proc.stdout, proc.stderr, Path(env["SCANFLEET_STANDIN_LOG"]).read_text()]
-    leaks += [p.read_text(errors="replace") for p in tmp_path.rglob("*")
-              if p.is_file() and "standin-" not in p.name and p.suffix != ".gz"]
+    leaks += [
+        p.read_text(errors="replace")
+        for p in tmp_path.rglob("*")
+        if p.is_file() and "standin-" not in p.name and p.suffix != ".gz"
+    ]
     for text in leaks:
         assert PASSWORD not in text
         assert expected.split()[1] not in text
@@ -139,8 +153,10 @@ def test_credentials_reach_the_server_as_basic_auth_and_nowhere_else(
 def test_a_profile_that_cannot_be_downloaded_is_bad_input_and_starts_nothing(
     env: dict[str, str], server: ProfileServer, fleet_clusters: FleetClusters
 ) -> None:
-    proc = run_cli(["scan", "apps/api/app", "--context", "east", "--profile",
-                    server.url("/missing.tar.gz")], env)
+    proc = run_cli(
+        ["scan", "apps/api/app", "--context", "east", "--profile", server.url("/missing.tar.gz")],
+        env,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "HTTP 404" in proc.stderr
     assert proc.stdout == ""  # no run id: no run
@@ -154,12 +170,27 @@ def test_a_profile_with_a_remote_dependency_is_vendored_once_per_run(
 ) -> None:
     dep = profile_archive({"inspec.yml": "name: dep\nversion: 0.1.0\n"})
     server.routes["/dep.tar.gz"] = dep
-    server.routes["/meta.tar.gz"] = profile_archive({"inspec.yml": (
-        "name: meta\nversion: 1.0.0\ndepends:\n"
-        f"  - name: dep\n    url: {server.url('/dep.tar.gz')}\n"
-    )})
-    proc = run_cli(["submit", *DISCOVER, "--profile", server.url("/meta.tar.gz"), "--local",
-                    "--concurrency", "4", "--json"], env)
+    server.routes["/meta.tar.gz"] = profile_archive(
+        {
+            "inspec.yml": (
+                "name: meta\nversion: 1.0.0\ndepends:\n"
+                f"  - name: dep\n    url: {server.url('/dep.tar.gz')}\n"
+            )
+        }
+    )
+    proc = run_cli(
+        [
+            "submit",
+            *DISCOVER,
+            "--profile",
+            server.url("/meta.tar.gz"),
+            "--local",
+            "--concurrency",
+            "4",
+            "--json",
+        ],
+        env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_id, run = run_of(proc.stdout)
     assert server.hits["/meta.tar.gz"] == 1
@@ -177,6 +208,7 @@ def test_a_profile_with_a_remote_dependency_is_vendored_once_per_run(
 
 # -- the fleet -----------------------------------------------------------------------------
 
+
 def dump_redis(client: Any) -> str:
     from tests.fleet.test_broker_security import dump_redis as dump
 
@@ -188,10 +220,16 @@ def test_workers_pin_the_first_digest_in_the_redis_plan_and_refuse_other_bytes(
 ) -> None:
     store = RunStore(redis_server.client(), "sfprofiles", 1)
     url = server.url("/p.tar.gz")
-    plan = RunPlan(run_id="20250101T000000Z-abcdef", source="test", profile=url,
-                   created_at="2025-01-01T00:00:00Z", auditor=standin_auditor)
-    store.create_run(plan.run_id, plan.to_dict(), [], {}, 0, created_at=plan.created_at,
-                     results_dir=None)
+    plan = RunPlan(
+        run_id="20250101T000000Z-abcdef",
+        source="test",
+        profile=url,
+        created_at="2025-01-01T00:00:00Z",
+        auditor=standin_auditor,
+    )
+    store.create_run(
+        plan.run_id, plan.to_dict(), [], {}, 0, created_at=plan.created_at, results_dir=None
+    )
 
     def record(d: str) -> str:
         return record_profile_digest(store, plan.run_id, d)
@@ -229,8 +267,15 @@ def test_workers_pin_the_first_digest_in_the_redis_plan_and_refuse_other_bytes(
 def test_the_first_recorded_digest_wins_a_race(redis_server: RedisServer) -> None:
     store = RunStore(redis_server.client(), "sfrace", 1)
     run_id = "20250101T000000Z-fedcba"
-    store.create_run(run_id, {"run_id": run_id, "profile_sha256": None}, [], {}, 0,
-                     created_at="2025-01-01T00:00:00Z", results_dir=None)
+    store.create_run(
+        run_id,
+        {"run_id": run_id, "profile_sha256": None},
+        [],
+        {},
+        0,
+        created_at="2025-01-01T00:00:00Z",
+        results_dir=None,
+    )
     digests = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(8)]
     winners: list[str] = []
     lock = threading.Lock()
@@ -262,8 +307,12 @@ def test_the_first_recorded_digest_wins_a_race(redis_server: RedisServer) -> Non
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_fleet_workers_fetch_with_their_own_credentials_and_refuse_changed_bytes(
-    env: dict[str, str], server: ProfileServer, fleet_clusters: FleetClusters,
-    make_worker: Callable[..., Worker], redis_server: RedisServer, tmp_path: Path,
+    env: dict[str, str],
+    server: ProfileServer,
+    fleet_clusters: FleetClusters,
+    make_worker: Callable[..., Worker],
+    redis_server: RedisServer,
+    tmp_path: Path,
 ) -> None:
     v2 = profile_archive({"inspec.yml": "name: p\nversion: 2.0.0\n"})
     v2_digest = hashlib.sha256(v2).hexdigest()
@@ -271,11 +320,11 @@ def test_fleet_workers_fetch_with_their_own_credentials_and_refuse_changed_bytes
     allowed = server.url("/", userinfo=f"reader:{PASSWORD}")
     env = {**env, "SCANFLEET_ALLOWED_PROFILES": allowed, "SCANFLEET_STANDIN_SLEEP": "1"}
     for name in ("a", "b"):  # two workers, each with its own cache
-        make_worker({**env, "SCANFLEET_PROFILE_CACHE": str(tmp_path / f"cache-{name}")},
-                    concurrency=1)
+        make_worker(
+            {**env, "SCANFLEET_PROFILE_CACHE": str(tmp_path / f"cache-{name}")}, concurrency=1
+        )
     url = server.url("/p.tar.gz")  # no credentials: the workers add their own
-    proc = run_cli(["submit", *DISCOVER, "--profile", url, "--wait", "--json"], env,
-                   timeout=150)
+    proc = run_cli(["submit", *DISCOVER, "--profile", url, "--wait", "--json"], env, timeout=150)
     run_id, run = run_of(proc.stdout)
     expected = "Basic " + base64.b64encode(f"reader:{PASSWORD}".encode()).decode()
     assert set(server.auth["/p.tar.gz"]) == {expected}
@@ -298,8 +347,11 @@ def test_fleet_workers_fetch_with_their_own_credentials_and_refuse_changed_bytes
     assert 1 + len(refused) <= server.hits["/p.tar.gz"] <= 2 + len(refused)
     assert proc.returncode == 3, proc.stderr[-3000:]
     texts = [proc.stdout, proc.stderr, dump_redis(redis_server.client())]
-    texts += [p.read_text(errors="replace") for p in tmp_path.rglob("*")
-              if p.is_file() and p.suffix in (".json", ".log", ".jsonl")]
+    texts += [
+        p.read_text(errors="replace")
+        for p in tmp_path.rglob("*")
+        if p.is_file() and p.suffix in (".json", ".log", ".jsonl")
+    ]
     for text in texts:
         assert PASSWORD not in text
         assert expected.split()[1] not in text

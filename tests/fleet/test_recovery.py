@@ -65,26 +65,43 @@ def per_target(log: Path) -> dict[str, int]:
 
 def sa_writes(cluster: Any, name: str) -> list[tuple[str, int | None]]:
     """Creates and deletes of ServiceAccount `name` (not its TokenRequests), in order."""
+
     def named(r: Any) -> bool:
-        body_name = ((r.body or {}).get("metadata") or {}).get("name") if r.method == "POST" \
-            else None
+        body_name = (
+            ((r.body or {}).get("metadata") or {}).get("name") if r.method == "POST" else None
+        )
         return name in (r.name, body_name)
 
-    return [(r.method, r.code) for r in cluster.request_log
-            if r.resource == "serviceaccounts" and not r.subresource
-            and r.method in ("POST", "DELETE") and named(r)]
+    return [
+        (r.method, r.code)
+        for r in cluster.request_log
+        if r.resource == "serviceaccounts"
+        and not r.subresource
+        and r.method in ("POST", "DELETE")
+        and named(r)
+    ]
 
 
 def test_a_killed_workers_scan_is_recovered_within_a_few_leases_and_runs_once(
-    fleet_env: dict[str, str], fleet_clusters: FleetClusters, redis_server: RedisServer,
-    make_worker: Callable[..., Worker], standin_io: Path,
+    fleet_env: dict[str, str],
+    fleet_clusters: FleetClusters,
+    redis_server: RedisServer,
+    make_worker: Callable[..., Worker],
+    standin_io: Path,
 ) -> None:
-    plan, pid_file, log = (standin_io / "plan.json", standin_io / "web-app.pid",
-                           standin_io / "audits.jsonl")
+    plan, pid_file, log = (
+        standin_io / "plan.json",
+        standin_io / "web-app.pid",
+        standin_io / "audits.jsonl",
+    )
     plan.write_text(json.dumps({"apps/web/app": {"sleep": 120, "pid_file": str(pid_file)}}))
-    env = {**fleet_env, "SCANFLEET_VISIBILITY_TIMEOUT": str(VISIBILITY),
-           "SCANFLEET_LEASE_SECONDS": "3", "SCANFLEET_STANDIN_PLAN": str(plan),
-           "SCANFLEET_STANDIN_LOG": str(log)}
+    env = {
+        **fleet_env,
+        "SCANFLEET_VISIBILITY_TIMEOUT": str(VISIBILITY),
+        "SCANFLEET_LEASE_SECONDS": "3",
+        "SCANFLEET_STANDIN_PLAN": str(plan),
+        "SCANFLEET_STANDIN_LOG": str(log),
+    }
     victim = make_worker(env, concurrency=2)
     run_id = submit(env, "--context", "east", "apps/web")  # app (long) and sidecar
     scan_id = scan_id_for(run_id, Target("east", "apps", "web", "app"))
@@ -93,10 +110,14 @@ def test_a_killed_workers_scan_is_recovered_within_a_few_leases_and_runs_once(
     r = redis_server.client()
     wait_for(pid_file.is_file, 60, "the long scan's auditor to start")
     # The sidecar's result is recorded first: only the long scan dies with the worker.
-    wait_for(lambda: r.sismember(f"{KEY_PREFIX}:run:{run_id}:done", sidecar), 60,
-             "the short scan's result")
-    assert name in [o["metadata"]["name"]
-                    for o in fleet_clusters.east.objects("serviceaccounts", "apps")]
+    wait_for(
+        lambda: r.sismember(f"{KEY_PREFIX}:run:{run_id}:done", sidecar),
+        60,
+        "the short scan's result",
+    )
+    assert name in [
+        o["metadata"]["name"] for o in fleet_clusters.east.objects("serviceaccounts", "apps")
+    ]
     victim.kill9()
     plan.write_text("{}")  # the re-run finishes at once
     # Two workers watch the same leases: the claim is atomic, so one of them re-runs it.
@@ -110,7 +131,11 @@ def test_a_killed_workers_scan_is_recovered_within_a_few_leases_and_runs_once(
     # The dead scan's identity was revoked by recovery (no janitor ran) before the re-run
     # minted its own: create, delete, create, delete, and no 409 from a leftover.
     assert sa_writes(fleet_clusters.east, name) == [
-        ("POST", 201), ("DELETE", 200), ("POST", 201), ("DELETE", 200)]
+        ("POST", 201),
+        ("DELETE", 200),
+        ("POST", 201),
+        ("DELETE", 200),
+    ]
     assert fleet_clusters.east.scanfleet_objects() == []
 
     # Phase 2: the dead worker's original message comes back (a short visibility timeout
@@ -118,9 +143,13 @@ def test_a_killed_workers_scan_is_recovered_within_a_few_leases_and_runs_once(
     for w in rescuers:
         w.stop()
     late = make_worker({**env, "SCANFLEET_VISIBILITY_TIMEOUT": "2"}, concurrency=1)
-    wait_for(lambda: b'"scan.already_done"' in late.log.read_bytes()
-             or per_target(log)["apps/web/app"] > 1, 60,
-             "the original message to be redelivered and handled")
+    wait_for(
+        lambda: (
+            b'"scan.already_done"' in late.log.read_bytes() or per_target(log)["apps/web/app"] > 1
+        ),
+        60,
+        "the original message to be redelivered and handled",
+    )
     wait_for(lambda: r.hlen("unacked") == 0, 30, "no unacknowledged message left")
     assert per_target(log) == {"apps/web/app": 1, "apps/web/sidecar": 1}
     run = run_doc(env, run_id)
@@ -128,22 +157,36 @@ def test_a_killed_workers_scan_is_recovered_within_a_few_leases_and_runs_once(
     assert run["targets"]["total"] == 2
     assert run["targets"]["completed"] == 2
     assert r.hgetall(f"{KEY_PREFIX}:run:{run_id}:counts") == {
-        "running": "0", "completed": "2", "error": "0"}
+        "running": "0",
+        "completed": "2",
+        "error": "0",
+    }
     assert len(summaries(env, run_id)) == 2
 
 
 def test_a_cluster_unreachable_through_every_requeue_ends_as_api_error(
-    fleet_env: dict[str, str], fleet_clusters: FleetClusters,
-    make_worker: Callable[..., Worker], standin_io: Path, tmp_path: Path,
+    fleet_env: dict[str, str],
+    fleet_clusters: FleetClusters,
+    make_worker: Callable[..., Worker],
+    standin_io: Path,
+    tmp_path: Path,
 ) -> None:
     log = standin_io / "audits.jsonl"
-    env = {**fleet_env, "SCANFLEET_RETRY_DELAY_SCALE": "0.01", "SCANFLEET_KUBE_RETRIES": "0",
-           "SCANFLEET_STANDIN_LOG": str(log)}
+    env = {
+        **fleet_env,
+        "SCANFLEET_RETRY_DELAY_SCALE": "0.01",
+        "SCANFLEET_KUBE_RETRIES": "0",
+        "SCANFLEET_STANDIN_LOG": str(log),
+    }
     targets = tmp_path / "targets.json"
-    targets.write_text(json.dumps([
-        {"context": "east", "namespace": "apps", "pod": "web", "container": "app"},
-        {"context": "west", "namespace": "apps", "pod": "web", "container": "app"},
-    ]))
+    targets.write_text(
+        json.dumps(
+            [
+                {"context": "east", "namespace": "apps", "pod": "web", "container": "app"},
+                {"context": "west", "namespace": "apps", "pod": "web", "container": "app"},
+            ]
+        )
+    )
     run_id = submit(env, "--targets-file", str(targets))  # both resolved while reachable
     fleet_clusters.west.stop()  # then west goes away for good
     worker = make_worker(env, concurrency=2)
@@ -154,49 +197,84 @@ def test_a_cluster_unreachable_through_every_requeue_ends_as_api_error(
     assert by_cluster["west"]["error"]["kind"] == "api_error"
     assert "cannot reach the API server" in by_cluster["west"]["error"]["message"]
     assert {k: run["targets"][k] for k in ("total", "completed", "error")} == {
-        "total": 2, "completed": 1, "error": 1}
+        "total": 2,
+        "completed": 1,
+        "error": 1,
+    }
     assert run["exit_code"] == 3  # a scan error
-    events = [json.loads(line) for line in worker.log.read_text().splitlines()
-              if line.startswith("{")]
-    deferred = [e for e in events if e.get("event") == "scan.deferred"
-                and e.get("reason") == "ClusterUnavailable"]
+    events = [
+        json.loads(line) for line in worker.log.read_text().splitlines() if line.startswith("{")
+    ]
+    deferred = [
+        e
+        for e in events
+        if e.get("event") == "scan.deferred" and e.get("reason") == "ClusterUnavailable"
+    ]
     assert len(deferred) == 4  # every re-queue of clock.RETRY_DELAYS, then the result
     assert per_target(log) == {"apps/web/app": 1}  # east's audit; west's never started
 
 
 def test_two_deliveries_of_one_scan_collide_on_its_lease_and_record_once(
-    fleet_env: dict[str, str], redis_server: RedisServer,
-    make_worker: Callable[..., Worker], standin_io: Path,
+    fleet_env: dict[str, str],
+    redis_server: RedisServer,
+    make_worker: Callable[..., Worker],
+    standin_io: Path,
 ) -> None:
-    plan, pid_file, log, release = (standin_io / "plan.json", standin_io / "web.pid",
-                                    standin_io / "audits.jsonl", standin_io / "go")
-    plan.write_text(json.dumps({"apps/web/app": {"wait_for": str(release),
-                                                 "pid_file": str(pid_file)}}))
-    env = {**fleet_env, "SCANFLEET_VISIBILITY_TIMEOUT": str(VISIBILITY),
-           "SCANFLEET_STANDIN_PLAN": str(plan), "SCANFLEET_STANDIN_LOG": str(log)}
+    plan, pid_file, log, release = (
+        standin_io / "plan.json",
+        standin_io / "web.pid",
+        standin_io / "audits.jsonl",
+        standin_io / "go",
+    )
+    plan.write_text(
+        json.dumps({"apps/web/app": {"wait_for": str(release), "pid_file": str(pid_file)}})
+    )
+    env = {
+        **fleet_env,
+        "SCANFLEET_VISIBILITY_TIMEOUT": str(VISIBILITY),
+        "SCANFLEET_STANDIN_PLAN": str(plan),
+        "SCANFLEET_STANDIN_LOG": str(log),
+    }
     worker = make_worker(env, concurrency=2)
     run_id = submit(env, "--context", "east", "apps/web/app")
     wait_for(pid_file.is_file, 60, "the first delivery's auditor to start")
     # A second delivery of the same scan task while the first holds its lease.
-    code = ("import sys\nfrom scanfleet.worker.app import QUEUE, SCAN_TASK, app\n"
-            "app.send_task(SCAN_TASK, args=[sys.argv[1], {'context': 'east', "
-            "'namespace': 'apps', 'pod': 'web', 'container': 'app'}], queue=QUEUE)\n")
-    sent = subprocess.run([sys.executable, "-c", code, run_id], env=env, check=False,
-                          capture_output=True, text=True, timeout=60)
+    code = (
+        "import sys\nfrom scanfleet.worker.app import QUEUE, SCAN_TASK, app\n"
+        "app.send_task(SCAN_TASK, args=[sys.argv[1], {'context': 'east', "
+        "'namespace': 'apps', 'pod': 'web', 'container': 'app'}], queue=QUEUE)\n"
+    )
+    sent = subprocess.run(
+        [sys.executable, "-c", code, run_id],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert sent.returncode == 0, sent.stderr[-2000:]
 
     def deferred() -> bool:
-        return any(e.get("event") == "scan.deferred" and e.get("reason") == "SlotBusy"
-                   for e in map(json.loads, (ln for ln in worker.log.read_text().splitlines()
-                                              if ln.startswith("{"))))
+        return any(
+            e.get("event") == "scan.deferred" and e.get("reason") == "SlotBusy"
+            for e in map(
+                json.loads, (ln for ln in worker.log.read_text().splitlines() if ln.startswith("{"))
+            )
+        )
 
     wait_for(deferred, 60, "the second delivery to back off (SlotBusy)")
     release.write_text("go")
     wait_for(lambda: run_doc(env, run_id), 60, "the run to finish")
-    wait_for(lambda: b'"scan.already_done"' in worker.log.read_bytes(), 60,
-             "the retried delivery to find the result")
+    wait_for(
+        lambda: b'"scan.already_done"' in worker.log.read_bytes(),
+        60,
+        "the retried delivery to find the result",
+    )
     assert per_target(log) == {"apps/web/app": 1}
     r = redis_server.client()
     assert r.hgetall(f"{KEY_PREFIX}:run:{run_id}:counts") == {
-        "running": "0", "completed": "1", "error": "0"}
+        "running": "0",
+        "completed": "1",
+        "error": "0",
+    }
     assert len(summaries(env, run_id)) == 1

@@ -34,14 +34,28 @@ from tests.support.fixtures_auditor import STANDIN
 from tests.support.fixtures_fleet import FleetClusters, RedisServer, run_cli, wait_for
 
 HOSTILE = STANDIN.with_name("hostile-auditor")
-PROBES = ("admin_kubeconfig", "home_kube", "sa_token", "other_scan", "parent_environ",
-          "redis", "other_port", "bind", "signal_parent")
+PROBES = (
+    "admin_kubeconfig",
+    "home_kube",
+    "sa_token",
+    "other_scan",
+    "parent_environ",
+    "redis",
+    "other_port",
+    "bind",
+    "signal_parent",
+)
 MODE = f"landlock-abi-{sandbox.abi_version()}"
 
 
-
-def hostile_world(tmp_path: Path, admin: Path, redis_port: int, other_port: int,
-                  probes: Path, scanfleet_pid: int | None = None) -> dict[str, str]:
+def hostile_world(
+    tmp_path: Path,
+    admin: Path,
+    redis_port: int,
+    other_port: int,
+    probes: Path,
+    scanfleet_pid: int | None = None,
+) -> dict[str, str]:
     """Secrets for the auditor to go after, and the environment that points it at them.
 
     The auditor's parent is the launcher, whose environment is empty; the scanfleet process
@@ -60,19 +74,28 @@ def hostile_world(tmp_path: Path, admin: Path, redis_port: int, other_port: int,
     other.mkdir(mode=0o700)
     (other / "kubeconfig").write_text("token: another-scans-token\n")
     spec = {
-        "read": {"admin_kubeconfig": str(admin), "home_kube": str(home / ".kube" / "config"),
-                 "sa_token": str(secrets / "sa" / "token"),
-                 "other_scan": str(other / "kubeconfig"),
-                 "parent_environ": (f"/proc/{scanfleet_pid}/environ" if scanfleet_pid
-                                    else "/proc/{ppid}/environ")},
+        "read": {
+            "admin_kubeconfig": str(admin),
+            "home_kube": str(home / ".kube" / "config"),
+            "sa_token": str(secrets / "sa" / "token"),
+            "other_scan": str(other / "kubeconfig"),
+            "parent_environ": (
+                f"/proc/{scanfleet_pid}/environ" if scanfleet_pid else "/proc/{ppid}/environ"
+            ),
+        },
         "connect": {"redis": ["127.0.0.1", redis_port], "other_port": ["127.0.0.1", other_port]},
         "bind": True,
         "signal_parent": True,
         **({"signal": {"signal_scanfleet": scanfleet_pid}} if scanfleet_pid else {}),
     }
-    return {"HOME": str(home), "TMPDIR": str(tmp), "SCANFLEET_SANDBOX_PROTECT": str(secrets),
-            "SCANFLEET_AUDITOR": str(HOSTILE), "SCANFLEET_STANDIN_HOSTILE": json.dumps(spec),
-            "SCANFLEET_STANDIN_PROBES": str(probes)}
+    return {
+        "HOME": str(home),
+        "TMPDIR": str(tmp),
+        "SCANFLEET_SANDBOX_PROTECT": str(secrets),
+        "SCANFLEET_AUDITOR": str(HOSTILE),
+        "SCANFLEET_STANDIN_HOSTILE": json.dumps(spec),
+        "SCANFLEET_STANDIN_PROBES": str(probes),
+    }
 
 
 def assert_confined(probes: dict[str, str]) -> None:
@@ -85,8 +108,11 @@ EMPTY_LAUNCHER = "denied: empty"
 
 
 def assert_unconfined(probes: dict[str, str]) -> None:
-    failed = {k: v for k, v in probes.items()
-              if v != "ok" and not (k == "parent_environ" and v == EMPTY_LAUNCHER)}
+    failed = {
+        k: v
+        for k, v in probes.items()
+        if v != "ok" and not (k == "parent_environ" and v == EMPTY_LAUNCHER)
+    }
     assert failed == {}, "without the sandbox the probes must work, or the test proves nothing"
 
 
@@ -95,8 +121,12 @@ def assert_unconfined(probes: dict[str, str]) -> None:
 
 @pytest.fixture
 def local_submit(
-    fake_cluster: FakeCluster, standin_auditor: str, standin_io: Path, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch, listener: int,
+    fake_cluster: FakeCluster,
+    standin_auditor: str,
+    standin_io: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    listener: int,
 ) -> Callable[[], tuple[Any, dict[str, str], dict[str, Any]]]:
     """`submit --local` of two containers with the hostile auditor: (outcome, probes, run)."""
     import tempfile
@@ -104,20 +134,37 @@ def local_submit(
     admin = fake_cluster.write_kubeconfig(tmp_path / "kube" / "config")
     probes = standin_io / "probes.json"
     redis_port = 6379
-    for k, v in hostile_world(tmp_path, admin, redis_port, listener, probes,
-                              scanfleet_pid=os.getpid()).items():
+    for k, v in hostile_world(
+        tmp_path, admin, redis_port, listener, probes, scanfleet_pid=os.getpid()
+    ).items():
         monkeypatch.setenv(k, v)
     monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
     monkeypatch.delenv("KUBECONFIG", raising=False)
     out = tmp_path / "results"
 
     def run() -> tuple[Any, dict[str, str], dict[str, Any]]:
-        argv = ["submit", "--local", "--concurrency", "2", "apps/web/app", "apps/web/sidecar",
-                "--profile", "p", "--kubeconfig", str(admin), "--output", str(out), "--json"]
+        argv = [
+            "submit",
+            "--local",
+            "--concurrency",
+            "2",
+            "apps/web/app",
+            "apps/web/sidecar",
+            "--profile",
+            "p",
+            "--kubeconfig",
+            str(admin),
+            "--output",
+            str(out),
+            "--json",
+        ]
         outcome = CliRunner().invoke(main_group, argv, catch_exceptions=False)
         run_id = outcome.stdout.splitlines()[0]
-        return outcome, json.loads(probes.read_text()), json.loads(
-            (out / run_id / "run.json").read_text())
+        return (
+            outcome,
+            json.loads(probes.read_text()),
+            json.loads((out / run_id / "run.json").read_text()),
+        )
 
     return run
 
@@ -161,13 +208,20 @@ def _port_open(port: int) -> bool:
 # --- no Landlock: nothing starts ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [
-    ["scan", "apps/web/app"],
-    ["submit", "--local", "apps/web/app"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["scan", "apps/web/app"],
+        ["submit", "--local", "apps/web/app"],
+    ],
+)
 def test_without_landlock_scan_and_submit_local_exit_3_having_created_nothing(
-    command: list[str], fake_cluster: FakeCluster, standin_auditor: str, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch, auditor_log: Any,
+    command: list[str],
+    fake_cluster: FakeCluster,
+    standin_auditor: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    auditor_log: Any,
 ) -> None:
     admin = fake_cluster.write_kubeconfig(tmp_path / "kube" / "config")
     monkeypatch.setenv("SCANFLEET_AUDITOR", standin_auditor)
@@ -189,7 +243,8 @@ def test_without_landlock_scan_and_submit_local_exit_3_having_created_nothing(
 
 
 def test_without_landlock_a_worker_refuses_to_start(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     monkeypatch.setattr(sandbox, "abi_version", lambda: 0)
     monkeypatch.setenv("SCANFLEET_BROKER_URL", "redis://127.0.0.1:1/0")
@@ -200,10 +255,15 @@ def test_without_landlock_a_worker_refuses_to_start(
 
 
 def test_settings_are_the_only_reader_of_the_sandbox_variables() -> None:
-    s = Settings.from_env({"SCANFLEET_SANDBOX": "off", "SCANFLEET_SANDBOX_ALLOW_READ":
-                           f"/a{os.pathsep}/b", "SCANFLEET_SANDBOX_ALLOW_WRITE": "/w",
-                           "SCANFLEET_SANDBOX_PROTECT": "/p",
-                           "SCANFLEET_RESULTS_GROUP_READ": "1"})
+    s = Settings.from_env(
+        {
+            "SCANFLEET_SANDBOX": "off",
+            "SCANFLEET_SANDBOX_ALLOW_READ": f"/a{os.pathsep}/b",
+            "SCANFLEET_SANDBOX_ALLOW_WRITE": "/w",
+            "SCANFLEET_SANDBOX_PROTECT": "/p",
+            "SCANFLEET_RESULTS_GROUP_READ": "1",
+        }
+    )
     assert not s.sandbox.enabled
     assert s.sandbox.allow_read == (Path("/a"), Path("/b"))
     assert s.sandbox.allow_write == (Path("/w"),)
@@ -239,27 +299,35 @@ def test_reaping_leaves_directories_that_are_not_a_scans(tmp_path: Path) -> None
 
 @pytest.fixture
 def hostile_fleet(
-    fleet_env: dict[str, str], fleet_clusters: FleetClusters, redis_server: RedisServer,
-    standin_io: Path, tmp_path: Path, listener: int,
+    fleet_env: dict[str, str],
+    fleet_clusters: FleetClusters,
+    redis_server: RedisServer,
+    standin_io: Path,
+    tmp_path: Path,
+    listener: int,
 ) -> tuple[dict[str, str], Path]:
     """The fleet's environment with the hostile auditor, and its probes file."""
     probes = standin_io / "probes.json"
     assert redis_server.port is not None
-    env = {**fleet_env, **hostile_world(tmp_path, fleet_clusters.kubeconfig, redis_server.port,
-                                         listener, probes)}
+    env = {
+        **fleet_env,
+        **hostile_world(tmp_path, fleet_clusters.kubeconfig, redis_server.port, listener, probes),
+    }
     return env, probes
 
 
 def _fleet_run(env: dict[str, str], probes: Path) -> tuple[dict[str, Any], dict[str, str]]:
-    proc = run_cli(["submit", "--context", "east", "apps/web/app", "--profile", "p",
-                    "--wait", "--json"], env)
+    proc = run_cli(
+        ["submit", "--context", "east", "apps/web/app", "--profile", "p", "--wait", "--json"], env
+    )
     assert proc.returncode == 0, proc.stderr
-    run = json.loads(proc.stdout[proc.stdout.index("{"):])
+    run = json.loads(proc.stdout[proc.stdout.index("{") :])
     return run, json.loads(probes.read_text())
 
 
 def test_a_worker_confines_its_auditors_and_reaps_what_dead_workers_left(
-    hostile_fleet: tuple[dict[str, str], Path], make_worker: Callable[..., Any],
+    hostile_fleet: tuple[dict[str, str], Path],
+    make_worker: Callable[..., Any],
     fleet_clusters: FleetClusters,
 ) -> None:
     env, probes = hostile_fleet
@@ -278,7 +346,8 @@ def test_a_worker_confines_its_auditors_and_reaps_what_dead_workers_left(
 
 
 def test_a_worker_with_the_sandbox_off_lets_the_probes_through(
-    hostile_fleet: tuple[dict[str, str], Path], make_worker: Callable[..., Any],
+    hostile_fleet: tuple[dict[str, str], Path],
+    make_worker: Callable[..., Any],
 ) -> None:
     env, probes = hostile_fleet
     env["SCANFLEET_SANDBOX"] = "off"

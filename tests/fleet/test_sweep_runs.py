@@ -42,8 +42,11 @@ def runs_of(results: Path, source: str) -> list[dict[str, Any]]:
 
 
 def test_a_tick_starts_a_real_fleet_run_and_the_next_one_reports_drift(
-    fleet_env: dict[str, str], redis_server: RedisServer, fleet_clusters: FleetClusters,
-    make_worker: Callable[..., Worker], tmp_path: Path,
+    fleet_env: dict[str, str],
+    redis_server: RedisServer,
+    fleet_clusters: FleetClusters,
+    make_worker: Callable[..., Worker],
+    tmp_path: Path,
 ) -> None:
     sweeps_file = tmp_path / "sweeps.yml"
     sweeps_file.write_text(
@@ -68,8 +71,11 @@ def test_a_tick_starts_a_real_fleet_run_and_the_next_one_reports_drift(
     assert (results / run_a["run_id"] / "drift.json").exists()
 
     send_tick(redis_server.url, sweep.to_dict())
-    both = wait_for(lambda: (r := runs_of(results, "sweep:nightly")) and len(r) == 2 and r,
-                    90, "the second sweep run to finish")
+    both = wait_for(
+        lambda: (r := runs_of(results, "sweep:nightly")) and len(r) == 2 and r,
+        90,
+        "the second sweep run to finish",
+    )
     run_b = both[1]
     drift = json.loads((results / run_b["run_id"] / "drift.json").read_text())
     assert drift["run_a"] == run_a["run_id"]

@@ -45,13 +45,19 @@ from celpy.evaluation import CELEvalError
 from scanfleet.testing.fakekube import LoggedRequest
 
 WORKER = "system:serviceaccount:scanfleet:scanfleet"
-WORKER_GROUPS = ("system:serviceaccounts", "system:serviceaccounts:scanfleet",
-                 "system:authenticated")
+WORKER_GROUPS = (
+    "system:serviceaccounts",
+    "system:serviceaccounts:scanfleet",
+    "system:authenticated",
+)
 ADMIN = "fake-admin"
 CONNECT_SUBRESOURCES = ("exec", "attach", "portforward")
-_KINDS = {("", "serviceaccounts"): "ServiceAccount", ("", "pods"): "Pod",
-          ("rbac.authorization.k8s.io", "roles"): "Role",
-          ("rbac.authorization.k8s.io", "rolebindings"): "RoleBinding"}
+_KINDS = {
+    ("", "serviceaccounts"): "ServiceAccount",
+    ("", "pods"): "Pod",
+    ("rbac.authorization.k8s.io", "roles"): "Role",
+    ("rbac.authorization.k8s.io", "rolebindings"): "RoleBinding",
+}
 _ENV = celpy.Environment()
 
 
@@ -75,18 +81,23 @@ class Decision:
 def load_policies(path: Path) -> list[Policy]:
     """The ValidatingAdmissionPolicies of a manifest that some binding enforces with Deny."""
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
-    bound = {d["spec"]["policyName"] for d in docs
-             if d["kind"] == "ValidatingAdmissionPolicyBinding"
-             and "Deny" in d["spec"]["validationActions"]}
-    return [Policy(d["metadata"]["name"], d["spec"]) for d in docs
-            if d["kind"] == "ValidatingAdmissionPolicy" and d["metadata"]["name"] in bound]
+    bound = {
+        d["spec"]["policyName"]
+        for d in docs
+        if d["kind"] == "ValidatingAdmissionPolicyBinding"
+        and "Deny" in d["spec"]["validationActions"]
+    }
+    return [
+        Policy(d["metadata"]["name"], d["spec"])
+        for d in docs
+        if d["kind"] == "ValidatingAdmissionPolicy" and d["metadata"]["name"] in bound
+    ]
 
 
 def _operation(r: LoggedRequest) -> str | None:
     if r.resource == "pods" and r.subresource in CONNECT_SUBRESOURCES:
         return "CONNECT"
-    return {"POST": "CREATE", "PUT": "UPDATE", "PATCH": "UPDATE",
-            "DELETE": "DELETE"}.get(r.method)
+    return {"POST": "CREATE", "PUT": "UPDATE", "PATCH": "UPDATE", "DELETE": "DELETE"}.get(r.method)
 
 
 def _created(r: LoggedRequest) -> dict[str, Any]:
@@ -109,8 +120,9 @@ def _created(r: LoggedRequest) -> dict[str, Any]:
     return obj
 
 
-def admission_request(r: LoggedRequest, as_user: str | None = None,
-                      as_groups: Iterable[str] = WORKER_GROUPS) -> dict[str, Any] | None:
+def admission_request(
+    r: LoggedRequest, as_user: str | None = None, as_groups: Iterable[str] = WORKER_GROUPS
+) -> dict[str, Any] | None:
     """The CEL variables kube-apiserver binds for this request (None: not admitted)."""
     op = _operation(r)
     if op is None or not r.resource:
@@ -128,14 +140,19 @@ def admission_request(r: LoggedRequest, as_user: str | None = None,
         obj = r.body
     elif op == "CONNECT":
         q = dict(r.query)
-        obj = {"kind": "PodExecOptions", "apiVersion": "v1", "container": q.get("container"),
-               "command": [v for k, v in r.query if k == "command"]}
+        obj = {
+            "kind": "PodExecOptions",
+            "apiVersion": "v1",
+            "container": q.get("container"),
+            "command": [v for k, v in r.query if k == "command"],
+        }
     request = {
-        "operation": op, "name": name, "namespace": r.namespace,
+        "operation": op,
+        "name": name,
+        "namespace": r.namespace,
         "resource": {"group": r.group, "version": "v1", "resource": r.resource},
         "subResource": r.subresource,
-        "kind": {"group": r.group, "version": "v1",
-                 "kind": _KINDS.get((r.group, r.resource), "")},
+        "kind": {"group": r.group, "version": "v1", "kind": _KINDS.get((r.group, r.resource), "")},
         "userInfo": {"username": user, "groups": groups},
         "dryRun": False,
         "options": dict(r.body or {}) if op == "DELETE" else {},
@@ -145,8 +162,9 @@ def admission_request(r: LoggedRequest, as_user: str | None = None,
 
 def _rule_matches(rule: Mapping[str, Any], request: Mapping[str, Any]) -> bool:
     res = request["resource"]
-    full = f"{res['resource']}/{request['subResource']}" if request["subResource"] \
-        else res["resource"]
+    full = (
+        f"{res['resource']}/{request['subResource']}" if request["subResource"] else res["resource"]
+    )
     ops, groups, resources = rule["operations"], rule["apiGroups"], rule["resources"]
     if not ("*" in ops or request["operation"] in ops):
         return False
@@ -155,8 +173,9 @@ def _rule_matches(rule: Mapping[str, Any], request: Mapping[str, Any]) -> bool:
     if full in resources or (not request["subResource"] and "*" in resources):
         return True
     sub = request["subResource"]
-    return bool(sub) and (f"{res['resource']}/*" in resources or f"*/{sub}" in resources
-                          or "*/*" in resources)
+    return bool(sub) and (
+        f"{res['resource']}/*" in resources or f"*/{sub}" in resources or "*/*" in resources
+    )
 
 
 def _eval(expression: str, activation: Mapping[str, Any]) -> Any:
@@ -183,8 +202,7 @@ def _admit_one(policy: Policy, attrs: Mapping[str, Any]) -> Decision:
                 return Decision(policy.name, applies=False)
         for var in spec.get("variables") or []:
             variables[var["name"]] = _eval(var["expression"], activation)
-            activation["variables"] = MapType(
-                {StringType(k): v for k, v in variables.items()})
+            activation["variables"] = MapType({StringType(k): v for k, v in variables.items()})
     except CELEvalError as e:
         decision.failures.append(f"error: {e.args[0] if e.args else e}")
         return decision
@@ -192,8 +210,7 @@ def _admit_one(policy: Policy, attrs: Mapping[str, Any]) -> Decision:
         try:
             ok = _eval(v["expression"], activation)
         except CELEvalError as e:
-            decision.failures.append(f"error in {v['expression']!r}: "
-                                     f"{e.args[0] if e.args else e}")
+            decision.failures.append(f"error in {v['expression']!r}: {e.args[0] if e.args else e}")
             continue
         if not (isinstance(ok, bool | BoolType) and bool(ok)):
             decision.failures.append(_message(v, activation))

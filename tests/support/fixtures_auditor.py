@@ -39,8 +39,9 @@ def standin_launcher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     assert os.access(STANDIN, os.X_OK), f"{STANDIN} must be executable"
     launcher = tmp_path_factory.mktemp("standin") / "cinc-auditor"
-    launcher.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} '
-                        f'{shlex.quote(str(STANDIN))} "$@"\n')
+    launcher.write_text(
+        f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(STANDIN))} "$@"\n'
+    )
     launcher.chmod(0o755)
     return launcher
 

@@ -53,8 +53,9 @@ def closed_port() -> Iterator[int]:
         yield int(s.getsockname()[1])
 
 
-def start_redis(args: Sequence[str], port: int | None = None,
-                attempts: int = 5) -> tuple[int, subprocess.Popen[bytes]]:
+def start_redis(
+    args: Sequence[str], port: int | None = None, attempts: int = 5
+) -> tuple[int, subprocess.Popen[bytes]]:
     """Start redis-server (`args` without --port) and wait until *it* answers PING.
 
     Without `port`, take a fresh one; if another process grabbed it between our probe and
@@ -62,8 +63,9 @@ def start_redis(args: Sequence[str], port: int | None = None,
     """
     for _ in range(attempts if port is None else 1):
         p = port or free_port()
-        proc = subprocess.Popen([*args, "--port", str(p)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [*args, "--port", str(p)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 15
         while proc.poll() is None and time.monotonic() < deadline:
             try:
@@ -108,9 +110,19 @@ class RedisServer:
         return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True)
 
     def start(self) -> RedisServer:
-        args = [self.exe, "--bind", "127.0.0.1",
-                "--save", "", "--dir", str(self.dir), "--appendonly",
-                "yes" if self.appendonly else "no", "--appendfsync", "always"]
+        args = [
+            self.exe,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(self.dir),
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "always",
+        ]
         self.port, self.proc = start_redis(args, self.port)
         return self
 
@@ -142,8 +154,12 @@ def make_redis(
 
     yield factory
     try:
-        left = [k for s in servers if s.proc is not None
-                for k in leftovers.immortal_keys(s.client(), leftovers.PREFIXES)]
+        left = [
+            k
+            for s in servers
+            if s.proc is not None
+            for k in leftovers.immortal_keys(s.client(), leftovers.PREFIXES)
+        ]
         leftovers.fail_on(request, "Redis keys without a TTL", left)
     finally:
         for s in servers:
@@ -161,18 +177,25 @@ def seed_fleet(cluster: FakeCluster, name: str) -> FakeCluster:
     cluster.add_namespace("ops")
     cluster.add_namespace("kube-system")
     cluster.add_pod(
-        "apps", "web",
-        containers=[("app", "registry.example/web:1.4", "sha256:web14"),
-                    ("sidecar", "registry.example/proxy:2.0", "sha256:proxy20")],
+        "apps",
+        "web",
+        containers=[
+            ("app", "registry.example/web:1.4", "sha256:web14"),
+            ("sidecar", "registry.example/proxy:2.0", "sha256:proxy20"),
+        ],
         init_containers=["init-db"],
         labels={"app": "web"},
     )
-    cluster.add_pod("apps", "api",
-                    containers=[("app", "registry.example/api:3", f"sha256:api-{name}")],
-                    labels={"app": "api"})
+    cluster.add_pod(
+        "apps",
+        "api",
+        containers=[("app", "registry.example/api:3", f"sha256:api-{name}")],
+        labels={"app": "api"},
+    )
     cluster.add_pod("apps", "pending", containers=["app"], phase="Pending", labels={"app": "web"})
-    cluster.add_pod("ops", "tool", containers=[("tool", "registry.example/proxy:2.0",
-                                                "sha256:proxy20")])
+    cluster.add_pod(
+        "ops", "tool", containers=[("tool", "registry.example/proxy:2.0", "sha256:proxy20")]
+    )
     cluster.add_pod("kube-system", "dns", containers=["coredns"])
     return cluster
 
@@ -196,42 +219,47 @@ class FleetClusters:
 def fleet_clusters(make_cluster: Callable[..., FakeCluster], tmp_path: Path) -> FleetClusters:
     east = seed_fleet(make_cluster(name="east"), "east")
     west = seed_fleet(make_cluster(name="west"), "west")
-    kcfg = write_kubeconfig(tmp_path / "kube" / "config", {"east": east, "west": west},
-                            current="east")
+    kcfg = write_kubeconfig(
+        tmp_path / "kube" / "config", {"east": east, "west": west}, current="east"
+    )
     return FleetClusters(east, west, kcfg)
 
 
 @pytest.fixture
 def fleet_env(
-    tmp_path: Path, redis_server: RedisServer, fleet_clusters: FleetClusters,
-    standin_launcher: Path, standin_io: Path,
+    tmp_path: Path,
+    redis_server: RedisServer,
+    fleet_clusters: FleetClusters,
+    standin_launcher: Path,
+    standin_io: Path,
 ) -> dict[str, str]:
     """Environment of scanfleet subprocesses in fleet tests.
 
     The auditor sandbox is on: the stand-in may read what it runs on and read/write
     `standin_io` (put stand-in plans there, never in tmp_path itself)."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SCANFLEET_", "KUBECONFIG"))}
-    env.update({
-        "SCANFLEET_BROKER_URL": redis_server.url,
-        "SCANFLEET_RESULTS_DIR": str(tmp_path / "results"),
-        "SCANFLEET_AUDITOR": str(standin_launcher),
-        "PATH": path_with_venv_bin(os.environ.get("PATH")),  # kubectl for the stand-in
-        "SCANFLEET_KEY_PREFIX": KEY_PREFIX,
-        "SCANFLEET_CLUSTER_CONCURRENCY": "10",
-        "SCANFLEET_VISIBILITY_TIMEOUT": "8",
-        "SCANFLEET_LEASE_SECONDS": "3",
-        "SCANFLEET_TOKEN_TTL": "900",
-        "SCANFLEET_SCAN_TIMEOUT": "60",
-        "SCANFLEET_LOG_FORMAT": "json",
-        "SCANFLEET_STANDIN_SLEEP": "0",
-        "KUBECONFIG": str(fleet_clusters.kubeconfig),
-        "PYTHONUNBUFFERED": "1",
-        "SCANFLEET_SANDBOX_ALLOW_READ": os.pathsep.join(
-            [*standin_read_paths(), str(standin_launcher.parent)]
-        ),
-        "SCANFLEET_SANDBOX_ALLOW_WRITE": str(standin_io),
-    })
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCANFLEET_", "KUBECONFIG"))}
+    env.update(
+        {
+            "SCANFLEET_BROKER_URL": redis_server.url,
+            "SCANFLEET_RESULTS_DIR": str(tmp_path / "results"),
+            "SCANFLEET_AUDITOR": str(standin_launcher),
+            "PATH": path_with_venv_bin(os.environ.get("PATH")),  # kubectl for the stand-in
+            "SCANFLEET_KEY_PREFIX": KEY_PREFIX,
+            "SCANFLEET_CLUSTER_CONCURRENCY": "10",
+            "SCANFLEET_VISIBILITY_TIMEOUT": "8",
+            "SCANFLEET_LEASE_SECONDS": "3",
+            "SCANFLEET_TOKEN_TTL": "900",
+            "SCANFLEET_SCAN_TIMEOUT": "60",
+            "SCANFLEET_LOG_FORMAT": "json",
+            "SCANFLEET_STANDIN_SLEEP": "0",
+            "KUBECONFIG": str(fleet_clusters.kubeconfig),
+            "PYTHONUNBUFFERED": "1",
+            "SCANFLEET_SANDBOX_ALLOW_READ": os.pathsep.join(
+                [*standin_read_paths(), str(standin_launcher.parent)]
+            ),
+            "SCANFLEET_SANDBOX_ALLOW_WRITE": str(standin_io),
+        }
+    )
     return env
 
 
@@ -241,7 +269,10 @@ class Worker:
         self._out = log.open("wb")
         self.proc = subprocess.Popen(
             [*CLI, "worker", "-c", str(concurrency), "--loglevel", "INFO"],
-            env=dict(env), stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True,
+            env=dict(env),
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def ready(self) -> bool:
@@ -283,10 +314,12 @@ def make_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
         w.stop()
 
 
-def run_cli(args: list[str], env: Mapping[str, str], timeout: float = 90
-            ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], env=dict(env), capture_output=True, text=True,
-                          timeout=timeout, check=False)
+def run_cli(
+    args: list[str], env: Mapping[str, str], timeout: float = 90
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], env=dict(env), capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 @pytest.fixture

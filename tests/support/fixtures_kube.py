@@ -42,14 +42,16 @@ def seed_default(cluster: FakeCluster) -> FakeCluster:
     cluster.add_namespace("apps")
     cluster.add_namespace("other")
     cluster.add_pod(
-        "apps", "web",
-        containers=[("app", "registry.example/web:1.4", None),
-                    ("sidecar", "registry.example/proxy:2.0", None)],
+        "apps",
+        "web",
+        containers=[
+            ("app", "registry.example/web:1.4", None),
+            ("sidecar", "registry.example/proxy:2.0", None),
+        ],
         init_containers=["init-db"],
         labels={"app": "web", "tier": "frontend"},
     )
-    cluster.add_pod("apps", "pending", containers=["app"], phase="Pending",
-                    labels={"app": "batch"})
+    cluster.add_pod("apps", "pending", containers=["app"], phase="Pending", labels={"app": "batch"})
     cluster.add_secret("apps", "db-password")
     return cluster
 

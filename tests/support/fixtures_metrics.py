@@ -30,8 +30,14 @@ def promtool() -> str:
 
 def check_metrics(text: str) -> None:
     """`promtool check metrics` on one scrape: exposition format and naming lint."""
-    proc = subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True,
-                          text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [promtool(), "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -74,8 +74,9 @@ def ops_redis(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
 
     data = tmp_path / "redis"
     data.mkdir()
-    port, proc = start_redis([exe, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                              "--dir", str(data)])
+    port, proc = start_redis(
+        [exe, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(data)]
+    )
     try:
         yield f"redis://127.0.0.1:{port}/0"
         import redis

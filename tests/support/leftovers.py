@@ -24,8 +24,11 @@ def allowed(request: pytest.FixtureRequest) -> bool:
 
 
 def rbac_left(clusters: Iterable[Any]) -> list[str]:
-    return [f"{c.name}: {o['kind']} {o['metadata'].get('namespace')}/{o['metadata']['name']}"
-            for c in clusters for o in c.scanfleet_objects()]
+    return [
+        f"{c.name}: {o['kind']} {o['metadata'].get('namespace')}/{o['metadata']['name']}"
+        for c in clusters
+        for o in c.scanfleet_objects()
+    ]
 
 
 def immortal_keys(client: Any, prefixes: Iterable[str]) -> list[str]:
@@ -41,5 +44,7 @@ def immortal_keys(client: Any, prefixes: Iterable[str]) -> list[str]:
 def fail_on(request: pytest.FixtureRequest, what: str, found: list[str]) -> None:
     if found and not allowed(request):
         shown = "\n  ".join(found[:20])
-        pytest.fail(f"the test left {what} behind (mark it {MARKER} if on purpose):\n  {shown}",
-                    pytrace=False)
+        pytest.fail(
+            f"the test left {what} behind (mark it {MARKER} if on purpose):\n  {shown}",
+            pytrace=False,
+        )

@@ -17,5 +17,12 @@ from .kubeconfig import AUTH_MODES, write_kubeconfig
 from .rbac import Identity
 from .state import ExecAttempt, LoggedRequest, RecordedRequest
 
-__all__ = ["AUTH_MODES", "ExecAttempt", "FakeCluster", "Identity", "LoggedRequest",
-           "RecordedRequest", "write_kubeconfig"]
+__all__ = [
+    "AUTH_MODES",
+    "ExecAttempt",
+    "FakeCluster",
+    "Identity",
+    "LoggedRequest",
+    "RecordedRequest",
+    "write_kubeconfig",
+]

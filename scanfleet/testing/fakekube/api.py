@@ -37,18 +37,36 @@ class Response:
 
 
 REASONS = {
-    400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
-    405: "MethodNotAllowed", 409: "AlreadyExists", 410: "Expired", 415: "UnsupportedMediaType",
-    422: "Invalid", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable",
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    409: "AlreadyExists",
+    410: "Expired",
+    415: "UnsupportedMediaType",
+    422: "Invalid",
+    429: "TooManyRequests",
+    500: "InternalError",
+    503: "ServiceUnavailable",
 }
 
 
-def status(code: int, message: str, reason: str | None = None,
-           details: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
-           ) -> Response:
+def status(
+    code: int,
+    message: str,
+    reason: str | None = None,
+    details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
     body: dict[str, Any] = {
-        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": message, "reason": reason or REASONS.get(code, "Unknown"), "code": code,
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason or REASONS.get(code, "Unknown"),
+        "code": code,
     }
     if details is not None:
         body["details"] = details
@@ -68,14 +86,22 @@ def not_found(kind: Kind, name: str) -> Response:
 
 def invalid(kind: Kind, name: str, causes: list[tuple[str, Any, str]]) -> Response:
     """422 with causes given as (field, value, problem)."""
-    texts = [f"{f}: Invalid value: {json.dumps(v)}: {p}" if v != "" else f"{f}: {p}"
-             for f, v, p in causes]
-    msg = f'{kind.kind}.{kind.group or ""}'.rstrip(".") if kind.group else kind.kind
+    texts = [
+        f"{f}: Invalid value: {json.dumps(v)}: {p}" if v != "" else f"{f}: {p}"
+        for f, v, p in causes
+    ]
+    msg = f"{kind.kind}.{kind.group or ''}".rstrip(".") if kind.group else kind.kind
     message = f'{msg} "{name}" is invalid: ' + (
-        texts[0] if len(texts) == 1 else "[" + ", ".join(texts) + "]")
-    details = {"name": name, "kind": kind.kind,
-               "causes": [{"reason": "FieldValueInvalid", "message": t, "field": c[0]}
-                          for t, c in zip(texts, causes, strict=True)]}
+        texts[0] if len(texts) == 1 else "[" + ", ".join(texts) + "]"
+    )
+    details = {
+        "name": name,
+        "kind": kind.kind,
+        "causes": [
+            {"reason": "FieldValueInvalid", "message": t, "field": c[0]}
+            for t, c in zip(texts, causes, strict=True)
+        ],
+    }
     if kind.group:
         details["group"] = kind.group
     return status(422, message, "Invalid", details)
@@ -111,14 +137,20 @@ def _precondition_failed(kind: Kind, current: Obj, opts: dict[str, Any]) -> Resp
     """409 Conflict as kube-apiserver answers a DELETE whose preconditions do not hold."""
     pre = opts.get("preconditions") or {}
     meta = current["metadata"]
-    for field_name, key, label in (("uid", "uid", "UID"),
-                                   ("resourceVersion", "resourceVersion", "ResourceVersion")):
+    for field_name, key, label in (
+        ("uid", "uid", "UID"),
+        ("resourceVersion", "resourceVersion", "ResourceVersion"),
+    ):
         want = pre.get(field_name)
         if want is not None and want != meta.get(key):
-            return status(409, f'Operation cannot be fulfilled on {kind.qualified} '
-                          f'"{meta["name"]}": Precondition failed: {label} in precondition: '
-                          f'{want}, {label} in object meta: {meta.get(key)}', "Conflict",
-                          _details(kind, meta["name"]))
+            return status(
+                409,
+                f"Operation cannot be fulfilled on {kind.qualified} "
+                f'"{meta["name"]}": Precondition failed: {label} in precondition: '
+                f"{want}, {label} in object meta: {meta.get(key)}",
+                "Conflict",
+                _details(kind, meta["name"]),
+            )
     return None
 
 
@@ -140,7 +172,8 @@ class Api:
         except ValueError:
             return status(400, f"invalid limit {query.get('limit')!r}", "BadRequest")
         items = self.store.list(
-            kind.resource, namespace,
+            kind.resource,
+            namespace,
             lambda o: labels(o["metadata"].get("labels") or {}) and fields(o),
         )
 
@@ -157,8 +190,15 @@ class Api:
         for o in items:
             o.pop("kind", None)
             o.pop("apiVersion", None)
-        return Response(200, {"kind": f"{kind.kind}List", "apiVersion": kind.api_version,
-                              "metadata": meta, "items": items})
+        return Response(
+            200,
+            {
+                "kind": f"{kind.kind}List",
+                "apiVersion": kind.api_version,
+                "metadata": meta,
+                "items": items,
+            },
+        )
 
     def get(self, kind: Kind, namespace: str, name: str) -> Response:
         obj = self.store.get(kind.resource, namespace if kind.namespaced else "", name)
@@ -173,44 +213,71 @@ class Api:
     def _validate(self, kind: Kind, obj: Obj, name: str) -> Response | None:
         causes: list[tuple[str, Any, str]] = []
         if not name:
-            causes.append(("metadata.name", "", "Required value: name or generateName is "
-                           "required"))
+            causes.append(("metadata.name", "", "Required value: name or generateName is required"))
         elif len(name) > 253 or not DNS1123_SUBDOMAIN.match(name):
             causes.append(("metadata.name", name, SUBDOMAIN_MSG))
         if kind.resource == "roles":
             for i, rule in enumerate(obj.get("rules") or []):
                 if not rule.get("verbs"):
-                    causes.append((f"rules[{i}].verbs", "", "Required value: verbs must "
-                                   "contain at least one value"))
+                    causes.append(
+                        (
+                            f"rules[{i}].verbs",
+                            "",
+                            "Required value: verbs must contain at least one value",
+                        )
+                    )
                 if rule.get("nonResourceURLs"):
-                    causes.append((f"rules[{i}].nonResourceURLs", "", "Invalid value: "
-                                   "namespaced rules cannot apply to non-resource URLs"))
+                    causes.append(
+                        (
+                            f"rules[{i}].nonResourceURLs",
+                            "",
+                            "Invalid value: namespaced rules cannot apply to non-resource URLs",
+                        )
+                    )
                 elif not rule.get("apiGroups"):
-                    causes.append((f"rules[{i}].apiGroups", "", "Required value: resource "
-                                   "rules must supply at least one api group"))
+                    causes.append(
+                        (
+                            f"rules[{i}].apiGroups",
+                            "",
+                            "Required value: resource rules must supply at least one api group",
+                        )
+                    )
                 elif not rule.get("resources"):
-                    causes.append((f"rules[{i}].resources", "", "Required value: resource "
-                                   "rules must supply at least one resource"))
+                    causes.append(
+                        (
+                            f"rules[{i}].resources",
+                            "",
+                            "Required value: resource rules must supply at least one resource",
+                        )
+                    )
         if kind.resource == "rolebindings":
             ref = obj.get("roleRef") or {}
             if ref.get("apiGroup") != RBAC:
-                causes.append(("roleRef.apiGroup", ref.get("apiGroup", ""),
-                               f"supported values: \"{RBAC}\""))
+                causes.append(
+                    ("roleRef.apiGroup", ref.get("apiGroup", ""), f'supported values: "{RBAC}"')
+                )
             if ref.get("kind") not in ("Role", "ClusterRole"):
-                causes.append(("roleRef.kind", ref.get("kind", ""),
-                               'supported values: "Role", "ClusterRole"'))
+                causes.append(
+                    ("roleRef.kind", ref.get("kind", ""), 'supported values: "Role", "ClusterRole"')
+                )
             if not ref.get("name"):
                 causes.append(("roleRef.name", "", "Required value"))
             for i, s in enumerate(obj.get("subjects") or []):
                 if s.get("kind") not in ("ServiceAccount", "User", "Group"):
-                    causes.append((f"subjects[{i}].kind", s.get("kind", ""),
-                                   'supported values: "ServiceAccount", "User", "Group"'))
+                    causes.append(
+                        (
+                            f"subjects[{i}].kind",
+                            s.get("kind", ""),
+                            'supported values: "ServiceAccount", "User", "Group"',
+                        )
+                    )
                 if not s.get("name"):
                     causes.append((f"subjects[{i}].name", "", "Required value"))
         return invalid(kind, name or "", causes) if causes else None
 
-    def _escalation(self, identity: Identity, kind: Kind, namespace: str, obj: Obj,
-                    name: str) -> Response | None:
+    def _escalation(
+        self, identity: Identity, kind: Kind, namespace: str, obj: Obj, name: str
+    ) -> Response | None:
         """Real RBAC refuses to let anyone grant permissions they do not hold themselves."""
         state = self.state
         if state.is_superuser(identity):
@@ -222,13 +289,25 @@ class Api:
             wanted = obj.get("rules") or []
         elif kind.resource == "rolebindings":
             ref = obj.get("roleRef") or {}
-            if state.allowed(identity, Attributes("bind", "roles" if ref.get("kind") == "Role"
-                                                  else "clusterroles", RBAC, namespace,
-                                                  ref.get("name"))):
+            if state.allowed(
+                identity,
+                Attributes(
+                    "bind",
+                    "roles" if ref.get("kind") == "Role" else "clusterroles",
+                    RBAC,
+                    namespace,
+                    ref.get("name"),
+                ),
+            ):
                 return None
             if ref.get("kind") != "Role":
-                return status(403, f'{kind.qualified} "{name}" is forbidden: the fake only '
-                              "evaluates bindings to Roles", "Forbidden", _details(kind, name))
+                return status(
+                    403,
+                    f'{kind.qualified} "{name}" is forbidden: the fake only '
+                    "evaluates bindings to Roles",
+                    "Forbidden",
+                    _details(kind, name),
+                )
             role = self.store.get("roles", namespace, ref.get("name", ""))
             if role is None:
                 return not_found(KINDS[(RBAC, "roles")], ref.get("name", ""))
@@ -248,17 +327,23 @@ class Api:
 
     def create(self, identity: Identity, kind: Kind, namespace: str, obj: Any) -> Response:
         if kind.resource not in ("serviceaccounts", "roles", "rolebindings"):
-            return status(405, f"create is not supported on {kind.resource} by the fake",
-                          "MethodNotAllowed")
+            return status(
+                405, f"create is not supported on {kind.resource} by the fake", "MethodNotAllowed"
+            )
         if not isinstance(obj, dict):
             return status(400, "the request body must be a JSON object", "BadRequest")
         meta = obj.setdefault("metadata", {})
         if meta.get("namespace") not in (None, "", namespace):
-            return status(400, "the namespace of the provided object does not match the "
-                          "namespace sent on the request", "BadRequest")
+            return status(
+                400,
+                "the namespace of the provided object does not match the "
+                "namespace sent on the request",
+                "BadRequest",
+            )
         meta["namespace"] = namespace
         if not meta.get("name") and meta.get("generateName"):
             import secrets
+
             meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
         name = meta.get("name") or ""
         if (err := self._validate(kind, obj, name)) is not None:
@@ -271,23 +356,30 @@ class Api:
             meta.pop(k, None)
         with self.store.lock:
             if self.store.exists(kind.resource, namespace, name):
-                return status(409, f'{kind.qualified} "{name}" already exists', "AlreadyExists",
-                              _details(kind, name))
+                return status(
+                    409,
+                    f'{kind.qualified} "{name}" already exists',
+                    "AlreadyExists",
+                    _details(kind, name),
+                )
             created = self.store.add(kind, obj)
             gc.after_create(self.state, kind.resource, created)
             return Response(201, created)
 
-    def replace(self, identity: Identity, kind: Kind, namespace: str, name: str,
-                obj: Any) -> Response:
+    def replace(
+        self, identity: Identity, kind: Kind, namespace: str, name: str, obj: Any
+    ) -> Response:
         if kind.resource not in ("serviceaccounts", "roles", "rolebindings"):
-            return status(405, f"update is not supported on {kind.resource} by the fake",
-                          "MethodNotAllowed")
+            return status(
+                405, f"update is not supported on {kind.resource} by the fake", "MethodNotAllowed"
+            )
         if not isinstance(obj, dict):
             return status(400, "the request body must be a JSON object", "BadRequest")
         meta = obj.setdefault("metadata", {})
         if meta.get("name") != name:
-            return status(400, "the name of the object does not match the name on the URL",
-                          "BadRequest")
+            return status(
+                400, "the name of the object does not match the name on the URL", "BadRequest"
+            )
         meta["namespace"] = namespace
         if (err := self._validate(kind, obj, name)) is not None:
             return err
@@ -299,18 +391,22 @@ class Api:
                 return not_found(kind, name)
             rv = meta.get("resourceVersion")
             if rv and rv != current["metadata"]["resourceVersion"]:
-                return status(409, f'Operation cannot be fulfilled on {kind.qualified} "{name}"'
-                              ": the object has been modified; please apply your changes to "
-                              "the latest version and try again", "Conflict",
-                              _details(kind, name))
+                return status(
+                    409,
+                    f'Operation cannot be fulfilled on {kind.qualified} "{name}"'
+                    ": the object has been modified; please apply your changes to "
+                    "the latest version and try again",
+                    "Conflict",
+                    _details(kind, name),
+                )
             return Response(200, self.store.replace(kind, obj))
 
-    def patch(self, identity: Identity, kind: Kind, namespace: str, name: str,
-              patch: Any) -> Response:
+    def patch(
+        self, identity: Identity, kind: Kind, namespace: str, name: str, patch: Any
+    ) -> Response:
         """JSON merge patch (strategic merge patches are treated the same way)."""
         if not isinstance(patch, dict):
-            return status(400, "only JSON merge patches are supported by the fake",
-                          "BadRequest")
+            return status(400, "only JSON merge patches are supported by the fake", "BadRequest")
         current = self.store.get(kind.resource, namespace if kind.namespaced else "", name)
         if current is None:
             return not_found(kind, name)
@@ -318,19 +414,30 @@ class Api:
         merged["metadata"].pop("resourceVersion", None)
         return self.replace(identity, kind, namespace, name, merged)
 
-    def delete(self, kind: Kind, namespace: str, name: str,
-               options: dict[str, Any] | None = None) -> Response:
+    def delete(
+        self, kind: Kind, namespace: str, name: str, options: dict[str, Any] | None = None
+    ) -> Response:
         """Delete with DeleteOptions (body and query merged): preconditions, propagation."""
         if kind.resource not in ("serviceaccounts", "roles", "rolebindings"):
-            return status(405, f"delete is not supported on {kind.resource} by the fake",
-                          "MethodNotAllowed")
+            return status(
+                405, f"delete is not supported on {kind.resource} by the fake", "MethodNotAllowed"
+            )
         opts = options or {}
-        policy = opts.get("propagationPolicy") or ("Orphan" if opts.get("orphanDependents")
-                                                   else "Background")
+        policy = opts.get("propagationPolicy") or (
+            "Orphan" if opts.get("orphanDependents") else "Background"
+        )
         if policy not in gc.PROPAGATION_POLICIES:
-            return invalid(Kind("deleteoptions", "DeleteOptions"), name, [(
-                "propagationPolicy", policy, 'Unsupported value: supported values: '
-                '"Foreground", "Background", "Orphan"')])
+            return invalid(
+                Kind("deleteoptions", "DeleteOptions"),
+                name,
+                [
+                    (
+                        "propagationPolicy",
+                        policy,
+                        'Unsupported value: supported values: "Foreground", "Background", "Orphan"',
+                    )
+                ],
+            )
         with self.store.lock:
             current = self.store.get(kind.resource, namespace, name)
             if current is None:
@@ -348,8 +455,16 @@ class Api:
         if kind.resource == "serviceaccounts":
             return Response(200, obj)  # core resources answer with the deleted object
         details = _details(kind, name) | {"uid": obj["metadata"]["uid"]}
-        return Response(200, {"kind": "Status", "apiVersion": "v1", "metadata": {},
-                              "status": "Success", "details": details})
+        return Response(
+            200,
+            {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Success",
+                "details": details,
+            },
+        )
 
     # --- special endpoints --------------------------------------------------------------
     def token_request(self, namespace: str, name: str, body: Any) -> Response:
@@ -365,37 +480,61 @@ class Api:
         seconds = 3600 if seconds is None else int(seconds)
         if seconds < MIN_TOKEN_SECONDS:
             kind = Kind("serviceaccounts", "TokenRequest", group="authentication.k8s.io")
-            return invalid(kind, name, [("spec.expirationSeconds", seconds,
-                                         "may not specify a duration less than 10 minutes")])
+            return invalid(
+                kind,
+                name,
+                [
+                    (
+                        "spec.expirationSeconds",
+                        seconds,
+                        "may not specify a duration less than 10 minutes",
+                    )
+                ],
+            )
         lifetime = self.state.token_lifetime
         granted = seconds if lifetime is None else int(lifetime(seconds))
         issued = self.state.tokens.issue(namespace, name, sa["metadata"]["uid"], granted)
         if pod is not None:
             self.state.tokens.bind(issued.token, pod["metadata"]["name"], pod["metadata"]["uid"])
         created = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return Response(201, {
-            "kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
-            "metadata": {"name": name, "namespace": namespace, "creationTimestamp": created},
-            "spec": {"audiences": spec.get("audiences") or ["https://kubernetes.default.svc"],
-                     "expirationSeconds": seconds, "boundObjectRef": spec.get("boundObjectRef")},
-            "status": {"token": issued.token,
-                       "expirationTimestamp": issued.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")},
-        })
+        return Response(
+            201,
+            {
+                "kind": "TokenRequest",
+                "apiVersion": "authentication.k8s.io/v1",
+                "metadata": {"name": name, "namespace": namespace, "creationTimestamp": created},
+                "spec": {
+                    "audiences": spec.get("audiences") or ["https://kubernetes.default.svc"],
+                    "expirationSeconds": seconds,
+                    "boundObjectRef": spec.get("boundObjectRef"),
+                },
+                "status": {
+                    "token": issued.token,
+                    "expirationTimestamp": issued.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                },
+            },
+        )
 
-    def _bound_pod(self, namespace: str, sa_name: str,
-                   ref: Any) -> tuple[Obj | None, Response | None]:
+    def _bound_pod(
+        self, namespace: str, sa_name: str, ref: Any
+    ) -> tuple[Obj | None, Response | None]:
         """The pod a TokenRequest binds its token to, or the refusal kube-apiserver sends."""
         if not isinstance(ref, dict):
             return None, None
         if (ref.get("apiVersion") or "v1", ref.get("kind")) != ("v1", "Pod"):
-            return None, status(400, f"cannot bind token to object of type {ref.get('kind')}",
-                                "BadRequest")
+            return None, status(
+                400, f"cannot bind token to object of type {ref.get('kind')}", "BadRequest"
+            )
         pod = self.store.get("pods", namespace, str(ref.get("name") or ""))
         if pod is None:
             return None, not_found(KINDS[("", "pods")], str(ref.get("name") or ""))
         if (pod.get("spec") or {}).get("serviceAccountName", "default") != sa_name:
-            return None, status(400, f'cannot bind token for serviceaccount "{sa_name}" to pod '
-                                "running with different serviceaccount name.", "BadRequest")
+            return None, status(
+                400,
+                f'cannot bind token for serviceaccount "{sa_name}" to pod '
+                "running with different serviceaccount name.",
+                "BadRequest",
+            )
         return pod, None
 
     def self_subject_access_review(self, identity: Identity, body: Any) -> Response:
@@ -403,16 +542,27 @@ class Api:
         ra = spec.get("resourceAttributes")
         if ra:
             resource = ra.get("resource") or ""
-            attrs = Attributes(ra.get("verb") or "", resource, ra.get("group") or "",
-                               ra.get("namespace") or None, ra.get("name") or None,
-                               ra.get("subresource") or None)
+            attrs = Attributes(
+                ra.get("verb") or "",
+                resource,
+                ra.get("group") or "",
+                ra.get("namespace") or None,
+                ra.get("name") or None,
+                ra.get("subresource") or None,
+            )
             allowed = self.state.allowed(identity, attrs)
         else:
             allowed = True  # non-resource URLs (discovery) are open to authenticated users
         result = {"allowed": allowed}
         if allowed and self.state.is_superuser(identity):
             result["reason"] = "superuser (system:masters)"
-        return Response(201, {"kind": "SelfSubjectAccessReview",
-                              "apiVersion": "authorization.k8s.io/v1",
-                              "metadata": {"creationTimestamp": None}, "spec": spec,
-                              "status": result})
+        return Response(
+            201,
+            {
+                "kind": "SelfSubjectAccessReview",
+                "apiVersion": "authorization.k8s.io/v1",
+                "metadata": {"creationTimestamp": None},
+                "spec": spec,
+                "status": result,
+            },
+        )

@@ -20,9 +20,14 @@ from .tls import make_pki
 
 ContainerSpec = str | tuple[str, str] | tuple[str, str, str]
 CLIENT_CN = "fake-admin"
-_RESOURCE_ALIASES = {"serviceaccounts": ("", "serviceaccounts"), "secrets": ("", "secrets"),
-                     "pods": ("", "pods"), "namespaces": ("", "namespaces"),
-                     "roles": (RBAC, "roles"), "rolebindings": (RBAC, "rolebindings")}
+_RESOURCE_ALIASES = {
+    "serviceaccounts": ("", "serviceaccounts"),
+    "secrets": ("", "secrets"),
+    "pods": ("", "pods"),
+    "namespaces": ("", "namespaces"),
+    "roles": (RBAC, "roles"),
+    "rolebindings": (RBAC, "rolebindings"),
+}
 
 
 def _container(spec: ContainerSpec) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -34,9 +39,10 @@ def _container(spec: ContainerSpec) -> tuple[dict[str, Any], dict[str, Any]]:
         name, image, image_id = spec
     if image_id is None:
         image_id = f"{image.split(':')[0]}@sha256:{secrets.token_hex(32)}"
-    return ({"name": name, "image": image},
-            {"name": name, "image": image, "imageID": image_id, "ready": True,
-             "restartCount": 0})
+    return (
+        {"name": name, "image": image},
+        {"name": name, "image": image, "imageID": image_id, "ready": True, "restartCount": 0},
+    )
 
 
 class FakeCluster:
@@ -61,9 +67,12 @@ class FakeCluster:
             return self
         ctx = self._ssl_context() if self.tls else None
         self._server = FakeHTTPServer(self._state, ctx, self.admin_token, CLIENT_CN)
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05},
-                                        name=f"fakekube-{self.name}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"fakekube-{self.name}",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -117,29 +126,47 @@ class FakeCluster:
     def client_key_pem(self) -> bytes:
         return self._pki.client_key_pem
 
-    def write_kubeconfig(self, path: str | Path, context: str = "fake", auth: str = "token",
-                         namespace: str | None = None, token: str | None = None) -> Path:
+    def write_kubeconfig(
+        self,
+        path: str | Path,
+        context: str = "fake",
+        auth: str = "token",
+        namespace: str | None = None,
+        token: str | None = None,
+    ) -> Path:
         """Write a one-context kubeconfig (see ``fakekube.write_kubeconfig`` for ``auth``)."""
         from .kubeconfig import write_kubeconfig
 
-        return write_kubeconfig(path, {context: self}, current=context, auth=auth,
-                                namespace=namespace, token=token)
+        return write_kubeconfig(
+            path, {context: self}, current=context, auth=auth, namespace=namespace, token=token
+        )
 
     # --- seeding ------------------------------------------------------------------------
     def add_namespace(self, name: str, labels: Mapping[str, str] | None = None) -> Obj:
-        return self._state.store.add(KINDS[("", "namespaces")], {
-            "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name,
-                                                  **(labels or {})}},
-            "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"},
-        })
+        return self._state.store.add(
+            KINDS[("", "namespaces")],
+            {
+                "metadata": {
+                    "name": name,
+                    "labels": {"kubernetes.io/metadata.name": name, **(labels or {})},
+                },
+                "spec": {"finalizers": ["kubernetes"]},
+                "status": {"phase": "Active"},
+            },
+        )
 
-    def add_pod(self, namespace: str, name: str,
-                containers: Sequence[ContainerSpec] = ("app",),
-                init_containers: Sequence[ContainerSpec] = (),
-                ephemeral_containers: Sequence[ContainerSpec] = (),
-                phase: str = "Running", labels: Mapping[str, str] | None = None,
-                annotations: Mapping[str, str] | None = None,
-                service_account: str = "default") -> Obj:
+    def add_pod(
+        self,
+        namespace: str,
+        name: str,
+        containers: Sequence[ContainerSpec] = ("app",),
+        init_containers: Sequence[ContainerSpec] = (),
+        ephemeral_containers: Sequence[ContainerSpec] = (),
+        phase: str = "Running",
+        labels: Mapping[str, str] | None = None,
+        annotations: Mapping[str, str] | None = None,
+        service_account: str = "default",
+    ) -> Obj:
         """Add a pod. A container is a name, ``(name, image)`` or ``(name, image, imageID)``."""
         regular = [_container(c) for c in containers]
         init = [_container(c) for c in init_containers]
@@ -147,30 +174,44 @@ class FakeCluster:
         running = phase == "Running"
         for _, st in regular:
             st["ready"] = running
-            st["state"] = ({"running": {"startedAt": "2025-01-01T00:00:00Z"}} if running
-                           else {"waiting": {"reason": "ContainerCreating"}})
+            st["state"] = (
+                {"running": {"startedAt": "2025-01-01T00:00:00Z"}}
+                if running
+                else {"waiting": {"reason": "ContainerCreating"}}
+            )
         pod: Obj = {
-            "metadata": {"name": name, "namespace": namespace, "labels": dict(labels or {}),
-                         "annotations": dict(annotations or {})},
-            "spec": {"containers": [c for c, _ in regular], "nodeName": "fake-node",
-                     "serviceAccountName": service_account},
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": dict(labels or {}),
+                "annotations": dict(annotations or {}),
+            },
+            "spec": {
+                "containers": [c for c, _ in regular],
+                "nodeName": "fake-node",
+                "serviceAccountName": service_account,
+            },
             "status": {"phase": phase, "containerStatuses": [s for _, s in regular]},
         }
         if init:
             pod["spec"]["initContainers"] = [c for c, _ in init]
             pod["status"]["initContainerStatuses"] = [s for _, s in init]
         if eph:
-            pod["spec"]["ephemeralContainers"] = [c | {"targetContainerName": regular[0][0]
-                                                       ["name"]} if regular else c
-                                                  for c, _ in eph]
+            pod["spec"]["ephemeralContainers"] = [
+                c | {"targetContainerName": regular[0][0]["name"]} if regular else c for c, _ in eph
+            ]
             pod["status"]["ephemeralContainerStatuses"] = [s for _, s in eph]
         return self._state.store.add(KINDS[("", "pods")], pod)
 
     def add_secret(self, namespace: str, name: str) -> Obj:
-        return self._state.store.add(KINDS[("", "secrets")], {
-            "metadata": {"name": name, "namespace": namespace}, "type": "Opaque",
-            "data": {"password": "c2VjcmV0"},
-        })
+        return self._state.store.add(
+            KINDS[("", "secrets")],
+            {
+                "metadata": {"name": name, "namespace": namespace},
+                "type": "Opaque",
+                "data": {"password": "c2VjcmV0"},
+            },
+        )
 
     def delete_pod(self, namespace: str, name: str) -> None:
         self._state.store.delete("pods", namespace, name)
@@ -183,9 +224,11 @@ class FakeCluster:
 
     def scanfleet_objects(self) -> list[Obj]:
         """All ServiceAccounts, Roles and RoleBindings labelled managed-by scanfleet."""
-        return [o for o in self._state.store.all_objects(
-                    ("serviceaccounts", "roles", "rolebindings"))
-                if (o["metadata"].get("labels") or {}).get(MANAGED_BY) == "scanfleet"]
+        return [
+            o
+            for o in self._state.store.all_objects(("serviceaccounts", "roles", "rolebindings"))
+            if (o["metadata"].get("labels") or {}).get(MANAGED_BY) == "scanfleet"
+        ]
 
     @property
     def peak_scanfleet_serviceaccounts(self) -> int:
@@ -232,22 +275,37 @@ class FakeCluster:
         self._state.tokens.expire(token)
 
     # --- behaviour knobs ----------------------------------------------------------------
-    def fail(self, method: str, path_regex: str, status: int, times: int = 1,
-             retry_after: int | None = None, message: str | None = None) -> None:
+    def fail(
+        self,
+        method: str,
+        path_regex: str,
+        status: int,
+        times: int = 1,
+        retry_after: int | None = None,
+        message: str | None = None,
+    ) -> None:
         """Answer the next ``times`` requests matching method (or "*") and path with ``status``.
 
         ``path_regex`` is searched in the request path without its query string.
         """
         with self._state.lock:
-            self._state.faults.append(Fault(method.upper() if method != "*" else "*",
-                                            re.compile(path_regex), status, times,
-                                            retry_after, message))
+            self._state.faults.append(
+                Fault(
+                    method.upper() if method != "*" else "*",
+                    re.compile(path_regex),
+                    status,
+                    times,
+                    retry_after,
+                    message,
+                )
+            )
 
     def drop_connections(self, method: str, path_regex: str, times: int = 1) -> None:
         """Close the connection without any response for the next ``times`` matching requests."""
         with self._state.lock:
-            self._state.faults.append(Fault(method.upper() if method != "*" else "*",
-                                            re.compile(path_regex), None, times))
+            self._state.faults.append(
+                Fault(method.upper() if method != "*" else "*", re.compile(path_regex), None, times)
+            )
 
     def clear_faults(self) -> None:
         with self._state.lock:

@@ -38,8 +38,9 @@ def owner_alive(state: State, ref: dict[str, Any], namespace: str) -> bool:
     kind = _ref_kind(ref)
     if kind is None:
         return True
-    owner = state.store.get(kind.resource, namespace if kind.namespaced else "",
-                            str(ref.get("name") or ""))
+    owner = state.store.get(
+        kind.resource, namespace if kind.namespaced else "", str(ref.get("name") or "")
+    )
     return owner is not None and owner["metadata"].get("uid") == ref.get("uid")
 
 
@@ -83,11 +84,17 @@ def after_delete(state: State, owner: Obj, policy: str) -> None:
     ns = owner["metadata"].get("namespace", "")
     with state.store.lock:
         for resource in _namespaced():
-            for dep in state.store.list(resource, ns, lambda o: any(
-                    r.get("uid") == uid for r in o["metadata"].get("ownerReferences") or [])):
+            for dep in state.store.list(
+                resource,
+                ns,
+                lambda o: any(
+                    r.get("uid") == uid for r in o["metadata"].get("ownerReferences") or []
+                ),
+            ):
                 if policy == "Orphan":
-                    _set_refs(dep, [r for r in dep["metadata"]["ownerReferences"]
-                                    if r.get("uid") != uid])
+                    _set_refs(
+                        dep, [r for r in dep["metadata"]["ownerReferences"] if r.get("uid") != uid]
+                    )
                     state.store.replace(KINDS[_group_of(resource), resource], dep)
                 elif not state.gc_paused and _collect_one(state, resource, dep):
                     _cascade(state, dep)
@@ -95,14 +102,17 @@ def after_delete(state: State, owner: Obj, policy: str) -> None:
 
 def _cascade(state: State, obj: Obj) -> None:
     """A collected dependent may own others in turn."""
-    if state.store.get(_resource_of(obj), obj["metadata"].get("namespace", ""),
-                       obj["metadata"]["name"]) is None:
+    if (
+        state.store.get(
+            _resource_of(obj), obj["metadata"].get("namespace", ""), obj["metadata"]["name"]
+        )
+        is None
+    ):
         after_delete(state, obj, "Background")
 
 
 def _resource_of(obj: Obj) -> str:
-    group = obj.get("apiVersion", "").rpartition("/")[0] if "/" in obj.get("apiVersion", "") \
-        else ""
+    group = obj.get("apiVersion", "").rpartition("/")[0] if "/" in obj.get("apiVersion", "") else ""
     return _BY_KIND[(group, obj["kind"])].resource
 
 
@@ -121,7 +131,8 @@ def collect_all(state: State) -> int:
         while changed:
             changed = False
             for resource in _namespaced():
-                for obj in state.store.list(resource, None,
-                                            lambda o: bool(o["metadata"].get("ownerReferences"))):
+                for obj in state.store.list(
+                    resource, None, lambda o: bool(o["metadata"].get("ownerReferences"))
+                ):
                     changed |= _collect_one(state, resource, obj)
     return len(state.collected) - before

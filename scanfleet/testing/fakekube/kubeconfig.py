@@ -19,9 +19,14 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def write_kubeconfig(path: str | Path, clusters: Mapping[str, FakeCluster],
-                     current: str | None = None, auth: str = "token",
-                     namespace: str | None = None, token: str | None = None) -> Path:
+def write_kubeconfig(
+    path: str | Path,
+    clusters: Mapping[str, FakeCluster],
+    current: str | None = None,
+    auth: str = "token",
+    namespace: str | None = None,
+    token: str | None = None,
+) -> Path:
     """Write a kubeconfig with one context per entry of ``clusters`` (context name -> cluster).
 
     ``auth``: ``token`` (inline CA data + admin bearer token), ``client-cert`` (inline CA +
@@ -33,9 +38,15 @@ def write_kubeconfig(path: str | Path, clusters: Mapping[str, FakeCluster],
         raise ValueError(f"auth must be one of {AUTH_MODES}, not {auth!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc: dict[str, Any] = {"apiVersion": "v1", "kind": "Config", "preferences": {},
-                           "clusters": [], "users": [], "contexts": [],
-                           "current-context": current or next(iter(clusters), "")}
+    doc: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "preferences": {},
+        "clusters": [],
+        "users": [],
+        "contexts": [],
+        "current-context": current or next(iter(clusters), ""),
+    }
     for name, cluster in clusters.items():
         entry: dict[str, Any] = {"server": cluster.url}
         if cluster.tls:
@@ -49,8 +60,10 @@ def write_kubeconfig(path: str | Path, clusters: Mapping[str, FakeCluster],
                 entry["certificate-authority-data"] = _b64(cluster.ca_pem)
         user: dict[str, Any]
         if auth == "client-cert" and cluster.tls and token is None:
-            user = {"client-certificate-data": _b64(cluster.client_cert_pem),
-                    "client-key-data": _b64(cluster.client_key_pem)}
+            user = {
+                "client-certificate-data": _b64(cluster.client_cert_pem),
+                "client-key-data": _b64(cluster.client_key_pem),
+            }
         else:
             user = {"token": token or cluster.admin_token}
         ctx: dict[str, Any] = {"cluster": f"{name}-cluster", "user": f"{name}-user"}

@@ -43,12 +43,12 @@ def fields(buf: bytes) -> Fields:
         if wire == 0:
             value, pos = _varint(buf, pos)
         elif wire == 1:
-            value, pos = int.from_bytes(buf[pos:pos + 8], "little"), pos + 8
+            value, pos = int.from_bytes(buf[pos : pos + 8], "little"), pos + 8
         elif wire == 2:
             length, pos = _varint(buf, pos)
-            value, pos = buf[pos:pos + length], pos + length
+            value, pos = buf[pos : pos + length], pos + length
         elif wire == 5:
-            value, pos = int.from_bytes(buf[pos:pos + 4], "little"), pos + 4
+            value, pos = int.from_bytes(buf[pos : pos + 4], "little"), pos + 4
         else:
             raise ProtobufError(f"unsupported wire type {wire}")
         if pos > len(buf):
@@ -91,8 +91,11 @@ def _object_meta(f: Fields) -> dict[str, Any]:
 
 
 def _service_account(raw: Fields) -> dict[str, Any]:
-    out: dict[str, Any] = {"apiVersion": "v1", "kind": "ServiceAccount",
-                           "metadata": _object_meta(_msg(raw, 1))}
+    out: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _object_meta(_msg(raw, 1)),
+    }
     if 4 in raw:
         out["automountServiceAccountToken"] = bool(raw[4][-1])
     return out
@@ -103,33 +106,51 @@ def _role(raw: Fields) -> dict[str, Any]:
     for r in raw.get(2, []):
         rf = fields(r)
         rule: dict[str, Any] = {}
-        for num, key in ((1, "verbs"), (2, "apiGroups"), (3, "resources"),
-                         (4, "resourceNames"), (5, "nonResourceURLs")):
+        for num, key in (
+            (1, "verbs"),
+            (2, "apiGroups"),
+            (3, "resources"),
+            (4, "resourceNames"),
+            (5, "nonResourceURLs"),
+        ):
             if num in rf:
                 rule[key] = _strs(rf, num)
         rules.append(rule)
-    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-            "metadata": _object_meta(_msg(raw, 1)), "rules": rules}
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _object_meta(_msg(raw, 1)),
+        "rules": rules,
+    }
 
 
 def _role_binding(raw: Fields) -> dict[str, Any]:
     subjects = []
     for s in raw.get(2, []):
         sf = fields(s)
-        subj = {k: _str(sf, n) for n, k in ((1, "kind"), (2, "apiGroup"), (3, "name"),
-                                             (4, "namespace"))}
+        subj = {
+            k: _str(sf, n) for n, k in ((1, "kind"), (2, "apiGroup"), (3, "name"), (4, "namespace"))
+        }
         subjects.append({k: v for k, v in subj.items() if v})
     ref = _msg(raw, 3)
-    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-            "metadata": _object_meta(_msg(raw, 1)), "subjects": subjects,
-            "roleRef": {"apiGroup": _str(ref, 1) or "", "kind": _str(ref, 2) or "",
-                        "name": _str(ref, 3) or ""}}
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _object_meta(_msg(raw, 1)),
+        "subjects": subjects,
+        "roleRef": {
+            "apiGroup": _str(ref, 1) or "",
+            "kind": _str(ref, 2) or "",
+            "name": _str(ref, 3) or "",
+        },
+    }
 
 
 def _token_request(raw: Fields) -> dict[str, Any]:
     spec = _msg(raw, 2)
     out: dict[str, Any] = {
-        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenRequest",
         "metadata": _object_meta(_msg(raw, 1)),
         "spec": {"audiences": [a.decode() for a in spec.get(1, [])]},
     }
@@ -149,21 +170,23 @@ def _ssar(raw: Fields) -> dict[str, Any]:
     if 1 in spec:
         ra = _msg(spec, 1)
         names = ("namespace", "verb", "group", "version", "resource", "subresource", "name")
-        out_spec["resourceAttributes"] = {
-            k: _str(ra, i + 1) or "" for i, k in enumerate(names)
-        }
+        out_spec["resourceAttributes"] = {k: _str(ra, i + 1) or "" for i, k in enumerate(names)}
     if 2 in spec:
         nra = _msg(spec, 2)
         out_spec["nonResourceAttributes"] = {"path": _str(nra, 1) or "", "verb": _str(nra, 2) or ""}
-    return {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-            "metadata": _object_meta(_msg(raw, 1)), "spec": out_spec}
+    return {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectAccessReview",
+        "metadata": _object_meta(_msg(raw, 1)),
+        "spec": out_spec,
+    }
 
 
 def decode(body: bytes) -> dict[str, Any]:
     """Decode a Kubernetes protobuf request body into a JSON-shaped dict."""
     if not body.startswith(MAGIC):
         raise ProtobufError("missing k8s protobuf magic")
-    unknown = fields(body[len(MAGIC):])
+    unknown = fields(body[len(MAGIC) :])
     type_meta = _msg(unknown, 1)
     kind = _str(type_meta, 2) or ""
     raw = fields(unknown[2][-1]) if 2 in unknown else {}

@@ -23,8 +23,11 @@ class Identity:
     def service_account(cls, namespace: str, name: str) -> Identity:
         return cls(
             username=f"system:serviceaccount:{namespace}:{name}",
-            groups=("system:serviceaccounts", f"system:serviceaccounts:{namespace}",
-                    "system:authenticated"),
+            groups=(
+                "system:serviceaccounts",
+                f"system:serviceaccounts:{namespace}",
+                "system:authenticated",
+            ),
             sa_namespace=namespace,
             sa_name=name,
         )
@@ -84,9 +87,7 @@ def forbidden_message(identity: Identity, attrs: Attributes) -> str:
     """The message kube-apiserver puts in a 403 Status for this request."""
     group_resource = attrs.resource + (f".{attrs.group}" if attrs.group else "")
     subject = f'{group_resource} "{attrs.name}"' if attrs.name else group_resource
-    where = (
-        f'in the namespace "{attrs.namespace}"' if attrs.namespace else "at the cluster scope"
-    )
+    where = f'in the namespace "{attrs.namespace}"' if attrs.namespace else "at the cluster scope"
     return (
         f'{subject} is forbidden: User "{identity.username}" cannot {attrs.verb} resource '
         f'"{attrs.full_resource}" in API group "{attrs.group}" {where}'
@@ -128,8 +129,7 @@ def uncovered_rules(owner_rules: Sequence[Rule], wanted: Sequence[Rule]) -> list
         for atom in _atoms(rule):
             if not any(_covers_atom(o, atom) for o in owner_rules):
                 group, resource, verb, name = atom
-                m: dict[str, Any] = {"apiGroups": [group], "resources": [resource],
-                                     "verbs": [verb]}
+                m: dict[str, Any] = {"apiGroups": [group], "resources": [resource], "verbs": [verb]}
                 if name:
                     m["resourceNames"] = [name]
                 missing.append(m)
@@ -144,9 +144,7 @@ def format_rules(rules: Sequence[Rule]) -> str:
             "Resources:[" + " ".join(f'"{x}"' for x in r.get("resources", [])) + "]",
         ]
         if r.get("resourceNames"):
-            fields.append(
-                "ResourceNames:[" + " ".join(f'"{n}"' for n in r["resourceNames"]) + "]"
-            )
+            fields.append("ResourceNames:[" + " ".join(f'"{n}"' for n in r["resourceNames"]) + "]")
         fields.append("Verbs:[" + " ".join(f'"{v}"' for v in r.get("verbs", [])) + "]")
         parts.append("{" + ", ".join(fields) + "}")
     return "\n".join(parts)

@@ -26,8 +26,9 @@ class FakeHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, state: State, ssl_context: ssl.SSLContext | None,
-                 admin_token: str, client_cn: str) -> None:
+    def __init__(
+        self, state: State, ssl_context: ssl.SSLContext | None, admin_token: str, client_cn: str
+    ) -> None:
         super().__init__(("127.0.0.1", 0), Handler)
         self.state = state
         self.api = Api(state)
@@ -165,8 +166,10 @@ class Handler(BaseHTTPRequestHandler):
         if isinstance(self.connection, ssl.SSLSocket):
             cert = self.connection.getpeercert()
             if cert:
-                cn = next((v for rdn in cert.get("subject", ()) for k, v in rdn
-                           if k == "commonName"), None)
+                cn = next(
+                    (v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"),
+                    None,
+                )
                 if cn == srv.client_cn:
                     return state.admin_identity()
         return None
@@ -180,9 +183,13 @@ class Handler(BaseHTTPRequestHandler):
         method = self.command
         body_bytes = self._read_body()
         identity = self._authenticate()
-        self._log_index = state.record(method, path, identity,
-                                       user_agent=self.headers.get("User-Agent", ""),
-                                       **self._log_fields(method, path, query, body_bytes))
+        self._log_index = state.record(
+            method,
+            path,
+            identity,
+            user_agent=self.headers.get("User-Agent", ""),
+            **self._log_fields(method, path, query, body_bytes),
+        )
         fault = state.take_fault(method, path)
         if fault is not None:
             if fault.status is None:
@@ -191,9 +198,15 @@ class Handler(BaseHTTPRequestHandler):
                     self.connection.shutdown(socket.SHUT_RDWR)
                 return
             headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after else {}
-            details = ({"retryAfterSeconds": fault.retry_after} if fault.retry_after else None)
-            self._send(status(fault.status, fault.message or f"injected {fault.status}",
-                              details=details, headers=headers))
+            details = {"retryAfterSeconds": fault.retry_after} if fault.retry_after else None
+            self._send(
+                status(
+                    fault.status,
+                    fault.message or f"injected {fault.status}",
+                    details=details,
+                    headers=headers,
+                )
+            )
             return
         if identity is None:
             self._send(status(401, "Unauthorized", "Unauthorized"))
@@ -206,23 +219,30 @@ class Handler(BaseHTTPRequestHandler):
         if resp is not None:
             self._send(resp)
 
-    def _log_fields(self, method: str, path: str, query: dict[str, str],
-                    body_bytes: bytes) -> dict[str, Any]:
+    def _log_fields(
+        self, method: str, path: str, query: dict[str, str], body_bytes: bytes
+    ) -> dict[str, Any]:
         """What the request log keeps besides method, path and identity (never a token)."""
         parsed = parse_path(path)
         fields: dict[str, Any] = {"query": tuple(sorted(query.items()))}
         if parsed is not None:
             group, namespace, resource, name, sub = parsed
-            fields.update(group=group, namespace=namespace or "", resource=resource,
-                          name=name or "", subresource=sub or "",
-                          verb=self._verb(method, name, sub))
+            fields.update(
+                group=group,
+                namespace=namespace or "",
+                resource=resource,
+                name=name or "",
+                subresource=sub or "",
+                verb=self._verb(method, name, sub),
+            )
         if method in ("POST", "PUT", "PATCH", "DELETE") and body_bytes:
             fields["body"] = self._decode(body_bytes)[0]
         if parsed is not None and method in ("PUT", "PATCH", "DELETE") and parsed[3]:
             kind = KINDS.get((parsed[0], parsed[2]))
             if kind is not None and not parsed[4]:
                 fields["old_object"] = self.server.state.store.get(
-                    kind.resource, (parsed[1] or "") if kind.namespaced else "", parsed[3])
+                    kind.resource, (parsed[1] or "") if kind.namespaced else "", parsed[3]
+                )
         return fields
 
     def _decode(self, body: bytes) -> tuple[Any, Response | None]:
@@ -230,18 +250,32 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if ctype == "application/vnd.kubernetes.protobuf":
                 return protobuf.decode(body), None
-            if ctype in ("application/json", "application/merge-patch+json",
-                         "application/strategic-merge-patch+json", ""):
+            if ctype in (
+                "application/json",
+                "application/merge-patch+json",
+                "application/strategic-merge-patch+json",
+                "",
+            ):
                 return (json.loads(body) if body else None), None
         except (ValueError, protobuf.ProtobufError) as exc:
             return None, status(400, f"cannot decode request body: {exc}", "BadRequest")
-        return None, status(415, f"the body of the request was in an unknown format - "
-                            f"accepted media types include: application/json, "
-                            f"application/vnd.kubernetes.protobuf (got {ctype})")
+        return None, status(
+            415,
+            f"the body of the request was in an unknown format - "
+            f"accepted media types include: application/json, "
+            f"application/vnd.kubernetes.protobuf (got {ctype})",
+        )
 
     # --- routing ------------------------------------------------------------------------
-    def _route(self, identity: Identity, method: str, path: str, query: dict[str, str],
-               multi: dict[str, list[str]], body_bytes: bytes) -> Response | None:
+    def _route(
+        self,
+        identity: Identity,
+        method: str,
+        path: str,
+        query: dict[str, str],
+        multi: dict[str, list[str]],
+        body_bytes: bytes,
+    ) -> Response | None:
         if method == "GET":
             doc = self._discovery(path)
             if doc is not None:
@@ -301,16 +335,18 @@ class Handler(BaseHTTPRequestHandler):
                 if key in query:
                     options.setdefault(key, query[key])
             return api.delete(kind, namespace or "", name, options)
-        return status(405, f"{method} is not supported on {path} by the fake",
-                      "MethodNotAllowed")
+        return status(405, f"{method} is not supported on {path} by the fake", "MethodNotAllowed")
 
     @staticmethod
     def _verb(method: str, name: str | None, sub: str | None) -> str:
         if sub == "exec":
             return "get" if method == "GET" else "create"
         return {
-            "GET": "get" if name else "list", "POST": "create", "PUT": "update",
-            "PATCH": "patch", "DELETE": "delete" if name else "deletecollection",
+            "GET": "get" if name else "list",
+            "POST": "create",
+            "PUT": "update",
+            "PATCH": "patch",
+            "DELETE": "delete" if name else "deletecollection",
         }.get(method, method.lower())
 
     def _forbidden(self, identity: Identity, attrs: Attributes) -> Response:
@@ -324,8 +360,10 @@ class Handler(BaseHTTPRequestHandler):
     def _discovery(self, path: str) -> dict[str, Any] | None:
         host = f"127.0.0.1:{self.server.server_address[1]}"
         docs: dict[str, Any] = {
-            "/version": discovery.VERSION, "/api": discovery.api_versions(host),
-            "/api/v1": discovery.core_v1(), "/apis": discovery.api_group_list(),
+            "/version": discovery.VERSION,
+            "/api": discovery.api_versions(host),
+            "/api/v1": discovery.core_v1(),
+            "/apis": discovery.api_group_list(),
         }
         if path in docs:
             return docs[path]
@@ -337,45 +375,66 @@ class Handler(BaseHTTPRequestHandler):
         return None
 
     # --- exec -------------------------------------------------------------------------
-    def _exec(self, identity: Identity, attrs: Attributes, allowed: bool,
-              multi: dict[str, list[str]]) -> Response | None:
+    def _exec(
+        self, identity: Identity, attrs: Attributes, allowed: bool, multi: dict[str, list[str]]
+    ) -> Response | None:
         state = self.server.state
         container = (multi.get("container") or [None])[-1]
         command = tuple(multi.get("command") or [])
         namespace, pod_name = attrs.namespace or "", attrs.name or ""
         with state.lock:
-            state.exec_attempts.append(ExecAttempt(identity.username, namespace, pod_name,
-                                                   container, command, allowed))
+            state.exec_attempts.append(
+                ExecAttempt(identity.username, namespace, pod_name, container, command, allowed)
+            )
         if not allowed:
             return self._forbidden(identity, attrs)
         pod = state.store.get("pods", namespace, pod_name)
         if pod is None:
-            return status(404, f'pods "{pod_name}" not found', "NotFound",
-                          {"name": pod_name, "kind": "pods"})
+            return status(
+                404, f'pods "{pod_name}" not found', "NotFound", {"name": pod_name, "kind": "pods"}
+            )
         names = [c["name"] for c in pod["spec"].get("containers") or []]
         if container is None and len(names) == 1:
             container = names[0]
         if container is None:
-            return status(400, f"a container name must be specified for pod {pod_name}, "
-                          f"choose one of: {names}", "BadRequest")
-        all_names = names + [c["name"] for key in ("initContainers", "ephemeralContainers")
-                             for c in pod["spec"].get(key) or []]
+            return status(
+                400,
+                f"a container name must be specified for pod {pod_name}, choose one of: {names}",
+                "BadRequest",
+            )
+        all_names = names + [
+            c["name"]
+            for key in ("initContainers", "ephemeralContainers")
+            for c in pod["spec"].get(key) or []
+        ]
         if container not in all_names:
-            return status(400, f"container {container} is not valid for pod {pod_name}",
-                          "BadRequest")
+            return status(
+                400, f"container {container} is not valid for pod {pod_name}", "BadRequest"
+            )
         if not command:
             return status(400, "you must specify at least 1 command", "BadRequest")
         if pod.get("status", {}).get("phase") != "Running":
-            return status(400, "unable to upgrade connection: container not found "
-                          f'("{container}")', "BadRequest")
+            return status(
+                400,
+                f'unable to upgrade connection: container not found ("{container}")',
+                "BadRequest",
+            )
         upgrade = (self.headers.get("Upgrade") or "").lower()
         if upgrade != "websocket":
-            return status(400, "Upgrade request required (the fake speaks only the WebSocket "
-                          "exec protocols v4/v5.channel.k8s.io)", "BadRequest")
+            return status(
+                400,
+                "Upgrade request required (the fake speaks only the WebSocket "
+                "exec protocols v4/v5.channel.k8s.io)",
+                "BadRequest",
+            )
         proto = wsexec.choose_protocol(self.headers.get("Sec-WebSocket-Protocol"))
         if proto is None:
-            return status(400, "none of the offered subprotocols is supported; use "
-                          f"{' or '.join(wsexec.PROTOCOLS)}", "BadRequest")
+            return status(
+                400,
+                "none of the offered subprotocols is supported; use "
+                f"{' or '.join(wsexec.PROTOCOLS)}",
+                "BadRequest",
+            )
         handler = state.exec_handler
         if handler is not None:
             stdout, code = handler(namespace, pod_name, container, list(command))
@@ -385,8 +444,9 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(101, "Switching Protocols")
         self.send_header("Upgrade", "websocket")
         self.send_header("Connection", "Upgrade")
-        self.send_header("Sec-WebSocket-Accept",
-                         wsexec.accept_key(self.headers.get("Sec-WebSocket-Key", "")))
+        self.send_header(
+            "Sec-WebSocket-Accept", wsexec.accept_key(self.headers.get("Sec-WebSocket-Key", ""))
+        )
         self.send_header("Sec-WebSocket-Protocol", proto)
         self.end_headers()
         self.wfile.flush()

@@ -15,8 +15,11 @@ from .tokens import TokenIssuer
 ADMIN_USER = "fake-admin"
 # What every authenticated user gets from the system:basic-user ClusterRole.
 BASIC_USER_RULES: list[Rule] = [
-    {"apiGroups": ["authorization.k8s.io"],
-     "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"], "verbs": ["create"]},
+    {
+        "apiGroups": ["authorization.k8s.io"],
+        "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
+        "verbs": ["create"],
+    },
 ]
 
 ExecHandler = Callable[[str, str, str, list[str]], tuple[bytes, int]]
@@ -118,8 +121,11 @@ class State:
 
     # --- identities -----------------------------------------------------------------
     def admin_identity(self) -> Identity:
-        return Identity(ADMIN_USER, ("system:masters", "system:authenticated"),
-                        superuser=self.admin_rules is None)
+        return Identity(
+            ADMIN_USER,
+            ("system:masters", "system:authenticated"),
+            superuser=self.admin_rules is None,
+        )
 
     def is_superuser(self, identity: Identity) -> bool:
         return identity.username == ADMIN_USER and self.admin_rules is None
@@ -128,8 +134,9 @@ class State:
         """The RBAC rules that apply to ``identity`` in ``namespace`` (None: cluster scope)."""
         rules = list(BASIC_USER_RULES)
         if identity.username == ADMIN_USER:
-            return rules + list(self.admin_rules or [{"apiGroups": ["*"], "resources": ["*"],
-                                                      "verbs": ["*"]}])
+            return rules + list(
+                self.admin_rules or [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]
+            )
         if identity.sa_name is None or namespace is None:
             return rules
         with self.store.lock:
@@ -158,14 +165,16 @@ class State:
                     return f
         return None
 
-    def record(self, method: str, path: str, identity: Identity | None,
-               **fields: Any) -> int:
+    def record(self, method: str, path: str, identity: Identity | None, **fields: Any) -> int:
         """Append a request to the log; returns its index for ``finish``."""
         user = identity.username if identity else ""
         with self.lock:
             self.requests.append(RecordedRequest(method, path, user))
-            self.log.append(LoggedRequest(method, path, user,
-                                          groups=identity.groups if identity else (), **fields))
+            self.log.append(
+                LoggedRequest(
+                    method, path, user, groups=identity.groups if identity else (), **fields
+                )
+            )
             return len(self.log) - 1
 
     def finish(self, index: int, code: int) -> None:
@@ -178,8 +187,10 @@ class State:
 def _subject_is(subject: dict[str, Any], identity: Identity, binding_ns: str) -> bool:
     kind = subject.get("kind")
     if kind == "ServiceAccount":
-        return (subject.get("name") == identity.sa_name
-                and (subject.get("namespace") or binding_ns) == identity.sa_namespace)
+        return (
+            subject.get("name") == identity.sa_name
+            and (subject.get("namespace") or binding_ns) == identity.sa_namespace
+        )
     if kind == "User":
         return subject.get("name") == identity.username
     if kind == "Group":

@@ -89,14 +89,17 @@ class Store:
             return (namespace, name) in self._objects[resource]
 
     def list(
-        self, resource: str, namespace: str | None = None,
+        self,
+        resource: str,
+        namespace: str | None = None,
         predicate: Callable[[Obj], bool] | None = None,
     ) -> list[Obj]:
         """Objects sorted by (namespace, name); ``namespace=None`` means all namespaces."""
         with self.lock:
             items = sorted(self._objects[resource].items())
             return [
-                copy.deepcopy(o) for (ns, _), o in items
+                copy.deepcopy(o)
+                for (ns, _), o in items
                 if (namespace is None or ns == namespace) and (predicate is None or predicate(o))
             ]
 

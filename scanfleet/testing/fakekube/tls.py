@@ -58,9 +58,15 @@ def make_pki(client_cn: str = "fake-admin", client_org: str = "system:masters") 
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -69,7 +75,9 @@ def make_pki(client_cn: str = "fake-admin", client_org: str = "system:masters") 
     )
 
     def leaf(
-        key: ec.EllipticCurvePrivateKey, name: x509.Name, usage: x509.ObjectIdentifier,
+        key: ec.EllipticCurvePrivateKey,
+        name: x509.Name,
+        usage: x509.ObjectIdentifier,
         san: x509.SubjectAlternativeName | None,
     ) -> x509.Certificate:
         builder = (

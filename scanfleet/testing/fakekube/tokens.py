@@ -51,12 +51,17 @@ class TokenIssuer:
             "exp": int(exp.timestamp()),
             "jti": secrets.token_hex(16),
             "sub": f"system:serviceaccount:{namespace}:{name}",
-            "kubernetes.io": {"namespace": namespace,
-                              "serviceaccount": {"name": name, "uid": sa_uid}},
+            "kubernetes.io": {
+                "namespace": namespace,
+                "serviceaccount": {"name": name, "uid": sa_uid},
+            },
         }
         token = ".".join(
-            (_b64(json.dumps(header).encode()), _b64(json.dumps(claims).encode()),
-             _b64(secrets.token_bytes(64)))
+            (
+                _b64(json.dumps(header).encode()),
+                _b64(json.dumps(claims).encode()),
+                _b64(secrets.token_bytes(64)),
+            )
         )
         issued = IssuedToken(token, namespace, name, sa_uid, exp)
         with self._lock:
@@ -77,8 +82,9 @@ class TokenIssuer:
     def bind(self, token: str, pod_name: str, pod_uid: str) -> None:
         """Tie an issued token to a pod (``boundObjectRef``)."""
         with self._lock:
-            self._by_token[token] = replace(self._by_token[token], pod_name=pod_name,
-                                            pod_uid=pod_uid)
+            self._by_token[token] = replace(
+                self._by_token[token], pod_name=pod_name, pod_uid=pod_uid
+            )
 
     @staticmethod
     def bound_pod_alive(state: Any, issued: IssuedToken) -> bool:

@@ -48,7 +48,8 @@ def exit_status(exit_code: int) -> dict[str, Any]:
     if exit_code == 0:
         return {"metadata": {}, "status": "Success"}
     return {
-        "metadata": {}, "status": "Failure",
+        "metadata": {},
+        "status": "Failure",
         "message": f"command terminated with non-zero exit code: exit status {exit_code}",
         "reason": "NonZeroExitCode",
         "details": {"causes": [{"reason": "ExitCode", "message": str(exit_code)}]},

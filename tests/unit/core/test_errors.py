@@ -24,8 +24,7 @@ def test_fleet_conditions_are_retryable_and_not_scan_errors() -> None:
     for leaf in _leaves(errors.FleetBusy):
         assert leaf.retryable
         assert not issubclass(leaf, ScanError)
-    assert {leaf.kind for leaf in _leaves(errors.FleetBusy)} == {
-        "store_unavailable", "slot_busy"}
+    assert {leaf.kind for leaf in _leaves(errors.FleetBusy)} == {"store_unavailable", "slot_busy"}
 
 
 def test_a_bare_scan_error_cannot_be_raised() -> None:

@@ -27,33 +27,56 @@ from scanfleet.store.files import iter_summaries
 from tests.support.fixtures_fleet import KEY_PREFIX, RedisServer, Worker, run_cli, wait_for
 
 
-@pytest.mark.parametrize("args", [
-    ["--controls", "SV-1", "SV-2"], ["--tags", "a"], ["--input", "x=1", "y=2"],
-    ["--input-file", "/tmp/i.yml"], ["--waiver-file=/tmp/w.yml"], ["--no-color"],
-    ["--controls=SV-1", "--tags", "t1"], [],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--controls", "SV-1", "SV-2"],
+        ["--tags", "a"],
+        ["--input", "x=1", "y=2"],
+        ["--input-file", "/tmp/i.yml"],
+        ["--waiver-file=/tmp/w.yml"],
+        ["--no-color"],
+        ["--controls=SV-1", "--tags", "t1"],
+        [],
+    ],
+)
 def test_allowed_auditor_args_pass(args: list[str]) -> None:
     check_auditor_args(args)
 
 
-@pytest.mark.parametrize(("args", "named"), [
-    (["-t", "local://"], "-t"), (["--target=local://"], "--target=local://"),
-    (["--reporter", "json:/tmp/x"], "--reporter"), (["--config", "c.json"], "--config"),
-    (["--bastion-host", "h"], "--bastion-host"), (["--sudo"], "--sudo"),
-    (["--sudo-password=x"], "--sudo-password=x"), (["--password", "p"], "--password"),
-    (["--key-files", "k"], "--key-files"), (["--proxy-command", "sh"], "--proxy-command"),
-    (["--host", "h"], "--host"), (["--log-location", "/tmp/l"], "--log-location"),
-    (["--no-color", "stray"], "stray"), (["--no-color=x"], "--no-color=x"),
-    (["--controls", "a\n"], "a\\n"), (["-h"], "-h"),
-])
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["-t", "local://"], "-t"),
+        (["--target=local://"], "--target=local://"),
+        (["--reporter", "json:/tmp/x"], "--reporter"),
+        (["--config", "c.json"], "--config"),
+        (["--bastion-host", "h"], "--bastion-host"),
+        (["--sudo"], "--sudo"),
+        (["--sudo-password=x"], "--sudo-password=x"),
+        (["--password", "p"], "--password"),
+        (["--key-files", "k"], "--key-files"),
+        (["--proxy-command", "sh"], "--proxy-command"),
+        (["--host", "h"], "--host"),
+        (["--log-location", "/tmp/l"], "--log-location"),
+        (["--no-color", "stray"], "stray"),
+        (["--no-color=x"], "--no-color=x"),
+        (["--controls", "a\n"], "a\\n"),
+        (["-h"], "-h"),
+    ],
+)
 def test_refused_auditor_args_name_the_value(args: list[str], named: str) -> None:
     with pytest.raises(PolicyViolation, match=named.replace("\\", "\\\\")):
         check_auditor_args(args)
 
 
 def test_default_profile_allow_list_takes_local_paths_and_https_only() -> None:
-    for ok in ("/srv/profiles/linux", "relative/profile", "https://github.com/x/p.tar.gz",
-               "https://user:pw@h.example/p.tar.gz"):
+    for ok in (
+        "/srv/profiles/linux",
+        "relative/profile",
+        "https://github.com/x/p.tar.gz",
+        "https://user:pw@h.example/p.tar.gz",
+    ):
         check_profile(ok, DEFAULT_ALLOWED_PROFILES)
     for bad in ("http://h.example/p.tar.gz", "git://h/p", "file:///etc", "-t", "p\n", ""):
         with pytest.raises(PolicyViolation):
@@ -67,9 +90,13 @@ def test_profile_prefixes_match_on_host_and_path_boundaries(tmp_path: Path) -> N
     assert allowed == (str(tmp_path / "profiles"), "https://good.example/org")
     check_profile(str(tmp_path / "profiles" / "p"), allowed)
     check_profile("https://u:pw@good.example/org/p.tar.gz", allowed)
-    for bad in (str(tmp_path / "profiles-other"), str(tmp_path / "profiles" / ".." / "x"),
-                "https://good.example.evil/org/p", "https://good.example/orgs/p",
-                "https://good.example:444/org/p"):
+    for bad in (
+        str(tmp_path / "profiles-other"),
+        str(tmp_path / "profiles" / ".." / "x"),
+        "https://good.example.evil/org/p",
+        "https://good.example/orgs/p",
+        "https://good.example:444/org/p",
+    ):
         with pytest.raises(PolicyViolation):
             check_profile(bad, allowed)
 
@@ -106,18 +133,25 @@ def test_settings_read_the_allow_list() -> None:
     assert issubclass(PolicyViolation, BadInput)
 
 
-@pytest.mark.parametrize("extra", [
-    ["--auditor-arg=-t", "--auditor-arg=local://"],
-    ["--auditor-arg=--reporter", "--auditor-arg=json:/tmp/x"],
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--auditor-arg=-t", "--auditor-arg=local://"],
+        ["--auditor-arg=--reporter", "--auditor-arg=json:/tmp/x"],
+    ],
+)
 @pytest.mark.parametrize("command", ["scan", "submit"])
 def test_scan_and_submit_refuse_bad_arguments_with_exit_2(
     command: str, extra: list[str], tmp_path: Path
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCANFLEET_")}
-    env.update({"SCANFLEET_RESULTS_DIR": str(tmp_path / "r"),
-                "SCANFLEET_BROKER_URL": "redis://127.0.0.1:1/0",
-                "KUBECONFIG": _kubeconfig(tmp_path)})
+    env.update(
+        {
+            "SCANFLEET_RESULTS_DIR": str(tmp_path / "r"),
+            "SCANFLEET_BROKER_URL": "redis://127.0.0.1:1/0",
+            "KUBECONFIG": _kubeconfig(tmp_path),
+        }
+    )
     proc = run_cli([command, "ns/pod/c", "--profile", "/p", *extra], env)
     assert proc.returncode == 2, proc.stderr
     assert extra[0].split("=", 1)[1] in proc.stderr
@@ -126,8 +160,12 @@ def test_scan_and_submit_refuse_bad_arguments_with_exit_2(
 
 def test_scan_refuses_a_profile_off_the_allow_list_with_exit_2(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCANFLEET_")}
-    env.update({"SCANFLEET_ALLOWED_PROFILES": "https://profiles.example/",
-                "KUBECONFIG": _kubeconfig(tmp_path)})
+    env.update(
+        {
+            "SCANFLEET_ALLOWED_PROFILES": "https://profiles.example/",
+            "KUBECONFIG": _kubeconfig(tmp_path),
+        }
+    )
     proc = run_cli(["scan", "ns/pod/c", "--profile", "https://u:pw@evil.example/p"], env)
     assert proc.returncode == 2
     assert "evil.example/p" in proc.stderr
@@ -136,12 +174,18 @@ def test_scan_refuses_a_profile_off_the_allow_list_with_exit_2(tmp_path: Path) -
 
 def _kubeconfig(tmp_path: Path) -> str:
     path = tmp_path / "kubeconfig"
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
-        "users": [{"name": "u", "user": {"token": "t"}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "c",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+            }
+        )
+    )
     return str(path)
 
 
@@ -154,8 +198,11 @@ def _submit(env: dict[str, str], profile: str) -> str:
 @pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_worker_refuses_plans_edited_in_redis(
-    fleet_env: dict[str, str], redis_server: RedisServer,
-    make_worker: Callable[..., Worker], tmp_path: Path, standin_io: Path,
+    fleet_env: dict[str, str],
+    redis_server: RedisServer,
+    make_worker: Callable[..., Worker],
+    tmp_path: Path,
+    standin_io: Path,
 ) -> None:
     profiles = tmp_path / "profiles"
     marker = tmp_path / "evil-ran"
@@ -163,8 +210,11 @@ def test_worker_refuses_plans_edited_in_redis(
     evil.write_text(f"#!/bin/sh\ntouch {marker}\nexit 0\n")
     evil.chmod(stat.S_IRWXU)
     standin_log = standin_io / "standin.jsonl"  # the sandboxed stand-in writes only there
-    env = {**fleet_env, "SCANFLEET_ALLOWED_PROFILES": str(profiles),
-           "SCANFLEET_STANDIN_LOG": str(standin_log)}
+    env = {
+        **fleet_env,
+        "SCANFLEET_ALLOWED_PROFILES": str(profiles),
+        "SCANFLEET_STANDIN_LOG": str(standin_log),
+    }
     r = redis_server.client()
 
     def key(run_id: str, part: str) -> str:
@@ -196,8 +246,11 @@ def test_worker_refuses_plans_edited_in_redis(
     results = Path(env["SCANFLEET_RESULTS_DIR"])
     (exe_summary,) = iter_summaries(results / exe_run)
     assert exe_summary["status"] == "completed"
-    for run_id, named in ((dir_run, str(elsewhere)), (arg_run, "'-t'"),
-                          (prof_run, "/etc/evil-profile")):
+    for run_id, named in (
+        (dir_run, str(elsewhere)),
+        (arg_run, "'-t'"),
+        (prof_run, "/etc/evil-profile"),
+    ):
         (summary,) = iter_summaries(results / run_id)
         assert summary["status"] == "error"
         assert summary["error"]["kind"] == "rejected"
@@ -213,8 +266,9 @@ def test_profile_credentials_stay_out_of_the_serialised_plan(tmp_path: Path) -> 
     from scanfleet.scan.plan import RunPlan
 
     url = "https://user:s3cret@profiles.example/p.tar.gz"
-    plan = RunPlan.new(source="submit", profile=url, now=datetime.now(UTC), auditor="a",
-                       token_ttl=900, timeout=60)
+    plan = RunPlan.new(
+        source="submit", profile=url, now=datetime.now(UTC), auditor="a", token_ttl=900, timeout=60
+    )
     assert plan.scan_options.profile == url  # in-process runs use the credentials
     stored = json.dumps(plan.to_dict())
     assert "s3cret" not in stored
@@ -239,6 +293,9 @@ def test_a_worker_takes_profile_credentials_from_its_own_allow_list() -> None:
 def test_allow_list_separators_leave_url_colons_alone() -> None:
     raw = "/srv/p:https://bot:pw@h.example:8443/org/:/opt/q,https://x.example/"
     assert parse_allowed_profiles(raw) == (
-        "/srv/p", "https://bot:pw@h.example:8443/org/", "/opt/q", "https://x.example/"
+        "/srv/p",
+        "https://bot:pw@h.example:8443/org/",
+        "/opt/q",
+        "https://x.example/",
     )
     assert parse_allowed_profiles(" , ") == DEFAULT_ALLOWED_PROFILES

@@ -14,8 +14,10 @@ import structlog
 from scanfleet.core import logs
 from scanfleet.core.textsafe import strip_controls
 
-PEM = ("-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAsecretkeymaterial\n"
-       "-----END RSA PRIVATE KEY-----")
+PEM = (
+    "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAsecretkeymaterial\n"
+    "-----END RSA PRIVATE KEY-----"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -30,18 +32,21 @@ def _reset() -> Iterator[None]:
     logs._known_secrets.clear()
 
 
-@pytest.mark.parametrize(("text", "secret"), [
-    (f"key: {PEM} end", "secretkeymaterial"),
-    ("Authorization: Basic dXNlcjpzM2NyZXQ=", "dXNlcjpzM2NyZXQ="),
-    ("Authorization: Bearer opaque-tok-123", "opaque-tok-123"),
-    ("fetching https://user:s3cret@host.example/p.tar.gz", "s3cret"),
-    ("broker rediss://:pa55word@redis:6380/0?ssl_cert_reqs=required", "pa55word"),
-    ('{"token": "abc\\"def", "other": 1}', 'abc\\"def'),
-    ('{"admin_password":"hunter22"}', "hunter22"),
-    ("password: hunter22\nuser: x", "hunter22"),
-    ("client-key-data: LS0tLS1CRUdJTi", "LS0tLS1CRUdJTi"),
-    ("--password=hunter22", "hunter22"),
-])
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        (f"key: {PEM} end", "secretkeymaterial"),
+        ("Authorization: Basic dXNlcjpzM2NyZXQ=", "dXNlcjpzM2NyZXQ="),
+        ("Authorization: Bearer opaque-tok-123", "opaque-tok-123"),
+        ("fetching https://user:s3cret@host.example/p.tar.gz", "s3cret"),
+        ("broker rediss://:pa55word@redis:6380/0?ssl_cert_reqs=required", "pa55word"),
+        ('{"token": "abc\\"def", "other": 1}', 'abc\\"def'),
+        ('{"admin_password":"hunter22"}', "hunter22"),
+        ("password: hunter22\nuser: x", "hunter22"),
+        ("client-key-data: LS0tLS1CRUdJTi", "LS0tLS1CRUdJTi"),
+        ("--password=hunter22", "hunter22"),
+    ],
+)
 def test_secret_shapes_are_redacted(text: str, secret: str) -> None:
     out = logs.redact_text(text)
     assert secret not in out
@@ -49,8 +54,12 @@ def test_secret_shapes_are_redacted(text: str, secret: str) -> None:
 
 
 def test_shapes_keep_what_is_not_a_secret() -> None:
-    for text in ('{"token_ttl": 3600}', "scan of https://host.example/p.tar.gz",
-                 "kubeconfig_path=/tmp/k", "Basic"):
+    for text in (
+        '{"token_ttl": 3600}',
+        "scan of https://host.example/p.tar.gz",
+        "kubeconfig_path=/tmp/k",
+        "Basic",
+    ):
         assert logs.redact_text(text) == text
     assert logs.redact_text("https://user:pw@h/p") == f"https://{logs.REDACTED}@h/p"
 
@@ -112,8 +121,10 @@ def test_structlog_lines_carry_no_url_or_json_secrets(
 
 
 def test_strip_controls_removes_escapes_c1_and_bidi() -> None:
-    hostile = ("\x1b[31mred\x1b[0m \x1b]8;;https://evil\x07link\x1b]8;;\x07 "
-               "\x1b]0;title\x1b\\ \x9b2J c1\x85 bidi\u202eevil\u2066x\u2069 nul\x00 ok\tend\r\n")
+    hostile = (
+        "\x1b[31mred\x1b[0m \x1b]8;;https://evil\x07link\x1b]8;;\x07 "
+        "\x1b]0;title\x1b\\ \x9b2J c1\x85 bidi\u202eevil\u2066x\u2069 nul\x00 ok\tend\r\n"
+    )
     out = strip_controls(hostile)
     assert out == "red link   c1 bidievilx nul ok\tend\n"
     assert strip_controls("a\nb", keep_newlines=False) == "a b"
@@ -126,7 +137,8 @@ def test_error_results_carry_no_credentials() -> None:
     from scanfleet.runs.pipeline import failed_before_scan
 
     summary = failed_before_scan(
-        "20260301T101500Z-a1b2c3", Target("c", "ns", "p", "c"),
+        "20260301T101500Z-a1b2c3",
+        Target("c", "ns", "p", "c"),
         {"kind": "api_error", "message": "GET https://u:hunter22@h/ failed: Bearer abcdef123"},
         datetime(2026, 3, 1, tzinfo=UTC),
     )

@@ -45,8 +45,7 @@ def test_pod_may_be_a_subdomain_but_namespace_may_not() -> None:
 def test_targets_file_yaml_and_json(tmp_path: Path) -> None:
     y = tmp_path / "t.yaml"
     y.write_text(
-        "- {context: c1, namespace: apps, pod: web, container: app}\n"
-        "- {namespace: apps, pod: db}\n"
+        "- {context: c1, namespace: apps, pod: web, container: app}\n- {namespace: apps, pod: db}\n"
     )
     assert load_targets_file(y, "cur") == [
         Target("c1", "apps", "web", "app"),
@@ -87,9 +86,17 @@ def test_scan_id_is_stable_per_run_and_target_and_a_valid_name() -> None:
 def test_token_ttl_bounds() -> None:
     check_ttl(3600, 1800)
     check_ttl(900, 900 - MINT_MARGIN)  # exactly the margin is enough
-    for ttl, timeout, needle in [(599, 100, "599"), (86401, 100, "86401"), (900, 900, "exceed"),
-                                 (900, 800, r"TTL 900s must exceed the scan timeout 800s by "
-                                            r"at least 120s")]:
+    for ttl, timeout, needle in [
+        (599, 100, "599"),
+        (86401, 100, "86401"),
+        (900, 900, "exceed"),
+        (
+            900,
+            800,
+            r"TTL 900s must exceed the scan timeout 800s by "
+            r"at least 120s",
+        ),
+    ]:
         with pytest.raises(BadInput, match=needle):
             check_ttl(ttl, timeout)
 

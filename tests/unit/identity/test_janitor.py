@@ -76,13 +76,24 @@ def seed(cluster: FakeCluster, kubeconfig: Path, context: str) -> None:
             {"metadata": {"name": "plain"}, "rules": []},
         )
         # Ours, but nobody knows when it expires: a human should look.
-        kube.create_service_account("other", {
-            "metadata": {"name": f"scanfleet-{NOEXP}", "labels": ours(NOEXP)},
-            "automountServiceAccountToken": False})
-        kube.create_role("other", {
-            "metadata": {"name": f"scanfleet-{GARBLED}", "labels": ours(GARBLED),
-                         "annotations": {EXPIRES_AT: "next tuesday"}},
-            "rules": role_rules("web")})
+        kube.create_service_account(
+            "other",
+            {
+                "metadata": {"name": f"scanfleet-{NOEXP}", "labels": ours(NOEXP)},
+                "automountServiceAccountToken": False,
+            },
+        )
+        kube.create_role(
+            "other",
+            {
+                "metadata": {
+                    "name": f"scanfleet-{GARBLED}",
+                    "labels": ours(GARBLED),
+                    "annotations": {EXPIRES_AT: "next tuesday"},
+                },
+                "rules": role_rules("web"),
+            },
+        )
     finally:
         kube.close()
 
@@ -131,8 +142,7 @@ def test_janitor_removes_expired_orphans_and_nothing_else(
     assert report.foreign == []
     # Every delete names the UID of the object that was listed.
     logged = [r for r in a.request_log if r.method == "DELETE"]
-    assert all(r.body["preconditions"]["uid"] == r.old_object["metadata"]["uid"]
-               for r in logged)
+    assert all(r.body["preconditions"]["uid"] == r.old_object["metadata"]["uid"] for r in logged)
     # Nothing ever listed or deleted outside the label selector.
     for c in (a, b):
         deletes = [r for r in c.requests if r[0] == "DELETE"]
@@ -161,7 +171,10 @@ def test_the_clock_decides(two_clusters: tuple[FakeCluster, FakeCluster, Path]) 
     finally:
         clients.close()
     assert {f.name for f in later.deleted} == {
-        f"scanfleet-{DEAD1}", f"scanfleet-{DEAD2}", f"scanfleet-{LIVE1}"}
+        f"scanfleet-{DEAD1}",
+        f"scanfleet-{DEAD2}",
+        f"scanfleet-{LIVE1}",
+    }
 
 
 def test_dry_run_deletes_nothing_but_lists_it(
@@ -174,8 +187,10 @@ def test_dry_run_deletes_nothing_but_lists_it(
     assert names(a) == before
     assert not [r for r in a.requests if r[0] == "DELETE"]
     assert {(f.kind, f.namespace, f.name) for f in report.deleted} == {
-        (kind, ns, f"scanfleet-{s}") for ns, s in (("apps", DEAD1), ("other", DEAD2))
-        for kind in ("RoleBinding", "Role", "ServiceAccount")}
+        (kind, ns, f"scanfleet-{s}")
+        for ns, s in (("apps", DEAD1), ("other", DEAD2))
+        for kind in ("RoleBinding", "Role", "ServiceAccount")
+    }
     assert not b.requests  # only the chosen context is touched
 
 
@@ -255,35 +270,63 @@ DECOY = "dec0000000000001"
 
 
 def expired_meta(name: str, scan_id: str) -> dict[str, Any]:
-    return {"name": name, "labels": ours(scan_id),
-            "annotations": {EXPIRES_AT: "2000-01-01T00:00:00Z"}}
+    return {
+        "name": name,
+        "labels": ours(scan_id),
+        "annotations": {EXPIRES_AT: "2000-01-01T00:00:00Z"},
+    }
 
 
 def plant_decoys(kube: KubeClient) -> None:
     """Expired and labelled, but not scanfleet's shape."""
     # Right label, wrong name: someone labelled their own ServiceAccount.
-    kube.create_service_account("apps", {"metadata": expired_meta("payments-api", DECOY),
-                                         "automountServiceAccountToken": False})
+    kube.create_service_account(
+        "apps",
+        {"metadata": expired_meta("payments-api", DECOY), "automountServiceAccountToken": False},
+    )
     # Right name, wrong rules.
-    kube.create_role("apps", {"metadata": expired_meta(f"scanfleet-{DECOY}", DECOY),
-                              "rules": [{"apiGroups": ["*"], "resources": ["*"],
-                                         "verbs": ["*"]}]})
+    kube.create_role(
+        "apps",
+        {
+            "metadata": expired_meta(f"scanfleet-{DECOY}", DECOY),
+            "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}],
+        },
+    )
     # Right name, binds another role, or another subject.
-    kube.create_role_binding("apps", {
-        "metadata": expired_meta(f"scanfleet-{DECOY}", DECOY),
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                    "name": "cluster-admin"},
-        "subjects": [{"kind": "ServiceAccount", "name": f"scanfleet-{DECOY}",
-                      "namespace": "apps"}]})
-    kube.create_role_binding("other", {
-        "metadata": expired_meta(f"scanfleet-{DECOY}", DECOY),
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                    "name": f"scanfleet-{DECOY}"},
-        "subjects": [{"kind": "ServiceAccount", "name": "payments-api", "namespace": "apps"}]})
+    kube.create_role_binding(
+        "apps",
+        {
+            "metadata": expired_meta(f"scanfleet-{DECOY}", DECOY),
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "cluster-admin",
+            },
+            "subjects": [
+                {"kind": "ServiceAccount", "name": f"scanfleet-{DECOY}", "namespace": "apps"}
+            ],
+        },
+    )
+    kube.create_role_binding(
+        "other",
+        {
+            "metadata": expired_meta(f"scanfleet-{DECOY}", DECOY),
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": f"scanfleet-{DECOY}",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": "payments-api", "namespace": "apps"}],
+        },
+    )
     # Right name, wrong scan-id label.
-    kube.create_service_account("other", {
-        "metadata": expired_meta(f"scanfleet-{DECOY}", "0000000000000000"),
-        "automountServiceAccountToken": False})
+    kube.create_service_account(
+        "other",
+        {
+            "metadata": expired_meta(f"scanfleet-{DECOY}", "0000000000000000"),
+            "automountServiceAccountToken": False,
+        },
+    )
 
 
 def test_labelled_objects_of_another_shape_are_reported_as_not_ours_and_kept(
@@ -302,16 +345,22 @@ def test_labelled_objects_of_another_shape_are_reported_as_not_ours_and_kept(
     assert not [r for r in a.requests if r[0] == "DELETE"]
     reasons = {(f.kind, f.namespace, f.name): f.reason for f in report.foreign}
     assert reasons == {
-        ("ServiceAccount", "apps", "payments-api"):
-            "not scanfleet's: its name is not scanfleet-<16 hex>",
-        ("Role", "apps", f"scanfleet-{DECOY}"):
-            "not scanfleet's: its rules are not exactly the two pinned rules on one pod",
+        (
+            "ServiceAccount",
+            "apps",
+            "payments-api",
+        ): "not scanfleet's: its name is not scanfleet-<16 hex>",
+        (
+            "Role",
+            "apps",
+            f"scanfleet-{DECOY}",
+        ): "not scanfleet's: its rules are not exactly the two pinned rules on one pod",
         ("RoleBinding", "apps", f"scanfleet-{DECOY}"): "not scanfleet's: it does not bind the "
-            "Role of its name to the ServiceAccount of its name only",
+        "Role of its name to the ServiceAccount of its name only",
         ("RoleBinding", "other", f"scanfleet-{DECOY}"): "not scanfleet's: it does not bind the "
-            "Role of its name to the ServiceAccount of its name only",
+        "Role of its name to the ServiceAccount of its name only",
         ("ServiceAccount", "other", f"scanfleet-{DECOY}"): "not scanfleet's: its labels do not "
-            "carry managed-by scanfleet and the scan-id of its name",
+        "carry managed-by scanfleet and the scan-id of its name",
     }
     # The CLI says so too, in both forms, and a dry run counts them.
     dry = janitor_cli(kubeconfig, "--context", "east", "--dry-run")
@@ -334,17 +383,27 @@ class ReplacingClient:
     def list_labelled(self, kind: str, selector: str) -> list[dict[str, Any]]:
         listed = self.kube.list_labelled(kind, selector)
         for obj in listed:
-            body = {k: v for k, v in obj.items() if k in ("metadata", "rules", "roleRef",
-                                                            "subjects",
-                                                            "automountServiceAccountToken")}
-            body["metadata"] = {k: v for k, v in obj["metadata"].items()
-                                if k in ("name", "labels", "annotations")}
+            body = {
+                k: v
+                for k, v in obj.items()
+                if k in ("metadata", "rules", "roleRef", "subjects", "automountServiceAccountToken")
+            }
+            body["metadata"] = {
+                k: v for k, v in obj["metadata"].items() if k in ("name", "labels", "annotations")
+            }
             self.kube.delete(kind, obj["namespace"], obj["name"])
             self.kube.create_object(kind, obj["namespace"], body)
         return listed
 
-    def delete(self, kind: str, namespace: str, name: str, *, uid: str | None = None,
-               background: bool = False) -> bool:
+    def delete(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        *,
+        uid: str | None = None,
+        background: bool = False,
+    ) -> bool:
         return self.kube.delete(kind, namespace, name, uid=uid, background=background)
 
 
@@ -367,8 +426,12 @@ def test_an_object_replaced_between_list_and_delete_is_not_deleted(
 
 
 # --- early revoke (fleet) ------------------------------------------------------------------------
-IDLE, BUSY, CLI_SCAN, YOUNG = ("1d1e000000000001", "b0050000000000b1", "c11000000000c001",
-                               "0000000000000f01")
+IDLE, BUSY, CLI_SCAN, YOUNG = (
+    "1d1e000000000001",
+    "b0050000000000b1",
+    "c11000000000c001",
+    "0000000000000f01",
+)
 
 
 def test_a_fleet_identity_whose_scan_holds_no_lease_is_revoked_before_its_expiry(
@@ -390,14 +453,17 @@ def test_a_fleet_identity_whose_scan_holds_no_lease_is_revoked_before_its_expiry
         for scan_id, run in ((IDLE, "fleet-run"), (BUSY, "fleet-run"), (CLI_SCAN, "cli-run")):
             leave_orphans(kube, "apps", scan_id, run, created, 3600)
         clients = ClientCache(str(kubeconfig))
-        early = EarlyRevoke(slots, fleet_run=lambda run_id: run_id == "fleet-run",
-                            min_age=timedelta(minutes=5))
+        early = EarlyRevoke(
+            slots, fleet_run=lambda run_id: run_id == "fleet-run", min_age=timedelta(minutes=5)
+        )
         try:
-            young = run_janitor(["east"], clients.get, now=created + timedelta(minutes=2),
-                                early=early)
+            young = run_janitor(
+                ["east"], clients.get, now=created + timedelta(minutes=2), early=early
+            )
             assert young.deleted == []  # two minutes old: its scan may still be starting
-            report = run_janitor(["east"], clients.get, now=created + timedelta(minutes=10),
-                                 early=early)
+            report = run_janitor(
+                ["east"], clients.get, now=created + timedelta(minutes=10), early=early
+            )
             without = run_janitor(["east"], clients.get, now=created + timedelta(minutes=10))
         finally:
             clients.close()
@@ -405,7 +471,8 @@ def test_a_fleet_identity_whose_scan_holds_no_lease_is_revoked_before_its_expiry
         kube.close()
     assert {(f.kind, f.name, f.reason) for f in report.deleted} == {
         (k, f"scanfleet-{IDLE}", "its fleet scan holds no live lease")
-        for k in ("RoleBinding", "Role", "ServiceAccount")}
+        for k in ("RoleBinding", "Role", "ServiceAccount")
+    }
     assert report.kept == 6  # the running fleet scan's and the CLI scan's, unexpired
     assert without.deleted == []  # without the fleet's leases, only expiry counts
     assert triple("apps", BUSY) | triple("apps", CLI_SCAN) <= names(a)
@@ -428,7 +495,9 @@ def test_ownerless_leftovers_are_judged_by_their_expiry(
     early = janitor_for_kubeconfig(str(kubeconfig), ["east"], False, now=NOW)
     assert (early.deleted, early.foreign, early.kept) == ([], [], 2)
     late = janitor_for_kubeconfig(str(kubeconfig), ["east"], False, now=NOW + timedelta(hours=1))
-    assert {(f.kind, f.reason) for f in late.deleted} == {("RoleBinding", "expired"),
-                                                          ("Role", "expired")}
+    assert {(f.kind, f.reason) for f in late.deleted} == {
+        ("RoleBinding", "expired"),
+        ("Role", "expired"),
+    }
     assert names(a) == set()
     a.collect_garbage()

@@ -26,10 +26,11 @@ TARGET = Target("fake", "apps", "web", "app")
 ADMIN = "fake-admin"
 
 
-
 def _seq(cluster: FakeCluster) -> list[str]:
-    return [f"{r.short} [{r.code}]" + ("" if r.identity == ADMIN else " (scan token)")
-            for r in cluster.request_log]
+    return [
+        f"{r.short} [{r.code}]" + ("" if r.identity == ADMIN else " (scan token)")
+        for r in cluster.request_log
+    ]
 
 
 def test_mint_and_revoke_take_six_requests_and_the_token_reads_the_pod(
@@ -38,8 +39,7 @@ def test_mint_and_revoke_take_six_requests_and_the_token_reads_the_pod(
     fake_cluster.clear_request_log()
     with scan_identity(kube, TARGET, "0123456789abcdef", "r", ttl=900, now=NOW) as ident:
         assert ident.pod is not None
-        [web] = [p for p in fake_cluster.objects("pods", "apps")
-                 if p["metadata"]["name"] == "web"]
+        [web] = [p for p in fake_cluster.objects("pods", "apps") if p["metadata"]["name"] == "web"]
         assert ident.pod.uid == web["metadata"]["uid"]
         assert [c.name for c in ident.pod.containers] == ["app", "sidecar"]  # regular only
     name = "apps/scanfleet-0123456789abcdef"
@@ -62,12 +62,13 @@ def test_a_missing_pod_is_target_not_found_from_the_tokens_read(
     kube: KubeClient, fake_cluster: FakeCluster
 ) -> None:
     gone = Target("fake", "apps", "nope", "app")
-    with pytest.raises(Exception, match="pod apps/nope not found") as info, \
-            scan_identity(kube, gone, "0123456789abcde0", "r", ttl=900, now=NOW):
+    with (
+        pytest.raises(Exception, match="pod apps/nope not found") as info,
+        scan_identity(kube, gone, "0123456789abcde0", "r", ttl=900, now=NOW),
+    ):
         pytest.fail("must not be reached")
     assert info.value.kind == "target_not_found"  # type: ignore[attr-defined]
-    assert not [r for r in fake_cluster.request_log
-                if r.resource == "pods" and r.identity == ADMIN]
+    assert not [r for r in fake_cluster.request_log if r.resource == "pods" and r.identity == ADMIN]
 
 
 def test_a_pod_replaced_or_deleted_during_the_scan_is_target_changed(
@@ -108,27 +109,36 @@ def test_a_granted_lifetime_shorter_than_timeout_plus_margin_fails_before_any_gr
 ) -> None:
     fake_cluster.set_token_lifetime(lambda requested: 700)
     fake_cluster.clear_request_log()
-    with pytest.raises(ClusterApiError, match=r"granted the scan token (699|700)s .* less than "
-                       r"the scan timeout plus the minting margin \(920s\)"), \
-            scan_identity(kube, TARGET, "0123456789abcde3", "r", ttl=900, now=NOW,
-                          min_lifetime=920):
+    with (
+        pytest.raises(
+            ClusterApiError,
+            match=r"granted the scan token (699|700)s .* less than "
+            r"the scan timeout plus the minting margin \(920s\)",
+        ),
+        scan_identity(kube, TARGET, "0123456789abcde3", "r", ttl=900, now=NOW, min_lifetime=920),
+    ):
         pytest.fail("must not be reached")
     assert [r.resource for r in fake_cluster.request_log] == [
-        "serviceaccounts", "serviceaccounts", "serviceaccounts"]  # create, token, delete
+        "serviceaccounts",
+        "serviceaccounts",
+        "serviceaccounts",
+    ]  # create, token, delete
 
 
 def test_a_longer_granted_lifetime_is_what_the_role_says(
     kube: KubeClient, fake_cluster: FakeCluster
 ) -> None:
     fake_cluster.set_token_lifetime(lambda requested: requested * 2)
-    with scan_identity(kube, TARGET, "0123456789abcde4", "r", ttl=900, now=NOW,
-                       min_lifetime=920) as ident:
+    with scan_identity(
+        kube, TARGET, "0123456789abcde4", "r", ttl=900, now=NOW, min_lifetime=920
+    ) as ident:
         assert ident.expires_at is not None
         lifetime = (ident.expires_at - datetime.now(UTC)).total_seconds()
         assert 1700 < lifetime <= 1800
         [role] = fake_cluster.objects("roles", "apps")
-        assert role["metadata"]["annotations"]["scanfleet.io/expires-at"] == \
-            ident.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        assert role["metadata"]["annotations"][
+            "scanfleet.io/expires-at"
+        ] == ident.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Stop(Exception):
@@ -155,8 +165,10 @@ def test_a_signal_during_the_revoke_is_delivered_after_the_delete(
     old = signal.signal(signal.SIGTERM, handler)
     monkeypatch.setattr(KubeClient, "delete", delete)
     try:
-        with pytest.raises(Stop, match="SIGTERM"), \
-                scan_identity(kube, TARGET, "0123456789abcde5", "r", ttl=900, now=NOW) as ident:
+        with (
+            pytest.raises(Stop, match="SIGTERM"),
+            scan_identity(kube, TARGET, "0123456789abcde5", "r", ttl=900, now=NOW) as ident,
+        ):
             pass
     finally:
         signal.signal(signal.SIGTERM, old)

@@ -27,9 +27,12 @@ def kubectl(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
     return subprocess.run(
         [require_tool("kubectl"), "--kubeconfig", str(kubeconfig), "--request-timeout=10s", *args],
-        capture_output=True, text=True, timeout=60, env=env, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
     )
-
 
 
 def test_role_has_exactly_two_rules_pinned_to_the_pod(
@@ -38,18 +41,25 @@ def test_role_has_exactly_two_rules_pinned_to_the_pod(
     with scan_identity(kube, TARGET, "0123456789abcdef", "run-1", ttl=900, now=NOW) as ident:
         [role] = fake_cluster.objects("roles", "apps")
         assert role["rules"] == [
-            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"],
-             "resourceNames": ["web"]},
-            {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create", "get"],
-             "resourceNames": ["web"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"], "resourceNames": ["web"]},
+            {
+                "apiGroups": [""],
+                "resources": ["pods/exec"],
+                "verbs": ["create", "get"],
+                "resourceNames": ["web"],
+            },
         ]
         [sa] = fake_cluster.objects("serviceaccounts", "apps")
         assert sa["automountServiceAccountToken"] is False
         [rb] = fake_cluster.objects("rolebindings", "apps")
-        assert rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                 "name": ident.name}
-        assert rb["subjects"] == [{"kind": "ServiceAccount", "name": ident.name,
-                                   "namespace": "apps"}]
+        assert rb["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": ident.name,
+        }
+        assert rb["subjects"] == [
+            {"kind": "ServiceAccount", "name": ident.name, "namespace": "apps"}
+        ]
         # The ServiceAccount, made before the token, says the requested expiry; the Role and
         # RoleBinding, made after it, the one the API server granted.
         assert ident.expires_at is not None
@@ -67,8 +77,12 @@ def test_role_has_exactly_two_rules_pinned_to_the_pod(
                 "scanfleet.io/target": "apps/web/app",
             }
         # Owned by the ServiceAccount: deleting it lets the garbage collector remove them.
-        owner = {"apiVersion": "v1", "kind": "ServiceAccount", "name": ident.name,
-                 "uid": sa["metadata"]["uid"]}
+        owner = {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "name": ident.name,
+            "uid": sa["metadata"]["uid"],
+        }
         assert role["metadata"]["ownerReferences"] == [owner]
         assert rb["metadata"]["ownerReferences"] == [owner]
         assert "ownerReferences" not in sa["metadata"]
@@ -104,8 +118,14 @@ def test_kubeconfig_is_self_contained_private_and_minimal(
         else:
             assert "certificate-authority-data" in c["cluster"]
         text = path.read_text()
-        for forbidden in ("certificate-authority:", "client-certificate", "client-key",
-                          "exec:", "tokenFile", str(tmp_path)):
+        for forbidden in (
+            "certificate-authority:",
+            "client-certificate",
+            "client-key",
+            "exec:",
+            "tokenFile",
+            str(tmp_path),
+        ):
             assert forbidden not in text
         got = kubectl(path, "get", "pod", "web", "-o", "name")
         assert got.returncode == 0, got.stderr
@@ -139,8 +159,9 @@ def test_kubeconfig_grants_the_pod_and_nothing_else(
     assert not cfg.exists()
 
 
-def test_token_is_revoked_after_the_scan(kube: KubeClient, fake_cluster: FakeCluster,
-                                         tmp_path: Path) -> None:
+def test_token_is_revoked_after_the_scan(
+    kube: KubeClient, fake_cluster: FakeCluster, tmp_path: Path
+) -> None:
     with scan_identity(kube, TARGET, "00000000000000cc", "r", ttl=900, now=NOW) as ident:
         saved = tmp_path / "copy"
         saved.write_text(ident.kubeconfig.read_text())
@@ -168,8 +189,11 @@ def test_leftovers_of_an_earlier_attempt_are_replaced(
         [sa] = fake_cluster.objects("serviceaccounts", "apps")
         assert sa["metadata"]["uid"] != old_sa["uid"]
     assert not [r for r in fake_cluster.requests if r.method in ("PUT", "PATCH")]
-    replaced = [r for r in fake_cluster.request_log if r.method == "DELETE"
-                and r.resource in ("serviceaccounts", "roles") and r.code == 200]
+    replaced = [
+        r
+        for r in fake_cluster.request_log
+        if r.method == "DELETE" and r.resource in ("serviceaccounts", "roles") and r.code == 200
+    ]
     assert all((r.body or {}).get("preconditions", {}).get("uid") for r in replaced[:2])
 
 
@@ -181,16 +205,21 @@ def test_a_same_named_object_that_is_not_ours_fails_the_scan_and_is_left_alone(
     bodies = identity_objects(scan_id, "r", TARGET, 900, NOW)
     foreign = {
         "ServiceAccount": dict(bodies["ServiceAccount"], automountServiceAccountToken=True),
-        "Role": dict(bodies["Role"], rules=[{"apiGroups": ["*"], "resources": ["*"],
-                                             "verbs": ["*"]}]),
-        "RoleBinding": dict(bodies["RoleBinding"], roleRef={
-            "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "admin"}),
+        "Role": dict(
+            bodies["Role"], rules=[{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]
+        ),
+        "RoleBinding": dict(
+            bodies["RoleBinding"],
+            roleRef={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "admin"},
+        ),
     }[kind]
     if kind == "RoleBinding":
         kube.create_object("Role", "apps", dict(bodies["Role"], metadata={"name": "admin"}))
     planted = kube.create_object(kind, "apps", foreign)
-    with pytest.raises(ForeignObject, match=f"a {kind} of that name exists and is not"), \
-            scan_identity(kube, TARGET, scan_id, "r", ttl=900, now=NOW):
+    with (
+        pytest.raises(ForeignObject, match=f"a {kind} of that name exists and is not"),
+        scan_identity(kube, TARGET, scan_id, "r", ttl=900, now=NOW),
+    ):
         pytest.fail("must not be reached")
     [still] = [o for o in fake_cluster.scanfleet_objects() if o["kind"] == kind]
     assert still["metadata"]["uid"] == planted["uid"]
@@ -215,8 +244,9 @@ def test_token_request_failure_removes_what_was_created(
     kube: KubeClient, fake_cluster: FakeCluster
 ) -> None:
     fake_cluster.fail("POST", r"/token$", 422, times=1, message="bad ttl")
-    with pytest.raises(ScanfleetError, match="token"), scan_identity(
-        kube, TARGET, "00000000000000ff", "r", ttl=900, now=NOW
+    with (
+        pytest.raises(ScanfleetError, match="token"),
+        scan_identity(kube, TARGET, "00000000000000ff", "r", ttl=900, now=NOW),
     ):
         pytest.fail("must not be reached")
     assert fake_cluster.scanfleet_objects() == []
@@ -248,8 +278,9 @@ def test_a_token_that_never_gets_access_fails_as_forbidden_and_is_revoked(
     fake_cluster.fail("GET", r"/namespaces/apps/pods/web$", 403, times=1000)
 
     def mint() -> None:
-        with scan_identity(kube, TARGET, "0000000000000b22", "r", ttl=900, now=NOW,
-                           access_wait=1.0):
+        with scan_identity(
+            kube, TARGET, "0000000000000b22", "r", ttl=900, now=NOW, access_wait=1.0
+        ):
             pytest.fail("must not be reached")
 
     with pytest.raises(ClusterForbidden, match="could not read pod apps/web"):

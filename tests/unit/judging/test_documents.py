@@ -23,10 +23,16 @@ TARGET = {"context": "east", "namespace": "apps", "pod": "web", "container": "ap
 def _summary(controls: Any) -> dict[str, Any]:
     s = dict(
         scanned_summary(
-            scan_id="0123456789abcdef", run_id="20260301T101500Z-a1b2c3",
-            target=target_doc(TARGET, "img:1", "sha256:1"), started_at="2026-03-01T10:15:00Z",
-            finished_at="2026-03-01T10:16:00Z", duration_s=60, cleanup="complete",
-            counts=Counts(), ids={}, threshold={"passed": True, "failures": []},
+            scan_id="0123456789abcdef",
+            run_id="20260301T101500Z-a1b2c3",
+            target=target_doc(TARGET, "img:1", "sha256:1"),
+            started_at="2026-03-01T10:15:00Z",
+            finished_at="2026-03-01T10:16:00Z",
+            duration_s=60,
+            cleanup="complete",
+            counts=Counts(),
+            ids={},
+            threshold={"passed": True, "failures": []},
         )
     )
     s["controls"] = controls
@@ -36,9 +42,14 @@ def _summary(controls: Any) -> dict[str, Any]:
 def _run(summary: dict[str, Any]) -> dict[str, Any]:
     agg = Aggregator()
     agg.add(summary)
-    return {"run_id": summary["run_id"], "source": "scan", "profile": "p",
-            "created_at": "2026-03-01T10:15:00Z", "finished_at": "2026-03-01T10:16:00Z",
-            **agg.result()}
+    return {
+        "run_id": summary["run_id"],
+        "source": "scan",
+        "profile": "p",
+        "created_at": "2026-03-01T10:15:00Z",
+        "finished_at": "2026-03-01T10:16:00Z",
+        **agg.result(),
+    }
 
 
 @pytest.mark.parametrize("controls", [{"failed": "nope"}, ["x"], {"bogus": {}}])

@@ -167,16 +167,25 @@ def test_two_independent_profiles_are_both_counted() -> None:
         ]
     }
     assert sorted((c.id, c.status) for c in parse_report(report)) == [
-        ("x", "passed"), ("y", "failed")]
+        ("x", "passed"),
+        ("y", "failed"),
+    ]
 
 
 def test_an_id_in_two_independent_profiles_counts_once_from_the_first_with_results() -> None:
     report = {
         "profiles": [
-            {"name": "one", "controls": [control("x", results=[result("passed")]),
-                                         control("z", impact=0.9)]},
-            {"name": "two", "controls": [control("x", results=[result("failed")]),
-                                         control("z", impact=0.3, results=[result("failed")])]},
+            {
+                "name": "one",
+                "controls": [control("x", results=[result("passed")]), control("z", impact=0.9)],
+            },
+            {
+                "name": "two",
+                "controls": [
+                    control("x", results=[result("failed")]),
+                    control("z", impact=0.3, results=[result("failed")]),
+                ],
+            },
         ]
     }
     parsed = parse_report(report)

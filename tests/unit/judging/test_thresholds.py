@@ -99,8 +99,7 @@ def test_both_spellings_of_one_bucket_join_their_ids() -> None:
     # `saf generate threshold` writes failed.High.controls; a hand edit adds failed.high.
     t = parse("failed.high.controls: [f3]\nfailed.High.controls: [f9]")
     assert t.controls[("failed", "high")] == frozenset({"f3", "f9"})
-    assert judged(CONTROLS, t) == [
-        "failed.high.controls: 1 id, expected exactly 2; missing f9"]
+    assert judged(CONTROLS, t) == ["failed.high.controls: 1 id, expected exactly 2; missing f9"]
     nested = parse("failed: {High: {controls: [f3]}, high: {controls: [f3]}}")
     assert judged(CONTROLS, nested) == []
 

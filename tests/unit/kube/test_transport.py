@@ -38,20 +38,29 @@ def _exec_kubeconfig(cluster: FakeCluster, admin_kubeconfig: Path, tmp_path: Pat
     """The admin kubeconfig with its token replaced by an exec plugin whose first credential
     is stale and already expired; every later call prints the admin token."""
     plugin = tmp_path / "plugin"
-    plugin.write_text(PLUGIN.format(python=sys.executable, calls=str(tmp_path / "calls"),
-                                    token=cluster.admin_token))
+    plugin.write_text(
+        PLUGIN.format(
+            python=sys.executable, calls=str(tmp_path / "calls"), token=cluster.admin_token
+        )
+    )
     plugin.chmod(0o755)
     doc = yaml.safe_load(admin_kubeconfig.read_text())
-    doc["users"][0]["user"] = {"exec": {
-        "apiVersion": "client.authentication.k8s.io/v1", "command": str(plugin),
-        "interactiveMode": "Never"}}
+    doc["users"][0]["user"] = {
+        "exec": {
+            "apiVersion": "client.authentication.k8s.io/v1",
+            "command": str(plugin),
+            "interactiveMode": "Never",
+        }
+    }
     path = tmp_path / "exec-kubeconfig"
     path.write_text(yaml.safe_dump(doc))
     return path
 
 
 def test_an_expired_exec_credential_is_refreshed_before_the_request(
-    fake_cluster: FakeCluster, admin_kubeconfig: Path, tmp_path: Path,
+    fake_cluster: FakeCluster,
+    admin_kubeconfig: Path,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls = tmp_path / "calls"
@@ -73,8 +82,12 @@ def test_an_expired_exec_credential_is_refreshed_before_the_request(
 def test_a_refusal_keeps_the_status_message_and_never_the_token(
     fake_cluster: FakeCluster, admin_kubeconfig: Path
 ) -> None:
-    fake_cluster.fail("GET", r"/namespaces/apps/pods/web$", 403,
-                      message='pods "web" is forbidden: a policy said no')
+    fake_cluster.fail(
+        "GET",
+        r"/namespaces/apps/pods/web$",
+        403,
+        message='pods "web" is forbidden: a policy said no',
+    )
     kube = KubeClient(str(admin_kubeconfig), "fake")
     try:
         with pytest.raises(ClusterForbidden) as err:
@@ -82,8 +95,9 @@ def test_a_refusal_keeps_the_status_message_and_never_the_token(
     finally:
         kube.close()
     text = str(err.value)
-    assert text == ("context 'fake': reading pod apps/web: HTTP 403 "
-                    'pods "web" is forbidden: a policy said no')
+    assert text == (
+        "context 'fake': reading pod apps/web: HTTP 403 pods \"web\" is forbidden: a policy said no"
+    )
     assert fake_cluster.admin_token not in text
 
 

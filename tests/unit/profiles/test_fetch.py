@@ -52,7 +52,8 @@ def manifest(depends: str = "") -> str:
 def server() -> Iterator[ProfileServer]:
     with ProfileServer() as srv:
         srv.routes["/p.tar.gz"] = profile_archive(
-            {"inspec.yml": manifest(), "controls/a.rb": "control 'a' do\nend\n"}, top="p-main")
+            {"inspec.yml": manifest(), "controls/a.rb": "control 'a' do\nend\n"}, top="p-main"
+        )
         yield srv
 
 
@@ -63,8 +64,7 @@ def tls(tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest.fixture
 def config(tmp_path: Path, standin_auditor: str) -> FetchConfig:
-    return FetchConfig(auditor=standin_auditor, cache_dir=tmp_path / "cache",
-                       env=dict(os.environ))
+    return FetchConfig(auditor=standin_auditor, cache_dir=tmp_path / "cache", env=dict(os.environ))
 
 
 class Recorder:
@@ -82,6 +82,7 @@ class Recorder:
 
 
 # -- download -----------------------------------------------------------------------------
+
 
 def test_download_streams_to_a_private_file_and_returns_the_sha256(
     server: ProfileServer, tmp_path: Path
@@ -117,9 +118,7 @@ def test_credentials_become_basic_auth_and_appear_in_no_log_or_error(
 
 
 @pytest.mark.parametrize("chunked", [False, True])
-def test_the_size_cap_stops_the_download_and_leaves_no_file(
-    tmp_path: Path, chunked: bool
-) -> None:
+def test_the_size_cap_stops_the_download_and_leaves_no_file(tmp_path: Path, chunked: bool) -> None:
     with ProfileServer(chunked=chunked) as srv:
         srv.routes["/big.tar.gz"] = os.urandom(300_000)
         with pytest.raises(ProfileUnavailable, match="larger than 100000 bytes"):
@@ -164,9 +163,7 @@ def test_https_redirects_keep_credentials_on_the_same_origin_only(
     assert (tmp_path / "b").read_bytes() == body
 
 
-def test_https_with_an_untrusted_certificate_fails(
-    tls: tuple[Path, Path], tmp_path: Path
-) -> None:
+def test_https_with_an_untrusted_certificate_fails(tls: tuple[Path, Path], tmp_path: Path) -> None:
     with ProfileServer(tls=tls) as srv:
         srv.routes["/p.tar.gz"] = b"x"
         with pytest.raises(ProfileUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
@@ -175,11 +172,15 @@ def test_https_with_an_untrusted_certificate_fails(
 
 # -- the archive and its dependencies -------------------------------------------------------
 
+
 def test_remote_dependencies_are_everything_but_path() -> None:
     deps = [
-        {"name": "a", "url": "https://x/a.tar.gz"}, {"name": "b", "git": "https://g/b"},
-        {"name": "c", "supermarket": "dev-sec/c"}, {"name": "d", "compliance": "admin/d"},
-        {"name": "e", "path": "../e"}, {"name": "f", "path": "libs/f"},
+        {"name": "a", "url": "https://x/a.tar.gz"},
+        {"name": "b", "git": "https://g/b"},
+        {"name": "c", "supermarket": "dev-sec/c"},
+        {"name": "d", "compliance": "admin/d"},
+        {"name": "e", "path": "../e"},
+        {"name": "f", "path": "libs/f"},
         {"name": "dev-sec/ssh-baseline"},  # no source: a Supermarket name
     ]
     assert remote_dependencies({"depends": deps}) == ["a", "b", "c", "d", "dev-sec/ssh-baseline"]
@@ -199,10 +200,14 @@ def test_an_archive_escaping_its_directory_is_refused(
     server: ProfileServer, config: FetchConfig
 ) -> None:
     server.routes["/dep.tar.gz"] = profile_archive({"inspec.yml": manifest()})
-    server.routes["/evil.tar.gz"] = profile_archive({
-        "inspec.yml": manifest(f"depends:\n  - name: d\n    url: {server.url('/dep.tar.gz')}\n"),
-        "../../escaped": "x",
-    })
+    server.routes["/evil.tar.gz"] = profile_archive(
+        {
+            "inspec.yml": manifest(
+                f"depends:\n  - name: d\n    url: {server.url('/dep.tar.gz')}\n"
+            ),
+            "../../escaped": "x",
+        }
+    )
     with pytest.raises(ProfileUnavailable, match="cannot unpack"):
         fetch(server.url("/evil.tar.gz"), ProfileCache.open(config.cache_dir), config)
     assert not (config.cache_dir.parent / "escaped").exists()  # type: ignore[union-attr]
@@ -227,6 +232,7 @@ def test_deterministic_tar_depends_on_content_only(tmp_path: Path) -> None:
 
 # -- the cache ------------------------------------------------------------------------------
 
+
 def test_the_cache_is_private_and_refuses_a_symlink(tmp_path: Path) -> None:
     cache = ProfileCache.open(tmp_path / "c")
     assert stat.S_IMODE(cache.root.stat().st_mode) == 0o700
@@ -249,6 +255,7 @@ def test_a_cached_file_changed_on_disk_is_never_used(
 
 
 # -- one fetch per run, and pinning on workers ----------------------------------------------
+
 
 def test_fetch_for_run_downloads_once_and_fails_as_bad_input(
     server: ProfileServer, config: FetchConfig, tmp_path: Path
@@ -308,12 +315,16 @@ def test_a_profile_with_remote_dependencies_is_vendored_once_deterministically(
 ) -> None:
     dep = profile_archive({"inspec.yml": "name: dep\nversion: 0.1.0\n"})
     server.routes["/dep.tar.gz"] = dep
-    server.routes["/meta.tar.gz"] = profile_archive({
-        "inspec.yml": manifest(
-            f"depends:\n  - name: dep\n    url: {server.url('/dep.tar.gz')}\n"
-            "  - name: local\n    path: libs/local\n"),
-        "libs/local/inspec.yml": "name: local\n",
-    }, top="meta-main")
+    server.routes["/meta.tar.gz"] = profile_archive(
+        {
+            "inspec.yml": manifest(
+                f"depends:\n  - name: dep\n    url: {server.url('/dep.tar.gz')}\n"
+                "  - name: local\n    path: libs/local\n"
+            ),
+            "libs/local/inspec.yml": "name: local\n",
+        },
+        top="meta-main",
+    )
     url = server.url("/meta.tar.gz")
     record = Recorder()
     a = pinned(url, None, record, config, ProfileCache.open(tmp_path / "a"))
@@ -336,8 +347,13 @@ def test_a_profile_with_remote_dependencies_is_vendored_once_deterministically(
 def test_vendoring_failure_is_reported_with_the_auditors_words(
     server: ProfileServer, config: FetchConfig
 ) -> None:
-    server.routes["/meta.tar.gz"] = profile_archive({"inspec.yml": manifest(
-        f"depends:\n  - name: gone\n    url: {server.url('/gone.tar.gz')}\n")})
+    server.routes["/meta.tar.gz"] = profile_archive(
+        {
+            "inspec.yml": manifest(
+                f"depends:\n  - name: gone\n    url: {server.url('/gone.tar.gz')}\n"
+            )
+        }
+    )
     with pytest.raises(ProfileUnavailable, match=r"vendoring profile .* failed .*404"):
         fetch(server.url("/meta.tar.gz"), ProfileCache.open(config.cache_dir), config)
 

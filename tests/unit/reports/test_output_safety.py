@@ -26,10 +26,14 @@ FORBIDDEN = ("\x1b", "\u202e", "\u2066", "\u2069", "\x9b", "\x85", "\x07")
 
 
 def hostile_summary() -> dict[str, Any]:
-    return dict(failed_before_scan(
-        "20260301T101500Z-a1b2c3", Target("east", "apps", "web", "app"),
-        {"kind": "auditor_exit", "message": HOSTILE}, datetime(2026, 3, 1, tzinfo=UTC),
-    ))
+    return dict(
+        failed_before_scan(
+            "20260301T101500Z-a1b2c3",
+            Target("east", "apps", "web", "app"),
+            {"kind": "auditor_exit", "message": HOSTILE},
+            datetime(2026, 3, 1, tzinfo=UTC),
+        )
+    )
 
 
 def hostile_run() -> dict[str, Any]:
@@ -39,9 +43,14 @@ def hostile_run() -> dict[str, Any]:
     summary = failed_before_scan(run_id, target, {"kind": "auditor_exit", "message": HOSTILE}, now)
     agg = Aggregator()
     agg.add(summary)
-    run = {"run_id": run_id, "source": "submit", "profile": f"/p/{MD}",
-           "created_at": "2026-03-01T10:15:00Z", "finished_at": "2026-03-01T10:16:00Z",
-           **agg.result(None)}
+    run = {
+        "run_id": run_id,
+        "source": "submit",
+        "profile": f"/p/{MD}",
+        "created_at": "2026-03-01T10:15:00Z",
+        "finished_at": "2026-03-01T10:16:00Z",
+        **agg.result(None),
+    }
     run["compliance"] = f"50 {MD} {ESC}"
     run["failing_targets"] = [{**target.to_dict(), "failures": [HOSTILE]}]
     return run

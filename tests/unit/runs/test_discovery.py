@@ -43,15 +43,19 @@ def test_regular_containers_of_running_pods_only(
     assert web.image == "registry.example/proxy:2.0"
 
 
-def test_pagination_with_limit_and_continue(fake_cluster: FakeCluster, clients: ClientCache
-                                            ) -> None:
+def test_pagination_with_limit_and_continue(
+    fake_cluster: FakeCluster, clients: ClientCache
+) -> None:
     for i in range(25):
         fake_cluster.add_pod("other", f"pod-{i:02d}", containers=["c"])
     before = len(fake_cluster.requests)
     found = discover(clients, Scope(["fake"], namespaces=["other"]), page_size=10)
     assert len(found) == 25
-    lists = [r for r in fake_cluster.requests[before:]
-             if r.method == "GET" and r.path == "/api/v1/namespaces/other/pods"]
+    lists = [
+        r
+        for r in fake_cluster.requests[before:]
+        if r.method == "GET" and r.path == "/api/v1/namespaces/other/pods"
+    ]
     assert len(lists) == 3  # 10 + 10 + 5
 
 
@@ -60,25 +64,37 @@ def test_selector_and_namespaces(fake_cluster: FakeCluster, clients: ClientCache
     fake_cluster.add_pod("other", "web2", containers=["c"], labels={"app": "web"})
     by_sel = discover(clients, Scope(["fake"], all_namespaces=True, selector="app=web"))
     assert refs(by_sel) == ["fake:apps/web/app", "fake:apps/web/sidecar", "fake:other/web2/c"]
-    by_set = discover(clients, Scope(["fake"], all_namespaces=True,
-                                     selector="app in (api, web),tier!=frontend"))
+    by_set = discover(
+        clients, Scope(["fake"], all_namespaces=True, selector="app in (api, web),tier!=frontend")
+    )
     assert refs(by_set) == ["fake:other/api/c", "fake:other/web2/c"]
-    excluded = discover(clients, Scope(["fake"], all_namespaces=True,
-                                       exclude_namespaces=["apps"]))
+    excluded = discover(clients, Scope(["fake"], all_namespaces=True, exclude_namespaces=["apps"]))
     assert refs(excluded) == ["fake:other/api/c", "fake:other/web2/c"]
-    only = discover(clients, Scope(["fake"], namespaces=["apps", "other"],
-                                   exclude_namespaces=["other"]))
+    only = discover(
+        clients, Scope(["fake"], namespaces=["apps", "other"], exclude_namespaces=["other"])
+    )
     assert refs(only) == ["fake:apps/web/app", "fake:apps/web/sidecar"]
 
 
-@pytest.mark.parametrize("selector", ["app=web", "app==web,tier", "!legacy", "a.b/c notin (x)",
-                                      "env in (prod,staging),app!=x", " app = web ", "app="])
+@pytest.mark.parametrize(
+    "selector",
+    [
+        "app=web",
+        "app==web,tier",
+        "!legacy",
+        "a.b/c notin (x)",
+        "env in (prod,staging),app!=x",
+        " app = web ",
+        "app=",
+    ],
+)
 def test_valid_selectors(selector: str) -> None:
     assert check_selector(selector) == selector
 
 
-@pytest.mark.parametrize("selector", ["=web", "app in web", "app=(x", "a b", "app=we b",
-                                      "app in (x", "-bad=1"])
+@pytest.mark.parametrize(
+    "selector", ["=web", "app in web", "app=(x", "a b", "app=we b", "app in (x", "-bad=1"]
+)
 def test_invalid_selectors_are_bad_input(selector: str) -> None:
     with pytest.raises(BadInput, match="label selector"):
         check_selector(selector)
@@ -107,8 +123,15 @@ def test_explicit_pod_targets_expand_and_unreadable_pods_carry_their_error(
     fake_cluster: FakeCluster, clients: ClientCache
 ) -> None:
     before = len(fake_cluster.requests)
-    entries = resolve(clients, [Target("fake", "apps", "web"), Target("fake", "apps", "gone"),
-                                Target("fake", "apps", "web", "app")], need_images=False)
+    entries = resolve(
+        clients,
+        [
+            Target("fake", "apps", "web"),
+            Target("fake", "apps", "gone"),
+            Target("fake", "apps", "web", "app"),
+        ],
+        need_images=False,
+    )
     assert refs(entries) == ["fake:apps/gone", "fake:apps/web/app", "fake:apps/web/sidecar"]
     gone = next(e for e in entries if e.target.pod == "gone")
     assert gone.error is not None
@@ -121,8 +144,9 @@ def test_dedupe_images_keeps_one_per_image_id() -> None:
     def e(pod: str, image_id: str | None) -> Entry:
         return Entry(Target("c", "ns", pod, "app"), "img", image_id)
 
-    out = dedupe_images([e("a", "sha:1"), e("b", "sha:2"), e("c", "sha:1"), e("d", None),
-                         e("f", "sha:1")])
+    out = dedupe_images(
+        [e("a", "sha:1"), e("b", "sha:2"), e("c", "sha:1"), e("d", None), e("f", "sha:1")]
+    )
     assert [x.target.pod for x in out] == ["a", "b", "d"]
     assert [c.target.pod for c in out[0].covers] == ["c", "f"]
     assert sum(x.size() for x in out) == 5
@@ -139,8 +163,16 @@ def test_dedupe_run_marks_covered_targets(
     kc = cluster.write_kubeconfig(tmp_path / "config")
     clients = ClientCache(str(kc))
     entries = dedupe_images(discover(clients, Scope(["fake"], namespaces=["apps"])))
-    plan = RunPlan(run_id=RUN, source="test", profile="p", created_at="2025-01-01T00:00:00Z",
-                   auditor=standin_auditor, token_ttl=900, timeout=60, dedupe_images=True)
+    plan = RunPlan(
+        run_id=RUN,
+        source="test",
+        profile="p",
+        created_at="2025-01-01T00:00:00Z",
+        auditor=standin_auditor,
+        token_ttl=900,
+        timeout=60,
+        dedupe_images=True,
+    )
     run = run_local(clients, plan, [], tmp_path / "out", concurrency=2, entries=entries)
     summaries = list(iter_summaries(tmp_path / "out" / RUN))
     assert len(summaries) == 4

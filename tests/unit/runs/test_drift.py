@@ -167,8 +167,11 @@ def test_first_sweep_run_and_non_sweep_runs(tmp_path: Path) -> None:
 def test_diff_cli(tmp_path: Path) -> None:
     two_runs(tmp_path)
 
-    env = {"PATH": "/usr/bin:/bin", "SCANFLEET_RESULTS_DIR": str(tmp_path),
-           "SCANFLEET_LOG_FORMAT": "console"}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "SCANFLEET_RESULTS_DIR": str(tmp_path),
+        "SCANFLEET_LOG_FORMAT": "console",
+    }
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return run_cli(["diff", *args], env, timeout=60)

@@ -17,8 +17,14 @@ from scanfleet.scan.plan import RunPlan
 from scanfleet.store.files import iter_summaries
 from tests.support.fixtures_fleet import FLEET_CONTAINERS, FleetClusters, Worker, run_cli
 
-DISCOVER = ["--all-contexts", "--all-namespaces", "--exclude-namespace", "kube-system",
-            "--profile", "profile-x"]
+DISCOVER = [
+    "--all-contexts",
+    "--all-namespaces",
+    "--exclude-namespace",
+    "kube-system",
+    "--profile",
+    "profile-x",
+]
 EXPECTED = sorted(f"{ctx}:{ref}" for ctx in ("east", "west") for ref in FLEET_CONTAINERS)
 RUN = "20250101T000000Z-abcdef"
 
@@ -31,8 +37,9 @@ def by_ref(results_dir: Path, run_id: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def test_local_needs_no_broker(fleet_env: dict[str, str], fleet_clusters: FleetClusters,
-                               closed_port: int) -> None:
+def test_local_needs_no_broker(
+    fleet_env: dict[str, str], fleet_clusters: FleetClusters, closed_port: int
+) -> None:
     env = {**fleet_env, "SCANFLEET_BROKER_URL": f"redis://127.0.0.1:{closed_port}/0"}
     proc = run_cli(["submit", *DISCOVER, "--local", "--concurrency", "4", "--json"], env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -46,15 +53,25 @@ def test_local_needs_no_broker(fleet_env: dict[str, str], fleet_clusters: FleetC
 
 
 def test_local_cluster_cap_holds_with_more_threads(
-    fleet_clusters: FleetClusters, standin_auditor: str, monkeypatch: pytest.MonkeyPatch,
+    fleet_clusters: FleetClusters,
+    standin_auditor: str,
+    monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
     monkeypatch.setenv("SCANFLEET_STANDIN_SLEEP", "0.5")
     clients = ClientCache(str(fleet_clusters.kubeconfig))
-    entries = discover(clients, Scope(["east", "west"], all_namespaces=True,
-                                      exclude_namespaces=["kube-system"]))
-    plan = RunPlan(run_id=RUN, source="test", profile="p", created_at="2025-01-01T00:00:00Z",
-                   auditor=standin_auditor, token_ttl=900, timeout=60)
+    entries = discover(
+        clients, Scope(["east", "west"], all_namespaces=True, exclude_namespaces=["kube-system"])
+    )
+    plan = RunPlan(
+        run_id=RUN,
+        source="test",
+        profile="p",
+        created_at="2025-01-01T00:00:00Z",
+        auditor=standin_auditor,
+        token_ttl=900,
+        timeout=60,
+    )
     progress: list[tuple[int, int]] = []
     lock = threading.Lock()
 
@@ -62,8 +79,16 @@ def test_local_cluster_cap_holds_with_more_threads(
         with lock:
             progress.append((done, total))
 
-    run = run_local(clients, plan, [], tmp_path / "out", concurrency=6, entries=entries,
-                    cluster_concurrency=1, progress=on_progress)
+    run = run_local(
+        clients,
+        plan,
+        [],
+        tmp_path / "out",
+        concurrency=6,
+        entries=entries,
+        cluster_concurrency=1,
+        progress=on_progress,
+    )
     assert run["targets"]["completed"] == 8
     # Six threads, but never more than one scan at once per cluster.
     assert [c.peak_scanfleet_serviceaccounts for c in fleet_clusters.all.values()] == [1, 1]
@@ -73,15 +98,25 @@ def test_local_cluster_cap_holds_with_more_threads(
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_local_and_fleet_give_the_same_results(
-    fleet_env: dict[str, str], fleet_clusters: FleetClusters,
-    make_worker: Callable[..., Worker], samples_dir: Path, tmp_path: Path, standin_io: Path,
+    fleet_env: dict[str, str],
+    fleet_clusters: FleetClusters,
+    make_worker: Callable[..., Worker],
+    samples_dir: Path,
+    tmp_path: Path,
+    standin_io: Path,
 ) -> None:
     plan = standin_io / "standin-plan.json"  # where the sandboxed stand-in may read
-    plan.write_text(json.dumps({
-        "apps/web/sidecar": {"exit": 3, "stderr": "boom"},
-        "apps/api": {"report": str(samples_dir / "rhel8_sample_oneOfEachControlStatus.json")},
-        "*": {},
-    }))
+    plan.write_text(
+        json.dumps(
+            {
+                "apps/web/sidecar": {"exit": 3, "stderr": "boom"},
+                "apps/api": {
+                    "report": str(samples_dir / "rhel8_sample_oneOfEachControlStatus.json")
+                },
+                "*": {},
+            }
+        )
+    )
     threshold = tmp_path / "threshold.yml"
     threshold.write_text("compliance:\n  min: 50\n")
     env = {**fleet_env, "SCANFLEET_STANDIN_PLAN": str(plan)}
@@ -96,8 +131,14 @@ def test_local_and_fleet_give_the_same_results(
     assert sorted(f) == sorted(loc) == EXPECTED
 
     def essence(s: dict[str, Any]) -> tuple[Any, ...]:
-        return (s["status"], (s["error"] or {}).get("kind"), s["counts"], s["compliance"],
-                s["threshold"]["passed"], s["target"]["image_id"])
+        return (
+            s["status"],
+            (s["error"] or {}).get("kind"),
+            s["counts"],
+            s["compliance"],
+            s["threshold"]["passed"],
+            s["target"]["image_id"],
+        )
 
     assert {k: essence(v) for k, v in f.items()} == {k: essence(v) for k, v in loc.items()}
     assert {essence(v)[0] for v in f.values()} == {"completed", "error"}  # a real mix

@@ -111,19 +111,25 @@ class Done:
 
 
 def identity_of(cluster: FakeCluster, scan_id: str) -> list[str]:
-    return [o["metadata"]["name"] for o in cluster.objects("serviceaccounts", "apps")
-            if o["metadata"]["name"] == object_name(scan_id)]
+    return [
+        o["metadata"]["name"]
+        for o in cluster.objects("serviceaccounts", "apps")
+        if o["metadata"]["name"] == object_name(scan_id)
+    ]
 
 
 def mint_service_account(clients: ClientCache, scan_id: str, **changes: Any) -> None:
     """The ServiceAccount a scan creates first (identity.identity_objects), or a decoy."""
-    body = identity_objects(scan_id, RUN, Target.from_dict(TARGET), 900,
-                            datetime.now(UTC))["ServiceAccount"]
+    body = identity_objects(scan_id, RUN, Target.from_dict(TARGET), 900, datetime.now(UTC))[
+        "ServiceAccount"
+    ]
     clients.get("fake").create_object("ServiceAccount", "apps", body | changes)
 
 
 def test_recovery_revokes_the_dead_scans_identity_and_publishes_it_once(
-    store: RunStore, fake_cluster: FakeCluster, admin_kubeconfig: Path,
+    store: RunStore,
+    fake_cluster: FakeCluster,
+    admin_kubeconfig: Path,
 ) -> None:
     clients = ClientCache(str(admin_kubeconfig), retries=0)
     mint_service_account(clients, "0123456789abcdef")
@@ -132,7 +138,8 @@ def test_recovery_revokes_the_dead_scans_identity_and_publishes_it_once(
     assert s.try_acquire("fake", "fedcba9876543210", "dead", RERUN) == 1  # recorded already
     published = Published()
     recover: Callable[[], Any] = lambda: recover_expired(  # noqa: E731
-        s, Done("fedcba9876543210"), clients, published)
+        s, Done("fedcba9876543210"), clients, published
+    )
     assert recover().rerun == []  # leases still live
     assert identity_of(fake_cluster, "0123456789abcdef") == [object_name("0123456789abcdef")]
     wait_for(lambda: s.holders("fake") == [], 10, "the leases to expire")
@@ -148,7 +155,9 @@ def test_recovery_revokes_the_dead_scans_identity_and_publishes_it_once(
 
 @pytest.mark.leaves_leftovers("the decoy is not scanfleet's: recovery must leave it")
 def test_recovery_never_deletes_a_same_named_object_that_is_not_scanfleets(
-    store: RunStore, fake_cluster: FakeCluster, admin_kubeconfig: Path,
+    store: RunStore,
+    fake_cluster: FakeCluster,
+    admin_kubeconfig: Path,
 ) -> None:
     clients = ClientCache(str(admin_kubeconfig), retries=0)
     mint_service_account(clients, "0123456789abcdef", automountServiceAccountToken=True)
@@ -183,7 +192,8 @@ def test_the_retry_pauses_scale_with_a_setting_and_the_lease_row_does_not() -> N
     assert Settings.from_env({}).retry_delay_scale == 1.0
     unavailable = RETRY_DELAYS[ClusterUnavailable]
     assert [backoff(unavailable, n, scale=scale) for n in range(4)] == pytest.approx(
-        [0.15, 0.3, 0.6, 1.2])
+        [0.15, 0.3, 0.6, 1.2]
+    )
     assert backoff(RETRY_DELAYS[SlotBusy], 0, lease_seconds=60, scale=scale) == 30
     for bad in ("0", "-1", "fast", "inf"):
         with pytest.raises(BadInput, match="SCANFLEET_RETRY_DELAY_SCALE"):

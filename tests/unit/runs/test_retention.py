@@ -99,8 +99,11 @@ def test_a_failing_store_keeps_the_run_for_the_next_try(results: Path) -> None:
 
 
 def test_prune_cli(results: Path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "SCANFLEET_RESULTS_DIR": str(results),
-           "SCANFLEET_LOG_FORMAT": "console"}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "SCANFLEET_RESULTS_DIR": str(results),
+        "SCANFLEET_LOG_FORMAT": "console",
+    }
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return run_cli(["prune", *args], env, timeout=60)

@@ -36,12 +36,9 @@ from tests.support.fixtures_auditor import PlanWriter
 from tests.support.tools import alive, wait_until
 
 SH_READ = [p for p in ("/usr", "/lib", "/lib64", "/bin") if os.path.exists(p)]
-CONFINED = {"landlock": True, "read": SH_READ, "write": [], "connect": [],
-            "drop_privileges": True}
+CONFINED = {"landlock": True, "read": SH_READ, "write": [], "connect": [], "drop_privileges": True}
 OFF = {"landlock": False, "drop_privileges": False}
 ENV = {"PATH": "/usr/bin:/bin"}
-
-
 
 
 def dead(pid: int) -> bool:
@@ -58,8 +55,9 @@ def launcher() -> Iterator[launcher_client.Launcher]:
         client.close()
 
 
-def _sh(client: launcher_client.Launcher, script: str, policy: dict[str, Any] = CONFINED,
-        cwd: str = "/") -> launcher_client.AuditorProcess:
+def _sh(
+    client: launcher_client.Launcher, script: str, policy: dict[str, Any] = CONFINED, cwd: str = "/"
+) -> launcher_client.AuditorProcess:
     return client.spawn(["sh", "-c", script], ENV, cwd, policy)
 
 
@@ -88,11 +86,11 @@ def test_concurrent_spawns_each_get_their_own_exit_code_and_stderr(
 
 
 def test_the_auditor_leads_its_own_session_in_the_given_directory(
-    launcher: launcher_client.Launcher, tmp_path: Path,
+    launcher: launcher_client.Launcher,
+    tmp_path: Path,
 ) -> None:
     out = tmp_path / "out"
-    proc = _sh(launcher, f"pwd > {out}; ps -o sid= -o pgid= -p $$ >> {out}", OFF,
-               cwd=str(tmp_path))
+    proc = _sh(launcher, f"pwd > {out}; ps -o sid= -o pgid= -p $$ >> {out}", OFF, cwd=str(tmp_path))
     assert finish(proc) == 0
     cwd, ids = out.read_text().splitlines()
     assert cwd == str(tmp_path)
@@ -100,7 +98,8 @@ def test_the_auditor_leads_its_own_session_in_the_given_directory(
 
 
 def test_exec_and_sandbox_failures_are_told_apart_and_nothing_runs(
-    launcher: launcher_client.Launcher, tmp_path: Path,
+    launcher: launcher_client.Launcher,
+    tmp_path: Path,
 ) -> None:
     with pytest.raises(launcher_client.SpawnFailed, match="No such file") as missing:
         launcher.spawn(["no-such-auditor-xyz"], ENV, "/", CONFINED)
@@ -129,7 +128,8 @@ def test_the_launcher_is_non_dumpable_and_holds_no_environment(
 
 @pytest.mark.parametrize("policy", [CONFINED, OFF], ids=["sandbox", "off"])
 def test_auditors_die_with_their_launcher(
-    launcher: launcher_client.Launcher, policy: dict[str, Any],
+    launcher: launcher_client.Launcher,
+    policy: dict[str, Any],
 ) -> None:
     """PR_SET_PDEATHSIG, relative to the launcher, with the sandbox off too."""
     proc = _sh(launcher, "exec sleep 120", policy)
@@ -143,8 +143,12 @@ def test_auditors_die_with_their_launcher(
 
 @pytest.mark.parametrize("mode", ["on", "off"])
 def test_a_killed_launcher_fails_the_scan_kills_the_auditor_and_is_replaced(
-    standin_auditor: str, auditor_plan: PlanWriter, standin_io: Path, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch, mode: str,
+    standin_auditor: str,
+    auditor_plan: PlanWriter,
+    standin_io: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str,
 ) -> None:
     monkeypatch.setenv("SCANFLEET_SANDBOX", mode)
     pid_file = standin_io / "pids.json"
@@ -156,8 +160,14 @@ def test_a_killed_launcher_fails_the_scan_kills_the_auditor_and_is_replaced(
 
     def scan() -> None:
         try:
-            run_auditor(standin_auditor, "p", Target("c", "ns", "pod", "app"),
-                        tmp_path / "r.json", private / "kubeconfig", timeout=300)
+            run_auditor(
+                standin_auditor,
+                "p",
+                Target("c", "ns", "pod", "app"),
+                tmp_path / "r.json",
+                private / "kubeconfig",
+                timeout=300,
+            )
         except BaseException as e:  # handed to the test thread
             outcome.append(e)
 
@@ -209,8 +219,10 @@ def test_a_request_the_launcher_never_answers_fails_cleanly(
     assert not thread.is_alive()
     [error] = errors
     assert isinstance(error, launcher_client.LauncherLost)
-    assert finish(sandbox.spawn(sandbox.Policy(landlock=False, drop_privileges=False),
-                                ["true"], ENV)) == 0
+    assert (
+        finish(sandbox.spawn(sandbox.Policy(landlock=False, drop_privileges=False), ["true"], ENV))
+        == 0
+    )
 
 
 WORKER = """
@@ -224,16 +236,27 @@ run_auditor(sys.argv[1], "p", Target("c", "ns", "pod", "app"), Path(sys.argv[2])
 
 
 def test_killing_the_worker_kills_the_auditor_group_and_the_launcher(
-    standin_auditor: str, auditor_plan: PlanWriter, standin_io: Path, tmp_path: Path,
+    standin_auditor: str,
+    auditor_plan: PlanWriter,
+    standin_io: Path,
+    tmp_path: Path,
 ) -> None:
     pid_file = standin_io / "pids.json"
     auditor_plan({"*": {"sleep": 120, "spawn_child": True, "pid_file": str(pid_file)}})
     private = tmp_path / "scanfleet-private"
     private.mkdir(mode=0o700)
     (private / "kubeconfig").write_text("apiVersion: v1\nkind: Config\n")
-    worker = subprocess.Popen([sys.executable, "-c", WORKER, standin_auditor,
-                               str(tmp_path / "r.json"), str(private / "kubeconfig")],
-                              env=os.environ.copy())
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            WORKER,
+            standin_auditor,
+            str(tmp_path / "r.json"),
+            str(private / "kubeconfig"),
+        ],
+        env=os.environ.copy(),
+    )
     try:
         wait_until(pid_file.exists, what="the auditor to start")
         pids = json.loads(pid_file.read_text())
@@ -269,8 +292,9 @@ print(parent.pid, parent.spawn(["sh", "-c", "exit 6"], env, "/", policy).wait(20
 
 
 def test_a_forked_worker_gets_its_own_launcher_and_leaves_the_parents_alone() -> None:
-    out = subprocess.run([sys.executable, "-c", FORKER], capture_output=True, text=True,
-                         timeout=120, check=True).stdout.split("\n")
+    out = subprocess.run(
+        [sys.executable, "-c", FORKER], capture_output=True, text=True, timeout=120, check=True
+    ).stdout.split("\n")
     child_launcher, child_code = out[0].split()
     parent_launcher, parent_code = out[1].split()
     assert (child_code, parent_code) == ("5", "6")

@@ -40,11 +40,15 @@ from tests.support.fixtures_auditor import STANDIN, PlanWriter
 from tests.support.tools import alive, wait_until
 
 HOSTILE = STANDIN.with_name("hostile-auditor")
-READ_PROBES = ("admin_kubeconfig", "home_kube", "sa_token", "other_scan", "other_results",
-               "worker_environ", "launcher_environ")
-
-
-
+READ_PROBES = (
+    "admin_kubeconfig",
+    "home_kube",
+    "sa_token",
+    "other_scan",
+    "other_results",
+    "worker_environ",
+    "launcher_environ",
+)
 
 
 @pytest.fixture
@@ -60,8 +64,13 @@ def other_scan_dir() -> Iterator[Path]:
 
 @pytest.fixture
 def hostile(
-    fake_cluster: FakeCluster, standin_auditor: str, standin_io: Path, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch, listener: int, other_scan_dir: Path,
+    fake_cluster: FakeCluster,
+    standin_auditor: str,
+    standin_io: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    listener: int,
+    other_scan_dir: Path,
 ) -> Callable[..., tuple[Any, dict[str, Any]]]:
     """Run `scanfleet scan apps/web/app` with the hostile auditor; (outcome, probes)."""
     from kubernetes.client import Configuration
@@ -111,8 +120,17 @@ def hostile(
 
     def run(*extra: str) -> tuple[Any, dict[str, Any]]:
         probes.unlink(missing_ok=True)
-        argv = ["scan", "apps/web/app", "--profile", "p", "--kubeconfig", str(admin),
-                "--output", str(tmp_path / "results"), *extra]
+        argv = [
+            "scan",
+            "apps/web/app",
+            "--profile",
+            "p",
+            "--kubeconfig",
+            str(admin),
+            "--output",
+            str(tmp_path / "results"),
+            *extra,
+        ]
         outcome = CliRunner().invoke(main_group, argv, catch_exceptions=False)
         return outcome, json.loads(probes.read_text())
 
@@ -133,8 +151,16 @@ def test_every_probe_fails_and_the_scan_completes(
     outcome, probes = hostile()
     assert outcome.exit_code == 0, outcome.stderr
     attempted = {k for k in probes if k != "self_status"}
-    assert {*READ_PROBES, "client_temp_0", "client_temp_1", "redis", "other_port", "bind",
-            "signal_parent", "signal_worker"} <= attempted
+    assert {
+        *READ_PROBES,
+        "client_temp_0",
+        "client_temp_1",
+        "redis",
+        "other_port",
+        "bind",
+        "signal_parent",
+        "signal_worker",
+    } <= attempted
     succeeded = {k: v for k, v in probes.items() if k != "self_status" and v == "ok"}
     assert succeeded == {}, f"the sandboxed auditor reached: {sorted(succeeded)}"
     assert str(probes["self_status"]).startswith("denied"), "/proc is not readable by default"
@@ -162,8 +188,10 @@ def test_with_proc_readable_the_parent_environ_stays_closed(
     hostile: Callable[..., tuple[Any, dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Landlock's ptrace scoping and the dropped capabilities hold on their own."""
-    monkeypatch.setenv("SCANFLEET_SANDBOX_ALLOW_READ",
-                       os.environ["SCANFLEET_SANDBOX_ALLOW_READ"] + os.pathsep + "/proc")
+    monkeypatch.setenv(
+        "SCANFLEET_SANDBOX_ALLOW_READ",
+        os.environ["SCANFLEET_SANDBOX_ALLOW_READ"] + os.pathsep + "/proc",
+    )
     outcome, probes = hostile()
     assert outcome.exit_code == 0, outcome.stderr
     for name in ("worker_environ", "launcher_environ"):
@@ -176,11 +204,14 @@ def test_with_proc_readable_the_parent_environ_stays_closed(
 
 
 def test_an_allow_rule_that_exposes_a_protected_path_is_refused(
-    hostile: Callable[..., tuple[Any, dict[str, Any]]], monkeypatch: pytest.MonkeyPatch,
+    hostile: Callable[..., tuple[Any, dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    monkeypatch.setenv("SCANFLEET_SANDBOX_ALLOW_READ",
-                       os.environ["SCANFLEET_SANDBOX_ALLOW_READ"] + os.pathsep + str(tmp_path))
+    monkeypatch.setenv(
+        "SCANFLEET_SANDBOX_ALLOW_READ",
+        os.environ["SCANFLEET_SANDBOX_ALLOW_READ"] + os.pathsep + str(tmp_path),
+    )
     with pytest.raises(FileNotFoundError):
         hostile()  # the auditor never ran: no probes file
     runs = [p for p in (tmp_path / "results").iterdir() if not p.name.startswith("2020")]
@@ -208,12 +239,22 @@ def private(make_cluster: Callable[..., FakeCluster], tmp_path: Path) -> Path:
 
 
 def _run(standin: str, kubeconfig: Path, tmp_path: Path, **kw: Any) -> Any:
-    return run_auditor(standin, "p", Target("c", "ns", "pod", "app"),
-                       tmp_path / "out" / "r.report.json", kubeconfig, timeout=60, **kw)
+    return run_auditor(
+        standin,
+        "p",
+        Target("c", "ns", "pod", "app"),
+        tmp_path / "out" / "r.report.json",
+        kubeconfig,
+        timeout=60,
+        **kw,
+    )
 
 
 def test_without_landlock_nothing_runs_unless_opted_out(
-    standin_auditor: str, auditor_log: Any, private: Path, tmp_path: Path,
+    standin_auditor: str,
+    auditor_log: Any,
+    private: Path,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(sandbox, "abi_version", lambda: 0)
@@ -228,7 +269,10 @@ def test_without_landlock_nothing_runs_unless_opted_out(
 
 
 def test_a_child_that_cannot_confine_runs_nothing(
-    standin_auditor: str, auditor_log: Any, private: Path, tmp_path: Path,
+    standin_auditor: str,
+    auditor_log: Any,
+    private: Path,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     real = sandbox.build_policy
@@ -245,7 +289,10 @@ def test_a_child_that_cannot_confine_runs_nothing(
 
 
 def test_the_auditor_dies_with_its_worker(
-    standin_auditor: str, auditor_plan: PlanWriter, standin_io: Path, private: Path,
+    standin_auditor: str,
+    auditor_plan: PlanWriter,
+    standin_io: Path,
+    private: Path,
     tmp_path: Path,
 ) -> None:
     pid_file = standin_io / "pids.json"
@@ -271,8 +318,9 @@ def test_the_auditor_dies_with_its_worker(
 
 
 def test_config_from_env() -> None:
-    c = sandbox.SandboxSettings.from_env({
-        "SCANFLEET_SANDBOX_ALLOW_READ": f"/a{os.pathsep}/b", "SCANFLEET_SANDBOX_ALLOW_WRITE": "/w"})
+    c = sandbox.SandboxSettings.from_env(
+        {"SCANFLEET_SANDBOX_ALLOW_READ": f"/a{os.pathsep}/b", "SCANFLEET_SANDBOX_ALLOW_WRITE": "/w"}
+    )
     assert c.enabled
     assert c.allow_read == (Path("/a"), Path("/b"))
     assert c.allow_write == (Path("/w"),)
@@ -321,11 +369,14 @@ def test_partial_abis_name_what_is_not_enforced() -> None:
 
 
 def test_harden_process_makes_the_process_non_dumpable() -> None:
-    code = ("import ctypes; from scanfleet.sandbox.policy import harden_process;"
-            "libc = ctypes.CDLL(None); print(libc.prctl(3, 0, 0, 0, 0));"
-            "harden_process(); print(libc.prctl(3, 0, 0, 0, 0))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.split()
+    code = (
+        "import ctypes; from scanfleet.sandbox.policy import harden_process;"
+        "libc = ctypes.CDLL(None); print(libc.prctl(3, 0, 0, 0, 0));"
+        "harden_process(); print(libc.prctl(3, 0, 0, 0, 0))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out == ["1", "0"]
 
 
@@ -336,8 +387,9 @@ def test_reap_stale_kills_orphans_and_removes_only_stale_dirs(tmp_path: Path) ->
     stale = tmp_path / "scanfleet-dead"
     stale.mkdir(mode=0o700)
     (stale / "kubeconfig").write_text("token: x\n")
-    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
-                              start_new_session=True)
+    orphan = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True
+    )
     try:
         sandbox_reap.record_auditor(stale, orphan.pid)
         live = tmp_path / "scanfleet-live"
@@ -366,15 +418,24 @@ def test_reap_stale_kills_orphans_and_removes_only_stale_dirs(tmp_path: Path) ->
 
 
 def _modes(root: Path) -> dict[str, int]:
-    return {str(p.relative_to(root.parent)): stat.S_IMODE(p.stat().st_mode)
-            for p in [root, *root.rglob("*")]}
+    return {
+        str(p.relative_to(root.parent)): stat.S_IMODE(p.stat().st_mode)
+        for p in [root, *root.rglob("*")]
+    }
 
 
-@pytest.mark.parametrize(("group", "dir_mode", "file_mode"),
-                         [("", 0o700, 0o600), ("1", 0o750, 0o640)])
+@pytest.mark.parametrize(
+    ("group", "dir_mode", "file_mode"), [("", 0o700, 0o600), ("1", 0o750, 0o640)]
+)
 def test_every_result_file_and_directory_is_private(
-    fake_cluster: FakeCluster, admin_kubeconfig: Path, standin_auditor: str, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch, group: str, dir_mode: int, file_mode: int,
+    fake_cluster: FakeCluster,
+    admin_kubeconfig: Path,
+    standin_auditor: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    group: str,
+    dir_mode: int,
+    file_mode: int,
 ) -> None:
     monkeypatch.setenv("SCANFLEET_AUDITOR", standin_auditor)
     monkeypatch.setenv("SCANFLEET_RESULTS_GROUP_READ", group)
@@ -382,9 +443,19 @@ def test_every_result_file_and_directory_is_private(
     out = tmp_path / "results"
     old = os.umask(0o022)  # a permissive umask must not make results readable
     try:
-        r = CliRunner().invoke(main_group, ["scan", "apps/web", "--profile", "p",
-                                            "--kubeconfig", str(admin_kubeconfig),
-                                            "--output", str(out)])
+        r = CliRunner().invoke(
+            main_group,
+            [
+                "scan",
+                "apps/web",
+                "--profile",
+                "p",
+                "--kubeconfig",
+                str(admin_kubeconfig),
+                "--output",
+                str(out),
+            ],
+        )
     finally:
         os.umask(old)
     assert r.exit_code == 0, r.stderr
@@ -428,20 +499,26 @@ def _policy_with(tmp_path: Path, allow: Path) -> sandbox.Policy:
     kubeconfig.write_text("clusters: [{cluster: {server: 'https://127.0.0.1:6443'}}]\n")
     config = sandbox.SandboxSettings(allow_read=(allow,), protect=(secrets,))
     scan = sandbox.Scan("/bin/sh", "p", kubeconfig, work, results)
-    return sandbox.build_policy(config, scan, {"PATH": "/usr/bin:/bin"},
-                                {"HOME": str(tmp_path / "home")})
+    return sandbox.build_policy(
+        config, scan, {"PATH": "/usr/bin:/bin"}, {"HOME": str(tmp_path / "home")}
+    )
 
 
-@pytest.mark.parametrize(("allow", "refused"), [
-    ("secrets", "would expose"),          # the protected directory itself
-    ("secrets/sub", "would expose"),      # inside it
-    (".", "would expose"),                # containing it
-    ("results", "would contain"),         # the results directory
-    ("secrets-other", None),              # a sibling sharing the name's prefix
-    ("results/../secrets-other", None),
-])
+@pytest.mark.parametrize(
+    ("allow", "refused"),
+    [
+        ("secrets", "would expose"),  # the protected directory itself
+        ("secrets/sub", "would expose"),  # inside it
+        (".", "would expose"),  # containing it
+        ("results", "would contain"),  # the results directory
+        ("secrets-other", None),  # a sibling sharing the name's prefix
+        ("results/../secrets-other", None),
+    ],
+)
 def test_a_rule_may_not_expose_a_protected_path_or_contain_results(
-    tmp_path: Path, allow: str, refused: str | None,
+    tmp_path: Path,
+    allow: str,
+    refused: str | None,
 ) -> None:
     target = tmp_path / allow
     if refused is None:

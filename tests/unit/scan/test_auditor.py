@@ -94,9 +94,7 @@ def kubeconfig(cluster: FakeCluster, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def run(
-    standin_auditor: str, workdir: Path, kubeconfig: Path
-) -> Callable[..., AuditResult]:
+def run(standin_auditor: str, workdir: Path, kubeconfig: Path) -> Callable[..., AuditResult]:
     """run_auditor against the stand-in with test defaults; keyword arguments override."""
 
     def go(**kw: Any) -> AuditResult:
@@ -239,9 +237,16 @@ def test_kubeconfig_is_the_temp_path_only(
 def test_explicit_env_is_filtered_the_same_way(kubeconfig: Path) -> None:
     env = auditor_environment(
         kubeconfig,
-        {"PATH": "/usr/bin", "HOME": "/home/w", "KUBECONFIG": "/admin", "kubeconfig": "/x",
-         "INSPEC_KUBECONFIG": "/admin", "AZURE_CLIENT_SECRET": "s",
-         "HTTPS_PROXY": "http://proxy:3128", "INSPEC_LOG": "x"},
+        {
+            "PATH": "/usr/bin",
+            "HOME": "/home/w",
+            "KUBECONFIG": "/admin",
+            "kubeconfig": "/x",
+            "INSPEC_KUBECONFIG": "/admin",
+            "AZURE_CLIENT_SECRET": "s",
+            "HTTPS_PROXY": "http://proxy:3128",
+            "INSPEC_LOG": "x",
+        },
     )
     assert env == {
         "PATH": "/usr/bin",
@@ -313,9 +318,7 @@ def test_default_report_is_the_minimal_sample(
     run: Callable[..., AuditResult], samples_dir: Path, workdir: Path
 ) -> None:
     assert run().exit_code == 100
-    assert (workdir / "report.json").read_bytes() == (
-        samples_dir / "minimal_hdf.json"
-    ).read_bytes()
+    assert (workdir / "report.json").read_bytes() == (samples_dir / "minimal_hdf.json").read_bytes()
 
 
 def test_plan_exit_code_and_bad_reports_pass_through(
@@ -334,8 +337,9 @@ def test_plan_exit_code_and_bad_reports_pass_through(
 def test_most_specific_plan_key_wins(
     run: Callable[..., AuditResult], auditor_plan: PlanWriter
 ) -> None:
-    auditor_plan({"*": {"exit": 0}, "team-a/web-7d4b9": {"exit": 101},
-                  "team-a/web-7d4b9/app": {"exit": 100}})
+    auditor_plan(
+        {"*": {"exit": 0}, "team-a/web-7d4b9": {"exit": 101}, "team-a/web-7d4b9/app": {"exit": 100}}
+    )
     assert run().exit_code == 100
     assert run(target=TARGET.with_container("sidecar")).exit_code == 101
     assert run(target=Target("kind-a", "team-b", "db-0", "pg")).exit_code == 0
@@ -344,11 +348,15 @@ def test_most_specific_plan_key_wins(
 def test_other_exit_is_auditor_failed_with_redacted_stderr(
     run: Callable[..., AuditResult], auditor_plan: PlanWriter
 ) -> None:
-    auditor_plan({"*": {
-        "exit": 3,
-        "stderr": f"Authorization: Bearer {FAKE_JWT}\ntoken {FAKE_JWT}\n"
-                  "Train::Transports::K8sContainer: pod not reachable\n",
-    }})
+    auditor_plan(
+        {
+            "*": {
+                "exit": 3,
+                "stderr": f"Authorization: Bearer {FAKE_JWT}\ntoken {FAKE_JWT}\n"
+                "Train::Transports::K8sContainer: pod not reachable\n",
+            }
+        }
+    )
     with pytest.raises(AuditorFailed) as info:
         run()
     message = str(info.value)
@@ -360,9 +368,7 @@ def test_other_exit_is_auditor_failed_with_redacted_stderr(
     assert info.value.kind == "auditor_exit"
 
 
-def test_usage_error_is_auditor_failed(
-    run: Callable[..., AuditResult], tmp_path: Path
-) -> None:
+def test_usage_error_is_auditor_failed(run: Callable[..., AuditResult], tmp_path: Path) -> None:
     with pytest.raises(AuditorFailed, match=r"code 1: .*Cannot find input file"):
         run(input_files=[tmp_path / "missing-inputs.yml"])
 
@@ -370,10 +376,15 @@ def test_usage_error_is_auditor_failed(
 def test_huge_stderr_keeps_only_the_tail_in_bounded_memory(
     run: Callable[..., AuditResult], auditor_plan: PlanWriter
 ) -> None:
-    auditor_plan({"*": {
-        "exit": 2, "stderr_bytes": 5 * 1024 * 1024,
-        "stderr_tail": f"leaked {FAKE_JWT}\nfatal: THE-END",
-    }})
+    auditor_plan(
+        {
+            "*": {
+                "exit": 2,
+                "stderr_bytes": 5 * 1024 * 1024,
+                "stderr_tail": f"leaked {FAKE_JWT}\nfatal: THE-END",
+            }
+        }
+    )
     tracemalloc.start()
     try:
         with pytest.raises(AuditorFailed) as info:
@@ -384,7 +395,7 @@ def test_huge_stderr_keeps_only_the_tail_in_bounded_memory(
     prefix = "auditor exited with code 2: "
     message = str(info.value)
     assert message.startswith(prefix)
-    tail = message[len(prefix):]
+    tail = message[len(prefix) :]
     assert len(tail.encode()) <= STDERR_TAIL_BYTES
     assert tail.endswith("fatal: THE-END")
     assert FAKE_JWT not in message
@@ -439,8 +450,10 @@ def test_timeout_terminates_the_whole_process_group(
     pids = read_pids(pid_file)
     assert pids["child_pid"]
     assert pids["child_pid"] != pids["pid"]
-    wait_until(lambda: not alive(pids["pid"]) and not alive(pids["child_pid"]),
-               what="the auditor and its child to die")
+    wait_until(
+        lambda: not alive(pids["pid"]) and not alive(pids["child_pid"]),
+        what="the auditor and its child to die",
+    )
     [record] = auditor_log()
     assert record["signal"] == "SIGTERM"
     assert record["exit"] == 143
@@ -450,13 +463,16 @@ def test_timeout_escalates_to_kill_when_term_is_ignored(
     run: Callable[..., AuditResult], auditor_plan: PlanWriter, standin_io: Path
 ) -> None:
     pid_file = standin_io / "pids.json"
-    auditor_plan({"*": {"sleep": 120, "spawn_child": True, "ignore_term": True,
-                        "pid_file": str(pid_file)}})
+    auditor_plan(
+        {"*": {"sleep": 120, "spawn_child": True, "ignore_term": True, "pid_file": str(pid_file)}}
+    )
     with pytest.raises(ScanTimeout):
         run(timeout=1.0, kill_grace=0.5)
     pids = read_pids(pid_file)
-    wait_until(lambda: not alive(pids["pid"]) and not alive(pids["child_pid"]),
-               what="SIGKILL to reach the auditor and its child")
+    wait_until(
+        lambda: not alive(pids["pid"]) and not alive(pids["child_pid"]),
+        what="SIGKILL to reach the auditor and its child",
+    )
 
 
 def test_stragglers_are_removed_after_a_normal_exit(
@@ -491,16 +507,19 @@ def test_keyboard_interrupt_kills_the_group_and_is_reraised(
         run(timeout=60)
     watcher.join(5)
     pids = read_pids(pid_file)
-    wait_until(lambda: not alive(pids["pid"]) and not alive(pids["child_pid"]),
-               what="the interrupted auditor group to die")
+    wait_until(
+        lambda: not alive(pids["pid"]) and not alive(pids["child_pid"]),
+        what="the interrupted auditor group to die",
+    )
 
 
 def test_exception_from_a_signal_handler_kills_the_group_and_is_reraised(
     run: Callable[..., AuditResult], auditor_plan: PlanWriter, standin_io: Path
 ) -> None:
     pid_file = standin_io / "pids.json"
-    auditor_plan({"*": {"sleep": 120, "spawn_child": True, "ignore_term": True,
-                        "pid_file": str(pid_file)}})
+    auditor_plan(
+        {"*": {"sleep": 120, "spawn_child": True, "ignore_term": True, "pid_file": str(pid_file)}}
+    )
 
     def on_usr1(signum: int, _frame: object) -> None:
         raise ScanInterrupted("worker received SIGUSR1")
@@ -514,8 +533,10 @@ def test_exception_from_a_signal_handler_kills_the_group_and_is_reraised(
     finally:
         signal.signal(signal.SIGUSR1, previous)
     pids = read_pids(pid_file)
-    wait_until(lambda: not alive(pids["pid"]) and not alive(pids["child_pid"]),
-               what="the interrupted auditor group to die")
+    wait_until(
+        lambda: not alive(pids["pid"]) and not alive(pids["child_pid"]),
+        what="the interrupted auditor group to die",
+    )
 
 
 # --- the stand-in's own contract ------------------------------------------------------------
@@ -524,8 +545,9 @@ def test_exception_from_a_signal_handler_kills_the_group_and_is_reraised(
 def test_standin_prints_a_version(standin_auditor: str) -> None:
     import subprocess
 
-    out = subprocess.run([standin_auditor, "version"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [standin_auditor, "version"], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip()[0].isdigit()
 
 

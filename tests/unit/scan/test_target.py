@@ -60,8 +60,16 @@ def scan(
     monkeypatch.delenv("KUBECONFIG", raising=False)
 
     def run(*args: str, profile: str = "profile-dir") -> Outcome:
-        argv = ["scan", *args, "--profile", profile, "--kubeconfig", str(admin_kubeconfig),
-                "--output", str(results)]
+        argv = [
+            "scan",
+            *args,
+            "--profile",
+            profile,
+            "--kubeconfig",
+            str(admin_kubeconfig),
+            "--output",
+            str(results),
+        ]
         r = CliRunner().invoke(main_group, argv, catch_exceptions=False)
         return collect(results, r.exit_code, r.stdout, r.stderr)
 
@@ -99,11 +107,22 @@ def test_scan_one_container_writes_report_summary_and_run(
     [s] = out.summaries
     assert s["status"] == "completed"
     assert s["error"] is None
-    assert s["target"] == {"context": "fake", "namespace": "apps", "pod": "web",
-                           "container": "app", "image": "registry.example/web:1.4",
-                           "image_id": s["target"]["image_id"]}
-    assert s["counts"]["failed"] == {"total": 1, "critical": 0, "high": 1, "medium": 0,
-                                     "low": 0, "none": 0}
+    assert s["target"] == {
+        "context": "fake",
+        "namespace": "apps",
+        "pod": "web",
+        "container": "app",
+        "image": "registry.example/web:1.4",
+        "image_id": s["target"]["image_id"],
+    }
+    assert s["counts"]["failed"] == {
+        "total": 1,
+        "critical": 0,
+        "high": 1,
+        "medium": 0,
+        "low": 0,
+        "none": 0,
+    }
     assert s["compliance"] == 0
     assert s["threshold"] == {"passed": None, "failures": []}
     assert s["cleanup"] == "complete"
@@ -153,8 +172,12 @@ def test_pod_without_container_scans_every_regular_container(
 
 @pytest.mark.parametrize(
     ("target", "needle"),
-    [("apps/ghost/app", "ghost"), ("apps/web/nope", "'nope'"), ("nowhere/web/app", "web"),
-     ("apps/pending/app", "Pending")],
+    [
+        ("apps/ghost/app", "ghost"),
+        ("apps/web/nope", "'nope'"),
+        ("nowhere/web/app", "web"),
+        ("apps/pending/app", "Pending"),
+    ],
 )
 def test_missing_target_is_a_scan_error(
     scan: Callable[..., Outcome], fake_cluster: FakeCluster, target: str, needle: str
@@ -166,23 +189,26 @@ def test_missing_target_is_a_scan_error(
     assert s["error"]["kind"] == "target_not_found"
     assert needle in s["error"]["message"]
     # The scan's own token found out; the admin identity never read the pod.
-    assert not [r for r in fake_cluster.request_log
-                if r.resource == "pods" and r.identity == "fake-admin"]
+    assert not [
+        r for r in fake_cluster.request_log if r.resource == "pods" and r.identity == "fake-admin"
+    ]
 
 
 @pytest.mark.parametrize(
     ("plan", "kind", "needle"),
     [
-        ({"exit": 2, "stderr": "Could not load profile"}, "auditor_exit",
-         "Could not load profile"),
+        ({"exit": 2, "stderr": "Could not load profile"}, "auditor_exit", "Could not load profile"),
         ({"garbage": True}, "invalid_report", ""),
         ({"no_report": True, "exit": 0}, "invalid_report", "no report"),
         ({"sleep": 30}, "timeout", "2"),
     ],
 )
 def test_auditor_failures(
-    scan: Callable[..., Outcome], auditor_plan: Callable[..., Path],
-    plan: dict[str, Any], kind: str, needle: str,
+    scan: Callable[..., Outcome],
+    auditor_plan: Callable[..., Path],
+    plan: dict[str, Any],
+    kind: str,
+    needle: str,
 ) -> None:
     auditor_plan({"*": plan})
     out = scan("apps/web/app", "--timeout", "2")
@@ -197,12 +223,22 @@ def test_auditor_failures(
 
 
 def test_a_pod_replaced_during_a_failing_audit_is_target_changed(
-    scan: Callable[..., Outcome], fake_cluster: FakeCluster, auditor_plan: Callable[..., Path],
+    scan: Callable[..., Outcome],
+    fake_cluster: FakeCluster,
+    auditor_plan: Callable[..., Path],
     standin_io: Path,
 ) -> None:
     pid_file, go = standin_io / "auditor.pid", standin_io / "go"
-    auditor_plan({"*": {"pid_file": str(pid_file), "wait_for": str(go), "exit": 1,
-                        "stderr": "error: pod went away"}})
+    auditor_plan(
+        {
+            "*": {
+                "pid_file": str(pid_file),
+                "wait_for": str(go),
+                "exit": 1,
+                "stderr": "error: pod went away",
+            }
+        }
+    )
     old_uid = fake_cluster.objects("pods", "apps")
     old_uid = next(p["metadata"]["uid"] for p in old_uid if p["metadata"]["name"] == "web")
     new_uid: list[str] = []
@@ -231,8 +267,13 @@ def test_a_pod_replaced_during_a_failing_audit_is_target_changed(
 
 @pytest.mark.parametrize("how", ["expired", "revoked"])
 def test_a_dead_scan_token_fails_the_scan(
-    scan: Callable[..., Outcome], fake_cluster: FakeCluster, auditor_plan: Callable[..., Path],
-    auditor_log: Any, admin_kubeconfig: Path, standin_io: Path, how: str,
+    scan: Callable[..., Outcome],
+    fake_cluster: FakeCluster,
+    auditor_plan: Callable[..., Path],
+    auditor_log: Any,
+    admin_kubeconfig: Path,
+    standin_io: Path,
+    how: str,
 ) -> None:
     # Once the auditor has started (the stand-in holds until `go` exists), its token dies:
     # the stand-in authenticates and execs with the kubeconfig it was given, so it must be
@@ -249,8 +290,11 @@ def test_a_dead_scan_token_fails_the_scan(
         if how == "expired":
             fake_cluster.expire_token(token)
         else:
-            [sa] = [o["metadata"]["name"] for o in fake_cluster.objects("serviceaccounts", "apps")
-                    if o["metadata"]["name"].startswith("scanfleet-")]
+            [sa] = [
+                o["metadata"]["name"]
+                for o in fake_cluster.objects("serviceaccounts", "apps")
+                if o["metadata"]["name"].startswith("scanfleet-")
+            ]
             with config.new_client_from_config(str(admin_kubeconfig), context="fake") as api:
                 client.CoreV1Api(api).delete_namespaced_service_account(sa, "apps")
         go.touch()
@@ -270,8 +314,12 @@ def test_a_dead_scan_token_fails_the_scan(
     assert out.run_dir is not None
     assert not list(out.run_dir.glob("*.report.json"))
     [token] = fake_cluster.issued_tokens
-    texts = [out.stdout, out.stderr, auditor_log.path.read_text(),
-             *(p.read_text() for p in out.run_dir.iterdir())]
+    texts = [
+        out.stdout,
+        out.stderr,
+        auditor_log.path.read_text(),
+        *(p.read_text() for p in out.run_dir.iterdir()),
+    ]
     assert not any(token in text for text in texts)
 
 
@@ -287,18 +335,24 @@ def test_forbidden_admin_leaves_nothing_behind(
 ) -> None:
     # The admin may read pods and create ServiceAccounts but not Roles: the mint fails half
     # way, and the ServiceAccount it did create must be removed again.
-    fake_cluster.set_admin_rules([
-        {"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["get", "list"]},
-        {"apiGroups": [""], "resources": ["serviceaccounts", "serviceaccounts/token"],
-         "verbs": ["create", "delete", "get"]},
-    ])
+    fake_cluster.set_admin_rules(
+        [
+            {"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["get", "list"]},
+            {
+                "apiGroups": [""],
+                "resources": ["serviceaccounts", "serviceaccounts/token"],
+                "verbs": ["create", "delete", "get"],
+            },
+        ]
+    )
     out = scan("apps/web/app")
     assert out.exit_code == 3
     [s] = out.summaries
     assert s["error"]["kind"] == "forbidden"
     assert "Role" in s["error"]["message"]
-    assert any(r.method == "POST" and r.path.endswith("/serviceaccounts")
-               for r in fake_cluster.requests)
+    assert any(
+        r.method == "POST" and r.path.endswith("/serviceaccounts") for r in fake_cluster.requests
+    )
 
 
 def test_server_errors_during_mint_undo_the_half_mint(
@@ -316,8 +370,11 @@ def test_429_with_retry_after_is_retried(
     fake_cluster.fail("POST", r"/serviceaccounts$", 429, times=2, retry_after=1)
     out = scan("apps/web/app")
     assert out.exit_code == 0, out.stderr
-    posts = [r for r in fake_cluster.requests
-             if r.method == "POST" and r.path.endswith("/serviceaccounts")]
+    posts = [
+        r
+        for r in fake_cluster.requests
+        if r.method == "POST" and r.path.endswith("/serviceaccounts")
+    ]
     assert len(posts) == 3
 
 
@@ -325,8 +382,10 @@ def test_forbidden_is_not_retried(scan: Callable[..., Outcome], fake_cluster: Fa
     fake_cluster.fail("POST", r"/roles$", 403, times=1)
     out = scan("apps/web/app")
     assert out.summaries[0]["error"]["kind"] == "forbidden"
-    assert len([r for r in fake_cluster.requests
-                if r.method == "POST" and r.path.endswith("/roles")]) == 1
+    assert (
+        len([r for r in fake_cluster.requests if r.method == "POST" and r.path.endswith("/roles")])
+        == 1
+    )
 
 
 def test_failed_cleanup_is_recorded_incomplete(
@@ -343,7 +402,8 @@ def test_failed_cleanup_is_recorded_incomplete(
     from scanfleet.kube.client import KubeClient
 
     assert KubeClient(str(admin_kubeconfig), "fake").delete(
-        "ServiceAccount", "apps", left[0]["metadata"]["name"])
+        "ServiceAccount", "apps", left[0]["metadata"]["name"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -352,8 +412,10 @@ def test_failed_cleanup_is_recorded_incomplete(
         (["Apps/web"], "'Apps'"),
         (["apps/web", "--token-ttl", "60"], "60"),
         (["apps/web", "--token-ttl", "900", "--timeout", "1000"], "exceed"),
-        (["apps/web", "--token-ttl", "900", "--timeout", "800"], "900s must exceed the scan "
-                                                                 "timeout 800s by at least 120s"),
+        (
+            ["apps/web", "--token-ttl", "900", "--timeout", "800"],
+            "900s must exceed the scan timeout 800s by at least 120s",
+        ),
         (["apps/web", "--context", "nope"], "'nope'"),
         (["apps/web", "--input-file", "/nonexistent.yml"], "/nonexistent.yml"),
     ],
@@ -370,12 +432,18 @@ def test_bad_input_exits_2_and_creates_nothing(
 
 @pytest.mark.parametrize(
     ("content", "needle"),
-    [("", "empty"), ("failed.critical.mx: 0\n", "failed.critical.mx"),
-     ("failed.critical.min: 3\nfailed.critical.max: 1\n", "failed.critical")],
+    [
+        ("", "empty"),
+        ("failed.critical.mx: 0\n", "failed.critical.mx"),
+        ("failed.critical.min: 3\nfailed.critical.max: 1\n", "failed.critical"),
+    ],
 )
 def test_bad_threshold_file_exits_2_before_anything(
-    scan: Callable[..., Outcome], fake_cluster: FakeCluster, tmp_path: Path,
-    content: str, needle: str,
+    scan: Callable[..., Outcome],
+    fake_cluster: FakeCluster,
+    tmp_path: Path,
+    content: str,
+    needle: str,
 ) -> None:
     th = tmp_path / "bad.yml"
     th.write_text(content)
@@ -386,18 +454,36 @@ def test_bad_threshold_file_exits_2_before_anything(
 
 
 def test_sigterm_during_audit_cleans_up(
-    fake_cluster: FakeCluster, admin_kubeconfig: Path, standin_auditor: str,
-    auditor_plan: Callable[..., Path], auditor_log: Callable[[], list[dict[str, Any]]],
-    tmp_path: Path, standin_io: Path,
+    fake_cluster: FakeCluster,
+    admin_kubeconfig: Path,
+    standin_auditor: str,
+    auditor_plan: Callable[..., Path],
+    auditor_log: Callable[[], list[dict[str, Any]]],
+    tmp_path: Path,
+    standin_io: Path,
 ) -> None:
     pid_file = standin_io / "auditor.pid"
     auditor_plan({"*": {"sleep": 60, "pid_file": str(pid_file)}})
     results = tmp_path / "results"
     env = {**os.environ, "SCANFLEET_AUDITOR": standin_auditor}
     proc = subprocess.Popen(
-        [PY, "-c", "from scanfleet.cli import main; main()", "scan", "apps/web/app",
-         "--profile", "p", "--kubeconfig", str(admin_kubeconfig), "--output", str(results)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            PY,
+            "-c",
+            "from scanfleet.cli import main; main()",
+            "scan",
+            "apps/web/app",
+            "--profile",
+            "p",
+            "--kubeconfig",
+            str(admin_kubeconfig),
+            "--output",
+            str(results),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 30
@@ -441,7 +527,11 @@ def test_json_logs_carry_the_scan_context(scan: Callable[..., Outcome]) -> None:
         assert e["run_id"] == out.summaries[0]["run_id"]
         assert e["scan_id"] == out.summaries[0]["scan_id"]
         assert (e["context"], e["namespace"], e["pod"], e["container"]) == (
-            "fake", "apps", "web", "app")
+            "fake",
+            "apps",
+            "web",
+            "app",
+        )
 
 
 def test_status_of_a_local_run_reads_its_run_json(
@@ -468,23 +558,45 @@ def test_status_of_a_local_run_reads_its_run_json(
 
 
 def test_sigterm_stops_every_thread_of_a_local_run(
-    fake_cluster: FakeCluster, admin_kubeconfig: Path, standin_auditor: str,
-    auditor_plan: Callable[..., Path], tmp_path: Path, standin_io: Path,
+    fake_cluster: FakeCluster,
+    admin_kubeconfig: Path,
+    standin_auditor: str,
+    auditor_plan: Callable[..., Path],
+    tmp_path: Path,
+    standin_io: Path,
 ) -> None:
     pids = standin_io / "pids"
     pids.mkdir()
-    auditor_plan({
-        # Audits that outlast the test's timeout: waiting for them would hang the test.
-        "apps/web/app": {"sleep": 3600, "pid_file": str(pids / "app")},
-        "apps/web/sidecar": {"sleep": 3600, "pid_file": str(pids / "sidecar")},
-    })
+    auditor_plan(
+        {
+            # Audits that outlast the test's timeout: waiting for them would hang the test.
+            "apps/web/app": {"sleep": 3600, "pid_file": str(pids / "app")},
+            "apps/web/sidecar": {"sleep": 3600, "pid_file": str(pids / "sidecar")},
+        }
+    )
     results = tmp_path / "results"
     env = {**os.environ, "SCANFLEET_AUDITOR": standin_auditor}
     proc = subprocess.Popen(
-        [PY, "-c", "from scanfleet.cli import main; main()", "submit", "apps/web",
-         "--local", "--concurrency", "2", "--profile", "p", "--kubeconfig",
-         str(admin_kubeconfig), "--output", str(results)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            PY,
+            "-c",
+            "from scanfleet.cli import main; main()",
+            "submit",
+            "apps/web",
+            "--local",
+            "--concurrency",
+            "2",
+            "--profile",
+            "p",
+            "--kubeconfig",
+            str(admin_kubeconfig),
+            "--output",
+            str(results),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 30
@@ -506,28 +618,45 @@ def test_sigterm_stops_every_thread_of_a_local_run(
 
 
 def test_input_files_and_extra_auditor_arguments_reach_the_auditor(
-    scan: Callable[..., Outcome], auditor_log: Callable[[], list[dict[str, Any]]],
+    scan: Callable[..., Outcome],
+    auditor_log: Callable[[], list[dict[str, Any]]],
     tmp_path: Path,
 ) -> None:
     inputs = tmp_path / "inputs.yml"
     inputs.write_text("disable_slow_controls: true\n")
-    out = scan("apps/web/app", "--input-file", str(inputs),
-               "--auditor-arg=--controls", "--auditor-arg=SV-1")
+    out = scan(
+        "apps/web/app",
+        "--input-file",
+        str(inputs),
+        "--auditor-arg=--controls",
+        "--auditor-arg=SV-1",
+    )
     assert out.exit_code == 0, out.stderr
     [rec] = auditor_log()
     argv = rec["argv"]
     # The auditor reports into the scan's private dir; scanfleet copies it to the results.
     reporter = Path(rec["kubeconfig"]).parent / "auditor" / "report.json"
-    assert argv[1:] == ["exec", "profile-dir", "-t", "k8s-container://apps/web/app",
-                        "--reporter", f"json:{reporter}", "--input-file", str(inputs.resolve()),
-                        "--controls", "SV-1"]
+    assert argv[1:] == [
+        "exec",
+        "profile-dir",
+        "-t",
+        "k8s-container://apps/web/app",
+        "--reporter",
+        f"json:{reporter}",
+        "--input-file",
+        str(inputs.resolve()),
+        "--controls",
+        "SV-1",
+    ]
     assert out.run_dir is not None
     assert (out.run_dir / f"{out.summaries[0]['scan_id']}.report.json").is_file()
     assert rec["kubeconfig"] != os.environ.get("KUBECONFIG")
 
 
 def test_an_auditor_that_echoes_its_token_does_not_leak_it(
-    scan: Callable[..., Outcome], fake_cluster: FakeCluster, auditor_plan: Callable[..., Path],
+    scan: Callable[..., Outcome],
+    fake_cluster: FakeCluster,
+    auditor_plan: Callable[..., Path],
 ) -> None:
     auditor_plan({"*": {"leak_token": True, "exit": 1}})
     out = scan("apps/web/app")
@@ -539,7 +668,10 @@ def test_an_auditor_that_echoes_its_token_does_not_leak_it(
 
 
 def test_an_unreachable_cluster_is_a_retryable_error_that_records_nothing(
-    fake_cluster: FakeCluster, admin_kubeconfig: Path, standin_auditor: str, tmp_path: Path,
+    fake_cluster: FakeCluster,
+    admin_kubeconfig: Path,
+    standin_auditor: str,
+    tmp_path: Path,
 ) -> None:
     from scanfleet.core.errors import ClusterUnavailable
     from scanfleet.core.targets import Target

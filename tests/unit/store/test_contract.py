@@ -37,8 +37,9 @@ def state(request: pytest.FixtureRequest) -> RunState:
     if request.param == "memory":
         return MemoryRunState(3, COVERS)
     store = _redis_store()
-    entries = [{"context": "c", "namespace": "ns", "pod": f"p{i}", "container": "app"}
-               for i in range(2)]
+    entries = [
+        {"context": "c", "namespace": "ns", "pod": f"p{i}", "container": "app"} for i in range(2)
+    ]
     store.create_run(RUN, {"run_id": RUN}, entries, COVERS, 3, created_at="t", results_dir=None)
     return store
 

@@ -26,13 +26,22 @@ def store(make_redis: Callable[..., object]) -> RunStore:
     return RunStore(client, "sf", retention_days=2)
 
 
-def _create(store: RunStore, n: int = 3, covers: dict[str, list[dict[str, str]]] | None = None
-            ) -> None:
-    entries = [{"context": "c", "namespace": "ns", "pod": f"p{i}", "container": "app"}
-               for i in range(n)]
+def _create(
+    store: RunStore, n: int = 3, covers: dict[str, list[dict[str, str]]] | None = None
+) -> None:
+    entries = [
+        {"context": "c", "namespace": "ns", "pod": f"p{i}", "container": "app"} for i in range(n)
+    ]
     total = n + sum(len(v) for v in (covers or {}).values())
-    store.create_run(RUN, {"run_id": RUN, "profile": "p"}, entries, covers or {}, total,
-                     created_at="2025-01-01T00:00:00Z", results_dir=None)
+    store.create_run(
+        RUN,
+        {"run_id": RUN, "profile": "p"},
+        entries,
+        covers or {},
+        total,
+        created_at="2025-01-01T00:00:00Z",
+        results_dir=None,
+    )
 
 
 def test_every_key_has_the_retention_ttl_and_one_prefix(store: RunStore) -> None:

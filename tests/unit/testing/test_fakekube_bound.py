@@ -27,12 +27,23 @@ SA = "scanfleet-00000000000000b0"
 def kube(fake_cluster: FakeCluster, admin_kubeconfig: Path) -> Iterator[KubeClient]:
     client = KubeClient(str(admin_kubeconfig), "fake")
     client.create_object("ServiceAccount", "apps", {"metadata": {"name": SA}})
-    client.create_object("Role", "apps", {"metadata": {"name": SA}, "rules": [
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]})
-    client.create_object("RoleBinding", "apps", {
-        "metadata": {"name": SA},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": SA},
-        "subjects": [{"kind": "ServiceAccount", "name": SA, "namespace": "apps"}]})
+    client.create_object(
+        "Role",
+        "apps",
+        {
+            "metadata": {"name": SA},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}],
+        },
+    )
+    client.create_object(
+        "RoleBinding",
+        "apps",
+        {
+            "metadata": {"name": SA},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": SA},
+            "subjects": [{"kind": "ServiceAccount", "name": SA, "namespace": "apps"}],
+        },
+    )
     yield client
     for kind in ("RoleBinding", "Role", "ServiceAccount"):
         client.delete(kind, "apps", SA)
@@ -40,9 +51,14 @@ def kube(fake_cluster: FakeCluster, admin_kubeconfig: Path) -> Iterator[KubeClie
 
 
 def bound_token(kube: KubeClient, pod: str) -> Any:
-    body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-            "spec": {"expirationSeconds": 900,
-                     "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod}}}
+    body = {
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenRequest",
+        "spec": {
+            "expirationSeconds": 900,
+            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod},
+        },
+    }
     return kube.core.create_namespaced_service_account_token(SA, "apps", body)
 
 

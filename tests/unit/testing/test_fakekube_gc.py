@@ -27,26 +27,37 @@ RBAC = "rbac.authorization.k8s.io"
 
 
 def owner_ref(sa: Any) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "ServiceAccount", "name": sa.metadata.name,
-            "uid": sa.metadata.uid}
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "name": sa.metadata.name,
+        "uid": sa.metadata.uid,
+    }
 
 
 def role_body(name: str, owners: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name}
     if owners is not None:
         meta["ownerReferences"] = owners
-    return {"metadata": meta, "rules": [{"apiGroups": [""], "resources": ["pods"],
-                                         "verbs": ["get"], "resourceNames": ["web"]}]}
+    return {
+        "metadata": meta,
+        "rules": [
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"], "resourceNames": ["web"]}
+        ],
+    }
 
 
 def binding_body(name: str, owners: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"metadata": {"name": name, "ownerReferences": owners},
-            "roleRef": {"apiGroup": RBAC, "kind": "Role", "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": name}]}
+    return {
+        "metadata": {"name": name, "ownerReferences": owners},
+        "roleRef": {"apiGroup": RBAC, "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name}],
+    }
 
 
-def owned_identity(core: client.CoreV1Api, rbac: client.RbacAuthorizationV1Api, ns: str,
-                   name: str) -> Any:
+def owned_identity(
+    core: client.CoreV1Api, rbac: client.RbacAuthorizationV1Api, ns: str, name: str
+) -> Any:
     """A ServiceAccount owning a same-named Role and RoleBinding (the lean scan identity)."""
     sa = core.create_namespaced_service_account(ns, sa_body(name))
     rbac.create_namespaced_role(ns, role_body(name, [owner_ref(sa)]))
@@ -66,8 +77,9 @@ def apis(admin_kubeconfig: Path) -> Any:
 
 # --- garbage collection ----------------------------------------------------------------------
 @pytest.mark.parametrize("policy", [None, "Background", "Foreground"])
-def test_deleting_the_owner_collects_its_dependents(fake_cluster: FakeCluster, apis: Any,
-                                                    policy: str | None) -> None:
+def test_deleting_the_owner_collects_its_dependents(
+    fake_cluster: FakeCluster, apis: Any, policy: str | None
+) -> None:
     core, rbac = apis
     sa = owned_identity(core, rbac, "apps", "scan-a")
     owned_identity(core, rbac, "apps", "scan-b")
@@ -77,15 +89,19 @@ def test_deleting_the_owner_collects_its_dependents(fake_cluster: FakeCluster, a
     assert names(fake_cluster, "roles") == {"scan-b", "unowned"}
     assert names(fake_cluster, "rolebindings") == {"scan-b"}
     assert sorted(c[:3] for c in fake_cluster.collected) == [
-        ("rolebindings", "apps", "scan-a"), ("roles", "apps", "scan-a")]
+        ("rolebindings", "apps", "scan-a"),
+        ("roles", "apps", "scan-a"),
+    ]
     assert {c[3] for c in fake_cluster.collected}.isdisjoint({sa.metadata.uid})
     # the collector is not the worker: its deletes are not in the request log
     assert [r.short for r in fake_cluster.request_log if r.method == "DELETE"] == [
-        "delete serviceaccounts apps/scan-a"]
+        "delete serviceaccounts apps/scan-a"
+    ]
 
 
-def test_orphan_keeps_dependents_and_drops_the_reference(fake_cluster: FakeCluster,
-                                                         apis: Any) -> None:
+def test_orphan_keeps_dependents_and_drops_the_reference(
+    fake_cluster: FakeCluster, apis: Any
+) -> None:
     core, rbac = apis
     owned_identity(core, rbac, "apps", "scan-a")
     core.delete_namespaced_service_account("scan-a", "apps", propagation_policy="Orphan")
@@ -94,8 +110,7 @@ def test_orphan_keeps_dependents_and_drops_the_reference(fake_cluster: FakeClust
     assert fake_cluster.collected == []
 
 
-def test_objects_naming_a_missing_owner_are_collected(fake_cluster: FakeCluster,
-                                                      apis: Any) -> None:
+def test_objects_naming_a_missing_owner_are_collected(fake_cluster: FakeCluster, apis: Any) -> None:
     core, rbac = apis
     sa = core.create_namespaced_service_account("apps", sa_body("live"))
     ghost = {"apiVersion": "v1", "kind": "ServiceAccount", "name": "gone", "uid": "0000-gone"}
@@ -111,8 +126,9 @@ def test_objects_naming_a_missing_owner_are_collected(fake_cluster: FakeCluster,
     assert [r.uid for r in half.metadata.owner_references] == [sa.metadata.uid]
 
 
-def test_a_paused_collector_leaves_dependents_until_it_runs(fake_cluster: FakeCluster,
-                                                            apis: Any) -> None:
+def test_a_paused_collector_leaves_dependents_until_it_runs(
+    fake_cluster: FakeCluster, apis: Any
+) -> None:
     core, rbac = apis
     owned_identity(core, rbac, "apps", "scan-a")
     fake_cluster.pause_gc()
@@ -123,8 +139,9 @@ def test_a_paused_collector_leaves_dependents_until_it_runs(fake_cluster: FakeCl
     assert names(fake_cluster, "roles") == names(fake_cluster, "rolebindings") == set()
 
 
-def test_kubectl_delete_collects_dependents(fake_cluster: FakeCluster, apis: Any,
-                                            admin_kubeconfig: Path) -> None:
+def test_kubectl_delete_collects_dependents(
+    fake_cluster: FakeCluster, apis: Any, admin_kubeconfig: Path
+) -> None:
     core, rbac = apis
     owned_identity(core, rbac, "apps", "scan-a")
     kubectl(admin_kubeconfig, "-n", "apps", "delete", "serviceaccount", "scan-a", check=True)
@@ -132,8 +149,9 @@ def test_kubectl_delete_collects_dependents(fake_cluster: FakeCluster, apis: Any
     assert delete.body["propagationPolicy"] == "Background"  # kubectl's default cascade
     assert names(fake_cluster, "roles") == names(fake_cluster, "rolebindings") == set()
     owned_identity(core, rbac, "apps", "scan-b")
-    kubectl(admin_kubeconfig, "-n", "apps", "delete", "sa", "scan-b", "--cascade=orphan",
-            check=True)
+    kubectl(
+        admin_kubeconfig, "-n", "apps", "delete", "sa", "scan-b", "--cascade=orphan", check=True
+    )
     assert names(fake_cluster, "roles") == {"scan-b"}
 
 
@@ -148,11 +166,11 @@ def test_delete_uid_precondition(fake_cluster: FakeCluster, apis: Any) -> None:
     assert (err.value.status, body["reason"]) == (409, "Conflict")
     assert body["message"] == (
         'Operation cannot be fulfilled on serviceaccounts "scan-a": Precondition failed: UID in '
-        f"precondition: someone-else, UID in object meta: {sa.metadata.uid}")
+        f"precondition: someone-else, UID in object meta: {sa.metadata.uid}"
+    )
     with pytest.raises(ApiException) as err:
         rbac.delete_namespaced_role("scan-a", "apps", body=wrong)
-    assert status_body(err.value)["details"] == {"name": "scan-a", "kind": "roles",
-                                                 "group": RBAC}
+    assert status_body(err.value)["details"] == {"name": "scan-a", "kind": "roles", "group": RBAC}
     assert names(fake_cluster, "serviceaccounts") == names(fake_cluster, "roles") == {"scan-a"}
     right = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=sa.metadata.uid))
     core.delete_namespaced_service_account("scan-a", "apps", body=right)
@@ -162,8 +180,9 @@ def test_delete_uid_precondition(fake_cluster: FakeCluster, apis: Any) -> None:
     assert logged.old_object["metadata"]["uid"] == sa.metadata.uid
 
 
-def test_delete_resource_version_precondition_and_bad_policy(fake_cluster: FakeCluster,
-                                                             apis: Any) -> None:
+def test_delete_resource_version_precondition_and_bad_policy(
+    fake_cluster: FakeCluster, apis: Any
+) -> None:
     core, _ = apis
     core.create_namespaced_service_account("apps", sa_body("s"))
     stale = client.V1DeleteOptions(preconditions=client.V1Preconditions(resource_version="1"))
@@ -179,16 +198,19 @@ def test_delete_resource_version_precondition_and_bad_policy(fake_cluster: FakeC
 
 
 # --- TokenRequest expiry ---------------------------------------------------------------------
-@pytest.mark.parametrize(("lifetime", "granted"), [(None, 3600), (lambda s: 900, 900),
-                                                   (lambda s: 2 * s, 7200)])
+@pytest.mark.parametrize(
+    ("lifetime", "granted"), [(None, 3600), (lambda s: 900, 900), (lambda s: 2 * s, 7200)]
+)
 def test_token_expiration_timestamp_tells_the_granted_lifetime(
-        fake_cluster: FakeCluster, apis: Any, lifetime: Any, granted: int) -> None:
+    fake_cluster: FakeCluster, apis: Any, lifetime: Any, granted: int
+) -> None:
     core, _ = apis
     fake_cluster.set_token_lifetime(lifetime)
     core.create_namespaced_service_account("apps", sa_body("tok"))
     before = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    tr = core.create_namespaced_service_account_token("tok", "apps",
-                                                      {"spec": {"expirationSeconds": 3600}})
+    tr = core.create_namespaced_service_account_token(
+        "tok", "apps", {"spec": {"expirationSeconds": 3600}}
+    )
     after = dt.datetime.now(dt.UTC)
     expires = tr.status.expiration_timestamp
     assert before + dt.timedelta(seconds=granted) <= expires
@@ -198,18 +220,22 @@ def test_token_expiration_timestamp_tells_the_granted_lifetime(
 
 # --- the request log -------------------------------------------------------------------------
 def test_request_log_has_verb_resource_user_status_and_bodies(
-        fake_cluster: FakeCluster, apis: Any) -> None:
+    fake_cluster: FakeCluster, apis: Any
+) -> None:
     core, rbac = apis
     fake_cluster.clear_request_log()
     core.create_namespaced_service_account("apps", sa_body("s"))
     token = core.create_namespaced_service_account_token(
-        "s", "apps", {"spec": {"expirationSeconds": 600}}).status.token
+        "s", "apps", {"spec": {"expirationSeconds": 600}}
+    ).status.token
     with pytest.raises(ApiException):
         rbac.read_namespaced_role("nope", "apps")
     core.delete_namespaced_service_account("s", "apps")
     log = fake_cluster.request_log
-    assert [(r.method, r.verb, r.group, r.resource, r.subresource, r.namespace, r.name, r.code)
-            for r in log] == [
+    assert [
+        (r.method, r.verb, r.group, r.resource, r.subresource, r.namespace, r.name, r.code)
+        for r in log
+    ] == [
         ("POST", "create", "", "serviceaccounts", "", "apps", "", 201),
         ("POST", "create", "", "serviceaccounts", "token", "apps", "s", 201),
         ("GET", "get", RBAC, "roles", "", "apps", "nope", 404),
@@ -224,9 +250,9 @@ def test_request_log_has_verb_resource_user_status_and_bodies(
 
 
 @pytest.mark.leaves_leftovers("mints its identity by hand, as the fake's own tests do")
-def test_request_log_of_a_kubectl_exec_with_a_scan_token(fake_cluster: FakeCluster,
-                                                         admin_kubeconfig: Path,
-                                                         tmp_path: Path) -> None:
+def test_request_log_of_a_kubectl_exec_with_a_scan_token(
+    fake_cluster: FakeCluster, admin_kubeconfig: Path, tmp_path: Path
+) -> None:
     with api_client(admin_kubeconfig) as api:
         token = mint_scoped_token(api, "apps", "web")
     scoped = fake_cluster.write_kubeconfig(tmp_path / "scoped", token=token, namespace="apps")
@@ -237,17 +263,30 @@ def test_request_log_of_a_kubectl_exec_with_a_scan_token(fake_cluster: FakeClust
     assert execs[-1].code == 101
     assert {(r.verb, r.name, r.identity) for r in execs} <= {
         ("get", "web", "system:serviceaccount:apps:scan-1"),
-        ("create", "web", "system:serviceaccount:apps:scan-1")}
+        ("create", "web", "system:serviceaccount:apps:scan-1"),
+    }
     assert all(t not in repr(fake_cluster.request_log) for t in fake_cluster.issued_tokens)
 
 
-def test_kubectl_create_token_sees_the_granted_expiry(fake_cluster: FakeCluster, apis: Any,
-                                                      admin_kubeconfig: Path) -> None:
+def test_kubectl_create_token_sees_the_granted_expiry(
+    fake_cluster: FakeCluster, apis: Any, admin_kubeconfig: Path
+) -> None:
     core, _ = apis
     core.create_namespaced_service_account("apps", sa_body("tok"))
     fake_cluster.set_token_lifetime(lambda requested: requested // 2)
-    proc = kubectl(admin_kubeconfig, "-n", "apps", "create", "token", "tok", "--duration",
-                   "2h", "-o", "json", check=True)
+    proc = kubectl(
+        admin_kubeconfig,
+        "-n",
+        "apps",
+        "create",
+        "token",
+        "tok",
+        "--duration",
+        "2h",
+        "-o",
+        "json",
+        check=True,
+    )
     tr = json.loads(proc.stdout)
     created = dt.datetime.fromisoformat(tr["metadata"]["creationTimestamp"])
     expires = dt.datetime.fromisoformat(tr["status"]["expirationTimestamp"])

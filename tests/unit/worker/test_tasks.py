@@ -47,8 +47,9 @@ def deliver(monkeypatch: pytest.MonkeyPatch) -> Any:
         return Retried(**kwargs)
 
     monkeypatch.setattr(tasks.scan_target, "retry", retry)
-    monkeypatch.setattr(tasks, "record_failure",
-                        lambda pipe, plan, t, e: recorded.append(e) or {"status": "error"})
+    monkeypatch.setattr(
+        tasks, "record_failure", lambda pipe, plan, t, e: recorded.append(e) or {"status": "error"}
+    )
 
     def complete(pipe: object, plan: object, scanned: Scanned) -> Any:
         completed.append(scanned.error)
@@ -65,7 +66,8 @@ def deliver(monkeypatch: pytest.MonkeyPatch) -> Any:
         monkeypatch.setattr(tasks, "run_target", run_target)
         try:
             return tasks.scan_target.run(  # type: ignore[no-any-return]
-                "20250101T000000Z-abcdef", TARGET, attempts)
+                "20250101T000000Z-abcdef", TARGET, attempts
+            )
         except Retried as r:
             return r
 
