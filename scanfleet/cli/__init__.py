@@ -15,6 +15,7 @@ from scanfleet.cli.common import main_group
 
 
 def main() -> None:
+    import scanfleet.cli.demo  # noqa: F401  (register `scanfleet demo`)
     from scanfleet.cli import fleet, ops, report, sandbox, scan, sweeps  # noqa: F401  (register)
     from scanfleet.sandbox.policy import harden_process
 

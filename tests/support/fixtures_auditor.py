@@ -15,44 +15,30 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
-import shutil
 import socket
-import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from scanfleet.testing.auditor import read_paths, write_launcher
 from tests.support.paths import SAMPLES, STANDIN
 from tests.support.tools import path_with_venv_bin
 
 
 @pytest.fixture(scope="session")
 def standin_launcher(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An executable that runs the stand-in with this interpreter (sys.executable).
-
-    The stand-in's `#!/usr/bin/env python3` would pick whatever `python3` is first on the
-    (filtered) PATH the auditor gets: a version-manager shim there needs variables the
-    runner drops, or runs another Python. `exec` keeps the pid, so process-group checks hold.
-    """
+    """An executable that runs the stand-in with this interpreter (sys.executable); see
+    `scanfleet.testing.auditor.write_launcher`."""
     assert os.access(STANDIN, os.X_OK), f"{STANDIN} must be executable"
-    launcher = tmp_path_factory.mktemp("standin") / "cinc-auditor"
-    launcher.write_text(
-        f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(STANDIN))} "$@"\n'
-    )
-    launcher.chmod(0o755)
-    return launcher
+    return write_launcher(tmp_path_factory.mktemp("standin"))
 
 
 def standin_read_paths() -> list[str]:
-    """What the stand-in needs to read and execute beyond the sandbox's defaults."""
-    paths = [str(STANDIN.parent), sys.prefix, sys.base_prefix, str(SAMPLES)]
-    kubectl = shutil.which("kubectl")
-    if kubectl:
-        paths.append(os.path.dirname(os.path.realpath(kubectl)))
-    return paths
+    """What the stand-in needs to read and execute beyond the sandbox's defaults: what
+    `scanfleet.testing` lists, and the tests' own samples (tests/data/inspec-samples)."""
+    return [*read_paths(), str(SAMPLES)]
 
 
 @pytest.fixture

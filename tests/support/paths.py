@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from scanfleet.testing import auditor as _testing
+
 SUPPORT = Path(__file__).resolve().parent
 TESTS = SUPPORT.parent
 ROOT = TESTS.parent
 DATA = TESTS / "data"
 SAMPLES = DATA / "inspec-samples"
-STANDIN = ROOT / "scanfleet" / "testing" / "standin" / "cinc-auditor"
-HOSTILE = STANDIN.with_name("hostile-auditor")
+STANDIN = _testing.STANDIN
+HOSTILE = _testing.HOSTILE

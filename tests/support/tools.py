@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from scanfleet.testing.auditor import path_with
+
 VENV_BIN = Path(sys.executable).parent
 
 HOW_TO_GET = {
@@ -57,8 +59,7 @@ def require_tool(*names: str) -> str:
 
 def path_with_venv_bin(path: str | None) -> str:
     """PATH with the venv's bin first, so child processes (the stand-in) find kubectl too."""
-    parts = [p for p in (path or os.defpath).split(os.pathsep) if p]
-    return os.pathsep.join([str(VENV_BIN), *[p for p in parts if p != str(VENV_BIN)]])
+    return path_with(VENV_BIN, path)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:

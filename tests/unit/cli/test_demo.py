@@ -1,0 +1,106 @@
+"""`scanfleet demo`, run as a user runs it: the venv's console script, in an empty directory,
+with HOME pointing at an empty directory and no KUBECONFIG, so nothing of the user's (or a
+real cluster) can be reached. Its wall time is printed by bench/bench_demo.py, not asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scanfleet.testing.demo import FLEET
+
+CONSOLE_SCRIPT = Path(sys.executable).parent / "scanfleet"
+RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
+
+
+def user_env(home: Path) -> dict[str, str]:
+    """The environment of a user who never configured scanfleet or kubectl."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SCANFLEET_", "KUBECONFIG", "COV_CORE"))
+    }
+    env["HOME"] = str(home)
+    return env
+
+
+def run_demo(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    assert CONSOLE_SCRIPT.is_file(), "pip install -e '.[dev]' installs the scanfleet script"
+    home, cwd = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    cwd.mkdir()
+    proc = subprocess.run(
+        [str(CONSOLE_SCRIPT), "demo", *args],
+        cwd=cwd,
+        env=user_env(home),
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    return proc, cwd
+
+
+def test_demo_runs_the_whole_job_and_exits_with_the_runs_code(tmp_path: Path) -> None:
+    proc, cwd = run_demo(tmp_path)
+    out = proc.stdout.splitlines()
+    assert out, proc.stderr[-3000:]
+    run_id = out[0]
+    assert RUN_ID.match(run_id), proc.stdout
+    run_dir = cwd / "scanfleet-demo" / run_id
+    run = json.loads((run_dir / "run.json").read_text())
+    assert proc.returncode == run["exit_code"], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    # The run went through the real pipeline: every pod scanned, the sandbox on, judged.
+    pods = [(ns, pod) for ns, names in FLEET.items() for pod in names]
+    assert run["targets"]["total"] == len(pods) == 8
+    assert run["targets"]["error"] == 1
+    assert run["targets"]["passed"] == 4
+    assert run["targets"]["failed"] == 3
+    assert run["sandbox"].startswith("landlock") or os.environ.get("SCANFLEET_SANDBOX") == "off"
+    assert run["fleet_threshold"]["failures"], "the demo's fleet threshold is judged"
+    assert f"throwaway identities: {len(pods)} minted, 0 left in the cluster" in out
+    # The HTML report exists where it says, and names the targets that need attention.
+    html_line = next(line for line in out if line.startswith("HTML report: "))
+    html = Path(html_line.removeprefix("HTML report: "))
+    assert html == run_dir / "report.html"
+    page = html.read_text()
+    assert run_id in page
+    for ns in FLEET:
+        assert ns in page
+    for pod in ("billing", "db", "search", "ftp"):
+        assert pod in page
+    assert "scanfleet submit --all-namespaces" in proc.stdout  # what to run next
+    # Nothing of the user's was touched: no ~/.kube, no results outside ./scanfleet-demo.
+    assert list((tmp_path / "home").iterdir()) == []
+    assert sorted(p.name for p in cwd.iterdir()) == ["scanfleet-demo"]
+
+
+def test_demo_writes_where_it_is_told(tmp_path: Path) -> None:
+    proc, cwd = run_demo(tmp_path, "--results-dir", str(tmp_path / "elsewhere"))
+    run_id = proc.stdout.splitlines()[0]
+    run = json.loads((tmp_path / "elsewhere" / run_id / "run.json").read_text())
+    assert proc.returncode == run["exit_code"]
+    assert (tmp_path / "elsewhere" / run_id / "report.html").is_file()
+    assert list(cwd.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "broker", ["http://localhost:6379/0", "redis://", "redis://:secret@host:notaport/0"]
+)
+def test_a_bad_broker_is_bad_input_before_anything_starts(tmp_path: Path, broker: str) -> None:
+    proc, cwd = run_demo(tmp_path, "--broker", broker)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("scanfleet: error: --broker"), proc.stderr
+    assert "secret" not in proc.stderr
+    assert proc.stdout == ""
+    assert list(cwd.iterdir()) == []
