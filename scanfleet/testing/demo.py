@@ -211,7 +211,12 @@ def run_demo(
         identities = len(sim.cluster.issued_tokens)
         leftovers = len(sim.cluster.scanfleet_objects())
     if not lines:
-        raise DemoFailed(f"scanfleet submit exited with code {code} before a run started", code)
+        why = _last_error(log)
+        raise DemoFailed(
+            f"scanfleet submit exited with code {code} before a run started"
+            + (f": {why}" if why else ""),
+            code,
+        )
     run_id = lines[0].strip()
     directory = run_dir(results_dir, run_id)
     run = _finished_run(directory, code)
@@ -286,6 +291,13 @@ def _submit(
     if guard.reason is not None:
         raise DemoFailed(guard.reason, 3)
     return code, lines
+
+
+def _last_error(log: Path) -> str | None:
+    """The last `scanfleet: error: ...` line the children wrote, without the prefix."""
+    prefix = "scanfleet: error: "
+    found = [line for line in log.read_text(errors="replace").splitlines() if prefix in line]
+    return found[-1].split(prefix, 1)[1].strip() if found else None
 
 
 def _finished_run(directory: Path, submit_code: int) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from scanfleet.testing.demo import FLEET
+from tests.support.paths import ROOT
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "scanfleet"
 RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
@@ -104,3 +105,36 @@ def test_a_bad_broker_is_bad_input_before_anything_starts(tmp_path: Path, broker
     assert "secret" not in proc.stderr
     assert proc.stdout == ""
     assert list(cwd.iterdir()) == []
+
+
+def test_a_run_that_cannot_start_says_why_with_submits_exit_code(tmp_path: Path) -> None:
+    """The demo keeps the user's sandbox switch; a bad one stops `submit` before any run
+    (exit 2), and the demo passes its reason and code on instead of a traceback."""
+    home, cwd = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    cwd.mkdir()
+    proc = subprocess.run(
+        [str(CONSOLE_SCRIPT), "demo"],
+        cwd=cwd,
+        env={**user_env(home), "SCANFLEET_SANDBOX": "bogus"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("scanfleet: error: demo failed: scanfleet submit exited with code 2")
+    assert "SCANFLEET_SANDBOX='bogus'" in last
+    assert proc.stdout == ""
+
+
+def test_the_readme_starts_with_the_demo_then_the_tests() -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("```sh\n", 1)[1].split("```", 1)[0]
+    commands = [line for line in block.splitlines() if line and not line.startswith("#")]
+    assert commands == [
+        "pip install . && scanfleet demo",
+        "pip install -e '.[dev]' && python -m pytest",
+    ]
