@@ -40,7 +40,11 @@ ALERTS = {
     "ScanfleetIdentityLeftovers",
     "ScanfleetWorkerDown",
     "ScanfleetQueueBacklog",
+    "ScanfleetSweepThresholdNotMet",
 }
+RUNBOOK = re.compile(
+    r'^\{\{ or \$externalLabels\.scanfleet_runbook_base "(https://[^"]+)" \}\}#([a-z]+)$'
+)
 NAME = re.compile(r"\bscanfleet_[a-z_]+\b")
 HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
 
@@ -88,6 +92,27 @@ def test_every_alert_has_a_runbook_entry() -> None:
     for rule in _rules():
         assert rule["alert"] in headings, rule["alert"]
         assert rule["annotations"]["runbook_url"].endswith("#" + rule["alert"].lower())
+
+
+def test_runbook_urls_are_absolute_with_one_configurable_base() -> None:
+    """Alertmanager and chat links need absolute URLs: the Prometheus external label
+    scanfleet_runbook_base when set (rules.test.yml renders both cases), else one default."""
+    defaults = set()
+    for rule in _rules():
+        m = RUNBOOK.match(rule["annotations"]["runbook_url"])
+        assert m, rule["annotations"]["runbook_url"]
+        assert m.group(2) == rule["alert"].lower()
+        defaults.add(m.group(1))
+    assert len(defaults) == 1
+    assert defaults.pop().endswith("/docs/operations.md")
+    ops = (ROOT / "docs" / "operations.md").read_text()
+    assert "scanfleet_runbook_base" in ops
+
+
+def test_the_threshold_alert_reads_what_posture_exports() -> None:
+    rule = next(r for r in _rules() if r["alert"] == "ScanfleetSweepThresholdNotMet")
+    assert rule["expr"] == "scanfleet_sweep_threshold_passed == 0"
+    assert "scanfleet_sweep_threshold_passed" in posture.METRIC_NAMES
 
 
 def _sample_names(collectors: Iterable[Collector]) -> set[str]:
