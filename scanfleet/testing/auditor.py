@@ -20,7 +20,7 @@ import shlex
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,13 +108,17 @@ def standin_environment(
     launcher: Path,
     *,
     writable: Path | None = None,
+    readable: Sequence[Path] = (),
     base: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The variables a scanfleet process needs to run `launcher` in its sandbox."""
+    """The variables a scanfleet process needs to run `launcher` in its sandbox; the stand-in
+    may also read `readable` (your own reports) and read and write `writable`."""
     source = process_environment() if base is None else base
     env = {
         "SCANFLEET_AUDITOR": str(launcher),
-        ALLOW_READ_ENV: os.pathsep.join([*read_paths(), str(launcher.parent)]),
+        ALLOW_READ_ENV: os.pathsep.join(
+            [*read_paths(), *(str(p) for p in readable), str(launcher.parent)]
+        ),
         "PATH": path_with(interpreter_bin(), source.get("PATH")),
     }
     if writable is not None:

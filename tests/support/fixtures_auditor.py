@@ -22,9 +22,8 @@ from typing import Any
 
 import pytest
 
-from scanfleet.testing.auditor import read_paths, write_launcher
+from scanfleet.testing.auditor import read_paths, standin_environment, write_launcher
 from tests.support.paths import SAMPLES, STANDIN
-from tests.support.tools import path_with_venv_bin
 
 
 @pytest.fixture(scope="session")
@@ -57,13 +56,11 @@ def standin_auditor(
     for name in list(os.environ):
         if name.startswith(("SCANFLEET_STANDIN_", "SCANFLEET_SANDBOX")):
             monkeypatch.delenv(name)
-    # kubectl (and anything else the stand-in runs) from this venv first.
-    monkeypatch.setenv("PATH", path_with_venv_bin(os.environ.get("PATH")))
-    monkeypatch.setenv(
-        "SCANFLEET_SANDBOX_ALLOW_READ",
-        os.pathsep.join([*standin_read_paths(), str(standin_launcher.parent)]),
-    )
-    monkeypatch.setenv("SCANFLEET_SANDBOX_ALLOW_WRITE", str(standin_io))
+    # kubectl (and anything else the stand-in runs) from this venv first; the sandbox lets
+    # it read what it runs on and the tests' samples, and write standin_io.
+    env = standin_environment(standin_launcher, writable=standin_io, readable=[SAMPLES])
+    for name in ("PATH", "SCANFLEET_SANDBOX_ALLOW_READ", "SCANFLEET_SANDBOX_ALLOW_WRITE"):
+        monkeypatch.setenv(name, env[name])
     return str(standin_launcher)
 
 

@@ -29,10 +29,11 @@ from typing import Any
 import pytest
 import redis
 
+from scanfleet.testing.auditor import standin_environment
 from scanfleet.testing.fakekube import FakeCluster, write_kubeconfig
 from tests.support import leftovers
-from tests.support.fixtures_auditor import standin_read_paths
-from tests.support.tools import path_with_venv_bin, require_tool
+from tests.support.paths import SAMPLES
+from tests.support.tools import require_tool
 
 CLI = [sys.executable, "-c", "from scanfleet.cli import main; main()"]
 KEY_PREFIX = "sftest"
@@ -242,8 +243,6 @@ def fleet_env(
         {
             "SCANFLEET_BROKER_URL": redis_server.url,
             "SCANFLEET_RESULTS_DIR": str(tmp_path / "results"),
-            "SCANFLEET_AUDITOR": str(standin_launcher),
-            "PATH": path_with_venv_bin(os.environ.get("PATH")),  # kubectl for the stand-in
             "SCANFLEET_KEY_PREFIX": KEY_PREFIX,
             "SCANFLEET_CLUSTER_CONCURRENCY": "10",
             "SCANFLEET_VISIBILITY_TIMEOUT": "8",
@@ -254,12 +253,10 @@ def fleet_env(
             "SCANFLEET_STANDIN_SLEEP": "0",
             "KUBECONFIG": str(fleet_clusters.kubeconfig),
             "PYTHONUNBUFFERED": "1",
-            "SCANFLEET_SANDBOX_ALLOW_READ": os.pathsep.join(
-                [*standin_read_paths(), str(standin_launcher.parent)]
-            ),
-            "SCANFLEET_SANDBOX_ALLOW_WRITE": str(standin_io),
         }
     )
+    # SCANFLEET_AUDITOR, PATH (kubectl for the stand-in) and the sandbox allow-lists.
+    env.update(standin_environment(standin_launcher, writable=standin_io, readable=[SAMPLES]))
     return env
 
 
