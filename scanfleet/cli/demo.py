@@ -48,7 +48,9 @@ def demo_command(results: Path, broker: str | None) -> None:
     try:
         result = run_demo(results, broker=broker, on_line=click.echo)
     except DemoFailed as e:
-        click.echo(f"scanfleet: error: demo failed: {e} (log: {results / 'demo.log'})", err=True)
+        log = results / "demo.log"
+        hint = f" (log: {log})" if log.is_file() else ""
+        click.echo(f"scanfleet: error: demo failed: {e}{hint}", err=True)
         sys.exit(e.exit_code)
     click.echo(
         f"throwaway identities: {result.identities} minted, {result.leftovers} left in the cluster"

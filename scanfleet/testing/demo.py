@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,7 @@ THRESHOLD = SAMPLES / "threshold.yml"
 FLEET_THRESHOLD = SAMPLES / "fleet-threshold.yml"
 DEFAULT_RESULTS_DIR = Path("scanfleet-demo")
 RUN_DEADLINE_S = 300.0
+BROKER_CONNECT_S = 5.0
 WORKER_STOP_S = 20.0
 
 UNREACHABLE_CONTAINER = (
@@ -118,6 +120,19 @@ def check_broker(url: str) -> str:
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
         raise BadInput(f"--broker {shown!r} must be a redis://HOST[:PORT][/DB] or rediss:// URL")
     return url
+
+
+def reach_broker(url: str, timeout: float = BROKER_CONNECT_S) -> None:
+    """Open (and close) a TCP connection to the broker's host:port, so an unreachable Redis
+    is one line and exit 3 in seconds, before anything starts (`submit` would retry)."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "localhost", parts.port or 6379
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise DemoFailed(f"cannot reach the broker at {host}:{port}: {why}", 3) from None
 
 
 def plan() -> dict[str, dict[str, Any]]:
@@ -194,6 +209,8 @@ def run_demo(
     Raises DemoFailed when no run came out of it (the log file says why).
     """
     started = time.monotonic()
+    if broker is not None:
+        reach_broker(broker)
     results_dir = results_dir.absolute()
     results_dir.mkdir(parents=True, exist_ok=True)
     log = results_dir / "demo.log"

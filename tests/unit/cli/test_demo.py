@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,20 @@ def test_the_readme_starts_with_the_demo_then_the_tests() -> None:
         "pip install . && scanfleet demo",
         "pip install -e '.[dev]' && python -m pytest",
     ]
+
+
+def test_an_unreachable_broker_fails_in_seconds_before_anything_starts(
+    tmp_path: Path, closed_port: int
+) -> None:
+    started = time.monotonic()
+    proc, cwd = run_demo(tmp_path, "--broker", f"redis://:pw@127.0.0.1:{closed_port}/0")
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 3, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        f"scanfleet: error: demo failed: cannot reach the broker at 127.0.0.1:{closed_port}"
+    )
+    assert "pw" not in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert list(cwd.iterdir()) == []
+    assert elapsed < 30  # the bound is 5 s of connecting; the rest is start-up on a busy box
