@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from scanfleet.testing import SAMPLES, report, simulated_cluster, standin_auditor
+from scanfleet.testing import REPORTS, SAMPLES, report, simulated_cluster, standin_auditor
 from scanfleet.testing.auditor import STANDIN
 from scanfleet.testing.fakekube import FakeCluster
+from tests.support.paths import SAMPLES as SAMPLES_DIR
 
 CLI = [sys.executable, "-c", "from scanfleet.cli import main; main()"]
 
@@ -109,3 +110,15 @@ def test_the_standin_refuses_a_credential_the_cluster_does_not_accept(
     proc = run(argv, reporter, env)
     assert proc.returncode == 100, proc.stderr
     assert reporter.read_bytes() == report("minimal_hdf.json").read_bytes()
+
+
+def test_the_bundled_reports_are_unchanged_copies_of_the_test_samples() -> None:
+    """One set of real reports: the package's copies stay byte-identical to tests/data's
+    (whose SOURCES.md says where each came from), and the package says so too."""
+    bundled = sorted(REPORTS.glob("*.json"))
+    assert len(bundled) >= 5
+    for path in bundled:
+        assert path.read_bytes() == (SAMPLES_DIR / path.name).read_bytes(), path.name
+    sources = (REPORTS / "SOURCES.md").read_text()
+    for path in bundled:
+        assert f"`{path.name}`" in sources
