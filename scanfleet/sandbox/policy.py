@@ -15,6 +15,8 @@ fork and exec (`scanfleet/sandbox/confine.py`).
                      SCANFLEET_SANDBOX_ALLOW_WRITE
     TCP connect      the API server's port from the kubeconfig, the HTTPS proxy's port
                      (Landlock ABI >= 4); binding nothing
+    sockets          seccomp: socket() only for AF_UNIX, TCP and UDP (no MPTCP, SCTP, raw,
+                     packet, netlink: EACCES), no io_uring; without seccomp nothing runs
     scopes           no signals to, no abstract unix sockets of, processes outside the
                      sandbox (ABI >= 6); no ptrace of them (every ABI)
     process          no capabilities, no_new_privs, SIGKILL when its parent dies
@@ -106,10 +108,13 @@ class Policy:
     write: tuple[str, ...] = ()
     connect: tuple[int, ...] = ()
     drop_privileges: bool = True
+    seccomp: bool = False
+    """The socket allow-list (`confine.restrict_sockets`): AF_UNIX, TCP and UDP only."""
 
     def to_dict(self) -> dict[str, object]:
         return {
             "landlock": self.landlock,
+            "seccomp": self.seccomp,
             "read": list(self.read),
             "write": list(self.write),
             "connect": list(self.connect),
@@ -146,6 +151,11 @@ def abi_version() -> int:
     return sandbox_exec.abi_version()
 
 
+def seccomp_available() -> bool:
+    """Whether seccomp filters can be installed here (the socket allow-list needs them)."""
+    return sandbox_exec.seccomp_available() and os.uname().machine in sandbox_exec.SECCOMP_ARCHES
+
+
 def mode_label(config: SandboxSettings) -> str:
     """What the run summary records: "landlock-abi-N" or "off". Raises when unavailable."""
     if not config.enabled:
@@ -157,6 +167,13 @@ def mode_label(config: SandboxSettings) -> str:
             "LSM list, and a seccomp profile that allows the landlock_* syscalls), and it is "
             f"not available here; refusing to scan. Set {SANDBOX_ENV}=off to scan without "
             "the sandbox (the auditor then reaches whatever the worker can)"
+        )
+    if not seccomp_available():
+        raise SandboxUnavailable(
+            "the auditor sandbox needs seccomp filters (Linux 3.5+ with CONFIG_SECCOMP_FILTER "
+            f"on x86_64 or aarch64, and a container runtime that allows prctl(PR_SET_SECCOMP)) "
+            "to allow only TCP, UDP and unix sockets, and they are not available here; "
+            f"refusing to scan. Set {SANDBOX_ENV}=off to scan without the sandbox"
         )
     return f"landlock-abi-{abi}"
 
@@ -200,6 +217,7 @@ def describe(config: SandboxSettings) -> dict[str, Any]:
         "filesystem_truncate": on and abi >= 3,
         "filesystem_ioctl_dev": on and abi >= 5,
         "network_tcp": on and abi >= 4,
+        "sockets_tcp_udp_unix_only": on and seccomp_available(),
         "scope_signal": on and abi >= 6,
         "scope_abstract_unix_socket": on and abi >= 6,
         "ptrace": on,
@@ -284,6 +302,7 @@ def build_policy(
         read=tuple(dict.fromkeys((*_system_read(), *_existing(read)))),
         write=_existing(write),
         connect=tuple(sorted(_ports(scan.kubeconfig, env))),
+        seccomp=True,
     )
     _refuse_exposure(policy, config, scan, worker_env)
     return policy
