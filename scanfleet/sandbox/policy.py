@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -56,6 +57,7 @@ from scanfleet.core.settings import (  # noqa: F401  (re-exported: the sandbox's
     SandboxSettings,
 )
 from scanfleet.sandbox import confine as sandbox_exec
+from scanfleet.sandbox import inputs as plan_inputs
 from scanfleet.sandbox import spawn as launcher_client
 from scanfleet.sandbox.spawn import AuditorProcess
 
@@ -89,7 +91,7 @@ ETC_READ = (
 )
 DEV_READ = ("/dev/urandom", "/dev/random", "/dev/zero")
 DEV_WRITE = ("/dev/null",)
-FILE_FLAGS = ("--input-file", "--waiver-file")
+FILE_FLAGS = plan_inputs.FILE_FLAGS
 # libyaml's safe loader when present: the kubeconfig is parsed on every scan.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -287,6 +289,7 @@ def build_policy(
     """The policy of one scan. `env` is the auditor's environment, `worker_env` ours."""
     if not config.enabled:
         return Policy(landlock=False, drop_privileges=False)
+    _refuse_inputs(config, scan, worker_env)
     read = [
         str(scan.kubeconfig),
         *_auditor_dirs(scan.executable, env),
@@ -342,13 +345,53 @@ def _auditor_dirs(executable: str, env: Mapping[str, str]) -> list[str]:
 
 def _local_inputs(scan: Scan) -> list[str]:
     """The profile and file arguments that name local files."""
-    found = [scan.profile, *map(str, scan.input_files)]
-    args = list(scan.extra_args)
-    for i, arg in enumerate(args):
-        name, eq, value = arg.partition("=")
-        if name in FILE_FLAGS:
-            found += [value] if eq else args[i + 1 : i + 2]
+    found = [scan.profile, *plan_inputs.plan_inputs(scan.input_files, scan.extra_args)]
     return [f for f in found if f and "://" not in f and os.path.exists(f)]
+
+
+# A run's directory is `<results root>/<run id>` (scanfleet.store.files.RUN_ID_RE).
+_RUN_DIR = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{6}")
+
+
+def _results_root(results_dir: Path) -> list[str]:
+    """The results root holding this run's directory (other runs live there), if it is one."""
+    return [str(results_dir.parent)] if _RUN_DIR.fullmatch(results_dir.name) else []
+
+
+def _refuse_inputs(config: SandboxSettings, scan: Scan, worker_env: Mapping[str, str]) -> None:
+    """Input and waiver files: regular files only, and none inside the worker's HOME,
+    /proc, the results (this run's and the others'), another scan's private directory (or
+    anything of scanfleet's under the temp root) or the broker URL file."""
+    home = worker_env.get("HOME") or os.path.expanduser("~")
+    tmp = os.path.realpath(tempfile.gettempdir())
+    off_limits = {
+        "the worker's HOME": [home] if os.path.realpath(home) != "/" else [],
+        "/proc": ["/proc"],
+        "the results": [str(scan.results_dir), *_results_root(scan.results_dir)],
+        "the broker URL file": [str(config.broker_url_file)] if config.broker_url_file else [],
+    }
+    for f in plan_inputs.plan_inputs(scan.input_files, scan.extra_args):
+        if not f or not os.path.lexists(f):
+            continue  # nothing to grant; the auditor reports the missing file
+        real = os.path.realpath(f)
+        if not plan_inputs.regular_file(real):
+            raise SandboxUnavailable(
+                f"input file {f!r} is not a regular file: a directory (or device, fifo, "
+                "socket) is never granted to the auditor"
+            )
+        for what, roots in off_limits.items():
+            for root in map(os.path.realpath, roots):
+                if real == root or _below(real, root):
+                    raise SandboxUnavailable(
+                        f"input file {f!r} lies inside {what} ({root}); the auditor is "
+                        "never granted files there: copy it elsewhere"
+                    )
+        first = os.path.relpath(real, tmp).split(os.sep)[0] if _below(real, tmp) else ""
+        if first.startswith("scanfleet"):
+            raise SandboxUnavailable(
+                f"input file {f!r} lies inside {os.path.join(tmp, first)}, scanfleet's own "
+                "(another scan's directory, the profile cache); it is never granted"
+            )
 
 
 def _ports(kubeconfig: Path, env: Mapping[str, str]) -> set[int]:
@@ -389,6 +432,7 @@ def _refuse_exposure(
         *config.protect,
         home / ".kube",
         *(Path(p) for p in worker_env.get("KUBECONFIG", "").split(os.pathsep) if p),
+        *([config.broker_url_file] if config.broker_url_file else []),
     ]
     not_contained = [Path(tempfile.gettempdir()), scan.results_dir]
     if home != Path("/"):

@@ -29,9 +29,10 @@ from scanfleet.cli import scan as _register_scan  # noqa: F401
 from scanfleet.core.settings import Settings
 from scanfleet.sandbox import policy as sandbox
 from scanfleet.sandbox import reaper as sandbox_reap
+from scanfleet.store.files import iter_summaries
 from scanfleet.testing.fakekube import FakeCluster
 from tests.support.fixtures_auditor import STANDIN
-from tests.support.fixtures_fleet import FleetClusters, RedisServer, run_cli, wait_for
+from tests.support.fixtures_fleet import KEY_PREFIX, FleetClusters, RedisServer, run_cli, wait_for
 
 HOSTILE = STANDIN.with_name("hostile-auditor")
 PROBES = (
@@ -358,3 +359,70 @@ def test_a_worker_with_the_sandbox_off_lets_the_probes_through(
     assert_unconfined(outcome)
     assert outcome["signal_parent"] == "ok"  # the launcher: what the sandbox scope stops
     wait_for(lambda: b'"sandbox.off"' in worker.log.read_bytes(), 10, "the sandbox.off warning")
+
+
+# --- inputs are the operator's, not Redis's -----------------------------------------------
+
+
+def test_a_worker_rejects_inputs_a_redis_writer_added_and_starts_no_auditor(
+    fleet_env: dict[str, str],
+    redis_server: RedisServer,
+    make_worker: Callable[..., Any],
+    standin_io: Path,
+    tmp_path: Path,
+) -> None:
+    """A plan edited in Redis to hand the auditor a cloud-credentials directory and another
+    run's results ends `rejected` with no auditor started; an input under
+    SCANFLEET_ALLOWED_INPUTS still reaches the auditor."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "ok.yml").write_text("x: 1\n")
+    aws = tmp_path / "operator-home" / ".aws"  # shaped like ~/.aws
+    aws.mkdir(parents=True)
+    (aws / "credentials").write_text("aws_secret_access_key = not-for-the-auditor\n")
+    other_run = Path(fleet_env["SCANFLEET_RESULTS_DIR"]) / "20200101T000000Z-0a0b0c"
+    other_run.mkdir(parents=True)
+    (other_run / "run.json").write_text('{"cluster": "another"}\n')
+    standin_log = standin_io / "standin.jsonl"
+    env = {
+        **fleet_env,
+        # Even allowed prefixes do not let a directory through.
+        "SCANFLEET_ALLOWED_INPUTS": os.pathsep.join([str(inputs), str(aws.parent)]),
+        "SCANFLEET_STANDIN_LOG": str(standin_log),
+    }
+    r = redis_server.client()
+
+    def submit(*extra: str) -> str:
+        proc = run_cli(
+            ["submit", "--context", "east", "apps/api/app", "--profile", "p", *extra], env
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout.splitlines()[0].strip()
+
+    def edit_plan(run_id: str, **changes: object) -> None:
+        key = f"{KEY_PREFIX}:run:{run_id}:plan"
+        plan = json.loads(r.get(key) or "{}")
+        r.set(key, json.dumps({**plan, **changes}), keepttl=True)
+
+    # Queued with no worker running, edited in Redis, then a worker starts.
+    both = submit()
+    edit_plan(both, input_files=[str(aws)], extra_args=["--waiver-file", str(other_run)])
+    waiver = submit()
+    edit_plan(waiver, extra_args=[f"--waiver-file={other_run}"])
+    allowed = submit("--input-file", str(inputs / "ok.yml"))
+    make_worker(env, concurrency=2)
+    runs = (both, waiver, allowed)
+    key = f"{KEY_PREFIX}:run:{{}}:result"
+    wait_for(lambda: all(r.exists(key.format(x)) for x in runs), 60, "runs to finish")
+
+    results = Path(env["SCANFLEET_RESULTS_DIR"])
+    for run_id, named in ((both, str(aws)), (waiver, str(other_run))):
+        (summary,) = iter_summaries(results / run_id)
+        assert summary["status"] == "error", summary
+        assert summary["error"]["kind"] == "rejected"
+        assert named in summary["error"]["message"]
+    (ok,) = iter_summaries(results / allowed)
+    assert ok["status"] == "completed", ok
+    ran = [json.loads(line) for line in standin_log.read_text().splitlines()]
+    assert len(ran) == 1, "only the allowed run may start an auditor"
+    assert str(inputs / "ok.yml") in ran[0]["argv"]
