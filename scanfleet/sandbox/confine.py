@@ -22,6 +22,7 @@ three syscalls are small and stable; they are spelled out here.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -240,6 +241,57 @@ def _prctl(option: int, arg: int = 0) -> int:
             option, ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)
         )
     )
+
+
+def become_subreaper() -> None:
+    """PR_SET_CHILD_SUBREAPER: orphaned descendants (double-forked, setsid) are re-parented
+    to this process instead of init, so it can find and kill them."""
+    _check(_prctl(PR_SET_CHILD_SUBREAPER, 1), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def parent_death_signal(sig: int) -> None:
+    """PR_SET_PDEATHSIG: `sig` when the thread that forked this process exits."""
+    _check(_prctl(PR_SET_PDEATHSIG, sig), "prctl(PR_SET_PDEATHSIG)")
+
+
+def children() -> list[int]:
+    """This (single-threaded) process's children: /proc/self/task/<pid>/children, or a scan of
+    /proc where the kernel lacks CONFIG_PROC_CHILDREN."""
+    me = os.getpid()
+    try:
+        with open(f"/proc/self/task/{me}/children", "rb") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        if int(raw[raw.rfind(b")") + 2 :].split()[1]) == me:
+            found.append(int(entry))
+    return found
+
+
+def kill_descendants() -> None:
+    """SIGKILL every descendant of this subreaper and reap them, until none is left.
+
+    Killing a child re-parents its children here (subreaper) before the child can be
+    reaped, so once waitpid finds no child at all, no descendant is left."""
+    while True:
+        for pid in children():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
 
 
 def make_non_dumpable() -> None:

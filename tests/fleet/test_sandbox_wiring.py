@@ -3,18 +3,21 @@
 The hostile stand-in auditor (scanfleet/testing/standin/hostile-auditor) probes the admin
 kubeconfig,
 ~/.kube/config, a service account token, another scan's directory, /proc/<parent>/environ,
-the fleet's Redis, a port that is not the API server's, binding a port and signalling its
-parent. With the sandbox on every probe fails and the scans complete; with
-SCANFLEET_SANDBOX=off the same probes succeed (so the tests can fail). Also: the mode is
-recorded in run.json, `scan`/`submit --local`/`worker` refuse to start without Landlock
-(exit 3, nothing created) unless opted out, and a worker clears what dead workers left.
+a Redis the test starts (TCP and MPTCP), binding (TCP and MPTCP), a port that is not the
+API server's and signalling its parent. With the sandbox on every probe fails and the
+scans complete; with SCANFLEET_SANDBOX=off the same probes succeed (so the tests can fail).
+Either way the double-forked `setsid` sleeper it leaves is gone within 2 s of the scan's
+end. Also: the mode is recorded in run.json, `scan`/`submit --local`/`worker` refuse to
+start without Landlock (exit 3, nothing created) unless opted out, a worker clears what
+dead workers left, and a worker rejects input files a Redis writer added.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import socket
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +36,7 @@ from scanfleet.store.files import iter_summaries
 from scanfleet.testing.fakekube import FakeCluster
 from tests.support.fixtures_auditor import STANDIN
 from tests.support.fixtures_fleet import KEY_PREFIX, FleetClusters, RedisServer, run_cli, wait_for
+from tests.support.tools import alive
 
 HOSTILE = STANDIN.with_name("hostile-auditor")
 PROBES = (
@@ -45,6 +49,8 @@ PROBES = (
     "other_port",
     "bind",
     "signal_parent",
+    "mptcp_connect",
+    "mptcp_bind",
 )
 MODE = f"landlock-abi-{sandbox.abi_version()}"
 
@@ -88,6 +94,9 @@ def hostile_world(
         "bind": True,
         "signal_parent": True,
         **({"signal": {"signal_scanfleet": scanfleet_pid}} if scanfleet_pid else {}),
+        "mptcp_connect": ["127.0.0.1", redis_port],
+        "mptcp_bind": True,
+        "orphan": str(probes.parent / "orphan-{pid}.pid"),
     }
     return {
         "HOME": str(home),
@@ -101,7 +110,7 @@ def hostile_world(
 
 def assert_confined(probes: dict[str, str]) -> None:
     assert set(PROBES) <= set(probes), probes
-    reached = sorted(k for k, v in probes.items() if v == "ok")
+    reached = sorted(k for k, v in probes.items() if v == "ok" and k != "orphan")
     assert reached == [], f"the sandboxed auditor reached: {reached}"
 
 
@@ -114,7 +123,31 @@ def assert_unconfined(probes: dict[str, str]) -> None:
         for k, v in probes.items()
         if v != "ok" and not (k == "parent_environ" and v == EMPTY_LAUNCHER)
     }
+    assert set(PROBES) <= set(probes), probes
     assert failed == {}, "without the sandbox the probes must work, or the test proves nothing"
+
+
+SCAN_END_S = 2.0
+
+
+def orphans(directory: Path) -> list[int]:
+    """The pids of the hostile auditor's double-forked `setsid` sleepers."""
+    return [int(p.read_text()) for p in sorted(directory.glob("orphan-*.pid")) if p.read_text()]
+
+
+def assert_orphans_gone(directory: Path, expected: int) -> None:
+    """The scan has ended: each sleeper is gone within SCAN_END_S (and killed regardless)."""
+    pids = orphans(directory)
+    try:
+        assert len(pids) == expected, pids
+        deadline = time.monotonic() + SCAN_END_S
+        while any(alive(p) for p in pids):
+            assert time.monotonic() < deadline, f"sleepers {pids} outlived their scan"
+            time.sleep(0.02)
+    finally:
+        for p in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
 
 
 # --- submit --local ----------------------------------------------------------------------
@@ -128,13 +161,15 @@ def local_submit(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     listener: int,
+    redis_server: RedisServer,
 ) -> Callable[[], tuple[Any, dict[str, str], dict[str, Any]]]:
     """`submit --local` of two containers with the hostile auditor: (outcome, probes, run)."""
     import tempfile
 
     admin = fake_cluster.write_kubeconfig(tmp_path / "kube" / "config")
     probes = standin_io / "probes.json"
-    redis_port = 6379
+    redis_port = redis_server.port
+    assert redis_port is not None
     for k, v in hostile_world(
         tmp_path, admin, redis_port, listener, probes, scanfleet_pid=os.getpid()
     ).items():
@@ -173,13 +208,13 @@ def local_submit(
 def test_submit_local_confines_every_scan_and_records_the_mode(
     local_submit: Callable[[], tuple[Any, dict[str, str], dict[str, Any]]],
     fake_cluster: FakeCluster,
+    standin_io: Path,
 ) -> None:
     outcome, probes, run = local_submit()
+    assert_orphans_gone(standin_io, 2)
     assert outcome.exit_code == 0, outcome.stderr
     assert run["targets"]["completed"] == 2
     assert run["sandbox"] == MODE
-    if not _port_open(6379):
-        probes.pop("redis")  # nothing listens: the probe fails either way
     assert_confined(probes)
     assert fake_cluster.scanfleet_objects() == []
 
@@ -187,23 +222,15 @@ def test_submit_local_confines_every_scan_and_records_the_mode(
 def test_submit_local_with_the_sandbox_off_lets_the_probes_through_and_says_so(
     local_submit: Callable[[], tuple[Any, dict[str, str], dict[str, Any]]],
     monkeypatch: pytest.MonkeyPatch,
+    standin_io: Path,
 ) -> None:
     monkeypatch.setenv("SCANFLEET_SANDBOX", "off")
     outcome, probes, run = local_submit()
+    assert_orphans_gone(standin_io, 2)
     assert outcome.exit_code == 0, outcome.stderr
     assert run["sandbox"] == "off"
-    if not _port_open(6379):
-        probes.pop("redis")
     assert_unconfined(probes)
     assert outcome.stderr.count('"sandbox.off"') == 2, "one warning per scan"
-
-
-def _port_open(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
 
 
 # --- no Landlock: nothing starts ------------------------------------------------------------
@@ -340,6 +367,7 @@ def test_a_worker_confines_its_auditors_and_reaps_what_dead_workers_left(
     assert not stale.exists(), "a worker removes a dead worker's scan directory at start"
     assert b'"worker.sandbox"' in worker.log.read_bytes()
     run, outcome = _fleet_run(env, probes)
+    assert_orphans_gone(probes.parent, 1)
     assert run["targets"]["completed"] == 1, run
     assert run["sandbox"] == MODE
     assert_confined(outcome)
@@ -354,6 +382,7 @@ def test_a_worker_with_the_sandbox_off_lets_the_probes_through(
     env["SCANFLEET_SANDBOX"] = "off"
     worker = make_worker(env)
     run, outcome = _fleet_run(env, probes)
+    assert_orphans_gone(probes.parent, 1)
     assert run["targets"]["completed"] == 1, run
     assert run["sandbox"] == "off"
     assert_unconfined(outcome)

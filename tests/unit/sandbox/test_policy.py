@@ -13,6 +13,7 @@ same probes succeed, so these tests fail if the sandbox stops being applied.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -174,8 +175,9 @@ def hostile(
     monkeypatch.setenv("SCANFLEET_STANDIN_CHECK_ACCESS", "1")
     monkeypatch.delenv("KUBECONFIG", raising=False)
 
-    def run(*extra: str) -> tuple[Any, dict[str, Any]]:
+    def run(*extra: str, **more_probes: Any) -> tuple[Any, dict[str, Any]]:
         probes.unlink(missing_ok=True)
+        monkeypatch.setenv("SCANFLEET_STANDIN_HOSTILE", json.dumps({**spec, **more_probes}))
         argv = [
             "scan",
             "apps/web/app",
@@ -276,6 +278,98 @@ def test_an_allow_rule_that_exposes_a_protected_path_is_refused(
     [summary] = [results.read_json(p) for p in results.summary_files(run_dir)]
     assert summary["error"]["kind"] == "sandbox_unavailable"
     assert "would expose the protected path" in summary["error"]["message"]
+
+
+# --- nothing of a scan outlives it -----------------------------------------------------------
+
+SCAN_END_S = 2.0  # every process of a scan is gone this soon after it ends
+
+
+def orphans(directory: Path) -> list[int]:
+    """The pids the hostile auditor's double-forked `setsid` sleepers wrote."""
+    return [int(p.read_text()) for p in sorted(directory.glob("orphan-*.pid")) if p.read_text()]
+
+
+@contextlib.contextmanager
+def killing_orphans_after(directory: Path) -> Iterator[None]:
+    """Whatever the test finds, leave no sleeper behind."""
+    try:
+        yield
+    finally:
+        for pid in orphans(directory):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def assert_gone_soon(pids: list[int]) -> None:
+    assert pids, "the auditor started no sleeper: the test proves nothing"
+    wait_until(
+        lambda: not any(alive(p) for p in pids),
+        timeout=SCAN_END_S,
+        what=f"the scan's double-forked setsid sleepers {pids} to be gone",
+    )
+
+
+@pytest.mark.parametrize("mode", ["on", "off"])
+def test_a_double_forked_setsid_sleeper_does_not_outlive_scan(
+    hostile: Callable[..., tuple[Any, dict[str, Any]]],
+    standin_io: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str,
+) -> None:
+    monkeypatch.setenv("SCANFLEET_SANDBOX", mode)
+    with killing_orphans_after(standin_io):
+        outcome, probes = hostile(orphan=str(standin_io / "orphan-{pid}.pid"))
+        assert outcome.exit_code == 0, outcome.stderr
+        assert probes["orphan"] == "ok"
+        assert_gone_soon(orphans(standin_io))
+
+
+def _hostile_run_auditor(standin_io: Path, private: Path, tmp_path: Path, timeout: float) -> str:
+    """A worker process running one audit with the hostile auditor, whose stand-in then
+    sleeps; its source for `python -c`."""
+    return (
+        "import sys; from pathlib import Path; from scanfleet.scan.auditor import run_auditor;"
+        "from scanfleet.core.targets import Target;"
+        f"run_auditor({str(HOSTILE)!r}, 'p', Target('c','ns','pod','app'),"
+        f" Path({str(tmp_path / 'r.json')!r}), Path({str(private)!r}), timeout={timeout})"
+    )
+
+
+@pytest.mark.parametrize("end", ["timeout", "worker_killed", "auditor_killed"])
+def test_the_sleeper_is_gone_however_the_audit_ends(
+    standin_auditor: str,
+    auditor_plan: PlanWriter,
+    standin_io: Path,
+    private: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    end: str,
+) -> None:
+    pid_file = standin_io / "pids.json"
+    auditor_plan({"*": {"sleep": 120, "pid_file": str(pid_file)}})
+    monkeypatch.setenv(
+        "SCANFLEET_STANDIN_HOSTILE", json.dumps({"orphan": str(standin_io / "orphan-{pid}.pid")})
+    )
+    timeout = 3 if end == "timeout" else 300
+    code = _hostile_run_auditor(standin_io, private, tmp_path, timeout)
+    with killing_orphans_after(standin_io):
+        worker = subprocess.Popen([sys.executable, "-c", code], env=os.environ.copy())
+        try:
+            wait_until(pid_file.exists, what="the auditor to start")
+            sleepers = orphans(standin_io)
+            assert sleepers
+            assert all(alive(p) for p in sleepers)
+            if end == "worker_killed":
+                worker.kill()  # SIGKILL: no clean-up code runs in the worker
+            elif end == "auditor_killed":
+                os.kill(json.loads(pid_file.read_text())["pid"], signal.SIGKILL)
+            worker.wait(60)
+            assert_gone_soon(sleepers)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
 
 
 # --- run_auditor: fail closed, helper errors, dies with its worker --------------------------
