@@ -53,6 +53,7 @@ READ_PROBES = (
     "other_results",
     "worker_environ",
     "launcher_environ",
+    "home_inspec",
 )
 # Opened for appending (nothing is written): the read rules must not grant write.
 WRITE_PROBES = (
@@ -115,6 +116,9 @@ def hostile(
     home = tmp_path / "home"
     (home / ".kube").mkdir(parents=True)
     (home / ".kube" / "config").write_text("token: the-operators-own-token\n")
+    # Automate / compliance tokens: never granted without an explicit INSPEC_CONFIG_DIR.
+    (home / ".inspec").mkdir()
+    (home / ".inspec" / "config.json").write_text('{"token": "an-automate-token"}\n')
     secrets = tmp_path / "run-secrets"
     (secrets / "kubernetes.io" / "serviceaccount").mkdir(parents=True)
     (secrets / "kubernetes.io" / "serviceaccount" / "token").write_text("worker-sa-token\n")
@@ -133,6 +137,7 @@ def hostile(
         "read": {
             "admin_kubeconfig": str(admin),
             "home_kube": str(home / ".kube" / "config"),
+            "home_inspec": str(home / ".inspec" / "config.json"),
             "sa_token": str(secrets / "kubernetes.io" / "serviceaccount" / "token"),
             "other_scan": str(other_scan_dir / "kubeconfig"),
             "other_results": str(other_run / "run.json"),
@@ -174,6 +179,7 @@ def hostile(
     monkeypatch.setenv("SCANFLEET_STANDIN_PROBES", str(probes))
     monkeypatch.setenv("SCANFLEET_STANDIN_CHECK_ACCESS", "1")
     monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.delenv("INSPEC_CONFIG_DIR", raising=False)
 
     def run(*extra: str, **more_probes: Any) -> tuple[Any, dict[str, Any]]:
         probes.unlink(missing_ok=True)
@@ -774,3 +780,29 @@ def test_a_rule_may_not_expose_a_protected_path_or_contain_results(
     else:
         with pytest.raises(SandboxUnavailable, match=refused):
             _policy_with(tmp_path, target)
+
+
+@pytest.mark.parametrize(
+    ("allow", "refused"),
+    [
+        ("home", "would contain"),  # ALLOW_READ=$HOME
+        ("elsewhere", "would expose the protected path"),  # where ~/.kube really lies
+        ("elsewhere/kube", "would expose the protected path"),
+    ],
+)
+def test_a_kube_dir_symlinked_out_of_home_stays_protected(
+    tmp_path: Path, allow: str, refused: str
+) -> None:
+    real = tmp_path / "elsewhere" / "kube"
+    real.mkdir(parents=True)
+    (real / "config").write_text("token: the-operators-own-token\n")
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / ".kube").symlink_to(real)
+    with pytest.raises(SandboxUnavailable, match=refused):
+        _policy_with(tmp_path, tmp_path / allow)
+    # A sibling of the real directory is not protected.
+    (tmp_path / "elsewhere" / "other").mkdir()
+    assert (
+        str(tmp_path / "elsewhere" / "other")
+        in _policy_with(tmp_path, tmp_path / "elsewhere" / "other").read
+    )
