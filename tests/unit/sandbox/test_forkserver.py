@@ -85,6 +85,16 @@ def test_concurrent_spawns_each_get_their_own_exit_code_and_stderr(
         assert (code, err) == (i, f"tag-{i}\n".encode())
 
 
+@pytest.mark.parametrize(
+    ("script", "code"),
+    [("exit 7", 7), ("kill -KILL $$", -signal.SIGKILL), ("kill -TERM $$", -signal.SIGTERM)],
+)
+def test_the_auditors_own_status_is_reported_through_its_supervisor(
+    launcher: launcher_client.Launcher, script: str, code: int
+) -> None:
+    assert finish(_sh(launcher, script)) == code
+
+
 def test_the_auditor_leads_its_own_session_in_the_given_directory(
     launcher: launcher_client.Launcher,
     tmp_path: Path,
