@@ -243,8 +243,10 @@ def test_submit_local_with_the_sandbox_off_lets_the_probes_through_and_says_so(
         ["submit", "--local", "apps/web/app"],
     ],
 )
+@pytest.mark.parametrize("missing", ["landlock", "seccomp"])
 def test_without_landlock_scan_and_submit_local_exit_3_having_created_nothing(
     command: list[str],
+    missing: str,
     fake_cluster: FakeCluster,
     standin_auditor: str,
     tmp_path: Path,
@@ -253,12 +255,16 @@ def test_without_landlock_scan_and_submit_local_exit_3_having_created_nothing(
 ) -> None:
     admin = fake_cluster.write_kubeconfig(tmp_path / "kube" / "config")
     monkeypatch.setenv("SCANFLEET_AUDITOR", standin_auditor)
-    monkeypatch.setattr(sandbox, "abi_version", lambda: 0)
+    if missing == "landlock":
+        monkeypatch.setattr(sandbox, "abi_version", lambda: 0)
+    else:
+        monkeypatch.setattr(sandbox, "seccomp_available", lambda: False)
     out = tmp_path / "results"
     argv = [*command, "--profile", "p", "--kubeconfig", str(admin), "--output", str(out)]
     r = CliRunner().invoke(main_group, argv)
     assert r.exit_code == 3, r.output
     assert "[sandbox_unavailable]" in r.stderr
+    assert ("Landlock" if missing == "landlock" else "seccomp") in r.stderr
     assert "SCANFLEET_SANDBOX=off" in r.stderr
     assert r.stdout == ""  # no run id: no run
     assert not out.exists()
