@@ -360,38 +360,50 @@ def _results_root(results_dir: Path) -> list[str]:
 
 def _refuse_inputs(config: SandboxSettings, scan: Scan, worker_env: Mapping[str, str]) -> None:
     """Input and waiver files: regular files only, and none inside the worker's HOME,
-    /proc, the results (this run's and the others'), another scan's private directory (or
-    anything of scanfleet's under the temp root) or the broker URL file."""
+    /proc, the results (this run's and the others'), anything of scanfleet's under the temp
+    root (other scans' private directories, the profile cache) or the broker URL file.
+    A local profile (a plan names it too): none inside /proc, the results, another scan's
+    private directory or the broker URL file (HOME and the profile cache are where
+    operators and `scanfleet` keep profiles; SCANFLEET_ALLOWED_PROFILES decides)."""
     home = worker_env.get("HOME") or os.path.expanduser("~")
-    tmp = os.path.realpath(tempfile.gettempdir())
     off_limits = {
-        "the worker's HOME": [home] if os.path.realpath(home) != "/" else [],
         "/proc": ["/proc"],
         "the results": [str(scan.results_dir), *_results_root(scan.results_dir)],
         "the broker URL file": [str(config.broker_url_file)] if config.broker_url_file else [],
     }
+    if "://" not in scan.profile and os.path.lexists(scan.profile):
+        _refuse_inside(scan.profile, "profile", off_limits, "scanfleet-")
+    if os.path.realpath(home) != "/":
+        off_limits["the worker's HOME"] = [home]
     for f in plan_inputs.plan_inputs(scan.input_files, scan.extra_args):
         if not f or not os.path.lexists(f):
             continue  # nothing to grant; the auditor reports the missing file
-        real = os.path.realpath(f)
-        if not plan_inputs.regular_file(real):
+        if not plan_inputs.regular_file(f):
             raise SandboxUnavailable(
                 f"input file {f!r} is not a regular file: a directory (or device, fifo, "
                 "socket) is never granted to the auditor"
             )
-        for what, roots in off_limits.items():
-            for root in map(os.path.realpath, roots):
-                if real == root or _below(real, root):
-                    raise SandboxUnavailable(
-                        f"input file {f!r} lies inside {what} ({root}); the auditor is "
-                        "never granted files there: copy it elsewhere"
-                    )
-        first = os.path.relpath(real, tmp).split(os.sep)[0] if _below(real, tmp) else ""
-        if first.startswith("scanfleet"):
-            raise SandboxUnavailable(
-                f"input file {f!r} lies inside {os.path.join(tmp, first)}, scanfleet's own "
-                "(another scan's directory, the profile cache); it is never granted"
-            )
+        _refuse_inside(f, "input file", off_limits, "scanfleet")
+
+
+def _refuse_inside(path: str, what: str, off_limits: dict[str, list[str]], ours: str) -> None:
+    """SandboxUnavailable when `path` (resolved) is or lies inside one of `off_limits`, or
+    inside an entry of the temp root whose name starts with `ours`."""
+    real = os.path.realpath(path)
+    for where, roots in off_limits.items():
+        for root in map(os.path.realpath, roots):
+            if real == root or _below(real, root):
+                raise SandboxUnavailable(
+                    f"{what} {path!r} lies inside {where} ({root}); the auditor is "
+                    "never granted files there: copy it elsewhere"
+                )
+    tmp = os.path.realpath(tempfile.gettempdir())
+    first = os.path.relpath(real, tmp).split(os.sep)[0] if _below(real, tmp) else ""
+    if first.startswith(ours):
+        raise SandboxUnavailable(
+            f"{what} {path!r} lies inside {os.path.join(tmp, first)}, scanfleet's own "
+            "(another scan's directory, the profile cache); it is never granted"
+        )
 
 
 def _ports(kubeconfig: Path, env: Mapping[str, str]) -> set[int]:

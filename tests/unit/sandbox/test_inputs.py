@@ -96,7 +96,11 @@ def test_settings_read_the_inputs_allow_list() -> None:
 
 
 def _policy(
-    tmp_path: Path, inputs: list[str], args: tuple[str, ...] = (), **config: Any
+    tmp_path: Path,
+    inputs: list[str],
+    args: tuple[str, ...] = (),
+    profile: str = "p",
+    **config: Any,
 ) -> sandbox.Policy:
     results = tmp_path / "results" / "20250101T000000Z-000000"
     results.mkdir(parents=True, exist_ok=True)
@@ -105,7 +109,7 @@ def _policy(
     work = sandbox.prepare_workdir(private)
     kubeconfig = private / "kubeconfig"
     kubeconfig.write_text("clusters: [{cluster: {server: 'https://127.0.0.1:6443'}}]\n")
-    scan = sandbox.Scan("/bin/sh", "p", kubeconfig, work, results, inputs, list(args))
+    scan = sandbox.Scan("/bin/sh", profile, kubeconfig, work, results, inputs, list(args))
     settings = sandbox.SandboxSettings(**config)
     return sandbox.build_policy(
         settings, scan, {"PATH": "/usr/bin:/bin"}, {"HOME": str(tmp_path / "home")}
@@ -164,3 +168,38 @@ def test_an_ordinary_input_file_is_granted_read_only(tmp_path: Path) -> None:
     policy = _policy(tmp_path, [str(ok)])
     assert str(ok) in policy.read
     assert str(ok) not in policy.write
+
+
+def test_a_local_profile_may_not_be_proc_the_results_or_another_scans_directory(
+    tmp_path: Path,
+) -> None:
+    """The plan names the profile too: a Redis writer must not turn it into a grant of
+    another scan's live token, other runs' findings or /proc."""
+    other = Path(tempfile.mkdtemp(prefix="scanfleet-"))
+    cache = Path(tempfile.mkdtemp(prefix="scanfleet.profiles.fetch.test-"))
+    try:
+        (other / "kubeconfig").write_text("token: another-scans\n")
+        (cache / "p.tar.gz").write_bytes(b"archive")
+        for profile, refused in (
+            (str(other), "scanfleet's own"),
+            (str(other / "kubeconfig"), "scanfleet's own"),
+            ("/proc", "inside /proc"),
+            ("/proc/self", "inside /proc"),
+            (str(tmp_path / "results"), "inside the results"),
+        ):
+            with pytest.raises(SandboxUnavailable, match=refused):
+                _policy(tmp_path, [], profile=profile)
+        # A fetched profile lives in the cache under the temp root; a local one anywhere else.
+        assert (
+            str(cache / "p.tar.gz") in _policy(tmp_path, [], profile=str(cache / "p.tar.gz")).read
+        )
+        (tmp_path / "profiles" / "p").mkdir(parents=True)
+        assert (
+            str(tmp_path / "profiles" / "p")
+            in _policy(tmp_path, [], profile=str(tmp_path / "profiles" / "p")).read
+        )
+    finally:
+        (other / "kubeconfig").unlink()
+        other.rmdir()
+        (cache / "p.tar.gz").unlink()
+        cache.rmdir()
