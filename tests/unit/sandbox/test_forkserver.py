@@ -245,6 +245,11 @@ run_auditor(sys.argv[1], "p", Target("c", "ns", "pod", "app"), Path(sys.argv[2])
 """
 
 
+def _parent(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
 def test_killing_the_worker_kills_the_auditor_group_and_the_launcher(
     standin_auditor: str,
     auditor_plan: PlanWriter,
@@ -270,13 +275,14 @@ def test_killing_the_worker_kills_the_auditor_group_and_the_launcher(
     try:
         wait_until(pid_file.exists, what="the auditor to start")
         pids = json.loads(pid_file.read_text())
-        stat = Path(f"/proc/{pids['pid']}/stat").read_text()
-        launcher = int(stat.rsplit(")", 1)[1].split()[1])  # the auditor's parent
-        assert launcher != worker.pid
+        supervisor = _parent(int(pids["pid"]))  # the scan's subreaper
+        launcher = _parent(supervisor)
+        assert worker.pid not in (supervisor, launcher)
+        assert _parent(launcher) == worker.pid
         assert alive(launcher)
         worker.kill()  # SIGKILL: no clean-up code runs in the worker
         worker.wait()
-        for pid in (int(pids["pid"]), int(pids["child_pid"]), launcher):
+        for pid in (int(pids["pid"]), int(pids["child_pid"]), supervisor, launcher):
             wait_until(functools.partial(dead, pid), what=f"{pid} to die with the worker")
     finally:
         if worker.poll() is None:
