@@ -5,7 +5,9 @@ calls `confine` and then execs the auditor; scanfleet itself imports it for `abi
 `confine` sets PR_SET_PDEATHSIG SIGKILL (and gives up if the parent is already gone),
 builds a Landlock ruleset from a policy dict (see `scanfleet.sandbox.policy.Policy.to_dict`),
 drops every capability (bounding set, ambient, effective/permitted/inheritable), sets
-no_new_privs and restricts the calling thread with the ruleset.
+no_new_privs, restricts the calling thread with the ruleset and installs the seccomp socket
+allow-list (`restrict_sockets`). It also holds what the launcher's per-scan supervisor uses
+(`become_subreaper`, `kill_descendants`).
 
 What it must never do:
 - import anything outside the standard library (the launcher runs with -I -S, so it
@@ -17,7 +19,10 @@ What it must never do:
 Why ctypes rather than the `landlock` PyPI binding: that binding (1.0.0.dev5) only knows the
 filesystem half of Landlock (no network rules, ABI 4, nor scopes, ABI 6), declares
 `landlock_path_beneath_attr` unpacked and reads a stale errno after successful calls. The
-three syscalls are small and stable; they are spelled out here.
+three syscalls are small and stable; they are spelled out here. The same goes for seccomp:
+libseccomp's own Python binding ships with distributions (python3-seccomp), not on PyPI
+(only third-party rebuilds and a stale ctypes port are), and the launcher, run with -I -S,
+could not import a site package anyway; the program is 26-27 classic-BPF instructions.
 """
 
 from __future__ import annotations
