@@ -65,10 +65,10 @@ def hostile_world(
 ) -> dict[str, str]:
     """Secrets for the auditor to go after, and the environment that points it at them.
 
-    The auditor's parent is the launcher, whose environment is empty; the scanfleet process
-    whose environment matters is `scanfleet_pid` where the test knows it (in-process runs).
-    Without it (a worker started later) the environ probe reads the launcher's, which is
-    empty whether or not the sandbox is on (`EMPTY_LAUNCHER`)."""
+    The auditor's parent is its supervisor, a fork of the launcher (an empty environment);
+    the scanfleet process whose environment matters is `scanfleet_pid` where the test
+    knows it (in-process runs). Without it (a worker started later) the environ probe reads
+    the supervisor's, which is empty whether or not the sandbox is on (`EMPTY_LAUNCHER`)."""
     home = tmp_path / "home"
     (home / ".kube").mkdir(parents=True)
     (home / ".kube" / "config").write_text("token: the-operators-own-token\n")

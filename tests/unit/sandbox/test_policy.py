@@ -149,7 +149,8 @@ def hostile(
             "sa_token": str(secrets / "kubernetes.io" / "serviceaccount" / "token"),
             "other_scan": str(other_scan_dir / "kubeconfig"),
             "other_results": str(other_run / "run.json"),
-            # The scan runs in this process (the worker); the auditor's parent is the launcher.
+            # The scan runs in this process (the worker); the auditor's parent is its
+            # supervisor (a fork of the launcher).
             "worker_environ": f"/proc/{os.getpid()}/environ",
             "launcher_environ": "/proc/{ppid}/environ",
             **{f"client_temp_{i}": p for i, p in enumerate(temp_files)},
@@ -247,7 +248,8 @@ def test_the_same_probes_succeed_with_the_sandbox_off(
     assert outcome.exit_code == 0, outcome.stderr
     expected_ok = {k for k in probes if k not in ("self_status", "launcher_environ")}
     assert {*WRITE_PROBES, *SOCKET_PROBES, "abstract_unix", "redis"} <= expected_ok
-    # The launcher runs with an empty environment: nothing to read there, sandbox or not.
+    # The supervisor, a fork of the launcher, has an empty environment: nothing to read
+    # there, sandbox or not.
     assert probes["launcher_environ"] == "denied: empty"
     if os.geteuid() != 0:
         expected_ok -= set(NEEDS_ROOT)
