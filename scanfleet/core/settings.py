@@ -46,6 +46,8 @@ class SandboxSettings:
     protect: tuple[Path, ...] = tuple(Path(p) for p in DEFAULT_PROTECT)
     """Paths no allow rule may cover (SCANFLEET_SANDBOX_PROTECT; default the service
     account secret mounts)."""
+    broker_url_file: Path | None = None
+    """SCANFLEET_BROKER_URL_FILE: no rule may cover it either."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SandboxSettings:
@@ -54,9 +56,23 @@ class SandboxSettings:
         if raw not in ("on", "off", "landlock"):
             raise BadInput(f"{SANDBOX_ENV}={raw!r} must be 'on' (the default) or 'off'")
         protect = _paths(env.get(PROTECT_ENV)) or cls().protect
+        broker_file = (env.get("SCANFLEET_BROKER_URL_FILE") or "").strip()
         return cls(
-            raw != "off", _paths(env.get(ALLOW_READ_ENV)), _paths(env.get(ALLOW_WRITE_ENV)), protect
+            raw != "off",
+            _paths(env.get(ALLOW_READ_ENV)),
+            _paths(env.get(ALLOW_WRITE_ENV)),
+            protect,
+            Path(broker_file) if broker_file else None,
         )
+
+
+def allowed_inputs(raw: str | None) -> tuple[Path, ...]:
+    """SCANFLEET_ALLOWED_INPUTS: absolute path prefixes, separated by os.pathsep or commas."""
+    parts = [p.strip() for chunk in (raw or "").split(os.pathsep) for p in chunk.split(",")]
+    for p in parts:
+        if p and not os.path.isabs(p):
+            raise BadInput(f"SCANFLEET_ALLOWED_INPUTS entry {p!r} must be an absolute path")
+    return tuple(Path(p) for p in parts if p)
 
 
 def _paths(raw: str | None) -> tuple[Path, ...]:
@@ -129,6 +145,10 @@ class Settings:
     kube_retries: int = 5
     """Retries of one Kubernetes API request in a worker (connection errors, 429, 5xx; with
     urllib3's backoff, 5 take about 15 s) before the scan is re-queued (SCANFLEET_KUBE_RETRIES)."""
+    allowed_inputs: tuple[Path, ...] = ()
+    """Absolute path prefixes of the input and waiver files a worker grants a plan
+    (SCANFLEET_ALLOWED_INPUTS, os.pathsep- or comma-separated; default none: a worker
+    refuses a plan naming any). See scanfleet/sandbox/inputs.py."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -169,6 +189,7 @@ class Settings:
             profile_timeout=env_int(env, "SCANFLEET_PROFILE_TIMEOUT", d.profile_timeout, 1),
             retry_delay_scale=env_float(env, "SCANFLEET_RETRY_DELAY_SCALE", d.retry_delay_scale),
             kube_retries=env_int(env, "SCANFLEET_KUBE_RETRIES", d.kube_retries, 0),
+            allowed_inputs=allowed_inputs(env.get("SCANFLEET_ALLOWED_INPUTS")),
         )
 
 

@@ -5,7 +5,9 @@ calls `confine` and then execs the auditor; scanfleet itself imports it for `abi
 `confine` sets PR_SET_PDEATHSIG SIGKILL (and gives up if the parent is already gone),
 builds a Landlock ruleset from a policy dict (see `scanfleet.sandbox.policy.Policy.to_dict`),
 drops every capability (bounding set, ambient, effective/permitted/inheritable), sets
-no_new_privs and restricts the calling thread with the ruleset.
+no_new_privs, restricts the calling thread with the ruleset and installs the seccomp socket
+allow-list (`restrict_sockets`). It also holds what the launcher's per-scan supervisor uses
+(`become_subreaper`, `kill_descendants`).
 
 What it must never do:
 - import anything outside the standard library (the launcher runs with -I -S, so it
@@ -17,11 +19,15 @@ What it must never do:
 Why ctypes rather than the `landlock` PyPI binding: that binding (1.0.0.dev5) only knows the
 filesystem half of Landlock (no network rules, ABI 4, nor scopes, ABI 6), declares
 `landlock_path_beneath_attr` unpacked and reads a stale errno after successful calls. The
-three syscalls are small and stable; they are spelled out here.
+three syscalls are small and stable; they are spelled out here. The same goes for seccomp:
+libseccomp's own Python binding ships with distributions (python3-seccomp), not on PyPI
+(only third-party rebuilds and a stale ctypes port are), and the launcher, run with -I -S,
+could not import a site package anyway; the program is 26-27 classic-BPF instructions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -42,6 +48,8 @@ SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1
 
 PR_SET_PDEATHSIG, PR_GET_DUMPABLE, PR_SET_DUMPABLE = 1, 3, 4
 PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 24, 38
+PR_GET_SECCOMP, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 21, 22, 2
+PR_SET_CHILD_SUBREAPER = 36
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 CAP_VERSION_3 = 0x20080522
 EXIT_SANDBOX = 125
@@ -82,6 +90,145 @@ class _CapData(ctypes.Structure):
     )
 
 
+# --- seccomp: which sockets the auditor may create ------------------------------------------
+#
+# Landlock's network rules cover TCP only (not MPTCP, SCTP, raw, packet or netlink sockets),
+# so a classic-BPF seccomp filter allows socket() only for what the auditor needs: AF_UNIX,
+# and AF_INET/AF_INET6 with SOCK_STREAM + 0/IPPROTO_TCP or SOCK_DGRAM + 0/IPPROTO_UDP (DNS).
+# Anything else gets EACCES, as does socketpair() outside AF_UNIX and io_uring_setup (an
+# io_uring can create sockets without the socket() syscall). The filter checks the
+# architecture: another one (a 32-bit binary and its socketcall(), say) is killed, and x32
+# syscalls on x86_64 get EACCES.
+
+AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
+SOCK_STREAM, SOCK_DGRAM = 1, 2
+SOCK_FLAGS = 0o4000 | 0o2000000  # SOCK_NONBLOCK | SOCK_CLOEXEC (x86_64, aarch64)
+IPPROTO_TCP, IPPROTO_UDP = 6, 17
+EACCES = 13
+# arch: (AUDIT_ARCH_*, socket, socketpair, io_uring_setup)
+SECCOMP_ARCHES = {
+    "x86_64": (0xC000003E, 41, 53, 425),
+    "aarch64": (0xC00000B7, 198, 199, 425),
+}
+X32_SYSCALL_BIT = 0x40000000
+RET_KILL_PROCESS, RET_ERRNO, RET_ALLOW = 0x80000000, 0x00050000, 0x7FFF0000
+_BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_JGE_K, _BPF_AND_K, _BPF_RET_K = 0x20, 0x15, 0x35, 0x54, 0x06
+_NR, _ARCH, _ARG0, _ARG1, _ARG2 = 0, 4, 16, 24, 32  # offsets in struct seccomp_data (LE)
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = (
+        ("code", ctypes.c_uint16),
+        ("jt", ctypes.c_uint8),
+        ("jf", ctypes.c_uint8),
+        ("k", ctypes.c_uint32),
+    )
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter)))
+
+
+def socket_filter(machine: str | None = None) -> list[tuple[int, int, int, int]]:
+    """The seccomp program (code, jt, jf, k) for this machine; SandboxError if unknown."""
+    machine = machine or os.uname().machine
+    if machine not in SECCOMP_ARCHES:
+        raise SandboxError(f"no seccomp socket filter for the {machine} architecture")
+    arch, nr_socket, nr_socketpair, nr_io_uring = SECCOMP_ARCHES[machine]
+    deny = RET_ERRNO | EACCES
+    # Jumps are relative: (code, jump if true, jump if false, k). Labels resolved below.
+    prog: list[tuple[int | str, int | str, int | str, int]] = [
+        (_BPF_LD_W_ABS, 0, 0, _ARCH),
+        (_BPF_JEQ_K, 1, 0, arch),
+        (_BPF_RET_K, 0, 0, RET_KILL_PROCESS),
+        (_BPF_LD_W_ABS, 0, 0, _NR),
+    ]
+    if machine == "x86_64":
+        prog.append((_BPF_JGE_K, "deny", 0, X32_SYSCALL_BIT))
+    prog += [
+        (_BPF_JEQ_K, "socket", 0, nr_socket),
+        (_BPF_JEQ_K, "socketpair", 0, nr_socketpair),
+        (_BPF_JEQ_K, "deny", 0, nr_io_uring),
+        (_BPF_RET_K, 0, 0, RET_ALLOW),  # every other syscall
+        ("socketpair", 0, 0, 0),
+        (_BPF_LD_W_ABS, 0, 0, _ARG0),
+        (_BPF_JEQ_K, "allow", "deny", AF_UNIX),
+        ("socket", 0, 0, 0),
+        (_BPF_LD_W_ABS, 0, 0, _ARG0),
+        (_BPF_JEQ_K, "allow", 0, AF_UNIX),
+        (_BPF_JEQ_K, "inet", 0, AF_INET),
+        (_BPF_JEQ_K, "inet", "deny", AF_INET6),
+        ("inet", 0, 0, 0),
+        (_BPF_LD_W_ABS, 0, 0, _ARG1),
+        (_BPF_AND_K, 0, 0, 0xFFFFFFFF & ~SOCK_FLAGS),
+        (_BPF_JEQ_K, "stream", 0, SOCK_STREAM),
+        (_BPF_JEQ_K, "dgram", "deny", SOCK_DGRAM),
+        ("stream", 0, 0, 0),
+        (_BPF_LD_W_ABS, 0, 0, _ARG2),
+        (_BPF_JEQ_K, "allow", 0, 0),
+        (_BPF_JEQ_K, "allow", "deny", IPPROTO_TCP),
+        ("dgram", 0, 0, 0),
+        (_BPF_LD_W_ABS, 0, 0, _ARG2),
+        (_BPF_JEQ_K, "allow", 0, 0),
+        (_BPF_JEQ_K, "allow", "deny", IPPROTO_UDP),
+        ("deny", 0, 0, 0),
+        (_BPF_RET_K, 0, 0, deny),
+        ("allow", 0, 0, 0),
+        (_BPF_RET_K, 0, 0, RET_ALLOW),
+    ]
+    labels: dict[str, int] = {}
+    code: list[tuple[int | str, int | str, int | str, int]] = []
+    for op in prog:
+        if isinstance(op[0], str):
+            labels[op[0]] = len(code)
+        else:
+            code.append(op)
+
+    def target(jump: int | str, i: int) -> int:
+        return labels[jump] - i - 1 if isinstance(jump, str) else jump
+
+    return [(int(op), target(jt, i), target(jf, i), k) for i, (op, jt, jf, k) in enumerate(code)]
+
+
+def seccomp_available() -> bool:
+    """Whether this kernel (and the runtime's own seccomp profile) lets a process install a
+    seccomp filter: PR_SET_SECCOMP with a NULL program fails with EFAULT if it does, EINVAL
+    when seccomp filters are missing (or EPERM/ENOSYS when a runtime forbids them)."""
+    if _prctl(PR_GET_SECCOMP) < 0:
+        return False
+    r = int(
+        _libc.prctl(
+            PR_SET_SECCOMP,
+            ctypes.c_ulong(SECCOMP_MODE_FILTER),
+            ctypes.c_void_p(0),
+            ctypes.c_ulong(0),
+            ctypes.c_ulong(0),
+        )
+    )
+    return r < 0 and ctypes.get_errno() == 14  # EFAULT
+
+
+def restrict_sockets() -> None:
+    """Install the socket filter on this thread (inherited by every child and across exec).
+    Needs no_new_privs (set first); raises SandboxError when it cannot be installed."""
+    program = socket_filter()
+    filters = (_SockFilter * len(program))(*(_SockFilter(*op) for op in program))
+    fprog = _SockFprog(len(program), filters)
+    _no_new_privs()
+    _check(
+        int(
+            _libc.prctl(
+                PR_SET_SECCOMP,
+                ctypes.c_ulong(SECCOMP_MODE_FILTER),
+                ctypes.byref(fprog),
+                ctypes.c_ulong(0),
+                ctypes.c_ulong(0),
+            )
+        ),
+        "prctl(PR_SET_SECCOMP) socket filter",
+    )
+
+
 def _check(result: int, what: str) -> int:
     if result < 0:
         err = ctypes.get_errno()
@@ -99,6 +246,57 @@ def _prctl(option: int, arg: int = 0) -> int:
             option, ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)
         )
     )
+
+
+def become_subreaper() -> None:
+    """PR_SET_CHILD_SUBREAPER: orphaned descendants (double-forked, setsid) are re-parented
+    to this process instead of init, so it can find and kill them."""
+    _check(_prctl(PR_SET_CHILD_SUBREAPER, 1), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def parent_death_signal(sig: int) -> None:
+    """PR_SET_PDEATHSIG: `sig` when the thread that forked this process exits."""
+    _check(_prctl(PR_SET_PDEATHSIG, sig), "prctl(PR_SET_PDEATHSIG)")
+
+
+def children() -> list[int]:
+    """This (single-threaded) process's children: /proc/self/task/<pid>/children, or a scan of
+    /proc where the kernel lacks CONFIG_PROC_CHILDREN."""
+    me = os.getpid()
+    try:
+        with open(f"/proc/self/task/{me}/children", "rb") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        if int(raw[raw.rfind(b")") + 2 :].split()[1]) == me:
+            found.append(int(entry))
+    return found
+
+
+def kill_descendants() -> None:
+    """SIGKILL every descendant of this subreaper and reap them, until none is left.
+
+    Killing a child re-parents its children here (subreaper) before the child can be
+    reaped, so once waitpid finds no child at all, no descendant is left."""
+    while True:
+        for pid in children():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
 
 
 def make_non_dumpable() -> None:
@@ -222,6 +420,8 @@ def confine(policy: dict[str, object], parent_pid: int) -> None:
         if abi < 1:
             raise SandboxError("Landlock is not available in this kernel")
         landlock(policy, abi)
+    if policy.get("seccomp"):
+        restrict_sockets()
 
 
 def which(name: str, path: str | None = None) -> str:

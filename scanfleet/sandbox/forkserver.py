@@ -10,9 +10,14 @@ stderr attached as SCM_RIGHTS):
 
     {"op": "spawn", "id": N, "argv": [...], "env": {...}, "cwd": "...", "policy": {...}}
 
-For each it forks; the child does what the exec helper did between fork and exec (own
-session, PR_SET_PDEATHSIG relative to the launcher, no capabilities, no_new_privs,
-Landlock; `confine.confine`, the one implementation) and execs. Replies, by id:
+For each it forks a per-scan supervisor, a child subreaper (PR_SET_CHILD_SUBREAPER), which
+forks again; that child does what the exec helper did between fork and exec (own session,
+PR_SET_PDEATHSIG relative to the supervisor, no capabilities, no_new_privs, Landlock, the
+seccomp socket filter; `confine.confine`, the one implementation) and execs the auditor.
+Whatever the auditor starts, double-forked and `setsid` included, stays a descendant of
+its supervisor: when the auditor exits (or is killed), the supervisor SIGKILLs and reaps
+every descendant left, then exits with the auditor's status; only then does the launcher
+report the exit. So nothing of a scan outlives it. Replies, by id:
 
     {"id": N, "event": "started", "pid": P}            the exec succeeded
     {"id": N, "event": "failed", "kind": "sandbox"|"exec", "detail": "..."}
@@ -24,8 +29,9 @@ this small interpreter instead of a new interpreter per scan.
 
 What it must never do:
 - outlive its scanfleet process: on EOF of the socket (the worker exited or was killed)
-  it SIGKILLs every auditor process group it started and exits; its auditors also die
-  with it (PR_SET_PDEATHSIG);
+  it SIGKILLs every auditor process group it started, then (itself a subreaper) every
+  descendant left, and exits; a supervisor whose launcher dies (SIGTERM by
+  PR_SET_PDEATHSIG) kills its scan's processes and exits;
 - exec an auditor whose confinement failed (the child reports why and exits 125);
 - import anything outside the standard library (besides `confine`, which is
   standard library only), or log the environment or argv it was sent.
@@ -61,10 +67,11 @@ _RESET_SIGNALS = ("SIGPIPE", "SIGXFSZ", "SIGXFZ", "SIGINT", "SIGTERM", "SIGCHLD"
 class _Child:
     """One auditor between fork and its exit (a plain class: dataclasses import inspect)."""
 
-    __slots__ = ("errfd", "failure", "id", "pid", "pidfd")
+    __slots__ = ("apid", "errfd", "failure", "id", "pid", "pidfd")
 
     def __init__(self, id_: int, pid: int, pidfd: int, errfd: int) -> None:
-        self.id, self.pid, self.pidfd = id_, pid, pidfd
+        self.id, self.pid, self.pidfd = id_, pid, pidfd  # pid: the scan's supervisor
+        self.apid = 0  # the auditor (its session and process group), once the supervisor says
         self.errfd: int | None = errfd
         self.failure = bytearray()
 
@@ -156,7 +163,7 @@ class Server:
             )
             return
         if pid == 0:
-            child(msg, fds, wfd, self.pid)  # never returns
+            supervise(msg, fds, wfd, self.pid)  # never returns
         os.close(wfd)
         os.set_blocking(rfd, False)
         pidfd = os.pidfd_open(pid)
@@ -179,10 +186,19 @@ class Server:
         self.sel.unregister(c.errfd)
         os.close(c.errfd)
         c.errfd = None
-        if not c.failure:
-            self._send({"id": c.id, "event": "started", "pid": c.pid})
+        lines = c.failure.decode(errors="replace").splitlines()
+        for line in lines:
+            if line.startswith("pid\t") and line[4:].isdigit():
+                c.apid = int(line[4:])
+        failure = [ln for ln in lines if not ln.startswith("pid\t")]
+        c.failure = bytearray("\n".join(failure).encode())
+        if not failure and c.apid:
+            self._send({"id": c.id, "event": "started", "pid": c.apid})
             return
-        kind, _, detail = c.failure.decode(errors="replace").strip().partition("\t")
+        if not failure:
+            failure = ["sandbox\tthe scan's supervisor exited before starting the auditor"]
+            c.failure = bytearray(failure[0].encode())
+        kind, _, detail = failure[0].strip().partition("\t")
         self._send({"id": c.id, "event": "failed", "kind": kind or "sandbox", "detail": detail})
 
     def _reap(self, c: _Child) -> None:
@@ -193,8 +209,8 @@ class Server:
         os.close(c.pidfd)
         del self.children[c.pid]
         if not c.failure:
-            self.exited[c.pid] = time.monotonic()
-            self._send({"id": c.id, "event": "exit", "pid": c.pid, "status": status})
+            self.exited[c.apid] = time.monotonic()
+            self._send({"id": c.id, "event": "exit", "pid": c.apid, "status": status})
         if len(self.exited) > 4096:
             self._forget_old()
 
@@ -207,14 +223,82 @@ class Server:
             self.sock.send(json.dumps(msg).encode())
 
     def shutdown(self) -> None:
-        """SIGKILL every group still running, or whose leader exited recently."""
+        """SIGKILL every group still running, or whose leader exited recently; then every
+        descendant left (supervisors included: a subreaper, the launcher inherits theirs)."""
         self._forget_old()
-        for pgid in [*self.children, *self.exited]:
+        for pgid in [*(c.apid for c in self.children.values() if c.apid), *self.exited]:
             with contextlib.suppress(OSError):
                 os.killpg(pgid, signal.SIGKILL)
-        for c in list(self.children.values()):
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(c.pid, 0)
+        confine.kill_descendants()
+
+
+class _LauncherGone(Exception):
+    pass
+
+
+def _launcher_gone(*_: object) -> None:
+    raise _LauncherGone
+
+
+def supervise(msg: dict[str, Any], fds: list[int], errfd: int, launcher: int) -> None:
+    """In the forked supervisor: become this scan's subreaper, fork the auditor, wait for
+    it, kill whatever of the scan is left, and exit with the auditor's status. Never returns."""
+    status = None
+    try:
+        for name in _RESET_SIGNALS:
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, _launcher_gone)  # PR_SET_PDEATHSIG below
+        confine.parent_death_signal(signal.SIGTERM)
+        if os.getppid() != launcher:
+            raise confine.SandboxError("the launcher that started this scan is gone")
+        confine.become_subreaper()
+        keep = sorted({errfd, *fds})
+        start = 3
+        for fd in keep:  # close everything else of the launcher's (its socket, pipes)
+            os.closerange(start, fd)
+            start = fd + 1
+        os.closerange(start, 1 << 16)
+        me = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            child(msg, fds, errfd, me)  # never returns
+        for fd in fds:
+            os.close(fd)  # the auditor's stdio: held by it alone, so EOF means it is done
+        os.write(errfd, f"pid\t{pid}\n".encode())
+        os.close(errfd)
+        while status is None:
+            try:
+                reaped, st = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            if reaped == pid:
+                status = st
+    except _LauncherGone:
+        pass
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            _report(errfd, "sandbox", f"{e.__class__.__name__}: {e}")
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        with contextlib.suppress(BaseException):
+            confine.kill_descendants()
+        _exit_like(status)
+
+
+def _exit_like(status: int | None) -> None:
+    """Exit with the auditor's wait status: its exit code, or death by its signal."""
+    if status is None:
+        os._exit(EXIT_SANDBOX)
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        with contextlib.suppress(OSError, ValueError):  # SIGKILL's cannot be set: fine
+            signal.signal(sig, signal.SIG_DFL)
+        with contextlib.suppress(OSError, ValueError):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+        os.kill(os.getpid(), sig)
+        os._exit(128 + sig)  # a signal whose default is not to terminate
+    os._exit(os.waitstatus_to_exitcode(status))
 
 
 def child(msg: dict[str, Any], fds: list[int], errfd: int, launcher: int) -> None:
@@ -279,6 +363,7 @@ def main(argv: list[str]) -> int:
     sock = socket.socket(fileno=int(argv[0]))
     os.set_inheritable(sock.fileno(), False)
     confine.make_non_dumpable()
+    confine.become_subreaper()  # what a killed supervisor leaves comes here, and is killed
     # Signals of the terminal's process group do not reach it (own session); a SIGTERM
     # aimed at it ends it like an EOF would, its auditors with it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

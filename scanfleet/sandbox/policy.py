@@ -15,6 +15,8 @@ fork and exec (`scanfleet/sandbox/confine.py`).
                      SCANFLEET_SANDBOX_ALLOW_WRITE
     TCP connect      the API server's port from the kubeconfig, the HTTPS proxy's port
                      (Landlock ABI >= 4); binding nothing
+    sockets          seccomp: socket() only for AF_UNIX, TCP and UDP (no MPTCP, SCTP, raw,
+                     packet, netlink: EACCES), no io_uring; without seccomp nothing runs
     scopes           no signals to, no abstract unix sockets of, processes outside the
                      sandbox (ABI >= 6); no ptrace of them (every ABI)
     process          no capabilities, no_new_privs, SIGKILL when its parent dies
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -54,6 +57,7 @@ from scanfleet.core.settings import (  # noqa: F401  (re-exported: the sandbox's
     SandboxSettings,
 )
 from scanfleet.sandbox import confine as sandbox_exec
+from scanfleet.sandbox import inputs as plan_inputs
 from scanfleet.sandbox import spawn as launcher_client
 from scanfleet.sandbox.spawn import AuditorProcess
 
@@ -87,7 +91,7 @@ ETC_READ = (
 )
 DEV_READ = ("/dev/urandom", "/dev/random", "/dev/zero")
 DEV_WRITE = ("/dev/null",)
-FILE_FLAGS = ("--input-file", "--waiver-file")
+FILE_FLAGS = plan_inputs.FILE_FLAGS
 # libyaml's safe loader when present: the kubeconfig is parsed on every scan.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -106,10 +110,13 @@ class Policy:
     write: tuple[str, ...] = ()
     connect: tuple[int, ...] = ()
     drop_privileges: bool = True
+    seccomp: bool = False
+    """The socket allow-list (`confine.restrict_sockets`): AF_UNIX, TCP and UDP only."""
 
     def to_dict(self) -> dict[str, object]:
         return {
             "landlock": self.landlock,
+            "seccomp": self.seccomp,
             "read": list(self.read),
             "write": list(self.write),
             "connect": list(self.connect),
@@ -146,6 +153,11 @@ def abi_version() -> int:
     return sandbox_exec.abi_version()
 
 
+def seccomp_available() -> bool:
+    """Whether seccomp filters can be installed here (the socket allow-list needs them)."""
+    return sandbox_exec.seccomp_available() and os.uname().machine in sandbox_exec.SECCOMP_ARCHES
+
+
 def mode_label(config: SandboxSettings) -> str:
     """What the run summary records: "landlock-abi-N" or "off". Raises when unavailable."""
     if not config.enabled:
@@ -157,6 +169,13 @@ def mode_label(config: SandboxSettings) -> str:
             "LSM list, and a seccomp profile that allows the landlock_* syscalls), and it is "
             f"not available here; refusing to scan. Set {SANDBOX_ENV}=off to scan without "
             "the sandbox (the auditor then reaches whatever the worker can)"
+        )
+    if not seccomp_available():
+        raise SandboxUnavailable(
+            "the auditor sandbox needs seccomp filters (Linux 3.5+ with CONFIG_SECCOMP_FILTER "
+            f"on x86_64 or aarch64, and a container runtime that allows prctl(PR_SET_SECCOMP)) "
+            "to allow only TCP, UDP and unix sockets, and they are not available here; "
+            f"refusing to scan. Set {SANDBOX_ENV}=off to scan without the sandbox"
         )
     return f"landlock-abi-{abi}"
 
@@ -200,6 +219,7 @@ def describe(config: SandboxSettings) -> dict[str, Any]:
         "filesystem_truncate": on and abi >= 3,
         "filesystem_ioctl_dev": on and abi >= 5,
         "network_tcp": on and abi >= 4,
+        "sockets_tcp_udp_unix_only": on and seccomp_available(),
         "scope_signal": on and abi >= 6,
         "scope_abstract_unix_socket": on and abi >= 6,
         "ptrace": on,
@@ -269,6 +289,7 @@ def build_policy(
     """The policy of one scan. `env` is the auditor's environment, `worker_env` ours."""
     if not config.enabled:
         return Policy(landlock=False, drop_privileges=False)
+    _refuse_inputs(config, scan, worker_env)
     read = [
         str(scan.kubeconfig),
         *_auditor_dirs(scan.executable, env),
@@ -284,6 +305,7 @@ def build_policy(
         read=tuple(dict.fromkeys((*_system_read(), *_existing(read)))),
         write=_existing(write),
         connect=tuple(sorted(_ports(scan.kubeconfig, env))),
+        seccomp=True,
     )
     _refuse_exposure(policy, config, scan, worker_env)
     return policy
@@ -323,13 +345,65 @@ def _auditor_dirs(executable: str, env: Mapping[str, str]) -> list[str]:
 
 def _local_inputs(scan: Scan) -> list[str]:
     """The profile and file arguments that name local files."""
-    found = [scan.profile, *map(str, scan.input_files)]
-    args = list(scan.extra_args)
-    for i, arg in enumerate(args):
-        name, eq, value = arg.partition("=")
-        if name in FILE_FLAGS:
-            found += [value] if eq else args[i + 1 : i + 2]
+    found = [scan.profile, *plan_inputs.plan_inputs(scan.input_files, scan.extra_args)]
     return [f for f in found if f and "://" not in f and os.path.exists(f)]
+
+
+# A run's directory is `<results root>/<run id>` (scanfleet.store.files.RUN_ID_RE).
+_RUN_DIR = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{6}")
+
+
+def _results_root(results_dir: Path) -> list[str]:
+    """The results root holding this run's directory (other runs live there), if it is one."""
+    return [str(results_dir.parent)] if _RUN_DIR.fullmatch(results_dir.name) else []
+
+
+def _refuse_inputs(config: SandboxSettings, scan: Scan, worker_env: Mapping[str, str]) -> None:
+    """Input and waiver files: regular files only, and none inside the worker's HOME,
+    /proc, the results (this run's and the others'), anything of scanfleet's under the temp
+    root (other scans' private directories, the profile cache) or the broker URL file.
+    A local profile (a plan names it too): none inside /proc, the results, another scan's
+    private directory or the broker URL file (HOME and the profile cache are where
+    operators and `scanfleet` keep profiles; SCANFLEET_ALLOWED_PROFILES decides)."""
+    home = worker_env.get("HOME") or os.path.expanduser("~")
+    off_limits = {
+        "/proc": ["/proc"],
+        "the results": [str(scan.results_dir), *_results_root(scan.results_dir)],
+        "the broker URL file": [str(config.broker_url_file)] if config.broker_url_file else [],
+    }
+    if "://" not in scan.profile and os.path.lexists(scan.profile):
+        _refuse_inside(scan.profile, "profile", off_limits, "scanfleet-")
+    if os.path.realpath(home) != "/":
+        off_limits["the worker's HOME"] = [home]
+    for f in plan_inputs.plan_inputs(scan.input_files, scan.extra_args):
+        if not f or not os.path.lexists(f):
+            continue  # nothing to grant; the auditor reports the missing file
+        if not plan_inputs.regular_file(f):
+            raise SandboxUnavailable(
+                f"input file {f!r} is not a regular file: a directory (or device, fifo, "
+                "socket) is never granted to the auditor"
+            )
+        _refuse_inside(f, "input file", off_limits, "scanfleet")
+
+
+def _refuse_inside(path: str, what: str, off_limits: dict[str, list[str]], ours: str) -> None:
+    """SandboxUnavailable when `path` (resolved) is or lies inside one of `off_limits`, or
+    inside an entry of the temp root whose name starts with `ours`."""
+    real = os.path.realpath(path)
+    for where, roots in off_limits.items():
+        for root in map(os.path.realpath, roots):
+            if real == root or _below(real, root):
+                raise SandboxUnavailable(
+                    f"{what} {path!r} lies inside {where} ({root}); the auditor is "
+                    "never granted files there: copy it elsewhere"
+                )
+    tmp = os.path.realpath(tempfile.gettempdir())
+    first = os.path.relpath(real, tmp).split(os.sep)[0] if _below(real, tmp) else ""
+    if first.startswith(ours):
+        raise SandboxUnavailable(
+            f"{what} {path!r} lies inside {os.path.join(tmp, first)}, scanfleet's own "
+            "(another scan's directory, the profile cache); it is never granted"
+        )
 
 
 def _ports(kubeconfig: Path, env: Mapping[str, str]) -> set[int]:
@@ -370,6 +444,7 @@ def _refuse_exposure(
         *config.protect,
         home / ".kube",
         *(Path(p) for p in worker_env.get("KUBECONFIG", "").split(os.pathsep) if p),
+        *([config.broker_url_file] if config.broker_url_file else []),
     ]
     not_contained = [Path(tempfile.gettempdir()), scan.results_dir]
     if home != Path("/"):

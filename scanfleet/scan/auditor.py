@@ -29,8 +29,9 @@ What it must never do:
   raised by a signal handler, ...) and after a normal exit (stragglers such as a leftover
   `kubectl exec`) the whole group gets SIGTERM, then SIGKILL after `kill_grace` seconds
   (`scanfleet.sandbox.procgroup`).
-  A process that leaves the group on purpose (setsid) escapes this; containing that is the
-  worker's job (its container / cgroup).
+  A process that leaves the group on purpose (setsid, double fork) is still a descendant of
+  the scan's supervisor, a subreaper that kills it when the audit ends
+  (`scanfleet.sandbox.forkserver`).
 - hold unbounded output in memory: stdout is discarded (the report goes to a file) and only
   the tail of stderr is kept.
 """
@@ -197,7 +198,9 @@ def auditor_environment(
     without it the cluster is unreachable.
 
     With `workdir` (the scan's private work dir), HOME and TMPDIR point into it, and
-    INSPEC_CONFIG_DIR, when unset, keeps naming the worker's ~/.inspec (plugins live there).
+    INSPEC_CONFIG_DIR is passed only when the operator set it: the worker's ~/.inspec (which
+    can hold Automate or compliance tokens) is never granted implicitly; install plugins
+    under an INSPEC_CONFIG_DIR of their own (the worker image does).
     """
     source = process_environment() if base is None else base
     env = {
@@ -209,9 +212,6 @@ def auditor_environment(
     }
     env["KUBECONFIG"] = str(kubeconfig)
     if workdir is not None:
-        inspec = Path(source.get("HOME") or "/nonexistent") / ".inspec"
-        if "INSPEC_CONFIG_DIR" not in env and inspec.is_dir():
-            env["INSPEC_CONFIG_DIR"] = str(inspec)
         env["HOME"] = str(workdir.home)
         env["TMPDIR"] = str(workdir.tmp)
     return env

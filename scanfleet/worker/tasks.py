@@ -68,6 +68,7 @@ from scanfleet.runs.pipeline import RunContext, complete, fan_out, record_failur
 from scanfleet.runs.recovery import Watcher, recover_expired
 from scanfleet.runs.retention import prune
 from scanfleet.sandbox import policy as sandbox
+from scanfleet.sandbox.inputs import check_plan_inputs
 from scanfleet.scan.plan import RunPlan
 from scanfleet.store.locks import LOCK_TTL, SweepLock
 from scanfleet.store.pins import record_profile_digest
@@ -172,6 +173,7 @@ def worker_plan(plan: RunPlan, results_dir: str | None) -> tuple[RunPlan, Path, 
     try:
         check_profile(plan.profile, settings.allowed_profiles)
         check_auditor_args(plan.extra_args)
+        check_plan_inputs(plan.input_files, plan.extra_args, settings.allowed_inputs)
         check_ttl(plan.token_ttl, int(plan.timeout))
     except BadInput as e:
         log.error("run.rejected", reason=str(e))

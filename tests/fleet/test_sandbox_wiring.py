@@ -3,18 +3,21 @@
 The hostile stand-in auditor (scanfleet/testing/standin/hostile-auditor) probes the admin
 kubeconfig,
 ~/.kube/config, a service account token, another scan's directory, /proc/<parent>/environ,
-the fleet's Redis, a port that is not the API server's, binding a port and signalling its
-parent. With the sandbox on every probe fails and the scans complete; with
-SCANFLEET_SANDBOX=off the same probes succeed (so the tests can fail). Also: the mode is
-recorded in run.json, `scan`/`submit --local`/`worker` refuse to start without Landlock
-(exit 3, nothing created) unless opted out, and a worker clears what dead workers left.
+a Redis the test starts (TCP and MPTCP), binding (TCP and MPTCP), a port that is not the
+API server's and signalling its parent. With the sandbox on every probe fails and the
+scans complete; with SCANFLEET_SANDBOX=off the same probes succeed (so the tests can fail).
+Either way the double-forked `setsid` sleeper it leaves is gone within 2 s of the scan's
+end. Also: the mode is recorded in run.json, `scan`/`submit --local`/`worker` refuse to
+start without Landlock (exit 3, nothing created) unless opted out, a worker clears what
+dead workers left, and a worker rejects input files a Redis writer added.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import socket
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,9 +32,11 @@ from scanfleet.cli import scan as _register_scan  # noqa: F401
 from scanfleet.core.settings import Settings
 from scanfleet.sandbox import policy as sandbox
 from scanfleet.sandbox import reaper as sandbox_reap
+from scanfleet.store.files import iter_summaries
 from scanfleet.testing.fakekube import FakeCluster
 from tests.support.fixtures_auditor import STANDIN
-from tests.support.fixtures_fleet import FleetClusters, RedisServer, run_cli, wait_for
+from tests.support.fixtures_fleet import KEY_PREFIX, FleetClusters, RedisServer, run_cli, wait_for
+from tests.support.tools import alive
 
 HOSTILE = STANDIN.with_name("hostile-auditor")
 PROBES = (
@@ -44,6 +49,8 @@ PROBES = (
     "other_port",
     "bind",
     "signal_parent",
+    "mptcp_connect",
+    "mptcp_bind",
 )
 MODE = f"landlock-abi-{sandbox.abi_version()}"
 
@@ -58,10 +65,10 @@ def hostile_world(
 ) -> dict[str, str]:
     """Secrets for the auditor to go after, and the environment that points it at them.
 
-    The auditor's parent is the launcher, whose environment is empty; the scanfleet process
-    whose environment matters is `scanfleet_pid` where the test knows it (in-process runs).
-    Without it (a worker started later) the environ probe reads the launcher's, which is
-    empty whether or not the sandbox is on (`EMPTY_LAUNCHER`)."""
+    The auditor's parent is its supervisor, a fork of the launcher (an empty environment);
+    the scanfleet process whose environment matters is `scanfleet_pid` where the test
+    knows it (in-process runs). Without it (a worker started later) the environ probe reads
+    the supervisor's, which is empty whether or not the sandbox is on (`EMPTY_LAUNCHER`)."""
     home = tmp_path / "home"
     (home / ".kube").mkdir(parents=True)
     (home / ".kube" / "config").write_text("token: the-operators-own-token\n")
@@ -87,6 +94,9 @@ def hostile_world(
         "bind": True,
         "signal_parent": True,
         **({"signal": {"signal_scanfleet": scanfleet_pid}} if scanfleet_pid else {}),
+        "mptcp_connect": ["127.0.0.1", redis_port],
+        "mptcp_bind": True,
+        "orphan": str(probes.parent / "orphan-{pid}.pid"),
     }
     return {
         "HOME": str(home),
@@ -100,20 +110,54 @@ def hostile_world(
 
 def assert_confined(probes: dict[str, str]) -> None:
     assert set(PROBES) <= set(probes), probes
-    reached = sorted(k for k, v in probes.items() if v == "ok")
+    reached = sorted(k for k, v in probes.items() if v == "ok" and k != "orphan")
     assert reached == [], f"the sandboxed auditor reached: {reached}"
 
 
 EMPTY_LAUNCHER = "denied: empty"
 
 
+def mptcp_enabled() -> bool:
+    """Whether this kernel creates MPTCP sockets (without the sandbox)."""
+    try:
+        return Path("/proc/sys/net/mptcp/enabled").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
 def assert_unconfined(probes: dict[str, str]) -> None:
     failed = {
         k: v
         for k, v in probes.items()
-        if v != "ok" and not (k == "parent_environ" and v == EMPTY_LAUNCHER)
+        if v != "ok"
+        and not (k == "parent_environ" and v == EMPTY_LAUNCHER)
+        and not (k.startswith("mptcp_") and not mptcp_enabled())
     }
+    assert set(PROBES) <= set(probes), probes
     assert failed == {}, "without the sandbox the probes must work, or the test proves nothing"
+
+
+SCAN_END_S = 2.0
+
+
+def orphans(directory: Path) -> list[int]:
+    """The pids of the hostile auditor's double-forked `setsid` sleepers."""
+    return [int(p.read_text()) for p in sorted(directory.glob("orphan-*.pid")) if p.read_text()]
+
+
+def assert_orphans_gone(directory: Path, expected: int) -> None:
+    """The scan has ended: each sleeper is gone within SCAN_END_S (and killed regardless)."""
+    pids = orphans(directory)
+    try:
+        assert len(pids) == expected, pids
+        deadline = time.monotonic() + SCAN_END_S
+        while any(alive(p) for p in pids):
+            assert time.monotonic() < deadline, f"sleepers {pids} outlived their scan"
+            time.sleep(0.02)
+    finally:
+        for p in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
 
 
 # --- submit --local ----------------------------------------------------------------------
@@ -127,13 +171,15 @@ def local_submit(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     listener: int,
+    redis_server: RedisServer,
 ) -> Callable[[], tuple[Any, dict[str, str], dict[str, Any]]]:
     """`submit --local` of two containers with the hostile auditor: (outcome, probes, run)."""
     import tempfile
 
     admin = fake_cluster.write_kubeconfig(tmp_path / "kube" / "config")
     probes = standin_io / "probes.json"
-    redis_port = 6379
+    redis_port = redis_server.port
+    assert redis_port is not None
     for k, v in hostile_world(
         tmp_path, admin, redis_port, listener, probes, scanfleet_pid=os.getpid()
     ).items():
@@ -172,13 +218,13 @@ def local_submit(
 def test_submit_local_confines_every_scan_and_records_the_mode(
     local_submit: Callable[[], tuple[Any, dict[str, str], dict[str, Any]]],
     fake_cluster: FakeCluster,
+    standin_io: Path,
 ) -> None:
     outcome, probes, run = local_submit()
+    assert_orphans_gone(standin_io, 2)
     assert outcome.exit_code == 0, outcome.stderr
     assert run["targets"]["completed"] == 2
     assert run["sandbox"] == MODE
-    if not _port_open(6379):
-        probes.pop("redis")  # nothing listens: the probe fails either way
     assert_confined(probes)
     assert fake_cluster.scanfleet_objects() == []
 
@@ -186,23 +232,15 @@ def test_submit_local_confines_every_scan_and_records_the_mode(
 def test_submit_local_with_the_sandbox_off_lets_the_probes_through_and_says_so(
     local_submit: Callable[[], tuple[Any, dict[str, str], dict[str, Any]]],
     monkeypatch: pytest.MonkeyPatch,
+    standin_io: Path,
 ) -> None:
     monkeypatch.setenv("SCANFLEET_SANDBOX", "off")
     outcome, probes, run = local_submit()
+    assert_orphans_gone(standin_io, 2)
     assert outcome.exit_code == 0, outcome.stderr
     assert run["sandbox"] == "off"
-    if not _port_open(6379):
-        probes.pop("redis")
     assert_unconfined(probes)
     assert outcome.stderr.count('"sandbox.off"') == 2, "one warning per scan"
-
-
-def _port_open(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
 
 
 # --- no Landlock: nothing starts ------------------------------------------------------------
@@ -215,8 +253,10 @@ def _port_open(port: int) -> bool:
         ["submit", "--local", "apps/web/app"],
     ],
 )
+@pytest.mark.parametrize("missing", ["landlock", "seccomp"])
 def test_without_landlock_scan_and_submit_local_exit_3_having_created_nothing(
     command: list[str],
+    missing: str,
     fake_cluster: FakeCluster,
     standin_auditor: str,
     tmp_path: Path,
@@ -225,12 +265,16 @@ def test_without_landlock_scan_and_submit_local_exit_3_having_created_nothing(
 ) -> None:
     admin = fake_cluster.write_kubeconfig(tmp_path / "kube" / "config")
     monkeypatch.setenv("SCANFLEET_AUDITOR", standin_auditor)
-    monkeypatch.setattr(sandbox, "abi_version", lambda: 0)
+    if missing == "landlock":
+        monkeypatch.setattr(sandbox, "abi_version", lambda: 0)
+    else:
+        monkeypatch.setattr(sandbox, "seccomp_available", lambda: False)
     out = tmp_path / "results"
     argv = [*command, "--profile", "p", "--kubeconfig", str(admin), "--output", str(out)]
     r = CliRunner().invoke(main_group, argv)
     assert r.exit_code == 3, r.output
     assert "[sandbox_unavailable]" in r.stderr
+    assert ("Landlock" if missing == "landlock" else "seccomp") in r.stderr
     assert "SCANFLEET_SANDBOX=off" in r.stderr
     assert r.stdout == ""  # no run id: no run
     assert not out.exists()
@@ -339,6 +383,7 @@ def test_a_worker_confines_its_auditors_and_reaps_what_dead_workers_left(
     assert not stale.exists(), "a worker removes a dead worker's scan directory at start"
     assert b'"worker.sandbox"' in worker.log.read_bytes()
     run, outcome = _fleet_run(env, probes)
+    assert_orphans_gone(probes.parent, 1)
     assert run["targets"]["completed"] == 1, run
     assert run["sandbox"] == MODE
     assert_confined(outcome)
@@ -353,8 +398,76 @@ def test_a_worker_with_the_sandbox_off_lets_the_probes_through(
     env["SCANFLEET_SANDBOX"] = "off"
     worker = make_worker(env)
     run, outcome = _fleet_run(env, probes)
+    assert_orphans_gone(probes.parent, 1)
     assert run["targets"]["completed"] == 1, run
     assert run["sandbox"] == "off"
     assert_unconfined(outcome)
     assert outcome["signal_parent"] == "ok"  # the launcher: what the sandbox scope stops
     wait_for(lambda: b'"sandbox.off"' in worker.log.read_bytes(), 10, "the sandbox.off warning")
+
+
+# --- inputs are the operator's, not Redis's -----------------------------------------------
+
+
+def test_a_worker_rejects_inputs_a_redis_writer_added_and_starts_no_auditor(
+    fleet_env: dict[str, str],
+    redis_server: RedisServer,
+    make_worker: Callable[..., Any],
+    standin_io: Path,
+    tmp_path: Path,
+) -> None:
+    """A plan edited in Redis to hand the auditor a cloud-credentials directory and another
+    run's results ends `rejected` with no auditor started; an input under
+    SCANFLEET_ALLOWED_INPUTS still reaches the auditor."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "ok.yml").write_text("x: 1\n")
+    aws = tmp_path / "operator-home" / ".aws"  # shaped like ~/.aws
+    aws.mkdir(parents=True)
+    (aws / "credentials").write_text("aws_secret_access_key = not-for-the-auditor\n")
+    other_run = Path(fleet_env["SCANFLEET_RESULTS_DIR"]) / "20200101T000000Z-0a0b0c"
+    other_run.mkdir(parents=True)
+    (other_run / "run.json").write_text('{"cluster": "another"}\n')
+    standin_log = standin_io / "standin.jsonl"
+    env = {
+        **fleet_env,
+        # Even allowed prefixes do not let a directory through.
+        "SCANFLEET_ALLOWED_INPUTS": os.pathsep.join([str(inputs), str(aws.parent)]),
+        "SCANFLEET_STANDIN_LOG": str(standin_log),
+    }
+    r = redis_server.client()
+
+    def submit(*extra: str) -> str:
+        proc = run_cli(
+            ["submit", "--context", "east", "apps/api/app", "--profile", "p", *extra], env
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout.splitlines()[0].strip()
+
+    def edit_plan(run_id: str, **changes: object) -> None:
+        key = f"{KEY_PREFIX}:run:{run_id}:plan"
+        plan = json.loads(r.get(key) or "{}")
+        r.set(key, json.dumps({**plan, **changes}), keepttl=True)
+
+    # Queued with no worker running, edited in Redis, then a worker starts.
+    both = submit()
+    edit_plan(both, input_files=[str(aws)], extra_args=["--waiver-file", str(other_run)])
+    waiver = submit()
+    edit_plan(waiver, extra_args=[f"--waiver-file={other_run}"])
+    allowed = submit("--input-file", str(inputs / "ok.yml"))
+    make_worker(env, concurrency=2)
+    runs = (both, waiver, allowed)
+    key = f"{KEY_PREFIX}:run:{{}}:result"
+    wait_for(lambda: all(r.exists(key.format(x)) for x in runs), 60, "runs to finish")
+
+    results = Path(env["SCANFLEET_RESULTS_DIR"])
+    for run_id, named in ((both, str(aws)), (waiver, str(other_run))):
+        (summary,) = iter_summaries(results / run_id)
+        assert summary["status"] == "error", summary
+        assert summary["error"]["kind"] == "rejected"
+        assert named in summary["error"]["message"]
+    (ok,) = iter_summaries(results / allowed)
+    assert ok["status"] == "completed", ok
+    ran = [json.loads(line) for line in standin_log.read_text().splitlines()]
+    assert len(ran) == 1, "only the allowed run may start an auditor"
+    assert str(inputs / "ok.yml") in ran[0]["argv"]

@@ -85,6 +85,16 @@ def test_concurrent_spawns_each_get_their_own_exit_code_and_stderr(
         assert (code, err) == (i, f"tag-{i}\n".encode())
 
 
+@pytest.mark.parametrize(
+    ("script", "code"),
+    [("exit 7", 7), ("kill -KILL $$", -signal.SIGKILL), ("kill -TERM $$", -signal.SIGTERM)],
+)
+def test_the_auditors_own_status_is_reported_through_its_supervisor(
+    launcher: launcher_client.Launcher, script: str, code: int
+) -> None:
+    assert finish(_sh(launcher, script)) == code
+
+
 def test_the_auditor_leads_its_own_session_in_the_given_directory(
     launcher: launcher_client.Launcher,
     tmp_path: Path,
@@ -235,6 +245,11 @@ run_auditor(sys.argv[1], "p", Target("c", "ns", "pod", "app"), Path(sys.argv[2])
 """
 
 
+def _parent(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
 def test_killing_the_worker_kills_the_auditor_group_and_the_launcher(
     standin_auditor: str,
     auditor_plan: PlanWriter,
@@ -260,13 +275,14 @@ def test_killing_the_worker_kills_the_auditor_group_and_the_launcher(
     try:
         wait_until(pid_file.exists, what="the auditor to start")
         pids = json.loads(pid_file.read_text())
-        stat = Path(f"/proc/{pids['pid']}/stat").read_text()
-        launcher = int(stat.rsplit(")", 1)[1].split()[1])  # the auditor's parent
-        assert launcher != worker.pid
+        supervisor = _parent(int(pids["pid"]))  # the scan's subreaper
+        launcher = _parent(supervisor)
+        assert worker.pid not in (supervisor, launcher)
+        assert _parent(launcher) == worker.pid
         assert alive(launcher)
         worker.kill()  # SIGKILL: no clean-up code runs in the worker
         worker.wait()
-        for pid in (int(pids["pid"]), int(pids["child_pid"]), launcher):
+        for pid in (int(pids["pid"]), int(pids["child_pid"]), supervisor, launcher):
             wait_until(functools.partial(dead, pid), what=f"{pid} to die with the worker")
     finally:
         if worker.poll() is None:

@@ -3,13 +3,17 @@
 `scanfleet scan` runs scanfleet/testing/standin/hostile-auditor against the fake cluster. With the
 sandbox on, every probe (admin kubeconfig, the kubernetes client's temp cert/key files,
 ~/.kube/config, the service account token, another scan's directory, another run's results,
-/proc/<parent>/environ, Redis, a port that is not the API server's, binding a port,
-signalling its parent) fails and the scan still completes; with SCANFLEET_SANDBOX=off the
+/proc/<parent>/environ, a Redis this test starts, a port that is not the API server's,
+binding a port, MPTCP connect and bind, raw/netlink/packet sockets, an abstract unix
+socket outside the sandbox, signalling its parent, opening for writing its kubeconfig, its
+profile, its own installation and root-owned files in /etc and /usr) fails and the scan
+still completes; a file written in its work dir succeeds; with SCANFLEET_SANDBOX=off the
 same probes succeed, so these tests fail if the sandbox stops being applied.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -37,6 +41,7 @@ from scanfleet.scan.auditor import run_auditor
 from scanfleet.store import files as results
 from scanfleet.testing.fakekube import FakeCluster
 from tests.support.fixtures_auditor import STANDIN, PlanWriter
+from tests.support.fixtures_fleet import RedisServer
 from tests.support.tools import alive, wait_until
 
 HOSTILE = STANDIN.with_name("hostile-auditor")
@@ -48,7 +53,44 @@ READ_PROBES = (
     "other_results",
     "worker_environ",
     "launcher_environ",
+    "home_inspec",
 )
+# Opened for appending (nothing is written): the read rules must not grant write.
+WRITE_PROBES = (
+    "write_kubeconfig",
+    "write_profile",
+    "write_installation",
+    "write_etc",
+    "write_usr",
+)
+SOCKET_PROBES = ("mptcp_connect", "mptcp_bind", "raw_socket", "netlink_socket", "packet_socket")
+NEEDS_ROOT = ("raw_socket", "packet_socket")  # unconfined, they need CAP_NET_RAW
+ROOT_OWNED_USR = ("/usr/lib/os-release", "/usr/share/common-licenses/GPL-3", "/usr/bin/env")
+
+
+def mptcp_enabled() -> bool:
+    """Whether this kernel creates MPTCP sockets (without the sandbox)."""
+    try:
+        return Path("/proc/sys/net/mptcp/enabled").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
+def _root_owned_usr_file() -> str:
+    for p in ROOT_OWNED_USR:
+        if os.path.isfile(p) and os.stat(p).st_uid == 0:
+            return p
+    pytest.fail(f"none of {ROOT_OWNED_USR} is a root-owned file here")
+
+
+@pytest.fixture
+def abstract_listener() -> Iterator[str]:
+    """An abstract unix socket listening outside the sandbox; yields its name."""
+    name = f"scanfleet-test-{os.getpid()}-{time.monotonic_ns()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind("\0" + name)
+        s.listen(8)
+        yield name
 
 
 @pytest.fixture
@@ -71,6 +113,8 @@ def hostile(
     monkeypatch: pytest.MonkeyPatch,
     listener: int,
     other_scan_dir: Path,
+    redis_server: RedisServer,
+    abstract_listener: str,
 ) -> Callable[..., tuple[Any, dict[str, Any]]]:
     """Run `scanfleet scan apps/web/app` with the hostile auditor; (outcome, probes)."""
     from kubernetes.client import Configuration
@@ -80,6 +124,9 @@ def hostile(
     home = tmp_path / "home"
     (home / ".kube").mkdir(parents=True)
     (home / ".kube" / "config").write_text("token: the-operators-own-token\n")
+    # Automate / compliance tokens: never granted without an explicit INSPEC_CONFIG_DIR.
+    (home / ".inspec").mkdir()
+    (home / ".inspec" / "config.json").write_text('{"token": "an-automate-token"}\n')
     secrets = tmp_path / "run-secrets"
     (secrets / "kubernetes.io" / "serviceaccount").mkdir(parents=True)
     (secrets / "kubernetes.io" / "serviceaccount" / "token").write_text("worker-sa-token\n")
@@ -91,23 +138,47 @@ def hostile(
     kube_config.load_kube_config(config_file=str(admin), client_configuration=Configuration())
     temp_files = sorted(kube_config._temp_files.values())
     assert len(temp_files) >= 2, "the client-cert kubeconfig should leave cert and key files"
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    (profile / "inspec.yml").write_text("name: p\n")
     spec = {
         "read": {
             "admin_kubeconfig": str(admin),
             "home_kube": str(home / ".kube" / "config"),
+            "home_inspec": str(home / ".inspec" / "config.json"),
             "sa_token": str(secrets / "kubernetes.io" / "serviceaccount" / "token"),
             "other_scan": str(other_scan_dir / "kubeconfig"),
             "other_results": str(other_run / "run.json"),
-            # The scan runs in this process (the worker); the auditor's parent is the launcher.
+            # The scan runs in this process (the worker); the auditor's parent is its
+            # supervisor (a fork of the launcher).
             "worker_environ": f"/proc/{os.getpid()}/environ",
             "launcher_environ": "/proc/{ppid}/environ",
             **{f"client_temp_{i}": p for i, p in enumerate(temp_files)},
         },
-        "connect": {"redis": ["127.0.0.1", 6379], "other_port": ["127.0.0.1", listener]},
+        "connect": {
+            "redis": ["127.0.0.1", redis_server.port],
+            "other_port": ["127.0.0.1", listener],
+        },
         "bind": True,
         "signal_parent": True,
         "signal": {"signal_worker": os.getpid()},
         "self_status": True,
+        "write": {
+            "write_kubeconfig": "{kubeconfig}",
+            "write_profile": "{profile}/inspec.yml",
+            "write_installation": "{self}",
+            "write_etc": "/etc/passwd",
+            "write_usr": _root_owned_usr_file(),
+        },
+        "create": {"create_in_workdir": "{home}/written-by-the-auditor"},
+        "mptcp_connect": ["127.0.0.1", redis_server.port],
+        "mptcp_bind": True,
+        "socket": {
+            "raw_socket": [socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP],
+            "netlink_socket": [socket.AF_NETLINK, socket.SOCK_RAW, 0],
+            "packet_socket": [socket.AF_PACKET, socket.SOCK_RAW, 0],
+        },
+        "abstract_connect": {"abstract_unix": abstract_listener},
     }
     probes = standin_io / "probes.json"
     monkeypatch.setenv("HOME", str(home))
@@ -117,14 +188,16 @@ def hostile(
     monkeypatch.setenv("SCANFLEET_STANDIN_PROBES", str(probes))
     monkeypatch.setenv("SCANFLEET_STANDIN_CHECK_ACCESS", "1")
     monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.delenv("INSPEC_CONFIG_DIR", raising=False)
 
-    def run(*extra: str) -> tuple[Any, dict[str, Any]]:
+    def run(*extra: str, **more_probes: Any) -> tuple[Any, dict[str, Any]]:
         probes.unlink(missing_ok=True)
+        monkeypatch.setenv("SCANFLEET_STANDIN_HOSTILE", json.dumps({**spec, **more_probes}))
         argv = [
             "scan",
             "apps/web/app",
             "--profile",
-            "p",
+            str(profile),
             "--kubeconfig",
             str(admin),
             "--output",
@@ -137,14 +210,6 @@ def hostile(
     return run
 
 
-def _redis_up() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 6379), timeout=1).close()
-    except OSError:
-        return False
-    return True
-
-
 def test_every_probe_fails_and_the_scan_completes(
     hostile: Callable[..., tuple[Any, dict[str, Any]]], fake_cluster: FakeCluster
 ) -> None:
@@ -153,6 +218,8 @@ def test_every_probe_fails_and_the_scan_completes(
     attempted = {k for k in probes if k != "self_status"}
     assert {
         *READ_PROBES,
+        *WRITE_PROBES,
+        *SOCKET_PROBES,
         "client_temp_0",
         "client_temp_1",
         "redis",
@@ -160,9 +227,14 @@ def test_every_probe_fails_and_the_scan_completes(
         "bind",
         "signal_parent",
         "signal_worker",
+        "abstract_unix",
     } <= attempted
+    # Its own work dir it may write (or the write probes above prove nothing).
+    assert probes.pop("create_in_workdir") == "ok"
     succeeded = {k: v for k, v in probes.items() if k != "self_status" and v == "ok"}
     assert succeeded == {}, f"the sandboxed auditor reached: {sorted(succeeded)}"
+    for name in SOCKET_PROBES:  # refused by the seccomp socket allow-list, not by chance
+        assert probes[name] == "denied: PermissionError Permission denied", (name, probes[name])
     assert str(probes["self_status"]).startswith("denied"), "/proc is not readable by default"
     # The stand-in reached the API server with the scan's identity (kubectl get pod).
     assert fake_cluster.scanfleet_objects() == []
@@ -175,13 +247,18 @@ def test_the_same_probes_succeed_with_the_sandbox_off(
     outcome, probes = hostile()
     assert outcome.exit_code == 0, outcome.stderr
     expected_ok = {k for k in probes if k not in ("self_status", "launcher_environ")}
-    # The launcher runs with an empty environment: nothing to read there, sandbox or not.
+    assert {*WRITE_PROBES, *SOCKET_PROBES, "abstract_unix", "redis"} <= expected_ok
+    # The supervisor, a fork of the launcher, has an empty environment: nothing to read
+    # there, sandbox or not.
     assert probes["launcher_environ"] == "denied: empty"
-    if not _redis_up():
-        expected_ok.discard("redis")
+    if os.geteuid() != 0:
+        expected_ok -= set(NEEDS_ROOT)
+    if not mptcp_enabled():
+        expected_ok -= {"mptcp_connect", "mptcp_bind"}
     failed = {k: probes[k] for k in expected_ok if probes[k] != "ok"}
     assert failed == {}, "without the sandbox the probes must work, or the test proves nothing"
-    assert '"sandbox.off"' in outcome.stderr or "sandbox.off" in outcome.stderr
+    warnings = [json.loads(line) for line in outcome.stderr.splitlines() if '"sandbox.off"' in line]
+    assert [w["event"] for w in warnings] == ["sandbox.off"], outcome.stderr[-2000:]
 
 
 def test_with_proc_readable_the_parent_environ_stays_closed(
@@ -219,6 +296,98 @@ def test_an_allow_rule_that_exposes_a_protected_path_is_refused(
     [summary] = [results.read_json(p) for p in results.summary_files(run_dir)]
     assert summary["error"]["kind"] == "sandbox_unavailable"
     assert "would expose the protected path" in summary["error"]["message"]
+
+
+# --- nothing of a scan outlives it -----------------------------------------------------------
+
+SCAN_END_S = 2.0  # every process of a scan is gone this soon after it ends
+
+
+def orphans(directory: Path) -> list[int]:
+    """The pids the hostile auditor's double-forked `setsid` sleepers wrote."""
+    return [int(p.read_text()) for p in sorted(directory.glob("orphan-*.pid")) if p.read_text()]
+
+
+@contextlib.contextmanager
+def killing_orphans_after(directory: Path) -> Iterator[None]:
+    """Whatever the test finds, leave no sleeper behind."""
+    try:
+        yield
+    finally:
+        for pid in orphans(directory):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def assert_gone_soon(pids: list[int]) -> None:
+    assert pids, "the auditor started no sleeper: the test proves nothing"
+    wait_until(
+        lambda: not any(alive(p) for p in pids),
+        timeout=SCAN_END_S,
+        what=f"the scan's double-forked setsid sleepers {pids} to be gone",
+    )
+
+
+@pytest.mark.parametrize("mode", ["on", "off"])
+def test_a_double_forked_setsid_sleeper_does_not_outlive_scan(
+    hostile: Callable[..., tuple[Any, dict[str, Any]]],
+    standin_io: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str,
+) -> None:
+    monkeypatch.setenv("SCANFLEET_SANDBOX", mode)
+    with killing_orphans_after(standin_io):
+        outcome, probes = hostile(orphan=str(standin_io / "orphan-{pid}.pid"))
+        assert outcome.exit_code == 0, outcome.stderr
+        assert probes["orphan"] == "ok"
+        assert_gone_soon(orphans(standin_io))
+
+
+def _hostile_run_auditor(standin_io: Path, private: Path, tmp_path: Path, timeout: float) -> str:
+    """A worker process running one audit with the hostile auditor, whose stand-in then
+    sleeps; its source for `python -c`."""
+    return (
+        "import sys; from pathlib import Path; from scanfleet.scan.auditor import run_auditor;"
+        "from scanfleet.core.targets import Target;"
+        f"run_auditor({str(HOSTILE)!r}, 'p', Target('c','ns','pod','app'),"
+        f" Path({str(tmp_path / 'r.json')!r}), Path({str(private)!r}), timeout={timeout})"
+    )
+
+
+@pytest.mark.parametrize("end", ["timeout", "worker_killed", "auditor_killed"])
+def test_the_sleeper_is_gone_however_the_audit_ends(
+    standin_auditor: str,
+    auditor_plan: PlanWriter,
+    standin_io: Path,
+    private: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    end: str,
+) -> None:
+    pid_file = standin_io / "pids.json"
+    auditor_plan({"*": {"sleep": 120, "pid_file": str(pid_file)}})
+    monkeypatch.setenv(
+        "SCANFLEET_STANDIN_HOSTILE", json.dumps({"orphan": str(standin_io / "orphan-{pid}.pid")})
+    )
+    timeout = 3 if end == "timeout" else 300
+    code = _hostile_run_auditor(standin_io, private, tmp_path, timeout)
+    with killing_orphans_after(standin_io):
+        worker = subprocess.Popen([sys.executable, "-c", code], env=os.environ.copy())
+        try:
+            wait_until(pid_file.exists, what="the auditor to start")
+            sleepers = orphans(standin_io)
+            assert sleepers
+            assert all(alive(p) for p in sleepers)
+            if end == "worker_killed":
+                worker.kill()  # SIGKILL: no clean-up code runs in the worker
+            elif end == "auditor_killed":
+                os.kill(json.loads(pid_file.read_text())["pid"], signal.SIGKILL)
+            worker.wait(60)
+            assert_gone_soon(sleepers)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
 
 
 # --- run_auditor: fail closed, helper errors, dies with its worker --------------------------
@@ -266,6 +435,100 @@ def test_without_landlock_nothing_runs_unless_opted_out(
     assert _run(standin_auditor, private, tmp_path).exit_code == 100
     assert len(auditor_log()) == 1
     assert sandbox.mode_label(sandbox.SandboxSettings.from_env(os.environ)) == "off"
+
+
+def test_without_seccomp_nothing_runs_unless_opted_out(
+    standin_auditor: str,
+    auditor_log: Any,
+    private: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sandbox, "seccomp_available", lambda: False)
+    with pytest.raises(SandboxUnavailable, match="seccomp") as info:
+        _run(standin_auditor, private, tmp_path)
+    assert info.value.kind == "sandbox_unavailable"
+    assert auditor_log() == []
+    monkeypatch.setenv("SCANFLEET_SANDBOX", "off")
+    assert _run(standin_auditor, private, tmp_path).exit_code == 100
+
+
+_SOCKET_MATRIX = {
+    "unix_stream": (socket.AF_UNIX, socket.SOCK_STREAM, 0),
+    "unix_dgram": (socket.AF_UNIX, socket.SOCK_DGRAM, 0),
+    "tcp": (socket.AF_INET, socket.SOCK_STREAM, 0),
+    "tcp_explicit": (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP),
+    "tcp6_nonblock_cloexec": (
+        socket.AF_INET6,
+        socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+        0,
+    ),
+    "udp": (socket.AF_INET, socket.SOCK_DGRAM, 0),
+    "udp6_explicit": (socket.AF_INET6, socket.SOCK_DGRAM, socket.IPPROTO_UDP),
+    "mptcp": (socket.AF_INET, socket.SOCK_STREAM, 262),
+    "mptcp6": (socket.AF_INET6, socket.SOCK_STREAM | socket.SOCK_CLOEXEC, 262),
+    "sctp": (socket.AF_INET, socket.SOCK_STREAM, 132),
+    "sctp_seqpacket": (socket.AF_INET, socket.SOCK_SEQPACKET, 132),
+    "icmp_dgram": (socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP),
+    "udplite": (socket.AF_INET, socket.SOCK_DGRAM, 136),
+    "raw": (socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP),
+    "netlink": (socket.AF_NETLINK, socket.SOCK_RAW, 0),
+    "packet": (socket.AF_PACKET, socket.SOCK_RAW, 0),
+    "vsock": (40, socket.SOCK_STREAM, 0),
+}
+_ALLOWED = {"unix_stream", "unix_dgram", "tcp", "tcp_explicit", "tcp6_nonblock_cloexec", "udp"}
+_ALLOWED |= {"udp6_explicit"}
+
+
+def test_the_socket_filter_allows_unix_tcp_and_udp_only() -> None:
+    """In a child that installed the filter: each socket() of the matrix, socketpair(),
+    io_uring_setup and an x32 socket() (on x86_64)."""
+    code = f"""
+import ctypes, json, os, socket
+from scanfleet.sandbox import confine
+confine.restrict_sockets()
+out = {{}}
+for name, args in json.loads({json.dumps(_SOCKET_MATRIX)!r}).items():
+    try:
+        socket.socket(*args).close()
+        out[name] = "ok"
+    except OSError as e:
+        out[name] = e.errno
+try:
+    socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    out["socketpair_unix"] = "ok"
+except OSError as e:
+    out["socketpair_unix"] = e.errno
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+out["io_uring_setup"] = libc.syscall(ctypes.c_long(425), ctypes.c_long(8), None) or "ok"
+out["io_uring_errno"] = ctypes.get_errno()
+if os.uname().machine == "x86_64":
+    args = [ctypes.c_long(a) for a in (0x40000000 | 41, socket.AF_INET, socket.SOCK_STREAM, 0)]
+    out["x32_socket"] = libc.syscall(*args)
+    out["x32_errno"] = ctypes.get_errno()
+print(json.dumps(out))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    for name in _SOCKET_MATRIX:
+        if name in _ALLOWED:
+            assert out[name] == "ok", (name, out[name])
+        else:
+            assert out[name] == 13, f"{name}: {out[name]} (want EACCES from the filter)"
+    assert out["socketpair_unix"] == "ok"
+    assert (out["io_uring_setup"], out["io_uring_errno"]) == (-1, 13)
+    if "x32_socket" in out:
+        assert (out["x32_socket"], out["x32_errno"]) == (-1, 13)
+
+
+def test_the_socket_filter_refuses_an_unknown_architecture() -> None:
+    from scanfleet.sandbox import confine
+
+    assert confine.socket_filter("x86_64") != confine.socket_filter("aarch64")
+    with pytest.raises(confine.SandboxError, match="riscv64"):
+        confine.socket_filter("riscv64")
 
 
 def test_a_child_that_cannot_confine_runs_nothing(
@@ -339,6 +602,7 @@ def test_describe_reports_what_this_kernel_enforces() -> None:
     assert d["mode"] == f"landlock-abi-{abi}"
     assert d["filesystem"] is True
     assert d["network_tcp"] is (abi >= 4)
+    assert d["sockets_tcp_udp_unix_only"] is True
     assert d["scope_signal"] is (abi >= 6)
     assert "/usr" in d["system_read"]
     assert sandbox.describe(sandbox.SandboxSettings(enabled=False))["mode"] == "off"
@@ -528,3 +792,29 @@ def test_a_rule_may_not_expose_a_protected_path_or_contain_results(
     else:
         with pytest.raises(SandboxUnavailable, match=refused):
             _policy_with(tmp_path, target)
+
+
+@pytest.mark.parametrize(
+    ("allow", "refused"),
+    [
+        ("home", "would contain"),  # ALLOW_READ=$HOME
+        ("elsewhere", "would expose the protected path"),  # where ~/.kube really lies
+        ("elsewhere/kube", "would expose the protected path"),
+    ],
+)
+def test_a_kube_dir_symlinked_out_of_home_stays_protected(
+    tmp_path: Path, allow: str, refused: str
+) -> None:
+    real = tmp_path / "elsewhere" / "kube"
+    real.mkdir(parents=True)
+    (real / "config").write_text("token: the-operators-own-token\n")
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / ".kube").symlink_to(real)
+    with pytest.raises(SandboxUnavailable, match=refused):
+        _policy_with(tmp_path, tmp_path / allow)
+    # A sibling of the real directory is not protected.
+    (tmp_path / "elsewhere" / "other").mkdir()
+    assert (
+        str(tmp_path / "elsewhere" / "other")
+        in _policy_with(tmp_path, tmp_path / "elsewhere" / "other").read
+    )
