@@ -35,7 +35,7 @@ def write_report(fmt: str, run: Mapping[str, Any], summaries: Summaries, out: Te
     elif fmt == "junit":
         write_junit(run, summaries, out)
     elif fmt == "html":
-        write_html(run, out)
+        write_html(run, summaries, out)
     else:
         raise ValueError(f"unknown report format {fmt!r}: expected one of {', '.join(FORMATS)}")
 
