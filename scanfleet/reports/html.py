@@ -87,8 +87,9 @@ th[aria-sort=ascending]::after{content:" \\25B2"}
 th[aria-sort=descending]::after{content:" \\25BC"}
 tr.t{cursor:pointer}
 tr.t:hover,tr.t.open{background:#eff6ff}
-.oc{display:inline-block;border-radius:9px;padding:0 8px;font-size:12px;color:#fff}
-.oc.failed{background:#b91c1c}.oc.error{background:#b45309}.oc.passed{background:#15803d}
+td.oc{font-weight:700}tr.failed td.oc{color:#b91c1c}tr.error td.oc{color:#b45309}
+tr.passed td.oc{color:#15803d}
+td.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:13px}
 td.img{font-size:12px;color:#374151}
 tr.detail td{background:#f9fafb}
 .fc{border-left:3px solid #e5e7eb;padding:4px 8px;margin:6px 0}
@@ -97,6 +98,12 @@ tr.detail td{background:#f9fafb}
 .fix summary{cursor:pointer;color:#1d4ed8}
 .which{font-size:12px}
 .scroll{max-height:70vh;overflow:auto}
+#sf-table{table-layout:fixed}
+
+#sf-table td{overflow-wrap:normal;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+#sf-table tr.detail td{white-space:normal;overflow-wrap:anywhere}
+#sf-table th:nth-child(1){width:90px}#sf-table th:nth-child(7){width:110px}
+#sf-table th:nth-child(8){width:140px}
 code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:13px}
 svg text{font-family:inherit}
 @media (max-width:900px){.two,.kpis{grid-template-columns:1fr 1fr}}

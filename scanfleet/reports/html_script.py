@@ -108,8 +108,22 @@ SCRIPT = r"""
     out.push("</td></tr>");
     return out.join("");
   }
+  var CHUNK = 200, token = 0;
+  function rowHtml(r) {
+    var comp = r[7] == null ? "n/a" : r[7] + "%";
+    var tr = '<tr class="t ' + esc(r[1]) + (state.open === r[0] ? " open" : "") +
+      '" data-scan="' + esc(r[0]) + '"><td class="oc">' + esc(r[1]) + "</td><td>" +
+      esc(r[2]) + "</td><td>" + esc(r[3]) + '</td><td class="mono">' + esc(r[4]) +
+      '</td><td class="mono">' + esc(r[5] == null ? "*" : r[5]) + '</td><td class="img">' +
+      esc(r[6]) + '</td><td class="num">' + comp + '</td><td class="num">' + r[9].length +
+      "</td></tr>";
+    return state.open === r[0] ? tr + detail(r) : tr;
+  }
+  // The first CHUNK rows are drawn at once, the rest a chunk per task, so the page can be
+  // read and filtered while a large run's rows are still being added; a new render
+  // abandons the one in progress. <body data-rendering> is set until every row is in.
   function render() {
-    var col = COLS[state.sort] || 1, dir = state.dir;
+    var col = COLS[state.sort] || 1, dir = state.dir, mine = ++token;
     var rows = T.filter(matches);
     rows.sort(function (a, b) {
       var x = key(a, col), y = key(b, col);
@@ -117,17 +131,24 @@ SCRIPT = r"""
       if (x > y) return dir;
       return name(a) < name(b) ? -1 : name(a) > name(b) ? 1 : 0;
     });
-    var html = rows.map(function (r) {
-      var comp = r[7] == null ? "n/a" : r[7] + "%";
-      var tr = '<tr class="t ' + esc(r[1]) + (state.open === r[0] ? " open" : "") +
-        '" data-scan="' + esc(r[0]) + '"><td><span class="oc ' + esc(r[1]) + '">' +
-        esc(r[1]) + "</span></td><td>" + esc(r[2]) + "</td><td>" + esc(r[3]) +
-        "</td><td><code>" + esc(r[4]) + "</code></td><td><code>" + esc(r[5] == null ? "*" : r[5]) +
-        '</code></td><td class="img">' + esc(r[6]) + '</td><td class="num">' + comp +
-        '</td><td class="num">' + r[9].length + "</td></tr>";
-      return state.open === r[0] ? tr + detail(r) : tr;
-    });
-    $("sf-rows").innerHTML = html.join("");
+    var body = $("sf-rows");
+    body.innerHTML = rows.slice(0, CHUNK).map(rowHtml).join("");
+    var done = Math.min(CHUNK, rows.length);
+    function more() {
+      if (mine !== token) return;
+      if (done >= rows.length) {
+        document.body.removeAttribute("data-rendering");
+        if (!document.body.hasAttribute("data-complete-ms"))
+          document.body.setAttribute("data-complete-ms", performance.now().toFixed(1));
+        return;
+      }
+      body.insertAdjacentHTML("beforeend",
+        rows.slice(done, done + CHUNK).map(rowHtml).join(""));
+      done += CHUNK;
+      setTimeout(more, 0);
+    }
+    document.body.setAttribute("data-rendering", "1");
+    setTimeout(more, 0);
     $("sf-shown").textContent = "Showing " + rows.length + " of " + T.length + " targets" +
       (state.control ? " failing " + state.control : "") + ".";
     $("sf-clear-control").hidden = !state.control;
@@ -192,12 +213,23 @@ SCRIPT = r"""
   on("sf-cluster", "change", function (e) { state.cluster = e.target.value; update(); });
   on("sf-q", "input", function (e) { state.q = e.target.value; update(); });
   on("sf-clear-control", "click", function () { state.control = ""; update(); });
+  var BY = {};
+  T.forEach(function (r) { BY[r[0]] = r; });
   on("sf-rows", "click", function (e) {
+    // Open or close one target's detail in place: no redraw of the other rows.
     var tr = e.target.closest("tr.t");
     if (!tr) return;
     var id = tr.getAttribute("data-scan");
+    Array.prototype.forEach.call(document.querySelectorAll("#sf-rows tr.detail"),
+      function (d) { d.remove(); });
+    Array.prototype.forEach.call(document.querySelectorAll("#sf-rows tr.t.open"),
+      function (o) { o.classList.remove("open"); });
     state.open = state.open === id ? "" : id;
-    update();
+    if (state.open && BY[id]) {
+      tr.classList.add("open");
+      tr.insertAdjacentHTML("afterend", detail(BY[id]));
+    }
+    writeHash();
   });
   on("sf-control-rows", "click", function (e) {
     var b = e.target.closest("button[data-control]");
