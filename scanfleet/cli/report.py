@@ -22,7 +22,8 @@ from scanfleet.cli.common import bad_input_exits, load_settings, main_group
 from scanfleet.core.errors import BadInput, ExitCode
 from scanfleet.judging.documents import unreadable_summary
 from scanfleet.reports import FORMATS, write_report
-from scanfleet.store.files import read_json, run_dir, summary_files
+from scanfleet.reports.hdf import export as export_hdf
+from scanfleet.store.files import read_json, report_path, run_dir, summary_files
 
 RUN_EXIT_CODES = (ExitCode.OK, ExitCode.THRESHOLD, ExitCode.SCAN_ERROR)
 
@@ -80,23 +81,65 @@ def _write_file(path: Path, fmt: str, run: dict[str, Any], directory: Path) -> N
         raise
 
 
+def _write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_hdf_dir(out: Path, run: dict[str, Any], directory: Path) -> None:
+    """`--format hdf`: one file per scanned target in `out`; a line on stderr saying what."""
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"--format hdf writes a directory: {out} is a file")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInput(f"cannot create {out}: {e.strerror or e}") from e
+    written, problems = 0, []
+    for item in export_hdf(
+        run, lambda: _summaries(directory), lambda sid: report_path(directory, sid).read_bytes()
+    ):
+        if item.data is None:
+            problems.append(f"{item.name}: {item.problem}")
+            continue
+        try:
+            _write_bytes(out / item.name, item.data)
+        except OSError as e:
+            raise BadInput(f"cannot write {out / item.name}: {e.strerror or e}") from e
+        written += 1
+    click.echo(f"wrote {written} HDF file{'' if written == 1 else 's'} to {out}", err=True)
+    if problems:
+        click.echo(f"{len(problems)} target(s) have no HDF file:", err=True)
+        for line in problems[:20]:
+            click.echo(f"  {line}", err=True)
+        if len(problems) > 20:
+            click.echo(f"  … and {len(problems) - 20} more", err=True)
+
+
 @main_group.command("report")
 @click.argument("run_id")
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(FORMATS),
+    type=click.Choice((*FORMATS, "hdf")),
     default="json",
     show_default=True,
     help="json: run.json plus every target summary; markdown: a CI job summary or ticket; "
-    "junit: a testsuite per cluster; html: one self-contained page.",
+    "junit: a testsuite per cluster; html: one self-contained page; hdf: one Heimdall "
+    "file per target into the --output directory.",
 )
 @click.option(
     "--output",
     "output",
-    type=click.Path(dir_okay=False, path_type=Path, allow_dash=True),
+    type=click.Path(path_type=Path, allow_dash=True),
     default=None,
-    help="File to write (default: standard output).",
+    help="File to write (default: standard output); for hdf, the directory to write.",
 )
 @click.option(
     "--results-dir",
@@ -110,7 +153,13 @@ def report_command(run_id: str, fmt: str, output: Path | None, results_dir: Path
     settings = load_settings()
     directory = run_dir(results_dir if results_dir is not None else settings.results_dir, run_id)
     run = load_run(directory, run_id)
-    if output is None or str(output) == "-":
+    if fmt == "hdf":
+        if output is None or str(output) == "-":
+            raise BadInput("--format hdf needs --output DIR: it writes one file per target")
+        write_hdf_dir(output, run, directory)
+    elif output is not None and output.is_dir():
+        raise BadInput(f"--output {output} is a directory; {fmt} is written to a file")
+    elif output is None or str(output) == "-":
         write_report(fmt, run, lambda: _summaries(directory), sys.stdout)
         sys.stdout.flush()
     else:
