@@ -20,9 +20,12 @@ import click
 
 from scanfleet.cli.common import bad_input_exits, load_settings, main_group
 from scanfleet.core.errors import BadInput, ExitCode
+from scanfleet.core.settings import heimdall_api_key
 from scanfleet.judging.documents import unreadable_summary
 from scanfleet.reports import FORMATS, write_report
+from scanfleet.reports.hdf import HdfFile
 from scanfleet.reports.hdf import export as export_hdf
+from scanfleet.reports.heimdall import HeimdallServer, check_heimdall_url, upload_files
 from scanfleet.store.files import read_json, report_path, run_dir, summary_files
 
 RUN_EXIT_CODES = (ExitCode.OK, ExitCode.THRESHOLD, ExitCode.SCAN_ERROR)
@@ -93,27 +96,59 @@ def _write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def write_hdf_dir(out: Path, run: dict[str, Any], directory: Path) -> None:
-    """`--format hdf`: one file per scanned target in `out`; a line on stderr saying what."""
-    if out.exists() and not out.is_dir():
-        raise BadInput(f"--format hdf writes a directory: {out} is a file")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise BadInput(f"cannot create {out}: {e.strerror or e}") from e
+def heimdall_server(url: str | None) -> HeimdallServer | None:
+    """`--heimdall-url` with the key from the environment; BadInput before anything is sent."""
+    if url is None:
+        return None
+    base = check_heimdall_url(url)
+    key = heimdall_api_key()
+    if key is None:
+        raise BadInput(
+            "--heimdall-url needs an API key: set SCANFLEET_HEIMDALL_API_KEY or "
+            "SCANFLEET_HEIMDALL_API_KEY_FILE (never a flag)"
+        )
+    return HeimdallServer(base, key)
+
+
+def write_hdf(
+    out: Path | None, server: HeimdallServer | None, run: dict[str, Any], directory: Path
+) -> None:
+    """`--format hdf`: one file per scanned target into `out` and/or uploaded to `server`;
+    stderr says what was written and uploaded. Upload failures never change the exit code."""
+    if out is not None:
+        if out.exists() and not out.is_dir():
+            raise BadInput(f"--format hdf writes a directory: {out} is a file")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise BadInput(f"cannot create {out}: {e.strerror or e}") from e
     written, problems = 0, []
-    for item in export_hdf(
-        run, lambda: _summaries(directory), lambda sid: report_path(directory, sid).read_bytes()
-    ):
+
+    def on_file(item: HdfFile) -> None:
+        nonlocal written
         if item.data is None:
             problems.append(f"{item.name}: {item.problem}")
-            continue
-        try:
-            _write_bytes(out / item.name, item.data)
-        except OSError as e:
-            raise BadInput(f"cannot write {out / item.name}: {e.strerror or e}") from e
-        written += 1
-    click.echo(f"wrote {written} HDF file{'' if written == 1 else 's'} to {out}", err=True)
+        elif out is not None:
+            try:
+                _write_bytes(out / item.name, item.data)
+            except OSError as e:
+                raise BadInput(f"cannot write {out / item.name}: {e.strerror or e}") from e
+            written += 1
+
+    files = export_hdf(
+        run, lambda: _summaries(directory), lambda sid: report_path(directory, sid).read_bytes()
+    )
+    if server is None:
+        for item in files:
+            on_file(item)
+    else:
+        source = str(run.get("source") or "")
+        sweep = source.removeprefix("sweep:") if source.startswith("sweep:") else None
+        result = upload_files(server, files, str(run.get("run_id")), sweep, on_file)
+        for line in result.lines():
+            click.echo(line, err=True)
+    if out is not None:
+        click.echo(f"wrote {written} HDF file{'' if written == 1 else 's'} to {out}", err=True)
     if problems:
         click.echo(f"{len(problems)} target(s) have no HDF file:", err=True)
         for line in problems[:20]:
@@ -147,16 +182,33 @@ def write_hdf_dir(out: Path, run: dict[str, Any], directory: Path) -> None:
     default=None,
     help="Results directory (default: $SCANFLEET_RESULTS_DIR, else ./scanfleet-results).",
 )
+@click.option(
+    "--heimdall-url",
+    default=None,
+    help="With --format hdf: upload each target's file to this Heimdall server (API key "
+    "from $SCANFLEET_HEIMDALL_API_KEY or the file $SCANFLEET_HEIMDALL_API_KEY_FILE names).",
+)
 @bad_input_exits
-def report_command(run_id: str, fmt: str, output: Path | None, results_dir: Path | None) -> None:
+def report_command(
+    run_id: str,
+    fmt: str,
+    output: Path | None,
+    results_dir: Path | None,
+    heimdall_url: str | None,
+) -> None:
     """Report a finished run; exit with the run's exit code (0 met, 1 missed, 3 errors)."""
     settings = load_settings()
+    if heimdall_url is not None and fmt != "hdf":
+        raise BadInput("--heimdall-url uploads HDF files: use it with --format hdf")
+    server = heimdall_server(heimdall_url)
     directory = run_dir(results_dir if results_dir is not None else settings.results_dir, run_id)
     run = load_run(directory, run_id)
     if fmt == "hdf":
-        if output is None or str(output) == "-":
-            raise BadInput("--format hdf needs --output DIR: it writes one file per target")
-        write_hdf_dir(output, run, directory)
+        if output is not None and str(output) == "-":
+            raise BadInput("--format hdf writes files: give --output DIR, not standard output")
+        if output is None and server is None:
+            raise BadInput("--format hdf needs --output DIR or --heimdall-url URL (or both)")
+        write_hdf(output, server, run, directory)
     elif output is not None and output.is_dir():
         raise BadInput(f"--output {output} is a directory; {fmt} is written to a file")
     elif output is None or str(output) == "-":

@@ -172,8 +172,8 @@ def test_unreadable_report_is_named_not_fatal() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--format", "hdf"], "--format hdf needs --output DIR"),
-        (["--format", "hdf", "--output", "-"], "--format hdf needs --output DIR"),
+        (["--format", "hdf"], "--format hdf needs --output DIR or --heimdall-url URL"),
+        (["--format", "hdf", "--output", "-"], "give --output DIR, not standard output"),
         (["--format", "hdf", "--output", "{file}"], "is a file"),
         (["--format", "json", "--output", "{dir}"], "is a directory; json is written to a file"),
     ],
