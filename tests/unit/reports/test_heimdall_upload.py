@@ -231,3 +231,89 @@ def test_api_key_sources(tmp_path: Path) -> None:
     (tmp_path / "empty").write_text("\n")
     with pytest.raises(BadInput, match="is empty"):
         heimdall_api_key({"SCANFLEET_HEIMDALL_API_KEY_FILE": str(tmp_path / "empty")})
+
+
+# --- a sweep's `upload:` ------------------------------------------------------------------
+
+
+def test_sweeps_file_upload_key_is_validated(tmp_path: Path) -> None:
+    from scanfleet.core.errors import SweepsFileError
+    from scanfleet.sweeps.spec import Sweep, load_sweeps
+
+    def sweeps(upload: object) -> Path:
+        path = tmp_path / "sweeps.yml"
+        base = {"name": "nightly", "schedule": "0 2 * * *", "all_namespaces": True}
+        path.write_text(json.dumps([{**base, "profile": "/p", "upload": upload}]))
+        return path
+
+    (s,) = load_sweeps(sweeps({"heimdall_url": "https://heimdall.example/base/"}))
+    assert s.upload == "https://heimdall.example/base"
+    assert Sweep.from_dict(s.to_dict()) == s
+    for bad, words in [
+        ({"heimdall_url": f"https://u:{KEY}@h"}, "must not carry credentials"),
+        ({"heimdall": "https://h"}, "must be a mapping with 'heimdall_url'"),
+        ("https://h", "must be a mapping with 'heimdall_url'"),
+        ({"heimdall_url": "file:///etc"}, "must be http:// or https://"),
+    ]:
+        with pytest.raises(SweepsFileError, match=words) as e:
+            load_sweeps(sweeps(bad))
+        assert "sweep 'nightly': key 'upload'" in str(e.value)
+        assert KEY not in str(e.value)
+
+
+@pytest.mark.timeout(120)
+def test_a_sweep_run_uploads_when_its_worker_finalizes_it(
+    heimdall: FakeHeimdall, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import UTC, datetime
+
+    import structlog
+
+    from scanfleet.runs.pipeline import finalize
+    from scanfleet.scan.plan import RunPlan
+    from scanfleet.sweeps.spec import Sweep
+    from scanfleet.sweeps.tick import finalize_hooks, with_upload, write_drift
+
+    results = tmp_path / "results"
+    run_dir(results, RUN_ID).mkdir(parents=True)
+    write_run(results, FULL, finished=False)  # summaries and reports, no run.json yet
+    sweep = Sweep(name="nightly", schedule="0 2 * * *", profile="p", upload=heimdall.url)
+    plain = RunPlan(RUN_ID, "sweep:nightly", "p", "2026-03-01T10:15:00Z")
+    assert finalize_hooks(plain) == (write_drift,)
+    plan = RunPlan.from_dict(with_upload(plain, sweep).to_dict())  # as the worker reads it
+    assert plan.extra == {"upload": {"heimdall_url": heimdall.url}}
+    assert KEY not in json.dumps(plan.to_dict())
+    heimdall.plan = {"prod-west_db_redis-0_redis.json": [500]}
+    monkeypatch.setenv("SCANFLEET_HEIMDALL_API_KEY", KEY)
+    monkeypatch.setattr("scanfleet.reports.heimdall.HeimdallServer.wait_s", 0.0)
+
+    with structlog.testing.capture_logs() as logs:
+        run = finalize(plan, results, lambda: datetime(2026, 3, 1, 11, tzinfo=UTC),
+                       finalize_hooks(plan))  # fmt: skip
+    assert run["exit_code"] == 1  # the failed upload does not change the verdict
+    assert json.loads((run_dir(results, RUN_ID) / "run.json").read_text()) == run
+    [done] = [e for e in logs if e["event"] == "heimdall.uploaded"]
+    assert done["uploaded"] == 6
+    assert {f.split(":")[0] for f in done["failed"]} == {
+        "prod-west_db_redis-0_redis.json",
+        "prod-west_db_backup-cron_app.json",
+    }
+    tags = {r["parts"]["evaluationTags"]["body"].decode() for r in heimdall.requests}
+    assert all(t.startswith(f"run:{RUN_ID},context:") for t in tags)
+    assert all(t.endswith(",sweep:nightly") for t in tags)
+    assert {r["authorization"] for r in heimdall.requests} == {f"Api-Key {KEY}"}
+    assert KEY not in repr(logs)
+
+
+def test_a_sweep_upload_without_a_key_is_skipped_and_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import structlog
+
+    from scanfleet.sweeps.tick import upload_to_heimdall
+
+    monkeypatch.delenv("SCANFLEET_HEIMDALL_API_KEY", raising=False)
+    monkeypatch.delenv("SCANFLEET_HEIMDALL_API_KEY_FILE", raising=False)
+    with structlog.testing.capture_logs() as logs:
+        upload_to_heimdall("http://127.0.0.1:9", tmp_path, {"run_id": RUN_ID})
+    assert [e["event"] for e in logs] == ["heimdall.upload_skipped"]
