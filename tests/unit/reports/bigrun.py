@@ -42,9 +42,16 @@ def big_scan_id(run_id: str, n: int) -> str:
 
 
 def write_big_run(
-    results: Path, n: int, run_id: str = BIG_RUN_ID, reports: bool = False
+    results: Path,
+    n: int,
+    run_id: str = BIG_RUN_ID,
+    reports: bool = False,
+    *,
+    offset: int = 0,
+    source: str = "submit",
 ) -> dict[str, Any]:
-    """Write n target summaries (and, with `reports`, their raw reports) and run.json."""
+    """Write n target summaries (and, with `reports`, their raw reports) and run.json.
+    Target i gets sample `(i + offset) % len(SAMPLE_NAMES)`."""
     out = run_dir(results, run_id)
     out.mkdir(parents=True, exist_ok=True)
     parsed: dict[str, list[Control]] = {s: load_report(SAMPLES / s) for s in SAMPLE_NAMES}
@@ -64,7 +71,7 @@ def write_big_run(
                 **times,
             )
         else:
-            sample = SAMPLE_NAMES[i % len(SAMPLE_NAMES)]
+            sample = SAMPLE_NAMES[(i + offset) % len(SAMPLE_NAMES)]
             controls = parsed[sample]
             counts, ids = Counts.from_controls(controls), control_ids(controls)
             failures = threshold.evaluate(counts, ids)
@@ -91,7 +98,7 @@ def write_big_run(
         agg.add(summary)
     run = {
         "run_id": run_id,
-        "source": "submit",
+        "source": source,
         "profile": "https://example.invalid/profile.tar.gz",
         "created_at": "2026-03-02T02:00:00Z",
         "finished_at": "2026-03-02T02:20:00Z",
