@@ -97,7 +97,7 @@ def main() -> None:
                 for first, whole in browser.js(FILTER):
                     filt.append(first)
                     filt_all.append(whole)
-                rows = browser.js("document.querySelectorAll('#sf-rows tr.t').length")
+                rows = browser.js("document.querySelectorAll('#sf-rows .t').length")
         finally:
             browser.close()
         print(f"rows after filter  {rows}")

@@ -82,28 +82,31 @@ td ul{margin:0;padding-left:16px}
 .pill{display:inline-block;border-radius:9px;padding:0 8px;color:#fff;font-size:12px}
 .filters{display:flex;flex-wrap:wrap;gap:8px;align-items:center;margin-bottom:8px}
 .filters select,.filters input{font:inherit;padding:3px 6px}
-th[data-sort]{cursor:pointer;user-select:none}
-th[aria-sort=ascending]::after{content:" \\25B2"}
-th[aria-sort=descending]::after{content:" \\25BC"}
-tr.t{cursor:pointer}
-tr.t:hover,tr.t.open{background:#eff6ff}
-td.oc{font-weight:700}tr.failed td.oc{color:#b91c1c}tr.error td.oc{color:#b45309}
-tr.passed td.oc{color:#15803d}
-td.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:13px}
-td.img{font-size:12px;color:#374151}
-tr.detail td{background:#f9fafb}
+[data-sort]{cursor:pointer;user-select:none}
+[aria-sort=ascending]::after{content:" \\25B2"}
+[aria-sort=descending]::after{content:" \\25BC"}
+.grid{display:grid;grid-template-columns:100px 1fr 1fr 1.4fr 1fr 2fr 120px 110px}
+.grid>div{padding:5px 8px;border-bottom:1px solid #e5e7eb;overflow:hidden;
+ text-overflow:ellipsis;white-space:nowrap}
+.grid.head{position:sticky;top:0;z-index:1;background:#fff;font-size:12px;color:#4b5563;
+ text-transform:uppercase;letter-spacing:.04em;font-weight:700}
+.grid.head>div{white-space:normal}
+.grid .num{text-align:right}
+.chunk{content-visibility:auto}
+.t{cursor:pointer}
+.t:hover,.t.open{background:#eff6ff}
+.t .oc{font-weight:700}.t.failed .oc{color:#b91c1c}.t.error .oc{color:#b45309}
+.t.passed .oc{color:#15803d}
+.t .mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:13px}
+.t .img{font-size:12px;color:#374151}
+.detail{padding:6px 12px;background:#f9fafb;border-bottom:1px solid #e5e7eb;
+ overflow-wrap:anywhere}
 .fc{border-left:3px solid #e5e7eb;padding:4px 8px;margin:6px 0}
 .fc .ctitle{font-weight:600}
 .fmsg{color:#374151;font-size:13px}
 .fix summary{cursor:pointer;color:#1d4ed8}
 .which{font-size:12px}
 .scroll{max-height:70vh;overflow:auto}
-#sf-table{table-layout:fixed}
-
-#sf-table td{overflow-wrap:normal;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
-#sf-table tr.detail td{white-space:normal;overflow-wrap:anywhere}
-#sf-table th:nth-child(1){width:90px}#sf-table th:nth-child(7){width:110px}
-#sf-table th:nth-child(8){width:140px}
 code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:13px}
 svg text{font-family:inherit}
 @media (max-width:900px){.two,.kpis{grid-template-columns:1fr 1fr}}
@@ -332,13 +335,16 @@ TARGETS_CARD = """<section class="card" id="sf-targets-card"><h2>Targets</h2>
 <button type="button" id="sf-clear-control" hidden>show all controls</button></div>
 <p class="note">Click a target for its failed controls, their messages and fix text;
 click a column to sort.</p>
-<div class="scroll"><table id="sf-table"><thead><tr>
-<th data-sort="outcome">outcome</th><th data-sort="cluster">cluster</th>
-<th data-sort="namespace">namespace</th><th data-sort="pod">pod</th>
-<th data-sort="container">container</th><th data-sort="image">image</th>
-<th data-sort="compliance" class="num">compliance</th>
-<th data-sort="controls" class="num">failed controls</th>
-</tr></thead><tbody id="sf-rows"></tbody></table></div></section>
+<div class="scroll"><div id="sf-table" role="table"><div class="grid head" role="row">
+<div role="columnheader" data-sort="outcome">outcome</div>
+<div role="columnheader" data-sort="cluster">cluster</div>
+<div role="columnheader" data-sort="namespace">namespace</div>
+<div role="columnheader" data-sort="pod">pod</div>
+<div role="columnheader" data-sort="container">container</div>
+<div role="columnheader" data-sort="image">image</div>
+<div role="columnheader" data-sort="compliance" class="num">compliance</div>
+<div role="columnheader" data-sort="controls" class="num">failed controls</div>
+</div><div id="sf-rows" role="rowgroup"></div></div></div></section>
 <section class="card" id="sf-control-card"><h2>Failing controls</h2>
 <p class="note" id="sf-controls-count"></p><div class="scroll"><table><thead><tr>
 <th>control</th><th>title</th><th>severity</th><th class="num">targets failing</th>

@@ -75,10 +75,10 @@ def rows(browser: Browser) -> list[dict[str, str]]:
     """The table's rows, once the page has added them all (it adds a large run's in chunks)."""
     wait_until(lambda: browser.js("document.body.hasAttribute('data-rendering')") is False, 60)
     return browser.js(  # type: ignore[no-any-return]
-        """Array.from(document.querySelectorAll('#sf-rows tr.t')).map(tr => ({
-             scan: tr.dataset.scan, outcome: tr.cells[0].textContent,
-             cluster: tr.cells[1].textContent, namespace: tr.cells[2].textContent,
-             pod: tr.cells[3].textContent, compliance: tr.cells[6].textContent}))"""
+        """Array.from(document.querySelectorAll('#sf-rows .t')).map(tr => ({
+             scan: tr.dataset.scan, outcome: tr.children[0].textContent,
+             cluster: tr.children[1].textContent, namespace: tr.children[2].textContent,
+             pod: tr.children[3].textContent, compliance: tr.children[6].textContent}))"""
     )
 
 
@@ -147,11 +147,11 @@ def test_filters_by_outcome_and_namespace(big: Any, browser: Browser) -> None:
 def test_columns_sort(big: Any, browser: Browser) -> None:
     _, _, page = big
     load(browser, page)
-    browser.js("document.querySelector('th[data-sort=compliance]').click()")
+    browser.js("document.querySelector('#sf-table [data-sort=compliance]').click()")
     values = [-1 if r["compliance"] == "n/a" else int(r["compliance"][:-1]) for r in rows(browser)]
     assert values == sorted(values)
     assert values[0] < values[-1]
-    browser.js("document.querySelector('th[data-sort=compliance]').click()")
+    browser.js("document.querySelector('#sf-table [data-sort=compliance]').click()")
     again = [-1 if r["compliance"] == "n/a" else int(r["compliance"][:-1]) for r in rows(browser)]
     assert again == sorted(values, reverse=True)
 
@@ -163,10 +163,10 @@ def test_a_target_drills_into_its_failed_controls_with_fix_text(big: Any, browse
     )
     load(browser, page, f"#q={target['target']['pod']}")
     assert [r["scan"] for r in rows(browser)] == [target["scan_id"]]
-    browser.js("document.querySelector('#sf-rows tr.t td').click()")
-    text = browser.js("document.querySelector('#sf-rows tr.detail').textContent")
+    browser.js("document.querySelector('#sf-rows .t > div').click()")
+    text = browser.js("document.querySelector('#sf-rows .detail').textContent")
     fixes = browser.js(
-        "Array.from(document.querySelectorAll('#sf-rows tr.detail details.fix div'))"
+        "Array.from(document.querySelectorAll('#sf-rows .detail details.fix div'))"
         ".map(d => d.textContent)"
     )
     for c in failed_controls_of(target):
@@ -177,8 +177,8 @@ def test_a_target_drills_into_its_failed_controls_with_fix_text(big: Any, browse
         if c["fix"]:
             assert c["fix"] in fixes
     assert browser.js("location.hash").endswith(f"&open={target['scan_id']}")
-    browser.js("document.querySelector('#sf-rows tr.t td').click()")
-    assert browser.js("document.querySelector('#sf-rows tr.detail')") is None
+    browser.js("document.querySelector('#sf-rows .t > div').click()")
+    assert browser.js("document.querySelector('#sf-rows .detail')") is None
 
 
 def test_control_view_counts_targets_and_images_and_filters_to_them(
