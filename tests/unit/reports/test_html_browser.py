@@ -227,3 +227,35 @@ def test_screenshot_shows_the_banner_and_the_charts(big: Any, browser: Browser) 
     colours = dict((c, n) for n, c in rgb.getcolors(maxcolors=1 << 20) or [])
     assert colours.get((0x25, 0x63, 0xEB), 0) > 2000  # compliance bars
     assert colours.get((0x7F, 0x1D, 0x1D), 0) > 500  # critical in the severity chart
+
+
+def test_hostile_text_stays_text(browser: Browser, tmp_path: Path) -> None:
+    """Markup in a pod name, a control title, a message and a fix is shown, never run."""
+    from scanfleet.reports import render
+
+    evil = "<img src=x onerror=\"document.title='pwned'\"></script><b>bold</b>\u202e"
+    summary = {
+        "scan_id": "0123456789abcdef",
+        "target": {"context": "c", "namespace": "ns", "pod": f"pod{evil}", "container": "app"},
+        "status": "completed",
+        "counts": {"failed": {"high": 1}},
+        "controls": {"failed": {"high": ["C-1"]}},
+        "threshold": {"passed": False, "failures": [f"rule {evil}"]},
+        "failed_controls": [
+            {"id": "C-1", "title": f"title {evil}", "severity": "high", "message": evil,
+             "fix": f"fix {evil}"},
+        ],
+    }  # fmt: skip
+    page = tmp_path / "evil.html"
+    page.write_text(render("html", {"run_id": "r", "exit_code": 1}, lambda: [summary]))
+    load(browser, page, "#open=0123456789abcdef")
+    assert browser.js("document.querySelectorAll('#sf-rows img, #sf-rows b').length") == 0
+    assert browser.js("document.title") != "pwned"
+    text = browser.js("document.querySelector('#sf-rows .detail').textContent")
+    clean = evil.replace("\u202e", "")  # bidi override removed, the rest shown as text
+    assert f"title {clean}" in text
+    assert f"rule {clean}" in text
+    assert f"fix {clean}" in text
+    assert browser.js("document.querySelector('#sf-rows .t').children[3].textContent") == (
+        f"pod{clean}"
+    )
