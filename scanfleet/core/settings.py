@@ -293,3 +293,29 @@ def _choice(env: Mapping[str, str], key: str, default: str, allowed: tuple[str, 
     if raw not in allowed:
         raise BadInput(f"{key}={raw!r} must be one of {', '.join(allowed)}")
     return raw
+
+
+HEIMDALL_API_KEY_ENV = "SCANFLEET_HEIMDALL_API_KEY"
+HEIMDALL_API_KEY_FILE_ENV = "SCANFLEET_HEIMDALL_API_KEY_FILE"
+
+
+def heimdall_api_key(env: Mapping[str, str] | None = None) -> str | None:
+    """The Heimdall API key (`report --heimdall-url`, a sweep's `upload:`): SCANFLEET_HEIMDALL_
+    API_KEY if set, else the first line of the file SCANFLEET_HEIMDALL_API_KEY_FILE names (a
+    mounted Secret), else None. Never a command-line flag; errors never carry the key."""
+    env = os.environ if env is None else env
+    key = env.get(HEIMDALL_API_KEY_ENV, "").strip()
+    if key:
+        return key
+    path = env.get(HEIMDALL_API_KEY_FILE_ENV, "").strip()
+    if not path:
+        return None
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        why = getattr(e, "strerror", None) or "not UTF-8 text"
+        raise BadInput(f"{HEIMDALL_API_KEY_FILE_ENV}={path!r} cannot be read: {why}") from None
+    first = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if not first:
+        raise BadInput(f"{HEIMDALL_API_KEY_FILE_ENV}={path!r} is empty")
+    return first

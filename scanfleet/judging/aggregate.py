@@ -15,7 +15,7 @@ from typing import Any
 
 from scanfleet.core.errors import ExitCode
 from scanfleet.core.textsafe import strip_controls
-from scanfleet.judging.documents import Outcome, judge
+from scanfleet.judging.documents import Outcome, failed_controls_of, judge
 from scanfleet.judging.report import SEVERITIES, STATUSES, Counts
 from scanfleet.judging.thresholds import FleetThreshold
 
@@ -23,6 +23,8 @@ TOP_FAILING = 20
 MAX_TARGET_REFS = 100
 MAX_FAILURES_PER_REF = 20
 MAX_ERROR_LINE = 240
+MAX_CONTROLS_PER_REF = 20
+"""Failed controls named on one `failing_targets` ref (id, title, severity)."""
 _SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}  # critical first
 
 
@@ -117,6 +119,8 @@ class Aggregator:
             s: {v: set() for v in SEVERITIES} for s in STATUSES
         }
         self.failing: dict[str, list[int]] = {}  # control id -> [severity rank, targets]
+        self.titles: dict[str, str] = {}  # control id -> its first title seen
+        self.failing_images: dict[str, set[str]] = {}  # control id -> images failing it
         self.failing_targets = _BoundedRefs(MAX_TARGET_REFS)
         self.error_targets = _BoundedRefs(MAX_TARGET_REFS)
 
@@ -128,14 +132,20 @@ class Aggregator:
             err = verdict.error or {}
             ref["error"] = {"kind": err.get("kind"), "message": error_line(err.get("message"))}
             self.error_targets.add(ref)
-        else:
+        target = summary.get("target")
+        target = target if isinstance(target, Mapping) else {}
+        if verdict.outcome is not Outcome.ERROR:
             self._add_ids(verdict.ids or {})
+            detail = self._add_detail(summary, target)
             if verdict.outcome is Outcome.FAILED:
                 ref = _ref(summary)
                 ref["failures"] = list(verdict.failures)[:MAX_FAILURES_PER_REF]
+                ref["failed_controls"] = [
+                    {k: c[k] for k in ("id", "title", "severity")}
+                    for c in detail[:MAX_CONTROLS_PER_REF]
+                ]
+                ref["failed_controls_total"] = len(detail)
                 self.failing_targets.add(ref)
-        target = summary.get("target")
-        target = target if isinstance(target, Mapping) else {}
         self.all.add(verdict.outcome, verdict.counts)
         image = target.get("image") or target.get("image_id")
         for groups, key in (
@@ -158,10 +168,29 @@ class Aggregator:
                 entry[0] = min(entry[0], rank)  # the most severe seen
                 entry[1] += 1
 
+    def _add_detail(
+        self, summary: Mapping[str, Any], target: Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
+        """Titles and failing images of the summary's failed controls; its detail back."""
+        detail = failed_controls_of(summary)
+        image = target.get("image_id") or target.get("image")
+        for c in detail:
+            if c["title"] is not None:
+                self.titles.setdefault(c["id"], c["title"])
+            if image:
+                self.failing_images.setdefault(c["id"], set()).add(str(image))
+        return detail
+
     def _top_failing(self) -> list[dict[str, Any]]:
         ranked = sorted(self.failing.items(), key=lambda kv: (-kv[1][1], kv[1][0], kv[0]))
         return [
-            {"id": cid, "severity": SEVERITIES[rank], "targets": n}
+            {
+                "id": cid,
+                "severity": SEVERITIES[rank],
+                "targets": n,
+                "title": self.titles.get(cid),
+                "images": len(self.failing_images.get(cid, ())),
+            }
             for cid, (rank, n) in ranked[:TOP_FAILING]
         ]
 

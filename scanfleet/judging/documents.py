@@ -12,16 +12,21 @@ whatever reads a summary back asks `judge()`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NotRequired, TypedDict
 
 from scanfleet.core.errors import ErrorKind, ScanError
-from scanfleet.judging.report import SEVERITIES, STATUSES, Counts
+from scanfleet.judging.report import SEVERITIES, STATUSES, Control, Counts
 
 ControlIds = dict[str, dict[str, list[str]]]
 """{status: {severity: [control id, ...]}} of one target (the summary's `controls`)."""
+
+MAX_MESSAGE = 500
+"""Characters kept of a failed control's message in a summary (auditor output, can be long)."""
+MAX_FIX = 4000
+"""Characters kept of a failed control's fix text (a STIG fix runs to a page)."""
 
 
 class TargetStatus(StrEnum):
@@ -55,6 +60,17 @@ class ErrorDoc(TypedDict):
     message: str
 
 
+class FailedControlDoc(TypedDict):
+    """One failed control of a target (the summary's `failed_controls`)."""
+
+    id: str
+    title: str | None
+    severity: str
+    impact: float
+    message: str | None
+    fix: str | None
+
+
 class ThresholdDoc(TypedDict):
     passed: bool | None
     failures: list[str]
@@ -79,6 +95,9 @@ class TargetSummary(TypedDict):
     controls: ControlIds | None
     profile_sha256: str | None
     """The run's pinned profile digest (a URL profile), else None."""
+    failed_controls: NotRequired[list[FailedControlDoc]]
+    """Each failed control with title, severity, message and fix; [] for an error target.
+    Summaries written before this field existed lack it: readers use `.get`."""
 
 
 class RunDocument(TypedDict):
@@ -160,6 +179,32 @@ def error_doc(error: ScanError | Mapping[str, Any]) -> ErrorDoc:
     return {"kind": str(error.get("kind")), "message": str(error.get("message"))}
 
 
+def _clip(text: str | None, limit: int) -> str | None:
+    if text is None:
+        return None
+    text = text.strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def failed_controls(controls: Iterable[Control]) -> list[FailedControlDoc]:
+    """The failed controls' detail, most severe first, then by id; texts clipped."""
+    rank = {s: i for i, s in enumerate(SEVERITIES)}
+    failed = sorted(
+        (c for c in controls if c.status == "failed"), key=lambda c: (rank[c.severity], c.id)
+    )
+    return [
+        {
+            "id": c.id,
+            "title": c.title,
+            "severity": c.severity,
+            "impact": c.impact,
+            "message": _clip(c.message, MAX_MESSAGE),
+            "fix": _clip(c.fix, MAX_FIX),
+        }
+        for c in failed
+    ]
+
+
 def scanned_summary(
     *,
     scan_id: str,
@@ -173,8 +218,9 @@ def scanned_summary(
     ids: ControlIds,
     threshold: ThresholdDoc,
     profile_sha256: str | None = None,
+    failed: list[FailedControlDoc] | None = None,
 ) -> TargetSummary:
-    """A completed scan: its counts, control ids and threshold verdict."""
+    """A completed scan: its counts, control ids, threshold verdict and failed controls."""
     return {
         "scan_id": scan_id,
         "run_id": run_id,
@@ -191,6 +237,7 @@ def scanned_summary(
         "cleanup": cleanup,
         "controls": ids,
         "profile_sha256": profile_sha256,
+        "failed_controls": failed or [],
     }
 
 
@@ -223,6 +270,7 @@ def error_summary(
         "cleanup": cleanup,
         "controls": None,
         "profile_sha256": profile_sha256,
+        "failed_controls": [],
     }
 
 
@@ -290,6 +338,37 @@ def judge(summary: Mapping[str, Any]) -> Verdict:
 
 def outcome(summary: Mapping[str, Any]) -> Outcome:
     return judge(summary).outcome
+
+
+def failed_controls_of(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A summary's `failed_controls` as read back: entries without a string id are dropped,
+    texts that are not strings become None, an unknown severity becomes "none". An older
+    summary without the field gives its failed ids from `controls`, titles unknown."""
+    found = summary.get("failed_controls")
+    out: list[dict[str, Any]] = []
+    if isinstance(found, list):
+        for c in found:
+            if not isinstance(c, Mapping) or not isinstance(c.get("id"), str):
+                continue
+            sev = c.get("severity")
+            out.append(
+                {
+                    "id": c["id"],
+                    "title": c.get("title") if isinstance(c.get("title"), str) else None,
+                    "severity": sev if sev in SEVERITIES else "none",
+                    "message": c.get("message") if isinstance(c.get("message"), str) else None,
+                    "fix": c.get("fix") if isinstance(c.get("fix"), str) else None,
+                }
+            )
+        return out
+    try:
+        ids = control_ids_of(summary.get("controls"))
+    except ValueError:
+        return []
+    for sev in SEVERITIES:
+        for cid in sorted(ids.get("failed", {}).get(sev, [])):
+            out.append({"id": cid, "title": None, "severity": sev, "message": None, "fix": None})
+    return out
 
 
 def control_ids_of(controls: object) -> ControlIds:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,10 @@ class Control:
     status: str
     severity: str
     impact: float
+    message: str | None = field(default=None, compare=False)
+    """A failed control's first failing result: its `message`, else its `code_desc`."""
+    fix: str | None = field(default=None, compare=False)
+    """The profile's fix text (`descriptions` label `fix`, else `check`), when it has one."""
 
 
 @dataclass
@@ -42,6 +46,7 @@ class _Raw:
     waived: bool
     extends_from: _Raw | None = None  # the same control in the profile this one extends
     extended: bool = False  # some control in a parent profile extends this one
+    descriptions: object = None  # the control's `descriptions`, read only for `fix_text`
 
 
 _Profile = tuple[str | None, str | None, list[_Raw]]  # name, parent_profile, controls
@@ -76,7 +81,13 @@ def _raw_control(obj: object, where: str) -> _Raw:
     waived = skipped is True or (isinstance(skipped, str) and skipped.lower() == "true")
     title = obj.get("title")
     return _Raw(
-        cid, title if isinstance(title, str) else None, float(impact), tags, results, waived
+        cid,
+        title if isinstance(title, str) else None,
+        float(impact),
+        tags,
+        results,
+        waived,
+        descriptions=obj.get("descriptions"),
     )
 
 
@@ -222,11 +233,50 @@ def severity_of(tags: Mapping[str, Any], impact: float) -> str:
     return "critical"
 
 
+def _description(descriptions: object, label: str) -> str | None:
+    """A control's description with `label`: exec-JSON has a [{label, data}] list, older
+    reports a {label: data} object."""
+    if isinstance(descriptions, Mapping):
+        value = descriptions.get(label)
+        return value if isinstance(value, str) and value.strip() else None
+    if isinstance(descriptions, list):
+        for d in descriptions:
+            if isinstance(d, Mapping) and d.get("label") == label:
+                data = d.get("data")
+                if isinstance(data, str) and data.strip():
+                    return data
+    return None
+
+
+def fix_text(top: _Raw, root: _Raw) -> str | None:
+    """The `fix` description (else `check`) of the counted control, else of its root."""
+    for label in ("fix", "check"):
+        for raw in (top, root):
+            text = _description(raw.descriptions, label)
+            if text is not None:
+                return text
+    return None
+
+
+def failing_message(results: Iterable[Mapping[str, Any]]) -> str | None:
+    """The first failed result's `message`, else its `code_desc`."""
+    for r in results:
+        if r.get("status") == "failed":
+            for key in ("message", "code_desc"):
+                value = r.get(key)
+                if isinstance(value, str) and value.strip():
+                    return value
+            return None
+    return None
+
+
 def parse_report(data: object) -> list[Control]:
-    """The controls that count in an exec-JSON report, each with its status and severity."""
+    """The controls that count in an exec-JSON report, each with its status and severity;
+    a failed one also with its failing result's message and its fix text."""
     controls = []
     for top, root in _counted(_profiles(data)):
         status = _status(root)
+        failed = status == "failed"
         controls.append(
             Control(
                 top.id,
@@ -234,6 +284,8 @@ def parse_report(data: object) -> list[Control]:
                 status,
                 severity_of(root.tags, root.impact),
                 root.impact,
+                message=failing_message(root.results) if failed else None,
+                fix=fix_text(top, root) if failed else None,
             )
         )
     return controls

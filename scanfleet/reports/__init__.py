@@ -8,8 +8,10 @@ a fresh iterable, so a 10k-target run is never held in memory (junit makes one p
 cluster instead).
 Markdown and html need only run.json: its failing/error target lists are already bounded.
 
-Pure: no file or network I/O, no environment, no logging configuration. All text that
-came from a cluster, a profile or an auditor is escaped for the format it lands in.
+Pure: no file or network I/O, no environment, no logging configuration, except `heimdall`
+(uploads HDF files to a Heimdall server). `hdf` builds Heimdall files from the raw reports
+the caller reads. All text that came from a cluster, a profile or an auditor is escaped for
+the format it lands in.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def write_report(fmt: str, run: Mapping[str, Any], summaries: Summaries, out: Te
     elif fmt == "junit":
         write_junit(run, summaries, out)
     elif fmt == "html":
-        write_html(run, out)
+        write_html(run, summaries, out)
     else:
         raise ValueError(f"unknown report format {fmt!r}: expected one of {', '.join(FORMATS)}")
 

@@ -1,31 +1,43 @@
 """The HTML run report: one self-contained page, charts drawn server-side as inline SVG.
 
-What the page must never do: run script, fetch anything (no fonts, images, stylesheets or
-links to the network: a Content-Security-Policy of `default-src 'none'` says so to the
-browser too) or put unescaped text from a cluster, profile or auditor into markup. Sized
-to read on a 1366x768 laptop: the verdict and the headline numbers fit above the fold.
-Pure: run dict in, text out.
+Every target is listed, filterable, sortable and drills into its failed controls (title,
+severity, message, fix text); a control view lists each failing control with how many
+targets and images fail it. Those are rendered client-side by one inline script
+(`html_script.SCRIPT`) from two embedded JSON blocks: the targets, streamed from the
+summaries one at a time, and the failed controls' titles, severities and fix texts, each
+once. What the page must never do: run any other script, fetch anything (no fonts, images,
+stylesheets or links to the network: the Content-Security-Policy is `default-src 'none'`
+plus the script's own sha256) or put unescaped text from a cluster, profile or auditor
+into markup (the JSON blocks escape `<`, `>` and `&`; the script escapes every value).
+Sized to read on a 1366x768 laptop: the verdict and the headline numbers fit above the fold.
+Pure: run dict and summaries in, text out.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from html import escape
 from typing import Any, TextIO
 
+from scanfleet.judging.documents import Outcome, failed_controls_of, judge
 from scanfleet.judging.report import SEVERITIES, STATUSES
 from scanfleet.reports.common import (
     STATUS_LABELS,
+    Summaries,
     clean_text,
     error_of,
     headline,
     target_name,
     verdict,
 )
+from scanfleet.reports.html_script import SCRIPT
 
 MAX_BARS = 40
-NUMERIC = frozenset({"targets failing"})
+NUMERIC = frozenset({"targets failing", "images failing"})
 SEV_COLOURS = {
     "critical": "#7f1d1d",
     "high": "#dc2626",
@@ -68,6 +80,33 @@ td.num,th.num{text-align:right}
 td ul{margin:0;padding-left:16px}
 .msg{white-space:pre-wrap}
 .pill{display:inline-block;border-radius:9px;padding:0 8px;color:#fff;font-size:12px}
+.filters{display:flex;flex-wrap:wrap;gap:8px;align-items:center;margin-bottom:8px}
+.filters select,.filters input{font:inherit;padding:3px 6px}
+[data-sort]{cursor:pointer;user-select:none}
+[aria-sort=ascending]::after{content:" \\25B2"}
+[aria-sort=descending]::after{content:" \\25BC"}
+.grid{display:grid;grid-template-columns:100px 1fr 1fr 1.4fr 1fr 2fr 120px 110px}
+.grid>div{padding:5px 8px;border-bottom:1px solid #e5e7eb;overflow:hidden;
+ text-overflow:ellipsis;white-space:nowrap}
+.grid.head{position:sticky;top:0;z-index:1;background:#fff;font-size:12px;color:#4b5563;
+ text-transform:uppercase;letter-spacing:.04em;font-weight:700}
+.grid.head>div{white-space:normal}
+.grid .num{text-align:right}
+.chunk{content-visibility:auto}
+.t{cursor:pointer}
+.t:hover,.t.open{background:#eff6ff}
+.t .oc{font-weight:700}.t.failed .oc{color:#b91c1c}.t.error .oc{color:#b45309}
+.t.passed .oc{color:#15803d}
+.t .mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:13px}
+.t .img{font-size:12px;color:#374151}
+.detail{padding:6px 12px;background:#f9fafb;border-bottom:1px solid #e5e7eb;
+ overflow-wrap:anywhere}
+.fc{border-left:3px solid #e5e7eb;padding:4px 8px;margin:6px 0}
+.fc .ctitle{font-weight:600}
+.fmsg{color:#374151;font-size:13px}
+.fix summary{cursor:pointer;color:#1d4ed8}
+.which{font-size:12px}
+.scroll{max-height:70vh;overflow:auto}
 code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:13px}
 svg text{font-family:inherit}
 @media (max-width:900px){.two,.kpis{grid-template-columns:1fr 1fr}}
@@ -225,7 +264,106 @@ def _target_cells(ref: Mapping[str, Any]) -> str:
     )
 
 
-def write_html(run: Mapping[str, Any], out: TextIO) -> None:
+MAX_JSON_MESSAGE = 300
+"""Characters of a failing result's message kept per target and control on the page."""
+
+
+def _json_block(value: object) -> str:
+    """JSON that cannot end its <script> element or start markup (`<`, `>`, `&` escaped)."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    for ch, rep in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):
+        text = text.replace(ch, rep)
+    return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+def _text(value: object, limit: int | None = None) -> str | None:
+    if value is None:
+        return None
+    text = clean_text(value)
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _stream_targets(
+    summaries: Summaries, out: TextIO, controls: dict[str, list[str | None]]
+) -> None:
+    """One JSON array row per target, written as read; failed controls' text into
+    `controls` (id -> [title, severity, fix]), once per control."""
+    out.write('<script type="application/json" id="sf-targets">[')
+    first = True
+    for s in summaries():
+        v = judge(s)
+        target = s.get("target")
+        target = target if isinstance(target, Mapping) else {}
+        failed = []
+        for c in failed_controls_of(s) if v.outcome is not Outcome.ERROR else []:
+            failed.append([_text(c["id"]), _text(c["message"], MAX_JSON_MESSAGE)])
+            known = controls.setdefault(_text(c["id"]) or "", [None, c["severity"], None])
+            known[0] = known[0] or _text(c["title"])
+            known[2] = known[2] or _text(c["fix"])
+        error = ""
+        if v.outcome is Outcome.ERROR:
+            kind, message = error_of({"error": v.error})
+            error = f"{kind}: {message}"
+        compliance = v.counts.compliance if v.counts is not None else None
+        row = [
+            _text(s.get("scan_id")),
+            str(v.outcome),
+            _text(target.get("context")) or "",
+            _text(target.get("namespace")) or "",
+            _text(target.get("pod")) or "?",
+            _text(target.get("container")),
+            _text(target.get("image") or target.get("image_id")),
+            compliance,
+            [_text(f) for f in v.failures],
+            failed,
+            _text(error) or "",
+        ]
+        out.write("" if first else ",\n")
+        out.write(_json_block(row))
+        first = False
+    out.write("]</script>\n")
+
+
+TARGETS_CARD = """<section class="card" id="sf-targets-card"><h2>Targets</h2>
+<div class="filters"><select id="sf-outcome" aria-label="outcome">
+<option value="">all outcomes</option><option value="failed">failed</option>
+<option value="error">error</option><option value="passed">passed</option></select>
+<select id="sf-namespace" aria-label="namespace"></select>
+<select id="sf-cluster" aria-label="cluster"></select>
+<input id="sf-q" type="search" placeholder="pod, container or image" aria-label="search">
+<span id="sf-shown" class="note"></span>
+<button type="button" id="sf-clear-control" hidden>show all controls</button></div>
+<p class="note">Click a target for its failed controls, their messages and fix text;
+click a column to sort.</p>
+<div class="scroll"><div id="sf-table" role="table"><div class="grid head" role="row">
+<div role="columnheader" data-sort="outcome">outcome</div>
+<div role="columnheader" data-sort="cluster">cluster</div>
+<div role="columnheader" data-sort="namespace">namespace</div>
+<div role="columnheader" data-sort="pod">pod</div>
+<div role="columnheader" data-sort="container">container</div>
+<div role="columnheader" data-sort="image">image</div>
+<div role="columnheader" data-sort="compliance" class="num">compliance</div>
+<div role="columnheader" data-sort="controls" class="num">failed controls</div>
+</div><div id="sf-rows" role="rowgroup"></div></div></div></section>
+<section class="card" id="sf-control-card"><h2>Failing controls</h2>
+<p class="note" id="sf-controls-count"></p><div class="scroll"><table><thead><tr>
+<th>control</th><th>title</th><th>severity</th><th class="num">targets failing</th>
+<th class="num">images failing</th><th>which</th></tr></thead>
+<tbody id="sf-control-rows"></tbody></table></div></section>"""
+
+
+def page_script() -> str:
+    """The inline script with the severity colours filled in."""
+    return SCRIPT.replace("__COLOURS__", json.dumps(SEV_COLOURS))
+
+
+def script_hash(script: str) -> str:
+    """The CSP source that allows exactly `script`."""
+    digest = hashlib.sha256(script.encode("utf-8")).digest()
+    return f"'sha256-{base64.b64encode(digest).decode()}'"
+
+
+def write_html(run: Mapping[str, Any], summaries: Summaries, out: TextIO) -> None:
     word = verdict(run)
     colour = VERDICT_COLOURS.get(word, "#374151")
     t = run.get("targets") or {}
@@ -268,17 +406,20 @@ def write_html(run: Mapping[str, Any], out: TextIO) -> None:
             f'<td class="msg">{_t(message)}</td></tr>'
         )
     top_rows = [
-        f"<tr><td><code>{_t(c.get('id'))}</code></td><td>"
+        f"<tr><td><code>{_t(c.get('id'))}</code></td><td>{_t(c.get('title'))}</td><td>"
         f'<span class="pill" style="background:{_sev_colour(c.get("severity"))}">'
-        f'{_t(c.get("severity"))}</span></td><td class="num">{_t(c.get("targets"))}</td></tr>'
+        f'{_t(c.get("severity"))}</span></td><td class="num">{_t(c.get("targets"))}</td>'
+        f'<td class="num">{_t(c.get("images", ""))}</td></tr>'
         for c in run.get("top_failing_controls") or []
     ]
+    script = page_script()
     title = f"scanfleet run {run.get('run_id')}: {word}"
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta http-equiv="Content-Security-Policy" '
-        "content=\"default-src 'none'; style-src 'unsafe-inline'\">",
+        "content=\"default-src 'none'; style-src 'unsafe-inline'; "
+        f'script-src {script_hash(script)}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_t(title)}</title><style>{CSS}</style></head><body><main>",
         f'<header class="verdict" style="background:{colour}"><div class="badge">{word}</div>',
@@ -298,6 +439,7 @@ def write_html(run: Mapping[str, Any], out: TextIO) -> None:
         "</div>",
         controls_chart(run.get("counts") or {}),
         '</div><div class="row">',
+        TARGETS_CARD,
         _table(
             "Targets that missed their threshold",
             ("cluster", "namespace", "pod/container", "threshold failures"),
@@ -310,7 +452,16 @@ def write_html(run: Mapping[str, Any], out: TextIO) -> None:
             error_rows,
             _shown(len(errors), t.get("error", 0)),
         ),
-        _table("Top failing controls", ("control", "severity", "targets failing"), top_rows),
-        "</div></main></body></html>\n",
+        _table(
+            "Top failing controls",
+            ("control", "title", "severity", "targets failing", "images failing"),
+            top_rows,
+        ),
+        "</div></main>",
     ]
-    out.write("\n".join(parts))
+    out.write("\n".join(parts) + "\n")
+    controls: dict[str, list[str | None]] = {}
+    _stream_targets(summaries, out, controls)
+    out.write('<script type="application/json" id="sf-controls">')
+    out.write(_json_block(controls))
+    out.write(f"</script>\n<script>{script}</script></body></html>\n")

@@ -1,7 +1,9 @@
 """JUnit XML for CI systems: one testsuite per cluster, one testcase per target.
 
-A target that missed its threshold is a `<failure>`, one whose scan could not complete an
-`<error>`; covered_by targets are ordinary test cases that say which scan covered them.
+A target that missed its threshold is a `<failure>` whose message names the threshold
+checks it missed and its failed controls (id, severity, title; the first MESSAGE_CONTROLS,
+the body lists up to BODY_CONTROLS with their failing messages), one whose scan could not
+complete an `<error>`; covered_by targets are ordinary test cases that say which scan covered them.
 Streamed: one pass over the summaries per cluster, never the whole run in memory.
 """
 
@@ -13,7 +15,7 @@ from typing import Any, TextIO
 from xml.sax.saxutils import XMLGenerator
 from xml.sax.xmlreader import AttributesImpl
 
-from scanfleet.judging.documents import Outcome, judge, outcome
+from scanfleet.judging.documents import Outcome, failed_controls_of, judge, outcome
 from scanfleet.judging.report import SEVERITIES, STATUSES
 from scanfleet.reports.common import (
     STATUS_LABELS,
@@ -22,6 +24,41 @@ from scanfleet.reports.common import (
     error_of,
     target_name,
 )
+
+MESSAGE_CONTROLS = 10
+BODY_CONTROLS = 200
+MAX_LINE = 300
+
+
+def _clip(text: object, n: int = MAX_LINE) -> str:
+    s = " ".join(str(text or "").split())
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def _control_line(c: Mapping[str, Any]) -> str:
+    return f"{c['id']} ({c['severity']})" + (f" {_clip(c['title'])}" if c["title"] else "")
+
+
+def failure_text(failures: list[str], controls: list[dict[str, Any]]) -> tuple[str, str]:
+    """(message attribute, element text) of a failing target."""
+    n = len(failures)
+    message = f"missed its threshold ({n} check{'' if n == 1 else 's'} failed): " + "; ".join(
+        failures
+    )
+    body = list(failures)
+    if controls:
+        named = [_control_line(c) for c in controls[:MESSAGE_CONTROLS]]
+        more = len(controls) - len(named)
+        message += f". {len(controls)} failed control{'' if len(controls) == 1 else 's'}: "
+        message += "; ".join(named) + (f"; … and {more} more" if more else "")
+        body += ["", f"Failed controls ({len(controls)}):"]
+        for c in controls[:BODY_CONTROLS]:
+            body.append(f"- {_control_line(c)}")
+            if c["message"]:
+                body.append(f"    {_clip(c['message'])}")
+        if len(controls) > BODY_CONTROLS:
+            body.append(f"… and {len(controls) - BODY_CONTROLS} more")
+    return message, "\n".join(body)
 
 
 def _seconds(value: object) -> float:
@@ -112,12 +149,8 @@ def _testcase(xml: _Xml, s: Mapping[str, Any]) -> None:
     )
     verdict = judge(s)
     if verdict.outcome is Outcome.FAILED:
-        failures = list(verdict.failures)
-        n = len(failures)
-        message = f"missed its threshold ({n} check{'' if n == 1 else 's'} failed): " + "; ".join(
-            failures
-        )
-        xml.leaf("failure", {"type": "threshold", "message": message}, "\n".join(failures))
+        message, body = failure_text(list(verdict.failures), failed_controls_of(s))
+        xml.leaf("failure", {"type": "threshold", "message": message}, body)
     elif verdict.outcome is Outcome.ERROR:
         e_kind, message = error_of({"error": verdict.error})
         xml.leaf("error", {"type": e_kind, "message": message}, message)

@@ -1,7 +1,9 @@
 """`markdown` report: a CI job summary or ticket, from run.json alone.
 
 Every cell is escaped (`md_cell`): cluster and auditor text can never break the table or
-inject HTML.
+inject HTML. The whole report stays under MAX_CHARS (GitHub's limit for an issue or pull
+request comment body is 65,536 characters; GitLab's note limit is larger): the failing
+targets table, the one section that grows with the run, is cut to fit and says so.
 """
 
 from __future__ import annotations
@@ -35,6 +37,14 @@ _MD_INLINE = str.maketrans(
         "#": "&#35;",
     }
 )
+
+
+MAX_CHARS = 60_000
+"""Budget for the whole report: GitHub's 65,536-character comment limit, with room to spare
+for a CI job's own header around it."""
+CONTROLS_PER_TARGET = 10
+"""Failed controls named per failing target (run.json keeps up to 20)."""
+MAX_TITLE = 80
 
 
 def md_cell(value: object) -> str:
@@ -74,6 +84,26 @@ def _group_rows(groups: Mapping[str, Any]) -> list[list[object]]:
 
 def _lines(items: object) -> str:
     return "\n".join(str(x) for x in items) if isinstance(items, list) else ""
+
+
+def _clip(text: object, n: int) -> str:
+    s = clean_text(text)
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def _controls_cell(ref: Mapping[str, Any]) -> str:
+    """`ID title` per failed control, one a line, the first CONTROLS_PER_TARGET."""
+    found = [c for c in ref.get("failed_controls") or [] if isinstance(c, Mapping)]
+    total = ref.get("failed_controls_total")
+    total = total if isinstance(total, int) else len(found)
+    lines = [
+        f"{c.get('id')} ({c.get('severity')})"
+        + (f" {_clip(c.get('title'), MAX_TITLE)}" if c.get("title") else "")
+        for c in found[:CONTROLS_PER_TARGET]
+    ]
+    if total > len(lines):
+        lines.append(f"… and {total - len(lines)} more")
+    return "\n".join(lines)
 
 
 def _shown(listed: int, total: int, what: str) -> list[str]:
@@ -122,36 +152,69 @@ def write_markdown(run: Mapping[str, Any], out: TextIO) -> None:
     if top:
         lines += ["### Top failing controls", ""]
         lines += _md_table(
-            ["Control", "Severity", "Targets failing"],
-            [[c.get("id"), c.get("severity"), c.get("targets")] for c in top],
-        )
-    failing = run.get("failing_targets") or []
-    if failing:
-        lines += ["### Targets that missed their threshold", ""]
-        lines += _shown(len(failing), t.get("failed", 0), "failing targets")
-        lines += _md_table(
-            ["Cluster", "Namespace", "Pod/container", "Threshold failures"],
+            ["Control", "Severity", "Title", "Targets failing", "Images failing"],
             [
-                [f.get("context"), f.get("namespace"), target_name(f), _lines(f.get("failures"))]
-                for f in failing
+                [
+                    c.get("id"),
+                    c.get("severity"),
+                    _clip(c.get("title") or "", MAX_TITLE),
+                    c.get("targets"),
+                    c.get("images", ""),
+                ]
+                for c in top
             ],
         )
+    tail: list[str] = []
     errors = run.get("error_targets") or []
     if errors:
-        lines += ["### Targets that could not be scanned", ""]
-        lines += _shown(len(errors), t.get("error", 0), "error targets")
-        lines += _md_table(
+        tail += ["### Targets that could not be scanned", ""]
+        tail += _shown(len(errors), t.get("error", 0), "error targets")
+        tail += _md_table(
             ["Cluster", "Namespace", "Pod/container", "Error", "Message"],
             [[e.get("context"), e.get("namespace"), target_name(e), *error_of(e)] for e in errors],
         )
     fleet = run.get("fleet_threshold") or {}
-    lines += ["### Fleet threshold", ""]
+    tail += ["### Fleet threshold", ""]
     if fleet.get("passed") is None:
-        lines += ["No fleet threshold was applied.", ""]
+        tail += ["No fleet threshold was applied.", ""]
     elif fleet.get("passed"):
-        lines += ["Met.", ""]
+        tail += ["Met.", ""]
     else:
-        lines += ["**Not met:**", ""]
-        lines += [f"- {md_cell(f)}" for f in fleet.get("failures") or []]
-        lines += [""]
-    out.write("\n".join(lines))
+        tail += ["**Not met:**", ""]
+        tail += [f"- {md_cell(f)}" for f in fleet.get("failures") or []]
+        tail += [""]
+    failing = run.get("failing_targets") or []
+    if failing:
+        used = sum(len(x) + 1 for x in (*lines, *tail)) + 400  # headings and the note
+        table = _md_table(
+            ["Cluster", "Namespace", "Pod/container", "Threshold failures", "Failed controls"],
+            [
+                [
+                    f.get("context"),
+                    f.get("namespace"),
+                    target_name(f),
+                    _lines(f.get("failures")),
+                    _controls_cell(f),
+                ]
+                for f in failing
+            ],
+        )
+        rows = table[2:-1]
+        fit = 0
+        for row in rows:
+            if used + len(row) + 1 > MAX_CHARS:
+                break
+            used += len(row) + 1
+            fit += 1
+        lines += ["### Targets that missed their threshold", ""]
+        if fit < len(rows):
+            lines += [
+                f"_Showing {fit} of {t.get('failed', 0)} failing targets: this report is kept "
+                f"under {MAX_CHARS:,} characters (GitHub's comment limit is 65,536); the html "
+                "and json reports list them all._",
+                "",
+            ]
+        else:
+            lines += _shown(len(failing), t.get("failed", 0), "failing targets")
+        lines += [*table[:2], *rows[:fit], ""]
+    out.write("\n".join([*lines, *tail]))

@@ -36,9 +36,11 @@ from scanfleet.core.targets import PodInfo, Target, scan_id_for
 from scanfleet.identity.mint import scan_identity
 from scanfleet.judging.documents import (
     ControlIds,
+    FailedControlDoc,
     TargetSummary,
     ThresholdDoc,
     error_summary,
+    failed_controls,
     scanned_summary,
     target_doc,
 )
@@ -68,6 +70,7 @@ class _Progress:
     counts: Counts | None = None
     ids: ControlIds | None = None
     cleanup: str = "complete"
+    failed: list[FailedControlDoc] | None = None
 
 
 def scan_target(
@@ -173,6 +176,7 @@ def _audit(
     controls = load_report(report)
     found.counts = Counts.from_controls(controls)
     found.ids = control_ids(controls)
+    found.failed = failed_controls(controls)
 
 
 def _check_pod(pod: PodInfo, target: Target, found: _Progress) -> None:
@@ -232,4 +236,5 @@ def _summary(
         ids=found.ids or {},
         threshold=threshold,
         profile_sha256=options.profile_sha256,
+        failed=found.failed,
     )

@@ -119,9 +119,12 @@ def read_json(path: Path) -> Any:
 
 
 def summary_files(directory: Path) -> Iterator[Path]:
-    """Target summary files of a run directory (not reports, not run.json), sorted."""
+    """Target summary files of a run directory (not reports, run.json or a sweep run's
+    drift.json), sorted."""
     for p in sorted(directory.glob("*.json")):
-        if p.name == "run.json" or p.name.endswith(".report.json") or p.name.startswith("."):
+        if p.name in ("run.json", "drift.json") or p.name.endswith(".report.json"):
+            continue
+        if p.name.startswith("."):
             continue
         yield p
 

@@ -26,6 +26,7 @@ from croniter import CroniterBadDateError, croniter
 from scanfleet.core.errors import BadInput, SweepsFileError
 from scanfleet.core.targets import check_label, check_selector
 from scanfleet.judging.thresholds import load_fleet_threshold, load_threshold
+from scanfleet.reports.heimdall import check_heimdall_url
 
 JANITOR_INTERVAL = 15 * 60
 """Seconds between the janitor runs beat schedules (default of `scanfleet beat`)."""
@@ -46,7 +47,9 @@ KEYS = (
     "threshold",
     "fleet_threshold",
     "dedupe_images",
+    "upload",
 )
+UPLOAD_KEYS = ("heimdall_url",)
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,9 @@ class Sweep:
     threshold: str | None = None
     fleet_threshold: str | None = None
     dedupe_images: bool = False
+    upload: str | None = None
+    """`upload: {heimdall_url: URL}`: each finished run's HDF files go to this Heimdall
+    server (the workers' SCANFLEET_HEIMDALL_API_KEY[_FILE] is the key)."""
 
     @property
     def source(self) -> str:
@@ -141,6 +147,16 @@ class _Checker:
             raise self.error(key, f"file {str(p)!r} does not exist or is not a file")
         return p.resolve()
 
+    def upload(self, value: object) -> str:
+        """`upload: {heimdall_url: URL}`: the Heimdall server's base URL, checked."""
+        if not isinstance(value, Mapping) or set(value) != set(UPLOAD_KEYS):
+            raise self.error("upload", f"must be a mapping with {UPLOAD_KEYS[0]!r}, got {value!r}")
+        url = self.string("upload", value["heimdall_url"])
+        try:
+            return check_heimdall_url(url)
+        except BadInput as e:
+            raise self.error("upload", str(e)) from None
+
     def selector(self, value: object) -> str:
         text = self.string("selector", value)
         try:
@@ -199,6 +215,7 @@ def parse_sweep(raw: object, index: int, source: str, base: Path) -> Sweep:
         schedule=schedule,
         profile=profile,
         dedupe_images=c.flag("dedupe_images", raw.get("dedupe_images", False)),
+        upload=c.upload(raw["upload"]) if raw.get("upload") is not None else None,
         **_scope(c, raw),
         **_files(c, raw),
     )

@@ -5,7 +5,9 @@ finished is skipped and logged (`sweep.skipped`), never started twice — even w
 processes send the same tick. Otherwise it starts an ordinary fleet run with
 `source: "sweep:<name>"` through `submit.submit_run`, exactly as `submit` does, and binds
 the lock to the new run id. `write_drift` is the finalize hook that puts `drift.json` next
-to a sweep run's run.json (runs.finalize calls it and knows nothing about sweeps).
+to a sweep run's run.json (runs.finalize calls it and knows nothing about sweeps);
+`finalize_hooks(plan)` adds `upload_to_heimdall` for a sweep with `upload:` (the URL rides in
+the plan's `extra`, the key in the worker's environment), which never fails the run.
 
 Called by the worker's tasks and the schedule, never the other way round: the Celery
 publisher is injected. Never carries a credential: sweeps name contexts, never tokens.
@@ -13,6 +15,8 @@ publisher is injected. Never carries a credential: sweeps name contexts, never t
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,13 +24,18 @@ from typing import Any
 import structlog
 
 from scanfleet.core.clock import utcnow
-from scanfleet.core.settings import Settings, check_ttl
+from scanfleet.core.errors import BadInput
+from scanfleet.core.settings import Settings, check_ttl, heimdall_api_key
 from scanfleet.kube.client import ClientCache
 from scanfleet.kube.kubeconfig import choose_contexts
+from scanfleet.reports.hdf import export as export_hdf
+from scanfleet.reports.heimdall import HeimdallServer, upload_files
 from scanfleet.runs.discovery import Scope, dedupe_images, discover
 from scanfleet.runs.drift import write_sweep_drift
 from scanfleet.runs.fleet import Publish, submit_run
+from scanfleet.runs.pipeline import FinalizeHook
 from scanfleet.scan.plan import RunPlan
+from scanfleet.store.files import iter_summaries, report_path, run_dir
 from scanfleet.store.locks import LOCK_TTL, SweepLock
 from scanfleet.store.state import RunStore
 from scanfleet.sweeps.spec import Sweep
@@ -105,6 +114,7 @@ def start_sweep_run(sweep: Sweep, settings: Settings, publish: Publish) -> str:
         dedupe_images=sweep.dedupe_images,
         allowed_profiles=settings.allowed_profiles,
     )
+    plan = with_upload(plan, sweep)
     clients = ClientCache(kubeconfig)
     try:
         entries = discover(clients, scope)
@@ -120,9 +130,64 @@ def start_sweep_run(sweep: Sweep, settings: Settings, publish: Publish) -> str:
         publish,
         results_dir=None,
         fallback_results_dir=settings.results_dir,
-        hooks=(write_drift,),
+        hooks=finalize_hooks(plan),
     )
     return plan.run_id
+
+
+def with_upload(plan: RunPlan, sweep: Sweep) -> RunPlan:
+    """The plan, carrying the sweep's Heimdall URL (never a key) to the finalizing worker."""
+    if sweep.upload is None:
+        return plan
+    return dataclasses.replace(plan, extra={**plan.extra, "upload": {"heimdall_url": sweep.upload}})
+
+
+def finalize_hooks(plan: RunPlan) -> tuple[FinalizeHook, ...]:
+    """What a worker runs when it finalizes `plan`'s run: drift, and the sweep's upload."""
+    upload = plan.extra.get("upload") if isinstance(plan.extra, Mapping) else None
+    url = upload.get("heimdall_url") if isinstance(upload, Mapping) else None
+    if not isinstance(url, str) or not url:
+        return (write_drift,)
+    return (write_drift, functools.partial(upload_to_heimdall, url))
+
+
+def upload_to_heimdall(url: str, results_dir: Path, run: Mapping[str, Any]) -> None:
+    """Finalize hook: each target's HDF file to Heimdall. Logs what happened; never raises,
+    so an unreachable server or a missing key never changes the run's verdict."""
+    run_id = str(run.get("run_id"))
+    source = str(run.get("source") or "")
+    sweep = source.removeprefix("sweep:") if source.startswith("sweep:") else None
+    try:
+        key = heimdall_api_key()
+    except BadInput as e:
+        log.warning("heimdall.upload_skipped", run_id=run_id, reason=str(e))
+        return
+    if key is None:
+        log.warning(
+            "heimdall.upload_skipped",
+            run_id=run_id,
+            reason="no SCANFLEET_HEIMDALL_API_KEY or SCANFLEET_HEIMDALL_API_KEY_FILE",
+        )
+        return
+    server = HeimdallServer(url, key)
+    directory = run_dir(results_dir, run_id)
+    try:
+        files = export_hdf(
+            run,
+            lambda: iter_summaries(directory),
+            lambda sid: report_path(directory, sid).read_bytes(),
+        )
+        result = upload_files(server, files, run_id, sweep)
+    except Exception as e:  # an upload must never fail the run
+        log.warning("heimdall.upload_failed", run_id=run_id, error=server.scrub(str(e)))
+        return
+    log.info(
+        "heimdall.uploaded",
+        run_id=run_id,
+        url=url,
+        uploaded=len(result.uploaded),
+        failed=[f"{name}: {why}" for name, why in result.failed[:20]],
+    )
 
 
 def write_drift(results_dir: Path, run: Mapping[str, Any]) -> None:

@@ -136,7 +136,7 @@ class _Runtime:
             self.store,
             self.slots,
             results,
-            hooks=(sweeping.write_drift,),
+            hooks=sweeping.finalize_hooks(plan),
             sandbox=self.sandbox,
         )
         return plan, pipe, rejected

@@ -289,7 +289,7 @@ def test_start_sweep_run_queues_a_discovery_run_for_sweeps(
         "from scanfleet.sweeps.spec import Sweep\n"
         "from scanfleet.worker.app import app, fan_out_publisher\n"
         "sweep = Sweep(name='nightly', schedule='0 2 * * *', profile='p', all_contexts=True,"
-        " namespaces=('apps',), selector='app=web')\n"
+        " namespaces=('apps',), selector='app=web', upload='https://heimdall.example')\n"
         "print(start_sweep_run(sweep, Settings.from_env(), fan_out_publisher(app)))\n"
     )
     proc = subprocess.run(
@@ -305,5 +305,6 @@ def test_start_sweep_run_queues_a_discovery_run_for_sweeps(
     r = redis_server.client()
     plan = json.loads(r.get(f"{KEY_PREFIX}:run:{run_id}:plan"))
     assert plan["source"] == "sweep:nightly"
+    assert plan["extra"] == {"upload": {"heimdall_url": "https://heimdall.example"}}
     assert r.hget(f"{KEY_PREFIX}:run:{run_id}:meta", "total") == "4"  # web/app+sidecar x 2
     assert r.llen("scanfleet") == 1

@@ -178,6 +178,13 @@ def test_unreadable_summary_is_reported_as_an_error_target(
     assert "0000deadbeef0000.json is unreadable" in (errors[0].get("message") or "")
 
 
+def test_a_sweep_runs_drift_json_is_not_a_target(full_run: dict[str, Any], results: Path) -> None:
+    (run_dir(results, RUN_ID) / "drift.json").write_text('{"run_a": null, "changed": []}')
+    r = report(RUN_ID)
+    assert r.exit_code == 1
+    assert len(json.loads(r.stdout)["targets_detail"]) == full_run["targets"]["total"] == 8
+
+
 def test_format_is_checked(full_run: dict[str, Any]) -> None:
     r = report(RUN_ID, "--format", "pdf")
     assert r.exit_code == 2

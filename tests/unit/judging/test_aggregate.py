@@ -104,9 +104,9 @@ def test_groups_targets_and_failures() -> None:
     assert result["by_cluster"]["east"]["compliance"] == 33
     assert sorted(result["by_image"]) == ["img:1", "sha256:abc"]
     assert result["top_failing_controls"] == [
-        {"id": "A", "severity": "high", "targets": 3},
-        {"id": "C", "severity": "critical", "targets": 2},
-        {"id": "B", "severity": "low", "targets": 1},
+        {"id": "A", "severity": "high", "targets": 3, "title": None, "images": 1},
+        {"id": "C", "severity": "critical", "targets": 2, "title": None, "images": 1},
+        {"id": "B", "severity": "low", "targets": 1, "title": None, "images": 1},
     ]
     assert result["failing_targets"] == [
         {
@@ -116,6 +116,12 @@ def test_groups_targets_and_failures() -> None:
             "pod": "pod-00001",
             "container": "app",
             "failures": ["x"],
+            # a summary without `failed_controls` names its failed ids, titles unknown
+            "failed_controls": [
+                {"id": "A", "title": None, "severity": "high"},
+                {"id": "B", "title": None, "severity": "low"},
+            ],
+            "failed_controls_total": 2,
         }
     ]
     [err] = result["error_targets"]

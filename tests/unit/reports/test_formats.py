@@ -7,6 +7,7 @@ Aggregator into run.json. `write_run` is shared with test_report_cli.py.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -21,6 +22,7 @@ import pytest
 import yaml
 
 from scanfleet.judging.aggregate import Aggregator
+from scanfleet.judging.documents import failed_controls
 from scanfleet.judging.report import Counts, control_ids, load_report
 from scanfleet.judging.thresholds import parse_fleet_threshold, parse_threshold
 from scanfleet.reports import render
@@ -115,6 +117,7 @@ def make_summary(spec: Spec, i: int, by_pod: dict[str, Spec]) -> dict[str, Any]:
         "compliance": counts.compliance,
         "threshold": {"passed": not failures, "failures": failures},
         "controls": ids,
+        "failed_controls": failed_controls(controls),
     }
 
 
@@ -377,12 +380,28 @@ NETWORK_REF = re.compile(
 )
 
 
-def test_html_is_self_contained_and_escaped(full_run: dict[str, Any]) -> None:
-    page = render("html", full_run)
+def own_scripts_only(page: str) -> None:
+    """The page runs one script, its own, allowed by its sha256 in the CSP; the two other
+    <script> elements are JSON data, which no browser runs."""
+    scripts = re.findall(r"<script([^>]*)>(.*?)</script>", page, re.DOTALL | re.IGNORECASE)
+    assert len(scripts) == page.lower().count("<script") == 3
+    data = [body for attrs, body in scripts if attrs.strip().startswith('type="application/json"')]
+    assert len(data) == 2
+    for body in data:
+        json.loads(body)
+        assert "<" not in body
+    [(_attrs, code)] = [(a, b) for a, b in scripts if not a.strip()]
+    digest = base64.b64encode(hashlib.sha256(code.encode()).digest()).decode()
+    [csp] = re.findall(r'Content-Security-Policy" content="([^"]*)"', page)
+    assert csp == (f"default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-{digest}'")
+
+
+def test_html_is_self_contained_and_escaped(results: Path, full_run: dict[str, Any]) -> None:
+    page = render("html", full_run, summaries_of(results))
     assert page.startswith("<!DOCTYPE html>")
     assert not NETWORK_REF.search(page)
-    assert "<script" not in page.lower()
-    assert "default-src 'none'" in page
+    own_scripts_only(page)
+    assert "<script>alert" not in page
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp;" in page
     assert PROFILE in page  # a URL as text is fine; as a resource it is not
     assert page.count("<svg") == 3

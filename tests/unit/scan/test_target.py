@@ -125,6 +125,16 @@ def test_scan_one_container_writes_report_summary_and_run(
     }
     assert s["compliance"] == 0
     assert s["threshold"] == {"passed": None, "failures": []}
+    assert s["failed_controls"] == [
+        {
+            "id": "test",
+            "title": "Returns a fail",
+            "severity": "high",
+            "impact": 0.7,
+            "message": "expected false\n     got true",
+            "fix": None,
+        }
+    ]
     assert s["cleanup"] == "complete"
     assert out.run_dir is not None
     raw = (out.run_dir / f"{s['scan_id']}.report.json").read_bytes()
