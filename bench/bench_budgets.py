@@ -6,7 +6,8 @@ ru_maxrss: after fork and exec it starts at the parent's peak, here the bench's 
 
     python bench/bench_budgets.py
 
-Cases: the issue's 2.4 MB tar of 400,000 empty entries (profile_unavailable); a zip of
+Cases: the issue's 2.4 MB tar of 400,000 empty entries (profile_unavailable); a tar whose
+pax header declares 128 MB (profile_unavailable); a zip of
 20,001 empty entries; a report nested 100,000 deep (invalid_report); a valid 22 MB report
 (read); the same report over a 16 MB SCANFLEET_REPORT_MAX_BYTES (invalid_report).
 """
@@ -23,6 +24,7 @@ from scanfleet.testing.bombs import (
     big_report,
     deep_report,
     tar_of_empty_entries,
+    tar_with_huge_header,
     zip_of_empty_entries,
 )
 
@@ -45,7 +47,7 @@ try:
         load_report(path, int(arg))
     outcome = "read"
 except (InvalidReport, ProfileUnavailable) as e:
-    outcome = type(e).__name__ + ": " + str(e)[-60:]
+    outcome = type(e).__name__ + ": " + str(e)[-100:]
 elapsed = time.perf_counter() - start
 grown = hwm() - before
 print(f"{elapsed:8.3f} s  {grown / 1024:7.1f} MB  {outcome}")
@@ -61,6 +63,12 @@ def main() -> None:
                 "archive",
                 d / "bomb.tar.gz",
                 tar_of_empty_entries(400_000),
+                ".tar.gz",
+            ),
+            "tar, one 128 MB pax header": (
+                "archive",
+                d / "header.tar.gz",
+                tar_with_huge_header(128 << 20),
                 ".tar.gz",
             ),
             "zip, 20,001 empty entries": (

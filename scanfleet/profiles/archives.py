@@ -18,7 +18,8 @@ What it must never do: extract outside its scratch directory (tar: the `data` fi
 zipfile's own path sanitising), unpack more than `EXTRACT_FACTOR` times the download cap,
 read more than `MAX_MEMBERS` entries or `MAX_NAME_BYTES` of entry names (a 2.4 MB tar of
 400,000 empty entries cost a worker 175 MB and 13 s before these caps; a zip's central
-directory is checked from its end record before zipfile parses it), or put the auditor's
+directory is checked from its end record before zipfile parses it; no single read of a tar
+stream exceeds `_MAX_READ`, as tarfile reads a pax header whole), or put the auditor's
 stderr into a message unredacted.
 """
 
@@ -36,7 +37,7 @@ import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import yaml
 
@@ -62,6 +63,8 @@ MAX_NAME_BYTES = 4 * 1024 * 1024
 _ZIP_ENTRY_BYTES = 46
 """Fixed size of a zip central-directory entry (before its name, extra and comment)."""
 _ZIP_EOCD = struct.Struct("<4s4H2LH")
+_MAX_READ = MAX_NAME_BYTES + MANIFEST_MAX_BYTES
+"""Largest single read of a tar stream (a long-name header, the manifest)."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,7 @@ def _manifest_bytes(path: Path, suffix: str, shown: str) -> bytes | None:
             if info.file_size > MANIFEST_MAX_BYTES:
                 return None
             return z.read(info)
-    with tarfile.open(path, "r:gz") as t:
+    with _open_tar(path, shown) as t:
         found = [
             m
             for m in _tar_members(t, shown)
@@ -142,7 +145,7 @@ def _manifest_bytes(path: Path, suffix: str, shown: str) -> bytes | None:
 def _too_many(shown: str) -> ProfileUnavailable:
     return ProfileUnavailable(
         f"profile {shown}: the archive holds more than {MAX_MEMBERS} entries or more than "
-        f"{MAX_NAME_BYTES} bytes of entry names; refused (a profile holds hundreds)"
+        f"{MAX_NAME_BYTES} bytes of entry names and headers; refused (a profile holds hundreds)"
     )
 
 
@@ -155,6 +158,37 @@ def _tar_members(t: tarfile.TarFile, shown: str) -> Iterator[tarfile.TarInfo]:
         if count > MAX_MEMBERS or names > MAX_NAME_BYTES:
             raise _too_many(shown)
         yield member
+
+
+class _BoundedReads:
+    """A decompressed tar stream that refuses any single read over `_MAX_READ`: tarfile
+    reads a pax or GNU long-name header whole, whatever size the archive declares (gzip
+    turns 64 MB into gigabytes of zeros), while headers are 512 bytes, the manifest at
+    most MANIFEST_MAX_BYTES and extraction copies 16 KiB at a time."""
+
+    def __init__(self, raw: gzip.GzipFile, shown: str) -> None:
+        self._raw, self._shown = raw, shown
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0 or size > _MAX_READ:
+            raise _too_many(self._shown)
+        return self._raw.read(size)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+
+@contextlib.contextmanager
+def _open_tar(path: Path, shown: str) -> Iterator[tarfile.TarFile]:
+    with (
+        gzip.open(path, "rb") as raw,
+        # `_BoundedReads` has the read, seek and tell that tarfile's "r:" mode uses.
+        tarfile.open(fileobj=cast(IO[bytes], _BoundedReads(raw, shown)), mode="r:") as tar,
+    ):
+        yield tar
 
 
 def _open_zip(path: Path, shown: str) -> zipfile.ZipFile:
@@ -270,7 +304,7 @@ def _unpack(archive: Path, suffix: str, dest: Path, limits: Limits, shown: str) 
                     raise ProfileUnavailable(f"profile {shown} unpacks to more than {budget} B")
                 z.extractall(dest)  # noqa: S202 - zipfile drops absolute paths and '..'
         else:
-            with tarfile.open(archive, "r:gz") as t:
+            with _open_tar(archive, shown) as t:
                 if sum(m.size for m in _tar_members(t, shown)) > budget:
                     raise ProfileUnavailable(f"profile {shown} unpacks to more than {budget} B")
                 t.extractall(dest, filter="data")

@@ -4,6 +4,7 @@ that are small to send and expensive to read.
     tar_of_empty_entries(n)   a .tar.gz of n empty files (400,000: about 2.5 MB)
     zip_of_empty_entries(n)   a .zip of n empty files
     tar_of_long_names(n, k)   a pax .tar.gz of n empty files with k-byte names
+    tar_with_huge_header(n)   a .tar.gz whose first entry is an n-byte pax header (zeros)
     deep_report(depth)        exec-JSON whose first control nests `depth` lists deep
     big_report(size)          valid exec-JSON of about `size` bytes (one control, padded)
 """
@@ -15,6 +16,7 @@ import io
 import json
 import tarfile
 import zipfile
+import zlib
 
 
 def tar_of_empty_entries(n: int) -> bytes:
@@ -54,6 +56,19 @@ def tar_of_long_names(n: int, length: int) -> bytes:
         for i in range(n):
             tar.addfile(_info(f"{i:04d}" + "n" * length, 0), io.BytesIO(b""))
     return buf.getvalue()
+
+
+def tar_with_huge_header(size: int) -> bytes:
+    header = tarfile.TarInfo("././@PaxHeader")
+    header.type, header.size, header.mtime = tarfile.XHDTYPE, size, 0
+    gz = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: a gzip stream
+    out = [gz.compress(header.tobuf(format=tarfile.USTAR_FORMAT))]
+    chunk = bytes(1 << 20)
+    for _ in range(size >> 20):
+        out.append(gz.compress(chunk))
+    out.append(gz.compress(bytes(size % (1 << 20) + 1024)))
+    out.append(gz.flush())
+    return b"".join(out)
 
 
 def _info(name: str, size: int) -> tarfile.TarInfo:

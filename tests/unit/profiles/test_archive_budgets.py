@@ -16,7 +16,12 @@ from scanfleet.core.errors import BadInput, ProfileUnavailable
 from scanfleet.profiles.archives import MAX_MEMBERS, read_manifest
 from scanfleet.profiles.download import Limits
 from scanfleet.profiles.fetch import FetchConfig, ProfileCache, fetch, fetch_for_run
-from scanfleet.testing.bombs import tar_of_empty_entries, tar_of_long_names, zip_of_empty_entries
+from scanfleet.testing.bombs import (
+    tar_of_empty_entries,
+    tar_of_long_names,
+    tar_with_huge_header,
+    zip_of_empty_entries,
+)
 from tests.support.profile_server import ProfileServer, profile_archive
 
 # The process's peak RSS in KiB. Not getrusage's ru_maxrss: after fork and exec it starts
@@ -86,6 +91,29 @@ def test_the_tar_bomb_ends_in_bounded_memory(tar_bomb: Path) -> None:
         [sys.executable, "-c", code, str(tar_bomb)], capture_output=True, text=True, check=True
     )
     assert int(out.stdout) < 48 * 1024, out.stdout  # KiB
+
+
+def test_a_huge_pax_header_is_refused_in_bounded_memory(tmp_path: Path) -> None:
+    """tarfile reads a pax header whole, whatever size it declares: 128 MB of zeros (130 KB
+    compressed) must not become 128 MB of memory."""
+    path = tmp_path / "header.tar.gz"
+    path.write_bytes(tar_with_huge_header(128 << 20))
+    with pytest.raises(ProfileUnavailable, match="bytes of entry names"):
+        read_manifest(path, ".tar.gz", "header")
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from scanfleet.core.errors import ProfileUnavailable\n"
+        "from scanfleet.profiles.archives import read_manifest\n"
+        f"{HWM}before = hwm()\n"
+        "try:\n    read_manifest(Path(sys.argv[1]), '.tar.gz', 'header')\n"
+        "except ProfileUnavailable:\n    pass\n"
+        "print(hwm() - before)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True
+    )
+    assert int(out.stdout) < 32 * 1024, out.stdout  # KiB
 
 
 def test_an_archive_at_the_budget_is_read(tmp_path: Path) -> None:
