@@ -193,3 +193,19 @@ def test_cloud_names_keep_what_is_not_a_secret() -> None:
         "secrets mounted at /var/run/secrets",
     ):
         assert logs.redact_text(text) == text
+
+
+def test_structlog_fields_named_after_cloud_secrets_are_redacted(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    logs.configure("json")
+    structlog.get_logger("t").info(
+        "x",
+        private_key="k-material-1",
+        aws_access_key="k-material-2",
+        storage_account_key="k-material-3",
+        note="token: ab\x1b[0mcdef99",
+    )
+    err = capsys.readouterr().err
+    for piece in ("k-material-1", "k-material-2", "k-material-3", "cdef99"):
+        assert piece not in err
