@@ -10,8 +10,11 @@ Redaction is by value and by shape:
   for the process's life (`remember()`, `remember_url()`) the broker URL's password and
   the admin credential's token or password;
 - by shape: PEM blocks, JWTs, `Bearer`/`Basic` credentials, URL userinfo
-  (`scheme://user:password@`), and token/password/secret/key-data fields of JSON and YAML
-  (or key=value) text.
+  (`scheme://user:password@`), and token/password/secret/key-data fields (and the cloud
+  providers' secret names: `aws_secret_access_key`, `client_secret`, `private_key`,
+  `AccountKey`, ...) of JSON, YAML, INI or key=value text, quoted or not.
+Control characters and escape sequences are stripped before either, so a secret split by
+them is still found.
 It applies to structlog (a processor, plus a last pass over the rendered line) and to
 stdlib logging alike: `configure()` wraps the formatter of every root handler, where
 Celery's, kombu's and urllib3's records end up. It must never print a secret it was given
@@ -31,10 +34,26 @@ from urllib.parse import unquote, urlsplit
 
 import structlog
 
+from scanfleet.core.textsafe import strip_controls
+
 REDACTED = "[REDACTED]"
 _SECRET_KEYS = re.compile(
-    r"(token|authorization|password|secret|kubeconfig|client[-_]key|bearer|credential)",
+    r"(token|authorization|password|secret|kubeconfig|client[-_]key|bearer|credential|"
+    r"private[-_]?key|access[-_]?key|account[-_]?key)",
     re.IGNORECASE,
+)
+# Names of fields that hold a secret (the key ends with one): generic, kubeconfig, and the
+# cloud providers' (AWS access keys, Azure client secrets and storage/SAS keys, GCP
+# service-account private keys).
+_CREDENTIAL_FIELDS = (
+    r"(?:token|password|passwd|secret|client-key-data|certificate-authority-data|"
+    r"client-certificate-data|api[_-]?key|secret[_-]?access[_-]?key|private[_-]?key(?:[_-]?id)?|"
+    r"account[_-]?key|shared[_-]?access[_-]?key|access[_-]?key|connection[_-]?string)"
+)
+# A key, bare or in double or single quotes.
+_KEY = (
+    rf"(?:\"[A-Za-z0-9_.-]*{_CREDENTIAL_FIELDS}\"|'[A-Za-z0-9_.-]*{_CREDENTIAL_FIELDS}'"
+    rf"|\b[A-Za-z0-9_.-]*{_CREDENTIAL_FIELDS})"
 )
 # Shapes of a credential, whatever the process knows about it. Each pattern's group 1 (if
 # any) is kept, so the reader still sees what kind of thing was removed.
@@ -47,24 +66,19 @@ _SECRET_SHAPES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\b((?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=:-]{6,}", re.I), rf"\1{REDACTED}"),
     # URL userinfo: scheme://user:password@host, scheme://:password@host.
     (re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@:]*:[^/\s@]*@"), rf"\1{REDACTED}@"),
-    # JSON fields: "token": "...", "password": "...".
+    # Quoted values, whatever quotes the key: JSON `"token": "..."`, YAML `token: "..."` or
+    # `password: 'x'`, `secret = "..."`.
     (
-        re.compile(
-            r"(\"[A-Za-z_-]*(?:token|password|passwd|secret|client-key-data|"
-            r"certificate-authority-data|client-certificate-data|api[_-]?key)\"\s*:\s*)"
-            r"\"(?:[^\"\\]|\\.)*\"",
-            re.I,
-        ),
+        re.compile(rf"({_KEY}\s*[:=]\s*)\"(?:[^\"\\]|\\.)*\"", re.I),
         rf'\1"{REDACTED}"',
     ),
-    # YAML / key=value text: token: x, password=x, client-key-data: x.
     (
-        re.compile(
-            r"\b([A-Za-z_-]*(?:token|password|passwd|secret|client-key-data|"
-            r"certificate-authority-data|client-certificate-data|api[_-]?key)\s*[:=]\s*)"
-            r"(?!\[REDACTED\])[^\s,;}\]\"']+",
-            re.I,
-        ),
+        re.compile(rf"({_KEY}\s*[:=]\s*)'(?:[^'\\]|\\.)*'", re.I),
+        rf"\1'{REDACTED}'",
+    ),
+    # Unquoted YAML / key=value / INI text: token: x, password=x, aws_secret_access_key = x.
+    (
+        re.compile(rf"({_KEY}\s*[:=]\s*)(?!\[REDACTED\])[^\s,;}}\]\"']+", re.I),
         rf"\1{REDACTED}",
     ),
 )
@@ -122,7 +136,12 @@ def remember_url(url: str | None) -> None:
 def redact_text(text: str, *extra: str) -> str:
     """Replace credential shapes (PEM blocks, JWTs, Bearer/Basic credentials, URL userinfo,
     token/password fields of JSON and YAML text), every live or remembered secret, and the
-    `extra` values given."""
+    `extra` values given.
+
+    Escape sequences and control characters (newline and tab kept) are removed first: a
+    token split by `ESC[0m`, NUL or BEL reads whole on a terminal, so it must be found whole.
+    """
+    text = strip_controls(text)
     with _live_lock:
         values = sorted({*_live_secrets, *_known_secrets, *extra}, key=len, reverse=True)
     for v in values:

@@ -24,6 +24,8 @@ TOKEN_TTL_MAX = 86400
 MINT_MARGIN = 120
 """Seconds a token must outlive the scan timeout by: minting, the access check (which
 waits out RBAC propagation) and the revoke all happen inside the token's lifetime."""
+REPORT_MAX_BYTES_ENV = "SCANFLEET_REPORT_MAX_BYTES"
+DEFAULT_REPORT_MAX_BYTES = 256 * 1024 * 1024
 
 
 SANDBOX_ENV = "SCANFLEET_SANDBOX"
@@ -149,6 +151,9 @@ class Settings:
     """Absolute path prefixes of the input and waiver files a worker grants a plan
     (SCANFLEET_ALLOWED_INPUTS, os.pathsep- or comma-separated; default none: a worker
     refuses a plan naming any). See scanfleet/sandbox/inputs.py."""
+    report_max_bytes: int = DEFAULT_REPORT_MAX_BYTES
+    """Largest auditor report read, bytes; a larger one is `invalid_report`
+    (SCANFLEET_REPORT_MAX_BYTES; `report_max_bytes()` reads it below a Settings value)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -190,7 +195,15 @@ class Settings:
             retry_delay_scale=env_float(env, "SCANFLEET_RETRY_DELAY_SCALE", d.retry_delay_scale),
             kube_retries=env_int(env, "SCANFLEET_KUBE_RETRIES", d.kube_retries, 0),
             allowed_inputs=allowed_inputs(env.get("SCANFLEET_ALLOWED_INPUTS")),
+            report_max_bytes=report_max_bytes(env),
         )
+
+
+def report_max_bytes(env: Mapping[str, str] | None = None) -> int:
+    """SCANFLEET_REPORT_MAX_BYTES (default 256 MiB), for code below a Settings value (the
+    scan reading its report); BadInput naming the value when it is not a whole number >= 1."""
+    env = os.environ if env is None else env
+    return env_int(env, REPORT_MAX_BYTES_ENV, DEFAULT_REPORT_MAX_BYTES, 1)
 
 
 def process_environment() -> Mapping[str, str]:

@@ -4,21 +4,42 @@ Implements THRESHOLDS.md ("Which controls count", "Status of a control", "Severi
 control", "Compliance"), which follows the MITRE SAF CLI and Heimdall. Pure domain: the only
 I/O is `load_report` reading the file its caller names. Error messages never carry the
 report itself, only where in it the problem is.
+
+`load_report` reads at most `max_bytes` (SCANFLEET_REPORT_MAX_BYTES) and refuses JSON nested
+deeper than `MAX_DEPTH` before parsing it (a report nested 100,000 deep raised RecursionError
+out of json), both as InvalidReport: the report comes from the auditor, which runs the
+profile's code, so its size and shape are an attacker's choice.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
 from scanfleet.core.errors import InvalidReport
+from scanfleet.core.settings import DEFAULT_REPORT_MAX_BYTES
 
 STATUSES = ("passed", "failed", "skipped", "no_impact", "error")
 SEVERITIES = ("critical", "high", "medium", "low", "none")
 _DEFAULT_IMPACT = 0.5  # what InSpec writes for a control that sets no impact
+DEFAULT_MAX_BYTES = DEFAULT_REPORT_MAX_BYTES
+"""Largest report read by default: 256 MiB (SCANFLEET_REPORT_MAX_BYTES)."""
+MAX_DEPTH = 256
+"""Deepest nesting of JSON arrays and objects accepted; InSpec's own reports nest about 10
+deep (profiles, controls, results, plus the values of inputs and tags)."""
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
+_STEP = [0] * 256
+for _c in b"[{":
+    _STEP[_c] = 1
+for _c in b"]}":
+    _STEP[_c] = -1
 
 
 @dataclass(frozen=True)
@@ -291,15 +312,38 @@ def parse_report(data: object) -> list[Control]:
     return controls
 
 
-def load_report(path: str | Path) -> list[Control]:
-    """Read and parse an exec-JSON report file."""
+def json_depth(raw: bytes) -> int:
+    """How deep arrays and objects nest in the JSON text `raw` (strings skipped), without
+    parsing it: C-speed passes (regex, translate, accumulate), no recursion."""
+    brackets = _STRING.sub(b"", raw).translate(None, _BRACKETS)
+    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0)
+
+
+def load_report(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> list[Control]:
+    """Read and parse an exec-JSON report file of at most `max_bytes` bytes, nested at most
+    `MAX_DEPTH` deep. Raises InvalidReport."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
+        with open(path, "rb") as fh:
+            # The size first, so an oversized report costs nothing; then a bounded read,
+            # as the file may be something else than a regular file.
+            big = os.fstat(fh.fileno()).st_size > max_bytes
+            raw = b"" if big else fh.read(max_bytes + 1)
     except OSError as e:
         raise InvalidReport(f"cannot read report {path}: {e.strerror or e}") from e
+    if big or len(raw) > max_bytes:
+        raise InvalidReport(
+            f"report {path} is larger than {max_bytes} bytes (SCANFLEET_REPORT_MAX_BYTES)"
+        )
+    if (depth := json_depth(raw)) > MAX_DEPTH:
+        raise InvalidReport(
+            f"report {path} nests {depth} levels deep; at most {MAX_DEPTH} are accepted"
+        )
+    try:
+        data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InvalidReport(f"report {path} is not valid JSON: {e}") from e
+    except RecursionError:  # cannot happen below MAX_DEPTH; never a traceback if it does
+        raise InvalidReport(f"report {path} nests too deep") from None
     try:
         return parse_report(data)
     except InvalidReport as e:

@@ -16,7 +16,11 @@ a private HOME and TMPDIR. It resolves dependencies; it does not run the profile
 
 What it must never do: extract outside its scratch directory (tar: the `data` filter; zip:
 zipfile's own path sanitising), unpack more than `EXTRACT_FACTOR` times the download cap,
-or put the auditor's stderr into a message unredacted.
+read more than `MAX_MEMBERS` entries or `MAX_NAME_BYTES` of entry names (a 2.4 MB tar of
+400,000 empty entries cost a worker 175 MB and 13 s before these caps; a zip's central
+directory is checked from its end record before zipfile parses it; no single read of a tar
+stream exceeds `_MAX_READ`, as tarfile reads a pax header whole), or put the auditor's
+stderr into a message unredacted.
 """
 
 from __future__ import annotations
@@ -25,14 +29,15 @@ import contextlib
 import gzip
 import os
 import signal
+import struct
 import subprocess
 import tarfile
 import threading
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import yaml
 
@@ -50,6 +55,16 @@ MANIFEST_MAX_BYTES = 1024 * 1024
 EXTRACT_FACTOR = 8
 """An archive may unpack to at most this many times `Limits.max_bytes`."""
 STDERR_TAIL = 1000
+MAX_MEMBERS = 20_000
+"""Most entries (files, directories, links) a profile archive may hold. Real profiles hold
+hundreds; each entry costs memory and time outside the sandbox before anything runs."""
+MAX_NAME_BYTES = 4 * 1024 * 1024
+"""Most bytes of entry names, all entries together."""
+_ZIP_ENTRY_BYTES = 46
+"""Fixed size of a zip central-directory entry (before its name, extra and comment)."""
+_ZIP_EOCD = struct.Struct("<4s4H2LH")
+_MAX_READ = MAX_NAME_BYTES + MANIFEST_MAX_BYTES
+"""Largest single read of a tar stream (a long-name header, the manifest)."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +98,7 @@ def archive_suffix(path: Path, shown: str) -> str:
 def read_manifest(path: Path, suffix: str, shown: str) -> dict[str, Any]:
     """The profile's inspec.yml (at the archive root, or in its single top directory)."""
     try:
-        text = _manifest_bytes(path, suffix)
+        text = _manifest_bytes(path, suffix, shown)
     except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError) as e:
         raise ProfileUnavailable(f"profile {shown}: cannot read the archive: {e}") from None
     if text is None:
@@ -95,12 +110,12 @@ def read_manifest(path: Path, suffix: str, shown: str) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-def _manifest_bytes(path: Path, suffix: str) -> bytes | None:
+def _manifest_bytes(path: Path, suffix: str, shown: str) -> bytes | None:
     def depth(name: str) -> int:
         return name.removeprefix("./").strip("/").count("/")
 
     if suffix == ".zip":
-        with zipfile.ZipFile(path) as z:
+        with _open_zip(path, shown) as z:
             zips = [
                 i
                 for i in z.infolist()
@@ -112,10 +127,10 @@ def _manifest_bytes(path: Path, suffix: str) -> bytes | None:
             if info.file_size > MANIFEST_MAX_BYTES:
                 return None
             return z.read(info)
-    with tarfile.open(path, "r:gz") as t:
+    with _open_tar(path, shown) as t:
         found = [
             m
-            for m in t.getmembers()
+            for m in _tar_members(t, shown)
             if m.isfile()
             and m.name.rsplit("/", 1)[-1] == "inspec.yml"
             and depth(m.name) <= 1
@@ -125,6 +140,78 @@ def _manifest_bytes(path: Path, suffix: str) -> bytes | None:
             return None
         f = t.extractfile(min(found, key=lambda m: depth(m.name)))
         return f.read() if f is not None else None
+
+
+def _too_many(shown: str) -> ProfileUnavailable:
+    return ProfileUnavailable(
+        f"profile {shown}: the archive holds more than {MAX_MEMBERS} entries or more than "
+        f"{MAX_NAME_BYTES} bytes of entry names and headers; refused (a profile holds hundreds)"
+    )
+
+
+def _tar_members(t: tarfile.TarFile, shown: str) -> Iterator[tarfile.TarInfo]:
+    """The archive's entries, read one at a time and stopping at the budgets (getmembers()
+    would read them all first)."""
+    names = 0
+    for count, member in enumerate(t, 1):
+        names += len(member.name) + len(member.linkname)
+        if count > MAX_MEMBERS or names > MAX_NAME_BYTES:
+            raise _too_many(shown)
+        yield member
+
+
+class _BoundedReads:
+    """A decompressed tar stream that refuses any single read over `_MAX_READ`: tarfile
+    reads a pax or GNU long-name header whole, whatever size the archive declares (gzip
+    turns 64 MB into gigabytes of zeros), while headers are 512 bytes, the manifest at
+    most MANIFEST_MAX_BYTES and extraction copies 16 KiB at a time."""
+
+    def __init__(self, raw: gzip.GzipFile, shown: str) -> None:
+        self._raw, self._shown = raw, shown
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0 or size > _MAX_READ:
+            raise _too_many(self._shown)
+        return self._raw.read(size)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+
+@contextlib.contextmanager
+def _open_tar(path: Path, shown: str) -> Iterator[tarfile.TarFile]:
+    with (
+        gzip.open(path, "rb") as raw,
+        # `_BoundedReads` has the read, seek and tell that tarfile's "r:" mode uses.
+        tarfile.open(fileobj=cast(IO[bytes], _BoundedReads(raw, shown)), mode="r:") as tar,
+    ):
+        yield tar
+
+
+def _open_zip(path: Path, shown: str) -> zipfile.ZipFile:
+    """zipfile.ZipFile, once the end record says the central directory is within budget
+    (zipfile reads and parses all of it on opening)."""
+    with path.open("rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - 65536 - _ZIP_EOCD.size))
+        tail = f.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < _ZIP_EOCD.size:
+        raise zipfile.BadZipFile("no end of central directory record")
+    entries, cd_bytes = _ZIP_EOCD.unpack_from(tail, at)[4:6]
+    # A zip64 archive marks these 0xFFFF / 0xFFFFFFFF: over budget too.
+    if entries > MAX_MEMBERS or cd_bytes > MAX_MEMBERS * (_ZIP_ENTRY_BYTES + 64) + MAX_NAME_BYTES:
+        raise _too_many(shown)
+    z = zipfile.ZipFile(path)
+    infos = z.infolist()
+    if len(infos) > MAX_MEMBERS or sum(len(i.filename) for i in infos) > MAX_NAME_BYTES:
+        z.close()
+        raise _too_many(shown)
+    return z
 
 
 def remote_dependencies(manifest: Mapping[str, Any]) -> list[str]:
@@ -212,13 +299,13 @@ def _unpack(archive: Path, suffix: str, dest: Path, limits: Limits, shown: str) 
     dest.mkdir(mode=0o700)
     try:
         if suffix == ".zip":
-            with zipfile.ZipFile(archive) as z:
+            with _open_zip(archive, shown) as z:
                 if sum(i.file_size for i in z.infolist()) > budget:
                     raise ProfileUnavailable(f"profile {shown} unpacks to more than {budget} B")
                 z.extractall(dest)  # noqa: S202 - zipfile drops absolute paths and '..'
         else:
-            with tarfile.open(archive, "r:gz") as t:
-                if sum(m.size for m in t.getmembers()) > budget:
+            with _open_tar(archive, shown) as t:
+                if sum(m.size for m in _tar_members(t, shown)) > budget:
                     raise ProfileUnavailable(f"profile {shown} unpacks to more than {budget} B")
                 t.extractall(dest, filter="data")
     except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError) as e:

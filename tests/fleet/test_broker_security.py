@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import shutil
 import ssl
 import subprocess
 from collections.abc import Callable, Iterator
@@ -30,6 +29,7 @@ from scanfleet.core.settings import Settings
 from scanfleet.worker.app import broker_tls
 from tests.support.fixtures_fleet import CLI, FleetClusters, Worker, free_port, run_cli, wait_for
 from tests.support.profile_server import ProfileServer, profile_archive
+from tests.support.tools import require_tool
 
 PASSWORD = "br0ker-Pa55-d8f1c2"
 PROFILE_SECRET = "pr0file-s3cret-77a1"
@@ -97,12 +97,11 @@ class SecureRedis:
     """redis-server with a password, optionally reachable over TLS only."""
 
     def __init__(self, directory: Path, tls: dict[str, Path] | None) -> None:
-        if shutil.which("redis-server") is None:
-            pytest.skip("redis-server is not installed")
+        server = require_tool("redis-server")  # a failure under CI=true, a skip elsewhere
         self.port = free_port()
         self.tls = tls
         args = [
-            "redis-server",
+            server,
             "--bind",
             "127.0.0.1",
             "--save",

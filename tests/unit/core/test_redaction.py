@@ -144,3 +144,68 @@ def test_error_results_carry_no_credentials() -> None:
     )
     assert "hunter22" not in summary["error"]["message"]
     assert "abcdef123" not in summary["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ('token: "abc123"', "abc123"),
+        ("password: 'x'", "'x'"),
+        ('secret = "s p a c e d"', "s p a c e d"),
+        ("'api_key': 'k-123456'", "k-123456"),
+        ("aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCY", "wJalrXUtnFEMI"),
+        ("AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG", "wJalrXUtnFEMI"),
+        ('{"SecretAccessKey": "wJalrXUtnFEMI", "AccessKeyId": "AKIA1"}', "wJalrXUtnFEMI"),
+        ("aws_session_token = FwoGZXIvYXdzEJr", "FwoGZXIvYXdzEJr"),
+        ("AZURE_CLIENT_SECRET=Q~8abc.def_ghi", "Q~8abc.def_ghi"),
+        ('client_secret: "Q~8abc.def"', "Q~8abc.def"),
+        ("DefaultEndpointsProtocol=https;AccountName=a;AccountKey=c2VjcmV0==;", "c2VjcmV0=="),
+        ('"private_key": "-----BEGIN PRIVATE KEY-----\\nMIIEv\\n-----END', "MIIEv"),
+        ('"private_key_id": "0123456789abcdef"', "0123456789abcdef"),
+    ],
+)
+def test_quoted_values_and_cloud_secret_names_are_redacted(text: str, secret: str) -> None:
+    out = logs.redact_text(text)
+    assert secret not in out, out
+    assert logs.REDACTED in out
+
+
+@pytest.mark.parametrize("split", ["\x1b[0m", "\x1b[31;1m", "\x00", "\x07", "\x1b]0;x\x07"])
+def test_a_secret_split_by_an_escape_or_control_character_is_found_whole(split: str) -> None:
+    logs.remember("opaque-admin-token-42")
+    for text in (
+        f"token: abc{split}123456",
+        f'password: "hun{split}ter22"',
+        f"using opaque-admin{split}-token-42 now",
+        f"Authorization: Bear{split}er abcdefgh123",
+    ):
+        out = logs.redact_text(text)
+        for piece in ("123456", "hunter22", "ter22", "opaque-admin", "abcdefgh123"):
+            assert piece not in out, (text, out)
+        assert split not in out
+
+
+def test_cloud_names_keep_what_is_not_a_secret() -> None:
+    for text in (
+        "token_ttl=3600",
+        "aws_region = eu-west-1",
+        "AccessKeyId: AKIAEXAMPLE",
+        "secrets mounted at /var/run/secrets",
+    ):
+        assert logs.redact_text(text) == text
+
+
+def test_structlog_fields_named_after_cloud_secrets_are_redacted(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    logs.configure("json")
+    structlog.get_logger("t").info(
+        "x",
+        private_key="k-material-1",
+        aws_access_key="k-material-2",
+        storage_account_key="k-material-3",
+        note="token: ab\x1b[0mcdef99",
+    )
+    err = capsys.readouterr().err
+    for piece in ("k-material-1", "k-material-2", "k-material-3", "cdef99"):
+        assert piece not in err

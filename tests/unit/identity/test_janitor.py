@@ -267,6 +267,7 @@ def test_cli_rejects_unknown_context(
 
 # --- only what scanfleet made ------------------------------------------------------------------
 DECOY = "dec0000000000001"
+DECOY_NS = "dec0000000000002"
 
 
 def expired_meta(name: str, scan_id: str) -> dict[str, Any]:
@@ -319,6 +320,22 @@ def plant_decoys(kube: KubeClient) -> None:
             "subjects": [{"kind": "ServiceAccount", "name": "payments-api", "namespace": "apps"}],
         },
     )
+    # Exactly scanfleet's binding but for its subject's namespace: it grants the Role to a
+    # ServiceAccount of another namespace (issue 17: a decoy the janitor must keep).
+    kube.create_role_binding(
+        "apps",
+        {
+            "metadata": expired_meta(f"scanfleet-{DECOY_NS}", DECOY_NS),
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": f"scanfleet-{DECOY_NS}",
+            },
+            "subjects": [
+                {"kind": "ServiceAccount", "name": f"scanfleet-{DECOY_NS}", "namespace": "other"}
+            ],
+        },
+    )
     # Right name, wrong scan-id label.
     kube.create_service_account(
         "other",
@@ -359,17 +376,23 @@ def test_labelled_objects_of_another_shape_are_reported_as_not_ours_and_kept(
         "Role of its name to the ServiceAccount of its name only",
         ("RoleBinding", "other", f"scanfleet-{DECOY}"): "not scanfleet's: it does not bind the "
         "Role of its name to the ServiceAccount of its name only",
+        ("RoleBinding", "apps", f"scanfleet-{DECOY_NS}"): "not scanfleet's: it does not bind "
+        "the Role of its name to the ServiceAccount of its name only",
         ("ServiceAccount", "other", f"scanfleet-{DECOY}"): "not scanfleet's: its labels do not "
         "carry managed-by scanfleet and the scan-id of its name",
     }
     # The CLI says so too, in both forms, and a dry run counts them.
     dry = janitor_cli(kubeconfig, "--context", "east", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert dry.stdout.splitlines()[-1] == "total: 0 would delete, 5 not ours"
+    assert dry.stdout.splitlines()[-1] == "total: 0 would delete, 6 not ours"
     assert "NOT OURS east: ServiceAccount apps/payments-api: not scanfleet's" in dry.stderr
     out = json.loads(janitor_cli(kubeconfig, "--context", "east", "--json", "--dry-run").stdout)
-    assert out["total_foreign"] == 5
-    assert {f["name"] for f in out["foreign"]} == {"payments-api", f"scanfleet-{DECOY}"}
+    assert out["total_foreign"] == 6
+    assert {f["name"] for f in out["foreign"]} == {
+        "payments-api",
+        f"scanfleet-{DECOY}",
+        f"scanfleet-{DECOY_NS}",
+    }
     assert names(a) == before
 
 

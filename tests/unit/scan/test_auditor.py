@@ -368,6 +368,26 @@ def test_other_exit_is_auditor_failed_with_redacted_stderr(
     assert info.value.kind == "auditor_exit"
 
 
+def test_stderr_secrets_split_by_escapes_or_controls_are_redacted(
+    run: Callable[..., AuditResult], auditor_plan: PlanWriter
+) -> None:
+    auditor_plan(
+        {
+            "*": {
+                "exit": 3,
+                "stderr": 'password: "hun\x1b[0mter22"\naws_secret_access_key = wJalr\x00XUtn\n'
+                "token: abc\x07123456\nfatal: pod not reachable\n",
+            }
+        }
+    )
+    with pytest.raises(AuditorFailed) as info:
+        run()
+    message = str(info.value)
+    assert "pod not reachable" in message
+    for piece in ("ter22", "XUtn", "123456", "\x1b", "\x00", "\x07"):
+        assert piece not in message
+
+
 def test_usage_error_is_auditor_failed(run: Callable[..., AuditResult], tmp_path: Path) -> None:
     with pytest.raises(AuditorFailed, match=r"code 1: .*Cannot find input file"):
         run(input_files=[tmp_path / "missing-inputs.yml"])

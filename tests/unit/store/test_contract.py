@@ -21,8 +21,11 @@ from scanfleet.runs.pipeline import RunContext, RunState, run_target
 from scanfleet.scan.plan import RunPlan
 from scanfleet.store.slots import LocalSlots, RedisSlots, Slots
 from scanfleet.store.state import MemoryRunState, RunStore
+from tests.support.tools import require_module
 
-pytest.importorskip("lupa", reason="fakeredis runs Lua only with lupa (fakeredis[lua])")
+require_module(
+    "lupa", "fakeredis runs Lua only with lupa: pip install -e '.[dev]' (fakeredis[lua])"
+)
 
 RUN = "20250101T000000Z-abcdef"
 COVERS = {"s0": [{"context": "c", "namespace": "ns", "pod": "x", "container": "app"}]}
