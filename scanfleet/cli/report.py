@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from scanfleet.cli.common import bad_input_exits, load_settings, main_group
+from scanfleet.cli.common import bad_input_exits, load_settings, main_group, resolve_run_id
 from scanfleet.core.errors import BadInput, ExitCode
 from scanfleet.judging.documents import unreadable_summary
 from scanfleet.reports import FORMATS, write_report
@@ -106,9 +106,11 @@ def _write_file(path: Path, fmt: str, run: dict[str, Any], directory: Path) -> N
 )
 @bad_input_exits
 def report_command(run_id: str, fmt: str, output: Path | None, results_dir: Path | None) -> None:
-    """Report a finished run; exit with the run's exit code (0 met, 1 missed, 3 errors)."""
+    """Report a finished run; exit with the run's exit code (0 met, 1 missed, 3 errors).
+    RUN_ID may be `latest`."""
     settings = load_settings()
-    directory = run_dir(results_dir if results_dir is not None else settings.results_dir, run_id)
+    base = results_dir if results_dir is not None else settings.results_dir
+    directory = run_dir(base, resolve_run_id(run_id, base))
     run = load_run(directory, run_id)
     if output is None or str(output) == "-":
         write_report(fmt, run, lambda: _summaries(directory), sys.stdout)

@@ -85,8 +85,9 @@ class Settings:
     (SCANFLEET_TOKEN_TTL)."""
     scan_timeout: int = 1800
     """Seconds before the auditor's process group is terminated (SCANFLEET_SCAN_TIMEOUT)."""
-    log_format: str = "json"
-    """`json` (one object per line) or `console` (SCANFLEET_LOG_FORMAT)."""
+    log_format: str = "auto"
+    """`json` (one object per line), `console` (human lines), or `auto`: console when
+    stderr is a terminal, else json (SCANFLEET_LOG_FORMAT)."""
     retention_days: int = 30
     """Runs older than this are pruned from Redis and the results dir (SCANFLEET_RETENTION_DAYS)."""
     key_prefix: str = "scanfleet"
@@ -129,6 +130,9 @@ class Settings:
     kube_retries: int = 5
     """Retries of one Kubernetes API request in a worker (connection errors, 429, 5xx; with
     urllib3's backoff, 5 take about 15 s) before the scan is re-queued (SCANFLEET_KUBE_RETRIES)."""
+    no_color: bool = False
+    """No colour in log lines and summaries, whatever the terminal (NO_COLOR set, not empty:
+    https://no-color.org)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -143,7 +147,9 @@ class Settings:
             ),
             token_ttl=env_int(env, "SCANFLEET_TOKEN_TTL", d.token_ttl, 1),
             scan_timeout=env_int(env, "SCANFLEET_SCAN_TIMEOUT", d.scan_timeout, 1),
-            log_format=_choice(env, "SCANFLEET_LOG_FORMAT", d.log_format, ("json", "console")),
+            log_format=_choice(
+                env, "SCANFLEET_LOG_FORMAT", d.log_format, ("json", "console", "auto")
+            ),
             retention_days=env_int(env, "SCANFLEET_RETENTION_DAYS", d.retention_days, 1),
             key_prefix=env.get("SCANFLEET_KEY_PREFIX") or d.key_prefix,
             kubeconfig=env.get("KUBECONFIG") or d.kubeconfig,
@@ -169,6 +175,7 @@ class Settings:
             profile_timeout=env_int(env, "SCANFLEET_PROFILE_TIMEOUT", d.profile_timeout, 1),
             retry_delay_scale=env_float(env, "SCANFLEET_RETRY_DELAY_SCALE", d.retry_delay_scale),
             kube_retries=env_int(env, "SCANFLEET_KUBE_RETRIES", d.kube_retries, 0),
+            no_color=bool(env.get("NO_COLOR")),
         )
 
 

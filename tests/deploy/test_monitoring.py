@@ -40,6 +40,7 @@ ALERTS = {
     "ScanfleetIdentityLeftovers",
     "ScanfleetWorkerDown",
     "ScanfleetQueueBacklog",
+    "ScanfleetSweepMatchedNothing",
 }
 NAME = re.compile(r"\bscanfleet_[a-z_]+\b")
 HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
