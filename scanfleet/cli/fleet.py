@@ -405,13 +405,17 @@ def status_command(
         if not (base / run_id).is_dir():
             click.echo(f"scanfleet: error: {e}", err=True)
             sys.exit(ExitCode.SCAN_ERROR)
-    while True:
-        shown = _show_status(store, run_id, finished, as_json, final=not watch)
-        if not watch:
-            return
-        if shown is not None:
-            sys.exit(int(shown))
-        time.sleep(interval)  # --watch: poll at the operator's interval
+    try:
+        while True:
+            shown = _show_status(store, run_id, finished, as_json, final=not watch)
+            if not watch:
+                return
+            if shown is not None:
+                sys.exit(int(shown))
+            time.sleep(interval)  # --watch: poll at the operator's interval
+    except KeyboardInterrupt:  # Ctrl-C ends the watch, not the run: no traceback
+        click.echo(f"stopped watching run {run_id} (it goes on)", err=True)
+        sys.exit(130)
 
 
 def _show_status(
