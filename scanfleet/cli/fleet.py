@@ -483,9 +483,9 @@ def _show_files(run_id: str, finished: Path, as_json: bool, *, final: bool) -> i
 def worker_command(concurrency: int | None, loglevel: str, metrics_port: int | None) -> None:
     """Run a Celery worker (prefork) for scanfleet's tasks."""
     settings = load_settings()  # configures logging, once, before Celery starts
+    _worker_sandbox(settings)
     # Unreachable, or a refused login (Celery would retry it forever): exit 3 in seconds.
     require_broker(settings, "the worker did not start")
-    _worker_sandbox(settings)
     from scanfleet.worker import exporter
 
     exporter.worker_starting(settings, metrics_port)
