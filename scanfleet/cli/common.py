@@ -52,12 +52,14 @@ def verbosity() -> int:
     return int(ctx.meta.get(_VERBOSITY, 0)) if ctx is not None else 0
 
 
-@dataclass
-class _Terminal:
-    color: bool | None = None  # None: click decides (colour only on a terminal)
+_NO_COLOR = "scanfleet.no_color"
 
 
-TERMINAL = _Terminal()
+def summary_color() -> bool | None:
+    """click.echo's `color`: False with NO_COLOR, else None (click colours a terminal
+    only, and strips the styles from a pipe or a file)."""
+    ctx = click.get_current_context(silent=True)
+    return False if ctx is not None and ctx.meta.get(_NO_COLOR) else None
 
 
 def load_settings() -> Settings:
@@ -70,7 +72,9 @@ def load_settings() -> Settings:
         colors=not settings.no_color,
         verbosity=verbosity(),
     )
-    TERMINAL.color = False if settings.no_color else None
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta[_NO_COLOR] = settings.no_color
     for url in (settings.broker_url, *settings.allowed_profiles):
         logs.remember_url(url)
     return settings

@@ -13,7 +13,6 @@ from typing import Any
 import click
 
 from scanfleet.cli.common import (
-    TERMINAL,
     ScanArgs,
     bad_input_exits,
     check_clusters,
@@ -27,6 +26,7 @@ from scanfleet.cli.common import (
     results_dir,
     sandbox_mode,
     scan_options,
+    summary_color,
 )
 from scanfleet.core.targets import parse_target
 from scanfleet.core.textsafe import terminal_line
@@ -87,7 +87,7 @@ def _echo(text: str, head: str = "", **style: Any) -> None:
     rewrite the title, hide text or add hyperlinks (textsafe.terminal_line). `head`, a
     word of ours, is coloured with `style` on a terminal (not with NO_COLOR, not in a pipe)."""
     prefix = click.style(head, **style) + " " if head else ""
-    click.echo(prefix + terminal_line(text), color=TERMINAL.color)
+    click.echo(prefix + terminal_line(text), color=summary_color())
 
 
 def threshold_applied(run: dict[str, Any]) -> bool:
@@ -130,4 +130,4 @@ def print_run(run: dict[str, Any], as_json: bool) -> None:
     verdict = {0: ("OK", "green"), 1: ("THRESHOLD NOT MET", "red"), 3: ("SCAN ERRORS", "yellow")}
     word, colour = verdict.get(code, ("", "white"))
     line = terminal_line(f"results: {run['run_id']}  exit code: {code}")
-    click.echo(f"{line}  {click.style(word, fg=colour, bold=True)}", color=TERMINAL.color)
+    click.echo(f"{line}  {click.style(word, fg=colour, bold=True)}", color=summary_color())
