@@ -21,6 +21,7 @@ from scanfleet.cli.common import (
     load_settings,
     main_group,
     output_option,
+    require_broker,
     resolve_run_id,
     results_dir,
 )
@@ -202,6 +203,8 @@ def prune_command(
     store = None
     if not files_only and not dry_run:
         from scanfleet.store.state import RunStore
+
+        require_broker(settings, "nothing was pruned")  # seconds, not a minute of retries
 
         store = RunStore.from_url(settings.broker_url, settings.key_prefix, settings.retention_days)
     report = prune(results_dir(output, settings), days, now=utcnow(), store=store, dry_run=dry_run)

@@ -126,7 +126,7 @@ def test_the_broker_url_password_is_not_shown(env: dict[str, str]) -> None:
     assert "hunter22" not in out.stderr
 
 
-@pytest.mark.parametrize("command", ["submit", "status", "worker", "beat"])
+@pytest.mark.parametrize("command", ["submit", "status", "worker", "beat", "prune"])
 def test_unreachable_redis_fails_within_seconds_before_any_discovery(
     command: str,
     env: dict[str, str],
@@ -141,6 +141,7 @@ def test_unreachable_redis_fails_within_seconds_before_any_discovery(
         "status": ["status", RUN_ID],
         "worker": ["worker", "-c", "1"],
         "beat": ["beat", "--sweeps", str(write_sweeps(_sweeps(profile)))],
+        "prune": ["prune"],
     }[command]
     out = run(args, {**env, "SCANFLEET_BROKER_URL": f"redis://127.0.0.1:{closed_port}/0"})
     assert out.code == 3, out.stderr
