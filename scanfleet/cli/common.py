@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import functools
+import os
+import re
+import shutil
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +19,13 @@ import click
 
 from scanfleet.core import logs
 from scanfleet.core.clock import utcnow
-from scanfleet.core.errors import BadInput, ExitCode, SandboxUnavailable, ScanInterrupted
+from scanfleet.core.errors import (
+    BadInput,
+    ExitCode,
+    SandboxUnavailable,
+    ScanInterrupted,
+    StoreUnavailable,
+)
 from scanfleet.core.settings import Settings, check_ttl
 from scanfleet.scan.auditor import clear_stop, request_stop
 from scanfleet.scan.plan import RunPlan
@@ -24,10 +33,33 @@ from scanfleet.scan.plan import RunPlan
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+_VERBOSITY = "scanfleet.verbosity"
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="scanfleet")
-def main_group() -> None:
+@click.option("-v", "--verbose", count=True, help="More log lines (-vv: debug).")
+@click.option("-q", "--quiet", count=True, help="Errors only; no progress bar.")
+@click.pass_context
+def main_group(ctx: click.Context, verbose: int, quiet: int) -> None:
     """Compliance scans of running containers across Kubernetes fleets."""
+    ctx.meta[_VERBOSITY] = verbose - quiet
+
+
+def verbosity() -> int:
+    """-v count minus -q count of this invocation (0 outside a click command)."""
+    ctx = click.get_current_context(silent=True)
+    return int(ctx.meta.get(_VERBOSITY, 0)) if ctx is not None else 0
+
+
+_NO_COLOR = "scanfleet.no_color"
+
+
+def summary_color() -> bool | None:
+    """click.echo's `color`: False with NO_COLOR, else None (click colours a terminal
+    only, and strips the styles from a pipe or a file)."""
+    ctx = click.get_current_context(silent=True)
+    return False if ctx is not None and ctx.meta.get(_NO_COLOR) else None
 
 
 def load_settings() -> Settings:
@@ -35,10 +67,99 @@ def load_settings() -> Settings:
         settings = Settings.from_env()
     except BadInput as e:
         fail(str(e))
-    logs.configure(settings.log_format)
+    logs.configure(
+        settings.log_format,
+        colors=not settings.no_color,
+        verbosity=verbosity(),
+    )
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta[_NO_COLOR] = settings.no_color
     for url in (settings.broker_url, *settings.allowed_profiles):
         logs.remember_url(url)
     return settings
+
+
+def progress_disabled() -> bool:
+    """The progress bar is for a terminal: not with -q, not when stderr is a pipe or a
+    file (where it would break the JSON log lines)."""
+    return verbosity() < 0 or not sys.stderr.isatty()
+
+
+_DURATION_PART = re.compile(r"(\d+)([smhd])")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class Duration(click.ParamType):  # type: ignore[type-arg]
+    """Seconds, as a plain integer or with units: `90s`, `30m`, `1h`, `1h30m`, `2d`."""
+
+    name = "duration"
+
+    def __init__(self, minimum: int = 1) -> None:
+        self.minimum = minimum
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            seconds = value
+        else:
+            text = str(value).strip().lower()
+            if text.isdigit():
+                seconds = int(text)
+            elif text and _DURATION_PART.sub("", text) == "":
+                seconds = sum(int(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text))
+            else:
+                self.fail(
+                    f"{value!r} is not a duration: seconds (90) or with units (90s, 30m, 1h)",
+                    param,
+                    ctx,
+                )
+        if seconds < self.minimum:
+            self.fail(f"{value!r} is shorter than {self.minimum}s", param, ctx)
+        return seconds
+
+
+def require_broker(settings: Settings, what: str = "nothing was queued") -> None:
+    """Redis answers within seconds, or: host:port and why on stderr, exit 3 (a malformed
+    URL: exit 2). Called first by the commands that need the broker."""
+    from scanfleet.store.client import check_reachable
+
+    try:
+        check_reachable(settings.broker_url)
+    except StoreUnavailable as e:
+        click.echo(f"scanfleet: error: {e}; {what}", err=True)
+        sys.exit(ExitCode.SCAN_ERROR)
+
+
+def check_local_run(settings: Settings, profile: str) -> None:
+    """What a run in this process needs before any identity is made: the auditor
+    executable, and a local profile path that exists (BadInput, exit 2)."""
+    from scanfleet.core.settings import process_environment
+
+    auditor = settings.auditor
+    path_env = process_environment().get("PATH", os.defpath)
+    if shutil.which(auditor, path=path_env) is None:
+        raise BadInput(
+            f"auditor executable {auditor!r} not found (SCANFLEET_AUDITOR, or "
+            "cinc-auditor on PATH): install CINC Auditor or point SCANFLEET_AUDITOR at it"
+        )
+    # A path (it has a slash, or starts with . or ~) must exist here; a bare word is a
+    # profile name the auditor resolves itself.
+    looks_like_path = "://" not in profile and ("/" in profile or profile[:1] in ".~")
+    if looks_like_path and not Path(profile).expanduser().exists():
+        raise BadInput(f"profile path {profile!r} does not exist")
+
+
+def check_clusters(clients: Any, contexts: Iterable[str], what: str) -> None:
+    """Each context's API server answers within seconds, or: its URL and why on stderr,
+    exit 3, before anything is created or queued."""
+    from scanfleet.core.errors import ClusterUnavailable
+
+    for ctx in sorted(set(contexts)):
+        try:
+            clients.get(ctx).probe()
+        except ClusterUnavailable as e:
+            click.echo(f"scanfleet: error: {e}; {what}", err=True)
+            sys.exit(ExitCode.SCAN_ERROR)
 
 
 def sandbox_mode(settings: Settings, what: str = "nothing was started") -> str:
@@ -94,6 +215,7 @@ def metrics_port_option(fn: F) -> F:
 
 def output_option(fn: F) -> F:
     return click.option(
+        "--results-dir",
         "--output",
         "output",
         type=click.Path(file_okay=False, path_type=Path),
@@ -189,15 +311,15 @@ def scan_options(fn: F) -> F:
             ),
             click.option(
                 "--token-ttl",
-                type=int,
+                type=Duration(),
                 default=None,
-                help="Scan token lifetime in seconds (600..86400; default 3600).",
+                help="Scan token lifetime: seconds or 30m, 1h (600..86400 s; default 1h).",
             ),
             click.option(
                 "--timeout",
-                type=int,
+                type=Duration(),
                 default=None,
-                help="Auditor timeout in seconds (default 1800).",
+                help="Auditor timeout: seconds or 90s, 30m, 1h (default 30m).",
             ),
         ]
     ):
@@ -207,6 +329,25 @@ def scan_options(fn: F) -> F:
 
 def results_dir(output: Path | None, settings: Settings) -> Path:
     return output if output is not None else settings.results_dir
+
+
+def resolve_run_id(value: str, base: Path) -> str:
+    """A RUN_ID argument: a run id, or `latest` (the newest run in the results directory)."""
+    from scanfleet.store.files import check_run_id, latest_run_id
+
+    if value == "latest":
+        found = latest_run_id(base)
+        if found is None:
+            raise BadInput(f"no runs in {base} (check --results-dir or SCANFLEET_RESULTS_DIR)")
+        return found
+    return check_run_id(value)
+
+
+def emit_json(document: Any) -> None:
+    """The one JSON document of a `--json` command, alone on stdout."""
+    import json
+
+    click.echo(json.dumps(document, indent=2))  # ensure_ascii: escapes, never raw controls
 
 
 @contextmanager

@@ -22,8 +22,12 @@ import structlog
 from tqdm import tqdm
 
 from scanfleet.cli.common import (
+    Duration,
     ScanArgs,
     bad_input_exits,
+    check_clusters,
+    check_local_run,
+    emit_json,
     fail,
     interruptible,
     kubeconfig_option,
@@ -31,6 +35,9 @@ from scanfleet.cli.common import (
     main_group,
     metrics_port_option,
     output_option,
+    progress_disabled,
+    require_broker,
+    resolve_run_id,
     results_dir,
     sandbox_mode,
     scan_options,
@@ -40,12 +47,11 @@ from scanfleet.core.errors import BadInput, ExitCode, ScanError, StoreUnavailabl
 from scanfleet.core.settings import Settings
 from scanfleet.core.targets import Target, load_targets_file, parse_target
 from scanfleet.scan.plan import RunPlan
-from scanfleet.store.files import check_run_id
 from scanfleet.store.state import RunStore
 
 if TYPE_CHECKING:
     from scanfleet.kube.client import ClientCache
-    from scanfleet.runs.discovery import Entry
+    from scanfleet.runs.discovery import Entry, Scope
 
 POLL_SECONDS = 0.5
 
@@ -60,8 +66,8 @@ POLL_SECONDS = 0.5
 )
 @click.option("--context", "contexts", multiple=True, help="Kubeconfig context (repeatable).")
 @click.option("--all-contexts", is_flag=True, help="Every context of the kubeconfig.")
-@click.option("--namespace", "namespaces", multiple=True, help="Discover in N (repeatable).")
-@click.option("--all-namespaces", is_flag=True, help="Discover in every namespace.")
+@click.option("--namespace", "-n", "namespaces", multiple=True, help="Discover in N (repeatable).")
+@click.option("--all-namespaces", "-A", is_flag=True, help="Discover in every namespace.")
 @click.option(
     "--exclude-namespace", "exclude_namespaces", multiple=True, help="Skip N (repeatable)."
 )
@@ -85,7 +91,13 @@ POLL_SECONDS = 0.5
 )
 @kubeconfig_option
 @output_option
-@click.option("--json", "as_json", is_flag=True, help="Print run.json / status as JSON.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON document (run.json, or the status of a queued run; with run_id) "
+    "instead of the run id and a summary.",
+)
 @bad_input_exits
 def submit_command(
     targets: tuple[str, ...],
@@ -112,8 +124,7 @@ def submit_command(
     # Loaded here, not at import: `--help`, `--version` and `status` stay fast.
     from scanfleet.kube.client import ClientCache
     from scanfleet.kube.kubeconfig import choose_contexts
-    from scanfleet.runs.discovery import Scope, discover, resolve
-    from scanfleet.runs.discovery import dedupe_images as dedupe_by_image
+    from scanfleet.runs.discovery import Scope
 
     kcfg = kubeconfig or settings.kubeconfig
     chosen = choose_contexts(kcfg, contexts, all_contexts)
@@ -130,20 +141,17 @@ def submit_command(
     plan = scan.plan(
         settings, "submit", fleet_threshold=fleet_threshold, dedupe_images=dedupe_images
     )
+    if local:
+        check_local_run(settings, scan.profile)
+    else:
+        require_broker(settings)  # seconds, not a minute, before any discovery
     mode = sandbox_mode(settings) if local else None  # the workers check their own
     clients = ClientCache(kcfg)
-    for ctx in {t.context for t in explicit} | set(chosen):
+    wanted = {t.context for t in explicit} | set(chosen)
+    for ctx in wanted:
         clients.get(ctx)  # a context the client cannot load is bad input, before anything
-    try:
-        if scope is not None:
-            entries = discover(clients, scope)
-        else:
-            entries = resolve(clients, explicit, need_images=dedupe_images)
-    except ScanError as e:
-        click.echo(f"scanfleet: error: finding targets failed, nothing queued: {e}", err=True)
-        sys.exit(ExitCode.SCAN_ERROR)
-    if dedupe_images:
-        entries = dedupe_by_image(entries)
+    check_clusters(clients, wanted, "nothing was queued")
+    entries = _find_entries(clients, scope, explicit, dedupe_images)
     out = results_dir(output, settings)
     if local:
         _run_local(
@@ -165,6 +173,55 @@ def submit_command(
             wait=wait,
             as_json=as_json,
         )
+
+
+def _find_entries(
+    clients: ClientCache, scope: Scope | None, explicit: list[Target], dedupe_images: bool
+) -> list[Entry]:
+    """Discovery over `scope`, or the explicit targets resolved; exit 2 when discovery
+    matches nothing, exit 3 when the API cannot say."""
+    from scanfleet.runs.discovery import dedupe_images as dedupe_by_image
+    from scanfleet.runs.discovery import discover, resolve
+
+    try:
+        if scope is not None:
+            check_namespaces(clients, scope)
+            entries = discover(clients, scope)
+            if not entries:
+                raise BadInput(f"no running pods matched {describe_scope(scope)}; nothing queued")
+        else:
+            entries = resolve(clients, explicit, need_images=dedupe_images)
+    except ScanError as e:
+        click.echo(f"scanfleet: error: finding targets failed, nothing queued: {e}", err=True)
+        sys.exit(ExitCode.SCAN_ERROR)
+    return dedupe_by_image(entries) if dedupe_images else entries
+
+
+def check_namespaces(clients: ClientCache, scope: Scope) -> None:
+    """Every namespace named with --namespace exists in every chosen context (BadInput,
+    exit 2, naming it): a typo must not scan nothing and succeed."""
+    for ctx in scope.contexts:
+        kube = clients.get(ctx)
+        for ns in dict.fromkeys(scope.namespaces):
+            if kube.namespace_exists(ns) is False:
+                raise BadInput(
+                    f"no running pods matched: namespace {ns!r} does not exist in context "
+                    f"{ctx!r}; nothing queued"
+                )
+
+
+def describe_scope(scope: Scope) -> str:
+    """Discovery's scope in words, for "no running pods matched ..."."""
+    where = (
+        "every namespace"
+        if scope.all_namespaces
+        else "namespace " + ", ".join(repr(n) for n in scope.namespaces)
+    )
+    if scope.exclude_namespaces:
+        where += " except " + ", ".join(repr(n) for n in scope.exclude_namespaces)
+    what = f"selector {scope.selector!r} in " if scope.selector else ""
+    ctxs = ", ".join(repr(c) for c in scope.contexts)
+    return f"{what}{where} of context {ctxs}"
 
 
 def _explicit_targets(
@@ -205,9 +262,16 @@ def _run_local(
 
     # A URL profile: fetched once for the run, before any identity (BadInput: exit 2).
     plan = pin_for_run(plan, fetch_config(settings, process_environment()))
-    click.echo(plan.run_id)
+    if not as_json:
+        click.echo(plan.run_id)
     total = sum(e.size() for e in entries)
-    with tqdm(total=total, file=sys.stderr, unit="target", desc=plan.run_id) as bar:
+    with tqdm(
+        total=total,
+        file=sys.stderr,
+        unit="target",
+        desc=plan.run_id,
+        disable=progress_disabled(),
+    ) as bar:
 
         def progress(done: int, _total: int) -> None:
             bar.update(done - bar.n)
@@ -246,6 +310,8 @@ def _run_fleet(
         sys.exit(ExitCode.SCAN_ERROR)
 
     def created() -> None:
+        if as_json:
+            return  # one JSON document at the end, which holds the run id
         click.echo(plan.run_id)  # alone on the first line, once `status` can find the run
         sys.stdout.flush()
 
@@ -268,7 +334,7 @@ def _run_fleet(
     if not wait:
         if as_json:
             status = store.status(plan.run_id)
-            click.echo(json.dumps(status.to_dict() if status else {}, indent=2))
+            emit_json(status.to_dict() if status else {"run_id": plan.run_id})
         return
     run = follow(store, plan.run_id, total)
     print_run(run, as_json)
@@ -277,7 +343,9 @@ def _run_fleet(
 
 def follow(store: RunStore, run_id: str, total: int) -> dict[str, Any]:
     """Progress bar on stderr until the run is finalized; returns run.json's body."""
-    with tqdm(total=total, file=sys.stderr, unit="target", desc=run_id) as bar:
+    with tqdm(
+        total=total, file=sys.stderr, unit="target", desc=run_id, disable=progress_disabled()
+    ) as bar:
         while True:
             try:
                 status = store.status(run_id)
@@ -303,48 +371,102 @@ def follow(store: RunStore, run_id: str, total: int) -> dict[str, Any]:
     help="Where to look for run.json of runs Redis does not know "
     "(`scan`, `submit --local`; default: $SCANFLEET_RESULTS_DIR).",
 )
+@click.option(
+    "--watch",
+    "-w",
+    is_flag=True,
+    help="Follow the run until it finishes, then print its summary and exit with its exit code.",
+)
+@click.option(
+    "--interval",
+    type=Duration(),
+    default=2,
+    show_default=True,
+    help="Seconds between two looks with --watch (2, 10s, 1m).",
+)
 @bad_input_exits
-def status_command(run_id: str, as_json: bool, results_dir: Path | None) -> None:
-    """State counts of a run while it runs; its summary once it is done."""
+def status_command(
+    run_id: str, as_json: bool, results_dir: Path | None, watch: bool, interval: int
+) -> None:
+    """State counts of a run while it runs; its summary once it is done. RUN_ID may be
+    `latest`."""
     settings = load_settings()
-    check_run_id(run_id)
-    finished = (results_dir or settings.results_dir) / run_id / "run.json"
-    store = RunStore.from_url(settings.broker_url, settings.key_prefix, settings.retention_days)
+    base = results_dir or settings.results_dir
+    run_id = resolve_run_id(run_id, base)
+    finished = base / run_id / "run.json"
+    from scanfleet.store.client import check_reachable
+
+    store: RunStore | None = None
     try:
-        status = store.status(run_id)
-        result = store.result(run_id) if status is not None and status.finished else None
+        check_reachable(settings.broker_url)  # seconds, not a minute of retries
+        store = RunStore.from_url(settings.broker_url, settings.key_prefix, settings.retention_days)
     except StoreUnavailable as e:
-        if not finished.is_file():
+        # A local run (`scan`, `submit --local`) never touches Redis; its files say all.
+        if not (base / run_id).is_dir():
             click.echo(f"scanfleet: error: {e}", err=True)
             sys.exit(ExitCode.SCAN_ERROR)
-        status = result = None
+    try:
+        while True:
+            shown = _show_status(store, run_id, finished, as_json, final=not watch)
+            if not watch:
+                return
+            if shown is not None:
+                sys.exit(int(shown))
+            time.sleep(interval)  # --watch: poll at the operator's interval
+    except KeyboardInterrupt:  # Ctrl-C ends the watch, not the run: no traceback
+        click.echo(f"stopped watching run {run_id} (it goes on)", err=True)
+        sys.exit(130)
+
+
+def _show_status(
+    store: RunStore | None, run_id: str, finished: Path, as_json: bool, *, final: bool
+) -> int | None:
+    """Print the run's summary once it is done (its exit code returned), or, while it
+    runs, its state counts (printed only when `final`; None returned)."""
+    status = result = None
+    if store is not None:
+        try:
+            status = store.status(run_id)
+            result = store.result(run_id) if status is not None and status.finished else None
+        except StoreUnavailable as e:
+            if not finished.parent.is_dir():
+                click.echo(f"scanfleet: error: {e}", err=True)
+                sys.exit(ExitCode.SCAN_ERROR)
     if status is None:
-        # A local run (`scan`, `submit --local`) never touches Redis; its run.json says all.
-        if finished.is_file():
-            run = json.loads(finished.read_text())
-            if as_json:
-                click.echo(
-                    json.dumps({"run_id": run_id, "state": "finished", "run": run}, indent=2)
-                )
-            else:
-                print_run(run, False)
-            return
-        fail(f"run {run_id!r} not found (unknown, or older than the retention period)")
-        return
+        return _show_files(run_id, finished, as_json, final=final)
     if result is not None:
         if as_json:
-            click.echo(json.dumps({**status.to_dict(), "run": result}, indent=2))
+            emit_json({**status.to_dict(), "run": result})
         else:
             print_run(result, False)
-        return
-    if as_json:
-        click.echo(json.dumps(status.to_dict(), indent=2))
-        return
-    d = status.to_dict()
-    click.echo(
-        f"run {run_id}: {d['state']}  total: {d['total']}  queued: {d['queued']}  "
-        f"running: {d['running']}  completed: {d['completed']}  errors: {d['error']}"
-    )
+        return int(result.get("exit_code", ExitCode.SCAN_ERROR))
+    if final and as_json:
+        emit_json(status.to_dict())
+    elif final:
+        d = status.to_dict()
+        click.echo(
+            f"run {run_id}: {d['state']}  total: {d['total']}  queued: {d['queued']}  "
+            f"running: {d['running']}  completed: {d['completed']}  errors: {d['error']}"
+        )
+    return None
+
+
+def _show_files(run_id: str, finished: Path, as_json: bool, *, final: bool) -> int | None:
+    """A run Redis does not know (`scan`, `submit --local`): its run.json says all."""
+    if finished.is_file():
+        run = json.loads(finished.read_text())
+        if as_json:
+            emit_json({"run_id": run_id, "state": "finished", "run": run})
+        else:
+            print_run(run, False)
+        return int(run.get("exit_code", ExitCode.SCAN_ERROR))
+    if not finished.parent.is_dir():
+        fail(f"run {run_id!r} not found (unknown, or older than the retention period)")
+    if final and as_json:
+        emit_json({"run_id": run_id, "state": "running"})
+    elif final:
+        click.echo(f"run {run_id}: running (a local run: counts once it finishes)")
+    return None
 
 
 @main_group.command("worker")
@@ -357,15 +479,13 @@ def status_command(run_id: str, as_json: bool, results_dir: Path | None) -> None
 )
 @click.option("--loglevel", default="INFO", show_default=True, help="Celery's log level.")
 @metrics_port_option
+@bad_input_exits
 def worker_command(concurrency: int | None, loglevel: str, metrics_port: int | None) -> None:
     """Run a Celery worker (prefork) for scanfleet's tasks."""
     settings = load_settings()  # configures logging, once, before Celery starts
     _worker_sandbox(settings)
-    from scanfleet.store.client import login_refused
-
-    if refused := login_refused(settings.broker_url):  # Celery would retry it forever
-        click.echo(f"scanfleet: error: {refused}; the worker did not start", err=True)
-        sys.exit(ExitCode.SCAN_ERROR)
+    # Unreachable, or a refused login (Celery would retry it forever): exit 3 in seconds.
+    require_broker(settings, "the worker did not start")
     from scanfleet.worker import exporter
 
     exporter.worker_starting(settings, metrics_port)

@@ -1,4 +1,4 @@
-"""Operations commands: `janitor`, `diff`, `prune`.
+"""Operations commands: `janitor`, `diff`, `prune`, `runs`, `completion`.
 
 Each validates its input first (exit 2 naming the bad value, nothing deleted), then calls
 one service function. The Kubernetes client is imported only inside `janitor`.
@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -19,13 +21,15 @@ from scanfleet.cli.common import (
     load_settings,
     main_group,
     output_option,
+    require_broker,
+    resolve_run_id,
     results_dir,
 )
 from scanfleet.core.clock import utcnow
 from scanfleet.core.errors import ExitCode
+from scanfleet.core.textsafe import terminal_line
 from scanfleet.runs.drift import diff_runs, format_drift
 from scanfleet.runs.retention import prune
-from scanfleet.store.files import check_run_id
 
 
 @main_group.command("janitor")
@@ -74,11 +78,22 @@ def janitor_command(
 
 
 def _run_path(value: str, base: Path) -> Path:
-    """A run id under the results directory, or a run directory path."""
+    """A run id (or `latest`) under the results directory, or a run directory path."""
     p = Path(value)
     if p.is_dir():
         return p
-    return base / check_run_id(value)
+    return base / resolve_run_id(value, base)
+
+
+def newly_failing(drift: Mapping[str, Any]) -> bool:
+    """Something fails in RUN_B that did not in RUN_A: a control newly failing on a target,
+    or a target that completed in A and errored in B."""
+    totals = drift.get("totals") or {}
+    if totals.get("newly_failing"):
+        return True
+    return any(
+        (c.get("status_change") or {}).get("to") == "error" for c in drift.get("changed") or []
+    )
 
 
 @main_group.command("diff")
@@ -86,9 +101,18 @@ def _run_path(value: str, base: Path) -> Path:
 @click.argument("run_b")
 @output_option
 @click.option("--json", "as_json", is_flag=True, help="Print the drift as JSON.")
+@click.option(
+    "--exit-code",
+    "exit_code",
+    is_flag=True,
+    help="Exit 1 when something newly fails in RUN_B (as `git diff --exit-code`), else 0.",
+)
 @bad_input_exits
-def diff_command(run_a: str, run_b: str, output: Path | None, as_json: bool) -> None:
-    """Drift from RUN_A (older) to RUN_B: newly failing and fixed controls, targets."""
+def diff_command(
+    run_a: str, run_b: str, output: Path | None, as_json: bool, exit_code: bool
+) -> None:
+    """Drift from RUN_A (older) to RUN_B: newly failing and fixed controls, targets.
+    Either may be `latest`."""
     settings = load_settings()
     base = results_dir(output, settings)
     dirs = [_run_path(r, base) for r in (run_a, run_b)]
@@ -101,6 +125,55 @@ def diff_command(run_a: str, run_b: str, output: Path | None, as_json: bool) -> 
     else:
         for line in format_drift(drift):
             click.echo(line)
+    if exit_code and newly_failing(drift):
+        sys.exit(ExitCode.THRESHOLD)
+
+
+@main_group.command("runs")
+@output_option
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as one JSON list.")
+@bad_input_exits
+def runs_command(output: Path | None, as_json: bool) -> None:
+    """List the runs in the results directory, newest first."""
+    from scanfleet.store.files import list_runs
+
+    settings = load_settings()
+    rows = list_runs(results_dir(output, settings))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    header = ("RUN ID", "SOURCE", "CREATED", "STATE", "TARGETS", "COMPLIANCE", "EXIT")
+    table = [header] + [
+        (
+            r["run_id"],
+            str(r["source"] or "-"),
+            str(r["created_at"] or "-"),
+            r["state"],
+            "-" if r["targets"] is None else str(r["targets"]),
+            "-" if r["compliance"] is None else f"{r['compliance']}%",
+            "-" if r["exit_code"] is None else str(r["exit_code"]),
+        )
+        for r in rows
+    ]
+    widths = [max(len(terminal_line(row[i])) for row in table) for i in range(len(header))]
+    for row in table:
+        cells = (terminal_line(c).ljust(w) for c, w in zip(row, widths, strict=True))
+        click.echo("  ".join(cells).rstrip())
+
+
+@main_group.command("completion")
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion_command(shell: str) -> None:
+    """Print the shell completion script: eval "$(scanfleet completion bash)" in ~/.bashrc,
+    or see README."""
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    if cls is None:  # pragma: no cover - click ships all three
+        fail(f"no completion for shell {shell!r}")
+        return
+    ctx = click.get_current_context()
+    click.echo(cls(ctx.find_root().command, {}, "scanfleet", "_SCANFLEET_COMPLETE").source())
 
 
 @main_group.command("prune")
@@ -130,6 +203,8 @@ def prune_command(
     store = None
     if not files_only and not dry_run:
         from scanfleet.store.state import RunStore
+
+        require_broker(settings, "nothing was pruned")  # seconds, not a minute of retries
 
         store = RunStore.from_url(settings.broker_url, settings.key_prefix, settings.retention_days)
     report = prune(results_dir(output, settings), days, now=utcnow(), store=store, dry_run=dry_run)

@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from scanfleet.cli.common import bad_input_exits, load_settings, main_group
+from scanfleet.cli.common import bad_input_exits, load_settings, main_group, resolve_run_id
 from scanfleet.core.errors import BadInput, ExitCode
 from scanfleet.core.settings import heimdall_api_key
 from scanfleet.judging.documents import Outcome, failed_controls_of, judge, unreadable_summary
@@ -273,19 +273,21 @@ def report_command(
     last: int,
 ) -> None:
     """Report a finished run; exit with the run's exit code (0 met, 1 missed, 3 errors).
+    RUN_ID may be `latest`.
 
     With --sweep NAME instead of RUN_ID: the sweep's compliance over its last runs."""
     settings = load_settings()
+    base = results_dir if results_dir is not None else settings.results_dir
     if (run_id is None) == (sweep is None):
         raise BadInput("give a RUN_ID or --sweep NAME (one of them)")
     if sweep is not None:
-        results = results_dir if results_dir is not None else settings.results_dir
-        sys.exit(report_sweep(sweep, last, fmt, output, results))
+        sys.exit(report_sweep(sweep, last, fmt, output, base))
     assert run_id is not None
     if heimdall_url is not None and fmt != "hdf":
         raise BadInput("--heimdall-url uploads HDF files: use it with --format hdf")
     server = heimdall_server(heimdall_url)
-    directory = run_dir(results_dir if results_dir is not None else settings.results_dir, run_id)
+    run_id = resolve_run_id(run_id, base)
+    directory = run_dir(base, run_id)
     run = load_run(directory, run_id)
     if fmt == "hdf":
         if output is not None and str(output) == "-":

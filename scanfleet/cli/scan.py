@@ -15,6 +15,9 @@ import click
 from scanfleet.cli.common import (
     ScanArgs,
     bad_input_exits,
+    check_clusters,
+    check_local_run,
+    emit_json,
     interruptible,
     kubeconfig_option,
     load_settings,
@@ -23,6 +26,7 @@ from scanfleet.cli.common import (
     results_dir,
     sandbox_mode,
     scan_options,
+    summary_color,
 )
 from scanfleet.core.targets import parse_target
 from scanfleet.core.textsafe import terminal_line
@@ -34,7 +38,12 @@ from scanfleet.core.textsafe import terminal_line
 @click.option("--context", default=None, help="Kubeconfig context (default: current).")
 @kubeconfig_option
 @output_option
-@click.option("--json", "as_json", is_flag=True, help="Print run.json instead of a summary.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print run.json (one JSON document, with run_id) instead of the run id and a summary.",
+)
 @bad_input_exits
 def scan_command(
     target: str,
@@ -58,35 +67,46 @@ def scan_command(
     ctx = choose_contexts(kcfg, [context] if context else [], False)[0]
     tgt = parse_target(target, ctx)
     plan = scan.plan(settings, "scan")
+    check_local_run(settings, scan.profile)
     mode = sandbox_mode(settings)
     clients = ClientCache(kcfg)
     clients.get(ctx)
+    check_clusters(clients, [ctx], "nothing was created")
     # A URL profile: fetched once, here, before any identity (BadInput: exit 2).
     plan = pin_for_run(plan, fetch_config(settings, process_environment()))
-    click.echo(plan.run_id)
+    if not as_json:
+        click.echo(plan.run_id)  # alone on the first line: `RUN=$(scanfleet scan ... | head -1)`
     with interruptible():
         run = run_local(clients, plan, [tgt], results_dir(output, settings), sandbox=mode)
     print_run(run, as_json)
     sys.exit(int(run["exit_code"]))
 
 
-def _echo(text: str) -> None:
+def _echo(text: str, head: str = "", **style: Any) -> None:
     """A line for a terminal: auditor- and cluster-derived text cannot move the cursor,
-    rewrite the title, hide text or add hyperlinks (textsafe.terminal_line)."""
-    click.echo(terminal_line(text))
+    rewrite the title, hide text or add hyperlinks (textsafe.terminal_line). `head`, a
+    word of ours, is coloured with `style` on a terminal (not with NO_COLOR, not in a pipe)."""
+    prefix = click.style(head, **style) + " " if head else ""
+    click.echo(prefix + terminal_line(text), color=summary_color())
+
+
+def threshold_applied(run: dict[str, Any]) -> bool:
+    """Whether the run judged its targets against a threshold. Runs written before
+    run.json said so (`threshold_applied`) count as having one, as they were shown."""
+    return bool(run.get("threshold_applied", True))
 
 
 def print_run(run: dict[str, Any], as_json: bool) -> None:
-    import json
-
     if as_json:
-        click.echo(json.dumps(run, indent=2))  # ensure_ascii: escapes, never raw controls
+        emit_json(run)
         return
     t = run["targets"]
-    _echo(
-        f"targets: {t['total']}  completed: {t['completed']}  errors: {t['error']}  "
+    judged = (
         f"met threshold: {t['passed']}  missed: {t['failed']}"
+        if threshold_applied(run)
+        else "no threshold applied"
     )
+    _echo(f"targets: {t['total']}  completed: {t['completed']}  errors: {t['error']}  {judged}")
     c = run["counts"]
     _echo(
         "controls: "
@@ -98,12 +118,16 @@ def print_run(run: dict[str, Any], as_json: bool) -> None:
     for ft in run.get("failing_targets", []):
         ref = f"{ft['context']}:{ft['namespace']}/{ft['pod']}/{ft['container']}"
         for failure in ft.get("failures", []):
-            _echo(f"FAIL {ref}: {failure}")
+            _echo(f"{ref}: {failure}", "FAIL", fg="red", bold=True)
     for et in run.get("error_targets", []):
         ref = f"{et['context']}:{et['namespace']}/{et['pod']}/{et.get('container') or '*'}"
         err = et.get("error") or {}
-        _echo(f"ERROR {ref}: [{err.get('kind')}] {err.get('message')}")
+        _echo(f"{ref}: [{err.get('kind')}] {err.get('message')}", "ERROR", fg="yellow", bold=True)
     fleet = run.get("fleet_threshold") or {}
     for failure in fleet.get("failures", []) or []:
-        _echo(f"FLEET FAIL: {failure}")
-    _echo(f"results: {run['run_id']}  exit code: {run['exit_code']}")
+        _echo(f"{failure}", "FLEET FAIL:", fg="red", bold=True)
+    code = int(run["exit_code"])
+    verdict = {0: ("OK", "green"), 1: ("THRESHOLD NOT MET", "red"), 3: ("SCAN ERRORS", "yellow")}
+    word, colour = verdict.get(code, ("", "white"))
+    line = terminal_line(f"results: {run['run_id']}  exit code: {code}")
+    click.echo(f"{line}  {click.style(word, fg=colour, bold=True)}", color=summary_color())

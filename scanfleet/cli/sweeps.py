@@ -11,10 +11,12 @@ from pathlib import Path
 import click
 
 from scanfleet.cli.common import (
+    Duration,
     bad_input_exits,
     load_settings,
     main_group,
     metrics_port_option,
+    require_broker,
 )
 from scanfleet.core.clock import rfc3339, utcnow
 from scanfleet.core.settings import check_ttl
@@ -58,24 +60,24 @@ def validate_command(file: Path) -> None:
 )
 @click.option(
     "--janitor-interval",
-    type=click.IntRange(min=60),
+    type=Duration(minimum=60),
     default=JANITOR_INTERVAL,
     show_default=True,
-    help="Seconds between janitor runs on the workers.",
+    help="Time between janitor runs on the workers (seconds, or 30m, 1h).",
 )
 @click.option(
     "--prune-interval",
-    type=click.IntRange(min=60),
+    type=Duration(minimum=60),
     default=PRUNE_INTERVAL,
     show_default=True,
-    help="Seconds between retention runs on the workers.",
+    help="Time between retention runs on the workers (seconds, or 1h, 1d).",
 )
 @click.option(
     "--lock-ttl",
-    type=click.IntRange(min=60),
+    type=Duration(minimum=60),
     default=LOCK_TTL,
     show_default=True,
-    help="Seconds after which a sweep's lock frees itself if its run never finishes.",
+    help="Time after which a sweep's lock frees itself if its run never finishes (seconds, or 6h).",
 )
 @metrics_port_option
 @bad_input_exits
@@ -91,6 +93,7 @@ def beat_command(
     settings = load_settings()
     check_ttl(settings.token_ttl, settings.scan_timeout)
     sweeps = load_sweeps(sweeps_file)  # a bad file stops here, before anything is scheduled
+    require_broker(settings, "beat did not start")  # seconds, not a minute of retries
     from scanfleet.worker import exporter
 
     exporter.beat_starting(settings, sweeps, metrics_port)

@@ -185,12 +185,26 @@ def _redact_rendered(_logger: Any, _name: str, event_dict: Any) -> Any:
     return redact_text(event_dict) if isinstance(event_dict, str) else event_dict
 
 
-def configure(fmt: str = "json", level: int = logging.INFO) -> None:
-    """Configure structlog (and stdlib logging, for libraries) once, at an entry point."""
+def configure(
+    fmt: str = "json", level: int | None = None, *, colors: bool = False, verbosity: int = 0
+) -> str:
+    """Configure structlog (and stdlib logging, for libraries) once, at an entry point.
+
+    `fmt`: "json" (one object per line), "console" (human lines; colour if `colors`), or
+    "auto": console when stderr is a terminal, else json. `level` defaults to WARNING for
+    console (a terminal shows the progress bar, not every scan's events) and INFO for
+    json; each `verbosity` step (-v) lowers it one level, each negative step (-q) raises
+    it. Returns the format chosen ("json" or "console").
+    """
+    if fmt == "auto":
+        fmt = "console" if _is_terminal(sys.stderr) else "json"
+    if level is None:
+        level = logging.WARNING if fmt == "console" else logging.INFO
+    level = min(logging.CRITICAL, max(logging.DEBUG, level - 10 * verbosity))
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
+        else structlog.dev.ConsoleRenderer(colors=colors)
     )
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -213,6 +227,14 @@ def configure(fmt: str = "json", level: int = logging.INFO) -> None:
     # urllib3 logs retries with full URLs (no credentials), but keep it quiet and scrubbed.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     logging.getLogger("kubernetes").setLevel(logging.ERROR)
+    return fmt
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False
 
 
 class RedactingFormatter(logging.Formatter):

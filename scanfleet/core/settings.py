@@ -103,8 +103,9 @@ class Settings:
     (SCANFLEET_TOKEN_TTL)."""
     scan_timeout: int = 1800
     """Seconds before the auditor's process group is terminated (SCANFLEET_SCAN_TIMEOUT)."""
-    log_format: str = "json"
-    """`json` (one object per line) or `console` (SCANFLEET_LOG_FORMAT)."""
+    log_format: str = "auto"
+    """`json` (one object per line), `console` (human lines), or `auto`: console when
+    stderr is a terminal, else json (SCANFLEET_LOG_FORMAT)."""
     retention_days: int = 30
     """Runs older than this are pruned from Redis and the results dir (SCANFLEET_RETENTION_DAYS)."""
     key_prefix: str = "scanfleet"
@@ -154,6 +155,9 @@ class Settings:
     report_max_bytes: int = DEFAULT_REPORT_MAX_BYTES
     """Largest auditor report read, bytes; a larger one is `invalid_report`
     (SCANFLEET_REPORT_MAX_BYTES; `report_max_bytes()` reads it below a Settings value)."""
+    no_color: bool = False
+    """No colour in log lines and summaries, whatever the terminal (NO_COLOR set, not empty:
+    https://no-color.org)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -168,7 +172,9 @@ class Settings:
             ),
             token_ttl=env_int(env, "SCANFLEET_TOKEN_TTL", d.token_ttl, 1),
             scan_timeout=env_int(env, "SCANFLEET_SCAN_TIMEOUT", d.scan_timeout, 1),
-            log_format=_choice(env, "SCANFLEET_LOG_FORMAT", d.log_format, ("json", "console")),
+            log_format=_choice(
+                env, "SCANFLEET_LOG_FORMAT", d.log_format, ("json", "console", "auto")
+            ),
             retention_days=env_int(env, "SCANFLEET_RETENTION_DAYS", d.retention_days, 1),
             key_prefix=env.get("SCANFLEET_KEY_PREFIX") or d.key_prefix,
             kubeconfig=env.get("KUBECONFIG") or d.kubeconfig,
@@ -196,6 +202,7 @@ class Settings:
             kube_retries=env_int(env, "SCANFLEET_KUBE_RETRIES", d.kube_retries, 0),
             allowed_inputs=allowed_inputs(env.get("SCANFLEET_ALLOWED_INPUTS")),
             report_max_bytes=report_max_bytes(env),
+            no_color=bool(env.get("NO_COLOR")),
         )
 
 

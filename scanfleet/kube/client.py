@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import urllib3
 from kubernetes import config as k8s_config
@@ -58,6 +59,8 @@ T = TypeVar("T")
 
 _RECREATE_ATTEMPTS = 5
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+PROBE_TIMEOUT = 3.0
+"""Seconds `KubeClient.probe` waits to connect, and again for an answer."""
 
 
 class KubeClient:
@@ -148,6 +151,21 @@ class KubeClient:
             str((ns.get("metadata") or {}).get("name"))
             for ns in self._paginate("listing namespaces", "/api/v1/namespaces")
         ]
+
+    def namespace_exists(self, name: str) -> bool | None:
+        """Whether namespace `name` exists; None when the admin may not read namespaces
+        (then nobody can tell, and discovery simply finds what it may list)."""
+        try:
+            self._call(
+                f"reading namespace {name}",
+                lambda: self._http.request("GET", f"/api/v1/namespaces/{quote(name, safe='')}"),
+                not_found=_Gone,
+            )
+        except _Gone:
+            return False
+        except ClusterForbidden:
+            return None
+        return True
 
     def list_pods(
         self, namespace: str | None, selector: str | None = None, page_size: int = 500
@@ -343,8 +361,44 @@ class KubeClient:
         except urllib3.exceptions.HTTPError as e:
             raise ClusterUnavailable(
                 f"context {self.context!r}: {what}: cannot reach the API server "
-                f"({type(e).__name__})"
+                f"{self._http_host()}: {unreachable_reason(e)}"
             ) from None
+
+    def _http_host(self) -> str:
+        return str(self._cfg.host)
+
+    def probe(self, timeout: float = PROBE_TIMEOUT) -> None:
+        """The API server answers within about `timeout` seconds (one try, no retries), or
+        ClusterUnavailable naming its URL and why (errno text, TLS reason, timeout): what
+        `scan` and `submit` check before anything is created or queued."""
+        try:
+            self._http.probe(timeout)
+        except urllib3.exceptions.HTTPError as e:
+            raise ClusterUnavailable(
+                f"cannot reach the API server {self._http_host()} (context {self.context!r}): "
+                f"{unreachable_reason(e)}"
+            ) from None
+
+
+def unreachable_reason(e: BaseException) -> str:
+    """Why a connection failed, in the words of the OS or the TLS library, not urllib3's
+    wrapper names: "[Errno 111] Connection refused", "[SSL: CERTIFICATE_VERIFY_FAILED]
+    certificate verify failed: ...", "connect timed out"."""
+    if isinstance(e, urllib3.exceptions.MaxRetryError) and e.reason is not None:
+        e = e.reason
+    if isinstance(e, urllib3.exceptions.SSLError):
+        inner = str(e.args[0] if e.args else e)
+        return f"TLS: {(inner.splitlines() or ['handshake failed'])[0][:300]}"
+    text = first_line(e)
+    if "[Errno" in text:  # NewConnectionError: "<connection object>: Failed to ...: [Errno ..."
+        return text[text.index("[Errno") :]
+    if isinstance(e, urllib3.exceptions.ConnectTimeoutError):  # NewConnectionError's base too
+        return "connect timed out"
+    if isinstance(e, urllib3.exceptions.ReadTimeoutError):
+        return "no answer (read timed out)"
+    if isinstance(e, urllib3.exceptions.ProtocolError) and e.args:
+        return f"connection broken: {str(e.args[-1])[:300]}"
+    return f"{type(e).__name__}: {text}"
 
 
 class _Gone(Exception):

@@ -92,6 +92,20 @@ class Transport:
         except ValueError:
             raise NotJson from None
 
+    def probe(self, timeout: float) -> int:
+        """One unauthenticated GET /version, no retries, within `timeout` seconds per step:
+        the HTTP status (any answer means the server is reachable); urllib3's connection
+        and TLS errors as they are."""
+        resp = self._pool.request(
+            "GET",
+            self._host + "/version",
+            headers=dict(self._headers),
+            timeout=urllib3.Timeout(connect=timeout, read=timeout),
+            retries=False,
+            preload_content=True,
+        )
+        return int(resp.status)
+
     def _auth_headers(self) -> dict[str, str]:
         """The credential's headers; auth_settings() runs refresh_api_key_hook first (exec
         plugins, expiring tokens), at most once per AUTH_REFRESH_SECONDS."""

@@ -269,9 +269,12 @@ def finalize(
         "created_at": plan.created_at,
         "finished_at": iso(now()),
         "sandbox": sandbox,
+        "threshold_applied": plan.threshold is not None,
         **result,
         "profile_sha256": plan.profile_sha256,
     }
+    if not result["targets"]["total"]:  # only a sweep starts a run that found nothing
+        run["note"] = "no running pods matched: the run had no targets"
     for hook in hooks:
         hook(results_dir, run)
     write_json(out / "run.json", run)

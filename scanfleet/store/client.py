@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from scanfleet.core.errors import StoreUnavailable
+from scanfleet.core.errors import BadInput, StoreUnavailable
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -55,6 +55,7 @@ def connect(url: str, *, retry_seconds: float = 60.0) -> Redis:
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
+    check_url(url)
     attempts = max(1, int(retry_seconds / 2))
     return redis.Redis.from_url(
         url,
@@ -65,6 +66,74 @@ def connect(url: str, *, retry_seconds: float = 60.0) -> Redis:
         retry=_login_final(ExponentialBackoff(cap=2.0, base=0.1), attempts),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
+
+
+REACH_TIMEOUT = 3.0
+"""Seconds `check_reachable` waits for Redis to connect and answer PING (one attempt)."""
+
+
+def check_url(url: str) -> None:
+    """BadInput (exit 2) naming the broker URL, without its credentials, when redis-py
+    cannot use it: a wrong scheme, a port that is not a number, a bad database number."""
+    from redis.connection import parse_url
+
+    from scanfleet.core.logs import redact_text
+
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]
+        _address(url)
+    except (ValueError, TypeError) as e:
+        raise BadInput(
+            f"malformed broker URL {redact_text(url)!r} (SCANFLEET_BROKER_URL): {e}; expected "
+            "redis://[:password@]host[:port][/db], rediss://... or unix:///path"
+        ) from None
+
+
+def _address(url: str) -> str:
+    """host:port (or the socket path) that `url` points at, for messages."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path
+    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+
+
+def check_reachable(url: str, timeout: float = REACH_TIMEOUT) -> None:
+    """One connect and PING within about `timeout` seconds, no retries: StoreUnavailable
+    naming host:port and the reason (refused, timed out, name not known, TLS, a refused
+    login) when Redis cannot be used now. Commands call it first, so an unreachable
+    broker costs seconds, not the minute `connect()`'s retries would ride out."""
+    import redis
+
+    check_url(url)
+    where = _address(url)
+    client = redis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=None,
+        retry_on_error=[],
+    )
+    try:
+        client.ping()
+    except redis.exceptions.AuthenticationError:
+        raise StoreUnavailable(
+            f"Redis at {where} refused scanfleet's credentials (wrong or missing password "
+            "or ACL user in SCANFLEET_BROKER_URL / SCANFLEET_BROKER_URL_FILE)"
+        ) from None
+    except (redis.exceptions.RedisError, OSError) as e:
+        raise StoreUnavailable(f"Redis at {where} is unreachable: {_reason(e)}") from None
+    finally:
+        client.close()
+
+
+def _reason(e: BaseException) -> str:
+    """The cause of a failed connection in a few words (errno text, timeout, TLS)."""
+    from scanfleet.core.logs import redact_text
+
+    text = " ".join(str(e).split()) or type(e).__name__
+    return redact_text(text)[:200]
 
 
 def login_refused(url: str) -> str | None:

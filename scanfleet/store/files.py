@@ -135,3 +135,57 @@ def iter_summaries(directory: Path) -> Iterator[dict[str, Any]]:
         data = read_json(p)
         if isinstance(data, dict):
             yield data
+
+
+def run_ids(results_dir: Path) -> list[str]:
+    """Run ids with a directory under `results_dir`, oldest first (ids sort by time)."""
+    if not results_dir.is_dir():
+        return []
+    return sorted(p.name for p in results_dir.iterdir() if RUN_ID_RE.fullmatch(p.name))
+
+
+def latest_run_id(results_dir: Path) -> str | None:
+    """The newest run id under `results_dir` (what `latest` names on the command line)."""
+    ids = run_ids(results_dir)
+    return ids[-1] if ids else None
+
+
+def list_runs(results_dir: Path) -> list[dict[str, Any]]:
+    """One row per run directory, newest first: run_id, source, created_at, state
+    ("finished" once run.json is written, else "unfinished": running, or stopped before
+    finishing), targets (total), compliance and exit_code (None until finished)."""
+    rows: list[dict[str, Any]] = []
+    for run_id in reversed(run_ids(results_dir)):
+        row: dict[str, Any] = {
+            "run_id": run_id,
+            "source": None,
+            "created_at": _created(run_id),
+            "state": "unfinished",
+            "targets": None,
+            "compliance": None,
+            "exit_code": None,
+        }
+        try:
+            run = read_json(results_dir / run_id / "run.json")
+        except FileNotFoundError:
+            run = None
+        except (OSError, ValueError):
+            run, row["state"] = None, "unreadable"
+        if isinstance(run, dict):
+            targets = run.get("targets")
+            row.update(
+                source=run.get("source"),
+                created_at=run.get("created_at"),
+                state="finished",
+                targets=targets.get("total") if isinstance(targets, dict) else None,
+                compliance=run.get("compliance"),
+                exit_code=run.get("exit_code"),
+            )
+        rows.append(row)
+    return rows
+
+
+def _created(run_id: str) -> str:
+    """The creation time a run id carries (YYYYMMDDTHHMMSSZ-...), RFC 3339."""
+    d = run_id
+    return f"{d[0:4]}-{d[4:6]}-{d[6:8]}T{d[9:11]}:{d[11:13]}:{d[13:15]}Z"

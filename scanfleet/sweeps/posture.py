@@ -10,6 +10,7 @@ beat reports the same values. The only memory is a cache of facts that cannot ch
     scanfleet_sweep_last_finished_timestamp_seconds{sweep}  the last finished run
     scanfleet_sweep_compliance_percent{sweep,context[,namespace]}
     scanfleet_sweep_targets{sweep,outcome}                  passed | failed | error
+    scanfleet_sweep_matched_targets{sweep}                  targets discovery found (0: none)
     scanfleet_sweep_threshold_passed{sweep}                 1 / 0
     scanfleet_sweep_drift_controls{sweep,change}            regressed | fixed
     scanfleet_janitor_deleted_total{kind}, scanfleet_janitor_foreign_total
@@ -52,6 +53,7 @@ METRIC_NAMES = (
     "scanfleet_sweep_last_finished_timestamp_seconds",
     "scanfleet_sweep_compliance_percent",
     "scanfleet_sweep_targets",
+    "scanfleet_sweep_matched_targets",
     "scanfleet_sweep_threshold_passed",
     "scanfleet_sweep_drift_controls",
     "scanfleet_janitor_deleted_total",
@@ -187,6 +189,11 @@ class PostureCollector(Collector):
                 "Targets of the sweep's last run by outcome.",
                 labels=["sweep", "outcome"],
             ),
+            "matched": GaugeMetricFamily(
+                "scanfleet_sweep_matched_targets",
+                "Targets the sweep's last run found to scan; 0: no running pod matched.",
+                labels=["sweep"],
+            ),
             "threshold": GaugeMetricFamily(
                 "scanfleet_sweep_threshold_passed",
                 "1 when no target and no fleet threshold failed in the sweep's last run.",
@@ -234,6 +241,7 @@ class PostureCollector(Collector):
         targets = run.get("targets") or {}
         for outcome in OUTCOMES:
             f["targets"].add_metric([sweep, outcome], float(targets.get(outcome) or 0))
+        f["matched"].add_metric([sweep], float(targets.get("total") or 0))
         fleet = (run.get("fleet_threshold") or {}).get("passed")
         passed = not targets.get("failed") and fleet is not False
         f["threshold"].add_metric([sweep], 1.0 if passed else 0.0)

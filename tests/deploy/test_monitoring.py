@@ -41,6 +41,7 @@ ALERTS = {
     "ScanfleetWorkerDown",
     "ScanfleetQueueBacklog",
     "ScanfleetSweepThresholdNotMet",
+    "ScanfleetSweepMatchedNothing",
 }
 RUNBOOK = re.compile(
     r'^\{\{ or \$externalLabels\.scanfleet_runbook_base "(https://[^"]+)" \}\}#([a-z]+)$'

@@ -139,9 +139,8 @@ def test_threshold_failure_gives_exit_code_1(
         fleet_env,
     )
     assert proc.returncode == 1, proc.stderr[-2000:]
-    run_id, body = proc.stdout.split("\n", 1)
-    run = json.loads(body)
-    assert run["run_id"] == run_id
+    run = json.loads(proc.stdout)  # --json: one document, holding the run id
+    assert run["run_id"]
     assert run["exit_code"] == 1
     assert run["targets"]["failed"] == 2
     assert run["targets"]["total"] == 2
@@ -267,8 +266,9 @@ def test_submit_fans_out_in_bounded_chunks(
     tf.write_text(json.dumps(targets))
     proc = run_cli(["submit", "--targets-file", str(tf), "--profile", "p", "--json"], fleet_env)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    run_id, body = proc.stdout.split("\n", 1)
-    assert json.loads(body)["total"] == 1201
+    status = json.loads(proc.stdout)  # --json: one document, holding the run id
+    run_id = status["run_id"]
+    assert status["total"] == 1201
     r = redis_server.client()
     assert r.llen("scanfleet") == 3  # 500 + 500 + 201: three small fan-out messages
     assert all(len(m) < 4000 for m in r.lrange("scanfleet", 0, -1))

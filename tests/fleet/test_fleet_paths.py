@@ -28,8 +28,8 @@ DISCOVER = [
 
 
 def finished(proc: Any, env: dict[str, str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    run_id, body = proc.stdout.split("\n", 1)
-    run = json.loads(body)
+    run = json.loads(proc.stdout)  # --json: one document, holding the run id
+    run_id = run["run_id"]
     return run, list(iter_summaries(Path(env["SCANFLEET_RESULTS_DIR"]) / run_id))
 
 

@@ -57,8 +57,8 @@ def env(
 
 
 def run_of(stdout: str) -> tuple[str, dict[str, Any]]:
-    run_id, body = stdout.split("\n", 1)
-    return run_id, json.loads(body)
+    run = json.loads(stdout)  # --json: one document, holding the run id
+    return run["run_id"], run
 
 
 def summaries(env: dict[str, str], run_id: str) -> list[dict[str, Any]]:

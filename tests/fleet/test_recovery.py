@@ -35,7 +35,7 @@ VISIBILITY = 300
 def submit(env: dict[str, str], *args: str) -> str:
     proc = run_cli(["submit", *args, "--profile", "p", "--json"], env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout.split("\n", 1)[0].strip()
+    return str(json.loads(proc.stdout)["run_id"])  # --json: one document
 
 
 def run_doc(env: dict[str, str], run_id: str) -> dict[str, Any] | None:

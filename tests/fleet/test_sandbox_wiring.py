@@ -205,7 +205,7 @@ def local_submit(
             "--json",
         ]
         outcome = CliRunner().invoke(main_group, argv, catch_exceptions=False)
-        run_id = outcome.stdout.splitlines()[0]
+        run_id = json.loads(outcome.stdout)["run_id"]  # --json: one document
         return (
             outcome,
             json.loads(probes.read_text()),

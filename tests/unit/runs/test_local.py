@@ -43,8 +43,8 @@ def test_local_needs_no_broker(
     env = {**fleet_env, "SCANFLEET_BROKER_URL": f"redis://127.0.0.1:{closed_port}/0"}
     proc = run_cli(["submit", *DISCOVER, "--local", "--concurrency", "4", "--json"], env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run_id, body = proc.stdout.split("\n", 1)
-    run = json.loads(body)
+    run = json.loads(proc.stdout)  # --json: one document, holding the run id
+    run_id = run["run_id"]
     assert run["targets"]["total"] == 8
     assert run["exit_code"] == 0
     assert sorted(by_ref(Path(env["SCANFLEET_RESULTS_DIR"]), run_id)) == EXPECTED

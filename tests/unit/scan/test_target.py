@@ -333,11 +333,35 @@ def test_a_dead_scan_token_fails_the_scan(
     assert not any(token in text for text in texts)
 
 
-def test_auditor_missing(scan: Callable[..., Outcome], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auditor_missing(
+    scan: Callable[..., Outcome], monkeypatch: pytest.MonkeyPatch, fake_cluster: FakeCluster
+) -> None:
+    # `scan` checks the executable before anything is created: bad input, exit 2.
     monkeypatch.setenv("SCANFLEET_AUDITOR", "/nonexistent/cinc-auditor")
     out = scan("apps/web/app")
-    assert out.exit_code == 3
-    assert out.summaries[0]["error"]["kind"] == "auditor_missing"
+    assert out.exit_code == 2
+    assert "auditor executable '/nonexistent/cinc-auditor' not found" in out.stderr
+    assert out.run is None
+    assert not any(r.method == "POST" for r in fake_cluster.requests)
+
+
+def test_auditor_missing_when_the_scan_runs_is_recorded(
+    fake_cluster: FakeCluster, admin_kubeconfig: Path, tmp_path: Path
+) -> None:
+    # Where no pre-check ran (a worker whose auditor vanished), the target records it.
+    from scanfleet.core.targets import Target
+    from scanfleet.kube.client import ClientCache
+    from scanfleet.scan.plan import ScanOptions
+    from scanfleet.scan.target import scan_target
+
+    clients = ClientCache(str(admin_kubeconfig), retries=0)
+    options = ScanOptions(profile="p", auditor="/nonexistent/cinc-auditor")
+    scanned = scan_target(
+        clients, Target("fake", "apps", "web", "app"), "20260101T000000Z-abcdef", options, tmp_path
+    )
+    clients.close()
+    assert scanned.summary["error"]["kind"] == "auditor_missing"
+    assert fake_cluster.scanfleet_objects() == []
 
 
 def test_forbidden_admin_leaves_nothing_behind(
