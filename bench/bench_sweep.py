@@ -163,13 +163,21 @@ class Sampler(threading.Thread):
 def events(logs: list[Path], run_id: str, name: str) -> list[float]:
     """Epoch times of the workers' log events `name` of the run."""
     out = []
+    decoder = json.JSONDecoder()
     for log in logs:
         for line in log.read_text(errors="replace").splitlines():
-            if f'"{name}"' not in line or run_id not in line or not line.startswith("{"):
+            if f'"{name}"' not in line or run_id not in line:
                 continue
-            e = json.loads(line)
-            if e.get("event") == name and e.get("run_id") == run_id:
-                out.append(datetime.fromisoformat(e["timestamp"]).timestamp())
+            # Pool processes share the worker's stdout: a line may hold two objects.
+            pos = line.find("{")
+            while pos != -1:
+                try:
+                    e, end = decoder.raw_decode(line, pos)
+                except ValueError:
+                    break
+                if e.get("event") == name and e.get("run_id") == run_id:
+                    out.append(datetime.fromisoformat(e["timestamp"]).timestamp())
+                pos = line.find("{", end)
     return out
 
 
