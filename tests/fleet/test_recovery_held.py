@@ -12,6 +12,7 @@ import base64
 import json
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +89,6 @@ def held_messages(r: Any, worker: str) -> list[dict[str, Any]]:
 
 
 def _epoch(iso: str) -> float:
-    from datetime import datetime
-
     return datetime.fromisoformat(iso).timestamp()
 
 
