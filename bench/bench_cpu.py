@@ -34,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._harness import SAMPLE, auditor_cpu, copy_auditor, fit  # noqa: E402
 from scanfleet.testing.fakekube import FakeCluster  # noqa: E402
 
 CLI = [sys.executable, "-c", "from scanfleet.cli import main; main()"]
@@ -53,13 +54,6 @@ from scanfleet.cli import main
 main()
 """,
 ]
-SAMPLE = ROOT / "tests" / "data" / "inspec-samples" / "minimal_hdf.json"
-
-COPY_AUDITOR = """#!/bin/sh
-# Writes the sample report wherever --reporter json:PATH points; nothing else.
-for a; do case "$a" in json:*) cp "{report}" "${a#json:}";; esac; done
-exit 0
-"""
 
 
 def child_cpu(argv: list[str], env: dict[str, str]) -> tuple[float, float, int]:
@@ -72,36 +66,6 @@ def child_cpu(argv: list[str], env: dict[str, str]) -> tuple[float, float, int]:
     if proc.returncode not in (0, 1):
         raise SystemExit(f"bench: {argv[3:5]} exited {proc.returncode}")
     return usage.ru_utime + usage.ru_stime, wall, usage.ru_maxrss
-
-
-def auditor_cpu(auditor: Path, tmp: Path, env: dict[str, str], runs: int = 50) -> float:
-    """CPU of one auditor invocation alone (what the copy stand-in itself costs)."""
-    argv = [
-        str(auditor),
-        "exec",
-        "p",
-        "-t",
-        "k8s-container://a/b/c",
-        "--reporter",
-        f"json:{tmp / 'probe.json'}",
-    ]
-    before = os.times()
-    for _ in range(runs):
-        subprocess.run(argv, env=env, check=True)
-    after = os.times()
-    return (
-        (after.children_user - before.children_user)
-        + (after.children_system - before.children_system)
-    ) / runs
-
-
-def fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
-    """Least-squares intercept and slope."""
-    n = len(xs)
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
-    return my - slope * mx, slope
 
 
 def main() -> None:
@@ -126,9 +90,7 @@ def main() -> None:
         kcfg = cluster.write_kubeconfig(tmp / "admin" / "kubeconfig", context="bench")
         work = tmp / "work"
         work.mkdir()
-        auditor = work / "copy-auditor"
-        auditor.write_text(COPY_AUDITOR.replace("{report}", str(SAMPLE)))
-        auditor.chmod(0o755)
+        auditor = copy_auditor(work)
         env = {k: v for k, v in os.environ.items() if not k.startswith("SCANFLEET_")}
         env.update(
             {
@@ -143,7 +105,7 @@ def main() -> None:
         )
         if args.no_sandbox:
             env["SCANFLEET_SANDBOX"] = "off"
-        per_auditor = auditor_cpu(auditor, work, env)
+        per_auditor, _ = auditor_cpu(auditor, work, env)
         for flag in ("--version", "--help"):
             cpu, wall, _ = child_cpu([*CLI, flag], env)
             print(f"scanfleet {flag}: {cpu * 1000:.0f} ms CPU, {wall * 1000:.0f} ms wall")

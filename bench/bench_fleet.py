@@ -33,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._harness import wait_until  # noqa: E402
 from scanfleet.core import logs  # noqa: E402
 from scanfleet.kube.client import ClientCache  # noqa: E402
 from scanfleet.runs.discovery import Scope, discover  # noqa: E402
@@ -41,7 +42,8 @@ from scanfleet.scan.plan import RunPlan  # noqa: E402
 from scanfleet.store.state import RunStore  # noqa: E402
 from scanfleet.testing.fakekube import FakeCluster  # noqa: E402
 from tests.support.fixtures_auditor import standin_read_paths  # noqa: E402
-from tests.support.fixtures_fleet import CLI, STANDIN, RedisServer  # noqa: E402
+from tests.support.fixtures_fleet import CLI, RedisServer  # noqa: E402
+from tests.support.paths import STANDIN  # noqa: E402
 from tests.support.tools import path_with_venv_bin  # noqa: E402
 
 RUN_LOCAL = "20250101T000000Z-{:06x}"
@@ -64,14 +66,6 @@ def seed(cluster: FakeCluster, n: int) -> None:
     cluster.add_namespace("bench")
     for i in range(n):
         cluster.add_pod("bench", f"pod-{i:03d}", containers=[("app", "img:1", f"sha256:{i}")])
-
-
-def wait_until(pred, timeout: float, every: float = 0.05) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise TimeoutError("benchmark step did not finish in time")
-        time.sleep(every)
 
 
 def bench_local(

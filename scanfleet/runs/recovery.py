@@ -1,4 +1,4 @@
-"""Recovery of a dead worker's scans within about two lease periods.
+"""Recovery of a dead worker's scans and messages within about two lease periods.
 
 A fleet scan holds a cluster-slot lease (store/slots.py) renewed by a heartbeat every
 lease/3; next to the lease, Redis keeps what is needed to run the scan again (run id and
@@ -18,19 +18,31 @@ scanfleet's shape (`identity.not_ours`) and still the UID it was read with; let 
 (Redis or a cluster down) stop the watcher; talk to Redis or Celery itself (the store's
 `RedisSlots` and a publish callable do). Not covered: a worker dying between releasing
 its lease and recording the result (milliseconds) falls back to the visibility timeout.
+
+Messages without a lease: a worker also holds messages it has taken from the queue but
+not started (prefetched, a deferred retry kept in memory until its countdown, a scan
+waiting for a slot). Each worker's main process records the delivery tag of every
+message it receives under a lease of its own (store/holders.py), renewed every lease/3.
+With `workers` and `restore`, a pass first claims the workers whose lease expired (one
+caller gets each), then the expired scan leases, and gives the dead workers' messages back
+to the queue last (`restore`: kombu's own restore of an unacknowledged message, with its
+ETA, so a deferred retry keeps its countdown). A scan lease of a dead worker is revoked
+but not re-published (its message is given back and runs once); a scan lease of a live
+worker (a stalled child) is revoked and re-published as before, one lease after expiry.
+The order matters: the dead scan's identity is revoked before its message can run again.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
 
 from scanfleet.core.errors import ScanfleetError
-from scanfleet.core.targets import Target
+from scanfleet.core.targets import Target, scan_id_for
 from scanfleet.identity.mint import not_ours, object_name, revoke
 from scanfleet.kube.client import ClientCache
 
@@ -52,6 +64,18 @@ class Done(Protocol):
     def is_done(self, run_id: str, scan_id: str) -> bool: ...
 
 
+class DeadWorkers(Protocol):
+    """What recovery needs from `store.holders.MessageHolders`."""
+
+    def claim_dead(self) -> dict[str, list[str]]: ...
+
+    def alive(self, worker: str) -> bool: ...
+
+
+Restore = Callable[[Sequence[str]], int]
+"""Give messages (delivery tags) back to the queue; returns how many were still held."""
+
+
 @dataclass
 class Recovered:
     """What one pass did, for logs and tests."""
@@ -59,13 +83,26 @@ class Recovered:
     rerun: list[str] = field(default_factory=list)
     already_done: list[str] = field(default_factory=list)
     revoke_failed: list[str] = field(default_factory=list)
+    returned: list[str] = field(default_factory=list)
+    """Scans of dead workers: revoked, not re-published (their message is given back)."""
+    dead_workers: list[str] = field(default_factory=list)
+    restored: int = 0
+    """Messages of dead workers given back to the queue."""
 
 
 def recover_expired(
-    leases: ExpiredLeases, state: Done, clients: ClientCache, publish: Publish
+    leases: ExpiredLeases,
+    state: Done,
+    clients: ClientCache,
+    publish: Publish,
+    workers: DeadWorkers | None = None,
+    restore: Restore | None = None,
 ) -> Recovered:
-    """One pass: claim every expired lease, revoke its scan's identity, run it again."""
+    """One pass: claim dead workers, claim every expired lease and revoke its scan's
+    identity, run it again (re-published, or its dead worker's message given back)."""
     out = Recovered()
+    dead = workers.claim_dead() if workers is not None else {}
+    out.dead_workers = sorted(dead)
     for context in leases.lease_contexts():
         for scan_id, rerun in leases.claim_expired(context):
             run_id = rerun.get("run_id")
@@ -78,8 +115,12 @@ def recover_expired(
                 continue
             if not _revoke(clients, target, scan_id):
                 out.revoke_failed.append(scan_id)
-            publish(run_id, target.to_dict())
-            out.rerun.append(scan_id)
+            holder = rerun.get("worker")
+            if _republish(workers, dead, holder):
+                publish(run_id, target.to_dict())
+                out.rerun.append(scan_id)
+            else:
+                out.returned.append(scan_id)
             log.warning(
                 "scan.recovered",
                 run_id=run_id,
@@ -88,8 +129,24 @@ def recover_expired(
                 namespace=target.namespace,
                 pod=target.pod,
                 container=target.container,
+                via="publish" if scan_id in out.rerun else "message",
             )
+    tags = [tag for held in dead.values() for tag in held]
+    if dead and restore is not None:
+        out.restored = restore(tags) if tags else 0
+    if dead:
+        log.warning(
+            "worker.recovered", workers=out.dead_workers, held=len(tags), restored=out.restored
+        )
     return out
+
+
+def _republish(workers: DeadWorkers | None, dead: Mapping[str, object], holder: object) -> bool:
+    """Publish a claimed scan again unless its worker is dead: that worker's message is
+    given back to the queue by whoever claimed the worker (this pass or another's)."""
+    if workers is None or not isinstance(holder, str):
+        return True
+    return holder not in dead and workers.alive(holder)
 
 
 def _revoke(clients: ClientCache, target: Target, scan_id: str) -> bool:
@@ -142,3 +199,84 @@ class Watcher:
                 self.check()
             except Exception as e:  # keep watching: the next pass retries
                 log.warning("recovery.pass_failed", error=f"{type(e).__name__}: {e}"[:300])
+
+
+PublishFanOut = Callable[[str, Sequence[tuple[int, int]]], None]
+"""Queue fan-out messages for target entry ranges [start, stop) of a run."""
+
+
+class RunProgress(Protocol):
+    """What the orphan sweep reads from `store.state.RunStore`."""
+
+    def status(self, run_id: str) -> Any: ...
+
+    def iter_entries(self, run_id: str, batch: int = 500) -> Iterator[dict[str, Any]]: ...
+
+    def target_states(self, run_id: str) -> dict[str, str]: ...
+
+
+class OrphanSweep:
+    """The last net: targets whose message is nowhere.
+
+    kombu's Redis transport pops a message (BRPOP) before it writes it to its unacknowledged
+    hash; a worker killed in between (it happens when a message arrives as it dies) loses the
+    message for good, and a Redis restart without persistence loses the queue. No lease or
+    owner record can name such a message. So, once the broker holds no message at all
+    (`idle`: queue and unacknowledged hash empty) on two passes in a row while an unfinished
+    recent run's count of results has not moved, nothing can still be working on that run:
+    one worker (`claim`, once per lease) queues fan-outs for exactly the targets without a
+    result. A duplicate is harmless (results are a set); a message that was only slow is
+    impossible here, since every live message is queued or unacknowledged.
+    """
+
+    def __init__(
+        self,
+        runs: RunProgress,
+        idle: Callable[[], bool],
+        recent: Callable[[], Sequence[str]],
+        claim: Callable[[str], bool],
+        publish: PublishFanOut,
+    ) -> None:
+        self.runs = runs
+        self.idle = idle
+        self.recent = recent
+        self.claim = claim
+        self.publish = publish
+        self._quiet: dict[str, int] = {}
+
+    def __call__(self) -> dict[str, int]:
+        """One pass; returns {run id: targets queued again}."""
+        if not self.idle():
+            self._quiet = {}
+            return {}
+        out: dict[str, int] = {}
+        quiet: dict[str, int] = {}
+        for run_id in self.recent():
+            st = self.runs.status(run_id)
+            if st is None or st.finished or st.done >= st.total:
+                continue
+            quiet[run_id] = st.done
+            if self._quiet.get(run_id) != st.done or not self.claim(run_id):
+                continue  # first quiet look (a submit may be publishing), or claimed
+            ranges = missing_ranges(self.runs, run_id)
+            if ranges:
+                self.publish(run_id, ranges)
+                out[run_id] = sum(b - a for a, b in ranges)
+                log.warning("run.orphans_requeued", run_id=run_id, targets=out[run_id])
+        self._quiet = quiet
+        return out
+
+
+def missing_ranges(runs: RunProgress, run_id: str) -> list[tuple[int, int]]:
+    """Index ranges [start, stop) of the run's target entries without a result."""
+    states = runs.target_states(run_id)
+    ranges: list[tuple[int, int]] = []
+    for i, raw in enumerate(runs.iter_entries(run_id)):
+        sid = scan_id_for(run_id, Target.from_dict(raw))
+        if states.get(sid) in ("completed", "error"):
+            continue
+        if ranges and ranges[-1][1] == i:
+            ranges[-1] = (ranges[-1][0], i + 1)
+        else:
+            ranges.append((i, i + 1))
+    return ranges

@@ -18,6 +18,11 @@ Two implementations of one seam, `Slots.slot(context, scan_id)`, passing one con
   (recovery.py revokes and re-publishes). A scan that was only slow and finds its record
   claimed (heartbeat or release) ends with `SlotBusy`: its result is not recorded, the
   re-run's is. `<prefix>:lease-contexts` lists the contexts that have records.
+  A record names the worker holding it (`holder`, the id of `holders.MessageHolders`): while
+  that worker's own lease is live, its scan's expired lease is left alone for one more lease
+  period (the worker died a moment ago and its message is about to come back through
+  `claim_dead`, or a child stalled); `recovery.py` re-publishes only scans whose worker is
+  alive, since a dead worker's message is given back to the queue, and one copy runs.
 - `LocalSlots` (`submit --local`, `scan`): one semaphore per context, in process.
 
 Every Redis call is `guarded`: a Redis outage while acquiring raises `StoreUnavailable`
@@ -111,16 +116,30 @@ return 1
 """
 )
 
-# KEYS: lease set, owner records. Take every record whose lease expired (or was dropped
-# as expired by another acquisition): {scan_id, record, ...}, each to one caller only.
+# KEYS: lease set, owner records, workers (holders.py). ARGV: grace seconds.
+# Take every record whose lease expired (or was dropped as expired by another
+# acquisition): {scan_id, record, ...}, each to one caller only. A record whose holding
+# worker is alive waits `grace` past its expiry (a dropped one waits for the worker).
 _CLAIM = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local flat = redis.call('HGETALL', KEYS[2])
 local out = {}
+local function holder_alive(rec)
+  local nl = string.find(rec, '\\n', 1, true)
+  if not nl then return false end
+  local ok, doc = pcall(cjson.decode, string.sub(rec, nl + 1))
+  if not ok or type(doc) ~= 'table' or type(doc['worker']) ~= 'string' then return false end
+  local w = redis.call('ZSCORE', KEYS[3], doc['worker'])
+  return w and tonumber(w) > now
+end
 for i = 1, #flat, 2 do
   local score = redis.call('ZSCORE', KEYS[1], flat[i])
-  if (not score) or tonumber(score) <= now then
+  local expired = (not score) or tonumber(score) <= now
+  if expired and holder_alive(flat[i + 1]) then
+    expired = score and tonumber(score) + tonumber(ARGV[1]) <= now
+  end
+  if expired then
     redis.call('HDEL', KEYS[2], flat[i])
     redis.call('ZREM', KEYS[1], flat[i])
     out[#out + 1] = flat[i]
@@ -142,12 +161,15 @@ class RedisSlots:
         lease_seconds: float = 60.0,
         wait_seconds: float = 2.0,
         poll_seconds: float = 0.2,
+        holder: str | None = None,
     ) -> None:
         if cap < 1:
             raise ValueError("cluster concurrency must be at least 1")
         self.store = store
         self.cap = cap
         self.lease_seconds = lease_seconds
+        self.holder = holder
+        """The worker id (holders.py) written into each owner record; None: no worker."""
         self.wait_seconds = wait_seconds
         self.poll_seconds = poll_seconds
         self._acquire = store.script(_ACQUIRE)
@@ -162,7 +184,10 @@ class RedisSlots:
     def try_acquire(
         self, context: str, scan_id: str, token: str = "", rerun: Mapping[str, Any] | None = None
     ) -> int:
-        record = f"{token}\n{json.dumps(dict(rerun or {}), separators=(',', ':'))}"
+        body = dict(rerun or {})
+        if self.holder is not None and body:
+            body["worker"] = self.holder
+        record = f"{token}\n{json.dumps(body, separators=(',', ':'))}"
         return int(
             call(
                 "acquiring a cluster slot",
@@ -202,7 +227,12 @@ class RedisSlots:
     def claim_expired(self, context: str) -> list[tuple[str, dict[str, Any]]]:
         """Take the (scan id, rerun) of every expired lease on `context`, atomically: a
         record is returned to one caller only, and is gone from Redis afterwards."""
-        flat = call("claiming expired leases", self._claim, keys=self._keys(context)[:2])
+        flat = call(
+            "claiming expired leases",
+            self._claim,
+            keys=[*self._keys(context)[:2], f"{self.store.prefix}:workers"],
+            args=[self.lease_seconds],
+        )
         out: list[tuple[str, dict[str, Any]]] = []
         for i in range(0, len(flat), 2):
             _token, _, body = str(flat[i + 1]).partition("\n")

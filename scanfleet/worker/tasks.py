@@ -26,15 +26,22 @@ other bytes, or no bytes, give the target an error result and no auditor runs.
 
 Every worker's main process also runs recovery.py's watcher (every lease/2): a scan whose
 lease expired without a result is revoked and published again here, long before Redis
-would redeliver the dead worker's message.
+would redeliver the dead worker's message. It also records every message it receives
+(`task_received`: prefetched, deferred until its countdown, or run) under a worker lease
+it renews every lease/3 (store/holders.py); a worker whose lease expired is claimed by
+one watcher, which gives its messages back to the queue through kombu's own restore.
+A message lost outright (kombu pops it before recording it as unacknowledged) is caught by
+recovery.py's `OrphanSweep` once the broker is idle: the run's targets without a result
+are fanned out again.
     scanfleet.identity.janitor / scanfleet.prune  janitor and retention, on beat's schedule
 """
 
 from __future__ import annotations
 
 import functools
+import secrets
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -42,7 +49,13 @@ from typing import Any, TypeVar, cast
 
 import structlog
 from celery.exceptions import Retry
-from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
+from celery.signals import (
+    task_received,
+    worker_init,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+)
 
 from scanfleet.core.clock import backoff, retry_delay, utcnow
 from scanfleet.core.errors import (
@@ -65,11 +78,12 @@ from scanfleet.kube.client import ClientCache
 from scanfleet.profiles.fetch import RunPins, fetch_config, pin_for_scan
 from scanfleet.runs.discovery import Entry
 from scanfleet.runs.pipeline import RunContext, complete, fan_out, record_failure, run_target
-from scanfleet.runs.recovery import Watcher, recover_expired
+from scanfleet.runs.recovery import OrphanSweep, Watcher, recover_expired
 from scanfleet.runs.retention import prune
 from scanfleet.sandbox import policy as sandbox
 from scanfleet.sandbox.inputs import check_plan_inputs
 from scanfleet.scan.plan import RunPlan
+from scanfleet.store.holders import MessageHolders
 from scanfleet.store.locks import LOCK_TTL, SweepLock
 from scanfleet.store.pins import record_profile_digest
 from scanfleet.store.slots import RedisSlots
@@ -93,6 +107,10 @@ from scanfleet.worker.app import (
 log = structlog.get_logger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
+WORKER_ID = secrets.token_hex(8)
+"""This worker's id in the message and lease owner records (holders.py): drawn in the
+main process when the app imports this module, inherited by the pool's forked children."""
+
 
 class _Runtime:
     """Per worker process: one Redis client, one Kubernetes client per context, plans."""
@@ -103,7 +121,10 @@ class _Runtime:
         )
         self.clients = ClientCache(settings.kubeconfig, retries=settings.kube_retries)
         self.slots = RedisSlots(
-            self.store, settings.cluster_concurrency, lease_seconds=tuning.lease_seconds
+            self.store,
+            settings.cluster_concurrency,
+            lease_seconds=tuning.lease_seconds,
+            holder=WORKER_ID,
         )
         self._plans: dict[str, tuple[RunPlan, Path, Rejected | None]] = {}
         self.sandbox = _sandbox_mode()
@@ -226,14 +247,99 @@ def _start_recovery(**_kwargs: Any) -> None:
     def publish(run_id: str, target: Mapping[str, Any]) -> None:
         app.send_task(SCAN_TASK, args=[run_id, dict(target)], queue=QUEUE)
 
-    _watcher = Watcher(
-        lambda: recover_expired(rt.slots, rt.store, rt.clients, publish), tuning.lease_seconds / 2
-    ).start()
+    holders = _holders()
+    unacked = _unacked_key()
+    orphans = OrphanSweep(
+        rt.store,
+        idle=lambda: holders.broker_idle(QUEUE, unacked),
+        recent=holders.recent_runs,
+        claim=lambda run_id: holders.claim_orphans(run_id, tuning.lease_seconds),
+        publish=fan_out_publisher(app),
+    )
+
+    def check() -> None:
+        recover_expired(
+            rt.slots, rt.store, rt.clients, publish, workers=holders, restore=_restore_messages
+        )
+        orphans()
+
+    _watcher = Watcher(check, tuning.lease_seconds / 2).start()
+    _start_worker_lease(holders, unacked)
 
 
 def _stop_recovery(**_kwargs: Any) -> None:
     if _watcher is not None:
         _watcher.stop()
+    _stop_worker_lease()
+
+
+_holders_instance: MessageHolders | None = None
+_beat: Watcher | None = None
+
+
+def _holders() -> MessageHolders:
+    """The main process's owner records of received messages (its own Redis client)."""
+    global _holders_instance  # noqa: PLW0603 - one per worker main process
+    with _runtime_lock:
+        if _holders_instance is None:
+            store = RunStore.from_url(
+                settings.broker_url, settings.key_prefix, settings.retention_days
+            )
+            _holders_instance = MessageHolders(store, tuning.lease_seconds)
+        return _holders_instance
+
+
+def _hold_message(request: Any = None, **_kwargs: Any) -> None:
+    """`task_received` (main process): record the message before it is reserved,
+    scheduled for its countdown or run. A Redis outage here is logged, never raised into
+    the consumer: the message then falls back to the visibility timeout."""
+    tag = getattr(getattr(request, "message", None), "delivery_tag", None)
+    if tag is None:
+        return
+    try:
+        _holders().hold(WORKER_ID, str(tag))
+    except StoreUnavailable as e:
+        log.warning("message.hold_failed", error=str(e))
+
+
+def _unacked_key() -> str:
+    """The broker's hash of unacknowledged messages (kombu's Redis transport)."""
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        return str(getattr(channel, "global_keyprefix", "") or "") + str(channel.unacked_key)
+
+
+def _restore_messages(tags: Sequence[str]) -> int:
+    """Give a dead worker's messages back to the queue now: kombu's restore of an
+    unacknowledged message (atomic per tag; one already acknowledged is skipped)."""
+    with app.connection_for_write() as conn:
+        qos = conn.default_channel.qos
+        for tag in tags:
+            qos.restore_by_tag(tag)
+    return len(tags)
+
+
+def _start_worker_lease(holders: MessageHolders, unacked: str) -> None:
+    global _beat  # noqa: PLW0603 - one per worker main process
+    _beat = Watcher(
+        lambda: holders.beat(WORKER_ID, unacked),
+        tuning.lease_seconds / 3,
+        name="scanfleet-worker-lease",
+    ).start()
+    log.info("worker.lease", worker=WORKER_ID, lease_seconds=tuning.lease_seconds)
+
+
+def _stop_worker_lease() -> None:
+    if _beat is None:
+        return
+    _beat.stop()
+    try:
+        _holders().drop(WORKER_ID)  # kombu gives our unacknowledged messages back itself
+    except StoreUnavailable as e:
+        log.warning("worker.drop_failed", error=str(e))
+
+
+task_received.connect(_hold_message, weak=False)
 
 
 worker_ready.connect(_start_recovery, weak=False)

@@ -323,6 +323,10 @@ class FakeCluster:
         """
         self._state.token_lifetime = lifetime
 
+    def set_latency(self, seconds: float) -> None:
+        """Answer every request `seconds` later (a distant API server; 0: at once)."""
+        self._state.latency = max(0.0, seconds)
+
     def pause_gc(self) -> None:
         """Stop garbage collection (as a slow collector): dependents outlive their owner."""
         self._state.gc_paused = True

@@ -8,6 +8,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -190,6 +191,8 @@ class Handler(BaseHTTPRequestHandler):
             user_agent=self.headers.get("User-Agent", ""),
             **self._log_fields(method, path, query, body_bytes),
         )
+        if state.latency:
+            time.sleep(state.latency)  # the simulated network and API server delay
         fault = state.take_fault(method, path)
         if fault is not None:
             if fault.status is None:

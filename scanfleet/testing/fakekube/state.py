@@ -109,6 +109,7 @@ class State:
         self.collected: list[tuple[str, str, str, str]] = []  # (resource, ns, name, uid)
         self.live_scanfleet_sas = 0
         self.peak_scanfleet_sas = 0
+        self.latency = 0.0  # seconds added before every response (FakeCluster.set_latency)
         self.store.listen(self._on_change)
 
     def _on_change(self, event: str, resource: str, obj: Obj) -> None:

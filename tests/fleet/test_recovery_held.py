@@ -1,0 +1,278 @@
+"""A worker `kill -9`ed while it holds messages without a scan lease: a deferred retry kept
+in memory until its countdown (Celery ETA), or a message it took and has not started (no
+lease yet: reserved, or waiting for a cluster slot). Three workers of three processes, 40
+targets over two clusters, a cap of two scans per cluster (so retries are deferred all the
+time), real redis-server and `scanfleet worker` processes. Whatever the dead worker held is
+given back within two lease periods (its worker lease, store/holders.py), the run finishes
+long before the visibility timeout, and every target has exactly one audit and one result."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scanfleet.core.targets import Target, scan_id_for
+from scanfleet.store.files import iter_summaries
+from tests.fleet.test_recovery import audits, per_target, run_doc, submit
+from tests.support.fixtures_fleet import KEY_PREFIX, FleetClusters, RedisServer, Worker, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+LEASE = 3
+AUDIT = 0.5
+VISIBILITY = 300
+"""Far above every deadline below: only the worker leases can bring the messages back."""
+PER_CLUSTER = 20
+
+
+def targets_file(clusters: FleetClusters, path: Path) -> Path:
+    """20 single-container pods per cluster, named after the cluster (one audit log key each)."""
+    rows = []
+    for name, cluster in clusters.all.items():
+        for i in range(PER_CLUSTER):
+            pod = f"{name}-p{i:02d}"
+            cluster.add_pod(
+                "apps", pod, containers=[("app", "registry.example/app:1", f"sha256:{pod}")]
+            )
+            rows.append({"context": name, "namespace": "apps", "pod": pod, "container": "app"})
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def worker_id(w: Worker) -> str:
+    for line in w.log.read_text().splitlines():
+        if line.startswith("{") and '"worker.lease"' in line:
+            return str(json.loads(line)["worker"])
+    return ""
+
+
+def events(w: Worker, name: str) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in (json.loads(ln) for ln in w.log.read_text().splitlines() if ln.startswith("{"))
+        if e.get("event") == name
+    ]
+
+
+def held_messages(r: Any, worker: str) -> list[dict[str, Any]]:
+    """The messages `worker` holds (store/holders.py), decoded from kombu's unacked hash:
+    {tag, eta (epoch seconds or None), run_id, target}."""
+    out = []
+    for tag, owner in r.hgetall(f"{KEY_PREFIX}:held").items():
+        raw = r.hget("unacked", tag) if owner == worker else None
+        if raw is None:
+            continue
+        payload = json.loads(raw)[0]
+        body = payload["body"]
+        if payload["properties"].get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        if len(args) < 2 or not isinstance(args[1], dict):
+            continue  # the run's fan-out message
+        eta = payload["headers"].get("eta")
+        out.append(
+            {
+                "tag": tag,
+                "eta": _epoch(eta) if eta else None,
+                "run_id": args[0],
+                "target": args[1],
+            }
+        )
+    return out
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def server_now(r: Any) -> float:
+    t = r.time()
+    return float(t[0]) + float(t[1]) / 1e6
+
+
+def leased(r: Any, run_id: str, target: dict[str, Any]) -> bool:
+    sid = scan_id_for(run_id, Target.from_dict(target))
+    score = r.zscore(f"{KEY_PREFIX}:lease:{target['context']}", sid)
+    return score is not None and float(score) > server_now(r)
+
+
+def started(r: Any, run_id: str, target: dict[str, Any]) -> bool:
+    sid = scan_id_for(run_id, Target.from_dict(target))
+    return r.hget(f"{KEY_PREFIX}:run:{run_id}:state", sid) is not None
+
+
+def deferred_retry(r: Any, run_id: str, worker: str) -> list[str]:
+    """Messages `worker` keeps in memory until a countdown at least 0.5 s away (the test
+    stretches the retry pauses: at the default, a retry often waits in the queue until a
+    process is free and its countdown has passed when a worker takes it)."""
+    now = server_now(r)
+    return [
+        m["tag"]
+        for m in held_messages(r, worker)
+        if m["run_id"] == run_id and m["eta"] is not None and m["eta"] > now + 0.5
+    ]
+
+
+def reserved(r: Any, run_id: str, worker: str) -> list[str]:
+    """Messages `worker` took, due now, whose scan has neither a lease nor a start: a due
+    retry waiting for a free process, or a message waiting for a slot."""
+    now = server_now(r)
+    return [
+        m["tag"]
+        for m in held_messages(r, worker)
+        if m["run_id"] == run_id
+        and (m["eta"] is None or m["eta"] <= now)
+        and not leased(r, run_id, m["target"])
+        and not started(r, run_id, m["target"])
+    ]
+
+
+def kill_while_holding(
+    holding: Callable[[Any, str, str], list[str]],
+    retry_scale: float,
+    fleet_env: dict[str, str],
+    fleet_clusters: FleetClusters,
+    redis_server: RedisServer,
+    make_worker: Callable[..., Worker],
+    standin_io: Path,
+    tmp_path: Path,
+) -> None:
+    log = standin_io / "audits.jsonl"
+    env = {
+        **fleet_env,
+        "SCANFLEET_VISIBILITY_TIMEOUT": str(VISIBILITY),
+        "SCANFLEET_LEASE_SECONDS": str(LEASE),
+        "SCANFLEET_CLUSTER_CONCURRENCY": "2",
+        "SCANFLEET_STANDIN_SLEEP": str(AUDIT),
+        "SCANFLEET_STANDIN_LOG": str(log),
+        "SCANFLEET_RETRY_DELAY_SCALE": str(retry_scale),
+    }
+    targets = targets_file(fleet_clusters, tmp_path / "targets.json")
+    workers = [make_worker(env, concurrency=3, wait=False) for _ in range(3)]
+    for w in workers:
+        wait_for(w.ready, 60, "a worker to start")
+        wait_for(lambda w=w: worker_id(w), 30, "the worker's lease id")
+    victim, survivors = workers[0], workers[1:]
+    victim_id = worker_id(victim)
+    r = redis_server.client()
+    run_id = submit(env, "--targets-file", str(targets))
+    tags = wait_for(
+        lambda: holding(r, run_id, victim_id), 120, "the victim to hold such a message", every=0.02
+    )
+    held_at_kill = {m["tag"] for m in held_messages(r, victim_id)}
+    done_at_kill = r.scard(f"{KEY_PREFIX}:run:{run_id}:done")
+    victim.kill9()
+    killed = time.monotonic()
+    assert set(tags) <= held_at_kill
+
+    # Within two lease periods one survivor claims the dead worker and gives its messages
+    # back (its lease expires within one lease; watchers look every lease/2).
+    recovered = wait_for(
+        lambda: [e for w in survivors for e in events(w, "worker.recovered")],
+        4 * LEASE,
+        "a survivor to give the dead worker's messages back",
+        every=0.05,
+    )
+    given_back = time.monotonic() - killed
+    assert given_back <= 2 * LEASE, f"the dead worker's messages came back after {given_back:.1f}s"
+    assert [e["workers"] for e in recovered] == [[victim_id]]  # claimed once
+    assert recovered[0]["held"] >= len(tags)
+
+    run = wait_for(lambda: run_doc(env, run_id), 120, "the run to finish")
+    finished = time.monotonic() - killed
+    # The rest of the run (40 - done_at_kill targets on four slots, with deferred retries)
+    # goes on meanwhile; without the worker leases it would wait for the visibility timeout.
+    assert finished < 2 * LEASE + AUDIT + 60, finished
+    counts = per_target(log)
+    assert len(counts) == 2 * PER_CLUSTER
+    assert set(counts.values()) == {1}, {k: n for k, n in counts.items() if n != 1}
+    assert len(audits(log)) == 2 * PER_CLUSTER
+    assert run["targets"]["total"] == 2 * PER_CLUSTER
+    assert run["targets"]["completed"] == 2 * PER_CLUSTER
+    summaries = list(iter_summaries(Path(env["SCANFLEET_RESULTS_DIR"]) / run_id))
+    assert len(summaries) == 2 * PER_CLUSTER
+    assert r.hgetall(f"{KEY_PREFIX}:run:{run_id}:counts") == {
+        "running": "0",
+        "completed": str(2 * PER_CLUSTER),
+        "error": "0",
+    }
+    # Nothing is left waiting for the visibility timeout.
+    wait_for(lambda: r.hlen("unacked") == 0, 60, "no unacknowledged message left")
+    print(
+        f"killed with {len(held_at_kill)} messages held ({len(tags)} of the kind tested), "
+        f"{done_at_kill} targets done; given back after {given_back:.1f}s, run finished "
+        f"{finished:.1f}s after the kill"
+    )
+
+
+def test_a_worker_killed_holding_a_deferred_retry_holds_nothing_hostage(
+    fleet_env: dict[str, str],
+    fleet_clusters: FleetClusters,
+    redis_server: RedisServer,
+    make_worker: Callable[..., Worker],
+    standin_io: Path,
+    tmp_path: Path,
+) -> None:
+    kill_while_holding(
+        deferred_retry,
+        4.0,
+        fleet_env,
+        fleet_clusters,
+        redis_server,
+        make_worker,
+        standin_io,
+        tmp_path,
+    )
+
+
+def test_a_worker_killed_holding_a_message_it_has_not_started_holds_nothing_hostage(
+    fleet_env: dict[str, str],
+    fleet_clusters: FleetClusters,
+    redis_server: RedisServer,
+    make_worker: Callable[..., Worker],
+    standin_io: Path,
+    tmp_path: Path,
+) -> None:
+    kill_while_holding(
+        reserved, 1.0, fleet_env, fleet_clusters, redis_server, make_worker, standin_io, tmp_path
+    )
+
+
+def test_a_message_the_broker_lost_is_fanned_out_again_once_the_broker_is_idle(
+    fleet_env: dict[str, str],
+    redis_server: RedisServer,
+    make_worker: Callable[..., Worker],
+    standin_io: Path,
+) -> None:
+    """kombu pops a message before recording it as unacknowledged: a worker killed in
+    between loses it outright (no owner record can name it). Here the run's fan-out
+    message is dropped from the queue before any worker takes it."""
+    log = standin_io / "audits.jsonl"
+    env = {
+        **fleet_env,
+        "SCANFLEET_VISIBILITY_TIMEOUT": str(VISIBILITY),
+        "SCANFLEET_LEASE_SECONDS": "2",
+        "SCANFLEET_STANDIN_LOG": str(log),
+    }
+    r = redis_server.client()
+    run_id = submit(env, "--all-contexts", "--all-namespaces", "--exclude-namespace", "kube-system")
+    assert r.llen("scanfleet") == 1  # the fan-out, then lost
+    r.delete("scanfleet")
+    started = time.monotonic()
+    worker = make_worker(env, concurrency=2)
+    run = wait_for(lambda: run_doc(env, run_id), 60, "the run to finish")
+    took = time.monotonic() - started
+    assert [e["targets"] for e in events(worker, "run.orphans_requeued")] == [
+        run["targets"]["total"]
+    ]
+    assert run["targets"]["completed"] == run["targets"]["total"] == 8
+    assert len(audits(log)) == 8  # four containers per cluster, each audited once
+    assert set(per_target(log).values()) == {2}
+    print(f"lost fan-out re-queued; run finished {took:.1f}s after the worker started")
