@@ -251,13 +251,13 @@ def _run_fleet(
 
     try:
         from scanfleet.runs.fleet import submit_run
-        from scanfleet.worker.app import app, fan_out_publisher  # late: --local never builds it
+        from scanfleet.worker.app import create_app, fan_out_publisher  # --local never builds it
 
         submit_run(
             store,
             plan,
             entries,
-            fan_out_publisher(app),
+            fan_out_publisher(create_app(settings)),
             results_dir=out,
             fallback_results_dir=settings.results_dir,
             created=created,
@@ -369,7 +369,7 @@ def worker_command(concurrency: int | None, loglevel: str, metrics_port: int | N
     from scanfleet.worker import exporter
 
     exporter.worker_starting(settings, metrics_port)
-    from scanfleet.worker.app import QUEUE, app
+    from scanfleet.worker.app import QUEUE, create_app
 
     argv = [
         "worker",
@@ -381,7 +381,7 @@ def worker_command(concurrency: int | None, loglevel: str, metrics_port: int | N
     ]
     if concurrency is not None:
         argv.append(f"--concurrency={concurrency}")
-    app.worker_main(argv)
+    create_app(settings).worker_main(argv)
 
 
 def _worker_sandbox(settings: Settings) -> None:

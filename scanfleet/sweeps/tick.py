@@ -8,7 +8,9 @@ the lock to the new run id. `write_drift` is the finalize hook that puts `drift.
 to a sweep run's run.json (runs.finalize calls it and knows nothing about sweeps).
 
 Called by the worker's tasks and the schedule, never the other way round: the Celery
-publisher is injected. Never carries a credential: sweeps name contexts, never tokens.
+publisher is injected, and so is the starter (`run_tick(start=...)`; the worker's app
+takes one in `create_app(start_sweep=...)`). Never carries a credential: sweeps name
+contexts, never tokens.
 """
 
 from __future__ import annotations
@@ -59,22 +61,6 @@ def run_tick(
         lock.bind(sweep.name, token, run_id, lock_ttl)
         log.info("sweep.started", sweep=sweep.name, run_id=run_id, source=sweep.source)
         return run_id
-
-
-_starter: Starter | None = None
-
-
-def set_starter(starter: Starter | None) -> None:
-    """Replace how a tick starts its run (tests; None: `start_sweep_run`)."""
-    global _starter  # noqa: PLW0603 - one process-wide seam, set at start-up
-    _starter = starter
-
-
-def starter(publish: Publish) -> Starter:
-    """The starter a tick uses: the one set for tests, else `start_sweep_run` on `publish`."""
-    if _starter is not None:
-        return _starter
-    return lambda sweep, settings: start_sweep_run(sweep, settings, publish)
 
 
 def start_sweep_run(sweep: Sweep, settings: Settings, publish: Publish) -> str:

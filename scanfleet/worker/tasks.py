@@ -1,9 +1,11 @@
-"""Every Celery task, registered one way (`_task`): decode, bind log context, call one service.
+"""Every Celery task, registered one way (`register`, called by `worker.app.create_app`):
+decode, bind log context, call one service. Each task is bound and reads its settings from
+its app's `WorkerContext`, never from a module global. Wire name -> function:
 
-    scanfleet.fan_out(run_id, start, stop)
-        read target entries [start, stop) of the run from Redis, queue one scan_target each
+    scanfleet.fan_out(run_id, start, stop)                   fan_out_task
+        read target entries [start, stop) of the run from Redis, queue one scan each
         (entries that could not be resolved at submit time are recorded as errors here)
-    scanfleet.scan_target(run_id, target, attempts)
+    scanfleet.scan_target(run_id, target, attempts)          scan_target_task
         target = {context, namespace, pod, container}: runs.run_target then runs.complete,
         the services `submit --local` runs too
 
@@ -22,27 +24,29 @@ off the allow-list, a refused auditor argument or a bad token TTL gives every ta
 the auditor, and pinned to the run's first fetch (`_Runtime.pin_profile`, profiles.py):
 other bytes, or no bytes, give the target an error result and no auditor runs.
 
-    scanfleet.sweep_tick(name, sweep)   sweeping.run_tick, starting runs via submit.submit_run
+    scanfleet.sweep_tick(name, sweep)                        sweep_tick_task
+        sweeps.tick.run_tick, starting runs via runs.fleet.submit_run (or the app's
+        `start_sweep`)
 
 Every worker's main process also runs recovery.py's watcher (every lease/2): a scan whose
 lease expired without a result is revoked and published again here, long before Redis
 would redeliver the dead worker's message.
-    scanfleet.identity.janitor / scanfleet.prune  janitor and retention, on beat's schedule
+    scanfleet.janitor / scanfleet.prune      janitor_task / prune_task, on beat's schedule
 """
 
 from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import structlog
 from celery.exceptions import Retry
-from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from scanfleet.core.clock import backoff, retry_delay, utcnow
 from scanfleet.core.errors import (
@@ -58,7 +62,7 @@ from scanfleet.core.errors import (
     StoreUnavailable,
 )
 from scanfleet.core.policy import check_auditor_args, check_profile, check_results_dir, credentialed
-from scanfleet.core.settings import check_ttl, process_environment
+from scanfleet.core.settings import Settings, check_ttl, process_environment
 from scanfleet.core.targets import Target, scan_id_for
 from scanfleet.identity.janitor import EarlyRevoke, janitor_for_kubeconfig
 from scanfleet.kube.client import ClientCache
@@ -67,15 +71,15 @@ from scanfleet.runs.discovery import Entry
 from scanfleet.runs.pipeline import RunContext, complete, fan_out, record_failure, run_target
 from scanfleet.runs.recovery import Watcher, recover_expired
 from scanfleet.runs.retention import prune
-from scanfleet.sandbox import policy as sandbox
+from scanfleet.sandbox.policy import mode_label
 from scanfleet.scan.plan import RunPlan
 from scanfleet.store.locks import LOCK_TTL, SweepLock
 from scanfleet.store.pins import record_profile_digest
 from scanfleet.store.slots import RedisSlots
 from scanfleet.store.state import RunStore
 from scanfleet.sweeps import posture
-from scanfleet.sweeps import tick as sweeping
 from scanfleet.sweeps.spec import Sweep
+from scanfleet.sweeps.tick import Starter, run_tick, start_sweep_run, write_drift
 from scanfleet.worker.app import (
     FAN_OUT_TASK,
     JANITOR_TASK,
@@ -83,20 +87,18 @@ from scanfleet.worker.app import (
     QUEUE,
     SCAN_TASK,
     SWEEP_TICK_TASK,
-    app,
+    FleetTuning,
     fan_out_publisher,
-    settings,
-    tuning,
 )
 
 log = structlog.get_logger(__name__)
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _Runtime:
     """Per worker process: one Redis client, one Kubernetes client per context, plans."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings, tuning: FleetTuning) -> None:
+        self.settings = settings
         self.store = RunStore.from_url(
             settings.broker_url, settings.key_prefix, settings.retention_days
         )
@@ -105,7 +107,7 @@ class _Runtime:
             self.store, settings.cluster_concurrency, lease_seconds=tuning.lease_seconds
         )
         self._plans: dict[str, tuple[RunPlan, Path, Rejected | None]] = {}
-        self.sandbox = _sandbox_mode()
+        self.sandbox = _sandbox_mode(settings)
         self.pins = RunPins(fetch_config(settings, process_environment()))
 
     def pin_profile(self, plan: RunPlan) -> RunPlan:
@@ -127,7 +129,7 @@ class _Runtime:
             if len(self._plans) > 64:
                 self._plans.clear()
             cached = self._plans[run_id] = worker_plan(
-                RunPlan.from_dict(data), meta.get("results_dir")
+                RunPlan.from_dict(data), meta.get("results_dir"), self.settings
             )
         plan, results, rejected = cached
         pipe = RunContext(
@@ -135,22 +137,24 @@ class _Runtime:
             self.store,
             self.slots,
             results,
-            hooks=(sweeping.write_drift,),
+            hooks=(write_drift,),
             sandbox=self.sandbox,
         )
         return plan, pipe, rejected
 
 
-def _sandbox_mode() -> str:
+def _sandbox_mode(settings: Settings) -> str:
     """This worker's sandbox mode for run.json (`scanfleet worker` refused to start without
     one; a scan started anyway is refused by `run_auditor`)."""
     try:
-        return sandbox.mode_label(settings.sandbox)
+        return mode_label(settings.sandbox)
     except SandboxUnavailable:
         return "unavailable"
 
 
-def worker_plan(plan: RunPlan, results_dir: str | None) -> tuple[RunPlan, Path, Rejected | None]:
+def worker_plan(
+    plan: RunPlan, results_dir: str | None, settings: Settings
+) -> tuple[RunPlan, Path, Rejected | None]:
     """Apply the worker's policy to a plan read from Redis (see policy.py).
 
     The auditor always comes from this worker's settings. A results directory outside
@@ -179,68 +183,85 @@ def worker_plan(plan: RunPlan, results_dir: str | None) -> tuple[RunPlan, Path, 
     return plan, results, None
 
 
-_runtime: _Runtime | None = None
-_runtime_lock = threading.Lock()
+class WorkerContext:
+    """What the tasks of one app share: its settings and timings, how a sweep tick starts
+    its run, and this process's runtime (created lazily, and again in each forked child)."""
+
+    def __init__(
+        self, app: Any, settings: Settings, tuning: FleetTuning, start_sweep: Starter | None
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.tuning = tuning
+        self.start_sweep: Starter = start_sweep or (
+            lambda sweep, s: start_sweep_run(sweep, s, fan_out_publisher(app))
+        )
+        self._runtime: _Runtime | None = None
+        self._lock = threading.Lock()
+        self._watcher: Watcher | None = None
+
+    @staticmethod
+    def of(task: Any) -> WorkerContext:
+        """The context of the app a (bound) task runs on."""
+        return cast(WorkerContext, task.app.scanfleet)
+
+    def runtime(self) -> _Runtime:
+        with self._lock:
+            if self._runtime is None:
+                self._runtime = _Runtime(self.settings, self.tuning)
+            return self._runtime
+
+    def forget_runtime(self, **_kwargs: Any) -> None:
+        """A forked child must not share its parent's sockets."""
+        self._runtime = None
+
+    def log_ready(self, sender: Any = None, **_kwargs: Any) -> None:
+        if getattr(sender, "app", None) is self.app:
+            log.info("worker.ready", queue=QUEUE, visibility_timeout=self.tuning.visibility_timeout)
+
+    def start_recovery(self, sender: Any = None, **_kwargs: Any) -> None:
+        """In the worker's main process, once the pool has forked: watch for expired leases
+        with a runtime of its own (the pool's children never share its sockets)."""
+        if getattr(sender, "app", None) is not self.app:
+            return
+        rt = _Runtime(self.settings, self.tuning)
+
+        def publish(run_id: str, target: Mapping[str, Any]) -> None:
+            self.app.send_task(SCAN_TASK, args=[run_id, dict(target)], queue=QUEUE)
+
+        self._watcher = Watcher(
+            lambda: recover_expired(rt.slots, rt.store, rt.clients, publish),
+            self.tuning.lease_seconds / 2,
+        ).start()
+
+    def stop_recovery(self, sender: Any = None, **_kwargs: Any) -> None:
+        if self._watcher is not None and getattr(sender, "app", None) is self.app:
+            self._watcher.stop()
 
 
-def runtime() -> _Runtime:
-    global _runtime  # noqa: PLW0603 - one per process, created lazily after the fork
-    with _runtime_lock:
-        if _runtime is None:
-            _runtime = _Runtime()
-        return _runtime
+def register(
+    app: Any, settings: Settings, tuning: FleetTuning, *, start_sweep: Starter | None = None
+) -> WorkerContext:
+    """Register every task on `app` (worker.app.create_app), sharing one WorkerContext.
 
-
-def _fresh_runtime(**_kwargs: Any) -> None:
-    """A forked child must not share its parent's sockets."""
-    global _runtime  # noqa: PLW0603
-    _runtime = None
-
-
-worker_process_init.connect(_fresh_runtime, weak=False)
-
-
-def _warm_imports(**_kwargs: Any) -> None:
-    """In the main process, before the pool forks: the kubernetes client imports its API
-    modules lazily (seconds each), so every child would pay that on its first scan."""
-    from scanfleet.kube import client as kube
-
-    client = getattr(kube, "k8s", None)
-    for name in ("CoreV1Api", "RbacAuthorizationV1Api", "AuthenticationV1Api", "V1Pod"):
-        getattr(client, name, None)
-
-
-worker_init.connect(_warm_imports, weak=False)
-
-_watcher: Watcher | None = None
-
-
-def _start_recovery(**_kwargs: Any) -> None:
-    """In the worker's main process, once the pool has forked: watch for expired leases
-    with a runtime of its own (the pool's children never share its sockets)."""
-    global _watcher  # noqa: PLW0603 - one per worker process
-    rt = _Runtime()
-
-    def publish(run_id: str, target: Mapping[str, Any]) -> None:
-        app.send_task(SCAN_TASK, args=[run_id, dict(target)], queue=QUEUE)
-
-    _watcher = Watcher(
-        lambda: recover_expired(rt.slots, rt.store, rt.clients, publish), tuning.lease_seconds / 2
-    ).start()
-
-
-def _stop_recovery(**_kwargs: Any) -> None:
-    if _watcher is not None:
-        _watcher.stop()
-
-
-worker_ready.connect(_start_recovery, weak=False)
-worker_shutdown.connect(_stop_recovery, weak=False)
-
-
-def _task(**options: Any) -> Callable[[F], F]:
-    """`app.task`, typed (Celery ships no annotations)."""
-    return cast(Callable[[F], F], app.task(**options))
+    The signal receivers are bound methods, held weakly: an app that goes away takes its
+    receivers with it.
+    """
+    ctx = WorkerContext(app, settings, tuning, start_sweep)
+    app.scanfleet = ctx
+    worker_process_init.connect(ctx.forget_runtime)
+    worker_ready.connect(ctx.log_ready)
+    worker_ready.connect(ctx.start_recovery)
+    worker_shutdown.connect(ctx.stop_recovery)
+    options: dict[str, Any] = {"bind": True, "shared": False}
+    app.task(name=FAN_OUT_TASK, max_retries=None, acks_late=True, **options)(fan_out_task)
+    app.task(name=SCAN_TASK, max_retries=None, acks_late=True, **options)(scan_target_task)
+    # acks_late off: a redelivered tick would be a second start attempt; the lock would
+    # refuse it anyway, and the next tick comes on schedule.
+    app.task(name=SWEEP_TICK_TASK, acks_late=False, ignore_result=True, **options)(sweep_tick_task)
+    app.task(name=JANITOR_TASK, ignore_result=True, **options)(janitor_task)
+    app.task(name=PRUNE_TASK, ignore_result=True, **options)(prune_task)
+    return ctx
 
 
 def _record_rejected(pipe: RunContext, plan: RunPlan, target: Target, rejected: ScanError) -> str:
@@ -251,11 +272,10 @@ def _record_rejected(pipe: RunContext, plan: RunPlan, target: Target, rejected: 
     return "error"
 
 
-@_task(bind=True, name=FAN_OUT_TASK, max_retries=None, acks_late=True)
 def fan_out_task(self: Any, run_id: str, start: int, stop: int) -> int:
     with structlog.contextvars.bound_contextvars(run_id=run_id):
         try:
-            rt = runtime()
+            rt = WorkerContext.of(self).runtime()
             found = rt.run(run_id)
             if found is None:
                 log.warning("run.unknown", start=start, stop=stop)
@@ -264,7 +284,7 @@ def fan_out_task(self: Any, run_id: str, start: int, stop: int) -> int:
             entries = [Entry.from_dict(d) for d in rt.store.entries(run_id, start, stop)]
 
             def enqueue(target: Target) -> None:
-                app.send_task(SCAN_TASK, args=[run_id, target.to_dict()], queue=QUEUE)
+                self.app.send_task(SCAN_TASK, args=[run_id, target.to_dict()], queue=QUEUE)
 
             n = fan_out(pipe, plan, entries, enqueue)
             log.info("run.fanned_out", start=start, stop=stop, queued=n)
@@ -274,8 +294,7 @@ def fan_out_task(self: Any, run_id: str, start: int, stop: int) -> int:
             raise
 
 
-@_task(bind=True, name=SCAN_TASK, max_retries=None, acks_late=True)
-def scan_target(
+def scan_target_task(
     self: Any, run_id: str, target: dict[str, Any], attempts: dict[str, int] | None = None
 ) -> str | None:
     t = Target.from_dict(target)
@@ -283,7 +302,7 @@ def scan_target(
         run_id=run_id, context=t.context, namespace=t.namespace, pod=t.pod, container=t.container
     ):
         try:
-            rt = runtime()
+            rt = WorkerContext.of(self).runtime()
             found = rt.run(run_id)
             if found is None:
                 log.warning("run.unknown")
@@ -334,32 +353,37 @@ def _retry_or_continue(task: Any, error: Exception, tried: dict[str, int]) -> No
     n = tried.get(key, 0)
     if delay is None or (delay.attempts is not None and n >= delay.attempts):
         return
+    ctx = WorkerContext.of(task)
     countdown = backoff(
-        delay, n, lease_seconds=tuning.lease_seconds, scale=settings.retry_delay_scale
+        delay, n, lease_seconds=ctx.tuning.lease_seconds, scale=ctx.settings.retry_delay_scale
     )
     log.warning("scan.deferred", reason=key, error=str(error), countdown=round(countdown, 1))
     raise task.retry(countdown=countdown, exc=error, kwargs={"attempts": {**tried, key: n + 1}})
 
 
-@_task(name=SWEEP_TICK_TASK, acks_late=False, ignore_result=True)
-def sweep_tick(name: str, sweep: Mapping[str, Any], lock_ttl: int = LOCK_TTL) -> str | None:
-    # acks_late off: a redelivered tick would be a second start attempt; the lock would
-    # refuse it anyway, and the next tick comes on schedule.
+def sweep_tick_task(
+    self: Any, name: str, sweep: Mapping[str, Any], lock_ttl: int = LOCK_TTL
+) -> str | None:
+    ctx = WorkerContext.of(self)
+    settings = ctx.settings
     s = Sweep.from_dict(sweep)
     if s.name != name:
         raise ScanfleetError(f"sweep tick {name!r} carries sweep {s.name!r}")
     # The tick came without the profile URL's credentials: ours, from the allow-list.
     s = replace(s, profile=credentialed(s.profile, settings.allowed_profiles) or s.profile)
-    lock = SweepLock(runtime().store, settings.results_dir)
-    start = sweeping.starter(fan_out_publisher(app))
-    return sweeping.run_tick(s, lock, start, settings, lock_ttl=lock_ttl)
+    lock = SweepLock(ctx.runtime().store, settings.results_dir)
+    return run_tick(s, lock, ctx.start_sweep, settings, lock_ttl=lock_ttl)
 
 
-@_task(name=JANITOR_TASK, ignore_result=True)
 def janitor_task(
-    contexts: list[str] | None = None, all_contexts: bool = True, dry_run: bool = False
+    self: Any,
+    contexts: list[str] | None = None,
+    all_contexts: bool = True,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
-    rt = runtime()
+    ctx = WorkerContext.of(self)
+    settings = ctx.settings
+    rt = ctx.runtime()
     early = None
     if settings.early_revoke_after > 0:
         early = EarlyRevoke(
@@ -379,8 +403,8 @@ def janitor_task(
     return report.to_dict()
 
 
-@_task(name=PRUNE_TASK, ignore_result=True)
-def prune_task(older_than_days: int | None = None) -> dict[str, Any]:
-    days = older_than_days or settings.retention_days
-    report = prune(settings.results_dir, days, now=utcnow(), store=runtime().store)
+def prune_task(self: Any, older_than_days: int | None = None) -> dict[str, Any]:
+    ctx = WorkerContext.of(self)
+    days = older_than_days or ctx.settings.retention_days
+    report = prune(ctx.settings.results_dir, days, now=utcnow(), store=ctx.runtime().store)
     return report.to_dict()

@@ -344,6 +344,7 @@ def test_rediss_without_options_verifies_the_certificate() -> None:
 
 
 def test_workers_have_remote_control_off() -> None:
-    from scanfleet.worker.app import app
+    from scanfleet.core.settings import Settings
+    from scanfleet.worker.app import create_app
 
-    assert app.conf.worker_enable_remote_control is False
+    assert create_app(Settings()).conf.worker_enable_remote_control is False
