@@ -387,12 +387,12 @@ def worker_command(concurrency: int | None, loglevel: str, metrics_port: int | N
 def _worker_sandbox(settings: Settings) -> None:
     """Before the pool forks: refuse to start without the sandbox (exit 3) unless opted
     out, and clear what dead workers left (stale scan dirs, their orphaned auditors)."""
-    from scanfleet.sandbox import reaper as sandbox_reap
     from scanfleet.sandbox.policy import activate
+    from scanfleet.sandbox.reaper import reap_stale
 
     sandbox_mode(settings, "the worker did not start")
     mode = activate(settings.sandbox)  # logs sandbox.off / sandbox.partial
-    removed = sandbox_reap.reap_stale()
+    removed = reap_stale()
     structlog.get_logger(__name__).info(
         "worker.sandbox", sandbox=mode, stale_scan_dirs_removed=len(removed)
     )

@@ -40,7 +40,7 @@ from scanfleet.core.errors import ProfileUnavailable, ScanError
 from scanfleet.core.logs import redact_text
 from scanfleet.core.policy import safe_url
 from scanfleet.profiles.download import Limits
-from scanfleet.sandbox import policy as sandbox
+from scanfleet.sandbox.policy import ExecFailed, Policy, prepare_workdir, spawn
 from scanfleet.scan.auditor import auditor_environment
 
 REMOTE_SOURCES = ("url", "git", "supermarket", "compliance")
@@ -147,7 +147,7 @@ def remote_dependencies(manifest: Mapping[str, Any]) -> list[str]:
 def vendor(archive: Path, suffix: str, work: Path, how: Vendoring, shown: str) -> Path:
     """Unpack, `$auditor vendor DIR --overwrite`, and re-archive deterministically."""
     root = _unpack(archive, suffix, work / "profile", how.limits, shown)
-    workdir = sandbox.prepare_workdir(work)
+    workdir = prepare_workdir(work)
     env = auditor_environment(Path(os.devnull), how.env, workdir=workdir)
     argv = [how.auditor, "vendor", str(root), "--overwrite"]
     _run(argv, env, how, shown)
@@ -159,10 +159,10 @@ def vendor(archive: Path, suffix: str, work: Path, how: Vendoring, shown: str) -
 def _run(argv: list[str], env: Mapping[str, str], how: Vendoring, shown: str) -> None:
     # No Landlock (vendoring needs the network), but no capabilities, no_new_privs, its own
     # session and death with this process, like every auditor scanfleet starts.
-    policy = sandbox.Policy(landlock=False, drop_privileges=True)
+    policy = Policy(landlock=False, drop_privileges=True)
     try:
-        proc = sandbox.spawn(policy, argv, env)
-    except sandbox.ExecFailed as e:
+        proc = spawn(policy, argv, env)
+    except ExecFailed as e:
         raise ProfileUnavailable(
             f"vendoring profile {shown}: auditor {how.auditor!r} cannot be run ({e}); "
             "set SCANFLEET_AUDITOR"

@@ -21,14 +21,14 @@ from scanfleet.runs.pipeline import (
     Progress,
     RunContext,
     complete,
-    failed_before_scan,
     finalize,
     maybe_finalize,
+    record,
     record_error,
     run_target,
 )
 from scanfleet.scan.plan import RunPlan
-from scanfleet.store.files import make_dir, run_dir, summary_path, write_json
+from scanfleet.store.files import make_dir, read_json, run_dir, summary_path
 from scanfleet.store.slots import LocalSlots
 from scanfleet.store.state import MemoryRunState
 
@@ -80,7 +80,7 @@ def _run_entries(
 
     def one(e: Entry) -> None:
         if e.error is not None:
-            record_error(pipe, plan, e)
+            record_error(pipe, plan, e.target, e.error, image=e.image, image_id=e.image_id)
         else:
             scanned = run_target(pipe, plan, e.target)
             if scanned is not None:
@@ -109,25 +109,15 @@ def _run_entries(
 def _close_interrupted(
     pipe: RunContext, plan: RunPlan, entries: Sequence[Entry], interrupted: ScanInterrupted
 ) -> None:
-    """Targets never started still get a result: nothing ends without one."""
+    """Targets never recorded still get a result: nothing ends without one. A scan cut
+    short left its own summary (`complete` wrote it); the others get `interrupted`."""
     out = run_dir(pipe.results_dir, plan.run_id)
     for e in entries:
-        for t in (e, *e.covers):
-            scan_id = scan_id_for(plan.run_id, t.target)
-            if pipe.state.is_done(plan.run_id, scan_id):
-                continue
-            p = summary_path(out, scan_id)
-            if not p.exists():
-                write_json(
-                    p,
-                    failed_before_scan(
-                        plan.run_id,
-                        t.target,
-                        interrupted,
-                        pipe.now(),
-                        image=t.image,
-                        image_id=t.image_id,
-                        profile_sha256=plan.profile_sha256,
-                    ),
-                )
-            pipe.state.finish(plan.run_id, [(scan_id, "error")])
+        scan_id = scan_id_for(plan.run_id, e.target)
+        if pipe.state.is_done(plan.run_id, scan_id):
+            continue
+        written = summary_path(out, scan_id)
+        if written.exists():
+            record(pipe, plan, read_json(written))
+        else:
+            record_error(pipe, plan, e.target, interrupted, image=e.image, image_id=e.image_id)

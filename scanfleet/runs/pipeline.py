@@ -28,7 +28,7 @@ import structlog
 
 from scanfleet.core import metrics
 from scanfleet.core.clock import Clock, iso, utcnow
-from scanfleet.core.errors import ErrorKind, ScanError, ScanInterrupted
+from scanfleet.core.errors import ErrorKind, ProfileMismatch, ScanError, ScanInterrupted
 from scanfleet.core.logs import redact_text
 from scanfleet.core.targets import Target, scan_id_for
 from scanfleet.judging.aggregate import Aggregator
@@ -53,17 +53,23 @@ Progress = Callable[[int, int], None]
 """Called with (done, total) after each recorded result."""
 
 
-def failed_before_scan(
+def error_result(
     run_id: str,
     target: Target,
-    error: ScanError | Mapping[str, Any],
+    error: BaseException | Mapping[str, Any],
     now: datetime,
     *,
     image: str | None = None,
     image_id: str | None = None,
     profile_sha256: str | None = None,
 ) -> TargetSummary:
-    """The summary of a target that failed before its scan could start."""
+    """The error summary of a target that has no scan result (builds it; `record_error`
+    records it). An exception that is not a `ScanError` becomes an `api_error`."""
+    if isinstance(error, BaseException) and not isinstance(error, ScanError):
+        error = {
+            "kind": ErrorKind.API_ERROR,
+            "message": f"scan failed: {type(error).__name__}: {error}"[:500],
+        }
     summary = error_summary(
         scan_id=scan_id_for(run_id, target),
         run_id=run_id,
@@ -155,19 +161,37 @@ def complete(pipe: RunContext, plan: RunPlan, scanned: Scanned) -> TargetSummary
     return summary
 
 
-def record_error(pipe: RunContext, plan: RunPlan, entry: Entry) -> TargetSummary:
-    """An entry that could not be resolved at submit time: its error is its result."""
-    assert entry.error is not None
-    summary = failed_before_scan(
+def record_error(
+    pipe: RunContext,
+    plan: RunPlan,
+    target: Target,
+    error: BaseException | Mapping[str, Any],
+    *,
+    image: str | None = None,
+    image_id: str | None = None,
+) -> TargetSummary:
+    """The one route by which a target gets an error result without a scan of its own:
+    an entry unresolvable at submit time, a plan or profile the worker refuses, an
+    unexpected failure, a run interrupted before the target started. Recorded through
+    `record` (covered targets, counts, finalize) unless the target already has a result;
+    returns the error summary either way.
+
+    A `ProfileMismatch` carries the run's pinned digest: the summary names that one.
+    """
+    sha256 = plan.profile_sha256
+    if isinstance(error, ProfileMismatch) and error.pinned:
+        sha256 = error.pinned  # the run's digest, not this worker's
+    summary = error_result(
         plan.run_id,
-        entry.target,
-        entry.error,
+        target,
+        error,
         pipe.now(),
-        image=entry.image,
-        image_id=entry.image_id,
-        profile_sha256=plan.profile_sha256,
+        image=image,
+        image_id=image_id,
+        profile_sha256=sha256,
     )
-    record(pipe, plan, summary)
+    if not pipe.state.is_done(plan.run_id, summary["scan_id"]):
+        record(pipe, plan, summary)
     return summary
 
 
@@ -217,29 +241,11 @@ def fan_out(
     queued = 0
     for e in entries:
         if e.error is not None:
-            if not pipe.state.is_done(plan.run_id, scan_id_for(plan.run_id, e.target)):
-                record_error(pipe, plan, e)
+            record_error(pipe, plan, e.target, e.error, image=e.image, image_id=e.image_id)
         else:
             enqueue(e.target)
             queued += 1
     return queued
-
-
-def record_failure(
-    pipe: RunContext, plan: RunPlan, target: Target, exc: BaseException
-) -> TargetSummary:
-    """Last resort: an unexpected failure still gives the target a result, so the run ends."""
-    error: ScanError | dict[str, str] = {
-        "kind": ErrorKind.API_ERROR,
-        "message": f"scan failed: {type(exc).__name__}: {exc}"[:500],
-    }
-    if isinstance(exc, ScanError):
-        error = exc
-    summary = failed_before_scan(
-        plan.run_id, target, error, pipe.now(), profile_sha256=plan.profile_sha256
-    )
-    record(pipe, plan, summary)
-    return summary
 
 
 def finalize(

@@ -44,6 +44,7 @@ from urllib.parse import urlsplit
 import structlog
 import yaml
 
+import scanfleet.sandbox.spawn
 from scanfleet.core.errors import AuditorFailed, SandboxUnavailable
 from scanfleet.core.settings import (  # noqa: F401  (re-exported: the sandbox's setting names)
     ALLOW_READ_ENV,
@@ -53,9 +54,8 @@ from scanfleet.core.settings import (  # noqa: F401  (re-exported: the sandbox's
     SANDBOX_ENV,
     SandboxSettings,
 )
-from scanfleet.sandbox import confine as sandbox_exec
-from scanfleet.sandbox import spawn as launcher_client
-from scanfleet.sandbox.spawn import AuditorProcess
+from scanfleet.sandbox import confine
+from scanfleet.sandbox.spawn import AuditorProcess, LauncherLost, SpawnFailed
 
 SYSTEM_READ = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin")
 # /etc, entry by entry: what a Ruby CLI, OpenSSL, glibc's resolver and kubectl read. Not
@@ -143,7 +143,7 @@ def prepare_workdir(private_dir: Path) -> WorkDir:
 
 def abi_version() -> int:
     """The kernel's Landlock ABI version; 0 when Landlock is absent or disabled."""
-    return sandbox_exec.abi_version()
+    return confine.abi_version()
 
 
 def mode_label(config: SandboxSettings) -> str:
@@ -219,8 +219,8 @@ def harden_process() -> None:
     it readable only with CAP_SYS_PTRACE. Call at CLI and worker start (forks inherit it,
     exec resets it; the launcher does it for itself)."""
     try:
-        sandbox_exec.make_non_dumpable()
-    except sandbox_exec.SandboxError as e:
+        confine.make_non_dumpable()
+    except confine.SandboxError as e:
         raise OSError(f"cannot make this process non-dumpable: {e}") from None
 
 
@@ -234,15 +234,15 @@ def spawn(policy: Policy, argv: Sequence[str], env: Mapping[str, str]) -> Audito
     Raises SandboxUnavailable (nothing ran), ExecFailed, AuditorFailed (the launcher died
     before the auditor started), or whatever interrupts the wait (the auditor is killed)."""
     try:
-        return launcher_client.get().spawn(argv, env, os.getcwd(), policy.to_dict())
-    except launcher_client.SpawnFailed as e:
+        return scanfleet.sandbox.spawn.get().spawn(argv, env, os.getcwd(), policy.to_dict())
+    except SpawnFailed as e:
         detail = str(e)
         if e.kind == "exec":
             if policy.landlock and "PermissionError" in detail:
                 detail += f"; inside the sandbox: add its directory to {ALLOW_READ_ENV}"
             raise ExecFailed(detail) from None
         raise SandboxUnavailable(f"the auditor sandbox could not be applied: {detail}") from None
-    except launcher_client.LauncherLost as e:
+    except LauncherLost as e:
         raise AuditorFailed(
             f"{e}; the scan was not run (the next one starts a new launcher)"
         ) from None

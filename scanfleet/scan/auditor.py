@@ -60,9 +60,18 @@ from scanfleet.core.logs import redact_text
 from scanfleet.core.settings import process_environment, sandbox_settings
 from scanfleet.core.targets import Target
 from scanfleet.core.textsafe import strip_controls
-from scanfleet.sandbox import policy as sandbox
-from scanfleet.sandbox import reaper as sandbox_reap
+from scanfleet.sandbox.policy import (
+    ExecFailed,
+    Policy,
+    Scan,
+    WorkDir,
+    activate,
+    build_policy,
+    prepare_workdir,
+    spawn,
+)
 from scanfleet.sandbox.procgroup import signal_name, terminate_group
+from scanfleet.sandbox.reaper import hold, record_auditor
 from scanfleet.sandbox.spawn import AuditorProcess
 from scanfleet.store.files import copy_report
 
@@ -182,7 +191,7 @@ def auditor_environment(
     kubeconfig: Path,
     base: Mapping[str, str] | None = None,
     *,
-    workdir: sandbox.WorkDir | None = None,
+    workdir: WorkDir | None = None,
 ) -> dict[str, str]:
     """The auditor's environment: an allowlisted copy of `base` plus KUBECONFIG.
 
@@ -246,13 +255,13 @@ def run_auditor(
     launch = _prepare(
         auditor, profile, target, report_path, kubeconfig, input_files, extra_args, env
     )
-    with sandbox_reap.hold(kubeconfig.parent):
+    with hold(kubeconfig.parent):
         started = time.monotonic()
         try:
-            proc = sandbox.spawn(launch.policy, launch.argv, launch.env)
-        except sandbox.ExecFailed as e:
+            proc = spawn(launch.policy, launch.argv, launch.env)
+        except ExecFailed as e:
             raise AuditorMissing(_missing_message(auditor, str(e))) from e
-        sandbox_reap.record_auditor(kubeconfig.parent, proc.pid)
+        record_auditor(kubeconfig.parent, proc.pid)
         log.info(
             "auditor.started",
             pid=proc.pid,
@@ -284,8 +293,8 @@ def run_auditor(
 class _Launch:
     argv: list[str]
     env: dict[str, str]
-    policy: sandbox.Policy
-    work: sandbox.WorkDir
+    policy: Policy
+    work: WorkDir
     mode: str
 
 
@@ -301,17 +310,15 @@ def _prepare(
 ) -> _Launch:
     """Sandbox mode, private work dir, argv, environment and policy of one audit."""
     config = sandbox_settings()  # Settings.sandbox's variables, read by settings.py
-    mode = sandbox.activate(config)  # no Landlock and not opted out: nothing runs
-    work = sandbox.prepare_workdir(kubeconfig.parent)
+    mode = activate(config)  # no Landlock and not opted out: nothing runs
+    work = prepare_workdir(kubeconfig.parent)
     argv = build_argv(auditor, profile, target, work.report, input_files, extra_args)
     child_env = auditor_environment(kubeconfig, env, workdir=work)
     executable = shutil.which(auditor, path=child_env.get("PATH", os.defpath))
     if executable is None:
         raise AuditorMissing(_missing_message(auditor, "No such file or directory"))
-    scan = sandbox.Scan(
-        executable, profile, kubeconfig, work, report_path.parent, input_files, extra_args
-    )
-    policy = sandbox.build_policy(config, scan, child_env, process_environment())
+    scan = Scan(executable, profile, kubeconfig, work, report_path.parent, input_files, extra_args)
+    policy = build_policy(config, scan, child_env, process_environment())
     return _Launch(argv, child_env, policy, work, mode)
 
 

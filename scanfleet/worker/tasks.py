@@ -56,19 +56,18 @@ from scanfleet.core.errors import (
     ProfileUnavailable,
     Rejected,
     SandboxUnavailable,
-    ScanError,
     ScanfleetError,
     ScanInterrupted,
     StoreUnavailable,
 )
 from scanfleet.core.policy import check_auditor_args, check_profile, check_results_dir, credentialed
 from scanfleet.core.settings import Settings, check_ttl, process_environment
-from scanfleet.core.targets import Target, scan_id_for
+from scanfleet.core.targets import Target
 from scanfleet.identity.janitor import EarlyRevoke, janitor_for_kubeconfig
 from scanfleet.kube.client import ClientCache
 from scanfleet.profiles.fetch import RunPins, fetch_config, pin_for_scan
 from scanfleet.runs.discovery import Entry
-from scanfleet.runs.pipeline import RunContext, complete, fan_out, record_failure, run_target
+from scanfleet.runs.pipeline import RunContext, complete, fan_out, record_error, run_target
 from scanfleet.runs.recovery import Watcher, recover_expired
 from scanfleet.runs.retention import prune
 from scanfleet.sandbox.policy import mode_label
@@ -264,14 +263,6 @@ def register(
     return ctx
 
 
-def _record_rejected(pipe: RunContext, plan: RunPlan, target: Target, rejected: ScanError) -> str:
-    if isinstance(rejected, ProfileMismatch) and rejected.pinned:
-        plan = replace(plan, profile_sha256=rejected.pinned)  # the run's digest, not ours
-    if not pipe.state.is_done(plan.run_id, scan_id_for(plan.run_id, target)):
-        record_failure(pipe, plan, target, rejected)
-    return "error"
-
-
 def fan_out_task(self: Any, run_id: str, start: int, stop: int) -> int:
     with structlog.contextvars.bound_contextvars(run_id=run_id):
         try:
@@ -309,11 +300,11 @@ def scan_target_task(
                 return None
             plan, pipe, rejected = found
             if rejected is not None:
-                return _record_rejected(pipe, plan, t, rejected)
+                return str(record_error(pipe, plan, t, rejected)["status"])
             try:
                 plan = rt.pin_profile(plan)
             except (ProfileUnavailable, ProfileMismatch) as e:
-                return _record_rejected(pipe, plan, t, e)  # no auditor runs
+                return str(record_error(pipe, plan, t, e)["status"])  # no auditor runs
         except StoreUnavailable as e:
             _retry_or_continue(self, e, {})
             raise
@@ -335,7 +326,7 @@ def scan_target_task(
         except Exception as e:
             log.exception("scan.failed_unexpectedly")
             try:
-                summary = record_failure(pipe, plan, t, e)
+                summary = record_error(pipe, plan, t, e)
             except StoreUnavailable as e2:
                 _retry_or_continue(self, e2, tried)
                 raise

@@ -300,7 +300,7 @@ def test_sweeps_files_load_with_scanfleets_own_strict_loader(
     sweeps_file: str, compose: dict[str, Any], tmp_path: Path
 ) -> None:
     """As beat would load them, with /etc/scanfleet/profiles mapped to the mounted dir."""
-    import scanfleet.sweeps.spec as sweeps
+    from scanfleet.sweeps.spec import load_sweeps
 
     if sweeps_file.endswith("configmap.yaml"):
         (configmap,) = [
@@ -319,7 +319,7 @@ def test_sweeps_files_load_with_scanfleets_own_strict_loader(
     profiles = ROOT / "compose" / "demo" / "profiles"
     copy = tmp_path / "sweeps.yml"
     copy.write_text(text.replace("/etc/scanfleet/profiles", str(profiles)))
-    loaded = sweeps.load_sweeps(copy)
+    loaded = load_sweeps(copy)
     assert loaded
     assert all(s.name for s in loaded)
 

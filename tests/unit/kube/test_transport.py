@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from scanfleet.core.errors import ClusterApiError, ClusterForbidden, ClusterUnavailable
-from scanfleet.kube import transport as kubehttp
+from scanfleet.kube import transport
 from scanfleet.kube.client import KubeClient
 from scanfleet.kube.scan_client import ScanClient
 from scanfleet.kube.transport import parse_time
@@ -66,13 +66,13 @@ def test_an_expired_exec_credential_is_refreshed_before_the_request(
     calls = tmp_path / "calls"
     kube = KubeClient(str(_exec_kubeconfig(fake_cluster, admin_kubeconfig, tmp_path)), "fake")
     try:
-        monkeypatch.setattr(kubehttp, "AUTH_REFRESH_SECONDS", 3600.0)
+        monkeypatch.setattr(transport, "AUTH_REFRESH_SECONDS", 3600.0)
         assert "apps" in kube.list_namespaces()  # the stale token would be refused (401)
         assert len(calls.read_text()) == 2, "loading, then the refresh before the request"
         kube.read_pod("apps", "web")
         kube.list_namespaces()
         assert len(calls.read_text()) == 2, "the refreshed header is reused within the period"
-        monkeypatch.setattr(kubehttp, "AUTH_REFRESH_SECONDS", 0.0)
+        monkeypatch.setattr(transport, "AUTH_REFRESH_SECONDS", 0.0)
         kube.read_pod("apps", "web")
         assert len(calls.read_text()) == 3, "after the period the hook runs again"
     finally:

@@ -59,7 +59,7 @@ def deliver(app: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
 
     monkeypatch.setattr(task, "retry", retry)
     monkeypatch.setattr(
-        tasks, "record_failure", lambda pipe, plan, t, e: recorded.append(e) or {"status": "error"}
+        tasks, "record_error", lambda pipe, plan, t, e: recorded.append(e) or {"status": "error"}
     )
 
     def complete(pipe: object, plan: object, scanned: Scanned) -> Any:
