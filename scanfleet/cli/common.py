@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,7 +19,6 @@ from scanfleet.core import logs
 from scanfleet.core.clock import utcnow
 from scanfleet.core.errors import BadInput, ExitCode, SandboxUnavailable, ScanInterrupted
 from scanfleet.core.settings import Settings, check_ttl
-from scanfleet.scan.auditor import clear_stop, request_stop
 from scanfleet.scan.plan import RunPlan
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -210,8 +210,9 @@ def results_dir(output: Path | None, settings: Settings) -> Path:
 
 
 @contextmanager
-def interruptible() -> Iterator[None]:
-    """SIGTERM/SIGINT raise ScanInterrupted once in the main thread, so clean-up runs.
+def interruptible(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM/SIGINT raise ScanInterrupted once in the main thread, so clean-up runs, and
+    set `stop` (the run's `Host.stop`) so audits in other threads end too.
 
     A second signal while cleaning up is ignored: clean-up is bounded by API timeouts,
     and abandoning it would leave RBAC objects behind.
@@ -223,7 +224,7 @@ def interruptible() -> Iterator[None]:
         if fired:
             return
         fired = True
-        request_stop()  # audits running in other threads stop too
+        stop.set()  # audits running in other threads stop too
         raise ScanInterrupted(f"interrupted by {signal.Signals(signum).name}")
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -232,4 +233,3 @@ def interruptible() -> Iterator[None]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-        clear_stop()

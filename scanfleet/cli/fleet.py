@@ -199,12 +199,13 @@ def _run_local(
     as_json: bool,
     sandbox: str | None,
 ) -> None:
-    from scanfleet.core.settings import process_environment
     from scanfleet.profiles.fetch import fetch_config, pin_for_run
     from scanfleet.runs.local import run_local
+    from scanfleet.scan.auditor import Host
 
     # A URL profile: fetched once for the run, before any identity (BadInput: exit 2).
-    plan = pin_for_run(plan, fetch_config(settings, process_environment()))
+    plan = pin_for_run(plan, fetch_config(settings))
+    host = Host.from_settings(settings)
     click.echo(plan.run_id)
     total = sum(e.size() for e in entries)
     with tqdm(total=total, file=sys.stderr, unit="target", desc=plan.run_id) as bar:
@@ -212,7 +213,7 @@ def _run_local(
         def progress(done: int, _total: int) -> None:
             bar.update(done - bar.n)
 
-        with interruptible():
+        with interruptible(host.stop):
             run = run_local(
                 clients,
                 plan,
@@ -223,6 +224,7 @@ def _run_local(
                 cluster_concurrency=settings.cluster_concurrency,
                 progress=progress,
                 sandbox=sandbox,
+                host=host,
             )
     print_run(run, as_json)
     sys.exit(int(run["exit_code"]))
@@ -251,6 +253,7 @@ def _run_fleet(
 
     try:
         from scanfleet.runs.fleet import submit_run
+        from scanfleet.scan.auditor import Host
         from scanfleet.worker.app import create_app, fan_out_publisher  # --local never builds it
 
         submit_run(
@@ -261,6 +264,7 @@ def _run_fleet(
             results_dir=out,
             fallback_results_dir=settings.results_dir,
             created=created,
+            host=Host.from_settings(settings),
         )
     except StoreUnavailable as e:
         click.echo(f"scanfleet: error: {e}", err=True)

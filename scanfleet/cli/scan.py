@@ -48,11 +48,11 @@ def scan_command(
     settings = load_settings()
     scan.limits(settings)  # bad flags are reported before the kubeconfig is read
     # Loaded here, not at import: `--help`, `--version` and `status` stay fast.
-    from scanfleet.core.settings import process_environment
     from scanfleet.kube.client import ClientCache
     from scanfleet.kube.kubeconfig import choose_contexts
     from scanfleet.profiles.fetch import fetch_config, pin_for_run
     from scanfleet.runs.local import run_local
+    from scanfleet.scan.auditor import Host
 
     kcfg = kubeconfig or settings.kubeconfig
     ctx = choose_contexts(kcfg, [context] if context else [], False)[0]
@@ -62,10 +62,13 @@ def scan_command(
     clients = ClientCache(kcfg)
     clients.get(ctx)
     # A URL profile: fetched once, here, before any identity (BadInput: exit 2).
-    plan = pin_for_run(plan, fetch_config(settings, process_environment()))
+    plan = pin_for_run(plan, fetch_config(settings))
     click.echo(plan.run_id)
-    with interruptible():
-        run = run_local(clients, plan, [tgt], results_dir(output, settings), sandbox=mode)
+    host = Host.from_settings(settings)
+    with interruptible(host.stop):
+        run = run_local(
+            clients, plan, [tgt], results_dir(output, settings), sandbox=mode, host=host
+        )
     print_run(run, as_json)
     sys.exit(int(run["exit_code"]))
 

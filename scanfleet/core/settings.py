@@ -1,12 +1,11 @@
 """Settings: one frozen dataclass, read from the environment here and nowhere else.
 
 Owns every environment variable scanfleet reads (`Settings.from_env`, including the
-sandbox's SCANFLEET_SANDBOX* and SCANFLEET_RESULTS_GROUP_READ; `sandbox_settings()` and
-`results_group_read()` read those two for code below a Settings value; prometheus_client's
-multiprocess directory, the one variable written for a library) and the process
-environment the auditor's allowlist is filtered from (`process_environment`). Command-line
-flags override these; library code receives a Settings value (or the value it needs) and
-must never read `os.environ` itself.
+sandbox's SCANFLEET_SANDBOX* and SCANFLEET_RESULTS_GROUP_READ; prometheus_client's
+multiprocess directory, the one variable written for a library) and the snapshot of the
+process environment the auditor's allowlist is filtered from (`Settings.environment`).
+Command-line flags override these; library code receives a Settings value (or the value it
+needs): no other module imports `os.environ` (tests/unit/test_layout.py checks).
 """
 
 from __future__ import annotations
@@ -48,8 +47,7 @@ class SandboxSettings:
     account secret mounts)."""
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> SandboxSettings:
-        env = os.environ if env is None else env
+    def from_env(cls, env: Mapping[str, str]) -> SandboxSettings:
         raw = (env.get(SANDBOX_ENV) or "on").strip().lower()
         if raw not in ("on", "off", "landlock"):
             raise BadInput(f"{SANDBOX_ENV}={raw!r} must be 'on' (the default) or 'off'")
@@ -61,11 +59,6 @@ class SandboxSettings:
 
 def _paths(raw: str | None) -> tuple[Path, ...]:
     return tuple(Path(p) for p in (raw or "").split(os.pathsep) if p.strip())
-
-
-def sandbox_settings() -> SandboxSettings:
-    """This process's sandbox settings, for code below a Settings value (the auditor)."""
-    return SandboxSettings.from_env(os.environ)
 
 
 @dataclass(frozen=True)
@@ -129,6 +122,9 @@ class Settings:
     kube_retries: int = 5
     """Retries of one Kubernetes API request in a worker (connection errors, 429, 5xx; with
     urllib3's backoff, 5 take about 15 s) before the scan is re-queued (SCANFLEET_KUBE_RETRIES)."""
+    environment: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    """The process environment `from_env` read (a copy): the base the auditor's and the
+    profile vendoring's allowlisted environments are filtered from. Never logged."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -169,21 +165,17 @@ class Settings:
             profile_timeout=env_int(env, "SCANFLEET_PROFILE_TIMEOUT", d.profile_timeout, 1),
             retry_delay_scale=env_float(env, "SCANFLEET_RETRY_DELAY_SCALE", d.retry_delay_scale),
             kube_retries=env_int(env, "SCANFLEET_KUBE_RETRIES", d.kube_retries, 0),
+            environment=dict(env),
         )
-
-
-def process_environment() -> Mapping[str, str]:
-    """This process's environment: the base the auditor's allowlist is filtered from."""
-    return os.environ
 
 
 RESULTS_GROUP_READ_ENV = "SCANFLEET_RESULTS_GROUP_READ"
 PROMETHEUS_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def results_group_read(env: Mapping[str, str] | None = None) -> bool:
+def results_group_read(env: Mapping[str, str]) -> bool:
     """SCANFLEET_RESULTS_GROUP_READ: 1 makes results 0750/0640 instead of 0700/0600."""
-    raw = (os.environ if env is None else env).get(RESULTS_GROUP_READ_ENV, "").strip().lower()
+    raw = env.get(RESULTS_GROUP_READ_ENV, "").strip().lower()
     if raw in ("1", "true", "yes", "on"):
         return True
     if raw in ("", "0", "false", "no", "off"):

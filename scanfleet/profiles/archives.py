@@ -57,8 +57,8 @@ class Vendoring:
     """How to vendor: the worker's own auditor and environment, never the plan's."""
 
     auditor: str = "cinc-auditor"
-    env: Mapping[str, str] | None = field(default=None, repr=False)
-    """Base environment, filtered by auditor_environment (None: this process's)."""
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """Base environment, filtered by auditor_environment (`Settings.environment`)."""
     timeout: float = 600.0
     limits: Limits = field(default_factory=Limits)
 

@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from scanfleet.judging.documents import Outcome, judge
-from scanfleet.store.files import RUN_ID_RE, iter_summaries, read_json, write_json
+from scanfleet.store.files import (
+    PRIVATE,
+    RUN_ID_RE,
+    Modes,
+    iter_summaries,
+    read_json,
+    write_json,
+)
 
 TargetKey = tuple[str, str, str, str]
 DRIFT_FILE = "drift.json"
@@ -142,7 +149,9 @@ def previous_run(results_dir: Path, run_id: str, source: str) -> Path | None:
     return None
 
 
-def write_sweep_drift(results_dir: Path, run: Mapping[str, Any]) -> dict[str, Any] | None:
+def write_sweep_drift(
+    results_dir: Path, run: Mapping[str, Any], modes: Modes = PRIVATE
+) -> dict[str, Any] | None:
     """For a finished sweep run (its run.json body), write `drift.json` in its directory.
 
     The baseline is the previous finished run of the same sweep (same `source`). The first
@@ -165,7 +174,7 @@ def write_sweep_drift(results_dir: Path, run: Mapping[str, Any]) -> dict[str, An
     else:
         drift = diff_runs(prev, here)
     drift = {"source": source, **drift}
-    write_json(here / DRIFT_FILE, drift)
+    write_json(here / DRIFT_FILE, drift, modes)
     return drift
 
 

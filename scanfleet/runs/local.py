@@ -27,6 +27,7 @@ from scanfleet.runs.pipeline import (
     record_error,
     run_target,
 )
+from scanfleet.scan.auditor import Host
 from scanfleet.scan.plan import RunPlan
 from scanfleet.store.files import make_dir, read_json, run_dir, summary_path
 from scanfleet.store.slots import LocalSlots
@@ -45,15 +46,17 @@ def run_local(
     cluster_concurrency: int = 10,
     progress: Progress | None = None,
     sandbox: str | None = None,
+    host: Host,
 ) -> dict[str, Any]:
     """Run every target in-process (threads, no broker), then return the run summary.
 
     `entries` (from discovery) replace `targets` when given. The per-cluster cap is a
     semaphore per context, as the fleet's is a lease per context. `sandbox` (the mode the
-    caller checked before starting, `sandbox.mode_label`) is recorded in run.json.
+    caller checked before starting, `sandbox.mode_label`) is recorded in run.json; `host`
+    (`Host.from_settings`) is this process's side of every audit.
     """
     out = run_dir(results_dir, plan.run_id)
-    make_dir(out)
+    make_dir(out, host.modes)
     if entries is None:
         entries = resolve(clients, targets, need_images=plan.dedupe_images)
     if plan.dedupe_images:
@@ -61,7 +64,13 @@ def run_local(
     total = sum(e.size() for e in entries)
     state = MemoryRunState(total, covers_map(plan.run_id, entries), progress)
     pipe = RunContext(
-        clients, state, LocalSlots(cluster_concurrency), results_dir, now, sandbox=sandbox
+        clients,
+        state,
+        LocalSlots(cluster_concurrency),
+        results_dir,
+        now,
+        sandbox=sandbox,
+        host=host,
     )
     interrupted = _run_entries(pipe, plan, entries, concurrency)
     if interrupted is not None:
@@ -69,7 +78,7 @@ def run_local(
     if state.run is None:  # nothing to scan, or the interruption path recorded the rest
         maybe_finalize(pipe, plan)
     if state.run is None:
-        state.run = finalize(plan, results_dir, now, sandbox=sandbox)
+        state.run = finalize(plan, results_dir, now, sandbox=sandbox, modes=host.modes)
     return state.run
 
 

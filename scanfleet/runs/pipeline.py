@@ -19,7 +19,7 @@ threshold as its parsed document (so a worker on another host can judge without 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,15 +40,17 @@ from scanfleet.judging.documents import (
 )
 from scanfleet.kube.client import ClientCache
 from scanfleet.runs.discovery import Entry
+from scanfleet.scan.auditor import Host
 from scanfleet.scan.plan import RunPlan
 from scanfleet.scan.target import Scanned, scan_target
-from scanfleet.store.files import iter_summaries, run_dir, summary_path, write_json
+from scanfleet.store.files import PRIVATE, Modes, iter_summaries, run_dir, summary_path, write_json
 from scanfleet.store.slots import Slots
 
 log = structlog.get_logger(__name__)
 
-FinalizeHook = Callable[[Path, Mapping[str, Any]], None]
-"""Runs once per run, after aggregation and before run.json is written (e.g. drift)."""
+FinalizeHook = Callable[[Path, Mapping[str, Any], Modes], None]
+"""Runs once per run, after aggregation and before run.json is written (e.g. drift), with
+the results dir, run.json's body and the results' file modes."""
 Progress = Callable[[int, int], None]
 """Called with (done, total) after each recorded result."""
 
@@ -116,6 +118,9 @@ class RunContext:
     sandbox: str | None = None
     """The auditor sandbox mode of this driver ("landlock-abi-N", "off"): run.json's
     `sandbox` when this driver finalizes the run."""
+    host: Host = field(kw_only=True)
+    """This process's side of every audit and write: sandbox settings, environment, the
+    results' file modes, the stop event (`Host.from_settings`)."""
 
 
 def run_target(pipe: RunContext, plan: RunPlan, target: Target) -> Scanned | None:
@@ -141,6 +146,7 @@ def run_target(pipe: RunContext, plan: RunPlan, target: Target) -> Scanned | Non
             plan.scan_options,
             run_dir(pipe.results_dir, plan.run_id),
             now=pipe.now,
+            host=pipe.host,
         )
 
 
@@ -154,7 +160,9 @@ def complete(pipe: RunContext, plan: RunPlan, scanned: Scanned) -> TargetSummary
     summary = scanned.summary
     if isinstance(scanned.error, ScanInterrupted):
         write_json(
-            summary_path(run_dir(pipe.results_dir, plan.run_id), summary["scan_id"]), summary
+            summary_path(run_dir(pipe.results_dir, plan.run_id), summary["scan_id"]),
+            summary,
+            pipe.host.modes,
         )
         raise scanned.error
     record(pipe, plan, summary)
@@ -198,7 +206,7 @@ def record_error(
 def record(pipe: RunContext, plan: RunPlan, summary: Mapping[str, Any]) -> None:
     """Write the summary and its covered ones, count them, finalize after the last one."""
     out = run_dir(pipe.results_dir, plan.run_id)
-    write_json(summary_path(out, str(summary["scan_id"])), summary)
+    write_json(summary_path(out, str(summary["scan_id"])), summary, pipe.host.modes)
     outcomes = [(str(summary["scan_id"]), str(summary["status"]))]
     for covered in pipe.state.covered(plan.run_id, str(summary["scan_id"])):
         e = Entry.from_dict(covered)
@@ -207,7 +215,7 @@ def record(pipe: RunContext, plan: RunPlan, summary: Mapping[str, Any]) -> None:
             scan_id_for(plan.run_id, e.target),
             target_doc(e.target.to_dict(), e.image, e.image_id),
         )
-        write_json(summary_path(out, cs["scan_id"]), cs)
+        write_json(summary_path(out, cs["scan_id"]), cs, pipe.host.modes)
         outcomes.append((cs["scan_id"], cs["status"]))
     added, done, total = pipe.state.finish(plan.run_id, outcomes)
     metrics.scan_recorded(summary, added)
@@ -222,7 +230,9 @@ def maybe_finalize(pipe: RunContext, plan: RunPlan) -> dict[str, Any] | None:
     _added, done, total = pipe.state.finish(plan.run_id, [])
     if done < total or not pipe.state.begin_finalize(plan.run_id):
         return None
-    run = finalize(plan, pipe.results_dir, pipe.now, pipe.hooks, sandbox=pipe.sandbox)
+    run = finalize(
+        plan, pipe.results_dir, pipe.now, pipe.hooks, sandbox=pipe.sandbox, modes=pipe.host.modes
+    )
     pipe.state.end_finalize(plan.run_id, run)
     return run
 
@@ -255,6 +265,7 @@ def finalize(
     hooks: Sequence[FinalizeHook] = (),
     *,
     sandbox: str | None = None,
+    modes: Modes = PRIVATE,
 ) -> dict[str, Any]:
     """Aggregate the run's summaries (streamed from disk), run the hooks, write run.json.
 
@@ -279,8 +290,8 @@ def finalize(
         "profile_sha256": plan.profile_sha256,
     }
     for hook in hooks:
-        hook(results_dir, run)
-    write_json(out / "run.json", run)
+        hook(results_dir, run, modes)
+    write_json(out / "run.json", run, modes)
     log.info(
         "run.finished",
         run_id=plan.run_id,

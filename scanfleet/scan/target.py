@@ -44,7 +44,7 @@ from scanfleet.judging.documents import (
 )
 from scanfleet.judging.report import Counts, control_ids, load_report
 from scanfleet.kube.client import ClientCache, KubeClient
-from scanfleet.scan.auditor import run_auditor
+from scanfleet.scan.auditor import Host, run_auditor
 from scanfleet.scan.plan import ScanOptions
 from scanfleet.store.files import make_dir, report_path
 
@@ -78,8 +78,10 @@ def scan_target(
     out_dir: Path,
     *,
     now: Clock = utcnow,
+    host: Host,
 ) -> Scanned:
-    """Scan one resolved target of a run; the raw report goes into `out_dir`."""
+    """Scan one resolved target of a run; the raw report goes into `out_dir`. `host` is
+    this process's side of the audit (sandbox, environment, file modes, stop event)."""
     if target.container is None:
         raise ValueError("scan_target needs a resolved target (container known)")
     scan_id = scan_id_for(run_id, target)
@@ -98,7 +100,15 @@ def scan_target(
         log.info("scan.started", profile=options.profile)
         try:
             _audit(
-                _admin(clients, target), target, scan_id, run_id, options, out_dir, found, started
+                _admin(clients, target),
+                target,
+                scan_id,
+                run_id,
+                options,
+                out_dir,
+                found,
+                started,
+                host,
             )
         except ScanError as e:
             error = e
@@ -133,9 +143,10 @@ def _audit(
     out_dir: Path,
     found: _Progress,
     started: datetime,
+    host: Host,
 ) -> None:
     report = report_path(out_dir, scan_id)
-    make_dir(out_dir)
+    make_dir(out_dir, host.modes)
     report.unlink(missing_ok=True)  # a redelivered scan must not judge an old report
     identity = None
     try:
@@ -161,6 +172,7 @@ def _audit(
                     extra_args=options.extra_args,
                     timeout=options.timeout,
                     kill_grace=options.kill_grace,
+                    host=host,
                 )
             except (AuditorFailed, ScanTimeout, InvalidReport) as e:
                 # Was it still the same pod? A replaced pod is not this auditor's failure.

@@ -28,7 +28,9 @@ from scanfleet.kube.kubeconfig import choose_contexts
 from scanfleet.runs.discovery import Scope, dedupe_images, discover
 from scanfleet.runs.drift import write_sweep_drift
 from scanfleet.runs.fleet import Publish, submit_run
+from scanfleet.scan.auditor import Host
 from scanfleet.scan.plan import RunPlan
+from scanfleet.store.files import Modes
 from scanfleet.store.locks import LOCK_TTL, SweepLock
 from scanfleet.store.state import RunStore
 from scanfleet.sweeps.spec import Sweep
@@ -107,12 +109,13 @@ def start_sweep_run(sweep: Sweep, settings: Settings, publish: Publish) -> str:
         results_dir=None,
         fallback_results_dir=settings.results_dir,
         hooks=(write_drift,),
+        host=Host.from_settings(settings),
     )
     return plan.run_id
 
 
-def write_drift(results_dir: Path, run: Mapping[str, Any]) -> None:
+def write_drift(results_dir: Path, run: Mapping[str, Any], modes: Modes) -> None:
     """Finalize hook: a sweep run is compared with the previous run of the same sweep."""
-    drift = write_sweep_drift(results_dir, run)
+    drift = write_sweep_drift(results_dir, run, modes)
     if drift is not None:
         log.info("run.drift", run_id=run.get("run_id"), baseline=drift.get("run_a"))

@@ -61,7 +61,7 @@ from scanfleet.core.errors import (
     StoreUnavailable,
 )
 from scanfleet.core.policy import check_auditor_args, check_profile, check_results_dir, credentialed
-from scanfleet.core.settings import Settings, check_ttl, process_environment
+from scanfleet.core.settings import Settings, check_ttl
 from scanfleet.core.targets import Target
 from scanfleet.identity.janitor import EarlyRevoke, janitor_for_kubeconfig
 from scanfleet.kube.client import ClientCache
@@ -71,6 +71,7 @@ from scanfleet.runs.pipeline import RunContext, complete, fan_out, record_error,
 from scanfleet.runs.recovery import Watcher, recover_expired
 from scanfleet.runs.retention import prune
 from scanfleet.sandbox.policy import mode_label
+from scanfleet.scan.auditor import Host
 from scanfleet.scan.plan import RunPlan
 from scanfleet.store.locks import LOCK_TTL, SweepLock
 from scanfleet.store.pins import record_profile_digest
@@ -107,7 +108,8 @@ class _Runtime:
         )
         self._plans: dict[str, tuple[RunPlan, Path, Rejected | None]] = {}
         self.sandbox = _sandbox_mode(settings)
-        self.pins = RunPins(fetch_config(settings, process_environment()))
+        self.host = Host.from_settings(settings)
+        self.pins = RunPins(fetch_config(settings))
 
     def pin_profile(self, plan: RunPlan) -> RunPlan:
         """A URL profile as this worker's cached archive, pinned to the run's sha256 (the
@@ -138,6 +140,7 @@ class _Runtime:
             results,
             hooks=(write_drift,),
             sandbox=self.sandbox,
+            host=self.host,
         )
         return plan, pipe, rejected
 

@@ -7,6 +7,8 @@ import ast
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from tests.support.paths import ROOT
 
 PACKAGE = ROOT / "scanfleet"
@@ -25,6 +27,32 @@ def test_only_settings_reads_the_environment() -> None:
                 readers.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")  # type: ignore[attr-defined]
     assert readers, "the check must see settings.py's own read"
     assert {r.split(":")[0] for r in readers} == {"core/settings.py"}, readers
+
+
+def test_settings_hands_out_a_snapshot_never_the_live_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing below settings can read the environment through it: no function of
+    settings.py returns `os.environ`, and `Settings.environment` is a copy."""
+    import os
+
+    from scanfleet.core.settings import Settings
+
+    tree = ast.parse((PACKAGE / "core" / "settings.py").read_text())
+    handed_out = [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Return)
+        and isinstance(node.value, ast.Attribute)
+        and node.value.attr == "environ"
+    ]
+    assert handed_out == []
+    monkeypatch.setenv("SCANFLEET_LAYOUT_PROBE", "before")
+    settings = Settings.from_env()
+    monkeypatch.setenv("SCANFLEET_LAYOUT_PROBE", "after")
+    assert settings.environment is not os.environ
+    assert settings.environment["SCANFLEET_LAYOUT_PROBE"] == "before"
+    assert "SCANFLEET_LAYOUT_PROBE" not in repr(settings)
 
 
 def test_every_module_lives_in_a_package() -> None:

@@ -15,6 +15,7 @@ from scanfleet.runs.discovery import Scope, discover
 from scanfleet.runs.local import run_local
 from scanfleet.scan.plan import RunPlan
 from scanfleet.store.files import iter_summaries
+from tests.support.fixtures_auditor import this_host
 from tests.support.fixtures_fleet import FLEET_CONTAINERS, FleetClusters, Worker, run_cli
 
 DISCOVER = [
@@ -88,6 +89,7 @@ def test_local_cluster_cap_holds_with_more_threads(
         entries=entries,
         cluster_concurrency=1,
         progress=on_progress,
+        host=this_host(),
     )
     assert run["targets"]["completed"] == 8
     # Six threads, but never more than one scan at once per cluster.
@@ -159,6 +161,7 @@ def test_an_interrupted_run_records_every_unstarted_target_through_record(
     from scanfleet.core.targets import Target, scan_id_for
     from scanfleet.runs import local
     from scanfleet.runs.discovery import Entry
+    from scanfleet.scan.auditor import Host
 
     plan = RunPlan.new(
         source="cli",
@@ -182,6 +185,7 @@ def test_an_interrupted_run_records_every_unstarted_target_through_record(
         [],
         tmp_path,
         entries=[first, second],
+        host=Host(),
     )
     assert run["targets"]["total"] == 3
     assert run["targets"]["error"] == 3

@@ -31,7 +31,7 @@ from scanfleet.core.errors import AuditorFailed
 from scanfleet.core.targets import Target
 from scanfleet.sandbox import policy, spawn
 from scanfleet.scan.auditor import run_auditor
-from tests.support.fixtures_auditor import PlanWriter
+from tests.support.fixtures_auditor import PlanWriter, this_host
 from tests.support.tools import alive, wait_until
 
 SH_READ = [p for p in ("/usr", "/lib", "/lib64", "/bin") if os.path.exists(p)]
@@ -166,6 +166,7 @@ def test_a_killed_launcher_fails_the_scan_kills_the_auditor_and_is_replaced(
                 tmp_path / "r.json",
                 private / "kubeconfig",
                 timeout=300,
+                host=this_host(),
             )
         except BaseException as e:  # handed to the test thread
             outcome.append(e)
@@ -227,10 +228,11 @@ def test_a_request_the_launcher_never_answers_fails_cleanly(
 WORKER = """
 import sys
 from pathlib import Path
-from scanfleet.scan.auditor import run_auditor
+from scanfleet.scan.auditor import Host, run_auditor
+from scanfleet.core.settings import Settings
 from scanfleet.core.targets import Target
 run_auditor(sys.argv[1], "p", Target("c", "ns", "pod", "app"), Path(sys.argv[2]),
-            Path(sys.argv[3]), timeout=300)
+            Path(sys.argv[3]), timeout=300, host=Host.from_settings(Settings.from_env()))
 """
 
 

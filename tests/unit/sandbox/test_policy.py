@@ -36,7 +36,7 @@ from scanfleet.scan import auditor
 from scanfleet.scan.auditor import run_auditor
 from scanfleet.store import files
 from scanfleet.testing.fakekube import FakeCluster
-from tests.support.fixtures_auditor import STANDIN, PlanWriter
+from tests.support.fixtures_auditor import HOST_FROM_ENV, STANDIN, PlanWriter, this_host
 from tests.support.tools import alive, wait_until
 
 HOSTILE = STANDIN.with_name("hostile-auditor")
@@ -246,7 +246,7 @@ def _run(standin: str, kubeconfig: Path, tmp_path: Path, **kw: Any) -> Any:
         tmp_path / "out" / "r.report.json",
         kubeconfig,
         timeout=60,
-        **kw,
+        **{"host": this_host(), **kw},
     )
 
 
@@ -298,10 +298,13 @@ def test_the_auditor_dies_with_its_worker(
     pid_file = standin_io / "pids.json"
     auditor_plan({"*": {"sleep": 120, "pid_file": str(pid_file)}})
     code = (
-        "import sys; from pathlib import Path; from scanfleet.scan.auditor import run_auditor;"
+        "import sys; from pathlib import Path;"
+        "from scanfleet.scan.auditor import Host, run_auditor;"
+        "from scanfleet.core.settings import Settings;"
         "from scanfleet.core.targets import Target;"
         f"run_auditor({standin_auditor!r}, 'p', Target('c','ns','pod','app'),"
-        f" Path({str(tmp_path / 'r.json')!r}), Path({str(private)!r}), timeout=300)"
+        f" Path({str(tmp_path / 'r.json')!r}), Path({str(private)!r}), timeout=300,"
+        f" host={HOST_FROM_ENV})"
     )
     worker = subprocess.Popen([sys.executable, "-c", code], env=os.environ.copy())
     try:

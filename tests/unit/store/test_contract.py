@@ -18,6 +18,7 @@ from scanfleet.core.errors import StoreUnavailable
 from scanfleet.core.targets import Target
 from scanfleet.kube.client import ClientCache
 from scanfleet.runs.pipeline import RunContext, RunState, run_target
+from scanfleet.scan.auditor import Host
 from scanfleet.scan.plan import RunPlan
 from scanfleet.store.slots import LocalSlots, RedisSlots, Slots
 from scanfleet.store.state import MemoryRunState, RunStore
@@ -99,24 +100,30 @@ def test_redis_down_while_taking_a_slot_is_retryable_and_records_nothing(
     assert retry_delay(caught.value) is not None
 
     plan = RunPlan(run_id=RUN, source="test", profile="p", created_at="t")
-    pipe = RunContext(ClientCache(""), MemoryRunState(1), slots, tmp_path)
+    pipe = RunContext(ClientCache(""), MemoryRunState(1), slots, tmp_path, host=Host())
     with pytest.raises(StoreUnavailable):
         run_target(pipe, plan, Target("east", "ns", "pod", "app"))
     assert not list(tmp_path.rglob("*.json")), "an outage is retried, never a scan result"
 
 
-def test_the_task_retries_a_store_outage_instead_of_recording_it() -> None:
+def test_the_task_retries_a_store_outage_instead_of_recording_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from scanfleet.core.settings import Settings
+    from scanfleet.worker.app import SCAN_TASK, create_app
     from scanfleet.worker.tasks import _retry_or_continue
 
     class Retry(Exception):
         pass
 
-    class Task:
-        def retry(self, **kwargs: Any) -> Exception:
-            self.kwargs = kwargs
-            return Retry()
+    asked: dict[str, Any] = {}
 
-    task = Task()
+    def retry(**kwargs: Any) -> Exception:
+        asked.update(kwargs)
+        return Retry()
+
+    task = create_app(Settings()).tasks[SCAN_TASK]
+    monkeypatch.setattr(task, "retry", retry)
     with pytest.raises(Retry):
         _retry_or_continue(task, StoreUnavailable("Redis: acquiring a cluster slot"), {})
-    assert task.kwargs["countdown"] == 5
+    assert asked["countdown"] == 5
