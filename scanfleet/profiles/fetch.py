@@ -39,7 +39,7 @@ import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -105,7 +105,7 @@ def pin_for_run(plan: RunPlan, config: FetchConfig) -> RunPlan:
     got = fetch_for_run(plan.profile_url or plan.profile, config)
     if got is None:
         return plan
-    return replace(plan, profile_sha256=got.sha256, profile_path=str(got.path))
+    return plan.pinned(got.sha256, str(got.path))
 
 
 def pin_for_scan(plan: RunPlan, pins: RunPins, record: Callable[[str], str]) -> RunPlan:
@@ -115,7 +115,7 @@ def pin_for_scan(plan: RunPlan, pins: RunPins, record: Callable[[str], str]) -> 
     if not is_remote(plan.profile):
         return plan
     got = pins.profile(plan.run_id, plan.profile_url or plan.profile, plan.profile_sha256, record)
-    return replace(plan, profile_sha256=got.sha256, profile_path=str(got.path))
+    return plan.pinned(got.sha256, str(got.path))
 
 
 def is_remote(profile: str) -> bool:

@@ -10,9 +10,9 @@ stderr attached as SCM_RIGHTS):
 
     {"op": "spawn", "id": N, "argv": [...], "env": {...}, "cwd": "...", "policy": {...}}
 
-For each it forks; the child does what the exec helper did between fork and exec (own
-session, PR_SET_PDEATHSIG relative to the launcher, no capabilities, no_new_privs,
-Landlock; `confine.confine`, the one implementation) and execs. Replies, by id:
+For each it forks; between fork and exec the child confines itself (own session,
+PR_SET_PDEATHSIG relative to the launcher, no capabilities, no_new_privs, Landlock;
+`confine.confine`, the one implementation) and execs. Replies, by id:
 
     {"id": N, "event": "started", "pid": P}            the exec succeeded
     {"id": N, "event": "failed", "kind": "sandbox"|"exec", "detail": "..."}

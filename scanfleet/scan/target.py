@@ -8,7 +8,8 @@ It always returns a `Scanned`: the target summary (SPEC §4) and, when the scan 
 complete, the `ScanError` behind it — never an exception for one target's failure, so one
 bad target never stops the others. It writes the auditor's raw report but never the summary
 and never run state: whether a failed scan is recorded or retried later is the driver's
-decision, made from `error.retryable` (see `runs.complete`). Clean-up happens inside
+decision (`scan` and `submit --local` record every error at once; the fleet's scan task
+asks `clock.retry_delay` in `worker.tasks._retry_or_continue`). Clean-up happens inside
 `identity.scan_identity`, whatever happens here.
 """
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -220,15 +220,6 @@ class RunStore:
             raw = cast(list[str], self.r.lrange(self.key(run_id, "targets"), start, stop - 1))
         return [json.loads(x) for x in raw]
 
-    def iter_entries(self, run_id: str, batch: int = 500) -> Iterator[dict[str, Any]]:
-        start = 0
-        while True:
-            chunk = self.entries(run_id, start, start + batch)
-            yield from chunk
-            if len(chunk) < batch:
-                return
-            start += batch
-
     def covered(self, run_id: str, scan_id: str) -> list[dict[str, Any]]:
         with self._guard("reading covered targets"):
             raw = self.r.hget(self.key(run_id, "covers"), scan_id)
@@ -262,10 +253,6 @@ class RunStore:
         with self._guard("reading the run result"):
             raw = self.r.get(self.key(run_id, "result"))
         return None if raw is None else cast(dict[str, Any], json.loads(cast(str, raw)))
-
-    def target_states(self, run_id: str) -> dict[str, str]:
-        with self._guard("reading target states"):
-            return cast(dict[str, str], self.r.hgetall(self.key(run_id, "state")))
 
     # -- progress ------------------------------------------------------------------------
     def is_done(self, run_id: str, scan_id: str) -> bool:

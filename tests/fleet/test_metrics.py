@@ -270,8 +270,10 @@ def test_beat_posture_after_a_sweep_tick_equals_run_json_and_survives_a_restart(
     leave_orphans(
         kube, "apps", "dead0000000000d1", "run1", datetime.now(UTC) - timedelta(hours=2), 3600
     )
-    kube.create_service_account(
-        "ops", {"metadata": {"name": "scanfleet-noexpiry", "labels": {MANAGED_BY: "scanfleet"}}}
+    kube.create_object(
+        "ServiceAccount",
+        "ops",
+        {"metadata": {"name": "scanfleet-noexpiry", "labels": {MANAGED_BY: "scanfleet"}}},
     )  # not ours
     send_task(redis_server.url, JANITOR_TASK)
 
@@ -326,15 +328,15 @@ def test_api_requests_are_counted_by_verb_and_code() -> None:
     def get(code: str, verb: str) -> float:
         return _get("scanfleet_api_requests_total", context="c2", verb=verb, code=code)
 
-    metrics.api_call("c2", "reading pod ns/p", lambda: 1)()
+    metrics.api_call("c2", "get", lambda: 1)()
     with pytest.raises(Refused):
-        metrics.api_call("c2", "creating Role ns/x", refused)()
+        metrics.api_call("c2", "create", refused)()
 
     def unreachable() -> None:
         raise ConnectionRefusedError("no route")
 
     with pytest.raises(ConnectionRefusedError, match="no route"):
-        metrics.api_call("c2", "listing pods", unreachable)()
+        metrics.api_call("c2", "list", unreachable)()
     assert (get("2xx", "get"), get("403", "create"), get("unreachable", "list")) == (1, 1, 1)
 
 

@@ -14,8 +14,8 @@ import pytest
 from scanfleet.judging.aggregate import Aggregator
 from scanfleet.judging.documents import Outcome, judge, scanned_summary, target_doc
 from scanfleet.judging.report import Counts
-from scanfleet.reports import render
 from scanfleet.runs.drift import diff_summaries
+from tests.support.reports import render
 
 TARGET = {"context": "east", "namespace": "apps", "pod": "web", "container": "app"}
 

@@ -23,13 +23,13 @@ import yaml
 from scanfleet.judging.aggregate import Aggregator
 from scanfleet.judging.report import Counts, control_ids, load_report
 from scanfleet.judging.thresholds import parse_fleet_threshold, parse_threshold
-from scanfleet.reports import render
 from scanfleet.reports.json import write_json
 from scanfleet.reports.markdown import md_cell
 from scanfleet.store.files import iter_summaries, run_dir, summary_path
 from scanfleet.store.files import write_json as write_json_file
 from tests.support.fixtures_auditor import SAMPLES
 from tests.support.paths import DATA
+from tests.support.reports import render
 
 JUNIT_XSD = DATA / "junit.xsd"
 

@@ -36,3 +36,37 @@ def test_thresholds_are_parsed_once_per_plan(
     assert all(o is options[0] for o in options)
     assert options[0].threshold is not None
     assert stored.to_dict() == plan.to_dict()
+
+
+def test_a_plan_pinned_before_each_scan_keeps_its_parsed_thresholds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fleet worker pins a URL profile before every scan (profiles.pin_for_scan)."""
+    th = tmp_path / "th.yml"
+    th.write_text("compliance.min: 50\n")
+    fleet = tmp_path / "fleet.yml"
+    fleet.write_text("fleet: {failed.total.max: 0}\n")
+    plan = RunPlan.new(
+        source="submit",
+        profile="https://profiles.example/p.tar.gz",
+        now=datetime(2026, 1, 1, tzinfo=UTC),
+        auditor="a",
+        token_ttl=3600,
+        timeout=60,
+        threshold=th,
+        fleet_threshold=fleet,
+    )
+    stored = RunPlan.from_dict(plan.to_dict())
+    calls: list[str] = []
+    for name in ("parse_threshold", "parse_fleet_threshold"):
+        real = getattr(plan_module, name)
+        monkeypatch.setattr(
+            plan_module, name, lambda *a, real=real, name=name: calls.append(name) or real(*a)
+        )
+    _ = stored.scan_options, stored.fleet
+    pinned = [stored.pinned("ab" * 32, f"/cache/{i}.tar.gz") for i in range(10)]
+    assert [p.scan_options.profile for p in pinned][-1] == "/cache/9.tar.gz"
+    assert all(p.scan_options.profile_sha256 == "ab" * 32 for p in pinned)
+    assert all(p.scan_options.threshold is stored.scan_options.threshold for p in pinned)
+    assert all(p.fleet is stored.fleet for p in pinned)
+    assert calls == ["parse_threshold", "parse_fleet_threshold"]
