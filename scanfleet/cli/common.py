@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -55,7 +55,7 @@ def sandbox_mode(settings: Settings, what: str = "nothing was started") -> str:
         sys.exit(ExitCode.SCAN_ERROR)
 
 
-def fail(message: str) -> Any:
+def fail(message: str) -> NoReturn:
     """Bad input: say what is wrong and exit 2. Nothing has been created or queued."""
     click.echo(f"scanfleet: error: {message}", err=True)
     sys.exit(ExitCode.BAD_INPUT)

@@ -334,7 +334,6 @@ def status_command(run_id: str, as_json: bool, results_dir: Path | None) -> None
                 print_run(run, False)
             return
         fail(f"run {run_id!r} not found (unknown, or older than the retention period)")
-        return
     if result is not None:
         if as_json:
             click.echo(json.dumps({**status.to_dict(), "run": result}, indent=2))

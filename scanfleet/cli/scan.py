@@ -7,6 +7,7 @@ The Kubernetes client is imported inside the command only: importing this module
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,7 @@ def _echo(text: str) -> None:
     click.echo(terminal_line(text))
 
 
-def print_run(run: dict[str, Any], as_json: bool) -> None:
+def print_run(run: Mapping[str, Any], as_json: bool) -> None:
     import json
 
     if as_json:

@@ -81,15 +81,9 @@ class TargetSummary(TypedDict):
     """The run's pinned profile digest (a URL profile), else None."""
 
 
-class RunDocument(TypedDict):
-    """`DIR/<run_id>/run.json` (SPEC §5): the run's identity plus `Aggregator.result()`."""
+class RunResult(TypedDict):
+    """What `Aggregator.result()` computes from a run's target summaries."""
 
-    run_id: str
-    source: str
-    profile: str
-    created_at: str
-    finished_at: str
-    sandbox: str | None
     targets: dict[str, int]
     counts: dict[str, dict[str, int]]
     compliance: int
@@ -101,6 +95,17 @@ class RunDocument(TypedDict):
     error_targets: list[dict[str, Any]]
     fleet_threshold: ThresholdDoc
     exit_code: int
+
+
+class RunDocument(RunResult):
+    """`DIR/<run_id>/run.json` (SPEC §5): the run's identity plus `Aggregator.result()`."""
+
+    run_id: str
+    source: str
+    profile: str
+    created_at: str
+    finished_at: str
+    sandbox: str | None
     profile_sha256: str | None
 
 
@@ -226,10 +231,13 @@ def error_summary(
     }
 
 
-def covered_summary(summary: Mapping[str, Any], scan_id: str, target: TargetDoc) -> TargetSummary:
+def covered_summary(summary: TargetSummary, scan_id: str, target: TargetDoc) -> TargetSummary:
     """--dedupe-images: the covering scan's result, with the covered target's own identity."""
-    out: Any = {**summary, "scan_id": scan_id, "target": target, "covered_by": summary["scan_id"]}
-    return out  # type: ignore[no-any-return]
+    covered = summary.copy()
+    covered["scan_id"] = scan_id
+    covered["target"] = target
+    covered["covered_by"] = summary["scan_id"]
+    return covered
 
 
 def unreadable_summary(scan_id: str, problem: str) -> dict[str, Any]:

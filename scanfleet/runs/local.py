@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from scanfleet.core.clock import Clock, utcnow
 from scanfleet.core.errors import ScanInterrupted
 from scanfleet.core.targets import Target, scan_id_for
+from scanfleet.judging.documents import RunDocument
 from scanfleet.kube.client import ClientCache
 from scanfleet.runs.discovery import Entry, covers_map, dedupe_images, resolve
 from scanfleet.runs.pipeline import (
@@ -47,7 +47,7 @@ def run_local(
     progress: Progress | None = None,
     sandbox: str | None = None,
     host: Host,
-) -> dict[str, Any]:
+) -> RunDocument:
     """Run every target in-process (threads, no broker), then return the run summary.
 
     `entries` (from discovery) replace `targets` when given. The per-cluster cap is a

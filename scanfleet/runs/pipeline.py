@@ -33,6 +33,7 @@ from scanfleet.core.logs import redact_text
 from scanfleet.core.targets import Target, scan_id_for
 from scanfleet.judging.aggregate import Aggregator
 from scanfleet.judging.documents import (
+    RunDocument,
     TargetSummary,
     covered_summary,
     error_summary,
@@ -99,7 +100,7 @@ class RunState(Protocol):
 
     def begin_finalize(self, run_id: str, lock_seconds: int = 300) -> bool: ...
 
-    def end_finalize(self, run_id: str, run: Mapping[str, Any]) -> None: ...
+    def end_finalize(self, run_id: str, run: RunDocument) -> None: ...
 
     def is_finalized(self, run_id: str) -> bool: ...
 
@@ -203,7 +204,7 @@ def record_error(
     return summary
 
 
-def record(pipe: RunContext, plan: RunPlan, summary: Mapping[str, Any]) -> None:
+def record(pipe: RunContext, plan: RunPlan, summary: TargetSummary) -> None:
     """Write the summary and its covered ones, count them, finalize after the last one."""
     out = run_dir(pipe.results_dir, plan.run_id)
     write_json(summary_path(out, str(summary["scan_id"])), summary, pipe.host.modes)
@@ -223,7 +224,7 @@ def record(pipe: RunContext, plan: RunPlan, summary: Mapping[str, Any]) -> None:
         maybe_finalize(pipe, plan)
 
 
-def maybe_finalize(pipe: RunContext, plan: RunPlan) -> dict[str, Any] | None:
+def maybe_finalize(pipe: RunContext, plan: RunPlan) -> RunDocument | None:
     """Aggregate the run if every target is recorded and nobody else has (SET NX lock)."""
     if pipe.state.is_finalized(plan.run_id):
         return None
@@ -266,7 +267,7 @@ def finalize(
     *,
     sandbox: str | None = None,
     modes: Modes = PRIVATE,
-) -> dict[str, Any]:
+) -> RunDocument:
     """Aggregate the run's summaries (streamed from disk), run the hooks, write run.json.
 
     `sandbox` is the auditor sandbox mode the run's scans ran in (`sandbox.mode_label`).
@@ -279,7 +280,7 @@ def finalize(
     for summary in iter_summaries(out):
         agg.add(summary)
     result = agg.result(plan.fleet)
-    run = {
+    run: RunDocument = {
         "run_id": plan.run_id,
         "source": plan.source,
         "profile": plan.profile,

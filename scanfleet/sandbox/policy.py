@@ -46,14 +46,7 @@ import yaml
 
 import scanfleet.sandbox.spawn
 from scanfleet.core.errors import AuditorFailed, SandboxUnavailable
-from scanfleet.core.settings import (  # noqa: F401  (re-exported: the sandbox's setting names)
-    ALLOW_READ_ENV,
-    ALLOW_WRITE_ENV,
-    DEFAULT_PROTECT,
-    PROTECT_ENV,
-    SANDBOX_ENV,
-    SandboxSettings,
-)
+from scanfleet.core.settings import ALLOW_READ_ENV, ALLOW_WRITE_ENV, SANDBOX_ENV, SandboxSettings
 from scanfleet.sandbox import confine
 from scanfleet.sandbox.spawn import AuditorProcess, LauncherLost, SpawnFailed
 

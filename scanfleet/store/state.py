@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from scanfleet.judging.documents import RunPhase
+from scanfleet.judging.documents import RunDocument, RunPhase
 from scanfleet.store.client import connect, guarded
 
 if TYPE_CHECKING:
@@ -342,7 +342,7 @@ class MemoryRunState:
         self.covers = {k: [dict(c) for c in v] for k, v in (covers or {}).items()}
         self.states: dict[str, str] = {}
         self.done: set[str] = set()
-        self.run: dict[str, Any] | None = None
+        self.run: RunDocument | None = None
         self._finalizing = False
         self._lock = threading.Lock()
         self._progress = progress
@@ -379,8 +379,8 @@ class MemoryRunState:
             self._finalizing = True
             return True
 
-    def end_finalize(self, run_id: str, run: Mapping[str, Any]) -> None:
-        self.run = dict(run)
+    def end_finalize(self, run_id: str, run: RunDocument) -> None:
+        self.run = run
 
     def is_finalized(self, run_id: str) -> bool:
         return self.run is not None

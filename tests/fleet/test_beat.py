@@ -11,6 +11,7 @@ code under test.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -333,7 +334,7 @@ def start_beats(procs: Procs, sweeps: Path, *names: str) -> list[Path]:
     logs = [procs.spawn(name, BEAT, str(clock), str(sweeps)) for name in names]
     for log in logs:
         wait_for(
-            lambda log=log: procs.events(log, "test.schedule_ready"),
+            functools.partial(procs.events, log, "test.schedule_ready"),
             60,
             f"{log.stem} to build its schedule",
         )

@@ -304,7 +304,9 @@ def test_start_sweep_run_queues_a_discovery_run_for_sweeps(
     assert proc.returncode == 0, proc.stderr[-2000:]
     run_id = proc.stdout.strip().splitlines()[-1]
     r = redis_server.client()
-    plan = json.loads(r.get(f"{KEY_PREFIX}:run:{run_id}:plan"))
+    raw = r.get(f"{KEY_PREFIX}:run:{run_id}:plan")
+    assert isinstance(raw, str)
+    plan = json.loads(raw)
     assert plan["source"] == "sweep:nightly"
     assert r.hget(f"{KEY_PREFIX}:run:{run_id}:meta", "total") == "4"  # web/app+sidecar x 2
     assert r.llen("scanfleet") == 1

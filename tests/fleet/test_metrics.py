@@ -33,7 +33,6 @@ from scanfleet.store.files import iter_summaries
 from scanfleet.sweeps.posture import PostureCollector, interval_seconds, janitor_totals
 from scanfleet.sweeps.spec import load_sweeps
 from scanfleet.worker.app import JANITOR_TASK, QUEUE
-from tests.fleet.test_sweep_runs import runs_of, send_tick
 from tests.support.fixtures_fleet import (
     CLI,
     FleetClusters,
@@ -45,6 +44,7 @@ from tests.support.fixtures_fleet import (
 )
 from tests.support.fixtures_metrics import check_metrics, samples, scrape, value
 from tests.support.fixtures_ops import leave_orphans
+from tests.support.sweep_runs import runs_of, send_tick
 
 DISCOVER = [
     "--all-contexts",

@@ -101,7 +101,7 @@ def summary(
 ) -> dict[str, Any]:
     """A target summary. `failed`/`passed`: {severity: [control ids]}."""
     sevs = ("critical", "high", "medium", "low", "none")
-    controls = None
+    controls: dict[str, Any] | None = None
     if status == "completed":
         controls = {
             s: {v: [] for v in sevs} for s in ("passed", "failed", "skipped", "no_impact", "error")

@@ -142,5 +142,6 @@ def test_error_results_carry_no_credentials() -> None:
         {"kind": "api_error", "message": "GET https://u:hunter22@h/ failed: Bearer abcdef123"},
         datetime(2026, 3, 1, tzinfo=UTC),
     )
+    assert summary["error"] is not None
     assert "hunter22" not in summary["error"]["message"]
     assert "abcdef123" not in summary["error"]["message"]

@@ -15,7 +15,7 @@ from scanfleet.core.targets import Target
 from scanfleet.judging.aggregate import MAX_ERROR_LINE, Aggregator
 from scanfleet.reports.markdown import md_cell
 from scanfleet.runs.pipeline import error_result
-from tests.support.reports import render
+from tests.support.report_runs import render
 
 ESC = "\x1b[2J\x1b]0;pwned\x07\x1b]8;;https://evil.example\x07click\x1b]8;;\x07"
 BIDI = "admin\u202euser\u2066x\u2069"

@@ -180,7 +180,7 @@ def test_an_interrupted_run_records_every_unstarted_target_through_record(
 
     monkeypatch.setattr(local, "run_target", interrupted)
     run = run_local(
-        ClientCache(tmp_path / "kubeconfig"),
+        ClientCache(str(tmp_path / "kubeconfig")),
         plan,
         [],
         tmp_path,

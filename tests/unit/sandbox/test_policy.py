@@ -30,6 +30,7 @@ from click.testing import CliRunner
 from scanfleet.cli import main_group
 from scanfleet.cli import scan as _register_scan  # noqa: F401
 from scanfleet.core.errors import BadInput, SandboxUnavailable
+from scanfleet.core.settings import SandboxSettings
 from scanfleet.core.targets import Target
 from scanfleet.sandbox import policy, reaper
 from scanfleet.scan import auditor
@@ -265,7 +266,7 @@ def test_without_landlock_nothing_runs_unless_opted_out(
     monkeypatch.setenv("SCANFLEET_SANDBOX", "off")
     assert _run(standin_auditor, private, tmp_path).exit_code == 100
     assert len(auditor_log()) == 1
-    assert policy.mode_label(policy.SandboxSettings.from_env(os.environ)) == "off"
+    assert policy.mode_label(SandboxSettings.from_env(os.environ)) == "off"
 
 
 def test_a_child_that_cannot_confine_runs_nothing(
@@ -321,20 +322,20 @@ def test_the_auditor_dies_with_its_worker(
 
 
 def test_config_from_env() -> None:
-    c = policy.SandboxSettings.from_env(
+    c = SandboxSettings.from_env(
         {"SCANFLEET_SANDBOX_ALLOW_READ": f"/a{os.pathsep}/b", "SCANFLEET_SANDBOX_ALLOW_WRITE": "/w"}
     )
     assert c.enabled
     assert c.allow_read == (Path("/a"), Path("/b"))
     assert c.allow_write == (Path("/w"),)
     assert c.protect == (Path("/var/run/secrets"), Path("/run/secrets"))
-    assert not policy.SandboxSettings.from_env({"SCANFLEET_SANDBOX": "off"}).enabled
+    assert not SandboxSettings.from_env({"SCANFLEET_SANDBOX": "off"}).enabled
     with pytest.raises(BadInput, match="SCANFLEET_SANDBOX"):
-        policy.SandboxSettings.from_env({"SCANFLEET_SANDBOX": "maybe"})
+        SandboxSettings.from_env({"SCANFLEET_SANDBOX": "maybe"})
 
 
 def test_describe_reports_what_this_kernel_enforces() -> None:
-    d = policy.describe(policy.SandboxSettings())
+    d = policy.describe(SandboxSettings())
     abi = policy.abi_version()
     if abi < 1:
         assert d["mode"] == "unavailable"
@@ -344,7 +345,7 @@ def test_describe_reports_what_this_kernel_enforces() -> None:
     assert d["network_tcp"] is (abi >= 4)
     assert d["scope_signal"] is (abi >= 6)
     assert "/usr" in d["system_read"]
-    assert policy.describe(policy.SandboxSettings(enabled=False))["mode"] == "off"
+    assert policy.describe(SandboxSettings(enabled=False))["mode"] == "off"
 
 
 def test_sandbox_command_reports_and_fails_when_unavailable(
@@ -500,7 +501,7 @@ def _policy_with(tmp_path: Path, allow: Path) -> policy.Policy:
     work = policy.prepare_workdir(tmp_path / "private")
     kubeconfig = tmp_path / "private" / "kubeconfig"
     kubeconfig.write_text("clusters: [{cluster: {server: 'https://127.0.0.1:6443'}}]\n")
-    config = policy.SandboxSettings(allow_read=(allow,), protect=(secrets,))
+    config = SandboxSettings(allow_read=(allow,), protect=(secrets,))
     scan = policy.Scan("/bin/sh", "p", kubeconfig, work, results)
     return policy.build_policy(
         config, scan, {"PATH": "/usr/bin:/bin"}, {"HOME": str(tmp_path / "home")}

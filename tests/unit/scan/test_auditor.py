@@ -32,7 +32,7 @@ from scanfleet.scan.auditor import (
 )
 from scanfleet.testing.fakekube import FakeCluster
 from tests.support.fixtures_auditor import AuditorLog, PlanWriter, this_host
-from tests.unit.testing.test_fakekube import api_client, mint_scoped_token
+from tests.support.kubeapi import api_client, mint_scoped_token
 
 TARGET = Target("kind-a", "team-a", "web-7d4b9", "app")
 FAKE_JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.sig"

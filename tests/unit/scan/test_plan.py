@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import scanfleet.scan.plan as plan_module
+from scanfleet.judging.thresholds import Threshold, parse_fleet_threshold, parse_threshold
 from scanfleet.scan.plan import RunPlan
 
 
@@ -27,10 +30,12 @@ def test_thresholds_are_parsed_once_per_plan(
     )
     stored = RunPlan.from_dict(plan.to_dict())  # what a worker reads back from Redis
     calls: list[str] = []
-    real = plan_module.parse_threshold
-    monkeypatch.setattr(
-        plan_module, "parse_threshold", lambda *a: calls.append("parsed") or real(*a)
-    )
+
+    def counted(*args: Any) -> Threshold:
+        calls.append("parsed")
+        return parse_threshold(*args)
+
+    monkeypatch.setattr(plan_module, "parse_threshold", counted)
     options = [stored.scan_options for _ in range(100)]
     assert calls == ["parsed"]
     assert all(o is options[0] for o in options)
@@ -58,11 +63,20 @@ def test_a_plan_pinned_before_each_scan_keeps_its_parsed_thresholds(
     )
     stored = RunPlan.from_dict(plan.to_dict())
     calls: list[str] = []
-    for name in ("parse_threshold", "parse_fleet_threshold"):
-        real = getattr(plan_module, name)
-        monkeypatch.setattr(
-            plan_module, name, lambda *a, real=real, name=name: calls.append(name) or real(*a)
-        )
+
+    def counted(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def parse(*args: Any) -> Any:
+            calls.append(name)
+            return real(*args)
+
+        return parse
+
+    monkeypatch.setattr(plan_module, "parse_threshold", counted("parse_threshold", parse_threshold))
+    monkeypatch.setattr(
+        plan_module,
+        "parse_fleet_threshold",
+        counted("parse_fleet_threshold", parse_fleet_threshold),
+    )
     _ = stored.scan_options, stored.fleet
     pinned = [stored.pinned("ab" * 32, f"/cache/{i}.tar.gz") for i in range(10)]
     assert [p.scan_options.profile for p in pinned][-1] == "/cache/9.tar.gz"

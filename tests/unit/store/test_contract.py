@@ -6,9 +6,8 @@ Plus the outage rule: Redis down while a scan takes its cluster slot is the retr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fakeredis
 import pytest
@@ -16,6 +15,7 @@ import pytest
 from scanfleet.core.clock import retry_delay
 from scanfleet.core.errors import StoreUnavailable
 from scanfleet.core.targets import Target
+from scanfleet.judging.documents import RunDocument
 from scanfleet.kube.client import ClientCache
 from scanfleet.runs.pipeline import RunContext, RunState, run_target
 from scanfleet.scan.auditor import Host
@@ -65,7 +65,7 @@ def test_run_state_counts_each_result_once_and_finalizes_once(state: RunState) -
     assert not state.is_finalized(RUN)
     assert state.begin_finalize(RUN)
     assert not state.begin_finalize(RUN)
-    state.end_finalize(RUN, {"exit_code": 3, "finished_at": "t"})
+    state.end_finalize(RUN, cast(RunDocument, {"exit_code": 3, "finished_at": "t"}))
     assert state.is_finalized(RUN)
 
 
@@ -84,7 +84,7 @@ def test_a_slot_is_released_when_the_scan_fails(slots: Slots) -> None:
 
 
 @pytest.fixture
-def redis_down() -> Iterator[Any]:
+def redis_down() -> Any:
     server = fakeredis.FakeServer()
     client = fakeredis.FakeRedis(server=server, decode_responses=True)
     server.connected = False

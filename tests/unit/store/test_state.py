@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from collections.abc import Callable
+from typing import cast
 
 import fakeredis
 import pytest
@@ -53,7 +54,7 @@ def test_every_key_has_the_retention_ttl_and_one_prefix(store: RunStore) -> None
     keys = store.r.keys("*")
     assert keys
     for k in keys:
-        assert k.startswith("sf:")
+        assert cast(str, k).startswith("sf:")
         assert 0 < store.r.ttl(k) <= 2 * 86400, k
 
 

@@ -13,6 +13,7 @@ from scanfleet.core.errors import ClusterUnavailable, NoSlot, SlotBusy
 from scanfleet.core.settings import Settings
 from scanfleet.core.targets import Target
 from scanfleet.scan.target import Scanned
+from scanfleet.sweeps import posture
 from scanfleet.worker import tasks
 from scanfleet.worker.app import JANITOR_TASK, SCAN_TASK, create_app
 
@@ -58,9 +59,12 @@ def deliver(app: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
         return Retried(**kwargs)
 
     monkeypatch.setattr(task, "retry", retry)
-    monkeypatch.setattr(
-        tasks, "record_error", lambda pipe, plan, t, e: recorded.append(e) or {"status": "error"}
-    )
+
+    def record_error(pipe: object, plan: object, t: Target, e: BaseException) -> dict[str, str]:
+        recorded.append(e)
+        return {"status": "error"}
+
+    monkeypatch.setattr(tasks, "record_error", record_error)
 
     def complete(pipe: object, plan: object, scanned: Scanned) -> Any:
         completed.append(scanned.error)
@@ -76,9 +80,7 @@ def deliver(app: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
 
         monkeypatch.setattr(tasks, "run_target", run_target)
         try:
-            return task.run(  # type: ignore[no-any-return]
-                "20250101T000000Z-abcdef", TARGET, attempts
-            )
+            return task.run("20250101T000000Z-abcdef", TARGET, attempts)
         except Retried as r:
             return r
 
@@ -154,7 +156,7 @@ def test_the_workers_janitor_revokes_idle_fleet_identities_early(
 
     monkeypatch.setattr(tasks.WorkerContext.of(app.tasks[JANITOR_TASK]), "runtime", lambda: Runtime)
     monkeypatch.setattr(tasks, "janitor_for_kubeconfig", janitor)
-    monkeypatch.setattr(tasks.posture, "janitor_finished", lambda report: None)
+    monkeypatch.setattr(posture, "janitor_finished", lambda report: None)
     app.tasks[JANITOR_TASK].run()
     [early] = seen
     assert early.leases is Runtime.slots
