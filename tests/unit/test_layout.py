@@ -55,6 +55,40 @@ def test_settings_hands_out_a_snapshot_never_the_live_environment(
     assert "SCANFLEET_LAYOUT_PROBE" not in repr(settings)
 
 
+def test_the_version_is_written_once() -> None:
+    """pyproject.toml takes it from scanfleet.__version__; `scanfleet --version` reads the
+    installed metadata, which setuptools built from it."""
+    from importlib.metadata import version
+
+    import scanfleet
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "version" not in project
+    assert project["dynamic"] == ["version"]
+    assert version("scanfleet") == scanfleet.__version__
+
+
+def test_make_pre_commit_and_ci_run_the_same_linters() -> None:
+    import yaml
+
+    def recipe(target: str) -> list[str]:
+        lines = (ROOT / "Makefile").read_text().splitlines()
+        start = lines.index(f"{target}:") + 1
+        body = []
+        for line in lines[start:]:
+            if not line.startswith("\t"):
+                break
+            body.append(line.strip().removeprefix("$(BIN)/"))
+        return body
+
+    hooks = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())["repos"][0]["hooks"]
+    pre_commit = [h["entry"].removeprefix(".venv/bin/") for h in hooks]
+    ci = (ROOT / ".ci" / "run").read_text().split("# Static checks")[1].split("\n\n")[0]
+    ci_checks = [line.split("#")[0].strip() for line in ci.splitlines()[1:]]
+    assert recipe("lint") == pre_commit == ci_checks
+    assert recipe("test-fast") == ['python -m pytest -m "not slow"']
+
+
 def test_every_module_lives_in_a_package() -> None:
     top = sorted(p.name for p in PACKAGE.glob("*.py"))
     assert top == ["__init__.py", "__main__.py"] or top == ["__init__.py"], top
