@@ -109,16 +109,21 @@ class RunDocument(RunResult):
     profile_sha256: str | None
 
 
-class DriftDocument(TypedDict):
+class DriftChanges(TypedDict):
+    """What changed between two sets of target summaries (`drift.diff_summaries`)."""
+
+    changed: list[dict[str, Any]]
+    appeared: list[dict[str, Any]]
+    disappeared: list[dict[str, Any]]
+    totals: dict[str, int]
+
+
+class DriftDocument(DriftChanges):
     """`DIR/<run_id>/drift.json` of a sweep run (and `scanfleet diff --json`)."""
 
     source: NotRequired[str]
     run_a: str | None
     run_b: str
-    changed: list[dict[str, Any]]
-    appeared: list[dict[str, Any]]
-    disappeared: list[dict[str, Any]]
-    totals: dict[str, int]
     note: NotRequired[str]
 
 

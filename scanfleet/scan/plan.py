@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from scanfleet.core.clock import iso
 from scanfleet.core.errors import BadInput
@@ -30,6 +30,7 @@ from scanfleet.core.policy import (
     check_profile,
     safe_url,
 )
+from scanfleet.judging.documents import PlanDocument
 from scanfleet.judging.thresholds import (
     FleetThreshold,
     Threshold,
@@ -140,13 +141,15 @@ class RunPlan:
         _ = plan.scan_options, plan.fleet  # parse now: BadInput before anything is created
         return plan
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> PlanDocument:
+        """The plan as Redis stores it: every field but the in-memory-only `profile_url`
+        and `profile_path` (tests/unit/scan/test_plan.py holds the two in step)."""
         d = asdict(self)
         d.pop("profile_url")
         d.pop("profile_path")
         d["input_files"] = list(self.input_files)
         d["extra_args"] = list(self.extra_args)
-        return d
+        return cast(PlanDocument, d)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunPlan:

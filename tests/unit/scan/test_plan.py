@@ -84,3 +84,16 @@ def test_a_plan_pinned_before_each_scan_keeps_its_parsed_thresholds(
     assert all(p.scan_options.threshold is stored.scan_options.threshold for p in pinned)
     assert all(p.fleet is stored.fleet for p in pinned)
     assert calls == ["parse_threshold", "parse_fleet_threshold"]
+
+
+def test_the_stored_plan_is_the_plan_document_the_workers_read() -> None:
+    """`RunPlan.to_dict` is typed as PlanDocument: the TypedDict names exactly the fields
+    Redis gets (all but the in-memory `profile_url` and `profile_path`)."""
+    from dataclasses import fields
+
+    from scanfleet.judging.documents import PlanDocument
+
+    plan = RunPlan(run_id="20260101T000000Z-abcdef", source="s", profile="p", created_at="t")
+    stored = {f.name for f in fields(RunPlan)} - {"profile_url", "profile_path"}
+    assert set(plan.to_dict()) == stored == set(PlanDocument.__annotations__)
+    assert RunPlan.from_dict(plan.to_dict()) == plan
