@@ -39,7 +39,6 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from scanfleet.core.settings import (
-    PROMETHEUS_MULTIPROC_ENV,
     prometheus_multiproc_dir,
     set_prometheus_multiproc_dir,
 )
@@ -49,8 +48,6 @@ T = TypeVar("T")
 
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 2700, 3600)
 """Seconds: minting and revoking take well under a second, audits seconds to an hour."""
-PHASES = ("mint", "audit", "revoke", "total")
-MULTIPROC_ENV = PROMETHEUS_MULTIPROC_ENV
 QUEUE_PRIORITY_SEP = "\x06\x16"
 """kombu's Redis transport keeps priorities 3, 6, 9 of a queue in `<queue>\\x06\\x16<n>`."""
 VERBS = ("get", "list", "create", "delete")

@@ -148,9 +148,6 @@ class PlanDocument(TypedDict):
     profile_sha256: str | None
 
 
-NO_THRESHOLD: ThresholdDoc = {"passed": None, "failures": []}
-
-
 def target_doc(
     target: Mapping[str, Any], image: str | None = None, image_id: str | None = None
 ) -> TargetDoc:

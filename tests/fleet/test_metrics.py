@@ -25,7 +25,7 @@ from celery import Celery
 
 from scanfleet.core import metrics
 from scanfleet.core.errors import BadInput
-from scanfleet.core.settings import Settings
+from scanfleet.core.settings import PROMETHEUS_MULTIPROC_ENV, Settings
 from scanfleet.identity.janitor import Finding, JanitorReport
 from scanfleet.identity.mint import MANAGED_BY
 from scanfleet.kube.client import KubeClient
@@ -411,7 +411,7 @@ def test_a_child_that_died_without_a_goodbye_no_longer_counts_in_live_gauges(
         "print('ready', flush=True)\n"
         "time.sleep(60) if sys.argv[2] == 'stay' else os._exit(0)\n"
     )
-    env = {**os.environ, metrics.MULTIPROC_ENV: str(directory)}
+    env = {**os.environ, PROMETHEUS_MULTIPROC_ENV: str(directory)}
     dead = subprocess.run(
         [sys.executable, "-c", child, "gone", "die"],
         env=env,
@@ -427,7 +427,7 @@ def test_a_child_that_died_without_a_goodbye_no_longer_counts_in_live_gauges(
     try:
         assert alive.stdout is not None
         assert alive.stdout.readline().strip() == "ready"
-        monkeypatch.setenv(metrics.MULTIPROC_ENV, str(directory))
+        monkeypatch.setenv(PROMETHEUS_MULTIPROC_ENV, str(directory))
         reg = metrics.registry()
         assert reg.get_sample_value("scanfleet_cluster_slots_in_use", {"context": "held"}) == 1
         assert reg.get_sample_value("scanfleet_cluster_slots_in_use", {"context": "gone"}) in (
