@@ -13,7 +13,8 @@ subtracted. A least-squares line over the sizes gives:
 - CPU per scan (the slope: everything scanfleet does per target);
 - wall per target at the largest size, and peak RSS per size;
 - the same split into the scanfleet process's own CPU and what it spawns per scan (the
-  sandbox exec helper, a Python process per audit, and the auditor beyond the stand-in).
+  sandbox launcher's fork per audit, `scanfleet.sandbox.forkserver`, and the auditor
+  beyond the stand-in).
 
 It also prints the CPU of `scanfleet --version` and `scanfleet --help`, which must not
 import the kubernetes client or Celery.
@@ -38,8 +39,8 @@ from bench._harness import SAMPLE, auditor_cpu, copy_auditor, fit  # noqa: E402
 from scanfleet.testing.fakekube import FakeCluster  # noqa: E402
 
 CLI = [sys.executable, "-c", "from scanfleet.cli import main; main()"]
-# The same, also writing its own CPU and its reaped children's (the exec helper and the
-# auditor) to $BENCH_RUSAGE_FILE at exit: the split between scanfleet and what it spawns.
+# The same, also writing its own CPU and its reaped children's (the sandbox launcher and
+# the auditors) to $BENCH_RUSAGE_FILE at exit: the split between scanfleet and what it spawns.
 CLI_SPLIT = [
     sys.executable,
     "-c",
@@ -75,7 +76,7 @@ def main() -> None:
     ap.add_argument(
         "--no-sandbox",
         action="store_true",
-        help="SCANFLEET_SANDBOX=off: no Landlock policy (the exec helper still runs)",
+        help="SCANFLEET_SANDBOX=off: no Landlock policy (the launcher still forks each auditor)",
     )
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -154,7 +155,7 @@ def main() -> None:
         print(f"fit: fixed CPU per run {fixed:.2f} s, CPU per scan {slope * 1000:.1f} ms")
         print(
             f"  of which the scanfleet process: fixed {own_fixed:.2f} s, per scan "
-            f"{own_slope * 1000:.1f} ms; spawned (exec helper, auditor less the stand-in): "
+            f"{own_slope * 1000:.1f} ms; spawned (launcher, auditor less the stand-in): "
             f"per scan {(slope - own_slope) * 1000:.1f} ms"
         )
     finally:

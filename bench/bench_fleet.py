@@ -35,9 +35,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench._harness import wait_until  # noqa: E402
 from scanfleet.core import logs  # noqa: E402
+from scanfleet.core.settings import Settings  # noqa: E402
 from scanfleet.kube.client import ClientCache  # noqa: E402
 from scanfleet.runs.discovery import Scope, discover  # noqa: E402
 from scanfleet.runs.local import run_local  # noqa: E402
+from scanfleet.scan.auditor import Host  # noqa: E402
 from scanfleet.scan.plan import RunPlan  # noqa: E402
 from scanfleet.store.state import RunStore  # noqa: E402
 from scanfleet.testing.fakekube import FakeCluster  # noqa: E402
@@ -87,7 +89,16 @@ def bench_local(
             timeout=120,
         )
         t0 = time.monotonic()
-        run_local(clients, plan, [], out, concurrency=w, entries=subset, cluster_concurrency=w)
+        run_local(
+            clients,
+            plan,
+            [],
+            out,
+            concurrency=w,
+            entries=subset,
+            cluster_concurrency=w,
+            host=Host.from_settings(Settings.from_env()),
+        )
         return time.monotonic() - t0
 
     run(1, entries[:w])  # warm-up: clients, imports

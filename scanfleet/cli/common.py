@@ -8,12 +8,13 @@ import re
 import shutil
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -27,7 +28,6 @@ from scanfleet.core.errors import (
     StoreUnavailable,
 )
 from scanfleet.core.settings import Settings, check_ttl
-from scanfleet.scan.auditor import clear_stop, request_stop
 from scanfleet.scan.plan import RunPlan
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -133,10 +133,8 @@ def require_broker(settings: Settings, what: str = "nothing was queued") -> None
 def check_local_run(settings: Settings, profile: str) -> None:
     """What a run in this process needs before any identity is made: the auditor
     executable, and a local profile path that exists (BadInput, exit 2)."""
-    from scanfleet.core.settings import process_environment
-
     auditor = settings.auditor
-    path_env = process_environment().get("PATH", os.defpath)
+    path_env = settings.environment.get("PATH", os.defpath)
     if shutil.which(auditor, path=path_env) is None:
         raise BadInput(
             f"auditor executable {auditor!r} not found (SCANFLEET_AUDITOR, or "
@@ -176,7 +174,7 @@ def sandbox_mode(settings: Settings, what: str = "nothing was started") -> str:
         sys.exit(ExitCode.SCAN_ERROR)
 
 
-def fail(message: str) -> Any:
+def fail(message: str) -> NoReturn:
     """Bad input: say what is wrong and exit 2. Nothing has been created or queued."""
     click.echo(f"scanfleet: error: {message}", err=True)
     sys.exit(ExitCode.BAD_INPUT)
@@ -351,8 +349,9 @@ def emit_json(document: Any) -> None:
 
 
 @contextmanager
-def interruptible() -> Iterator[None]:
-    """SIGTERM/SIGINT raise ScanInterrupted once in the main thread, so clean-up runs.
+def interruptible(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM/SIGINT raise ScanInterrupted once in the main thread, so clean-up runs, and
+    set `stop` (the run's `Host.stop`) so audits in other threads end too.
 
     A second signal while cleaning up is ignored: clean-up is bounded by API timeouts,
     and abandoning it would leave RBAC objects behind.
@@ -364,7 +363,7 @@ def interruptible() -> Iterator[None]:
         if fired:
             return
         fired = True
-        request_stop()  # audits running in other threads stop too
+        stop.set()  # audits running in other threads stop too
         raise ScanInterrupted(f"interrupted by {signal.Signals(signum).name}")
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -373,4 +372,3 @@ def interruptible() -> Iterator[None]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-        clear_stop()

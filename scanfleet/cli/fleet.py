@@ -256,12 +256,13 @@ def _run_local(
     as_json: bool,
     sandbox: str | None,
 ) -> None:
-    from scanfleet.core.settings import process_environment
     from scanfleet.profiles.fetch import fetch_config, pin_for_run
     from scanfleet.runs.local import run_local
+    from scanfleet.scan.auditor import Host
 
     # A URL profile: fetched once for the run, before any identity (BadInput: exit 2).
-    plan = pin_for_run(plan, fetch_config(settings, process_environment()))
+    plan = pin_for_run(plan, fetch_config(settings))
+    host = Host.from_settings(settings)
     if not as_json:
         click.echo(plan.run_id)
     total = sum(e.size() for e in entries)
@@ -276,7 +277,7 @@ def _run_local(
         def progress(done: int, _total: int) -> None:
             bar.update(done - bar.n)
 
-        with interruptible():
+        with interruptible(host.stop):
             run = run_local(
                 clients,
                 plan,
@@ -287,6 +288,7 @@ def _run_local(
                 cluster_concurrency=settings.cluster_concurrency,
                 progress=progress,
                 sandbox=sandbox,
+                host=host,
             )
     print_run(run, as_json)
     sys.exit(int(run["exit_code"]))
@@ -317,16 +319,18 @@ def _run_fleet(
 
     try:
         from scanfleet.runs.fleet import submit_run
-        from scanfleet.worker.app import app, fan_out_publisher  # late: --local never builds it
+        from scanfleet.scan.auditor import Host
+        from scanfleet.worker.app import create_app, fan_out_publisher  # --local never builds it
 
         submit_run(
             store,
             plan,
             entries,
-            fan_out_publisher(app),
+            fan_out_publisher(create_app(settings)),
             results_dir=out,
             fallback_results_dir=settings.results_dir,
             created=created,
+            host=Host.from_settings(settings),
         )
     except StoreUnavailable as e:
         click.echo(f"scanfleet: error: {e}", err=True)
@@ -489,7 +493,7 @@ def worker_command(concurrency: int | None, loglevel: str, metrics_port: int | N
     from scanfleet.worker import exporter
 
     exporter.worker_starting(settings, metrics_port)
-    from scanfleet.worker.app import QUEUE, app
+    from scanfleet.worker.app import QUEUE, create_app
 
     argv = [
         "worker",
@@ -501,18 +505,18 @@ def worker_command(concurrency: int | None, loglevel: str, metrics_port: int | N
     ]
     if concurrency is not None:
         argv.append(f"--concurrency={concurrency}")
-    app.worker_main(argv)
+    create_app(settings).worker_main(argv)
 
 
 def _worker_sandbox(settings: Settings) -> None:
     """Before the pool forks: refuse to start without the sandbox (exit 3) unless opted
     out, and clear what dead workers left (stale scan dirs, their orphaned auditors)."""
-    from scanfleet.sandbox import reaper as sandbox_reap
     from scanfleet.sandbox.policy import activate
+    from scanfleet.sandbox.reaper import reap_stale
 
     sandbox_mode(settings, "the worker did not start")
     mode = activate(settings.sandbox)  # logs sandbox.off / sandbox.partial
-    removed = sandbox_reap.reap_stale()
+    removed = reap_stale()
     structlog.get_logger(__name__).info(
         "worker.sandbox", sandbox=mode, stale_scan_dirs_removed=len(removed)
     )

@@ -7,6 +7,7 @@ The Kubernetes client is imported inside the command only: importing this module
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +58,11 @@ def scan_command(
     settings = load_settings()
     scan.limits(settings)  # bad flags are reported before the kubeconfig is read
     # Loaded here, not at import: `--help`, `--version` and `status` stay fast.
-    from scanfleet.core.settings import process_environment
     from scanfleet.kube.client import ClientCache
     from scanfleet.kube.kubeconfig import choose_contexts
     from scanfleet.profiles.fetch import fetch_config, pin_for_run
     from scanfleet.runs.local import run_local
+    from scanfleet.scan.auditor import Host
 
     kcfg = kubeconfig or settings.kubeconfig
     ctx = choose_contexts(kcfg, [context] if context else [], False)[0]
@@ -73,11 +74,14 @@ def scan_command(
     clients.get(ctx)
     check_clusters(clients, [ctx], "nothing was created")
     # A URL profile: fetched once, here, before any identity (BadInput: exit 2).
-    plan = pin_for_run(plan, fetch_config(settings, process_environment()))
+    plan = pin_for_run(plan, fetch_config(settings))
     if not as_json:
         click.echo(plan.run_id)  # alone on the first line: `RUN=$(scanfleet scan ... | head -1)`
-    with interruptible():
-        run = run_local(clients, plan, [tgt], results_dir(output, settings), sandbox=mode)
+    host = Host.from_settings(settings)
+    with interruptible(host.stop):
+        run = run_local(
+            clients, plan, [tgt], results_dir(output, settings), sandbox=mode, host=host
+        )
     print_run(run, as_json)
     sys.exit(int(run["exit_code"]))
 
@@ -90,13 +94,13 @@ def _echo(text: str, head: str = "", **style: Any) -> None:
     click.echo(prefix + terminal_line(text), color=summary_color())
 
 
-def threshold_applied(run: dict[str, Any]) -> bool:
+def threshold_applied(run: Mapping[str, Any]) -> bool:
     """Whether the run judged its targets against a threshold. Runs written before
     run.json said so (`threshold_applied`) count as having one, as they were shown."""
     return bool(run.get("threshold_applied", True))
 
 
-def print_run(run: dict[str, Any], as_json: bool) -> None:
+def print_run(run: Mapping[str, Any], as_json: bool) -> None:
     if as_json:
         emit_json(run)
         return

@@ -97,11 +97,11 @@ def beat_command(
     from scanfleet.worker import exporter
 
     exporter.beat_starting(settings, sweeps, metrics_port)
-    from scanfleet.worker.app import app
+    from scanfleet.worker.app import create_app
     from scanfleet.worker.schedule import run_beat
 
     run_beat(
-        app,
+        create_app(settings),
         sweeps,
         schedule_file=schedule_file,
         janitor_interval=janitor_interval,

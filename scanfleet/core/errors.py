@@ -199,6 +199,3 @@ class SlotBusy(NoSlot):
     """This very scan holds a live lease: another delivery of it is running."""
 
     kind = "slot_busy"
-
-
-ERROR_KINDS = tuple(k.value for k in ErrorKind)

@@ -39,7 +39,6 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from scanfleet.core.settings import (
-    PROMETHEUS_MULTIPROC_ENV,
     prometheus_multiproc_dir,
     set_prometheus_multiproc_dir,
 )
@@ -49,17 +48,10 @@ T = TypeVar("T")
 
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 2700, 3600)
 """Seconds: minting and revoking take well under a second, audits seconds to an hour."""
-PHASES = ("mint", "audit", "revoke", "total")
-MULTIPROC_ENV = PROMETHEUS_MULTIPROC_ENV
 QUEUE_PRIORITY_SEP = "\x06\x16"
 """kombu's Redis transport keeps priorities 3, 6, 9 of a queue in `<queue>\\x06\\x16<n>`."""
-_VERBS = {
-    "reading": "get",
-    "listing": "list",
-    "creating": "create",
-    "deleting": "delete",
-    "requesting": "create",
-}
+VERBS = ("get", "list", "create", "delete")
+"""The API verbs `api_call` counts (the `verb` label); anything else counts as "other"."""
 
 
 @dataclass(frozen=True)
@@ -163,12 +155,12 @@ def scan_recorded(summary: Mapping[str, Any], added: int) -> None:
         m.duration.labels(context, "total").observe(float(duration))
 
 
-def api_call(context: str, what: str, fn: Callable[[], T]) -> Callable[[], T]:
+def api_call(context: str, verb: str, fn: Callable[[], T]) -> Callable[[], T]:
     """Wrap one Kubernetes API request (kube._call) so its verb and code are counted.
 
-    `what` is the adapter's description ("creating Role ns/name"); only its verb is kept.
+    `verb` is the request's API verb, given by the adapter (one of VERBS).
     """
-    verb = _VERBS.get(what.split(" ", 1)[0], "other")
+    verb = verb if verb in VERBS else "other"
 
     def counted() -> T:
         code = "2xx"

@@ -1,12 +1,11 @@
 """Settings: one frozen dataclass, read from the environment here and nowhere else.
 
 Owns every environment variable scanfleet reads (`Settings.from_env`, including the
-sandbox's SCANFLEET_SANDBOX* and SCANFLEET_RESULTS_GROUP_READ; `sandbox_settings()` and
-`results_group_read()` read those two for code below a Settings value; prometheus_client's
-multiprocess directory, the one variable written for a library) and the process
-environment the auditor's allowlist is filtered from (`process_environment`). Command-line
-flags override these; library code receives a Settings value (or the value it needs) and
-must never read `os.environ` itself.
+sandbox's SCANFLEET_SANDBOX* and SCANFLEET_RESULTS_GROUP_READ; prometheus_client's
+multiprocess directory, the one variable written for a library) and the snapshot of the
+process environment the auditor's allowlist is filtered from (`Settings.environment`).
+Command-line flags override these; library code receives a Settings value (or the value it
+needs): no other module imports `os.environ` (tests/unit/test_layout.py checks).
 """
 
 from __future__ import annotations
@@ -52,8 +51,7 @@ class SandboxSettings:
     """SCANFLEET_BROKER_URL_FILE: no rule may cover it either."""
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> SandboxSettings:
-        env = os.environ if env is None else env
+    def from_env(cls, env: Mapping[str, str]) -> SandboxSettings:
         raw = (env.get(SANDBOX_ENV) or "on").strip().lower()
         if raw not in ("on", "off", "landlock"):
             raise BadInput(f"{SANDBOX_ENV}={raw!r} must be 'on' (the default) or 'off'")
@@ -79,11 +77,6 @@ def allowed_inputs(raw: str | None) -> tuple[Path, ...]:
 
 def _paths(raw: str | None) -> tuple[Path, ...]:
     return tuple(Path(p) for p in (raw or "").split(os.pathsep) if p.strip())
-
-
-def sandbox_settings() -> SandboxSettings:
-    """This process's sandbox settings, for code below a Settings value (the auditor)."""
-    return SandboxSettings.from_env(os.environ)
 
 
 @dataclass(frozen=True)
@@ -158,6 +151,9 @@ class Settings:
     no_color: bool = False
     """No colour in log lines and summaries, whatever the terminal (NO_COLOR set, not empty:
     https://no-color.org)."""
+    environment: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    """The process environment `from_env` read (a copy): the base the auditor's and the
+    profile vendoring's allowlisted environments are filtered from. Never logged."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -203,7 +199,14 @@ class Settings:
             allowed_inputs=allowed_inputs(env.get("SCANFLEET_ALLOWED_INPUTS")),
             report_max_bytes=report_max_bytes(env),
             no_color=bool(env.get("NO_COLOR")),
+            environment=dict(env),
         )
+
+
+def environment_snapshot() -> dict[str, str]:
+    """A copy of this process's environment, for code without a Settings value that must
+    pass variables on to a child (scanfleet.testing); never the live mapping."""
+    return dict(os.environ)
 
 
 def report_max_bytes(env: Mapping[str, str] | None = None) -> int:
@@ -213,18 +216,13 @@ def report_max_bytes(env: Mapping[str, str] | None = None) -> int:
     return env_int(env, REPORT_MAX_BYTES_ENV, DEFAULT_REPORT_MAX_BYTES, 1)
 
 
-def process_environment() -> Mapping[str, str]:
-    """This process's environment: the base the auditor's allowlist is filtered from."""
-    return os.environ
-
-
 RESULTS_GROUP_READ_ENV = "SCANFLEET_RESULTS_GROUP_READ"
 PROMETHEUS_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def results_group_read(env: Mapping[str, str] | None = None) -> bool:
+def results_group_read(env: Mapping[str, str]) -> bool:
     """SCANFLEET_RESULTS_GROUP_READ: 1 makes results 0750/0640 instead of 0700/0600."""
-    raw = (os.environ if env is None else env).get(RESULTS_GROUP_READ_ENV, "").strip().lower()
+    raw = env.get(RESULTS_GROUP_READ_ENV, "").strip().lower()
     if raw in ("1", "true", "yes", "on"):
         return True
     if raw in ("", "0", "false", "no", "off"):

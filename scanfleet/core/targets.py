@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,11 +129,6 @@ def load_targets_file(path: Path, default_context: str | None) -> list[Target]:
         except BadInput as e:
             raise BadInput(f"{where}: {e}") from None
     return targets
-
-
-def dedupe(targets: Iterable[Target]) -> list[Target]:
-    """Drop repeated targets, keeping first-seen order."""
-    return list(dict.fromkeys(targets))
 
 
 def scan_id_for(run_id: str, target: Target) -> str:

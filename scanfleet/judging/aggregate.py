@@ -15,7 +15,7 @@ from typing import Any
 
 from scanfleet.core.errors import ExitCode
 from scanfleet.core.textsafe import strip_controls
-from scanfleet.judging.documents import Outcome, failed_controls_of, judge
+from scanfleet.judging.documents import Outcome, RunResult, ThresholdDoc, failed_controls_of, judge
 from scanfleet.judging.report import SEVERITIES, STATUSES, Counts
 from scanfleet.judging.thresholds import FleetThreshold
 
@@ -194,10 +194,10 @@ class Aggregator:
             for cid, (rank, n) in ranked[:TOP_FAILING]
         ]
 
-    def result(self, fleet_threshold: FleetThreshold | None = None) -> dict[str, Any]:
+    def result(self, fleet_threshold: FleetThreshold | None = None) -> RunResult:
         """The run summary fields computed from everything added so far."""
         targets = dict(self.all.targets)
-        fleet: dict[str, Any] = {"passed": None, "failures": []}
+        fleet: ThresholdDoc = {"passed": None, "failures": []}
         if fleet_threshold is not None:
             failures = fleet_threshold.evaluate(self.all.counts, self.ids, targets)
             fleet = {"passed": not failures, "failures": failures}

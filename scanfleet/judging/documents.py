@@ -100,15 +100,9 @@ class TargetSummary(TypedDict):
     Summaries written before this field existed lack it: readers use `.get`."""
 
 
-class RunDocument(TypedDict):
-    """`DIR/<run_id>/run.json` (SPEC §5): the run's identity plus `Aggregator.result()`."""
+class RunResult(TypedDict):
+    """What `Aggregator.result()` computes from a run's target summaries."""
 
-    run_id: str
-    source: str
-    profile: str
-    created_at: str
-    finished_at: str
-    sandbox: str | None
     targets: dict[str, int]
     counts: dict[str, dict[str, int]]
     compliance: int
@@ -120,19 +114,37 @@ class RunDocument(TypedDict):
     error_targets: list[dict[str, Any]]
     fleet_threshold: ThresholdDoc
     exit_code: int
+
+
+class RunDocument(RunResult):
+    """`DIR/<run_id>/run.json` (SPEC §5): the run's identity plus `Aggregator.result()`."""
+
+    run_id: str
+    source: str
+    profile: str
+    created_at: str
+    finished_at: str
+    sandbox: str | None
     profile_sha256: str | None
+    threshold_applied: NotRequired[bool]
+    note: NotRequired[str]
 
 
-class DriftDocument(TypedDict):
+class DriftChanges(TypedDict):
+    """What changed between two sets of target summaries (`drift.diff_summaries`)."""
+
+    changed: list[dict[str, Any]]
+    appeared: list[dict[str, Any]]
+    disappeared: list[dict[str, Any]]
+    totals: dict[str, int]
+
+
+class DriftDocument(DriftChanges):
     """`DIR/<run_id>/drift.json` of a sweep run (and `scanfleet diff --json`)."""
 
     source: NotRequired[str]
     run_a: str | None
     run_b: str
-    changed: list[dict[str, Any]]
-    appeared: list[dict[str, Any]]
-    disappeared: list[dict[str, Any]]
-    totals: dict[str, int]
     note: NotRequired[str]
 
 
@@ -155,9 +167,6 @@ class PlanDocument(TypedDict):
     dedupe_images: bool
     extra: Mapping[str, Any]
     profile_sha256: str | None
-
-
-NO_THRESHOLD: ThresholdDoc = {"passed": None, "failures": []}
 
 
 def target_doc(
@@ -274,10 +283,13 @@ def error_summary(
     }
 
 
-def covered_summary(summary: Mapping[str, Any], scan_id: str, target: TargetDoc) -> TargetSummary:
+def covered_summary(summary: TargetSummary, scan_id: str, target: TargetDoc) -> TargetSummary:
     """--dedupe-images: the covering scan's result, with the covered target's own identity."""
-    out: Any = {**summary, "scan_id": scan_id, "target": target, "covered_by": summary["scan_id"]}
-    return out  # type: ignore[no-any-return]
+    covered = summary.copy()
+    covered["scan_id"] = scan_id
+    covered["target"] = target
+    covered["covered_by"] = summary["scan_id"]
+    return covered
 
 
 def unreadable_summary(scan_id: str, problem: str) -> dict[str, Any]:

@@ -1,11 +1,13 @@
-"""The Kubernetes adapter: the only module that imports `kubernetes`.
+"""The Kubernetes adapter. `kubernetes` is imported only in the kube package: here (the
+client, its configuration and connection pool) and in `kube.kubeconfig` (reading contexts).
 
 One `KubeClient` per cluster (kubeconfig context), each with its own `Configuration` and
 connection pool — never the client library's global default configuration. The client
 library loads the kubeconfig (exec plugins, client certificates, token refresh through
 `Configuration.refresh_api_key_hook`) and builds the TLS connection pool; the requests
-themselves are plain JSON by resource path (`kubehttp.Transport`), not the generated API classes,
-whose import alone builds hundreds of pydantic models (over a second of CPU per process).
+themselves are plain JSON by resource path (`kube.transport.Transport`), not the generated
+API classes, whose import alone builds hundreds of pydantic models (over a second of CPU
+per process).
 Retries of 429 (honouring Retry-After), 5xx and connection errors are urllib3's `Retry`,
 configured on that cluster's pool. HTTP statuses and urllib3 errors are translated here
 into the domain errors of `scanfleet.core.errors`; nothing above this module sees them.
@@ -105,20 +107,6 @@ class KubeClient:
         self._api.close()
         self._http.close()
 
-    # The generated API classes, for callers that still want them (tests); scanfleet's own
-    # requests never import them.
-    @functools.cached_property
-    def core(self) -> Any:
-        from kubernetes.client import CoreV1Api
-
-        return CoreV1Api(self._api)
-
-    @functools.cached_property
-    def rbac(self) -> Any:
-        from kubernetes.client import RbacAuthorizationV1Api
-
-        return RbacAuthorizationV1Api(self._api)
-
     # -- endpoint ------------------------------------------------------------------------
     def endpoint(self) -> ClusterEndpoint:
         """Server and CA (inline) of the admin context, for the scan's minimal kubeconfig."""
@@ -138,6 +126,7 @@ class KubeClient:
     # -- pods and namespaces -------------------------------------------------------------
     def read_pod(self, namespace: str, name: str) -> PodInfo:
         pod = self._call(
+            "get",
             f"reading pod {namespace}/{name}",
             lambda: self._http.request("GET", ns_path("/api/v1", namespace, "pods", name)),
             not_found=lambda: TargetNotFound(
@@ -146,17 +135,12 @@ class KubeClient:
         )
         return pod_info(pod)
 
-    def list_namespaces(self) -> list[str]:
-        return [
-            str((ns.get("metadata") or {}).get("name"))
-            for ns in self._paginate("listing namespaces", "/api/v1/namespaces")
-        ]
-
     def namespace_exists(self, name: str) -> bool | None:
         """Whether namespace `name` exists; None when the admin may not read namespaces
         (then nobody can tell, and discovery simply finds what it may list)."""
         try:
             self._call(
+                "get",
                 f"reading namespace {name}",
                 lambda: self._http.request("GET", f"/api/v1/namespaces/{quote(name, safe='')}"),
                 not_found=_Gone,
@@ -199,7 +183,10 @@ class KubeClient:
         for attempt in range(_RECREATE_ATTEMPTS):
             try:
                 created = self._call(
-                    what, lambda: self._http.request("POST", path, body=body), conflict=_Exists
+                    "create",
+                    what,
+                    lambda: self._http.request("POST", path, body=body),
+                    conflict=_Exists,
                 )
                 return self.as_dict(kind, created)
             except _Exists:
@@ -219,15 +206,6 @@ class KubeClient:
             f"context {self.context!r}: {what}: an object of that name kept reappearing"
         )
 
-    def create_service_account(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self.create_object("ServiceAccount", namespace, body)
-
-    def create_role(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self.create_object("Role", namespace, body)
-
-    def create_role_binding(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self.create_object("RoleBinding", namespace, body)
-
     def create_token(
         self, namespace: str, service_account: str, ttl: int
     ) -> tuple[str, datetime | None]:
@@ -240,7 +218,7 @@ class KubeClient:
         }
         what = f"requesting a token for ServiceAccount {namespace}/{service_account}"
         path = object_path("ServiceAccount", namespace, service_account, "token")
-        resp = self._call(what, lambda: self._http.request("POST", path, body=body))
+        resp = self._call("create", what, lambda: self._http.request("POST", path, body=body))
         status = resp.get("status") or {}
         token = status.get("token")
         if not isinstance(token, str) or not token:
@@ -273,6 +251,7 @@ class KubeClient:
         what = f"deleting {kind} {namespace}/{name}"
         try:
             self._call(
+                "delete",
                 what,
                 lambda: self._http.request("DELETE", path, body=options or None),
                 not_found=_Gone,
@@ -290,6 +269,7 @@ class KubeClient:
         path = object_path(kind, namespace, name)
         try:
             obj = self._call(
+                "get",
                 f"reading {kind} {namespace}/{name}",
                 lambda: self._http.request("GET", path),
                 not_found=_Gone,
@@ -331,7 +311,9 @@ class KubeClient:
                 query["labelSelector"] = selector
             if token:
                 query["continue"] = token
-            page = self._call(what, functools.partial(self._http.request, "GET", path, query))
+            page = self._call(
+                "list", what, functools.partial(self._http.request, "GET", path, query)
+            )
             yield from page.get("items") or []
             token = (page.get("metadata") or {}).get("continue")
             if not token:
@@ -339,13 +321,14 @@ class KubeClient:
 
     def _call(
         self,
+        verb: str,
         what: str,
         fn: Callable[[], T],
         *,
         not_found: Callable[[], Exception] | None = None,
         conflict: Callable[[], Exception] | None = None,
     ) -> T:
-        fn = metrics.api_call(self.context, what, fn)
+        fn = metrics.api_call(self.context, verb, fn)
         try:
             return fn()
         except HttpError as e:

@@ -45,7 +45,7 @@ from scanfleet.core.errors import ProfileUnavailable, ScanError
 from scanfleet.core.logs import redact_text
 from scanfleet.core.policy import safe_url
 from scanfleet.profiles.download import Limits
-from scanfleet.sandbox import policy as sandbox
+from scanfleet.sandbox.policy import ExecFailed, Policy, prepare_workdir, spawn
 from scanfleet.scan.auditor import auditor_environment
 
 REMOTE_SOURCES = ("url", "git", "supermarket", "compliance")
@@ -72,8 +72,8 @@ class Vendoring:
     """How to vendor: the worker's own auditor and environment, never the plan's."""
 
     auditor: str = "cinc-auditor"
-    env: Mapping[str, str] | None = field(default=None, repr=False)
-    """Base environment, filtered by auditor_environment (None: this process's)."""
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """Base environment, filtered by auditor_environment (`Settings.environment`)."""
     timeout: float = 600.0
     limits: Limits = field(default_factory=Limits)
 
@@ -234,7 +234,7 @@ def remote_dependencies(manifest: Mapping[str, Any]) -> list[str]:
 def vendor(archive: Path, suffix: str, work: Path, how: Vendoring, shown: str) -> Path:
     """Unpack, `$auditor vendor DIR --overwrite`, and re-archive deterministically."""
     root = _unpack(archive, suffix, work / "profile", how.limits, shown)
-    workdir = sandbox.prepare_workdir(work)
+    workdir = prepare_workdir(work)
     env = auditor_environment(Path(os.devnull), how.env, workdir=workdir)
     argv = [how.auditor, "vendor", str(root), "--overwrite"]
     _run(argv, env, how, shown)
@@ -246,10 +246,10 @@ def vendor(archive: Path, suffix: str, work: Path, how: Vendoring, shown: str) -
 def _run(argv: list[str], env: Mapping[str, str], how: Vendoring, shown: str) -> None:
     # No Landlock (vendoring needs the network), but no capabilities, no_new_privs, its own
     # session and death with this process, like every auditor scanfleet starts.
-    policy = sandbox.Policy(landlock=False, drop_privileges=True)
+    policy = Policy(landlock=False, drop_privileges=True)
     try:
-        proc = sandbox.spawn(policy, argv, env)
-    except sandbox.ExecFailed as e:
+        proc = spawn(policy, argv, env)
+    except ExecFailed as e:
         raise ProfileUnavailable(
             f"vendoring profile {shown}: auditor {how.auditor!r} cannot be run ({e}); "
             "set SCANFLEET_AUDITOR"

@@ -39,7 +39,7 @@ import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -81,21 +81,21 @@ class FetchConfig:
     auditor: str = "cinc-auditor"
     limits: Limits = field(default_factory=Limits)
     vendor_timeout: float = 600.0
-    env: Mapping[str, str] | None = field(default=None, repr=False)
-    """Base environment of the vendoring auditor, filtered by auditor_environment (None:
-    this process's)."""
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """Base environment of the vendoring auditor, filtered by auditor_environment
+    (`Settings.environment`)."""
     cache_dir: Path | None = None
     """SCANFLEET_PROFILE_CACHE; None: `<tmp>/scanfleet.profiles.fetch.<uid>`."""
 
 
-def fetch_config(settings: Settings, env: Mapping[str, str] | None = None) -> FetchConfig:
-    """This process's FetchConfig: its own auditor, limits and cache; `env` is the base
-    environment of the vendoring auditor (settings.process_environment())."""
+def fetch_config(settings: Settings) -> FetchConfig:
+    """This process's FetchConfig: its own auditor, limits and cache; the vendoring
+    auditor's environment is filtered from `settings.environment`."""
     return FetchConfig(
         auditor=settings.auditor,
         limits=Limits(settings.profile_max_bytes, float(settings.profile_timeout)),
         cache_dir=settings.profile_cache,
-        env=env,
+        env=settings.environment,
     )
 
 
@@ -105,7 +105,7 @@ def pin_for_run(plan: RunPlan, config: FetchConfig) -> RunPlan:
     got = fetch_for_run(plan.profile_url or plan.profile, config)
     if got is None:
         return plan
-    return replace(plan, profile_sha256=got.sha256, profile_path=str(got.path))
+    return plan.pinned(got.sha256, str(got.path))
 
 
 def pin_for_scan(plan: RunPlan, pins: RunPins, record: Callable[[str], str]) -> RunPlan:
@@ -115,7 +115,7 @@ def pin_for_scan(plan: RunPlan, pins: RunPins, record: Callable[[str], str]) -> 
     if not is_remote(plan.profile):
         return plan
     got = pins.profile(plan.run_id, plan.profile_url or plan.profile, plan.profile_sha256, record)
-    return replace(plan, profile_sha256=got.sha256, profile_path=str(got.path))
+    return plan.pinned(got.sha256, str(got.path))
 
 
 def is_remote(profile: str) -> bool:

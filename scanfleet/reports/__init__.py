@@ -17,7 +17,6 @@ the format it lands in.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from io import StringIO
 from typing import Any, TextIO
 
 from scanfleet.reports.common import Summaries
@@ -40,10 +39,3 @@ def write_report(fmt: str, run: Mapping[str, Any], summaries: Summaries, out: Te
         write_html(run, summaries, out)
     else:
         raise ValueError(f"unknown report format {fmt!r}: expected one of {', '.join(FORMATS)}")
-
-
-def render(fmt: str, run: Mapping[str, Any], summaries: Summaries = lambda: ()) -> str:
-    """The whole report as one string (tests, small runs)."""
-    buf = StringIO()
-    write_report(fmt, run, summaries, buf)
-    return buf.getvalue()

@@ -16,10 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from scanfleet.judging.documents import Outcome, judge
-from scanfleet.store.files import RUN_ID_RE, iter_summaries, read_json, write_json
+from scanfleet.judging.documents import DriftChanges, DriftDocument, Outcome, judge
+from scanfleet.store.files import (
+    PRIVATE,
+    RUN_ID_RE,
+    Modes,
+    iter_summaries,
+    read_json,
+    write_json,
+)
 
 TargetKey = tuple[str, str, str, str]
 DRIFT_FILE = "drift.json"
@@ -81,9 +88,7 @@ def diff_target(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any] | 
     return out
 
 
-def diff_summaries(
-    a: Iterable[Mapping[str, Any]], b: Iterable[Mapping[str, Any]]
-) -> dict[str, Any]:
+def diff_summaries(a: Iterable[Mapping[str, Any]], b: Iterable[Mapping[str, Any]]) -> DriftChanges:
     """The drift from summaries A (older) to summaries B (newer)."""
     ia, ib = _index(a), _index(b)
     changed = []
@@ -114,10 +119,17 @@ def diff_summaries(
     }
 
 
-def diff_runs(dir_a: Path, dir_b: Path) -> dict[str, Any]:
+def diff_runs(dir_a: Path, dir_b: Path) -> DriftDocument:
     """The drift between two run directories (A older, B newer)."""
     drift = diff_summaries(iter_summaries(dir_a), iter_summaries(dir_b))
-    return {"run_a": dir_a.name, "run_b": dir_b.name, **drift}
+    return {
+        "run_a": dir_a.name,
+        "run_b": dir_b.name,
+        "changed": drift["changed"],
+        "appeared": drift["appeared"],
+        "disappeared": drift["disappeared"],
+        "totals": drift["totals"],
+    }
 
 
 def previous_run(results_dir: Path, run_id: str, source: str) -> Path | None:
@@ -142,7 +154,9 @@ def previous_run(results_dir: Path, run_id: str, source: str) -> Path | None:
     return None
 
 
-def write_sweep_drift(results_dir: Path, run: Mapping[str, Any]) -> dict[str, Any] | None:
+def write_sweep_drift(
+    results_dir: Path, run: Mapping[str, Any], modes: Modes = PRIVATE
+) -> DriftDocument | None:
     """For a finished sweep run (its run.json body), write `drift.json` in its directory.
 
     The baseline is the previous finished run of the same sweep (same `source`). The first
@@ -156,16 +170,20 @@ def write_sweep_drift(results_dir: Path, run: Mapping[str, Any]) -> dict[str, An
     here = results_dir / run_id
     prev = previous_run(results_dir, run_id, source)
     if prev is None:
-        drift: dict[str, Any] = {
+        nothing = diff_summaries([], [])
+        drift: DriftDocument = {
             "run_a": None,
             "run_b": run_id,
-            **diff_summaries([], []),
+            "changed": nothing["changed"],
+            "appeared": nothing["appeared"],
+            "disappeared": nothing["disappeared"],
+            "totals": nothing["totals"],
             "note": "first run of this sweep: nothing to compare with",
         }
     else:
         drift = diff_runs(prev, here)
-    drift = {"source": source, **drift}
-    write_json(here / DRIFT_FILE, drift)
+    drift = cast(DriftDocument, {"source": source, **drift})  # "source" first in the file
+    write_json(here / DRIFT_FILE, drift, modes)
     return drift
 
 

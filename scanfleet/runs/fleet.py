@@ -14,6 +14,7 @@ from pathlib import Path
 from scanfleet.kube.client import ClientCache
 from scanfleet.runs.discovery import Entry, covers_map
 from scanfleet.runs.pipeline import FinalizeHook, RunContext, maybe_finalize
+from scanfleet.scan.auditor import Host
 from scanfleet.scan.plan import RunPlan
 from scanfleet.store.slots import LocalSlots
 from scanfleet.store.state import RunStore
@@ -39,6 +40,7 @@ def submit_run(
     fallback_results_dir: Path,
     created: Callable[[], None] | None = None,
     hooks: Sequence[FinalizeHook] = (),
+    host: Host,
 ) -> int:
     """Create the run in Redis and publish its fan-out chunks; returns the number of targets.
 
@@ -65,6 +67,7 @@ def submit_run(
             LocalSlots(1),
             results_dir or fallback_results_dir,
             hooks=tuple(hooks),
+            host=host,
         )
         maybe_finalize(pipe, plan)
         return 0

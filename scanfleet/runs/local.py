@@ -10,25 +10,26 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from scanfleet.core.clock import Clock, utcnow
 from scanfleet.core.errors import ScanInterrupted
 from scanfleet.core.targets import Target, scan_id_for
+from scanfleet.judging.documents import RunDocument
 from scanfleet.kube.client import ClientCache
 from scanfleet.runs.discovery import Entry, covers_map, dedupe_images, resolve
 from scanfleet.runs.pipeline import (
     Progress,
     RunContext,
     complete,
-    failed_before_scan,
     finalize,
     maybe_finalize,
+    record,
     record_error,
     run_target,
 )
+from scanfleet.scan.auditor import Host
 from scanfleet.scan.plan import RunPlan
-from scanfleet.store.files import make_dir, run_dir, summary_path, write_json
+from scanfleet.store.files import make_dir, read_json, run_dir, summary_path
 from scanfleet.store.slots import LocalSlots
 from scanfleet.store.state import MemoryRunState
 
@@ -45,15 +46,17 @@ def run_local(
     cluster_concurrency: int = 10,
     progress: Progress | None = None,
     sandbox: str | None = None,
-) -> dict[str, Any]:
+    host: Host,
+) -> RunDocument:
     """Run every target in-process (threads, no broker), then return the run summary.
 
     `entries` (from discovery) replace `targets` when given. The per-cluster cap is a
     semaphore per context, as the fleet's is a lease per context. `sandbox` (the mode the
-    caller checked before starting, `sandbox.mode_label`) is recorded in run.json.
+    caller checked before starting, `sandbox.mode_label`) is recorded in run.json; `host`
+    (`Host.from_settings`) is this process's side of every audit.
     """
     out = run_dir(results_dir, plan.run_id)
-    make_dir(out)
+    make_dir(out, host.modes)
     if entries is None:
         entries = resolve(clients, targets, need_images=plan.dedupe_images)
     if plan.dedupe_images:
@@ -61,7 +64,13 @@ def run_local(
     total = sum(e.size() for e in entries)
     state = MemoryRunState(total, covers_map(plan.run_id, entries), progress)
     pipe = RunContext(
-        clients, state, LocalSlots(cluster_concurrency), results_dir, now, sandbox=sandbox
+        clients,
+        state,
+        LocalSlots(cluster_concurrency),
+        results_dir,
+        now,
+        sandbox=sandbox,
+        host=host,
     )
     interrupted = _run_entries(pipe, plan, entries, concurrency)
     if interrupted is not None:
@@ -69,7 +78,7 @@ def run_local(
     if state.run is None:  # nothing to scan, or the interruption path recorded the rest
         maybe_finalize(pipe, plan)
     if state.run is None:
-        state.run = finalize(plan, results_dir, now, sandbox=sandbox)
+        state.run = finalize(plan, results_dir, now, sandbox=sandbox, modes=host.modes)
     return state.run
 
 
@@ -80,7 +89,7 @@ def _run_entries(
 
     def one(e: Entry) -> None:
         if e.error is not None:
-            record_error(pipe, plan, e)
+            record_error(pipe, plan, e.target, e.error, image=e.image, image_id=e.image_id)
         else:
             scanned = run_target(pipe, plan, e.target)
             if scanned is not None:
@@ -109,25 +118,15 @@ def _run_entries(
 def _close_interrupted(
     pipe: RunContext, plan: RunPlan, entries: Sequence[Entry], interrupted: ScanInterrupted
 ) -> None:
-    """Targets never started still get a result: nothing ends without one."""
+    """Targets never recorded still get a result: nothing ends without one. A scan cut
+    short left its own summary (`complete` wrote it); the others get `interrupted`."""
     out = run_dir(pipe.results_dir, plan.run_id)
     for e in entries:
-        for t in (e, *e.covers):
-            scan_id = scan_id_for(plan.run_id, t.target)
-            if pipe.state.is_done(plan.run_id, scan_id):
-                continue
-            p = summary_path(out, scan_id)
-            if not p.exists():
-                write_json(
-                    p,
-                    failed_before_scan(
-                        plan.run_id,
-                        t.target,
-                        interrupted,
-                        pipe.now(),
-                        image=t.image,
-                        image_id=t.image_id,
-                        profile_sha256=plan.profile_sha256,
-                    ),
-                )
-            pipe.state.finish(plan.run_id, [(scan_id, "error")])
+        scan_id = scan_id_for(plan.run_id, e.target)
+        if pipe.state.is_done(plan.run_id, scan_id):
+            continue
+        written = summary_path(out, scan_id)
+        if written.exists():
+            record(pipe, plan, read_json(written))
+        else:
+            record_error(pipe, plan, e.target, interrupted, image=e.image, image_id=e.image_id)

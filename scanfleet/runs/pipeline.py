@@ -19,20 +19,21 @@ threshold as its parsed document (so a worker on another host can judge without 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import structlog
 
 from scanfleet.core import metrics
 from scanfleet.core.clock import Clock, iso, utcnow
-from scanfleet.core.errors import ErrorKind, ScanError, ScanInterrupted
+from scanfleet.core.errors import ErrorKind, ProfileMismatch, ScanError, ScanInterrupted
 from scanfleet.core.logs import redact_text
 from scanfleet.core.targets import Target, scan_id_for
 from scanfleet.judging.aggregate import Aggregator
 from scanfleet.judging.documents import (
+    RunDocument,
     TargetSummary,
     covered_summary,
     error_summary,
@@ -40,30 +41,38 @@ from scanfleet.judging.documents import (
 )
 from scanfleet.kube.client import ClientCache
 from scanfleet.runs.discovery import Entry
+from scanfleet.scan.auditor import Host
 from scanfleet.scan.plan import RunPlan
 from scanfleet.scan.target import Scanned, scan_target
-from scanfleet.store.files import iter_summaries, run_dir, summary_path, write_json
+from scanfleet.store.files import PRIVATE, Modes, iter_summaries, run_dir, summary_path, write_json
 from scanfleet.store.slots import Slots
 
 log = structlog.get_logger(__name__)
 
-FinalizeHook = Callable[[Path, Mapping[str, Any]], None]
-"""Runs once per run, after aggregation and before run.json is written (e.g. drift)."""
+FinalizeHook = Callable[[Path, Mapping[str, Any], Modes], None]
+"""Runs once per run, after aggregation and before run.json is written (e.g. drift), with
+the results dir, run.json's body and the results' file modes."""
 Progress = Callable[[int, int], None]
 """Called with (done, total) after each recorded result."""
 
 
-def failed_before_scan(
+def error_result(
     run_id: str,
     target: Target,
-    error: ScanError | Mapping[str, Any],
+    error: BaseException | Mapping[str, Any],
     now: datetime,
     *,
     image: str | None = None,
     image_id: str | None = None,
     profile_sha256: str | None = None,
 ) -> TargetSummary:
-    """The summary of a target that failed before its scan could start."""
+    """The error summary of a target that has no scan result (builds it; `record_error`
+    records it). An exception that is not a `ScanError` becomes an `api_error`."""
+    if isinstance(error, BaseException) and not isinstance(error, ScanError):
+        error = {
+            "kind": ErrorKind.API_ERROR,
+            "message": f"scan failed: {type(error).__name__}: {error}"[:500],
+        }
     summary = error_summary(
         scan_id=scan_id_for(run_id, target),
         run_id=run_id,
@@ -91,7 +100,7 @@ class RunState(Protocol):
 
     def begin_finalize(self, run_id: str, lock_seconds: int = 300) -> bool: ...
 
-    def end_finalize(self, run_id: str, run: Mapping[str, Any]) -> None: ...
+    def end_finalize(self, run_id: str, run: RunDocument) -> None: ...
 
     def is_finalized(self, run_id: str) -> bool: ...
 
@@ -110,6 +119,9 @@ class RunContext:
     sandbox: str | None = None
     """The auditor sandbox mode of this driver ("landlock-abi-N", "off"): run.json's
     `sandbox` when this driver finalizes the run."""
+    host: Host = field(kw_only=True)
+    """This process's side of every audit and write: sandbox settings, environment, the
+    results' file modes, the stop event (`Host.from_settings`)."""
 
 
 def run_target(pipe: RunContext, plan: RunPlan, target: Target) -> Scanned | None:
@@ -135,6 +147,7 @@ def run_target(pipe: RunContext, plan: RunPlan, target: Target) -> Scanned | Non
             plan.scan_options,
             run_dir(pipe.results_dir, plan.run_id),
             now=pipe.now,
+            host=pipe.host,
         )
 
 
@@ -148,33 +161,53 @@ def complete(pipe: RunContext, plan: RunPlan, scanned: Scanned) -> TargetSummary
     summary = scanned.summary
     if isinstance(scanned.error, ScanInterrupted):
         write_json(
-            summary_path(run_dir(pipe.results_dir, plan.run_id), summary["scan_id"]), summary
+            summary_path(run_dir(pipe.results_dir, plan.run_id), summary["scan_id"]),
+            summary,
+            pipe.host.modes,
         )
         raise scanned.error
     record(pipe, plan, summary)
     return summary
 
 
-def record_error(pipe: RunContext, plan: RunPlan, entry: Entry) -> TargetSummary:
-    """An entry that could not be resolved at submit time: its error is its result."""
-    assert entry.error is not None
-    summary = failed_before_scan(
+def record_error(
+    pipe: RunContext,
+    plan: RunPlan,
+    target: Target,
+    error: BaseException | Mapping[str, Any],
+    *,
+    image: str | None = None,
+    image_id: str | None = None,
+) -> TargetSummary:
+    """The one route by which a target gets an error result without a scan of its own:
+    an entry unresolvable at submit time, a plan or profile the worker refuses, an
+    unexpected failure, a run interrupted before the target started. Recorded through
+    `record` (covered targets, counts, finalize) unless the target already has a result;
+    returns the error summary either way.
+
+    A `ProfileMismatch` carries the run's pinned digest: the summary names that one.
+    """
+    sha256 = plan.profile_sha256
+    if isinstance(error, ProfileMismatch) and error.pinned:
+        sha256 = error.pinned  # the run's digest, not this worker's
+    summary = error_result(
         plan.run_id,
-        entry.target,
-        entry.error,
+        target,
+        error,
         pipe.now(),
-        image=entry.image,
-        image_id=entry.image_id,
-        profile_sha256=plan.profile_sha256,
+        image=image,
+        image_id=image_id,
+        profile_sha256=sha256,
     )
-    record(pipe, plan, summary)
+    if not pipe.state.is_done(plan.run_id, summary["scan_id"]):
+        record(pipe, plan, summary)
     return summary
 
 
-def record(pipe: RunContext, plan: RunPlan, summary: Mapping[str, Any]) -> None:
+def record(pipe: RunContext, plan: RunPlan, summary: TargetSummary) -> None:
     """Write the summary and its covered ones, count them, finalize after the last one."""
     out = run_dir(pipe.results_dir, plan.run_id)
-    write_json(summary_path(out, str(summary["scan_id"])), summary)
+    write_json(summary_path(out, str(summary["scan_id"])), summary, pipe.host.modes)
     outcomes = [(str(summary["scan_id"]), str(summary["status"]))]
     for covered in pipe.state.covered(plan.run_id, str(summary["scan_id"])):
         e = Entry.from_dict(covered)
@@ -183,7 +216,7 @@ def record(pipe: RunContext, plan: RunPlan, summary: Mapping[str, Any]) -> None:
             scan_id_for(plan.run_id, e.target),
             target_doc(e.target.to_dict(), e.image, e.image_id),
         )
-        write_json(summary_path(out, cs["scan_id"]), cs)
+        write_json(summary_path(out, cs["scan_id"]), cs, pipe.host.modes)
         outcomes.append((cs["scan_id"], cs["status"]))
     added, done, total = pipe.state.finish(plan.run_id, outcomes)
     metrics.scan_recorded(summary, added)
@@ -191,14 +224,16 @@ def record(pipe: RunContext, plan: RunPlan, summary: Mapping[str, Any]) -> None:
         maybe_finalize(pipe, plan)
 
 
-def maybe_finalize(pipe: RunContext, plan: RunPlan) -> dict[str, Any] | None:
+def maybe_finalize(pipe: RunContext, plan: RunPlan) -> RunDocument | None:
     """Aggregate the run if every target is recorded and nobody else has (SET NX lock)."""
     if pipe.state.is_finalized(plan.run_id):
         return None
     _added, done, total = pipe.state.finish(plan.run_id, [])
     if done < total or not pipe.state.begin_finalize(plan.run_id):
         return None
-    run = finalize(plan, pipe.results_dir, pipe.now, pipe.hooks, sandbox=pipe.sandbox)
+    run = finalize(
+        plan, pipe.results_dir, pipe.now, pipe.hooks, sandbox=pipe.sandbox, modes=pipe.host.modes
+    )
     pipe.state.end_finalize(plan.run_id, run)
     return run
 
@@ -217,29 +252,11 @@ def fan_out(
     queued = 0
     for e in entries:
         if e.error is not None:
-            if not pipe.state.is_done(plan.run_id, scan_id_for(plan.run_id, e.target)):
-                record_error(pipe, plan, e)
+            record_error(pipe, plan, e.target, e.error, image=e.image, image_id=e.image_id)
         else:
             enqueue(e.target)
             queued += 1
     return queued
-
-
-def record_failure(
-    pipe: RunContext, plan: RunPlan, target: Target, exc: BaseException
-) -> TargetSummary:
-    """Last resort: an unexpected failure still gives the target a result, so the run ends."""
-    error: ScanError | dict[str, str] = {
-        "kind": ErrorKind.API_ERROR,
-        "message": f"scan failed: {type(exc).__name__}: {exc}"[:500],
-    }
-    if isinstance(exc, ScanError):
-        error = exc
-    summary = failed_before_scan(
-        plan.run_id, target, error, pipe.now(), profile_sha256=plan.profile_sha256
-    )
-    record(pipe, plan, summary)
-    return summary
 
 
 def finalize(
@@ -249,7 +266,8 @@ def finalize(
     hooks: Sequence[FinalizeHook] = (),
     *,
     sandbox: str | None = None,
-) -> dict[str, Any]:
+    modes: Modes = PRIVATE,
+) -> RunDocument:
     """Aggregate the run's summaries (streamed from disk), run the hooks, write run.json.
 
     `sandbox` is the auditor sandbox mode the run's scans ran in (`sandbox.mode_label`).
@@ -262,22 +280,25 @@ def finalize(
     for summary in iter_summaries(out):
         agg.add(summary)
     result = agg.result(plan.fleet)
-    run = {
-        "run_id": plan.run_id,
-        "source": plan.source,
-        "profile": plan.profile,
-        "created_at": plan.created_at,
-        "finished_at": iso(now()),
-        "sandbox": sandbox,
-        "threshold_applied": plan.threshold is not None,
-        **result,
-        "profile_sha256": plan.profile_sha256,
-    }
+    run = cast(
+        RunDocument,
+        {
+            "run_id": plan.run_id,
+            "source": plan.source,
+            "profile": plan.profile,
+            "created_at": plan.created_at,
+            "finished_at": iso(now()),
+            "sandbox": sandbox,
+            "threshold_applied": plan.threshold is not None,
+            **result,
+            "profile_sha256": plan.profile_sha256,
+        },
+    )
     if not result["targets"]["total"]:  # only a sweep starts a run that found nothing
         run["note"] = "no running pods matched: the run had no targets"
     for hook in hooks:
-        hook(results_dir, run)
-    write_json(out / "run.json", run)
+        hook(results_dir, run, modes)
+    write_json(out / "run.json", run, modes)
     log.info(
         "run.finished",
         run_id=plan.run_id,

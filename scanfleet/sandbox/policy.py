@@ -47,19 +47,11 @@ from urllib.parse import urlsplit
 import structlog
 import yaml
 
+import scanfleet.sandbox.spawn
 from scanfleet.core.errors import AuditorFailed, SandboxUnavailable
-from scanfleet.core.settings import (  # noqa: F401  (re-exported: the sandbox's setting names)
-    ALLOW_READ_ENV,
-    ALLOW_WRITE_ENV,
-    DEFAULT_PROTECT,
-    PROTECT_ENV,
-    SANDBOX_ENV,
-    SandboxSettings,
-)
-from scanfleet.sandbox import confine as sandbox_exec
-from scanfleet.sandbox import inputs as plan_inputs
-from scanfleet.sandbox import spawn as launcher_client
-from scanfleet.sandbox.spawn import AuditorProcess
+from scanfleet.core.settings import ALLOW_READ_ENV, ALLOW_WRITE_ENV, SANDBOX_ENV, SandboxSettings
+from scanfleet.sandbox import confine, inputs
+from scanfleet.sandbox.spawn import AuditorProcess, LauncherLost, SpawnFailed
 
 SYSTEM_READ = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin")
 # /etc, entry by entry: what a Ruby CLI, OpenSSL, glibc's resolver and kubectl read. Not
@@ -91,7 +83,7 @@ ETC_READ = (
 )
 DEV_READ = ("/dev/urandom", "/dev/random", "/dev/zero")
 DEV_WRITE = ("/dev/null",)
-FILE_FLAGS = plan_inputs.FILE_FLAGS
+FILE_FLAGS = inputs.FILE_FLAGS
 # libyaml's safe loader when present: the kubeconfig is parsed on every scan.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -150,12 +142,12 @@ def prepare_workdir(private_dir: Path) -> WorkDir:
 
 def abi_version() -> int:
     """The kernel's Landlock ABI version; 0 when Landlock is absent or disabled."""
-    return sandbox_exec.abi_version()
+    return confine.abi_version()
 
 
 def seccomp_available() -> bool:
     """Whether seccomp filters can be installed here (the socket allow-list needs them)."""
-    return sandbox_exec.seccomp_available() and os.uname().machine in sandbox_exec.SECCOMP_ARCHES
+    return confine.seccomp_available() and os.uname().machine in confine.SECCOMP_ARCHES
 
 
 def mode_label(config: SandboxSettings) -> str:
@@ -239,8 +231,8 @@ def harden_process() -> None:
     it readable only with CAP_SYS_PTRACE. Call at CLI and worker start (forks inherit it,
     exec resets it; the launcher does it for itself)."""
     try:
-        sandbox_exec.make_non_dumpable()
-    except sandbox_exec.SandboxError as e:
+        confine.make_non_dumpable()
+    except confine.SandboxError as e:
         raise OSError(f"cannot make this process non-dumpable: {e}") from None
 
 
@@ -254,15 +246,15 @@ def spawn(policy: Policy, argv: Sequence[str], env: Mapping[str, str]) -> Audito
     Raises SandboxUnavailable (nothing ran), ExecFailed, AuditorFailed (the launcher died
     before the auditor started), or whatever interrupts the wait (the auditor is killed)."""
     try:
-        return launcher_client.get().spawn(argv, env, os.getcwd(), policy.to_dict())
-    except launcher_client.SpawnFailed as e:
+        return scanfleet.sandbox.spawn.get().spawn(argv, env, os.getcwd(), policy.to_dict())
+    except SpawnFailed as e:
         detail = str(e)
         if e.kind == "exec":
             if policy.landlock and "PermissionError" in detail:
                 detail += f"; inside the sandbox: add its directory to {ALLOW_READ_ENV}"
             raise ExecFailed(detail) from None
         raise SandboxUnavailable(f"the auditor sandbox could not be applied: {detail}") from None
-    except launcher_client.LauncherLost as e:
+    except LauncherLost as e:
         raise AuditorFailed(
             f"{e}; the scan was not run (the next one starts a new launcher)"
         ) from None
@@ -345,7 +337,7 @@ def _auditor_dirs(executable: str, env: Mapping[str, str]) -> list[str]:
 
 def _local_inputs(scan: Scan) -> list[str]:
     """The profile and file arguments that name local files."""
-    found = [scan.profile, *plan_inputs.plan_inputs(scan.input_files, scan.extra_args)]
+    found = [scan.profile, *inputs.plan_inputs(scan.input_files, scan.extra_args)]
     return [f for f in found if f and "://" not in f and os.path.exists(f)]
 
 
@@ -375,10 +367,10 @@ def _refuse_inputs(config: SandboxSettings, scan: Scan, worker_env: Mapping[str,
         _refuse_inside(scan.profile, "profile", off_limits, "scanfleet-")
     if os.path.realpath(home) != "/":
         off_limits["the worker's HOME"] = [home]
-    for f in plan_inputs.plan_inputs(scan.input_files, scan.extra_args):
+    for f in inputs.plan_inputs(scan.input_files, scan.extra_args):
         if not f or not os.path.lexists(f):
             continue  # nothing to grant; the auditor reports the missing file
-        if not plan_inputs.regular_file(f):
+        if not inputs.regular_file(f):
             raise SandboxUnavailable(
                 f"input file {f!r} is not a regular file: a directory (or device, fifo, "
                 "socket) is never granted to the auditor"

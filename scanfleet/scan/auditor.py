@@ -45,7 +45,7 @@ import shutil
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -58,14 +58,23 @@ from scanfleet.core.errors import (
     ScanTimeout,
 )
 from scanfleet.core.logs import redact_text
-from scanfleet.core.settings import process_environment, sandbox_settings
+from scanfleet.core.settings import SandboxSettings, Settings
 from scanfleet.core.targets import Target
 from scanfleet.core.textsafe import strip_controls
-from scanfleet.sandbox import policy as sandbox
-from scanfleet.sandbox import reaper as sandbox_reap
+from scanfleet.sandbox.policy import (
+    ExecFailed,
+    Policy,
+    Scan,
+    WorkDir,
+    activate,
+    build_policy,
+    prepare_workdir,
+    spawn,
+)
 from scanfleet.sandbox.procgroup import signal_name, terminate_group
+from scanfleet.sandbox.reaper import hold, record_auditor
 from scanfleet.sandbox.spawn import AuditorProcess
-from scanfleet.store.files import copy_report
+from scanfleet.store.files import PRIVATE, Modes, copy_report, result_modes
 
 COMPLETED_EXIT_CODES = frozenset({0, 100, 101})
 """InSpec's distinct exit codes: 0 all passed, 100 some failed, 101 some skipped."""
@@ -128,21 +137,28 @@ _ENV_SECRET_NAME = re.compile(
 
 log = structlog.get_logger(__name__)
 
-_stop = threading.Event()
 
-
-def request_stop() -> None:
-    """Make every auditor this process is waiting for stop, in every thread.
+@dataclass(frozen=True)
+class Host:
+    """This process's side of every audit, read once (settings.py) and passed down: the
+    sandbox settings, the environment the auditor's allowlist is filtered from, the
+    results' file modes, and `stop`, which makes every audit waiting on this host end.
 
     A signal handler can only raise in the main thread; an in-process run with a thread
-    pool (`submit --local`) sets this so audits in the other threads end promptly too,
+    pool (`submit --local`) sets `stop` so audits in the other threads end promptly too,
     with `ScanInterrupted`, and their identities are revoked.
     """
-    _stop.set()
 
+    sandbox: SandboxSettings = field(default_factory=SandboxSettings)
+    environment: Mapping[str, str] = field(default_factory=dict, repr=False)
+    modes: Modes = PRIVATE
+    stop: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
-def clear_stop() -> None:
-    _stop.clear()
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Host:
+        return cls(
+            settings.sandbox, settings.environment, result_modes(settings.results_group_read)
+        )
 
 
 @dataclass(frozen=True)
@@ -181,9 +197,9 @@ def build_argv(
 
 def auditor_environment(
     kubeconfig: Path,
-    base: Mapping[str, str] | None = None,
+    base: Mapping[str, str],
     *,
-    workdir: sandbox.WorkDir | None = None,
+    workdir: WorkDir | None = None,
 ) -> dict[str, str]:
     """The auditor's environment: an allowlisted copy of `base` plus KUBECONFIG.
 
@@ -202,10 +218,9 @@ def auditor_environment(
     can hold Automate or compliance tokens) is never granted implicitly; install plugins
     under an INSPEC_CONFIG_DIR of their own (the worker image does).
     """
-    source = process_environment() if base is None else base
     env = {
         k: v
-        for k, v in source.items()
+        for k, v in base.items()
         if (k in _ENV_ALLOW_NAMES or k.startswith(_ENV_ALLOW_PREFIXES))
         and not _ENV_SECRET_NAME.search(k)
         and "KUBECONFIG" not in k.upper()
@@ -228,15 +243,14 @@ def run_auditor(
     extra_args: Sequence[str] = (),
     timeout: float,
     kill_grace: float = 10.0,
-    env: Mapping[str, str] | None = None,
+    host: Host,
 ) -> AuditResult:
     """Run the auditor against one target, in its sandbox, and wait for it.
 
     The auditor writes its report into the scan's private directory (the kubeconfig's);
     after a completed audit scanfleet rewrites it to `report_path` with the results' file
-    mode. `env` replaces the parent environment as the base that `auditor_environment`
-    filters; the sandbox settings (SCANFLEET_SANDBOX*) are the worker's own
-    (`settings.sandbox_settings()`, as `Settings.sandbox` reads them).
+    mode. `host` gives the sandbox settings, the base environment that
+    `auditor_environment` filters, the file modes and the stop event.
     Raises SandboxUnavailable, AuditorMissing, AuditorFailed, InvalidReport or ScanTimeout;
     any BaseException raised in the waiting thread (KeyboardInterrupt, ScanInterrupted from
     a signal handler) terminates the process group and is re-raised unchanged.
@@ -244,15 +258,15 @@ def run_auditor(
     if timeout <= 0:
         raise ValueError(f"timeout must be positive, got {timeout!r}")
     launch = _prepare(
-        auditor, profile, target, report_path, kubeconfig, input_files, extra_args, env
+        auditor, profile, target, report_path, kubeconfig, input_files, extra_args, host
     )
-    with sandbox_reap.hold(kubeconfig.parent):
+    with hold(kubeconfig.parent):
         started = time.monotonic()
         try:
-            proc = sandbox.spawn(launch.policy, launch.argv, launch.env)
-        except sandbox.ExecFailed as e:
+            proc = spawn(launch.policy, launch.argv, launch.env)
+        except ExecFailed as e:
             raise AuditorMissing(_missing_message(auditor, str(e))) from e
-        sandbox_reap.record_auditor(kubeconfig.parent, proc.pid)
+        record_auditor(kubeconfig.parent, proc.pid)
         log.info(
             "auditor.started",
             pid=proc.pid,
@@ -260,7 +274,9 @@ def run_auditor(
             sandbox=launch.mode,
             kubeconfig_path=str(kubeconfig),
         )
-        exit_code, stderr_tail = _supervise(proc, target, started + timeout, timeout, kill_grace)
+        exit_code, stderr_tail = _supervise(
+            proc, target, started + timeout, timeout, kill_grace, host.stop
+        )
         duration = time.monotonic() - started
         log.info("auditor.finished", pid=proc.pid, exit_code=exit_code, duration_s=duration)
         if proc.lost:
@@ -274,7 +290,7 @@ def run_auditor(
         report = launch.work.report
         if report.exists() or report.is_symlink():
             try:
-                copy_report(report, report_path)
+                copy_report(report, report_path, host.modes)
             except ValueError as e:
                 raise InvalidReport(f"the auditor's report cannot be used: {e}") from e
     return AuditResult(exit_code=exit_code, duration_s=duration)
@@ -284,8 +300,8 @@ def run_auditor(
 class _Launch:
     argv: list[str]
     env: dict[str, str]
-    policy: sandbox.Policy
-    work: sandbox.WorkDir
+    policy: Policy
+    work: WorkDir
     mode: str
 
 
@@ -297,21 +313,19 @@ def _prepare(
     kubeconfig: Path,
     input_files: Sequence[Path | str],
     extra_args: Sequence[str],
-    env: Mapping[str, str] | None,
+    host: Host,
 ) -> _Launch:
     """Sandbox mode, private work dir, argv, environment and policy of one audit."""
-    config = sandbox_settings()  # Settings.sandbox's variables, read by settings.py
-    mode = sandbox.activate(config)  # no Landlock and not opted out: nothing runs
-    work = sandbox.prepare_workdir(kubeconfig.parent)
+    config = host.sandbox
+    mode = activate(config)  # no Landlock and not opted out: nothing runs
+    work = prepare_workdir(kubeconfig.parent)
     argv = build_argv(auditor, profile, target, work.report, input_files, extra_args)
-    child_env = auditor_environment(kubeconfig, env, workdir=work)
+    child_env = auditor_environment(kubeconfig, host.environment, workdir=work)
     executable = shutil.which(auditor, path=child_env.get("PATH", os.defpath))
     if executable is None:
         raise AuditorMissing(_missing_message(auditor, "No such file or directory"))
-    scan = sandbox.Scan(
-        executable, profile, kubeconfig, work, report_path.parent, input_files, extra_args
-    )
-    policy = sandbox.build_policy(config, scan, child_env, process_environment())
+    scan = Scan(executable, profile, kubeconfig, work, report_path.parent, input_files, extra_args)
+    policy = build_policy(config, scan, child_env, host.environment)
     return _Launch(argv, child_env, policy, work, mode)
 
 
@@ -328,12 +342,13 @@ def _supervise(
     deadline: float,
     timeout: float,
     kill_grace: float,
+    stop: threading.Event,
 ) -> tuple[int, str]:
     """Wait for the auditor; its exit code and redacted stderr tail. The group never
     outlives this call."""
     try:
         tail = _StderrTail(proc)
-        exit_code = _wait(proc, deadline)
+        exit_code = _wait(proc, deadline, stop)
     except BaseException:
         log.warning("auditor.interrupted", pid=proc.pid)
         terminate_group(proc, kill_grace)
@@ -350,7 +365,7 @@ def _supervise(
     return exit_code, tail.text()
 
 
-def _wait(proc: AuditorProcess, deadline: float) -> int | None:
+def _wait(proc: AuditorProcess, deadline: float, stop: threading.Event) -> int | None:
     """Wait for the leader until `deadline` (monotonic); its exit code, or None on timeout.
 
     Polls with short sleeps rather than blocking in waitpid, so a signal handler in the
@@ -361,7 +376,7 @@ def _wait(proc: AuditorProcess, deadline: float) -> int | None:
         code = proc.poll()
         if code is not None:
             return code
-        if _stop.is_set():
+        if stop.is_set():
             raise ScanInterrupted("interrupted: the run is stopping")
         remaining = deadline - time.monotonic()
         if remaining <= 0:

@@ -4,7 +4,8 @@ Owns `RunPlan` (plain JSON in Redis, `summaries.PlanDocument`: contexts by name,
 threshold as its parsed document, never a credential: a profile URL's user:password is
 kept in memory only, `profile_url`) and the `ScanOptions` derived from it.
 Threshold files are read and validated once in `RunPlan.new`; a plan's threshold and fleet
-threshold are parsed once per plan object (`cached_property`), never once per target.
+threshold are parsed once per plan (`cached_property`), never once per target: a worker
+pins a URL profile before each scan with `pinned`, which keeps the parsed thresholds.
 
 Pure apart from checking that the named input and threshold files exist; never talks to
 Kubernetes, Redis or Celery.
@@ -14,11 +15,11 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from scanfleet.core.clock import iso
 from scanfleet.core.errors import BadInput
@@ -29,6 +30,7 @@ from scanfleet.core.policy import (
     check_profile,
     safe_url,
 )
+from scanfleet.judging.documents import PlanDocument
 from scanfleet.judging.thresholds import (
     FleetThreshold,
     Threshold,
@@ -139,13 +141,15 @@ class RunPlan:
         _ = plan.scan_options, plan.fleet  # parse now: BadInput before anything is created
         return plan
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> PlanDocument:
+        """The plan as Redis stores it: every field but the in-memory-only `profile_url`
+        and `profile_path` (tests/unit/scan/test_plan.py holds the two in step)."""
         d = asdict(self)
         d.pop("profile_url")
         d.pop("profile_path")
         d["input_files"] = list(self.input_files)
         d["extra_args"] = list(self.extra_args)
-        return d
+        return cast(PlanDocument, d)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunPlan:
@@ -156,16 +160,29 @@ class RunPlan:
         d["extra_args"] = tuple(d.get("extra_args", ()))
         return cls(**d)
 
+    def pinned(self, profile_sha256: str, profile_path: str) -> RunPlan:
+        """This plan with its profile pinned to a fetched archive; the thresholds already
+        parsed are kept (`dataclasses.replace` alone would parse them again)."""
+        plan = replace(self, profile_sha256=profile_sha256, profile_path=profile_path)
+        for parsed in ("_threshold", "fleet"):
+            if parsed in self.__dict__:
+                plan.__dict__[parsed] = self.__dict__[parsed]
+        return plan
+
+    @cached_property
+    def _threshold(self) -> Threshold | None:
+        """The threshold document, parsed once per plan (and kept by `pinned`)."""
+        if self.threshold is None:
+            return None
+        return parse_threshold(self.threshold, self.threshold_source)
+
     @cached_property
     def scan_options(self) -> ScanOptions:
-        """How to scan each target; the threshold document is parsed here, once per plan."""
-        threshold: Threshold | None = None
-        if self.threshold is not None:
-            threshold = parse_threshold(self.threshold, self.threshold_source)
+        """How to scan each target (the threshold parsed once, `_threshold`)."""
         return ScanOptions(
             profile=self.profile_path or self.profile_url or self.profile,
             profile_sha256=self.profile_sha256,
-            threshold=threshold,
+            threshold=self._threshold,
             input_files=self.input_files,
             extra_args=self.extra_args,
             token_ttl=self.token_ttl,
@@ -175,7 +192,7 @@ class RunPlan:
 
     @cached_property
     def fleet(self) -> FleetThreshold | None:
-        """The fleet threshold, parsed once per plan."""
+        """The fleet threshold, parsed once per plan (and kept by `pinned`)."""
         if self.fleet_threshold is None:
             return None
         return parse_fleet_threshold(self.fleet_threshold, self.fleet_threshold_source)

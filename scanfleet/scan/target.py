@@ -8,7 +8,8 @@ It always returns a `Scanned`: the target summary (SPEC §4) and, when the scan 
 complete, the `ScanError` behind it — never an exception for one target's failure, so one
 bad target never stops the others. It writes the auditor's raw report but never the summary
 and never run state: whether a failed scan is recorded or retried later is the driver's
-decision, made from `error.retryable` (see `runs.complete`). Clean-up happens inside
+decision (`scan` and `submit --local` record every error at once; the fleet's scan task
+asks `clock.retry_delay` in `worker.tasks._retry_or_continue`). Clean-up happens inside
 `identity.scan_identity`, whatever happens here.
 """
 
@@ -46,7 +47,7 @@ from scanfleet.judging.documents import (
 )
 from scanfleet.judging.report import Counts, control_ids, load_report
 from scanfleet.kube.client import ClientCache, KubeClient
-from scanfleet.scan.auditor import run_auditor
+from scanfleet.scan.auditor import Host, run_auditor
 from scanfleet.scan.plan import ScanOptions
 from scanfleet.store.files import make_dir, report_path
 
@@ -81,8 +82,10 @@ def scan_target(
     out_dir: Path,
     *,
     now: Clock = utcnow,
+    host: Host,
 ) -> Scanned:
-    """Scan one resolved target of a run; the raw report goes into `out_dir`."""
+    """Scan one resolved target of a run; the raw report goes into `out_dir`. `host` is
+    this process's side of the audit (sandbox, environment, file modes, stop event)."""
     if target.container is None:
         raise ValueError("scan_target needs a resolved target (container known)")
     scan_id = scan_id_for(run_id, target)
@@ -101,7 +104,15 @@ def scan_target(
         log.info("scan.started", profile=options.profile)
         try:
             _audit(
-                _admin(clients, target), target, scan_id, run_id, options, out_dir, found, started
+                _admin(clients, target),
+                target,
+                scan_id,
+                run_id,
+                options,
+                out_dir,
+                found,
+                started,
+                host,
             )
         except ScanError as e:
             error = e
@@ -136,9 +147,10 @@ def _audit(
     out_dir: Path,
     found: _Progress,
     started: datetime,
+    host: Host,
 ) -> None:
     report = report_path(out_dir, scan_id)
-    make_dir(out_dir)
+    make_dir(out_dir, host.modes)
     report.unlink(missing_ok=True)  # a redelivered scan must not judge an old report
     identity = None
     try:
@@ -164,6 +176,7 @@ def _audit(
                     extra_args=options.extra_args,
                     timeout=options.timeout,
                     kill_grace=options.kill_grace,
+                    host=host,
                 )
             except (AuditorFailed, ScanTimeout, InvalidReport) as e:
                 # Was it still the same pod? A replaced pod is not this auditor's failure.

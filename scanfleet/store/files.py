@@ -7,7 +7,8 @@ file and a redelivered scan replaces its summary instead of adding a second one.
 
 Results are private: directories 0700, files 0600, whatever the umask. For a volume shared
 with a reader group, SCANFLEET_RESULTS_GROUP_READ=1 makes them 0750 / 0640 (group read,
-never group or world write).
+never group or world write). The caller passes the `Modes` (`result_modes(settings...)`);
+this module never reads the environment.
 
 What it must never do: write a credential; follow a symlink or open a FIFO that the auditor
 left where its report should be (`copy_report`).
@@ -20,29 +21,41 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from scanfleet.core.errors import BadInput
-from scanfleet.core.settings import results_group_read
 
 RUN_ID_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
 _COPY_CHUNK = 1024 * 1024
 
 
-def result_modes(env: Mapping[str, str] | None = None) -> tuple[int, int]:
-    """(directory mode, file mode): 0700/0600, or 0750/0640 with group read enabled."""
-    return (0o750, 0o640) if results_group_read(env) else (0o700, 0o600)
+@dataclass(frozen=True)
+class Modes:
+    """The permission bits of result directories and files."""
+
+    directory: int = 0o700
+    file: int = 0o600
 
 
-def make_dir(path: Path) -> None:
+PRIVATE = Modes()
+GROUP_READ = Modes(0o750, 0o640)
+
+
+def result_modes(group_read: bool) -> Modes:
+    """0700/0600, or 0750/0640 with group read enabled (`Settings.results_group_read`)."""
+    return GROUP_READ if group_read else PRIVATE
+
+
+def make_dir(path: Path, modes: Modes = PRIVATE) -> None:
     """Create `path` (and missing parents) with the results' directory mode.
 
     A directory this call creates gets the mode; an existing `path` is set to it too (a
     run directory made by an older version); existing parents are left as they are.
     """
-    dir_mode, _ = result_modes()
+    dir_mode = modes.directory
     missing = [p for p in (path, *path.parents) if not p.exists()]
     path.mkdir(mode=dir_mode, parents=True, exist_ok=True)
     for p in (*missing, path):
@@ -68,22 +81,22 @@ def summary_path(directory: Path, scan_id: str) -> Path:
     return directory / f"{scan_id}.json"
 
 
-def write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any, modes: Modes = PRIVATE) -> None:
     """Atomically write JSON (temp file in the same directory, then rename)."""
-    make_dir(path.parent)
+    make_dir(path.parent, modes)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=False)
             f.write("\n")
-        os.chmod(tmp, result_modes()[1])
+        os.chmod(tmp, modes.file)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def copy_report(source: Path, path: Path) -> None:
+def copy_report(source: Path, path: Path, modes: Modes = PRIVATE) -> None:
     """Rewrite the auditor's report at `source` to `path`, atomically, with the file mode.
 
     `source` lies in a directory the auditor could write: it must be a regular file with
@@ -98,13 +111,13 @@ def copy_report(source: Path, path: Path) -> None:
         st = os.fstat(src)
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
             raise ValueError(f"{source.name} is not a plain file")
-        make_dir(path.parent)
+        make_dir(path.parent, modes)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as out:
                 while chunk := os.read(src, _COPY_CHUNK):
                     out.write(chunk)
-            os.chmod(tmp, result_modes()[1])
+            os.chmod(tmp, modes.file)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from scanfleet.judging.documents import RunPhase
+from scanfleet.judging.documents import RunDocument, RunPhase
 from scanfleet.store.client import connect, guarded
 
 if TYPE_CHECKING:
@@ -221,6 +221,7 @@ class RunStore:
         return [json.loads(x) for x in raw]
 
     def iter_entries(self, run_id: str, batch: int = 500) -> Iterator[dict[str, Any]]:
+        """Every target entry of the run, read `batch` at a time (recovery's orphan sweep)."""
         start = 0
         while True:
             chunk = self.entries(run_id, start, start + batch)
@@ -264,6 +265,7 @@ class RunStore:
         return None if raw is None else cast(dict[str, Any], json.loads(cast(str, raw)))
 
     def target_states(self, run_id: str) -> dict[str, str]:
+        """{scan id: state} of the run's targets (recovery's orphan sweep)."""
         with self._guard("reading target states"):
             return cast(dict[str, str], self.r.hgetall(self.key(run_id, "state")))
 
@@ -355,7 +357,7 @@ class MemoryRunState:
         self.covers = {k: [dict(c) for c in v] for k, v in (covers or {}).items()}
         self.states: dict[str, str] = {}
         self.done: set[str] = set()
-        self.run: dict[str, Any] | None = None
+        self.run: RunDocument | None = None
         self._finalizing = False
         self._lock = threading.Lock()
         self._progress = progress
@@ -392,8 +394,8 @@ class MemoryRunState:
             self._finalizing = True
             return True
 
-    def end_finalize(self, run_id: str, run: Mapping[str, Any]) -> None:
-        self.run = dict(run)
+    def end_finalize(self, run_id: str, run: RunDocument) -> None:
+        self.run = run
 
     def is_finalized(self, run_id: str) -> bool:
         return self.run is not None

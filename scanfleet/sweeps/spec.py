@@ -309,10 +309,3 @@ def load_sweeps(path: str | Path) -> list[Sweep]:
     except yaml.YAMLError as e:
         raise SweepsFileError(f"sweeps file {str(p)!r}: not valid YAML: {e}") from None
     return parse_sweeps(data, str(p), p.resolve().parent)
-
-
-def find_sweep(sweeps: list[Sweep], name: str) -> Sweep:
-    for s in sweeps:
-        if s.name == name:
-            return s
-    raise SweepsFileError(f"no sweep named {name!r}")

@@ -10,7 +10,9 @@ to a sweep run's run.json (runs.finalize calls it and knows nothing about sweeps
 the plan's `extra`, the key in the worker's environment), which never fails the run.
 
 Called by the worker's tasks and the schedule, never the other way round: the Celery
-publisher is injected. Never carries a credential: sweeps name contexts, never tokens.
+publisher is injected, and so is the starter (`run_tick(start=...)`; the worker's app
+takes one in `create_app(start_sweep=...)`). Never carries a credential: sweeps name
+contexts, never tokens.
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ from scanfleet.runs.discovery import Scope, dedupe_images, discover
 from scanfleet.runs.drift import write_sweep_drift
 from scanfleet.runs.fleet import Publish, submit_run
 from scanfleet.runs.pipeline import FinalizeHook
+from scanfleet.scan.auditor import Host
 from scanfleet.scan.plan import RunPlan
-from scanfleet.store.files import iter_summaries, report_path, run_dir
+from scanfleet.store.files import Modes, iter_summaries, report_path, run_dir
 from scanfleet.store.locks import LOCK_TTL, SweepLock
 from scanfleet.store.state import RunStore
 from scanfleet.sweeps.spec import Sweep
@@ -68,22 +71,6 @@ def run_tick(
         lock.bind(sweep.name, token, run_id, lock_ttl)
         log.info("sweep.started", sweep=sweep.name, run_id=run_id, source=sweep.source)
         return run_id
-
-
-_starter: Starter | None = None
-
-
-def set_starter(starter: Starter | None) -> None:
-    """Replace how a tick starts its run (tests; None: `start_sweep_run`)."""
-    global _starter  # noqa: PLW0603 - one process-wide seam, set at start-up
-    _starter = starter
-
-
-def starter(publish: Publish) -> Starter:
-    """The starter a tick uses: the one set for tests, else `start_sweep_run` on `publish`."""
-    if _starter is not None:
-        return _starter
-    return lambda sweep, settings: start_sweep_run(sweep, settings, publish)
 
 
 def start_sweep_run(sweep: Sweep, settings: Settings, publish: Publish) -> str:
@@ -131,6 +118,7 @@ def start_sweep_run(sweep: Sweep, settings: Settings, publish: Publish) -> str:
         results_dir=None,
         fallback_results_dir=settings.results_dir,
         hooks=finalize_hooks(plan),
+        host=Host.from_settings(settings),
     )
     return plan.run_id
 
@@ -151,7 +139,7 @@ def finalize_hooks(plan: RunPlan) -> tuple[FinalizeHook, ...]:
     return (write_drift, functools.partial(upload_to_heimdall, url))
 
 
-def upload_to_heimdall(url: str, results_dir: Path, run: Mapping[str, Any]) -> None:
+def upload_to_heimdall(url: str, results_dir: Path, run: Mapping[str, Any], modes: Modes) -> None:
     """Finalize hook: each target's HDF file to Heimdall. Logs what happened; never raises,
     so an unreachable server or a missing key never changes the run's verdict."""
     run_id = str(run.get("run_id"))
@@ -190,8 +178,8 @@ def upload_to_heimdall(url: str, results_dir: Path, run: Mapping[str, Any]) -> N
     )
 
 
-def write_drift(results_dir: Path, run: Mapping[str, Any]) -> None:
+def write_drift(results_dir: Path, run: Mapping[str, Any], modes: Modes) -> None:
     """Finalize hook: a sweep run is compared with the previous run of the same sweep."""
-    drift = write_sweep_drift(results_dir, run)
+    drift = write_sweep_drift(results_dir, run, modes)
     if drift is not None:
         log.info("run.drift", run_id=run.get("run_id"), baseline=drift.get("run_a"))

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scanfleet.core.settings import ALLOW_READ_ENV, ALLOW_WRITE_ENV, process_environment
+from scanfleet.core.settings import ALLOW_READ_ENV, ALLOW_WRITE_ENV, environment_snapshot
 
 HERE = Path(__file__).resolve().parent
 STANDIN = HERE / "standin" / "cinc-auditor"
@@ -113,7 +113,7 @@ def standin_environment(
 ) -> dict[str, str]:
     """The variables a scanfleet process needs to run `launcher` in its sandbox; the stand-in
     may also read `readable` (your own reports) and read and write `writable`."""
-    source = process_environment() if base is None else base
+    source = environment_snapshot() if base is None else base
     env = {
         "SCANFLEET_AUDITOR": str(launcher),
         ALLOW_READ_ENV: os.pathsep.join(

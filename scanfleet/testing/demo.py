@@ -36,7 +36,7 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from scanfleet.core.errors import BadInput
-from scanfleet.core.settings import process_environment
+from scanfleet.core.settings import environment_snapshot
 from scanfleet.reports import write_report
 from scanfleet.store.files import iter_summaries, run_dir
 from scanfleet.testing.auditor import SAMPLES, report, standin_auditor
@@ -221,7 +221,7 @@ def run_demo(
         standin_auditor(Path(tmp) / "standin", plan=plan(), use_kubectl=False) as auditor,
         log.open("w") as log_file,
     ):
-        env = child_environment(sim, auditor.env, results_dir, broker, process_environment())
+        env = child_environment(sim, auditor.env, results_dir, broker, environment_snapshot())
         argv = scanfleet_argv(*submit_args(sim, results_dir, broker))
         with worker(env, log_file, broker) as guard:
             code, lines = _submit(argv, env, log_file, on_line, guard)

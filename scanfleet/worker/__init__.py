@@ -1,6 +1,6 @@
 """The Celery side of scanfleet, and the only package that imports `celery`.
 
-    worker.app       make_app(), the task names and queue, the fan-out publisher
+    worker.app       create_app(settings), the task names and queue, the fan-out publisher
     worker.tasks     every task, registered one way, retries from clock.RETRY_DELAYS
     worker.schedule  Celery beat: sweeps on cron (croniter), janitor and retention
 

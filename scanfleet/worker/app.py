@@ -35,17 +35,18 @@ The broker is the fleet's control plane, so:
 
 from __future__ import annotations
 
+import functools
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import structlog
 from celery import Celery
-from celery.signals import setup_logging, worker_ready
+from celery.signals import setup_logging
 
 from scanfleet.core.settings import Settings
+from scanfleet.sweeps.tick import Starter
 
 QUEUE = "scanfleet"
 FAN_OUT_TASK = "scanfleet.fan_out"
@@ -94,8 +95,9 @@ def broker_tls(url: str) -> dict[str, Any] | None:
     return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 
 
-def make_app(settings: Settings, tuning: FleetTuning) -> Celery:
-    app = Celery("scanfleet", broker=settings.broker_url, include=["scanfleet.worker.tasks"])
+def _celery(settings: Settings, tuning: FleetTuning) -> Celery:
+    """A configured Celery app with no task: `create_app` registers them."""
+    app = Celery("scanfleet", broker=settings.broker_url)
     vt = tuning.visibility_timeout
     app.conf.update(
         task_serializer="json",
@@ -160,14 +162,29 @@ def _keep_our_logging(**_kwargs: Any) -> None:
 setup_logging.connect(_keep_our_logging, weak=False)
 
 
-def _log_ready(**_kwargs: Any) -> None:
-    structlog.get_logger(__name__).info(
-        "worker.ready", queue=QUEUE, visibility_timeout=tuning.visibility_timeout
-    )
+def create_app(settings: Settings, *, start_sweep: Starter | None = None) -> Celery:
+    """The Celery app for these settings, with every task registered on it.
+
+    The tasks read their settings from the app (`tasks.WorkerContext.of`), never from a
+    module global. `start_sweep` replaces how a sweep tick starts its run (None: an
+    ordinary fleet run published on this app, `sweeps.tick.start_sweep_run`).
+    """
+    from scanfleet.worker import tasks  # tasks import this module's names
+
+    tuning = FleetTuning.from_settings(settings)
+    app = _celery(settings, tuning)
+    tasks.register(app, settings, tuning, start_sweep=start_sweep)
+    return app
 
 
-worker_ready.connect(_log_ready, weak=False)
+@functools.cache
+def _from_environment() -> Celery:
+    return create_app(Settings.from_env())
 
-settings = Settings.from_env()
-tuning = FleetTuning.from_settings(settings)
-app = make_app(settings, tuning)
+
+def __getattr__(name: str) -> Any:
+    """`app`, built from the environment on first use, for Celery's own command line
+    (`celery --app=scanfleet.worker.app flower`); scanfleet's code calls `create_app`."""
+    if name == "app":
+        return _from_environment()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

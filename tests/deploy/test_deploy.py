@@ -26,11 +26,20 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes.config.kube_config import KubeConfigLoader
 
+from tests.support.manifests import (
+    DEPLOY,
+    _by_kind,
+    _clusterrole_rules,
+    _deserialize,
+    _dropped_keys,
+    _manifests,
+    _model_name,
+    _one,
+)
 from tests.support.paths import ROOT
 
 COMPOSE = ROOT / "compose" / "docker-compose.yml"
 COMPOSE_SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"
-DEPLOY = ROOT / "deploy"
 DOCKERFILE = ROOT / "workers" / "Dockerfile"
 ENTRYPOINT = ROOT / "workers" / "entrypoint.sh"
 
@@ -300,7 +309,7 @@ def test_sweeps_files_load_with_scanfleets_own_strict_loader(
     sweeps_file: str, compose: dict[str, Any], tmp_path: Path
 ) -> None:
     """As beat would load them, with /etc/scanfleet/profiles mapped to the mounted dir."""
-    import scanfleet.sweeps.spec as sweeps
+    from scanfleet.sweeps.spec import load_sweeps
 
     if sweeps_file.endswith("configmap.yaml"):
         (configmap,) = [
@@ -319,7 +328,7 @@ def test_sweeps_files_load_with_scanfleets_own_strict_loader(
     profiles = ROOT / "compose" / "demo" / "profiles"
     copy = tmp_path / "sweeps.yml"
     copy.write_text(text.replace("/etc/scanfleet/profiles", str(profiles)))
-    loaded = sweeps.load_sweeps(copy)
+    loaded = load_sweeps(copy)
     assert loaded
     assert all(s.name for s in loaded)
 
@@ -355,56 +364,6 @@ def test_demo_files_hang_together(compose: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------------------------
 # Kubernetes manifests
-
-
-def _manifests() -> list[tuple[str, dict[str, Any]]]:
-    docs = []
-    for path in sorted(DEPLOY.glob("*.yaml")):
-        if path.name == "kustomization.yaml":
-            continue
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc:
-                docs.append((path.name, doc))
-    return docs
-
-
-def _model_name(doc: dict[str, Any]) -> str:
-    version = doc["apiVersion"].rsplit("/", 1)[-1]
-    return f"{version.capitalize()}{doc['kind']}"
-
-
-def _deserialize(doc: dict[str, Any]) -> Any:
-    api = k8s.ApiClient()
-    try:
-        return api._ApiClient__deserialize(doc, _model_name(doc))  # type: ignore[attr-defined]
-    finally:
-        api.close()
-
-
-def _dropped_keys(original: Any, roundtrip: Any, path: str = "") -> list[str]:
-    """Keys present in the manifest but lost by the model: fields the API does not know."""
-    dropped: list[str] = []
-    if isinstance(original, dict):
-        if not isinstance(roundtrip, dict):
-            return [path or "/"]
-        for key, value in original.items():
-            if key not in roundtrip:
-                dropped.append(f"{path}/{key}")
-            else:
-                dropped += _dropped_keys(value, roundtrip[key], f"{path}/{key}")
-    elif isinstance(original, list) and isinstance(roundtrip, list):
-        for i, (a, b) in enumerate(zip(original, roundtrip, strict=True)):
-            dropped += _dropped_keys(a, b, f"{path}[{i}]")
-    return dropped
-
-
-def _by_kind(kind: str) -> list[dict[str, Any]]:
-    return [doc for _, doc in _manifests() if doc["kind"] == kind]
-
-
-def _one(kind: str, name: str) -> dict[str, Any]:
-    (doc,) = [d for d in _by_kind(kind) if d["metadata"]["name"] == name]
-    return doc
 
 
 @pytest.mark.parametrize(
@@ -460,19 +419,6 @@ def test_kustomization_lists_every_manifest() -> None:
     for _, d in _manifests():
         if d["kind"] in CLUSTER_SCOPED:
             assert "namespace" not in d["metadata"], d["metadata"]["name"]
-
-
-def _clusterrole_rules() -> set[tuple[str, str, str]]:
-    docs = list(yaml.safe_load_all((DEPLOY / "clusterrole.yaml").read_text()))
-    assert [d["kind"] for d in docs] == ["ClusterRole"]
-    granted = set()
-    for rule in docs[0]["rules"]:
-        assert set(rule) == {"apiGroups", "resources", "verbs"}, rule
-        for group in rule["apiGroups"]:
-            for resource in rule["resources"]:
-                for verb in rule["verbs"]:
-                    granted.add((group, resource, verb))
-    return granted
 
 
 def test_clusterrole_grants_exactly_the_allowed_rules() -> None:

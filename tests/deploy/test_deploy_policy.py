@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from scanfleet.identity.mint import role_rules
-from tests.deploy.test_deploy import _clusterrole_rules, _deserialize, _dropped_keys, _one
+from tests.support.manifests import _clusterrole_rules, _deserialize, _dropped_keys, _one
 from tests.support.paths import ROOT
 from tests.support.tools import require_tool
 

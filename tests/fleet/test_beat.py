@@ -11,6 +11,7 @@ code under test.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -217,12 +218,14 @@ BEAT = textwrap.dedent(
 
     from scanfleet.core import logs
     logs.configure("json")
-    from scanfleet.worker.app import app
+    from scanfleet.core.settings import Settings
+    from scanfleet.worker.app import create_app
     from scanfleet.worker.schedule import run_beat
     from scanfleet.sweeps.spec import load_sweeps
 
     periodic = {"janitor_interval": float(sys.argv[3]), "prune_interval": float(sys.argv[4])} \\
         if len(sys.argv) > 4 else {}
+    app = create_app(Settings.from_env())
     run_beat(app, load_sweeps(sys.argv[2]), max_interval=0.25, nowfun=file_clock, **periodic)
     """
 )
@@ -232,8 +235,8 @@ WORKER = textwrap.dedent(
     import json, os
     from scanfleet.core import logs
     logs.configure("json")
-    from scanfleet.worker.app import app
-    import scanfleet.sweeps.tick as beat
+    from scanfleet.core.settings import Settings
+    from scanfleet.worker.app import create_app
     from scanfleet.store.state import RunStore
 
     def record_start(sweep, settings):
@@ -247,7 +250,7 @@ WORKER = textwrap.dedent(
             f.write(json.dumps({"run_id": run_id, "source": sweep.source}) + "\\n")
         return run_id
 
-    beat.set_starter(record_start)
+    app = create_app(Settings.from_env(), start_sweep=record_start)
     app.worker_main(["worker", "--pool=solo", "--without-heartbeat", "--without-mingle",
                      "--without-gossip", "--loglevel=WARNING"])
     """
@@ -331,7 +334,7 @@ def start_beats(procs: Procs, sweeps: Path, *names: str) -> list[Path]:
     logs = [procs.spawn(name, BEAT, str(clock), str(sweeps)) for name in names]
     for log in logs:
         wait_for(
-            lambda log=log: procs.events(log, "test.schedule_ready"),
+            functools.partial(procs.events, log, "test.schedule_ready"),
             60,
             f"{log.stem} to build its schedule",
         )

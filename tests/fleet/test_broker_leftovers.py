@@ -25,10 +25,8 @@ import redis
 from scanfleet.core.errors import StoreUnavailable
 from scanfleet.core.settings import Settings
 from scanfleet.store.client import connect, guarded
-from scanfleet.sweeps import tick as sweeping
 from scanfleet.sweeps.spec import Sweep
-from scanfleet.worker import tasks
-from scanfleet.worker.app import QUEUE, FleetTuning, make_app
+from scanfleet.worker.app import QUEUE, SWEEP_TICK_TASK, create_app
 from scanfleet.worker.schedule import beat_schedule
 from tests.support.fixtures_fleet import CLI, KEY_PREFIX, free_port, run_cli, wait_for
 from tests.support.tools import require_tool
@@ -138,14 +136,13 @@ def _dump(client: redis.Redis) -> str:
 def test_a_sweep_tick_carries_the_profile_url_without_credentials(
     redis_server: Any,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     sweep = Sweep(name="nightly", schedule="0 3 * * *", profile=PROFILE, contexts=("east",))
     entry = beat_schedule([sweep])["sweep:nightly"]
     settings = Settings(
         broker_url=redis_server.url, key_prefix=KEY_PREFIX, results_dir=tmp_path / "results"
     )
-    app = make_app(settings, FleetTuning.from_settings(settings))
+    app = create_app(settings)
     client = redis_server.client()
     try:
         app.send_task(entry["task"], args=entry["args"], kwargs=entry["kwargs"], queue=QUEUE)
@@ -158,19 +155,16 @@ def test_a_sweep_tick_carries_the_profile_url_without_credentials(
 
     # The worker running the tick takes the credentials from its own allow-list.
     allow = ("/", f"https://bot:{PROFILE_SECRET}@profiles.example/base/")
-    monkeypatch.setattr(tasks, "settings", replace(settings, allowed_profiles=allow))
-    monkeypatch.setattr(tasks, "_runtime", None)
     started: list[str] = []
 
     def start(s: Sweep, _settings: Settings) -> str:
         started.append(s.profile)
         return "20250101T000000Z-abcdef"
 
-    sweeping.set_starter(start)
+    worker = create_app(replace(settings, allowed_profiles=allow), start_sweep=start)
     try:
-        tasks.sweep_tick("nightly", entry["kwargs"]["sweep"], lock_ttl=5)
+        worker.tasks[SWEEP_TICK_TASK]("nightly", entry["kwargs"]["sweep"], lock_ttl=5)
     finally:
-        sweeping.set_starter(None)
         for key in client.scan_iter(f"{KEY_PREFIX}:*"):
             client.delete(key)
     assert started == [PROFILE]

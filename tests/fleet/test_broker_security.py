@@ -15,7 +15,6 @@ import ssl
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -29,6 +28,7 @@ from scanfleet.core.settings import Settings
 from scanfleet.worker.app import broker_tls
 from tests.support.fixtures_fleet import CLI, FleetClusters, Worker, free_port, run_cli, wait_for
 from tests.support.profile_server import ProfileServer, profile_archive
+from tests.support.redis_dump import dump_redis
 from tests.support.tools import require_tool
 
 PASSWORD = "br0ker-Pa55-d8f1c2"
@@ -170,28 +170,6 @@ def secure_redis(tmp_path: Path) -> Iterator[Callable[[bool], SecureRedis]]:
     yield factory
     for s in started:
         s.stop()
-
-
-def dump_redis(client: redis.Redis) -> str:
-    """Every key and every value, as text."""
-    out: list[str] = []
-    for key in client.scan_iter(count=1000):
-        kind = client.type(key)
-        value: Any
-        if kind == "string":
-            value = client.get(key)
-        elif kind == "hash":
-            value = client.hgetall(key)
-        elif kind == "list":
-            value = client.lrange(key, 0, -1)
-        elif kind == "set":
-            value = sorted(client.smembers(key))
-        elif kind == "zset":
-            value = client.zrange(key, 0, -1, withscores=True)
-        else:
-            value = kind
-        out.append(f"{key} {value!r}")
-    return "\n".join(out)
 
 
 def leak_search(*texts: str, dirs: tuple[Path, ...] = ()) -> list[str]:
@@ -343,6 +321,7 @@ def test_rediss_without_options_verifies_the_certificate() -> None:
 
 
 def test_workers_have_remote_control_off() -> None:
-    from scanfleet.worker.app import app
+    from scanfleet.core.settings import Settings
+    from scanfleet.worker.app import create_app
 
-    assert app.conf.worker_enable_remote_control is False
+    assert create_app(Settings()).conf.worker_enable_remote_control is False

@@ -287,10 +287,11 @@ def test_start_sweep_run_queues_a_discovery_run_for_sweeps(
         "from scanfleet.core.settings import Settings\n"
         "from scanfleet.sweeps.tick import start_sweep_run\n"
         "from scanfleet.sweeps.spec import Sweep\n"
-        "from scanfleet.worker.app import app, fan_out_publisher\n"
+        "from scanfleet.worker.app import create_app, fan_out_publisher\n"
         "sweep = Sweep(name='nightly', schedule='0 2 * * *', profile='p', all_contexts=True,"
         " namespaces=('apps',), selector='app=web', upload='https://heimdall.example')\n"
-        "print(start_sweep_run(sweep, Settings.from_env(), fan_out_publisher(app)))\n"
+        "settings = Settings.from_env()\n"
+        "print(start_sweep_run(sweep, settings, fan_out_publisher(create_app(settings))))\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code],
@@ -303,7 +304,9 @@ def test_start_sweep_run_queues_a_discovery_run_for_sweeps(
     assert proc.returncode == 0, proc.stderr[-2000:]
     run_id = proc.stdout.strip().splitlines()[-1]
     r = redis_server.client()
-    plan = json.loads(r.get(f"{KEY_PREFIX}:run:{run_id}:plan"))
+    raw = r.get(f"{KEY_PREFIX}:run:{run_id}:plan")
+    assert isinstance(raw, str)
+    plan = json.loads(raw)
     assert plan["source"] == "sweep:nightly"
     assert plan["extra"] == {"upload": {"heimdall_url": "https://heimdall.example"}}
     assert r.hget(f"{KEY_PREFIX}:run:{run_id}:meta", "total") == "4"  # web/app+sidecar x 2

@@ -183,7 +183,7 @@ def test_an_unexpected_failure_in_the_worker_is_recorded_and_the_run_ends(
     make_worker: Callable[..., Worker],
 ) -> None:
     # The API server answers the worker's read of west's apps/web with HTTP 200 and a Status
-    # body: not a Pod. Nothing anticipates that; record_failure must still give the two
+    # body: not a Pod. Nothing anticipates that; record_error must still give the two
     # targets of that pod a result, so the run finishes.
     fleet_clusters.west.fail("GET", r"^/api/v1/namespaces/apps/pods/web$", 200, times=1000)
     workers = [make_worker(fleet_env, concurrency=2)]

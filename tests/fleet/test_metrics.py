@@ -25,7 +25,7 @@ from celery import Celery
 
 from scanfleet.core import metrics
 from scanfleet.core.errors import BadInput
-from scanfleet.core.settings import Settings
+from scanfleet.core.settings import PROMETHEUS_MULTIPROC_ENV, Settings
 from scanfleet.identity.janitor import Finding, JanitorReport
 from scanfleet.identity.mint import MANAGED_BY
 from scanfleet.kube.client import KubeClient
@@ -33,7 +33,6 @@ from scanfleet.store.files import iter_summaries
 from scanfleet.sweeps.posture import PostureCollector, interval_seconds, janitor_totals
 from scanfleet.sweeps.spec import load_sweeps
 from scanfleet.worker.app import JANITOR_TASK, QUEUE
-from tests.fleet.test_sweep_runs import runs_of, send_tick
 from tests.support.fixtures_fleet import (
     CLI,
     FleetClusters,
@@ -45,6 +44,7 @@ from tests.support.fixtures_fleet import (
 )
 from tests.support.fixtures_metrics import check_metrics, samples, scrape, value
 from tests.support.fixtures_ops import leave_orphans
+from tests.support.sweep_runs import runs_of, send_tick
 
 DISCOVER = [
     "--all-contexts",
@@ -270,8 +270,10 @@ def test_beat_posture_after_a_sweep_tick_equals_run_json_and_survives_a_restart(
     leave_orphans(
         kube, "apps", "dead0000000000d1", "run1", datetime.now(UTC) - timedelta(hours=2), 3600
     )
-    kube.create_service_account(
-        "ops", {"metadata": {"name": "scanfleet-noexpiry", "labels": {MANAGED_BY: "scanfleet"}}}
+    kube.create_object(
+        "ServiceAccount",
+        "ops",
+        {"metadata": {"name": "scanfleet-noexpiry", "labels": {MANAGED_BY: "scanfleet"}}},
     )  # not ours
     send_task(redis_server.url, JANITOR_TASK)
 
@@ -326,15 +328,15 @@ def test_api_requests_are_counted_by_verb_and_code() -> None:
     def get(code: str, verb: str) -> float:
         return _get("scanfleet_api_requests_total", context="c2", verb=verb, code=code)
 
-    metrics.api_call("c2", "reading pod ns/p", lambda: 1)()
+    metrics.api_call("c2", "get", lambda: 1)()
     with pytest.raises(Refused):
-        metrics.api_call("c2", "creating Role ns/x", refused)()
+        metrics.api_call("c2", "create", refused)()
 
     def unreachable() -> None:
         raise ConnectionRefusedError("no route")
 
     with pytest.raises(ConnectionRefusedError, match="no route"):
-        metrics.api_call("c2", "listing pods", unreachable)()
+        metrics.api_call("c2", "list", unreachable)()
     assert (get("2xx", "get"), get("403", "create"), get("unreachable", "list")) == (1, 1, 1)
 
 
@@ -409,7 +411,7 @@ def test_a_child_that_died_without_a_goodbye_no_longer_counts_in_live_gauges(
         "print('ready', flush=True)\n"
         "time.sleep(60) if sys.argv[2] == 'stay' else os._exit(0)\n"
     )
-    env = {**os.environ, metrics.MULTIPROC_ENV: str(directory)}
+    env = {**os.environ, PROMETHEUS_MULTIPROC_ENV: str(directory)}
     dead = subprocess.run(
         [sys.executable, "-c", child, "gone", "die"],
         env=env,
@@ -425,7 +427,7 @@ def test_a_child_that_died_without_a_goodbye_no_longer_counts_in_live_gauges(
     try:
         assert alive.stdout is not None
         assert alive.stdout.readline().strip() == "ready"
-        monkeypatch.setenv(metrics.MULTIPROC_ENV, str(directory))
+        monkeypatch.setenv(PROMETHEUS_MULTIPROC_ENV, str(directory))
         reg = metrics.registry()
         assert reg.get_sample_value("scanfleet_cluster_slots_in_use", {"context": "held"}) == 1
         assert reg.get_sample_value("scanfleet_cluster_slots_in_use", {"context": "gone"}) in (

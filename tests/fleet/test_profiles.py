@@ -210,7 +210,7 @@ def test_a_profile_with_a_remote_dependency_is_vendored_once_per_run(
 
 
 def dump_redis(client: Any) -> str:
-    from tests.fleet.test_broker_security import dump_redis as dump
+    from tests.support.redis_dump import dump_redis as dump
 
     return dump(client)
 

@@ -235,9 +235,11 @@ def test_two_deliveries_of_one_scan_collide_on_its_lease_and_record_once(
     wait_for(pid_file.is_file, 60, "the first delivery's auditor to start")
     # A second delivery of the same scan task while the first holds its lease.
     code = (
-        "import sys\nfrom scanfleet.worker.app import QUEUE, SCAN_TASK, app\n"
-        "app.send_task(SCAN_TASK, args=[sys.argv[1], {'context': 'east', "
-        "'namespace': 'apps', 'pod': 'web', 'container': 'app'}], queue=QUEUE)\n"
+        "import sys\nfrom scanfleet.core.settings import Settings\n"
+        "from scanfleet.worker.app import QUEUE, SCAN_TASK, create_app\n"
+        "create_app(Settings.from_env()).send_task(SCAN_TASK, args=[sys.argv[1], "
+        "{'context': 'east', 'namespace': 'apps', 'pod': 'web', 'container': 'app'}],"
+        " queue=QUEUE)\n"
     )
     sent = subprocess.run(
         [sys.executable, "-c", code, run_id],

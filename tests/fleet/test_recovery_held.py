@@ -9,6 +9,7 @@ long before the visibility timeout, and every target has exactly one audit and o
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -158,7 +159,7 @@ def kill_while_holding(
     workers = [make_worker(env, concurrency=3, wait=False) for _ in range(3)]
     for w in workers:
         wait_for(w.ready, 60, "a worker to start")
-        wait_for(lambda w=w: worker_id(w), 30, "the worker's lease id")
+        wait_for(functools.partial(worker_id, w), 30, "the worker's lease id")
     victim, survivors = workers[0], workers[1:]
     victim_id = worker_id(victim)
     r = redis_server.client()

@@ -30,8 +30,7 @@ from scanfleet.cli import fleet as _register_fleet  # noqa: F401
 from scanfleet.cli import main_group
 from scanfleet.cli import scan as _register_scan  # noqa: F401
 from scanfleet.core.settings import Settings
-from scanfleet.sandbox import policy as sandbox
-from scanfleet.sandbox import reaper as sandbox_reap
+from scanfleet.sandbox import policy, reaper
 from scanfleet.store.files import iter_summaries
 from scanfleet.testing.fakekube import FakeCluster
 from tests.support.fixtures_auditor import STANDIN
@@ -52,7 +51,7 @@ PROBES = (
     "mptcp_connect",
     "mptcp_bind",
 )
-MODE = f"landlock-abi-{sandbox.abi_version()}"
+MODE = f"landlock-abi-{policy.abi_version()}"
 
 
 def hostile_world(
@@ -266,9 +265,9 @@ def test_without_landlock_scan_and_submit_local_exit_3_having_created_nothing(
     admin = fake_cluster.write_kubeconfig(tmp_path / "kube" / "config")
     monkeypatch.setenv("SCANFLEET_AUDITOR", standin_auditor)
     if missing == "landlock":
-        monkeypatch.setattr(sandbox, "abi_version", lambda: 0)
+        monkeypatch.setattr(policy, "abi_version", lambda: 0)
     else:
-        monkeypatch.setattr(sandbox, "seccomp_available", lambda: False)
+        monkeypatch.setattr(policy, "seccomp_available", lambda: False)
     out = tmp_path / "results"
     argv = [*command, "--profile", "p", "--kubeconfig", str(admin), "--output", str(out)]
     r = CliRunner().invoke(main_group, argv)
@@ -290,7 +289,7 @@ def test_without_landlock_a_worker_refuses_to_start(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    monkeypatch.setattr(sandbox, "abi_version", lambda: 0)
+    monkeypatch.setattr(policy, "abi_version", lambda: 0)
     monkeypatch.setenv("SCANFLEET_BROKER_URL", "redis://127.0.0.1:1/0")
     r = CliRunner().invoke(main_group, ["worker"])
     assert r.exit_code == 3, r.output
@@ -315,14 +314,13 @@ def test_settings_are_the_only_reader_of_the_sandbox_variables() -> None:
     assert s.results_group_read
     assert Settings.from_env({}).sandbox.enabled
     assert not Settings.from_env({}).results_group_read
-    assert sandbox.SandboxSettings is type(s.sandbox)
 
 
 # --- stale scan directories ---------------------------------------------------------------
 
 
 def test_reaping_leaves_directories_that_are_not_a_scans(tmp_path: Path) -> None:
-    old = time.time() - 2 * sandbox_reap.MIN_AGE_S
+    old = time.time() - 2 * reaper.MIN_AGE_S
     metrics_dir = tmp_path / "scanfleet-metrics-abc123"
     metrics_dir.mkdir()
     (metrics_dir / "counter_1.db").write_bytes(b"\0")
@@ -333,7 +331,7 @@ def test_reaping_leaves_directories_that_are_not_a_scans(tmp_path: Path) -> None
     (scan / "kubeconfig").write_text("token: x\n")
     for d in (metrics_dir, results_dir, scan):
         os.utime(d, (old, old))
-    assert sandbox_reap.reap_stale(tmp_path) == [scan]
+    assert reaper.reap_stale(tmp_path) == [scan]
     assert metrics_dir.exists()
     assert results_dir.exists()
 
@@ -378,7 +376,7 @@ def test_a_worker_confines_its_auditors_and_reaps_what_dead_workers_left(
     stale = Path(env["TMPDIR"]) / "scanfleet-deadwrkr"
     stale.mkdir(mode=0o700)
     (stale / "kubeconfig").write_text("token: a-dead-workers-token\n")
-    (stale / sandbox_reap.RECORD).write_text("999999999 1\n")  # its auditor is long gone
+    (stale / reaper.RECORD).write_text("999999999 1\n")  # its auditor is long gone
     worker = make_worker(env)
     assert not stale.exists(), "a worker removes a dead worker's scan directory at start"
     assert b'"worker.sandbox"' in worker.log.read_bytes()

@@ -11,34 +11,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from celery import Celery
 
 from scanfleet.sweeps.spec import load_sweeps
-from scanfleet.worker.app import QUEUE, SWEEP_TICK_TASK
 from tests.support.fixtures_fleet import FleetClusters, RedisServer, Worker, wait_for
+from tests.support.sweep_runs import runs_of, send_tick
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
-
-
-def send_tick(redis_url: str, sweep: dict[str, Any]) -> None:
-    client = Celery("test-client", broker=redis_url)
-    client.conf.task_serializer = "json"
-    try:
-        client.send_task(SWEEP_TICK_TASK, args=[sweep["name"], sweep], queue=QUEUE)
-    finally:
-        client.close()
-
-
-def runs_of(results: Path, source: str) -> list[dict[str, Any]]:
-    found = []
-    for run_json in sorted(results.glob("*/run.json")):
-        run = json.loads(run_json.read_text())
-        if run["source"] == source:
-            found.append(run)
-    return found
 
 
 def test_a_tick_starts_a_real_fleet_run_and_the_next_one_reports_drift(

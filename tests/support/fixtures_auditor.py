@@ -22,8 +22,19 @@ from typing import Any
 
 import pytest
 
+from scanfleet.core.settings import Settings
+from scanfleet.scan.auditor import Host
 from scanfleet.testing.auditor import read_paths, standin_environment, write_launcher
 from tests.support.paths import SAMPLES, STANDIN
+
+HOST_FROM_ENV = "Host.from_settings(Settings.from_env())"
+"""`this_host()` in a subprocess script (import Host and Settings there)."""
+
+
+def this_host() -> Host:
+    """The Host a scanfleet process with this environment builds (read now, so a test's
+    monkeypatch.setenv of SCANFLEET_SANDBOX* or the stand-in's variables counts)."""
+    return Host.from_settings(Settings.from_env())
 
 
 @pytest.fixture(scope="session")

@@ -108,6 +108,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
+        assert self.port is not None, "start the server first"
         return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True)
 
     def start(self) -> RedisServer:

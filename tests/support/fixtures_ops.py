@@ -101,7 +101,7 @@ def summary(
 ) -> dict[str, Any]:
     """A target summary. `failed`/`passed`: {severity: [control ids]}."""
     sevs = ("critical", "high", "medium", "low", "none")
-    controls = None
+    controls: dict[str, Any] | None = None
     if status == "completed":
         controls = {
             s: {v: [] for v in sevs} for s in ("passed", "failed", "skipped", "no_impact", "error")
@@ -157,10 +157,10 @@ def leave_orphans(
     """Create the three identity objects exactly as a scan mints them, then never revoke."""
     target = Target(kube.context, namespace, "web", "app")
     bodies = identity_objects(scan_id, run_id, target, ttl, created)
-    sa = kube.create_service_account(namespace, bodies["ServiceAccount"])
+    sa = kube.create_object("ServiceAccount", namespace, bodies["ServiceAccount"])
     owned = identity_objects(scan_id, run_id, target, ttl, created, owner_uid=sa["uid"])
-    kube.create_role(namespace, owned["Role"])
-    kube.create_role_binding(namespace, owned["RoleBinding"])
+    kube.create_object("Role", namespace, owned["Role"])
+    kube.create_object("RoleBinding", namespace, owned["RoleBinding"])
 
 
 def past(now: datetime, seconds: int) -> datetime:

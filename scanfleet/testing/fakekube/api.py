@@ -553,7 +553,7 @@ class Api:
             allowed = self.state.allowed(identity, attrs)
         else:
             allowed = True  # non-resource URLs (discovery) are open to authenticated users
-        result = {"allowed": allowed}
+        result: dict[str, bool | str] = {"allowed": allowed}
         if allowed and self.state.is_superuser(identity):
             result["reason"] = "superuser (system:masters)"
         return Response(

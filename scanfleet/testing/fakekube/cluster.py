@@ -18,7 +18,8 @@ from .state import ExecAttempt, ExecHandler, Fault, LoggedRequest, RecordedReque
 from .store import KINDS, MANAGED_BY, RBAC, Obj
 from .tls import make_pki
 
-ContainerSpec = str | tuple[str, str] | tuple[str, str, str]
+ContainerSpec = str | tuple[str, str] | tuple[str, str, str | None]
+"""A container name; (name, image); or (name, image, imageID), None for a generated ID."""
 CLIENT_CN = "fake-admin"
 _RESOURCE_ALIASES = {
     "serviceaccounts": ("", "serviceaccounts"),

@@ -67,22 +67,22 @@ def parse_label_selector(text: str | None) -> Matcher:
         tok = take()
         if tok == "!":
             key = _check_key(take())
-            reqs.append(lambda labels, k=key: k not in labels)
+            reqs.append(_absent(key))
         else:
             key = _check_key(tok)
             nxt = toks[i] if i < len(toks) else ","
             if nxt == ",":
-                reqs.append(lambda labels, k=key: k in labels)
+                reqs.append(_present(key))
             elif nxt in ("=", "=="):
                 take()
                 val = _check_value(_value_or_empty(toks, i))
                 i += 1 if val else 0
-                reqs.append(lambda labels, k=key, v=val: labels.get(k) == v)
+                reqs.append(_label_in(key, {val}))
             elif nxt == "!=":
                 take()
                 val = _check_value(_value_or_empty(toks, i))
                 i += 1 if val else 0
-                reqs.append(lambda labels, k=key, v=val: labels.get(k) != v)
+                reqs.append(_label_not_in(key, {val}))
             elif nxt in (">", "<"):
                 op = take()
                 raw = take()
@@ -104,9 +104,9 @@ def parse_label_selector(text: str | None) -> Matcher:
                         continue
                     values.add(_check_value(t))
                 if op == "in":
-                    reqs.append(lambda labels, k=key, vs=values: labels.get(k) in vs)
+                    reqs.append(_label_in(key, values))
                 else:
-                    reqs.append(lambda labels, k=key, vs=values: labels.get(k) not in vs)
+                    reqs.append(_label_not_in(key, values))
             else:
                 raise SelectorError(f"unexpected {nxt!r} in selector {text!r}")
         if i < len(toks):
@@ -116,6 +116,28 @@ def parse_label_selector(text: str | None) -> Matcher:
             if i >= len(toks):
                 raise SelectorError(f"trailing ',' in selector {text!r}")
     return lambda labels: all(r(labels) for r in reqs)
+
+
+def _present(key: str) -> Matcher:
+    return lambda labels: key in labels
+
+
+def _absent(key: str) -> Matcher:
+    return lambda labels: key not in labels
+
+
+def _label_in(key: str, values: set[str]) -> Matcher:
+    return lambda labels: labels.get(key) in values
+
+
+def _label_not_in(key: str, values: set[str]) -> Matcher:
+    return lambda labels: labels.get(key) not in values
+
+
+def _field_is(
+    getter: Callable[[Mapping[str, Any]], Any], value: str, equal: bool
+) -> Callable[[Mapping[str, Any]], bool]:
+    return lambda obj: (getter(obj) == value) is equal
 
 
 def _value_or_empty(toks: list[str], i: int) -> str:
@@ -159,7 +181,7 @@ def parse_field_selector(text: str | None) -> Callable[[Mapping[str, Any]], bool
         if getter is None:
             raise SelectorError(f'field label not supported: "{field}"')
         if op == "!=":
-            reqs.append(lambda o, g=getter, v=value: g(o) != v)
+            reqs.append(_field_is(getter, value, False))
         else:
-            reqs.append(lambda o, g=getter, v=value: g(o) == v)
+            reqs.append(_field_is(getter, value, True))
     return lambda obj: all(r(obj) for r in reqs)

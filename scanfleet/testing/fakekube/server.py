@@ -11,7 +11,7 @@ import threading
 import time
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 from . import discovery, protobuf, wsexec
@@ -21,6 +21,8 @@ from .state import ExecAttempt, State
 from .store import KINDS
 
 AUTHZ = "authorization.k8s.io"
+RDNs = tuple[tuple[tuple[str, str], ...], ...]
+"""A certificate subject as `SSLSocket.getpeercert()` gives it."""
 
 
 class FakeHTTPServer(ThreadingHTTPServer):
@@ -50,7 +52,7 @@ class FakeHTTPServer(ThreadingHTTPServer):
         with self._conns_lock:
             self._conns.add(conn)
         try:
-            self.RequestHandlerClass(conn, client_address, self)
+            self.RequestHandlerClass(conn, client_address, self)  # type: ignore[arg-type]
         except (ConnectionError, ssl.SSLError, TimeoutError):
             pass
         finally:
@@ -87,7 +89,9 @@ def parse_path(path: str) -> tuple[str, str | None, str, str | None, str | None]
         namespace, rest = rest[1], rest[2:]
     if not rest or len(rest) > 3:
         return None
-    return group, namespace, rest[0], (rest[1:2] or [None])[0], (rest[2:3] or [None])[0]
+    name = rest[1] if len(rest) > 1 else None
+    subresource = rest[2] if len(rest) > 2 else None
+    return group, namespace, rest[0], name, subresource
 
 
 class _Dropped(Exception):
@@ -167,10 +171,8 @@ class Handler(BaseHTTPRequestHandler):
         if isinstance(self.connection, ssl.SSLSocket):
             cert = self.connection.getpeercert()
             if cert:
-                cn = next(
-                    (v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"),
-                    None,
-                )
+                subject = cast(RDNs, cert.get("subject", ()))
+                cn = next((v for rdn in subject for k, v in rdn if k == "commonName"), None)
                 if cn == srv.client_cn:
                     return state.admin_identity()
         return None
@@ -369,7 +371,7 @@ class Handler(BaseHTTPRequestHandler):
             "/apis": discovery.api_group_list(),
         }
         if path in docs:
-            return docs[path]
+            return cast(dict[str, Any], docs[path])
         parts = path.strip("/").split("/")
         if parts[0] == "apis" and len(parts) == 2:
             return discovery.api_group(parts[1])
@@ -382,7 +384,8 @@ class Handler(BaseHTTPRequestHandler):
         self, identity: Identity, attrs: Attributes, allowed: bool, multi: dict[str, list[str]]
     ) -> Response | None:
         state = self.server.state
-        container = (multi.get("container") or [None])[-1]
+        containers = multi.get("container") or []
+        container = containers[-1] if containers else None
         command = tuple(multi.get("command") or [])
         namespace, pod_name = attrs.namespace or "", attrs.name or ""
         with state.lock:

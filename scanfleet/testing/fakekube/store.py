@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import copy
 import datetime as dt
 import threading
@@ -140,8 +141,8 @@ class Store:
                     fn("DELETED", resource, obj)
             return obj
 
-    def all_objects(self, resources: Iterable[str]) -> list[Obj]:
-        out: list[Obj] = []
+    def all_objects(self, resources: Iterable[str]) -> builtins.list[Obj]:
+        out: builtins.list[Obj] = []
         for r in resources:
             out.extend(self.list(r))
         return out

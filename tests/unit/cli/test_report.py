@@ -20,8 +20,7 @@ from click.testing import CliRunner, Result
 import scanfleet.cli.report as _report  # noqa: F401  (registers the command)
 from scanfleet.cli.common import main_group
 from scanfleet.store.files import run_dir
-from tests.support.tools import require_tool
-from tests.unit.reports.test_formats import (
+from tests.support.report_runs import (
     FAILING,
     FULL,
     HOSTILE,
@@ -32,6 +31,7 @@ from tests.unit.reports.test_formats import (
     validate_junit,
     write_run,
 )
+from tests.support.tools import require_tool
 
 
 @pytest.fixture

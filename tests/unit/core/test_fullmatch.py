@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from scanfleet.core.errors import BadInput
-from scanfleet.core.targets import check_label, check_subdomain
-from scanfleet.runs.discovery import check_selector
+from scanfleet.core.targets import check_label, check_selector, check_subdomain
 from scanfleet.store.files import check_run_id
 
 

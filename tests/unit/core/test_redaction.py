@@ -134,14 +134,15 @@ def test_error_results_carry_no_credentials() -> None:
     from datetime import UTC, datetime
 
     from scanfleet.core.targets import Target
-    from scanfleet.runs.pipeline import failed_before_scan
+    from scanfleet.runs.pipeline import error_result
 
-    summary = failed_before_scan(
+    summary = error_result(
         "20260301T101500Z-a1b2c3",
         Target("c", "ns", "p", "c"),
         {"kind": "api_error", "message": "GET https://u:hunter22@h/ failed: Bearer abcdef123"},
         datetime(2026, 3, 1, tzinfo=UTC),
     )
+    assert summary["error"] is not None
     assert "hunter22" not in summary["error"]["message"]
     assert "abcdef123" not in summary["error"]["message"]
 

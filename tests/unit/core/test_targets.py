@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from scanfleet.core.errors import BadInput
-from scanfleet.core.settings import MINT_MARGIN, Settings, check_ttl
 from scanfleet.core.targets import Target, load_targets_file, parse_target, scan_id_for
 
 
@@ -81,30 +80,3 @@ def test_scan_id_is_stable_per_run_and_target_and_a_valid_name() -> None:
     assert a != scan_id_for("20260101T000000Z-abcdee", t)
     assert a != scan_id_for("20260101T000000Z-abcdef", t.with_container("side"))
     Target("c", "ns", f"scanfleet-{a}", "x")  # usable as an object name
-
-
-def test_token_ttl_bounds() -> None:
-    check_ttl(3600, 1800)
-    check_ttl(900, 900 - MINT_MARGIN)  # exactly the margin is enough
-    for ttl, timeout, needle in [
-        (599, 100, "599"),
-        (86401, 100, "86401"),
-        (900, 900, "exceed"),
-        (
-            900,
-            800,
-            r"TTL 900s must exceed the scan timeout 800s by "
-            r"at least 120s",
-        ),
-    ]:
-        with pytest.raises(BadInput, match=needle):
-            check_ttl(ttl, timeout)
-
-
-def test_settings_from_env_rejects_bad_values() -> None:
-    s = Settings.from_env({"SCANFLEET_CLUSTER_CONCURRENCY": "3", "SCANFLEET_LOG_FORMAT": "console"})
-    assert (s.cluster_concurrency, s.log_format) == (3, "console")
-    with pytest.raises(BadInput, match="SCANFLEET_CLUSTER_CONCURRENCY='x'"):
-        Settings.from_env({"SCANFLEET_CLUSTER_CONCURRENCY": "x"})
-    with pytest.raises(BadInput, match="SCANFLEET_LOG_FORMAT='xml'"):
-        Settings.from_env({"SCANFLEET_LOG_FORMAT": "xml"})

@@ -70,20 +70,23 @@ def seed(cluster: FakeCluster, kubeconfig: Path, context: str) -> None:
             "annotations": {EXPIRES_AT: "2000-01-01T00:00:00Z"},
             "labels": {MANAGED_BY: "helm"},
         }
-        kube.create_service_account("apps", {"metadata": meta})
-        kube.create_role(
+        kube.create_object("ServiceAccount", "apps", {"metadata": meta})
+        kube.create_object(
+            "Role",
             "apps",
             {"metadata": {"name": "plain"}, "rules": []},
         )
         # Ours, but nobody knows when it expires: a human should look.
-        kube.create_service_account(
+        kube.create_object(
+            "ServiceAccount",
             "other",
             {
                 "metadata": {"name": f"scanfleet-{NOEXP}", "labels": ours(NOEXP)},
                 "automountServiceAccountToken": False,
             },
         )
-        kube.create_role(
+        kube.create_object(
+            "Role",
             "other",
             {
                 "metadata": {
@@ -281,12 +284,14 @@ def expired_meta(name: str, scan_id: str) -> dict[str, Any]:
 def plant_decoys(kube: KubeClient) -> None:
     """Expired and labelled, but not scanfleet's shape."""
     # Right label, wrong name: someone labelled their own ServiceAccount.
-    kube.create_service_account(
+    kube.create_object(
+        "ServiceAccount",
         "apps",
         {"metadata": expired_meta("payments-api", DECOY), "automountServiceAccountToken": False},
     )
     # Right name, wrong rules.
-    kube.create_role(
+    kube.create_object(
+        "Role",
         "apps",
         {
             "metadata": expired_meta(f"scanfleet-{DECOY}", DECOY),
@@ -294,7 +299,8 @@ def plant_decoys(kube: KubeClient) -> None:
         },
     )
     # Right name, binds another role, or another subject.
-    kube.create_role_binding(
+    kube.create_object(
+        "RoleBinding",
         "apps",
         {
             "metadata": expired_meta(f"scanfleet-{DECOY}", DECOY),
@@ -308,7 +314,8 @@ def plant_decoys(kube: KubeClient) -> None:
             ],
         },
     )
-    kube.create_role_binding(
+    kube.create_object(
+        "RoleBinding",
         "other",
         {
             "metadata": expired_meta(f"scanfleet-{DECOY}", DECOY),
@@ -322,7 +329,8 @@ def plant_decoys(kube: KubeClient) -> None:
     )
     # Exactly scanfleet's binding but for its subject's namespace: it grants the Role to a
     # ServiceAccount of another namespace (issue 17: a decoy the janitor must keep).
-    kube.create_role_binding(
+    kube.create_object(
+        "RoleBinding",
         "apps",
         {
             "metadata": expired_meta(f"scanfleet-{DECOY_NS}", DECOY_NS),
@@ -337,7 +345,8 @@ def plant_decoys(kube: KubeClient) -> None:
         },
     )
     # Right name, wrong scan-id label.
-    kube.create_service_account(
+    kube.create_object(
+        "ServiceAccount",
         "other",
         {
             "metadata": expired_meta(f"scanfleet-{DECOY}", "0000000000000000"),

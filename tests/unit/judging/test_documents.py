@@ -14,8 +14,8 @@ import pytest
 from scanfleet.judging.aggregate import Aggregator
 from scanfleet.judging.documents import Outcome, judge, scanned_summary, target_doc
 from scanfleet.judging.report import Counts
-from scanfleet.reports import render
 from scanfleet.runs.drift import diff_summaries
+from tests.support.report_runs import render
 
 TARGET = {"context": "east", "namespace": "apps", "pod": "web", "container": "app"}
 
@@ -67,8 +67,9 @@ def test_malformed_controls_are_one_error_verdict_in_every_format(controls: Any)
     assert '"exit_code": 3' in render("json", run, lambda: [summary])
     suite = ET.fromstring(render("junit", run, lambda: [summary]))
     case = next(suite.iter("testcase"))
-    assert case.find("error") is not None
-    assert case.find("error").get("type") == "invalid_report"
+    error = case.find("error")
+    assert error is not None
+    assert error.get("type") == "invalid_report"
     assert case.find("failure") is None
     # drift: an error target has no control lists to compare, only its status change
     good = _summary({"failed": {"high": ["C-1"]}})

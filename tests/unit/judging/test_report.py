@@ -32,7 +32,7 @@ TABLE = {
 }
 
 
-def control(cid: str = "c1", impact: float | None = 0.5, **extra: Any) -> dict[str, Any]:
+def control(cid: str = "c1", impact: Any = 0.5, **extra: Any) -> dict[str, Any]:
     c: dict[str, Any] = {"id": cid, "title": f"title {cid}", "impact": impact, "tags": {}}
     c.update(extra)
     return c

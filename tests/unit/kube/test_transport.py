@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from scanfleet.core.errors import ClusterApiError, ClusterForbidden, ClusterUnavailable
-from scanfleet.kube import transport as kubehttp
+from scanfleet.kube import transport
 from scanfleet.kube.client import KubeClient
 from scanfleet.kube.scan_client import ScanClient
 from scanfleet.kube.transport import parse_time
@@ -66,13 +66,13 @@ def test_an_expired_exec_credential_is_refreshed_before_the_request(
     calls = tmp_path / "calls"
     kube = KubeClient(str(_exec_kubeconfig(fake_cluster, admin_kubeconfig, tmp_path)), "fake")
     try:
-        monkeypatch.setattr(kubehttp, "AUTH_REFRESH_SECONDS", 3600.0)
-        assert "apps" in kube.list_namespaces()  # the stale token would be refused (401)
+        monkeypatch.setattr(transport, "AUTH_REFRESH_SECONDS", 3600.0)
+        assert list(kube.list_pods("apps"))  # the stale token would be refused (401)
         assert len(calls.read_text()) == 2, "loading, then the refresh before the request"
         kube.read_pod("apps", "web")
-        kube.list_namespaces()
+        list(kube.list_pods("apps"))
         assert len(calls.read_text()) == 2, "the refreshed header is reused within the period"
-        monkeypatch.setattr(kubehttp, "AUTH_REFRESH_SECONDS", 0.0)
+        monkeypatch.setattr(transport, "AUTH_REFRESH_SECONDS", 0.0)
         kube.read_pod("apps", "web")
         assert len(calls.read_text()) == 3, "after the period the hook runs again"
     finally:
@@ -104,14 +104,14 @@ def test_a_refusal_keeps_the_status_message_and_never_the_token(
 def test_a_server_error_that_outlasts_the_retries_is_unavailable(
     fake_cluster: FakeCluster, admin_kubeconfig: Path
 ) -> None:
-    fake_cluster.fail("GET", r"/api/v1/namespaces$", 503, times=10)
+    fake_cluster.fail("GET", r"/api/v1/pods$", 503, times=10)
     kube = KubeClient(str(admin_kubeconfig), "fake", retries=1, backoff=0)
     try:
         with pytest.raises(ClusterUnavailable, match="HTTP 503"):
-            kube.list_namespaces()
+            list(kube.list_pods(None))
         fake_cluster.fail("POST", r"/serviceaccounts$", 422, message="bad body")
         with pytest.raises(ClusterApiError, match="HTTP 422 bad body"):
-            kube.create_service_account("apps", {"metadata": {"name": "x"}})
+            kube.create_object("ServiceAccount", "apps", {"metadata": {"name": "x"}})
     finally:
         kube.close()
 

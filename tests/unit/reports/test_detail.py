@@ -14,9 +14,9 @@ from scanfleet.judging.documents import (
     failed_controls_of,
 )
 from scanfleet.judging.report import Control, load_report, parse_report
-from scanfleet.reports import render
 from scanfleet.reports.markdown import MAX_CHARS
 from tests.support.paths import SAMPLES
+from tests.support.report_runs import render
 from tests.unit.reports.test_formats import validate_junit
 
 RHEL8 = SAMPLES / "rhel8_sample_oneOfEachControlStatus.json"
@@ -133,12 +133,12 @@ def test_run_json_names_titles_images_and_each_failing_targets_controls() -> Non
     ]
     for n in range(100):
         agg.add(_failing_summary(n, controls))
-    run = {"run_id": "r", **agg.result(None)}
-    top = run["top_failing_controls"][0]
+    run: dict[str, Any] = {"run_id": "r", **agg.result(None)}
+    top: Any = run["top_failing_controls"][0]
     assert top["id"] == "C-000"
     assert top["title"].startswith("Title 0 ")
     assert (top["targets"], top["images"]) == (100, 3)
-    ref = run["failing_targets"][0]
+    ref: Any = run["failing_targets"][0]
     assert ref["failed_controls_total"] == 25
     assert len(ref["failed_controls"]) == 20
     assert ref["failed_controls"][0] == {

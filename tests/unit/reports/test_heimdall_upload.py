@@ -23,7 +23,7 @@ import pytest
 from scanfleet.core.errors import BadInput
 from scanfleet.core.settings import heimdall_api_key
 from scanfleet.reports.heimdall import check_heimdall_url
-from scanfleet.store.files import run_dir
+from scanfleet.store.files import Modes, run_dir
 from tests.unit.reports.test_formats import FULL, RUN_ID, write_run
 
 KEY = "hk-5ecret-Key-0123456789abcdef"
@@ -60,7 +60,7 @@ class _Handler(BaseHTTPRequestHandler):
         parts: dict[str, Any] = {}
         for part in message.iter_parts():
             name = part.get_param("name", header="content-disposition")
-            parts[name] = {
+            parts[str(name)] = {
                 "filename": part.get_filename(),
                 "content_type": part.get_content_type(),
                 "body": part.get_payload(decode=True),
@@ -315,5 +315,5 @@ def test_a_sweep_upload_without_a_key_is_skipped_and_logged(
     monkeypatch.delenv("SCANFLEET_HEIMDALL_API_KEY", raising=False)
     monkeypatch.delenv("SCANFLEET_HEIMDALL_API_KEY_FILE", raising=False)
     with structlog.testing.capture_logs() as logs:
-        upload_to_heimdall("http://127.0.0.1:9", tmp_path, {"run_id": RUN_ID})
+        upload_to_heimdall("http://127.0.0.1:9", tmp_path, {"run_id": RUN_ID}, Modes())
     assert [e["event"] for e in logs] == ["heimdall.upload_skipped"]

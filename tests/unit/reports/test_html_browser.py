@@ -74,7 +74,7 @@ def load(browser: Browser, page: Path, fragment: str = "") -> None:
 def rows(browser: Browser) -> list[dict[str, str]]:
     """The table's rows, once the page has added them all (it adds a large run's in chunks)."""
     wait_until(lambda: browser.js("document.body.hasAttribute('data-rendering')") is False, 60)
-    return browser.js(  # type: ignore[no-any-return]
+    return browser.js(
         """Array.from(document.querySelectorAll('#sf-rows .t')).map(tr => ({
              scan: tr.dataset.scan, outcome: tr.children[0].textContent,
              cluster: tr.children[1].textContent, namespace: tr.children[2].textContent,
@@ -231,7 +231,7 @@ def test_screenshot_shows_the_banner_and_the_charts(big: Any, browser: Browser) 
 
 def test_hostile_text_stays_text(browser: Browser, tmp_path: Path) -> None:
     """Markup in a pod name, a control title, a message and a fix is shown, never run."""
-    from scanfleet.reports import render
+    from tests.support.report_runs import render
 
     evil = "<img src=x onerror=\"document.title='pwned'\"></script><b>bold</b>\u202e"
     summary = {

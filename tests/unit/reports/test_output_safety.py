@@ -14,9 +14,9 @@ from scanfleet.cli.scan import print_run
 from scanfleet.core.logs import redact_text
 from scanfleet.core.targets import Target
 from scanfleet.judging.aggregate import MAX_ERROR_LINE, Aggregator
-from scanfleet.reports import render
 from scanfleet.reports.markdown import md_cell
-from scanfleet.runs.pipeline import failed_before_scan
+from scanfleet.runs.pipeline import error_result
+from tests.support.report_runs import render
 
 ESC = "\x1b[2J\x1b]0;pwned\x07\x1b]8;;https://evil.example\x07click\x1b]8;;\x07"
 BIDI = "admin\u202euser\u2066x\u2069"
@@ -28,7 +28,7 @@ FORBIDDEN = ("\x1b", "\u202e", "\u2066", "\u2069", "\x9b", "\x85", "\x07")
 
 def hostile_summary() -> dict[str, Any]:
     return dict(
-        failed_before_scan(
+        error_result(
             "20260301T101500Z-a1b2c3",
             Target("east", "apps", "web", "app"),
             {"kind": "auditor_exit", "message": HOSTILE},
@@ -41,7 +41,7 @@ def hostile_run() -> dict[str, Any]:
     target = Target("east", "apps", "web", "app")
     now = datetime(2026, 3, 1, tzinfo=UTC)
     run_id = "20260301T101500Z-a1b2c3"
-    summary = failed_before_scan(run_id, target, {"kind": "auditor_exit", "message": HOSTILE}, now)
+    summary = error_result(run_id, target, {"kind": "auditor_exit", "message": HOSTILE}, now)
     agg = Aggregator()
     agg.add(summary)
     run = {

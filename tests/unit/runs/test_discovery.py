@@ -16,6 +16,7 @@ from scanfleet.runs.local import run_local
 from scanfleet.scan.plan import RunPlan
 from scanfleet.store.files import iter_summaries
 from scanfleet.testing.fakekube import FakeCluster, write_kubeconfig
+from tests.support.fixtures_auditor import this_host
 
 RUN = "20250101T000000Z-abcdef"
 
@@ -173,7 +174,9 @@ def test_dedupe_run_marks_covered_targets(
         timeout=60,
         dedupe_images=True,
     )
-    run = run_local(clients, plan, [], tmp_path / "out", concurrency=2, entries=entries)
+    run = run_local(
+        clients, plan, [], tmp_path / "out", concurrency=2, entries=entries, host=this_host()
+    )
     summaries = list(iter_summaries(tmp_path / "out" / RUN))
     assert len(summaries) == 4
     assert run["targets"]["total"] == 4

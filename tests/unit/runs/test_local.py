@@ -15,6 +15,7 @@ from scanfleet.runs.discovery import Scope, discover
 from scanfleet.runs.local import run_local
 from scanfleet.scan.plan import RunPlan
 from scanfleet.store.files import iter_summaries
+from tests.support.fixtures_auditor import this_host
 from tests.support.fixtures_fleet import FLEET_CONTAINERS, FleetClusters, Worker, run_cli
 
 DISCOVER = [
@@ -88,6 +89,7 @@ def test_local_cluster_cap_holds_with_more_threads(
         entries=entries,
         cluster_concurrency=1,
         progress=on_progress,
+        host=this_host(),
     )
     assert run["targets"]["completed"] == 8
     # Six threads, but never more than one scan at once per cluster.
@@ -146,3 +148,50 @@ def test_local_and_fleet_give_the_same_results(
     l_run = json.loads((results / local.stdout.splitlines()[0] / "run.json").read_text())
     for key in ("targets", "counts", "compliance", "exit_code", "by_cluster"):
         assert f_run[key] == l_run[key], key
+
+
+def test_an_interrupted_run_records_every_unstarted_target_through_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The interruption path gives results the one way every other error does: counted,
+    covered targets answered by their covering entry's result, and the run finalized."""
+    from datetime import UTC, datetime
+
+    from scanfleet.core.errors import ScanInterrupted
+    from scanfleet.core.targets import Target, scan_id_for
+    from scanfleet.runs import local
+    from scanfleet.runs.discovery import Entry
+    from scanfleet.scan.auditor import Host
+
+    plan = RunPlan.new(
+        source="cli",
+        profile="p",
+        now=datetime(2025, 1, 1, tzinfo=UTC),
+        auditor="cinc-auditor",
+        token_ttl=600,
+        timeout=60,
+    )
+    first = Entry(Target("east", "apps", "web", "app"), "img:1", "sha256:1")
+    twin = Entry(Target("east", "apps", "web-2", "app"), "img:2", "sha256:2")
+    second = Entry(Target("east", "apps", "api", "app"), "img:2", "sha256:2", covers=(twin,))
+
+    def interrupted(pipe: Any, plan: RunPlan, target: Any) -> None:
+        raise ScanInterrupted("SIGTERM")
+
+    monkeypatch.setattr(local, "run_target", interrupted)
+    run = run_local(
+        ClientCache(str(tmp_path / "kubeconfig")),
+        plan,
+        [],
+        tmp_path,
+        entries=[first, second],
+        host=Host(),
+    )
+    assert run["targets"]["total"] == 3
+    assert run["targets"]["error"] == 3
+    assert (tmp_path / plan.run_id / "run.json").is_file()
+    got = {s["scan_id"]: s for s in iter_summaries(tmp_path / plan.run_id)}
+    assert {s["error"]["kind"] for s in got.values()} == {"interrupted"}
+    covered = got[scan_id_for(plan.run_id, twin.target)]
+    assert covered["covered_by"] == scan_id_for(plan.run_id, second.target)
+    assert covered["target"]["pod"] == "web-2"

@@ -29,10 +29,9 @@ import pytest
 
 from scanfleet.core.errors import AuditorFailed
 from scanfleet.core.targets import Target
-from scanfleet.sandbox import policy as sandbox
-from scanfleet.sandbox import spawn as launcher_client
+from scanfleet.sandbox import policy, spawn
 from scanfleet.scan.auditor import run_auditor
-from tests.support.fixtures_auditor import PlanWriter
+from tests.support.fixtures_auditor import PlanWriter, this_host
 from tests.support.tools import alive, wait_until
 
 SH_READ = [p for p in ("/usr", "/lib", "/lib64", "/bin") if os.path.exists(p)]
@@ -46,9 +45,9 @@ def dead(pid: int) -> bool:
 
 
 @pytest.fixture
-def launcher() -> Iterator[launcher_client.Launcher]:
+def launcher() -> Iterator[spawn.Launcher]:
     """A launcher client of its own (not the process-wide one the scans use)."""
-    client = launcher_client.Launcher()
+    client = spawn.Launcher()
     try:
         yield client
     finally:
@@ -56,12 +55,12 @@ def launcher() -> Iterator[launcher_client.Launcher]:
 
 
 def _sh(
-    client: launcher_client.Launcher, script: str, policy: dict[str, Any] = CONFINED, cwd: str = "/"
-) -> launcher_client.AuditorProcess:
+    client: spawn.Launcher, script: str, policy: dict[str, Any] = CONFINED, cwd: str = "/"
+) -> spawn.AuditorProcess:
     return client.spawn(["sh", "-c", script], ENV, cwd, policy)
 
 
-def finish(proc: launcher_client.AuditorProcess) -> int:
+def finish(proc: spawn.AuditorProcess) -> int:
     """Wait for `proc` and close its stderr pipe; its exit code."""
     code = proc.wait(20)
     if proc.stderr is not None:
@@ -70,7 +69,7 @@ def finish(proc: launcher_client.AuditorProcess) -> int:
 
 
 def test_concurrent_spawns_each_get_their_own_exit_code_and_stderr(
-    launcher: launcher_client.Launcher,
+    launcher: spawn.Launcher,
 ) -> None:
     def one(i: int) -> tuple[int, int, bytes]:
         proc = _sh(launcher, f"echo tag-{i} >&2; exit {i}")
@@ -90,13 +89,13 @@ def test_concurrent_spawns_each_get_their_own_exit_code_and_stderr(
     [("exit 7", 7), ("kill -KILL $$", -signal.SIGKILL), ("kill -TERM $$", -signal.SIGTERM)],
 )
 def test_the_auditors_own_status_is_reported_through_its_supervisor(
-    launcher: launcher_client.Launcher, script: str, code: int
+    launcher: spawn.Launcher, script: str, code: int
 ) -> None:
     assert finish(_sh(launcher, script)) == code
 
 
 def test_the_auditor_leads_its_own_session_in_the_given_directory(
-    launcher: launcher_client.Launcher,
+    launcher: spawn.Launcher,
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "out"
@@ -108,19 +107,19 @@ def test_the_auditor_leads_its_own_session_in_the_given_directory(
 
 
 def test_exec_and_sandbox_failures_are_told_apart_and_nothing_runs(
-    launcher: launcher_client.Launcher,
+    launcher: spawn.Launcher,
     tmp_path: Path,
 ) -> None:
-    with pytest.raises(launcher_client.SpawnFailed, match="No such file") as missing:
+    with pytest.raises(spawn.SpawnFailed, match="No such file") as missing:
         launcher.spawn(["no-such-auditor-xyz"], ENV, "/", CONFINED)
     assert missing.value.kind == "exec"
     marker = tmp_path / "ran"
     bad = {**OFF, "landlock": True, "read": ["/" + "x" * 5000]}  # ENAMETOOLONG
-    with pytest.raises(launcher_client.SpawnFailed, match="cannot open") as unconfined:
+    with pytest.raises(spawn.SpawnFailed, match="cannot open") as unconfined:
         _sh(launcher, f"touch {marker}", bad)
     assert unconfined.value.kind == "sandbox"
     assert not marker.exists()
-    with pytest.raises(launcher_client.SpawnFailed, match="working directory") as nowhere:
+    with pytest.raises(spawn.SpawnFailed, match="working directory") as nowhere:
         _sh(launcher, f"touch {marker}", OFF, cwd=str(tmp_path / "gone"))
     assert nowhere.value.kind == "sandbox"
     assert not marker.exists()
@@ -128,7 +127,7 @@ def test_exec_and_sandbox_failures_are_told_apart_and_nothing_runs(
 
 
 def test_the_launcher_is_non_dumpable_and_holds_no_environment(
-    launcher: launcher_client.Launcher,
+    launcher: spawn.Launcher,
 ) -> None:
     info = launcher.info()
     assert info["dumpable"] is False
@@ -138,7 +137,7 @@ def test_the_launcher_is_non_dumpable_and_holds_no_environment(
 
 @pytest.mark.parametrize("policy", [CONFINED, OFF], ids=["sandbox", "off"])
 def test_auditors_die_with_their_launcher(
-    launcher: launcher_client.Launcher,
+    launcher: spawn.Launcher,
     policy: dict[str, Any],
 ) -> None:
     """PR_SET_PDEATHSIG, relative to the launcher, with the sandbox off too."""
@@ -177,6 +176,7 @@ def test_a_killed_launcher_fails_the_scan_kills_the_auditor_and_is_replaced(
                 tmp_path / "r.json",
                 private / "kubeconfig",
                 timeout=300,
+                host=this_host(),
             )
         except BaseException as e:  # handed to the test thread
             outcome.append(e)
@@ -185,7 +185,7 @@ def test_a_killed_launcher_fails_the_scan_kills_the_auditor_and_is_replaced(
     thread.start()
     wait_until(pid_file.exists, what="the auditor to start")
     auditor = json.loads(pid_file.read_text())["pid"]
-    old = launcher_client.get().pid
+    old = spawn.get().pid
     assert old is not None
     os.kill(old, signal.SIGKILL)
     thread.join(60)
@@ -194,8 +194,8 @@ def test_a_killed_launcher_fails_the_scan_kills_the_auditor_and_is_replaced(
     assert isinstance(error, AuditorFailed)
     assert "launcher exited during the audit" in str(error)
     wait_until(lambda: not alive(auditor), what="the auditor to die with its launcher")
-    assert finish(_sh(launcher_client.get(), "exit 3")) == 3
-    assert launcher_client.get().pid not in (None, old)
+    assert finish(_sh(spawn.get(), "exit 3")) == 3
+    assert spawn.get().pid not in (None, old)
 
 
 def _unread(sock: socket.socket) -> int:
@@ -205,7 +205,7 @@ def _unread(sock: socket.socket) -> int:
 
 
 def test_a_request_the_launcher_never_answers_fails_cleanly(
-    launcher: launcher_client.Launcher,
+    launcher: spawn.Launcher,
 ) -> None:
     assert finish(_sh(launcher, "exit 0")) == 0
     pid = launcher.pid
@@ -213,13 +213,13 @@ def test_a_request_the_launcher_never_answers_fails_cleanly(
     os.kill(pid, signal.SIGSTOP)  # receives, never answers
     errors: list[BaseException] = []
 
-    def spawn() -> None:
+    def request() -> None:
         try:
             finish(_sh(launcher, "exit 0"))
         except BaseException as e:  # handed to the test thread
             errors.append(e)
 
-    thread = threading.Thread(target=spawn)
+    thread = threading.Thread(target=request)
     thread.start()
     conn = launcher._conn
     assert conn is not None
@@ -228,9 +228,9 @@ def test_a_request_the_launcher_never_answers_fails_cleanly(
     thread.join(60)
     assert not thread.is_alive()
     [error] = errors
-    assert isinstance(error, launcher_client.LauncherLost)
+    assert isinstance(error, spawn.LauncherLost)
     assert (
-        finish(sandbox.spawn(sandbox.Policy(landlock=False, drop_privileges=False), ["true"], ENV))
+        finish(policy.spawn(policy.Policy(landlock=False, drop_privileges=False), ["true"], ENV))
         == 0
     )
 
@@ -238,10 +238,11 @@ def test_a_request_the_launcher_never_answers_fails_cleanly(
 WORKER = """
 import sys
 from pathlib import Path
-from scanfleet.scan.auditor import run_auditor
+from scanfleet.scan.auditor import Host, run_auditor
+from scanfleet.core.settings import Settings
 from scanfleet.core.targets import Target
 run_auditor(sys.argv[1], "p", Target("c", "ns", "pod", "app"), Path(sys.argv[2]),
-            Path(sys.argv[3]), timeout=300)
+            Path(sys.argv[3]), timeout=300, host=Host.from_settings(Settings.from_env()))
 """
 
 
@@ -292,13 +293,13 @@ def test_killing_the_worker_kills_the_auditor_group_and_the_launcher(
 
 FORKER = """
 import os
-from scanfleet.sandbox import spawn as launcher_client
+from scanfleet.sandbox import spawn
 env, policy = {"PATH": "/usr/bin:/bin"}, {"landlock": False, "drop_privileges": False}
-parent = launcher_client.get()
+parent = spawn.get()
 assert parent.spawn(["true"], env, "/", policy).wait(20) == 0
 child = os.fork()
 if child == 0:
-    mine = launcher_client.get()
+    mine = spawn.get()
     code = mine.spawn(["sh", "-c", "exit 5"], env, "/", policy).wait(20)
     print(mine.pid, code, flush=True)
     os._exit(0)
@@ -319,7 +320,7 @@ def test_a_forked_worker_gets_its_own_launcher_and_leaves_the_parents_alone() ->
 
 def test_an_answer_to_an_earlier_attempt_is_ignored() -> None:
     """A request re-sent to a new launcher is not failed by the old one's death notice."""
-    handle = launcher_client.AuditorProcess(None)
+    handle = spawn.AuditorProcess(None)
     handle._retry(1)
     handle._retry(2)  # the first launcher was found dead: sent again to a new one
     handle._answer(1, {"event": "lost", "code": -9})

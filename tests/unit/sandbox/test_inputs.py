@@ -13,7 +13,7 @@ import pytest
 
 from scanfleet.core.errors import BadInput, SandboxUnavailable
 from scanfleet.core.policy import PolicyViolation
-from scanfleet.core.settings import Settings
+from scanfleet.core.settings import SandboxSettings, Settings
 from scanfleet.sandbox import policy as sandbox
 from scanfleet.sandbox.inputs import check_plan_inputs, file_arguments
 
@@ -110,7 +110,7 @@ def _policy(
     kubeconfig = private / "kubeconfig"
     kubeconfig.write_text("clusters: [{cluster: {server: 'https://127.0.0.1:6443'}}]\n")
     scan = sandbox.Scan("/bin/sh", profile, kubeconfig, work, results, inputs, list(args))
-    settings = sandbox.SandboxSettings(**config)
+    settings = SandboxSettings(**config)
     return sandbox.build_policy(
         settings, scan, {"PATH": "/usr/bin:/bin"}, {"HOME": str(tmp_path / "home")}
     )

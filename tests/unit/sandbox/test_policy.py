@@ -34,13 +34,14 @@ from click.testing import CliRunner
 from scanfleet.cli import main_group
 from scanfleet.cli import scan as _register_scan  # noqa: F401
 from scanfleet.core.errors import BadInput, SandboxUnavailable
+from scanfleet.core.settings import SandboxSettings
 from scanfleet.core.targets import Target
-from scanfleet.sandbox import policy as sandbox
-from scanfleet.sandbox import reaper as sandbox_reap
+from scanfleet.sandbox import policy, reaper
+from scanfleet.scan import auditor
 from scanfleet.scan.auditor import run_auditor
-from scanfleet.store import files as results
+from scanfleet.store import files
 from scanfleet.testing.fakekube import FakeCluster
-from tests.support.fixtures_auditor import STANDIN, PlanWriter
+from tests.support.fixtures_auditor import HOST_FROM_ENV, STANDIN, PlanWriter, this_host
 from tests.support.fixtures_fleet import RedisServer
 from tests.support.tools import alive, wait_until
 
@@ -293,7 +294,7 @@ def test_an_allow_rule_that_exposes_a_protected_path_is_refused(
         hostile()  # the auditor never ran: no probes file
     runs = [p for p in (tmp_path / "results").iterdir() if not p.name.startswith("2020")]
     run_dir = max(runs)
-    [summary] = [results.read_json(p) for p in results.summary_files(run_dir)]
+    [summary] = [files.read_json(p) for p in files.summary_files(run_dir)]
     assert summary["error"]["kind"] == "sandbox_unavailable"
     assert "would expose the protected path" in summary["error"]["message"]
 
@@ -415,7 +416,7 @@ def _run(standin: str, kubeconfig: Path, tmp_path: Path, **kw: Any) -> Any:
         tmp_path / "out" / "r.report.json",
         kubeconfig,
         timeout=60,
-        **kw,
+        **{"host": this_host(), **kw},
     )
 
 
@@ -426,7 +427,7 @@ def test_without_landlock_nothing_runs_unless_opted_out(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(sandbox, "abi_version", lambda: 0)
+    monkeypatch.setattr(policy, "abi_version", lambda: 0)
     with pytest.raises(SandboxUnavailable, match="Landlock") as info:
         _run(standin_auditor, private, tmp_path)
     assert info.value.kind == "sandbox_unavailable"
@@ -434,7 +435,7 @@ def test_without_landlock_nothing_runs_unless_opted_out(
     monkeypatch.setenv("SCANFLEET_SANDBOX", "off")
     assert _run(standin_auditor, private, tmp_path).exit_code == 100
     assert len(auditor_log()) == 1
-    assert sandbox.mode_label(sandbox.SandboxSettings.from_env(os.environ)) == "off"
+    assert policy.mode_label(SandboxSettings.from_env(os.environ)) == "off"
 
 
 def test_without_seccomp_nothing_runs_unless_opted_out(
@@ -444,7 +445,7 @@ def test_without_seccomp_nothing_runs_unless_opted_out(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(sandbox, "seccomp_available", lambda: False)
+    monkeypatch.setattr(policy, "seccomp_available", lambda: False)
     with pytest.raises(SandboxUnavailable, match="seccomp") as info:
         _run(standin_auditor, private, tmp_path)
     assert info.value.kind == "sandbox_unavailable"
@@ -538,14 +539,14 @@ def test_a_child_that_cannot_confine_runs_nothing(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = sandbox.build_policy
+    real = policy.build_policy
 
-    def unopenable_rule(*args: Any) -> sandbox.Policy:
-        policy = real(*args)
+    def unopenable_rule(*args: Any) -> policy.Policy:
+        built = real(*args)
         # A rule the launcher's child cannot open (ENAMETOOLONG): it must give up, not skip.
-        return dataclasses.replace(policy, read=(*policy.read, "/" + "x" * 5000))
+        return dataclasses.replace(built, read=(*built.read, "/" + "x" * 5000))
 
-    monkeypatch.setattr(sandbox, "build_policy", unopenable_rule)
+    monkeypatch.setattr(auditor, "build_policy", unopenable_rule)
     with pytest.raises(SandboxUnavailable, match="cannot open"):
         _run(standin_auditor, private, tmp_path)
     assert auditor_log() == []
@@ -561,10 +562,13 @@ def test_the_auditor_dies_with_its_worker(
     pid_file = standin_io / "pids.json"
     auditor_plan({"*": {"sleep": 120, "pid_file": str(pid_file)}})
     code = (
-        "import sys; from pathlib import Path; from scanfleet.scan.auditor import run_auditor;"
+        "import sys; from pathlib import Path;"
+        "from scanfleet.scan.auditor import Host, run_auditor;"
+        "from scanfleet.core.settings import Settings;"
         "from scanfleet.core.targets import Target;"
         f"run_auditor({standin_auditor!r}, 'p', Target('c','ns','pod','app'),"
-        f" Path({str(tmp_path / 'r.json')!r}), Path({str(private)!r}), timeout=300)"
+        f" Path({str(tmp_path / 'r.json')!r}), Path({str(private)!r}), timeout=300,"
+        f" host={HOST_FROM_ENV})"
     )
     worker = subprocess.Popen([sys.executable, "-c", code], env=os.environ.copy())
     try:
@@ -581,21 +585,21 @@ def test_the_auditor_dies_with_its_worker(
 
 
 def test_config_from_env() -> None:
-    c = sandbox.SandboxSettings.from_env(
+    c = SandboxSettings.from_env(
         {"SCANFLEET_SANDBOX_ALLOW_READ": f"/a{os.pathsep}/b", "SCANFLEET_SANDBOX_ALLOW_WRITE": "/w"}
     )
     assert c.enabled
     assert c.allow_read == (Path("/a"), Path("/b"))
     assert c.allow_write == (Path("/w"),)
     assert c.protect == (Path("/var/run/secrets"), Path("/run/secrets"))
-    assert not sandbox.SandboxSettings.from_env({"SCANFLEET_SANDBOX": "off"}).enabled
+    assert not SandboxSettings.from_env({"SCANFLEET_SANDBOX": "off"}).enabled
     with pytest.raises(BadInput, match="SCANFLEET_SANDBOX"):
-        sandbox.SandboxSettings.from_env({"SCANFLEET_SANDBOX": "maybe"})
+        SandboxSettings.from_env({"SCANFLEET_SANDBOX": "maybe"})
 
 
 def test_describe_reports_what_this_kernel_enforces() -> None:
-    d = sandbox.describe(sandbox.SandboxSettings())
-    abi = sandbox.abi_version()
+    d = policy.describe(SandboxSettings())
+    abi = policy.abi_version()
     if abi < 1:
         assert d["mode"] == "unavailable"
         return
@@ -605,7 +609,7 @@ def test_describe_reports_what_this_kernel_enforces() -> None:
     assert d["sockets_tcp_udp_unix_only"] is True
     assert d["scope_signal"] is (abi >= 6)
     assert "/usr" in d["system_read"]
-    assert sandbox.describe(sandbox.SandboxSettings(enabled=False))["mode"] == "off"
+    assert policy.describe(SandboxSettings(enabled=False))["mode"] == "off"
 
 
 def test_sandbox_command_reports_and_fails_when_unavailable(
@@ -615,10 +619,10 @@ def test_sandbox_command_reports_and_fails_when_unavailable(
 
     monkeypatch.delenv("SCANFLEET_SANDBOX", raising=False)
     r = CliRunner().invoke(main_group, ["sandbox", "--json"])
-    abi = sandbox.abi_version()
+    abi = policy.abi_version()
     assert r.exit_code == (0 if abi >= 1 else 3), r.output
     assert json.loads(r.stdout)["landlock_abi"] == abi
-    monkeypatch.setattr(sandbox, "abi_version", lambda: 0)
+    monkeypatch.setattr(policy, "abi_version", lambda: 0)
     r = CliRunner().invoke(main_group, ["sandbox"])
     assert r.exit_code == 3
     assert "unavailable" in r.stdout
@@ -627,9 +631,9 @@ def test_sandbox_command_reports_and_fails_when_unavailable(
 
 
 def test_partial_abis_name_what_is_not_enforced() -> None:
-    assert sandbox.gaps(7) == []
-    assert len(sandbox.gaps(5)) == 1
-    assert "network" in sandbox.gaps(3)[0]
+    assert policy.gaps(7) == []
+    assert len(policy.gaps(5)) == 1
+    assert "network" in policy.gaps(3)[0]
 
 
 def test_harden_process_makes_the_process_non_dumpable() -> None:
@@ -655,23 +659,23 @@ def test_reap_stale_kills_orphans_and_removes_only_stale_dirs(tmp_path: Path) ->
         [sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True
     )
     try:
-        sandbox_reap.record_auditor(stale, orphan.pid)
+        reaper.record_auditor(stale, orphan.pid)
         live = tmp_path / "scanfleet-live"
         live.mkdir(mode=0o700)
-        (live / sandbox_reap.RECORD).write_text("999999999 1\n")  # no such session
+        (live / reaper.RECORD).write_text("999999999 1\n")  # no such session
         minting = tmp_path / "scanfleet-minting"
         minting.mkdir(mode=0o700)
-        with sandbox_reap.hold(live):
-            removed = sandbox_reap.reap_stale(tmp_path)
+        with reaper.hold(live):
+            removed = reaper.reap_stale(tmp_path)
         assert removed == [stale]
         assert not stale.exists()
         assert live.exists()
         assert minting.exists()
         orphan.wait(timeout=20)
         assert orphan.returncode == -signal.SIGKILL
-        old = time.time() - 2 * sandbox_reap.MIN_AGE_S
+        old = time.time() - 2 * reaper.MIN_AGE_S
         os.utime(minting, (old, old))
-        assert sandbox_reap.reap_stale(tmp_path) == [live, minting]
+        assert reaper.reap_stale(tmp_path) == [live, minting]
     finally:
         if orphan.poll() is None:
             orphan.kill()
@@ -742,11 +746,11 @@ def test_copy_report_refuses_what_is_not_a_plain_file(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     for bad in (link, hard, fifo):
         with pytest.raises(ValueError, match=bad.name):
-            results.copy_report(bad, tmp_path / "out" / "r.json")
+            files.copy_report(bad, tmp_path / "out" / "r.json")
     assert not (tmp_path / "out" / "r.json").exists()
     good = tmp_path / "good.json"
     good.write_text("{}")
-    results.copy_report(good, tmp_path / "out" / "r.json")
+    files.copy_report(good, tmp_path / "out" / "r.json")
     assert (tmp_path / "out" / "r.json").read_text() == "{}"
     assert stat.S_IMODE((tmp_path / "out" / "r.json").stat().st_mode) == 0o600
 
@@ -754,16 +758,16 @@ def test_copy_report_refuses_what_is_not_a_plain_file(tmp_path: Path) -> None:
 # --- policy: what a rule may not expose -----------------------------------------------------
 
 
-def _policy_with(tmp_path: Path, allow: Path) -> sandbox.Policy:
+def _policy_with(tmp_path: Path, allow: Path) -> policy.Policy:
     secrets, results = tmp_path / "secrets", tmp_path / "results"
     for d in (secrets / "sub", results, tmp_path / "secrets-other", tmp_path / "private"):
         d.mkdir(parents=True, exist_ok=True)
-    work = sandbox.prepare_workdir(tmp_path / "private")
+    work = policy.prepare_workdir(tmp_path / "private")
     kubeconfig = tmp_path / "private" / "kubeconfig"
     kubeconfig.write_text("clusters: [{cluster: {server: 'https://127.0.0.1:6443'}}]\n")
-    config = sandbox.SandboxSettings(allow_read=(allow,), protect=(secrets,))
-    scan = sandbox.Scan("/bin/sh", "p", kubeconfig, work, results)
-    return sandbox.build_policy(
+    config = SandboxSettings(allow_read=(allow,), protect=(secrets,))
+    scan = policy.Scan("/bin/sh", "p", kubeconfig, work, results)
+    return policy.build_policy(
         config, scan, {"PATH": "/usr/bin:/bin"}, {"HOME": str(tmp_path / "home")}
     )
 
@@ -786,9 +790,9 @@ def test_a_rule_may_not_expose_a_protected_path_or_contain_results(
 ) -> None:
     target = tmp_path / allow
     if refused is None:
-        policy = _policy_with(tmp_path, target)
-        assert os.path.realpath(target) in policy.read
-        assert policy.connect == (6443,)
+        built = _policy_with(tmp_path, target)
+        assert os.path.realpath(target) in built.read
+        assert built.connect == (6443,)
     else:
         with pytest.raises(SandboxUnavailable, match=refused):
             _policy_with(tmp_path, target)

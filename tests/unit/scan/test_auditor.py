@@ -6,6 +6,7 @@ Runs the real subprocess machinery against the stand-in (scanfleet/testing/stand
 from __future__ import annotations
 
 import _thread
+import dataclasses
 import json
 import os
 import signal
@@ -30,8 +31,8 @@ from scanfleet.scan.auditor import (
     run_auditor,
 )
 from scanfleet.testing.fakekube import FakeCluster
-from tests.support.fixtures_auditor import AuditorLog, PlanWriter
-from tests.unit.testing.test_fakekube import api_client, mint_scoped_token
+from tests.support.fixtures_auditor import AuditorLog, PlanWriter, this_host
+from tests.support.kubeapi import api_client, mint_scoped_token
 
 TARGET = Target("kind-a", "team-a", "web-7d4b9", "app")
 FAKE_JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.sig"
@@ -107,6 +108,8 @@ def run(standin_auditor: str, workdir: Path, kubeconfig: Path) -> Callable[..., 
             "timeout": 30.0,
         }
         args.update(kw)
+        if "host" not in args:
+            args["host"] = this_host()
         return run_auditor(**args)
 
     return go
@@ -266,10 +269,46 @@ def test_run_auditor_uses_the_given_env_as_base(
         "KUBECONFIG": "/admin/config",
         "SCANFLEET_STANDIN_LOG": str(auditor_log.path),
     }
-    run(env=base)
+    run(host=dataclasses.replace(this_host(), environment=base))
     [record] = auditor_log()
     assert record["kubeconfig"] == str(kubeconfig)
     assert set(record["env_keys"]) <= {*base, "PWD", "LC_CTYPE", "KUBECONFIG", "TMPDIR"}
+
+
+def test_the_host_read_at_start_up_decides_not_the_environment_at_scan_time(
+    run: Callable[..., AuditResult], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host = this_host()
+    monkeypatch.setenv("SCANFLEET_SANDBOX", "maybe")  # refused, were it read per scan
+    assert run(host=host).exit_code in (0, 100, 101)
+
+
+def test_stopping_one_host_leaves_the_audits_of_another_running(
+    run: Callable[..., AuditResult], auditor_plan: PlanWriter, standin_io: Path
+) -> None:
+    pid_file = standin_io / "pids.json"
+    auditor_plan({"*": {"sleep": 120, "pid_file": str(pid_file)}})
+    mine, other = this_host(), this_host()
+    outcome: list[BaseException] = []
+
+    def scan() -> None:
+        try:
+            run(host=mine)
+        except BaseException as e:  # handed to the test thread
+            outcome.append(e)
+
+    thread = threading.Thread(target=scan)
+    thread.start()
+    try:
+        wait_until(pid_file.exists, what="the auditor to start")
+        other.stop.set()
+        thread.join(0.5)
+        assert thread.is_alive(), "another host's stop ended this audit"
+    finally:
+        mine.stop.set()
+        thread.join(60)
+    [error] = outcome
+    assert isinstance(error, ScanInterrupted)
 
 
 # --- exit codes and reports -----------------------------------------------------------------

@@ -25,6 +25,7 @@ from kubernetes import client, config
 from scanfleet.cli import main_group
 from scanfleet.cli import scan as _register_scan  # noqa: F401
 from scanfleet.testing.fakekube import FakeCluster
+from tests.support.fixtures_auditor import this_host
 
 PY = sys.executable
 
@@ -357,10 +358,17 @@ def test_auditor_missing_when_the_scan_runs_is_recorded(
     clients = ClientCache(str(admin_kubeconfig), retries=0)
     options = ScanOptions(profile="p", auditor="/nonexistent/cinc-auditor")
     scanned = scan_target(
-        clients, Target("fake", "apps", "web", "app"), "20260101T000000Z-abcdef", options, tmp_path
+        clients,
+        Target("fake", "apps", "web", "app"),
+        "20260101T000000Z-abcdef",
+        options,
+        tmp_path,
+        host=this_host(),
     )
     clients.close()
-    assert scanned.summary["error"]["kind"] == "auditor_missing"
+    error = scanned.summary["error"]
+    assert error is not None
+    assert error["kind"] == "auditor_missing"
     assert fake_cluster.scanfleet_objects() == []
 
 
@@ -718,7 +726,7 @@ def test_an_unreachable_cluster_is_a_retryable_error_that_records_nothing(
     run_id = "20260101T000000Z-abcdef"
     options = ScanOptions(profile="p", auditor=standin_auditor)
     fake_cluster.fail("POST", r"/rolebindings$", 503, times=1)
-    scanned = scan_target(clients, target, run_id, options, tmp_path)
+    scanned = scan_target(clients, target, run_id, options, tmp_path, host=this_host())
     assert isinstance(scanned.error, ClusterUnavailable)
     assert scanned.error.retryable  # the fleet driver retries it; `scan` records it
     assert scanned.summary["error"] == {"kind": "api_error", "message": str(scanned.error)}

@@ -6,9 +6,8 @@ Plus the outage rule: Redis down while a scan takes its cluster slot is the retr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fakeredis
 import pytest
@@ -16,8 +15,10 @@ import pytest
 from scanfleet.core.clock import retry_delay
 from scanfleet.core.errors import StoreUnavailable
 from scanfleet.core.targets import Target
+from scanfleet.judging.documents import RunDocument
 from scanfleet.kube.client import ClientCache
 from scanfleet.runs.pipeline import RunContext, RunState, run_target
+from scanfleet.scan.auditor import Host
 from scanfleet.scan.plan import RunPlan
 from scanfleet.store.slots import LocalSlots, RedisSlots, Slots
 from scanfleet.store.state import MemoryRunState, RunStore
@@ -67,7 +68,7 @@ def test_run_state_counts_each_result_once_and_finalizes_once(state: RunState) -
     assert not state.is_finalized(RUN)
     assert state.begin_finalize(RUN)
     assert not state.begin_finalize(RUN)
-    state.end_finalize(RUN, {"exit_code": 3, "finished_at": "t"})
+    state.end_finalize(RUN, cast(RunDocument, {"exit_code": 3, "finished_at": "t"}))
     assert state.is_finalized(RUN)
 
 
@@ -86,7 +87,7 @@ def test_a_slot_is_released_when_the_scan_fails(slots: Slots) -> None:
 
 
 @pytest.fixture
-def redis_down() -> Iterator[Any]:
+def redis_down() -> Any:
     server = fakeredis.FakeServer()
     client = fakeredis.FakeRedis(server=server, decode_responses=True)
     server.connected = False
@@ -102,24 +103,30 @@ def test_redis_down_while_taking_a_slot_is_retryable_and_records_nothing(
     assert retry_delay(caught.value) is not None
 
     plan = RunPlan(run_id=RUN, source="test", profile="p", created_at="t")
-    pipe = RunContext(ClientCache(""), MemoryRunState(1), slots, tmp_path)
+    pipe = RunContext(ClientCache(""), MemoryRunState(1), slots, tmp_path, host=Host())
     with pytest.raises(StoreUnavailable):
         run_target(pipe, plan, Target("east", "ns", "pod", "app"))
     assert not list(tmp_path.rglob("*.json")), "an outage is retried, never a scan result"
 
 
-def test_the_task_retries_a_store_outage_instead_of_recording_it() -> None:
+def test_the_task_retries_a_store_outage_instead_of_recording_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from scanfleet.core.settings import Settings
+    from scanfleet.worker.app import SCAN_TASK, create_app
     from scanfleet.worker.tasks import _retry_or_continue
 
     class Retry(Exception):
         pass
 
-    class Task:
-        def retry(self, **kwargs: Any) -> Exception:
-            self.kwargs = kwargs
-            return Retry()
+    asked: dict[str, Any] = {}
 
-    task = Task()
+    def retry(**kwargs: Any) -> Exception:
+        asked.update(kwargs)
+        return Retry()
+
+    task = create_app(Settings()).tasks[SCAN_TASK]
+    monkeypatch.setattr(task, "retry", retry)
     with pytest.raises(Retry):
         _retry_or_continue(task, StoreUnavailable("Redis: acquiring a cluster slot"), {})
-    assert task.kwargs["countdown"] == 5
+    assert asked["countdown"] == 5

@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes.client import CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
 from scanfleet.core.errors import ClusterForbidden
 from scanfleet.kube.client import KubeClient
 from scanfleet.kube.scan_client import ScanClient
 from scanfleet.testing.fakekube import FakeCluster
+from tests.support.kubeapi import api_client
 
 SA = "scanfleet-00000000000000b0"
 
@@ -50,7 +52,14 @@ def kube(fake_cluster: FakeCluster, admin_kubeconfig: Path) -> Iterator[KubeClie
     client.close()
 
 
-def bound_token(kube: KubeClient, pod: str) -> Any:
+@pytest.fixture
+def core(kube: KubeClient, admin_kubeconfig: Path) -> Iterator[CoreV1Api]:
+    """The official client's CoreV1Api, as admin (scanfleet's own requests never use it)."""
+    with api_client(admin_kubeconfig) as api:
+        yield CoreV1Api(api)
+
+
+def bound_token(core: CoreV1Api, pod: str) -> Any:
     body = {
         "apiVersion": "authentication.k8s.io/v1",
         "kind": "TokenRequest",
@@ -59,27 +68,29 @@ def bound_token(kube: KubeClient, pod: str) -> Any:
             "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod},
         },
     }
-    return kube.core.create_namespaced_service_account_token(SA, "apps", body)
+    return core.create_namespaced_service_account_token(SA, "apps", body)
 
 
-def test_a_token_cannot_be_bound_to_a_missing_pod(kube: KubeClient) -> None:
+def test_a_token_cannot_be_bound_to_a_missing_pod(core: CoreV1Api) -> None:
     with pytest.raises(ApiException) as info:
-        bound_token(kube, "ghost")
+        bound_token(core, "ghost")
     assert info.value.status == 404
 
 
 def test_a_token_cannot_be_bound_to_a_pod_running_as_another_serviceaccount(
-    kube: KubeClient,
+    core: CoreV1Api,
 ) -> None:
     with pytest.raises(ApiException) as info:
-        bound_token(kube, "web")  # runs as "default", like every target pod
+        bound_token(core, "web")  # runs as "default", like every target pod
     assert info.value.status == 400
     assert "to pod running with different serviceaccount name" in str(info.value.body)
 
 
-def test_a_bound_token_dies_with_its_pod(kube: KubeClient, fake_cluster: FakeCluster) -> None:
+def test_a_bound_token_dies_with_its_pod(
+    kube: KubeClient, core: CoreV1Api, fake_cluster: FakeCluster
+) -> None:
     fake_cluster.add_pod("apps", "job", containers=["app"], service_account=SA)
-    resp = bound_token(kube, "job")
+    resp = bound_token(core, "job")
     client = ScanClient(kube.endpoint(), resp.status.token, "fake")
     try:
         assert client.read_pod("apps", "web").name == "web"

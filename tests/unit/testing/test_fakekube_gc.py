@@ -15,7 +15,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from scanfleet.testing.fakekube import FakeCluster
-from tests.unit.testing.test_fakekube import (
+from tests.support.kubeapi import (
     api_client,
     kubectl,
     mint_scoped_token,
