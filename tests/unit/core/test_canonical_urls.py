@@ -165,21 +165,24 @@ def test_scan_and_submit_refuse_both_forms_with_exit_2_and_send_nothing(
 
 
 def test_the_same_setup_sends_the_credential_to_an_allowed_url(
-    server: ProfileServer, tmp_path: Path
+    server: ProfileServer, tmp_path: Path, admin_kubeconfig: Path, standin_auditor: str
 ) -> None:
-    """The control for the test above: the setup does reach the server when it should."""
+    """The control for the test above: the setup does reach the server when it should (a
+    reachable cluster and an auditor, so the fail-fast checks pass and the download runs;
+    the target does not exist, so nothing is scanned)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCANFLEET_")}
     env.update(
         {
             "SCANFLEET_ALLOWED_PROFILES": server.url("/myorg/", userinfo=f"bot:{TOKEN}"),
             "SCANFLEET_RESULTS_DIR": str(tmp_path / "results"),
             "SCANFLEET_PROFILE_CACHE": str(tmp_path / "cache"),
-            "KUBECONFIG": _kubeconfig(tmp_path),
+            "SCANFLEET_AUDITOR": standin_auditor,
+            "KUBECONFIG": str(admin_kubeconfig),
         }
     )
     url = server.url("/myorg/p.tar.gz", userinfo=f"bot:{TOKEN}")
-    proc = run_cli(["scan", "ns/pod/c", "--profile", url, "--timeout", "5"], env)
-    assert proc.returncode != 0  # no cluster at 127.0.0.1:1; the download came first
+    proc = run_cli(["scan", "nowhere/pod/c", "--profile", url, "--timeout", "5"], env)
+    assert proc.returncode != 0  # no such pod; the download came first
     assert server.hits["/myorg/p.tar.gz"] == 1
     assert server.auth["/myorg/p.tar.gz"][0] is not None
     assert TOKEN not in proc.stderr + proc.stdout
