@@ -348,10 +348,13 @@ def _hostile_run_auditor(standin_io: Path, private: Path, tmp_path: Path, timeou
     """A worker process running one audit with the hostile auditor, whose stand-in then
     sleeps; its source for `python -c`."""
     return (
-        "import sys; from pathlib import Path; from scanfleet.scan.auditor import run_auditor;"
+        "import sys; from pathlib import Path;"
+        "from scanfleet.scan.auditor import Host, run_auditor;"
+        "from scanfleet.core.settings import Settings;"
         "from scanfleet.core.targets import Target;"
         f"run_auditor({str(HOSTILE)!r}, 'p', Target('c','ns','pod','app'),"
-        f" Path({str(tmp_path / 'r.json')!r}), Path({str(private)!r}), timeout={timeout})"
+        f" Path({str(tmp_path / 'r.json')!r}), Path({str(private)!r}), timeout={timeout},"
+        f" host={HOST_FROM_ENV})"
     )
 
 
