@@ -255,7 +255,7 @@ def run_size(
         )
         if p.returncode != 0:
             raise SystemExit(f"bench: submit failed: {p.stderr[-2000:]}")
-        run_id = p.stdout.split("\n", 1)[0].strip()
+        run_id = json.loads(p.stdout)["run_id"]  # --json: one document
         created = time.monotonic()
         wait_until(lambda: store.is_finalized(run_id), 7200, every=0.2)
         wall = time.monotonic() - created
