@@ -20,6 +20,7 @@ from scanfleet.core.errors import BadInput, ExitCode, SandboxUnavailable, ScanIn
 from scanfleet.core.settings import Settings, check_ttl
 from scanfleet.scan.auditor import clear_stop, request_stop
 from scanfleet.scan.plan import RunPlan
+from scanfleet.store.results import RUN_FILE, ResultsStore, open_results, read_json
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -92,13 +93,18 @@ def metrics_port_option(fn: F) -> F:
     )(fn)
 
 
+RESULTS_LOCATION = click.Path(file_okay=False)
+"""A results directory or `s3://bucket/prefix`, as given (a str: a Path would fold `//`)."""
+
+
 def output_option(fn: F) -> F:
     return click.option(
         "--output",
         "output",
-        type=click.Path(file_okay=False, path_type=Path),
+        type=RESULTS_LOCATION,
         default=None,
-        help="Results directory (default: $SCANFLEET_RESULTS_DIR, else ./scanfleet-results).",
+        help="Results directory or s3://bucket/prefix "
+        "(default: $SCANFLEET_RESULTS_DIR, else ./scanfleet-results).",
     )(fn)
 
 
@@ -205,8 +211,23 @@ def scan_options(fn: F) -> F:
     return command  # type: ignore[no-any-return]
 
 
-def results_dir(output: Path | None, settings: Settings) -> Path:
-    return output if output is not None else settings.results_dir
+@dataclass(frozen=True)
+class FinishedRun:
+    """A run's run.json in a results store (written once the run has finished)."""
+
+    results: ResultsStore
+    run_id: str
+
+    def exists(self) -> bool:
+        return self.results.exists(self.run_id, RUN_FILE)
+
+    def read(self) -> Any:
+        return read_json(self.results, self.run_id, RUN_FILE)
+
+
+def results_dir(output: str | Path | None, settings: Settings) -> ResultsStore:
+    """The results store of `--output`/`--results-dir`, else SCANFLEET_RESULTS_DIR's."""
+    return open_results(output, settings)
 
 
 @contextmanager

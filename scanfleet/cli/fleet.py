@@ -22,6 +22,8 @@ import structlog
 from tqdm import tqdm
 
 from scanfleet.cli.common import (
+    RESULTS_LOCATION,
+    FinishedRun,
     ScanArgs,
     bad_input_exits,
     fail,
@@ -41,6 +43,7 @@ from scanfleet.core.settings import Settings
 from scanfleet.core.targets import Target, load_targets_file, parse_target
 from scanfleet.scan.plan import RunPlan
 from scanfleet.store.files import check_run_id
+from scanfleet.store.results import ResultsStore
 from scanfleet.store.state import RunStore
 
 if TYPE_CHECKING:
@@ -193,7 +196,7 @@ def _run_local(
     clients: ClientCache,
     plan: RunPlan,
     entries: list[Entry],
-    out: Path,
+    out: ResultsStore,
     concurrency: int,
     settings: Settings,
     as_json: bool,
@@ -232,7 +235,7 @@ def _run_fleet(
     *,
     plan: RunPlan,
     entries: list[Entry],
-    out: Path | None,
+    out: ResultsStore | None,
     settings: Settings,
     wait: bool,
     as_json: bool,
@@ -259,7 +262,7 @@ def _run_fleet(
             entries,
             fan_out_publisher(app),
             results_dir=out,
-            fallback_results_dir=settings.results_dir,
+            fallback_results_dir=results_dir(None, settings),
             created=created,
         )
     except StoreUnavailable as e:
@@ -298,30 +301,32 @@ def follow(store: RunStore, run_id: str, total: int) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="Print the status document as JSON.")
 @click.option(
     "--results-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    "results_location",
+    type=RESULTS_LOCATION,
     default=None,
     help="Where to look for run.json of runs Redis does not know "
-    "(`scan`, `submit --local`; default: $SCANFLEET_RESULTS_DIR).",
+    "(`scan`, `submit --local`; a directory or s3://bucket/prefix; "
+    "default: $SCANFLEET_RESULTS_DIR).",
 )
 @bad_input_exits
-def status_command(run_id: str, as_json: bool, results_dir: Path | None) -> None:
+def status_command(run_id: str, as_json: bool, results_location: str | None) -> None:
     """State counts of a run while it runs; its summary once it is done."""
     settings = load_settings()
     check_run_id(run_id)
-    finished = (results_dir or settings.results_dir) / run_id / "run.json"
+    finished = FinishedRun(results_dir(results_location, settings), run_id)
     store = RunStore.from_url(settings.broker_url, settings.key_prefix, settings.retention_days)
     try:
         status = store.status(run_id)
         result = store.result(run_id) if status is not None and status.finished else None
     except StoreUnavailable as e:
-        if not finished.is_file():
+        if not finished.exists():
             click.echo(f"scanfleet: error: {e}", err=True)
             sys.exit(ExitCode.SCAN_ERROR)
         status = result = None
     if status is None:
         # A local run (`scan`, `submit --local`) never touches Redis; its run.json says all.
-        if finished.is_file():
-            run = json.loads(finished.read_text())
+        if finished.exists():
+            run = finished.read()
             if as_json:
                 click.echo(
                     json.dumps({"run_id": run_id, "state": "finished", "run": run}, indent=2)

@@ -26,6 +26,7 @@ from scanfleet.core.errors import ExitCode
 from scanfleet.runs.drift import diff_runs, format_drift
 from scanfleet.runs.retention import prune
 from scanfleet.store.files import check_run_id
+from scanfleet.store.results import LocalResults, ResultsStore, is_object_store
 
 
 @main_group.command("janitor")
@@ -73,12 +74,12 @@ def janitor_command(
     sys.exit(ExitCode.OK if report.ok else ExitCode.SCAN_ERROR)
 
 
-def _run_path(value: str, base: Path) -> Path:
-    """A run id under the results directory, or a run directory path."""
+def _run_ref(value: str, base: ResultsStore) -> tuple[ResultsStore, str]:
+    """A run id in the results store, or a run directory path."""
     p = Path(value)
-    if p.is_dir():
-        return p
-    return base / check_run_id(value)
+    if not is_object_store(value) and p.is_dir():
+        return LocalResults(p.parent), p.name
+    return base, check_run_id(value)
 
 
 @main_group.command("diff")
@@ -91,11 +92,11 @@ def diff_command(run_a: str, run_b: str, output: Path | None, as_json: bool) -> 
     """Drift from RUN_A (older) to RUN_B: newly failing and fixed controls, targets."""
     settings = load_settings()
     base = results_dir(output, settings)
-    dirs = [_run_path(r, base) for r in (run_a, run_b)]
-    for d in dirs:
-        if not d.is_dir():
-            fail(f"run directory {str(d)!r} does not exist")
-    drift = diff_runs(dirs[0], dirs[1])
+    refs = [_run_ref(r, base) for r in (run_a, run_b)]
+    for store, run_id in refs:
+        if not store.names(run_id):
+            fail(f"run directory {f'{store.location}/{run_id}'!r} does not exist")
+    drift = diff_runs(refs[0], refs[1])
     if as_json:
         click.echo(json.dumps(drift, indent=2))
     else:

@@ -18,61 +18,65 @@ from typing import Any
 
 import click
 
-from scanfleet.cli.common import bad_input_exits, load_settings, main_group
-from scanfleet.core.errors import BadInput, ExitCode
+from scanfleet.cli.common import RESULTS_LOCATION, bad_input_exits, load_settings, main_group
+from scanfleet.core.errors import BadInput, ExitCode, ResultsUnavailable
 from scanfleet.judging.documents import unreadable_summary
 from scanfleet.reports import FORMATS, write_report
-from scanfleet.store.files import read_json, run_dir, summary_files
+from scanfleet.store.files import check_run_id
+from scanfleet.store.results import RUN_FILE, ResultsStore, open_results, read_json, summary_names
 
 RUN_EXIT_CODES = (ExitCode.OK, ExitCode.THRESHOLD, ExitCode.SCAN_ERROR)
 
 
-def _summaries(directory: Path) -> Iterator[dict[str, Any]]:
-    """The run's target summaries, one file at a time.
+def _summaries(results: ResultsStore, run_id: str) -> Iterator[dict[str, Any]]:
+    """The run's target summaries, one object at a time.
 
     A summary that cannot be read is reported as a target that could not be scanned (the
     aggregator's rule for malformed summaries), so it shows up instead of vanishing.
     """
-    for path in summary_files(directory):
+    for name in summary_names(results.names(run_id)):
         try:
-            data = read_json(path)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            data = read_json(results, run_id, name)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, ResultsUnavailable) as e:
             data = None
-            problem = f"summary file {path.name} is unreadable: {e}"
+            problem = f"summary file {name} is unreadable: {e}"
         else:
-            problem = f"summary file {path.name} is not a JSON object"
+            problem = f"summary file {name} is not a JSON object"
         if isinstance(data, dict):
             yield data
             continue
-        yield unreadable_summary(path.stem, problem)
+        yield unreadable_summary(name.removesuffix(".json"), problem)
 
 
-def load_run(directory: Path, run_id: str) -> dict[str, Any]:
+def load_run(results: ResultsStore, run_id: str) -> dict[str, Any]:
     """run.json of a finished run; BadInput (exit 2) saying why there is none."""
-    if not directory.is_dir():
-        raise BadInput(f"unknown run {run_id!r}: no directory {directory} (check --results-dir)")
-    path = directory / "run.json"
-    if not path.exists():
-        raise BadInput(
-            f"run {run_id!r} has not finished: {path} is not written yet (the run is still in "
-            "progress, or it stopped before finishing); report it once it has finished"
-        )
+    where = f"{results.location}/{check_run_id(run_id)}"
     try:
-        run: object = read_json(path)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BadInput(f"cannot read {path}: {e}") from e
+        if not results.names(run_id):
+            raise BadInput(f"unknown run {run_id!r}: no directory {where} (check --results-dir)")
+        run: object = read_json(results, run_id, RUN_FILE)
+    except FileNotFoundError:
+        raise BadInput(
+            f"run {run_id!r} has not finished: {where}/{RUN_FILE} is not written yet (the run "
+            "is still in progress, or it stopped before finishing); report it once it has "
+            "finished"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ResultsUnavailable) as e:
+        raise BadInput(f"cannot read {where}/{RUN_FILE}: {e}") from e
     if not isinstance(run, dict) or run.get("exit_code") not in RUN_EXIT_CODES:
-        raise BadInput(f"{path} is not a run summary (no exit_code of 0, 1 or 3)")
+        raise BadInput(f"{where}/{RUN_FILE} is not a run summary (no exit_code of 0, 1 or 3)")
     return run
 
 
-def _write_file(path: Path, fmt: str, run: dict[str, Any], directory: Path) -> None:
+def _write_file(
+    path: Path, fmt: str, run: dict[str, Any], results: ResultsStore, run_id: str
+) -> None:
     """Write next to the target and rename, so a failed report never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            write_report(fmt, run, lambda: _summaries(directory), f)
+            write_report(fmt, run, lambda: _summaries(results, run_id), f)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
@@ -100,22 +104,23 @@ def _write_file(path: Path, fmt: str, run: dict[str, Any], directory: Path) -> N
 )
 @click.option(
     "--results-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=RESULTS_LOCATION,
     default=None,
-    help="Results directory (default: $SCANFLEET_RESULTS_DIR, else ./scanfleet-results).",
+    help="Results directory or s3://bucket/prefix "
+    "(default: $SCANFLEET_RESULTS_DIR, else ./scanfleet-results).",
 )
 @bad_input_exits
-def report_command(run_id: str, fmt: str, output: Path | None, results_dir: Path | None) -> None:
+def report_command(run_id: str, fmt: str, output: Path | None, results_dir: str | None) -> None:
     """Report a finished run; exit with the run's exit code (0 met, 1 missed, 3 errors)."""
     settings = load_settings()
-    directory = run_dir(results_dir if results_dir is not None else settings.results_dir, run_id)
-    run = load_run(directory, run_id)
+    results = open_results(results_dir, settings)
+    run = load_run(results, run_id)
     if output is None or str(output) == "-":
-        write_report(fmt, run, lambda: _summaries(directory), sys.stdout)
+        write_report(fmt, run, lambda: _summaries(results, run_id), sys.stdout)
         sys.stdout.flush()
     else:
         try:
-            _write_file(output, fmt, run, directory)
+            _write_file(output, fmt, run, results, run_id)
         except OSError as e:
             raise BadInput(f"cannot write the report to {output}: {e.strerror or e}") from e
     sys.exit(int(run["exit_code"]))

@@ -129,6 +129,12 @@ class Settings:
     kube_retries: int = 5
     """Retries of one Kubernetes API request in a worker (connection errors, 429, 5xx; with
     urllib3's backoff, 5 take about 15 s) before the scan is re-queued (SCANFLEET_KUBE_RETRIES)."""
+    results_url: str = "scanfleet-results"
+    """SCANFLEET_RESULTS_DIR as given: a directory, or `s3://bucket/prefix` (store.results)."""
+    s3_endpoint: str | None = None
+    """S3 endpoint for MinIO/Ceph (SCANFLEET_S3_ENDPOINT); None: the AWS default chain's."""
+    s3_timeout: float = 30.0
+    """Seconds one S3 request may take before it is retried (SCANFLEET_S3_TIMEOUT)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -169,6 +175,9 @@ class Settings:
             profile_timeout=env_int(env, "SCANFLEET_PROFILE_TIMEOUT", d.profile_timeout, 1),
             retry_delay_scale=env_float(env, "SCANFLEET_RETRY_DELAY_SCALE", d.retry_delay_scale),
             kube_retries=env_int(env, "SCANFLEET_KUBE_RETRIES", d.kube_retries, 0),
+            results_url=env.get("SCANFLEET_RESULTS_DIR") or d.results_url,
+            s3_endpoint=env.get("SCANFLEET_S3_ENDPOINT") or None,
+            s3_timeout=env_float(env, "SCANFLEET_S3_TIMEOUT", d.s3_timeout),
         )
 
 

@@ -28,7 +28,7 @@ from scanfleet.runs.pipeline import (
     run_target,
 )
 from scanfleet.scan.plan import RunPlan
-from scanfleet.store.files import make_dir, run_dir, summary_path, write_json
+from scanfleet.store.results import ResultsStore, as_results
 from scanfleet.store.slots import LocalSlots
 from scanfleet.store.state import MemoryRunState
 
@@ -37,7 +37,7 @@ def run_local(
     clients: ClientCache,
     plan: RunPlan,
     targets: Iterable[Target],
-    results_dir: Path,
+    results_dir: ResultsStore | Path,
     *,
     concurrency: int = 1,
     now: Clock = utcnow,
@@ -52,8 +52,8 @@ def run_local(
     semaphore per context, as the fleet's is a lease per context. `sandbox` (the mode the
     caller checked before starting, `sandbox.mode_label`) is recorded in run.json.
     """
-    out = run_dir(results_dir, plan.run_id)
-    make_dir(out)
+    results = as_results(results_dir)
+    results.staging(plan.run_id)  # a bad location fails before anything is scanned
     if entries is None:
         entries = resolve(clients, targets, need_images=plan.dedupe_images)
     if plan.dedupe_images:
@@ -61,7 +61,7 @@ def run_local(
     total = sum(e.size() for e in entries)
     state = MemoryRunState(total, covers_map(plan.run_id, entries), progress)
     pipe = RunContext(
-        clients, state, LocalSlots(cluster_concurrency), results_dir, now, sandbox=sandbox
+        clients, state, LocalSlots(cluster_concurrency), results, now, sandbox=sandbox
     )
     interrupted = _run_entries(pipe, plan, entries, concurrency)
     if interrupted is not None:
@@ -69,7 +69,7 @@ def run_local(
     if state.run is None:  # nothing to scan, or the interruption path recorded the rest
         maybe_finalize(pipe, plan)
     if state.run is None:
-        state.run = finalize(plan, results_dir, now, sandbox=sandbox)
+        state.run = finalize(plan, results, now, sandbox=sandbox)
     return state.run
 
 
@@ -110,16 +110,15 @@ def _close_interrupted(
     pipe: RunContext, plan: RunPlan, entries: Sequence[Entry], interrupted: ScanInterrupted
 ) -> None:
     """Targets never started still get a result: nothing ends without one."""
-    out = run_dir(pipe.results_dir, plan.run_id)
     for e in entries:
         for t in (e, *e.covers):
             scan_id = scan_id_for(plan.run_id, t.target)
             if pipe.state.is_done(plan.run_id, scan_id):
                 continue
-            p = summary_path(out, scan_id)
-            if not p.exists():
-                write_json(
-                    p,
+            if not pipe.results.exists(plan.run_id, f"{scan_id}.json"):
+                pipe.results.write_json(
+                    plan.run_id,
+                    f"{scan_id}.json",
                     failed_before_scan(
                         plan.run_id,
                         t.target,

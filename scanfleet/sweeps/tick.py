@@ -28,6 +28,7 @@ from scanfleet.runs.drift import write_sweep_drift
 from scanfleet.runs.fleet import Publish, submit_run
 from scanfleet.scan.plan import RunPlan
 from scanfleet.store.locks import LOCK_TTL, SweepLock
+from scanfleet.store.results import ResultsStore, open_results
 from scanfleet.store.state import RunStore
 from scanfleet.sweeps.spec import Sweep
 
@@ -119,13 +120,13 @@ def start_sweep_run(sweep: Sweep, settings: Settings, publish: Publish) -> str:
         entries,
         publish,
         results_dir=None,
-        fallback_results_dir=settings.results_dir,
+        fallback_results_dir=open_results(None, settings),
         hooks=(write_drift,),
     )
     return plan.run_id
 
 
-def write_drift(results_dir: Path, run: Mapping[str, Any]) -> None:
+def write_drift(results_dir: ResultsStore | Path, run: Mapping[str, Any]) -> None:
     """Finalize hook: a sweep run is compared with the previous run of the same sweep."""
     drift = write_sweep_drift(results_dir, run)
     if drift is not None:

@@ -37,7 +37,6 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import structlog
@@ -57,7 +56,7 @@ from scanfleet.core.errors import (
     ScanInterrupted,
     StoreUnavailable,
 )
-from scanfleet.core.policy import check_auditor_args, check_profile, check_results_dir, credentialed
+from scanfleet.core.policy import check_auditor_args, check_profile, credentialed
 from scanfleet.core.settings import check_ttl, process_environment
 from scanfleet.core.targets import Target, scan_id_for
 from scanfleet.identity.janitor import EarlyRevoke, janitor_for_kubeconfig
@@ -71,6 +70,7 @@ from scanfleet.sandbox import policy as sandbox
 from scanfleet.scan.plan import RunPlan
 from scanfleet.store.locks import LOCK_TTL, SweepLock
 from scanfleet.store.pins import record_profile_digest
+from scanfleet.store.results import ResultsStore, check_results_location, open_results
 from scanfleet.store.slots import RedisSlots
 from scanfleet.store.state import RunStore
 from scanfleet.sweeps import posture
@@ -104,7 +104,7 @@ class _Runtime:
         self.slots = RedisSlots(
             self.store, settings.cluster_concurrency, lease_seconds=tuning.lease_seconds
         )
-        self._plans: dict[str, tuple[RunPlan, Path, Rejected | None]] = {}
+        self._plans: dict[str, tuple[RunPlan, ResultsStore, Rejected | None]] = {}
         self.sandbox = _sandbox_mode()
         self.pins = RunPins(fetch_config(settings, process_environment()))
 
@@ -150,7 +150,9 @@ def _sandbox_mode() -> str:
         return "unavailable"
 
 
-def worker_plan(plan: RunPlan, results_dir: str | None) -> tuple[RunPlan, Path, Rejected | None]:
+def worker_plan(
+    plan: RunPlan, results_dir: str | None
+) -> tuple[RunPlan, ResultsStore, Rejected | None]:
     """Apply the worker's policy to a plan read from Redis (see policy.py).
 
     The auditor always comes from this worker's settings. A results directory outside
@@ -163,12 +165,12 @@ def worker_plan(plan: RunPlan, results_dir: str | None) -> tuple[RunPlan, Path, 
         auditor=settings.auditor,
         profile_url=credentialed(plan.profile, settings.allowed_profiles),
     )
-    results = Path(results_dir) if results_dir else settings.results_dir
+    own = open_results(None, settings)
     try:
-        check_results_dir(results, settings.results_dir)
+        results = check_results_location(results_dir, own, settings)
     except BadInput as e:
         log.error("run.rejected", reason=str(e))
-        return plan, settings.results_dir, Rejected(f"worker refused the run: {e}")
+        return plan, own, Rejected(f"worker refused the run: {e}")
     try:
         check_profile(plan.profile, settings.allowed_profiles)
         check_auditor_args(plan.extra_args)
@@ -350,7 +352,7 @@ def sweep_tick(name: str, sweep: Mapping[str, Any], lock_ttl: int = LOCK_TTL) ->
         raise ScanfleetError(f"sweep tick {name!r} carries sweep {s.name!r}")
     # The tick came without the profile URL's credentials: ours, from the allow-list.
     s = replace(s, profile=credentialed(s.profile, settings.allowed_profiles) or s.profile)
-    lock = SweepLock(runtime().store, settings.results_dir)
+    lock = SweepLock(runtime().store, open_results(None, settings))
     start = sweeping.starter(fan_out_publisher(app))
     return sweeping.run_tick(s, lock, start, settings, lock_ttl=lock_ttl)
 
@@ -382,5 +384,5 @@ def janitor_task(
 @_task(name=PRUNE_TASK, ignore_result=True)
 def prune_task(older_than_days: int | None = None) -> dict[str, Any]:
     days = older_than_days or settings.retention_days
-    report = prune(settings.results_dir, days, now=utcnow(), store=runtime().store)
+    report = prune(open_results(None, settings), days, now=utcnow(), store=runtime().store)
     return report.to_dict()

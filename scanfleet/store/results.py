@@ -1,0 +1,196 @@
+"""Where results live: a directory (the default) or an object store (`s3://bucket/prefix`).
+
+One layout whatever the backend (SPEC §4): `<run_id>/<scan_id>.report.json`,
+`<run_id>/<scan_id>.json`, `<run_id>/run.json`, `<run_id>/drift.json`. Every reader and
+writer of results goes through a `ResultsStore`, chosen from SCANFLEET_RESULTS_DIR (or
+`--results-dir`/`--output`) by `open_results`:
+
+- `LocalResults`: the directory of `store.files` (atomic renames, 0700/0600);
+- `S3Results` (`store.s3results`): one whole PUT per object (never a multipart half), the
+  bucket's default private ACL, credentials from the client library's default chain. Its
+  client library is imported only when an `s3://` location is opened, so commands on local
+  results never pay for it.
+
+A scan's auditor writes its report into a local directory (`staging`); `publish` then puts
+it in place: for a directory that is the run directory itself (nothing to move), for an
+object store a private scratch directory, uploaded and removed.
+
+Errors: a refused or timed-out write raises `ResultsUnwritable` (an error kind of the
+target's result); a refused read `ResultsUnavailable`; a missing object FileNotFoundError.
+Messages never carry a credential (the location is printed without any).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from scanfleet.core.errors import BadInput
+from scanfleet.core.policy import PolicyViolation
+from scanfleet.core.settings import Settings
+from scanfleet.store import files
+
+S3_SCHEME = "s3://"
+RUN_FILE = "run.json"
+
+
+class ResultsStore(Protocol):
+    """The results of every run, by run id and object name (`<scan_id>.json`, ...)."""
+
+    location: str
+    """Where, for messages and Redis (no credential): a resolved path or `s3://b/prefix`."""
+
+    def staging(self, run_id: str) -> Path:
+        """A local directory where a scan of this run may write its report."""
+        ...
+
+    def publish(self, run_id: str, name: str, path: Path) -> None:
+        """Put the staged file `path` in place as `name` (ResultsUnwritable)."""
+        ...
+
+    def write_json(self, run_id: str, name: str, data: Any) -> None:
+        """Write one JSON object whole, replacing any previous one (ResultsUnwritable)."""
+        ...
+
+    def read_bytes(self, run_id: str, name: str) -> bytes:
+        """FileNotFoundError if absent; ResultsUnavailable if it cannot be read."""
+        ...
+
+    def exists(self, run_id: str, name: str) -> bool: ...
+
+    def names(self, run_id: str) -> list[str]:
+        """The object names of a run, sorted ([] for an unknown run)."""
+        ...
+
+    def run_ids(self) -> list[str]:
+        """The run ids that have results, sorted (oldest first)."""
+        ...
+
+    def delete_run(self, run_id: str) -> None:
+        """Remove every object of a run (batched for an object store)."""
+        ...
+
+
+def is_object_store(location: str | Path) -> bool:
+    return str(location).startswith(S3_SCHEME)
+
+
+def open_results(location: str | Path | None, settings: Settings) -> ResultsStore:
+    """The store at `location` (a directory or `s3://bucket/prefix`); None: the settings'."""
+    raw = str(location) if location is not None else settings.results_url
+    if is_object_store(raw):
+        from scanfleet.store.s3results import S3Results  # the S3 client only when needed
+
+        return S3Results.from_url(raw, endpoint=settings.s3_endpoint, timeout=settings.s3_timeout)
+    if "://" in raw:
+        raise BadInput(f"results location {raw!r}: only a directory or s3://bucket/prefix")
+    return LocalResults(Path(raw))
+
+
+def as_results(value: ResultsStore | Path) -> ResultsStore:
+    """A store as it is; a directory (callers and tests that pass a Path) as LocalResults."""
+    return LocalResults(value) if isinstance(value, Path) else value
+
+
+def within(requested: str, root: str) -> bool:
+    """`requested` is `root` or lies under it (both locations as `ResultsStore.location`)."""
+    if is_object_store(requested) != is_object_store(root):
+        return False
+    if is_object_store(root):
+        return requested.rstrip("/") == root.rstrip("/") or requested.startswith(
+            root.rstrip("/") + "/"
+        )
+    return Path(requested).resolve().is_relative_to(Path(root).resolve())
+
+
+def check_results_location(
+    requested: str | None, own: ResultsStore, settings: Settings
+) -> ResultsStore:
+    """The store a run names (its submitter's location), if it lies within the worker's
+    own (`own`, from SCANFLEET_RESULTS_DIR); else PolicyViolation (see core.policy)."""
+    if not requested or requested == own.location:
+        return own
+    if not within(requested, own.location):
+        raise PolicyViolation(
+            f"results location {requested!r} is outside this worker's "
+            f"SCANFLEET_RESULTS_DIR {own.location!r}"
+        )
+    return open_results(requested, settings)
+
+
+def read_json(store: ResultsStore, run_id: str, name: str) -> Any:
+    return json.loads(store.read_bytes(run_id, name))
+
+
+def summary_names(names: Iterable[str]) -> list[str]:
+    """Target summary names among a run's objects (not reports, not run.json), sorted."""
+    return sorted(
+        n
+        for n in names
+        if n.endswith(".json")
+        and n not in (RUN_FILE, "drift.json")
+        and not n.endswith(".report.json")
+        and not n.startswith(".")
+    )
+
+
+def iter_summaries(store: ResultsStore, run_id: str) -> Iterator[dict[str, Any]]:
+    """Stream the target summaries of a run, one parsed object at a time."""
+    for name in summary_names(store.names(run_id)):
+        try:
+            data = read_json(store, run_id, name)
+        except FileNotFoundError:  # pruned or replaced meanwhile
+            continue
+        if isinstance(data, dict):
+            yield data
+
+
+class LocalResults:
+    """Results in a directory (`store.files`): atomic renames, private modes."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.location = str(root.resolve())
+
+    def run_path(self, run_id: str) -> Path:
+        return files.run_dir(self.root, run_id)
+
+    def staging(self, run_id: str) -> Path:
+        d = self.run_path(run_id)
+        files.make_dir(d)
+        return d
+
+    def publish(self, run_id: str, name: str, path: Path) -> None:
+        target = self.run_path(run_id) / name
+        if path.resolve() != target.resolve():
+            files.copy_report(path, target)
+
+    def write_json(self, run_id: str, name: str, data: Any) -> None:
+        files.write_json(self.run_path(run_id) / name, data)
+
+    def read_bytes(self, run_id: str, name: str) -> bytes:
+        return (self.run_path(run_id) / name).read_bytes()
+
+    def exists(self, run_id: str, name: str) -> bool:
+        return (self.run_path(run_id) / name).is_file()
+
+    def names(self, run_id: str) -> list[str]:
+        d = self.run_path(run_id)
+        if not d.is_dir():
+            return []
+        return sorted(p.name for p in d.iterdir() if not p.name.startswith("."))
+
+    def run_ids(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if files.RUN_ID_RE.fullmatch(p.name) and p.is_dir() and not p.is_symlink()
+        )
+
+    def delete_run(self, run_id: str) -> None:
+        shutil.rmtree(self.run_path(run_id))
