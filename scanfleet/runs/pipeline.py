@@ -28,7 +28,14 @@ import structlog
 
 from scanfleet.core import metrics
 from scanfleet.core.clock import Clock, iso, utcnow
-from scanfleet.core.errors import ErrorKind, ExitCode, ResultsUnwritable, ScanError, ScanInterrupted
+from scanfleet.core.errors import (
+    ErrorKind,
+    ExitCode,
+    ResultsUnavailable,
+    ResultsUnwritable,
+    ScanError,
+    ScanInterrupted,
+)
 from scanfleet.core.logs import redact_text
 from scanfleet.core.targets import Target, scan_id_for
 from scanfleet.judging.aggregate import Aggregator
@@ -306,8 +313,13 @@ def finalize(
     """
     results = as_results(results_dir)
     agg = Aggregator()
-    for summary in iter_summaries(results, plan.run_id):
-        agg.add(summary)
+    unreadable: str | None = None
+    try:
+        for summary in iter_summaries(results, plan.run_id):
+            agg.add(summary)
+    except ResultsUnavailable as e:  # the run still ends, with what could be read
+        log.error("results.unavailable", run_id=plan.run_id, error=str(e))
+        unreadable = str(e)
     result = agg.result(plan.fleet)
     run = {
         "run_id": plan.run_id,
@@ -319,18 +331,22 @@ def finalize(
         **result,
         "profile_sha256": plan.profile_sha256,
     }
-    found = int((run.get("targets") or {}).get("total") or 0)
+    targets = run.get("targets") or {}
+    found = int(targets.get("total") or 0)
     if expected is not None and found < expected:
+        # Results the store refused (or cannot give back) count as errors, not as nothing.
+        targets["error"] = int(targets.get("error") or 0) + expected - found
+        targets["total"] = expected
         _unwritable_run(
             run,
             f"{expected - found} of {expected} target results are missing from "
-            f"{results.location} (writes refused)",
+            f"{results.location}: " + (unreadable or "writes refused"),
         )
     try:
         for hook in hooks:
             hook(results, run)
         results.write_json(plan.run_id, RUN_FILE, run)
-    except ResultsUnwritable as e:
+    except (ResultsUnwritable, ResultsUnavailable) as e:
         log.error("results.unwritable", kind=e.kind, run_id=plan.run_id, error=str(e))
         _unwritable_run(run, str(e))
     log.info(

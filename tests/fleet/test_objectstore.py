@@ -277,9 +277,12 @@ def test_unwritable_results_end_each_scan_with_an_error_kind_and_the_run_finaliz
     assert doc["error"] == doc["total"] == 2
     assert doc["run"]["error"]["kind"] == "results_unwritable"
     assert doc["run"]["exit_code"] == 3
+    assert doc["run"]["targets"]["error"] == 2  # refused results count as errors
     log = workers[0].log.read_bytes()
     assert b'"results_unwritable"' in log
-    assert s3_server.keys(bucket) == []
+    if how == "refused":
+        assert s3_server.keys(bucket) == []
+    # (A slow endpoint may still store what the client gave up on: the run says error.)
     assert_no_secret(log, proc.stdout, proc.stderr, status.stdout, redis_dump(redis_server))
     for c in fleet_clusters.all.values():
         assert c.scanfleet_objects() == []
