@@ -16,7 +16,13 @@ import click
 
 from scanfleet.core import logs
 from scanfleet.core.clock import utcnow
-from scanfleet.core.errors import BadInput, ExitCode, SandboxUnavailable, ScanInterrupted
+from scanfleet.core.errors import (
+    BadInput,
+    ExitCode,
+    ResultsUnavailable,
+    SandboxUnavailable,
+    ScanInterrupted,
+)
 from scanfleet.core.settings import Settings, check_ttl
 from scanfleet.scan.auditor import clear_stop, request_stop
 from scanfleet.scan.plan import RunPlan
@@ -71,6 +77,9 @@ def bad_input_exits(fn: F) -> F:
             return fn(*args, **kwargs)
         except BadInput as e:
             fail(str(e))
+        except ResultsUnavailable as e:  # an object store that cannot be read: one line
+            click.echo(f"scanfleet: error: {e}", err=True)
+            sys.exit(ExitCode.SCAN_ERROR)
 
     return wrapper  # type: ignore[return-value]
 

@@ -61,8 +61,9 @@ def load_run(results: ResultsStore, run_id: str) -> dict[str, Any]:
             "is still in progress, or it stopped before finishing); report it once it has "
             "finished"
         ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ResultsUnavailable) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BadInput(f"cannot read {where}/{RUN_FILE}: {e}") from e
+    # ResultsUnavailable (a store that cannot be read) is no bad input: exit 3, one line.
     if not isinstance(run, dict) or run.get("exit_code") not in RUN_EXIT_CODES:
         raise BadInput(f"{where}/{RUN_FILE} is not a run summary (no exit_code of 0, 1 or 3)")
     return run

@@ -289,13 +289,21 @@ def test_unwritable_results_end_each_scan_with_an_error_kind_and_the_run_finaliz
 
 
 def test_the_cli_on_local_results_does_not_import_the_s3_client(tmp_path: Path) -> None:
-    """And the S3 client does load for an s3:// location (the check can fail)."""
+    """And the S3 client does load for an s3:// location (the check can fail), where an
+    unreachable endpoint is a one-line error."""
     probe = (
         "import sys; from scanfleet.cli import main; sys.argv=['scanfleet', *sys.argv[1:]]\n"
-        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    print('EXIT', e.code)\n"
         "print('OBSTORE', 'obstore' in sys.modules)"
     )
-    env = {**os.environ, "SCANFLEET_BROKER_URL": "redis://127.0.0.1:1/0"}
+    env = {
+        **os.environ,
+        "SCANFLEET_BROKER_URL": "redis://127.0.0.1:1/0",
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "SCANFLEET_S3_TIMEOUT": "1",
+    }
     for location, loaded in ((str(tmp_path), "False"), ("s3://bkt/p", "True")):
         out = subprocess.run(
             [sys.executable, "-c", probe, "report", "20250101T000000Z-abcdef"],
@@ -310,3 +318,8 @@ def test_the_cli_on_local_results_does_not_import_the_s3_client(tmp_path: Path) 
             check=False,
         )
         assert f"OBSTORE {loaded}" in out.stdout, (location, out.stdout, out.stderr)
+    # The unreachable endpoint: one line naming the object, exit 3, no traceback.
+    assert "EXIT 3" in out.stdout
+    assert out.stderr.startswith("scanfleet: error: cannot list 20250101T000000Z-abcdef/")
+    assert "Traceback" not in out.stderr
+    assert_no_secret(out.stdout, out.stderr)

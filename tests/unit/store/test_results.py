@@ -166,3 +166,25 @@ def test_a_slow_endpoint_times_out_with_retries(s3_env: S3Server) -> None:
         proxy.close()
     assert took < 0.5 * 4 + 5  # retry_timeout (4 timeouts) plus backoff, never the 3 s delays
     assert proxy.connections >= 2  # retried, not given up at the first timeout
+
+
+def test_a_worker_takes_only_locations_within_its_own(tmp_path: Path) -> None:
+    from scanfleet.core.policy import PolicyViolation
+    from scanfleet.store.results import check_results_location
+
+    settings = _settings("http://127.0.0.1:1")
+    own = open_results("s3://bkt/fleet", settings)
+    assert check_results_location(None, own, settings) is own
+    assert check_results_location("s3://bkt/fleet", own, settings) is own
+    assert check_results_location("s3://bkt/fleet/team-a", own, settings).location == (
+        "s3://bkt/fleet/team-a"
+    )
+    for outside in ("s3://bkt/other", "s3://evil/fleet", str(tmp_path)):
+        with pytest.raises(PolicyViolation, match="outside this worker's"):
+            check_results_location(outside, own, settings)
+    local = open_results(tmp_path / "r", settings)
+    with pytest.raises(PolicyViolation):
+        check_results_location("s3://bkt/fleet", local, settings)
+    assert check_results_location(str(tmp_path / "r" / "sub"), local, settings).location == str(
+        (tmp_path / "r" / "sub").resolve()
+    )
