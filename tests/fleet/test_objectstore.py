@@ -323,3 +323,26 @@ def test_the_cli_on_local_results_does_not_import_the_s3_client(tmp_path: Path) 
     assert out.stderr.startswith("scanfleet: error: cannot list 20250101T000000Z-abcdef/")
     assert "Traceback" not in out.stderr
     assert_no_secret(out.stdout, out.stderr)
+
+
+def test_submit_local_writes_its_results_to_s3(
+    fleet_env: dict[str, str],
+    fleet_clusters: FleetClusters,
+    s3_server: S3Server,
+    closed_port: int,
+) -> None:
+    bucket = s3_server.bucket()
+    env = s3_env(fleet_env, s3_server, f"s3://{bucket}/local")
+    env["SCANFLEET_BROKER_URL"] = f"redis://127.0.0.1:{closed_port}/0"
+    proc = run_cli(
+        ["submit", "--all-contexts", "--namespace", "apps", "--profile", "p", "--local", "--json"],
+        env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_id = proc.stdout.splitlines()[0]
+    names = [k.rsplit("/", 1)[1] for k in s3_server.keys(bucket, f"local/{run_id}/")]
+    assert len([n for n in names if n.endswith(".report.json")]) == 6  # apps: 3 per cluster
+    assert len(names) == 6 * 2 + 1
+    assert "run.json" in names
+    assert not Path(fleet_env["SCANFLEET_RESULTS_DIR"]).exists()
+    assert_no_secret(proc.stdout, proc.stderr)
