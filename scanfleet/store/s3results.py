@@ -20,6 +20,7 @@ It is imported here only, and this module only when an `s3://` location is opene
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from datetime import timedelta
@@ -122,8 +123,6 @@ class S3Results:
                 path.unlink()
 
     def write_json(self, run_id: str, name: str, data: Any) -> None:
-        import json
-
         self._put(run_id, name, (json.dumps(data, indent=2) + "\n").encode())
 
     def read_bytes(self, run_id: str, name: str) -> bytes:
