@@ -34,9 +34,11 @@ def _summaries(results: ResultsStore, run_id: str) -> Iterator[dict[str, Any]]:
     A summary that cannot be read is reported as a target that could not be scanned (the
     aggregator's rule for malformed summaries), so it shows up instead of vanishing.
     """
-    for name in summary_names(results.names(run_id)):
+    for name, body in results.read_many(run_id, summary_names(results.names(run_id))):
         try:
-            data = read_json(results, run_id, name)
+            if isinstance(body, Exception):
+                raise body
+            data = json.loads(body)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, ResultsUnavailable) as e:
             data = None
             problem = f"summary file {name} is unreadable: {e}"

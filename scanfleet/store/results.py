@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from scanfleet.core.errors import BadInput
+from scanfleet.core.errors import BadInput, ResultsUnavailable
 from scanfleet.core.policy import PolicyViolation
 from scanfleet.core.settings import Settings
 from scanfleet.store import files
@@ -57,6 +57,14 @@ class ResultsStore(Protocol):
 
     def read_bytes(self, run_id: str, name: str) -> bytes:
         """FileNotFoundError if absent; ResultsUnavailable if it cannot be read."""
+        ...
+
+    def read_many(
+        self, run_id: str, names: Iterable[str]
+    ) -> Iterator[tuple[str, bytes | OSError | ResultsUnavailable]]:
+        """(name, body) in the order of `names`; a read that failed gives its exception
+        (FileNotFoundError for a missing object) instead of raising it. An object store
+        reads ahead concurrently (a run's summaries at finalize, report and posture)."""
         ...
 
     def exists(self, run_id: str, name: str) -> bool: ...
@@ -139,11 +147,12 @@ def summary_names(names: Iterable[str]) -> list[str]:
 
 def iter_summaries(store: ResultsStore, run_id: str) -> Iterator[dict[str, Any]]:
     """Stream the target summaries of a run, one parsed object at a time."""
-    for name in summary_names(store.names(run_id)):
-        try:
-            data = read_json(store, run_id, name)
-        except FileNotFoundError:  # pruned or replaced meanwhile
+    for _name, body in store.read_many(run_id, summary_names(store.names(run_id))):
+        if isinstance(body, FileNotFoundError):  # pruned or replaced meanwhile
             continue
+        if isinstance(body, Exception):
+            raise body
+        data = json.loads(body)
         if isinstance(data, dict):
             yield data
 
@@ -173,6 +182,15 @@ class LocalResults:
 
     def read_bytes(self, run_id: str, name: str) -> bytes:
         return (self.run_path(run_id) / name).read_bytes()
+
+    def read_many(
+        self, run_id: str, names: Iterable[str]
+    ) -> Iterator[tuple[str, bytes | OSError | ResultsUnavailable]]:
+        for name in names:
+            try:
+                yield name, self.read_bytes(run_id, name)
+            except OSError as e:
+                yield name, e
 
     def exists(self, run_id: str, name: str) -> bool:
         return (self.run_path(run_id) / name).is_file()

@@ -188,3 +188,27 @@ def test_a_worker_takes_only_locations_within_its_own(tmp_path: Path) -> None:
     assert check_results_location(str(tmp_path / "r" / "sub"), local, settings).location == str(
         (tmp_path / "r" / "sub").resolve()
     )
+
+
+def test_read_many_keeps_the_order_and_reports_each_failure(results: ResultsStore) -> None:
+    names = [f"s{i:03}.json" for i in range(150)]  # more than one read-ahead window
+    for n in names:
+        results.write_json(RUN, n, {"scan_id": n})
+    asked = [*names[:70], "gone.json", *names[70:]]
+    got = list(results.read_many(RUN, asked))
+    assert [n for n, _ in got] == asked
+    assert isinstance(dict(got)["gone.json"], FileNotFoundError)
+    assert [json.loads(b)["scan_id"] for n, b in got if n != "gone.json"] == names
+
+
+def test_a_run_of_more_than_one_listing_page_is_listed_and_deleted(s3_env: S3Server) -> None:
+    """S3 lists 1,000 keys a page and deletes 1,000 a request: a 10k-target run needs both."""
+    bucket = s3_env.bucket()
+    store = open_results(f"s3://{bucket}/big", _settings(s3_env.endpoint))
+    client = s3_env.client()
+    for i in range(1005):  # boto3 straight to the server: the setup, not the code under test
+        client.put_object(Bucket=bucket, Key=f"big/{RUN}/s{i:04}.json", Body=b"{}")
+    assert len(store.names(RUN)) == 1005
+    assert len(list(iter_summaries(store, RUN))) == 1005
+    store.delete_run(RUN)
+    assert s3_env.keys(bucket) == []
