@@ -212,3 +212,24 @@ def test_a_run_of_more_than_one_listing_page_is_listed_and_deleted(s3_env: S3Ser
     assert len(list(iter_summaries(store, RUN))) == 1005
     store.delete_run(RUN)
     assert s3_env.keys(bucket) == []
+
+
+def test_the_auditor_never_gets_the_s3_credentials(tmp_path: Path) -> None:
+    """The worker holds the keys for the results store; the auditor (a profile's code) not."""
+    from scanfleet.scan.auditor import auditor_environment
+
+    env = auditor_environment(
+        tmp_path / "kubeconfig",
+        {
+            "PATH": "/usr/bin",
+            "AWS_ACCESS_KEY_ID": "AKIAX",
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_SESSION_TOKEN": "t",
+            "AWS_WEB_IDENTITY_TOKEN_FILE": "/var/run/secrets/eks/token",
+            "AWS_ROLE_ARN": "arn:aws:iam::1:role/r",
+            "SCANFLEET_S3_ENDPOINT": "http://minio:9000",
+            "SCANFLEET_RESULTS_DIR": "s3://bkt/p",
+        },
+    )
+    assert env["PATH"] == "/usr/bin"
+    assert [k for k in env if k.startswith(("AWS_", "SCANFLEET_S3", "SCANFLEET_RESULTS"))] == []
