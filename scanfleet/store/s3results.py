@@ -127,6 +127,8 @@ class S3Results:
         finally:
             with contextlib.suppress(OSError):
                 path.unlink()
+            with contextlib.suppress(OSError):  # the run's last one: no empty dirs pile up
+                path.parent.rmdir()  # (a scan still to come makes it again: copy_report)
 
     def write_json(self, run_id: str, name: str, data: Any) -> None:
         self._put(run_id, name, (json.dumps(data, indent=2) + "\n").encode())

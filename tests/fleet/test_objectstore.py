@@ -182,7 +182,7 @@ def test_a_fleet_run_with_results_in_s3_and_every_reader(
     assert drift["run_a"] == run_a["run_id"]
     # No worker wrote results to its own disk: the staging directories are empty again.
     for w in workers:
-        staging = list((w.home / "tmp").glob("scanfleet.results.staging.*/*/*"))
+        staging = list((w.home / "tmp").glob("scanfleet.results.staging.*/*"))
         assert staging == [], staging
         assert not (w.home / "scanfleet-results").exists()
     assert not Path(fleet_env["SCANFLEET_RESULTS_DIR"]).exists()

@@ -129,6 +129,7 @@ def test_objects_are_private_and_never_multipart(s3_env: S3Server) -> None:
     staged.write_bytes(b"{" + b" " * (12 * 1024 * 1024) + b"}")  # over obstore's 5 MB chunk
     store.publish(RUN, "big.report.json", staged)
     assert not staged.exists()  # the local copy is gone once uploaded
+    assert not staged.parent.exists()  # and its run's staging directory, left empty
     client = s3_env.client()
     assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     grants = client.get_object_acl(Bucket=bucket, Key=f"r/{RUN}/big.report.json")["Grants"]
