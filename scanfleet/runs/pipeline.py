@@ -360,4 +360,5 @@ def finalize(
 
 def _unwritable_run(run: dict[str, Any], message: str) -> None:
     run["error"] = {"kind": ErrorKind.RESULTS_UNWRITABLE.value, "message": message[:500]}
-    run["exit_code"] = max(int(run.get("exit_code") or 0), int(ExitCode.SCAN_ERROR))
+    if int(run.get("exit_code") or 0) == ExitCode.OK:  # a failed threshold stays exit 1 (SPEC §5)
+        run["exit_code"] = int(ExitCode.SCAN_ERROR)

@@ -234,3 +234,41 @@ def test_the_auditor_never_gets_the_s3_credentials(tmp_path: Path) -> None:
     )
     assert env["PATH"] == "/usr/bin"
     assert [k for k in env if k.startswith(("AWS_", "SCANFLEET_S3", "SCANFLEET_RESULTS"))] == []
+
+
+def test_finalize_counts_missing_results_as_errors(results: ResultsStore) -> None:
+    """Targets whose summary the store refused still count: as errors, and the run says why."""
+    from scanfleet.runs.pipeline import finalize
+    from scanfleet.scan.plan import RunPlan
+
+    plan = RunPlan(run_id=RUN, source="test", profile="p", created_at="2025-01-01T00:00:00Z")
+    results.write_json(RUN, "s1.json", _completed("s1"))
+    whole = finalize(plan, results, expected=1)
+    assert "error" not in whole
+    assert whole["exit_code"] == 0
+    short = finalize(plan, results, expected=3)
+    assert short["targets"]["total"] == 3
+    assert short["targets"]["error"] == 2
+    assert short["error"]["kind"] == "results_unwritable"
+    assert "2 of 3 target results are missing" in short["error"]["message"]
+    assert short["exit_code"] == 3
+    assert read_json(results, RUN, "run.json") == short
+
+
+def test_missing_results_leave_a_failed_threshold_at_exit_1(tmp_path: Path) -> None:
+    from scanfleet.runs.pipeline import finalize
+    from scanfleet.scan.plan import RunPlan
+    from tests.unit.judging.test_aggregate import summary
+
+    store = open_results(tmp_path, _settings())
+    plan = RunPlan(run_id=RUN, source="test", profile="p", created_at="2025-01-01T00:00:00Z")
+    store.write_json(RUN, "s1.json", {**summary(1, passed=False), "run_id": RUN})
+    run = finalize(plan, store, expected=2)
+    assert run["error"]["kind"] == "results_unwritable"
+    assert run["exit_code"] == 1  # SPEC §5: a threshold not met is 1, errors or not
+
+
+def _completed(scan_id: str) -> dict[str, object]:
+    from tests.unit.judging.test_aggregate import summary
+
+    return {**summary(1), "scan_id": scan_id, "run_id": RUN}
