@@ -23,7 +23,8 @@ import pytest
 from scanfleet.core.errors import BadInput
 from scanfleet.core.settings import heimdall_api_key
 from scanfleet.reports.heimdall import check_heimdall_url
-from scanfleet.store.files import Modes, run_dir
+from scanfleet.store.files import run_dir
+from scanfleet.store.results import LocalResults
 from tests.unit.reports.test_formats import FULL, RUN_ID, write_run
 
 KEY = "hk-5ecret-Key-0123456789abcdef"
@@ -315,5 +316,5 @@ def test_a_sweep_upload_without_a_key_is_skipped_and_logged(
     monkeypatch.delenv("SCANFLEET_HEIMDALL_API_KEY", raising=False)
     monkeypatch.delenv("SCANFLEET_HEIMDALL_API_KEY_FILE", raising=False)
     with structlog.testing.capture_logs() as logs:
-        upload_to_heimdall("http://127.0.0.1:9", tmp_path, {"run_id": RUN_ID}, Modes())
+        upload_to_heimdall("http://127.0.0.1:9", LocalResults(tmp_path), {"run_id": RUN_ID})
     assert [e["event"] for e in logs] == ["heimdall.upload_skipped"]
