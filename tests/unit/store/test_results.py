@@ -18,10 +18,15 @@ import pytest
 
 from scanfleet.core.errors import BadInput, ErrorKind, ResultsUnavailable, ResultsUnwritable
 from scanfleet.core.settings import Settings
+from scanfleet.store.files import GROUP_READ
 from scanfleet.store.results import (
+    RUN_FILE,
     LocalResults,
     ResultsStore,
+    as_results,
     iter_summaries,
+    latest_run_id,
+    list_runs,
     open_results,
     read_json,
     summary_names,
@@ -102,6 +107,38 @@ def test_local_results_are_private_files(tmp_path: Path) -> None:
     store.write_json(RUN, "s1.json", {})
     assert stat.S_IMODE((tmp_path / "r" / RUN / "s1.json").stat().st_mode) == 0o600
     assert store.location == str((tmp_path / "r").resolve())
+
+
+def test_local_results_take_the_group_read_modes_of_the_settings(tmp_path: Path) -> None:
+    """SCANFLEET_RESULTS_GROUP_READ reaches every write through the store: summaries,
+    run directories and published reports (files.Modes, never the environment)."""
+    settings = dataclasses.replace(_settings(), results_group_read=True)
+    store = open_results(tmp_path / "r", settings)
+    store.write_json(RUN, "s1.json", {})
+    staged = store.staging(OLDER) / ".incoming"
+    staged.write_text("{}")
+    store.publish(OLDER, "s2.report.json", staged)
+    run = tmp_path / "r" / RUN
+    assert stat.S_IMODE(run.stat().st_mode) == 0o750
+    assert stat.S_IMODE((run / "s1.json").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "r" / OLDER / "s2.report.json").stat().st_mode) == 0o640
+    wrapped = as_results(tmp_path / "w", GROUP_READ)  # a Path given with the host's modes
+    wrapped.write_json(RUN, "s1.json", {})
+    assert stat.S_IMODE((tmp_path / "w" / RUN / "s1.json").stat().st_mode) == 0o640
+
+
+def test_runs_are_listed_and_the_latest_named_on_both_stores(results: ResultsStore) -> None:
+    assert list_runs(results) == []
+    assert latest_run_id(results) is None
+    results.write_json(OLDER, RUN_FILE, {"source": "submit", "targets": {"total": 2}})
+    results.write_json(OLDER, "s1.json", {})
+    results.write_json(RUN, "s1.json", {})  # not finished
+    rows = list_runs(results)
+    assert [r["run_id"] for r in rows] == [RUN, OLDER]
+    assert [r["state"] for r in rows] == ["unfinished", "finished"]
+    assert rows[1]["targets"] == 2
+    assert rows[0]["created_at"] == "2025-01-01T00:00:00Z"
+    assert latest_run_id(results) == RUN
 
 
 def test_the_location_chooses_the_store(tmp_path: Path) -> None:
