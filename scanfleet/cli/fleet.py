@@ -117,7 +117,7 @@ def submit_command(
     local: bool,
     concurrency: int,
     kubeconfig: str | None,
-    output: Path | None,
+    output: str | None,
     as_json: bool,
 ) -> None:
     """Scan many containers: TARGET... / --targets-file, or discovery over namespaces."""
