@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.support.fixtures_auditor",
     "tests.support.fixtures_fleet",
     "tests.support.fixtures_ops",
+    "tests.support.fixtures_s3",
 ]

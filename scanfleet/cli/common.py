@@ -23,12 +23,14 @@ from scanfleet.core.clock import utcnow
 from scanfleet.core.errors import (
     BadInput,
     ExitCode,
+    ResultsUnavailable,
     SandboxUnavailable,
     ScanInterrupted,
     StoreUnavailable,
 )
 from scanfleet.core.settings import Settings, check_ttl
 from scanfleet.scan.plan import RunPlan
+from scanfleet.store.results import RUN_FILE, ResultsStore, open_results, read_json, run_exists
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -189,6 +191,9 @@ def bad_input_exits(fn: F) -> F:
             return fn(*args, **kwargs)
         except BadInput as e:
             fail(str(e))
+        except ResultsUnavailable as e:  # an object store that cannot be read: one line
+            click.echo(f"scanfleet: error: {e}", err=True)
+            sys.exit(ExitCode.SCAN_ERROR)
 
     return wrapper  # type: ignore[return-value]
 
@@ -211,14 +216,19 @@ def metrics_port_option(fn: F) -> F:
     )(fn)
 
 
+RESULTS_LOCATION = click.Path(file_okay=False)
+"""A results directory or `s3://bucket/prefix`, as given (a str: a Path would fold `//`)."""
+
+
 def output_option(fn: F) -> F:
     return click.option(
         "--results-dir",
         "--output",
         "output",
-        type=click.Path(file_okay=False, path_type=Path),
+        type=RESULTS_LOCATION,
         default=None,
-        help="Results directory (default: $SCANFLEET_RESULTS_DIR, else ./scanfleet-results).",
+        help="Results directory or s3://bucket/prefix "
+        "(default: $SCANFLEET_RESULTS_DIR, else ./scanfleet-results).",
     )(fn)
 
 
@@ -325,18 +335,42 @@ def scan_options(fn: F) -> F:
     return command  # type: ignore[no-any-return]
 
 
-def results_dir(output: Path | None, settings: Settings) -> Path:
-    return output if output is not None else settings.results_dir
+@dataclass(frozen=True)
+class FinishedRun:
+    """A run's run.json in a results store (written once the run has finished)."""
+
+    results: ResultsStore
+    run_id: str
+
+    def exists(self) -> bool:
+        return self.results.exists(self.run_id, RUN_FILE)
+
+    def started(self) -> bool:
+        """The run exists in the store: its directory (empty while its first scans run), or
+        objects under its prefix (an object store has no empty directories)."""
+        return run_exists(self.results, self.run_id)
+
+    def read(self) -> Any:
+        return read_json(self.results, self.run_id, RUN_FILE)
 
 
-def resolve_run_id(value: str, base: Path) -> str:
-    """A RUN_ID argument: a run id, or `latest` (the newest run in the results directory)."""
-    from scanfleet.store.files import check_run_id, latest_run_id
+def results_dir(output: str | Path | None, settings: Settings) -> ResultsStore:
+    """The results store of `--output`/`--results-dir`, else SCANFLEET_RESULTS_DIR's."""
+    return open_results(output, settings)
+
+
+def resolve_run_id(value: str, base: ResultsStore | Path) -> str:
+    """A RUN_ID argument: a run id, or `latest` (the newest run in the results store)."""
+    from scanfleet.store.files import check_run_id
+    from scanfleet.store.results import as_results, latest_run_id
 
     if value == "latest":
-        found = latest_run_id(base)
+        results = as_results(base)
+        found = latest_run_id(results)
         if found is None:
-            raise BadInput(f"no runs in {base} (check --results-dir or SCANFLEET_RESULTS_DIR)")
+            raise BadInput(
+                f"no runs in {results.location} (check --results-dir or SCANFLEET_RESULTS_DIR)"
+            )
         return found
     return check_run_id(value)
 

@@ -10,7 +10,6 @@ progress bar on stderr and exits with the run's exit code (SPEC §5).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -22,7 +21,9 @@ import structlog
 from tqdm import tqdm
 
 from scanfleet.cli.common import (
+    RESULTS_LOCATION,
     Duration,
+    FinishedRun,
     ScanArgs,
     bad_input_exits,
     check_clusters,
@@ -47,6 +48,7 @@ from scanfleet.core.errors import BadInput, ExitCode, ScanError, StoreUnavailabl
 from scanfleet.core.settings import Settings
 from scanfleet.core.targets import Target, load_targets_file, parse_target
 from scanfleet.scan.plan import RunPlan
+from scanfleet.store.results import ResultsStore
 from scanfleet.store.state import RunStore
 
 if TYPE_CHECKING:
@@ -115,7 +117,7 @@ def submit_command(
     local: bool,
     concurrency: int,
     kubeconfig: str | None,
-    output: Path | None,
+    output: str | None,
     as_json: bool,
 ) -> None:
     """Scan many containers: TARGET... / --targets-file, or discovery over namespaces."""
@@ -250,7 +252,7 @@ def _run_local(
     clients: ClientCache,
     plan: RunPlan,
     entries: list[Entry],
-    out: Path,
+    out: ResultsStore,
     concurrency: int,
     settings: Settings,
     as_json: bool,
@@ -298,7 +300,7 @@ def _run_fleet(
     *,
     plan: RunPlan,
     entries: list[Entry],
-    out: Path | None,
+    out: ResultsStore | None,
     settings: Settings,
     wait: bool,
     as_json: bool,
@@ -328,7 +330,7 @@ def _run_fleet(
             entries,
             fan_out_publisher(create_app(settings)),
             results_dir=out,
-            fallback_results_dir=settings.results_dir,
+            fallback_results_dir=results_dir(None, settings),
             created=created,
             host=Host.from_settings(settings),
         )
@@ -370,10 +372,12 @@ def follow(store: RunStore, run_id: str, total: int) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="Print the status document as JSON.")
 @click.option(
     "--results-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    "results_location",
+    type=RESULTS_LOCATION,
     default=None,
     help="Where to look for run.json of runs Redis does not know "
-    "(`scan`, `submit --local`; default: $SCANFLEET_RESULTS_DIR).",
+    "(`scan`, `submit --local`; a directory or s3://bucket/prefix; "
+    "default: $SCANFLEET_RESULTS_DIR).",
 )
 @click.option(
     "--watch",
@@ -390,14 +394,14 @@ def follow(store: RunStore, run_id: str, total: int) -> dict[str, Any]:
 )
 @bad_input_exits
 def status_command(
-    run_id: str, as_json: bool, results_dir: Path | None, watch: bool, interval: int
+    run_id: str, as_json: bool, results_location: str | None, watch: bool, interval: int
 ) -> None:
     """State counts of a run while it runs; its summary once it is done. RUN_ID may be
     `latest`."""
     settings = load_settings()
-    base = results_dir or settings.results_dir
-    run_id = resolve_run_id(run_id, base)
-    finished = base / run_id / "run.json"
+    results = results_dir(results_location, settings)
+    run_id = resolve_run_id(run_id, results)
+    finished = FinishedRun(results, run_id)
     from scanfleet.store.client import check_reachable
 
     store: RunStore | None = None
@@ -406,7 +410,7 @@ def status_command(
         store = RunStore.from_url(settings.broker_url, settings.key_prefix, settings.retention_days)
     except StoreUnavailable as e:
         # A local run (`scan`, `submit --local`) never touches Redis; its files say all.
-        if not (base / run_id).is_dir():
+        if not finished.started():
             click.echo(f"scanfleet: error: {e}", err=True)
             sys.exit(ExitCode.SCAN_ERROR)
     try:
@@ -423,7 +427,7 @@ def status_command(
 
 
 def _show_status(
-    store: RunStore | None, run_id: str, finished: Path, as_json: bool, *, final: bool
+    store: RunStore | None, run_id: str, finished: FinishedRun, as_json: bool, *, final: bool
 ) -> int | None:
     """Print the run's summary once it is done (its exit code returned), or, while it
     runs, its state counts (printed only when `final`; None returned)."""
@@ -433,7 +437,7 @@ def _show_status(
             status = store.status(run_id)
             result = store.result(run_id) if status is not None and status.finished else None
         except StoreUnavailable as e:
-            if not finished.parent.is_dir():
+            if not finished.started():
                 click.echo(f"scanfleet: error: {e}", err=True)
                 sys.exit(ExitCode.SCAN_ERROR)
     if status is None:
@@ -455,16 +459,16 @@ def _show_status(
     return None
 
 
-def _show_files(run_id: str, finished: Path, as_json: bool, *, final: bool) -> int | None:
+def _show_files(run_id: str, finished: FinishedRun, as_json: bool, *, final: bool) -> int | None:
     """A run Redis does not know (`scan`, `submit --local`): its run.json says all."""
-    if finished.is_file():
-        run = json.loads(finished.read_text())
+    if finished.exists():
+        run = finished.read()
         if as_json:
             emit_json({"run_id": run_id, "state": "finished", "run": run})
         else:
             print_run(run, False)
         return int(run.get("exit_code", ExitCode.SCAN_ERROR))
-    if not finished.parent.is_dir():
+    if not finished.started():
         fail(f"run {run_id!r} not found (unknown, or older than the retention period)")
     if final and as_json:
         emit_json({"run_id": run_id, "state": "running"})

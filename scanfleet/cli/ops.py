@@ -30,6 +30,13 @@ from scanfleet.core.errors import ExitCode
 from scanfleet.core.textsafe import terminal_line
 from scanfleet.runs.drift import diff_runs, format_drift
 from scanfleet.runs.retention import prune
+from scanfleet.store.results import (
+    LocalResults,
+    ResultsStore,
+    is_object_store,
+    list_runs,
+    run_exists,
+)
 
 
 @main_group.command("janitor")
@@ -77,12 +84,12 @@ def janitor_command(
     sys.exit(ExitCode.OK if report.ok else ExitCode.SCAN_ERROR)
 
 
-def _run_path(value: str, base: Path) -> Path:
-    """A run id (or `latest`) under the results directory, or a run directory path."""
+def _run_ref(value: str, base: ResultsStore) -> tuple[ResultsStore, str]:
+    """A run id (or `latest`) in the results store, or a run directory path."""
     p = Path(value)
-    if p.is_dir():
-        return p
-    return base / resolve_run_id(value, base)
+    if not is_object_store(value) and p.is_dir():
+        return LocalResults(p.parent), p.name
+    return base, resolve_run_id(value, base)
 
 
 def newly_failing(drift: Mapping[str, Any]) -> bool:
@@ -109,17 +116,17 @@ def newly_failing(drift: Mapping[str, Any]) -> bool:
 )
 @bad_input_exits
 def diff_command(
-    run_a: str, run_b: str, output: Path | None, as_json: bool, exit_code: bool
+    run_a: str, run_b: str, output: str | None, as_json: bool, exit_code: bool
 ) -> None:
     """Drift from RUN_A (older) to RUN_B: newly failing and fixed controls, targets.
     Either may be `latest`."""
     settings = load_settings()
     base = results_dir(output, settings)
-    dirs = [_run_path(r, base) for r in (run_a, run_b)]
-    for d in dirs:
-        if not d.is_dir():
-            fail(f"run directory {str(d)!r} does not exist")
-    drift = diff_runs(dirs[0], dirs[1])
+    refs = [_run_ref(r, base) for r in (run_a, run_b)]
+    for store, run_id in refs:
+        if not run_exists(store, run_id):
+            fail(f"run directory {f'{store.location}/{run_id}'!r} does not exist")
+    drift = diff_runs(refs[0], refs[1])
     if as_json:
         click.echo(json.dumps(drift, indent=2))
     else:
@@ -133,10 +140,8 @@ def diff_command(
 @output_option
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as one JSON list.")
 @bad_input_exits
-def runs_command(output: Path | None, as_json: bool) -> None:
-    """List the runs in the results directory, newest first."""
-    from scanfleet.store.files import list_runs
-
+def runs_command(output: str | None, as_json: bool) -> None:
+    """List the runs in the results directory or s3:// location, newest first."""
     settings = load_settings()
     rows = list_runs(results_dir(output, settings))
     if as_json:
@@ -194,7 +199,7 @@ def prune_command(
     older_than_days: int | None,
     dry_run: bool,
     files_only: bool,
-    output: Path | None,
+    output: str | None,
     as_json: bool,
 ) -> None:
     """Delete runs older than the retention age from the results directory and Redis."""

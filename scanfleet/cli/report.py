@@ -18,8 +18,14 @@ from typing import Any
 
 import click
 
-from scanfleet.cli.common import bad_input_exits, load_settings, main_group, resolve_run_id
-from scanfleet.core.errors import BadInput, ExitCode
+from scanfleet.cli.common import (
+    RESULTS_LOCATION,
+    bad_input_exits,
+    load_settings,
+    main_group,
+    resolve_run_id,
+)
+from scanfleet.core.errors import BadInput, ExitCode, ResultsUnavailable
 from scanfleet.core.settings import heimdall_api_key
 from scanfleet.judging.documents import Outcome, failed_controls_of, judge, unreadable_summary
 from scanfleet.reports import FORMATS, write_report
@@ -27,57 +33,71 @@ from scanfleet.reports.hdf import HdfFile
 from scanfleet.reports.hdf import export as export_hdf
 from scanfleet.reports.heimdall import HeimdallServer, check_heimdall_url, upload_files
 from scanfleet.reports.trends import trend_series, write_trend_html, write_trend_json
-from scanfleet.store.files import RUN_ID_RE, read_json, report_path, run_dir, summary_files
+from scanfleet.store.files import check_run_id
+from scanfleet.store.results import (
+    RUN_FILE,
+    ResultsStore,
+    open_results,
+    read_json,
+    run_exists,
+    summary_names,
+)
 
 RUN_EXIT_CODES = (ExitCode.OK, ExitCode.THRESHOLD, ExitCode.SCAN_ERROR)
 
 
-def _summaries(directory: Path) -> Iterator[dict[str, Any]]:
-    """The run's target summaries, one file at a time.
+def _summaries(results: ResultsStore, run_id: str) -> Iterator[dict[str, Any]]:
+    """The run's target summaries, one object at a time.
 
     A summary that cannot be read is reported as a target that could not be scanned (the
     aggregator's rule for malformed summaries), so it shows up instead of vanishing.
     """
-    for path in summary_files(directory):
+    for name, body in results.read_many(run_id, summary_names(results.names(run_id))):
         try:
-            data = read_json(path)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            if isinstance(body, Exception):
+                raise body
+            data = json.loads(body)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, ResultsUnavailable) as e:
             data = None
-            problem = f"summary file {path.name} is unreadable: {e}"
+            problem = f"summary file {name} is unreadable: {e}"
         else:
-            problem = f"summary file {path.name} is not a JSON object"
+            problem = f"summary file {name} is not a JSON object"
         if isinstance(data, dict):
             yield data
             continue
-        yield unreadable_summary(path.stem, problem)
+        yield unreadable_summary(name.removesuffix(".json"), problem)
 
 
-def load_run(directory: Path, run_id: str) -> dict[str, Any]:
+def load_run(results: ResultsStore, run_id: str) -> dict[str, Any]:
     """run.json of a finished run; BadInput (exit 2) saying why there is none."""
-    if not directory.is_dir():
-        raise BadInput(f"unknown run {run_id!r}: no directory {directory} (check --results-dir)")
-    path = directory / "run.json"
-    if not path.exists():
-        raise BadInput(
-            f"run {run_id!r} has not finished: {path} is not written yet (the run is still in "
-            "progress, or it stopped before finishing); report it once it has finished"
-        )
+    where = f"{results.location}/{check_run_id(run_id)}"
     try:
-        run: object = read_json(path)
+        if not run_exists(results, run_id):
+            raise BadInput(f"unknown run {run_id!r}: no directory {where} (check --results-dir)")
+        run: object = read_json(results, run_id, RUN_FILE)
+    except FileNotFoundError:
+        raise BadInput(
+            f"run {run_id!r} has not finished: {where}/{RUN_FILE} is not written yet (the run "
+            "is still in progress, or it stopped before finishing); report it once it has "
+            "finished"
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BadInput(f"cannot read {path}: {e}") from e
+        raise BadInput(f"cannot read {where}/{RUN_FILE}: {e}") from e
+    # ResultsUnavailable (a store that cannot be read) is no bad input: exit 3, one line.
     if not isinstance(run, dict) or run.get("exit_code") not in RUN_EXIT_CODES:
-        raise BadInput(f"{path} is not a run summary (no exit_code of 0, 1 or 3)")
+        raise BadInput(f"{where}/{RUN_FILE} is not a run summary (no exit_code of 0, 1 or 3)")
     return run
 
 
-def _write_file(path: Path, fmt: str, run: dict[str, Any], directory: Path) -> None:
+def _write_file(
+    path: Path, fmt: str, run: dict[str, Any], results: ResultsStore, run_id: str
+) -> None:
     """Write next to the target and rename, so a failed report never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            write_report(fmt, run, lambda: _summaries(directory), f)
+            write_report(fmt, run, lambda: _summaries(results, run_id), f)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
@@ -112,7 +132,11 @@ def heimdall_server(url: str | None) -> HeimdallServer | None:
 
 
 def write_hdf(
-    out: Path | None, server: HeimdallServer | None, run: dict[str, Any], directory: Path
+    out: Path | None,
+    server: HeimdallServer | None,
+    run: dict[str, Any],
+    results: ResultsStore,
+    run_id: str,
 ) -> None:
     """`--format hdf`: one file per scanned target into `out` and/or uploaded to `server`;
     stderr says what was written and uploaded. Upload failures never change the exit code."""
@@ -137,7 +161,9 @@ def write_hdf(
             written += 1
 
     files = export_hdf(
-        run, lambda: _summaries(directory), lambda sid: report_path(directory, sid).read_bytes()
+        run,
+        lambda: _summaries(results, run_id),
+        lambda sid: results.read_bytes(run_id, f"{sid}.report.json"),
     )
     if server is None:
         for item in files:
@@ -158,32 +184,36 @@ def write_hdf(
             click.echo(f"  … and {len(problems) - 20} more", err=True)
 
 
-def sweep_runs(results_dir: Path, sweep: str, last: int) -> list[dict[str, Any]]:
+def sweep_runs(results: ResultsStore, sweep: str, last: int) -> list[dict[str, Any]]:
     """The last `last` finished runs of `sweep` (run.json source `sweep:<name>`), oldest
-    first. Newest directories are read first, and only until enough are found."""
+    first. Newest runs are read first, and only until enough are found."""
     found: list[dict[str, Any]] = []
     try:
-        names = sorted(p.name for p in results_dir.iterdir() if RUN_ID_RE.fullmatch(p.name))
+        names = results.run_ids()
     except OSError as e:
-        raise BadInput(f"cannot read results directory {results_dir}: {e.strerror or e}") from e
+        raise BadInput(
+            f"cannot read results directory {results.location}: {e.strerror or e}"
+        ) from e
     for name in reversed(names):
         try:
-            run = read_json(results_dir / name / "run.json")
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            run = read_json(results, name, RUN_FILE)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, ResultsUnavailable):
             continue
         if isinstance(run, dict) and run.get("source") == f"sweep:{sweep}":
             found.append(run)
             if len(found) == last:
                 break
     if not found:
-        raise BadInput(f"no finished run of sweep {sweep!r} in {results_dir} (check --results-dir)")
+        raise BadInput(
+            f"no finished run of sweep {sweep!r} in {results.location} (check --results-dir)"
+        )
     return found[::-1]
 
 
-def failed_controls_of_run(directory: Path) -> dict[str, dict[str, Any]]:
+def failed_controls_of_run(results: ResultsStore, run_id: str) -> dict[str, dict[str, Any]]:
     """{control id: {title, severity, targets}} over a run's scanned targets, streamed."""
     out: dict[str, dict[str, Any]] = {}
-    for summary in _summaries(directory):
+    for summary in _summaries(results, run_id):
         if judge(summary).outcome is Outcome.ERROR:
             continue
         for c in failed_controls_of(summary):
@@ -195,15 +225,17 @@ def failed_controls_of_run(directory: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def report_sweep(sweep: str, last: int, fmt: str, output: Path | None, results: Path) -> int:
+def report_sweep(
+    sweep: str, last: int, fmt: str, output: Path | None, results: ResultsStore
+) -> int:
     """`report --sweep NAME`: the trend page or its JSON series; the latest run's exit code."""
     if fmt not in ("html", "json"):
         raise BadInput(f"--sweep reports trends as html or json, not {fmt}")
     runs = sweep_runs(results, sweep, last)
     before = last_ = None
     if len(runs) >= 2:
-        before = failed_controls_of_run(run_dir(results, runs[-2]["run_id"]))
-        last_ = failed_controls_of_run(run_dir(results, runs[-1]["run_id"]))
+        before = failed_controls_of_run(results, str(runs[-2]["run_id"]))
+        last_ = failed_controls_of_run(results, str(runs[-1]["run_id"]))
     series = trend_series(sweep, runs, before, last_)
     writer = write_trend_html if fmt == "html" else write_trend_json
     if output is None or str(output) == "-":
@@ -240,9 +272,10 @@ def report_sweep(sweep: str, last: int, fmt: str, output: Path | None, results: 
 )
 @click.option(
     "--results-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=RESULTS_LOCATION,
     default=None,
-    help="Results directory (default: $SCANFLEET_RESULTS_DIR, else ./scanfleet-results).",
+    help="Results directory or s3://bucket/prefix "
+    "(default: $SCANFLEET_RESULTS_DIR, else ./scanfleet-results).",
 )
 @click.option(
     "--heimdall-url",
@@ -267,42 +300,41 @@ def report_command(
     run_id: str | None,
     fmt: str,
     output: Path | None,
-    results_dir: Path | None,
+    results_dir: str | None,
     heimdall_url: str | None,
     sweep: str | None,
     last: int,
 ) -> None:
     """Report a finished run; exit with the run's exit code (0 met, 1 missed, 3 errors).
-    RUN_ID may be `latest`.
+    RUN_ID may be `latest`. --results-dir may be a directory or s3://bucket/prefix.
 
     With --sweep NAME instead of RUN_ID: the sweep's compliance over its last runs."""
     settings = load_settings()
-    base = results_dir if results_dir is not None else settings.results_dir
     if (run_id is None) == (sweep is None):
         raise BadInput("give a RUN_ID or --sweep NAME (one of them)")
+    results = open_results(results_dir, settings)
     if sweep is not None:
-        sys.exit(report_sweep(sweep, last, fmt, output, base))
+        sys.exit(report_sweep(sweep, last, fmt, output, results))
     assert run_id is not None
     if heimdall_url is not None and fmt != "hdf":
         raise BadInput("--heimdall-url uploads HDF files: use it with --format hdf")
     server = heimdall_server(heimdall_url)
-    run_id = resolve_run_id(run_id, base)
-    directory = run_dir(base, run_id)
-    run = load_run(directory, run_id)
+    run_id = resolve_run_id(run_id, results)
+    run = load_run(results, run_id)
     if fmt == "hdf":
         if output is not None and str(output) == "-":
             raise BadInput("--format hdf writes files: give --output DIR, not standard output")
         if output is None and server is None:
             raise BadInput("--format hdf needs --output DIR or --heimdall-url URL (or both)")
-        write_hdf(output, server, run, directory)
+        write_hdf(output, server, run, results, run_id)
     elif output is not None and output.is_dir():
         raise BadInput(f"--output {output} is a directory; {fmt} is written to a file")
     elif output is None or str(output) == "-":
-        write_report(fmt, run, lambda: _summaries(directory), sys.stdout)
+        write_report(fmt, run, lambda: _summaries(results, run_id), sys.stdout)
         sys.stdout.flush()
     else:
         try:
-            _write_file(output, fmt, run, directory)
+            _write_file(output, fmt, run, results, run_id)
         except OSError as e:
             raise BadInput(f"cannot write the report to {output}: {e.strerror or e}") from e
     sys.exit(int(run["exit_code"]))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import click
@@ -51,7 +50,7 @@ def scan_command(
     scan: ScanArgs,
     context: str | None,
     kubeconfig: str | None,
-    output: Path | None,
+    output: str | None,
     as_json: bool,
 ) -> None:
     """Scan NAMESPACE/POD[/CONTAINER] with a throwaway least-privilege identity."""

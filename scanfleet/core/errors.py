@@ -54,6 +54,7 @@ class ErrorKind(StrEnum):
     TARGET_CHANGED = "target_changed"
     REJECTED = "rejected"
     PROFILE_UNAVAILABLE = "profile_unavailable"
+    RESULTS_UNWRITABLE = "results_unwritable"
 
 
 class ExitCode(IntEnum):
@@ -199,3 +200,16 @@ class SlotBusy(NoSlot):
     """This very scan holds a live lease: another delivery of it is running."""
 
     kind = "slot_busy"
+
+
+class ResultsUnwritable(ScanError):
+    """The results store refused a write (permission denied, timed out after its retries):
+    the target's result is an error of this kind; the run still finalizes."""
+
+    kind = ErrorKind.RESULTS_UNWRITABLE
+
+
+class ResultsUnavailable(ScanfleetError):
+    """The results store could not be read (permission denied, unreachable, timed out)."""
+
+    kind = "results_unavailable"

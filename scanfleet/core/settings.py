@@ -154,6 +154,13 @@ class Settings:
     environment: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     """The process environment `from_env` read (a copy): the base the auditor's and the
     profile vendoring's allowlisted environments are filtered from. Never logged."""
+    results_url: str = ""
+    """SCANFLEET_RESULTS_DIR as given: a directory, or `s3://bucket/prefix` (store.results);
+    empty: `results_dir` (a Settings built in code names its directory there)."""
+    s3_endpoint: str | None = None
+    """S3 endpoint for MinIO/Ceph (SCANFLEET_S3_ENDPOINT); None: the AWS default chain's."""
+    s3_timeout: float = 30.0
+    """Seconds one S3 request may take before it is retried (SCANFLEET_S3_TIMEOUT)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -200,6 +207,9 @@ class Settings:
             report_max_bytes=report_max_bytes(env),
             no_color=bool(env.get("NO_COLOR")),
             environment=dict(env),
+            results_url=env.get("SCANFLEET_RESULTS_DIR") or d.results_url,
+            s3_endpoint=env.get("SCANFLEET_S3_ENDPOINT") or None,
+            s3_timeout=env_float(env, "SCANFLEET_S3_TIMEOUT", d.s3_timeout),
         )
 
 

@@ -128,6 +128,8 @@ class RunDocument(RunResult):
     profile_sha256: str | None
     threshold_applied: NotRequired[bool]
     note: NotRequired[str]
+    error: NotRequired[dict[str, str]]
+    """Set when the results store refused writes or reads: `kind` `results_unwritable`."""
 
 
 class DriftChanges(TypedDict):

@@ -18,15 +18,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
+from scanfleet.core.errors import ResultsUnavailable
 from scanfleet.judging.documents import DriftChanges, DriftDocument, Outcome, judge
-from scanfleet.store.files import (
-    PRIVATE,
-    RUN_ID_RE,
-    Modes,
-    iter_summaries,
-    read_json,
-    write_json,
-)
+from scanfleet.store.files import RUN_ID_RE
+from scanfleet.store.results import RUN_FILE, ResultsStore, as_results, iter_summaries, read_json
 
 TargetKey = tuple[str, str, str, str]
 DRIFT_FILE = "drift.json"
@@ -119,12 +114,24 @@ def diff_summaries(a: Iterable[Mapping[str, Any]], b: Iterable[Mapping[str, Any]
     }
 
 
-def diff_runs(dir_a: Path, dir_b: Path) -> DriftDocument:
-    """The drift between two run directories (A older, B newer)."""
-    drift = diff_summaries(iter_summaries(dir_a), iter_summaries(dir_b))
+RunRef = tuple[ResultsStore, str]
+"""A run in a results store: (store, run id)."""
+
+
+def run_ref(run_dir: Path | RunRef) -> RunRef:
+    """A run directory path (`<results>/<run_id>`) as a (store, run id) reference."""
+    if isinstance(run_dir, Path):
+        return as_results(run_dir.parent), run_dir.name
+    return run_dir
+
+
+def diff_runs(dir_a: Path | RunRef, dir_b: Path | RunRef) -> DriftDocument:
+    """The drift between two runs (A older, B newer): run directories or (store, run id)."""
+    (store_a, run_a), (store_b, run_b) = run_ref(dir_a), run_ref(dir_b)
+    drift = diff_summaries(iter_summaries(store_a, run_a), iter_summaries(store_b, run_b))
     return {
-        "run_a": dir_a.name,
-        "run_b": dir_b.name,
+        "run_a": run_a,
+        "run_b": run_b,
         "changed": drift["changed"],
         "appeared": drift["appeared"],
         "disappeared": drift["disappeared"],
@@ -132,30 +139,24 @@ def diff_runs(dir_a: Path, dir_b: Path) -> DriftDocument:
     }
 
 
-def previous_run(results_dir: Path, run_id: str, source: str) -> Path | None:
-    """The newest run directory older than `run_id` whose run.json has this `source`."""
-    if not results_dir.is_dir():
-        return None
-    older = sorted(
-        (p for p in results_dir.iterdir() if RUN_ID_RE.fullmatch(p.name) and p.name < run_id),
-        key=lambda p: p.name,
-        reverse=True,
-    )
-    for p in older:
-        run_json = p / "run.json"
-        if not run_json.is_file():
-            continue  # unfinished or broken runs are no baseline
+def previous_run(results_dir: ResultsStore | Path, run_id: str, source: str) -> str | None:
+    """The newest run older than `run_id` whose run.json has this `source`."""
+    results = as_results(results_dir)
+    older = sorted((r for r in results.run_ids() if r < run_id), reverse=True)
+    for r in older:
         try:
-            run = read_json(run_json)
-        except (OSError, ValueError):
-            continue
+            run = read_json(results, r, RUN_FILE)
+        except FileNotFoundError:
+            continue  # unfinished runs are no baseline
+        except (OSError, ValueError, ResultsUnavailable):
+            continue  # nor are broken ones
         if isinstance(run, Mapping) and run.get("source") == source:
-            return p
+            return r
     return None
 
 
 def write_sweep_drift(
-    results_dir: Path, run: Mapping[str, Any], modes: Modes = PRIVATE
+    results_dir: ResultsStore | Path, run: Mapping[str, Any]
 ) -> DriftDocument | None:
     """For a finished sweep run (its run.json body), write `drift.json` in its directory.
 
@@ -167,8 +168,8 @@ def write_sweep_drift(
     run_id = str(run.get("run_id") or "")
     if not source.startswith("sweep:") or not RUN_ID_RE.fullmatch(run_id):
         return None
-    here = results_dir / run_id
-    prev = previous_run(results_dir, run_id, source)
+    results = as_results(results_dir)
+    prev = previous_run(results, run_id, source)
     if prev is None:
         nothing = diff_summaries([], [])
         drift: DriftDocument = {
@@ -181,9 +182,9 @@ def write_sweep_drift(
             "note": "first run of this sweep: nothing to compare with",
         }
     else:
-        drift = diff_runs(prev, here)
+        drift = diff_runs((results, prev), (results, run_id))
     drift = cast(DriftDocument, {"source": source, **drift})  # "source" first in the file
-    write_json(here / DRIFT_FILE, drift, modes)
+    results.write_json(run_id, DRIFT_FILE, drift)
     return drift
 
 

@@ -16,6 +16,7 @@ from scanfleet.runs.discovery import Entry, covers_map
 from scanfleet.runs.pipeline import FinalizeHook, RunContext, maybe_finalize
 from scanfleet.scan.auditor import Host
 from scanfleet.scan.plan import RunPlan
+from scanfleet.store.results import ResultsStore, as_results
 from scanfleet.store.slots import LocalSlots
 from scanfleet.store.state import RunStore
 
@@ -36,8 +37,8 @@ def submit_run(
     entries: Sequence[Entry],
     publish: Publish,
     *,
-    results_dir: Path | None,
-    fallback_results_dir: Path,
+    results_dir: ResultsStore | Path | None,
+    fallback_results_dir: ResultsStore | Path,
     created: Callable[[], None] | None = None,
     hooks: Sequence[FinalizeHook] = (),
     host: Host,
@@ -48,6 +49,7 @@ def submit_run(
     is finalized at once, here, with the finalize `hooks` the workers would run.
     """
     total = sum(e.size() for e in entries)
+    results = as_results(results_dir, host.modes) if results_dir is not None else None
     store.ping()
     store.create_run(
         plan.run_id,
@@ -56,7 +58,7 @@ def submit_run(
         covers_map(plan.run_id, entries),
         total,
         created_at=plan.created_at,
-        results_dir=str(results_dir.resolve()) if results_dir is not None else None,
+        results_dir=results.location if results is not None else None,
     )
     if created is not None:
         created()  # `submit` prints the run id here: the run exists, nothing is queued yet
@@ -65,7 +67,7 @@ def submit_run(
             ClientCache(""),
             store,
             LocalSlots(1),
-            results_dir or fallback_results_dir,
+            results or fallback_results_dir,
             hooks=tuple(hooks),
             host=host,
         )

@@ -29,7 +29,7 @@ from scanfleet.runs.pipeline import (
 )
 from scanfleet.scan.auditor import Host
 from scanfleet.scan.plan import RunPlan
-from scanfleet.store.files import make_dir, read_json, run_dir, summary_path
+from scanfleet.store.results import ResultsStore, as_results, read_json
 from scanfleet.store.slots import LocalSlots
 from scanfleet.store.state import MemoryRunState
 
@@ -38,7 +38,7 @@ def run_local(
     clients: ClientCache,
     plan: RunPlan,
     targets: Iterable[Target],
-    results_dir: Path,
+    results_dir: ResultsStore | Path,
     *,
     concurrency: int = 1,
     now: Clock = utcnow,
@@ -55,8 +55,8 @@ def run_local(
     caller checked before starting, `sandbox.mode_label`) is recorded in run.json; `host`
     (`Host.from_settings`) is this process's side of every audit.
     """
-    out = run_dir(results_dir, plan.run_id)
-    make_dir(out, host.modes)
+    results = as_results(results_dir, host.modes)
+    results.staging(plan.run_id)  # a bad location fails before anything is scanned
     if entries is None:
         entries = resolve(clients, targets, need_images=plan.dedupe_images)
     if plan.dedupe_images:
@@ -67,7 +67,7 @@ def run_local(
         clients,
         state,
         LocalSlots(cluster_concurrency),
-        results_dir,
+        results,
         now,
         sandbox=sandbox,
         host=host,
@@ -78,7 +78,7 @@ def run_local(
     if state.run is None:  # nothing to scan, or the interruption path recorded the rest
         maybe_finalize(pipe, plan)
     if state.run is None:
-        state.run = finalize(plan, results_dir, now, sandbox=sandbox, modes=host.modes)
+        state.run = finalize(plan, results, now, sandbox=sandbox)
     return state.run
 
 
@@ -120,13 +120,12 @@ def _close_interrupted(
 ) -> None:
     """Targets never recorded still get a result: nothing ends without one. A scan cut
     short left its own summary (`complete` wrote it); the others get `interrupted`."""
-    out = run_dir(pipe.results_dir, plan.run_id)
     for e in entries:
         scan_id = scan_id_for(plan.run_id, e.target)
         if pipe.state.is_done(plan.run_id, scan_id):
             continue
-        written = summary_path(out, scan_id)
-        if written.exists():
-            record(pipe, plan, read_json(written))
+        name = f"{scan_id}.json"
+        if pipe.results.exists(plan.run_id, name):
+            record(pipe, plan, read_json(pipe.results, plan.run_id, name))
         else:
             record_error(pipe, plan, e.target, interrupted, image=e.image, image_id=e.image_id)

@@ -28,7 +28,15 @@ import structlog
 
 from scanfleet.core import metrics
 from scanfleet.core.clock import Clock, iso, utcnow
-from scanfleet.core.errors import ErrorKind, ProfileMismatch, ScanError, ScanInterrupted
+from scanfleet.core.errors import (
+    ErrorKind,
+    ExitCode,
+    ProfileMismatch,
+    ResultsUnavailable,
+    ResultsUnwritable,
+    ScanError,
+    ScanInterrupted,
+)
 from scanfleet.core.logs import redact_text
 from scanfleet.core.targets import Target, scan_id_for
 from scanfleet.judging.aggregate import Aggregator
@@ -44,14 +52,16 @@ from scanfleet.runs.discovery import Entry
 from scanfleet.scan.auditor import Host
 from scanfleet.scan.plan import RunPlan
 from scanfleet.scan.target import Scanned, scan_target
-from scanfleet.store.files import PRIVATE, Modes, iter_summaries, run_dir, summary_path, write_json
+from scanfleet.store.files import PRIVATE, Modes
+from scanfleet.store.results import RUN_FILE, ResultsStore, as_results, iter_summaries
 from scanfleet.store.slots import Slots
 
 log = structlog.get_logger(__name__)
 
-FinalizeHook = Callable[[Path, Mapping[str, Any], Modes], None]
+FinalizeHook = Callable[[ResultsStore, Mapping[str, Any]], None]
 """Runs once per run, after aggregation and before run.json is written (e.g. drift), with
-the results dir, run.json's body and the results' file modes."""
+the results store (a directory's store carries the results' file modes) and run.json's
+body."""
 Progress = Callable[[int, int], None]
 """Called with (done, total) after each recorded result."""
 
@@ -112,16 +122,21 @@ class RunContext:
     clients: ClientCache
     state: RunState
     slots: Slots
-    results_dir: Path
+    results_dir: ResultsStore | Path
+    """Where results go (`store.results`); a Path is a results directory."""
     now: Clock = utcnow
     hooks: tuple[FinalizeHook, ...] = ()
-    """Called with (results dir, run.json body) before run.json is written."""
+    """Called with (results store, run.json body) before run.json is written."""
     sandbox: str | None = None
     """The auditor sandbox mode of this driver ("landlock-abi-N", "off"): run.json's
     `sandbox` when this driver finalizes the run."""
     host: Host = field(kw_only=True)
     """This process's side of every audit and write: sandbox settings, environment, the
     results' file modes, the stop event (`Host.from_settings`)."""
+    results: ResultsStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.results = as_results(self.results_dir, self.host.modes)
 
 
 def run_target(pipe: RunContext, plan: RunPlan, target: Target) -> Scanned | None:
@@ -140,15 +155,59 @@ def run_target(pipe: RunContext, plan: RunPlan, target: Target) -> Scanned | Non
     rerun = {"run_id": plan.run_id, "target": target.to_dict()}  # recovery.py re-runs it
     with pipe.slots.slot(target.context, scan_id, rerun):
         pipe.state.mark_running(plan.run_id, scan_id)
-        return scan_target(
+        staging = pipe.results.staging(plan.run_id)
+        scanned = scan_target(
             pipe.clients,
             target,
             plan.run_id,
             plan.scan_options,
-            run_dir(pipe.results_dir, plan.run_id),
+            staging,
             now=pipe.now,
             host=pipe.host,
         )
+        return publish_report(pipe.results, plan.run_id, scanned, staging)
+
+
+def publish_report(results: ResultsStore, run_id: str, scanned: Scanned, staging: Path) -> Scanned:
+    """Put the scan's report in the results (an upload for an object store); a refused
+    upload makes a completed scan's result a `results_unwritable` error."""
+    name = f"{scanned.summary['scan_id']}.report.json"
+    staged = staging / name
+    if not staged.exists():
+        return scanned
+    try:
+        results.publish(run_id, name, staged)
+    except ResultsUnwritable as e:
+        log.error("results.unwritable", kind=e.kind, error=str(e))
+        if scanned.error is not None:
+            return scanned
+        s = scanned.summary
+        summary = error_summary(
+            scan_id=s["scan_id"],
+            run_id=run_id,
+            target=s["target"],
+            error=e,
+            started_at=s["started_at"],
+            finished_at=s["finished_at"],
+            duration_s=s["duration_s"],
+            cleanup=s["cleanup"],
+            profile_sha256=s["profile_sha256"],
+        )
+        return Scanned(summary, e)
+    return scanned
+
+
+def _write_summary(
+    pipe: RunContext, run_id: str, summary: Mapping[str, Any]
+) -> ResultsUnwritable | None:
+    """Write a target summary; a refused write is logged and returned, never raised: the
+    target is still counted (as an error), so the run ends."""
+    try:
+        pipe.results.write_json(run_id, f"{summary['scan_id']}.json", summary)
+    except ResultsUnwritable as e:
+        log.error("results.unwritable", kind=e.kind, scan_id=summary["scan_id"], error=str(e))
+        return e
+    return None
 
 
 def complete(pipe: RunContext, plan: RunPlan, scanned: Scanned) -> TargetSummary:
@@ -160,11 +219,7 @@ def complete(pipe: RunContext, plan: RunPlan, scanned: Scanned) -> TargetSummary
     """
     summary = scanned.summary
     if isinstance(scanned.error, ScanInterrupted):
-        write_json(
-            summary_path(run_dir(pipe.results_dir, plan.run_id), summary["scan_id"]),
-            summary,
-            pipe.host.modes,
-        )
+        _write_summary(pipe, plan.run_id, summary)
         raise scanned.error
     record(pipe, plan, summary)
     return summary
@@ -206,9 +261,9 @@ def record_error(
 
 def record(pipe: RunContext, plan: RunPlan, summary: TargetSummary) -> None:
     """Write the summary and its covered ones, count them, finalize after the last one."""
-    out = run_dir(pipe.results_dir, plan.run_id)
-    write_json(summary_path(out, str(summary["scan_id"])), summary, pipe.host.modes)
-    outcomes = [(str(summary["scan_id"]), str(summary["status"]))]
+    refused = _write_summary(pipe, plan.run_id, summary)
+    status = "error" if refused is not None else str(summary["status"])
+    outcomes = [(str(summary["scan_id"]), status)]
     for covered in pipe.state.covered(plan.run_id, str(summary["scan_id"])):
         e = Entry.from_dict(covered)
         cs = covered_summary(
@@ -216,8 +271,8 @@ def record(pipe: RunContext, plan: RunPlan, summary: TargetSummary) -> None:
             scan_id_for(plan.run_id, e.target),
             target_doc(e.target.to_dict(), e.image, e.image_id),
         )
-        write_json(summary_path(out, cs["scan_id"]), cs, pipe.host.modes)
-        outcomes.append((cs["scan_id"], cs["status"]))
+        refused = _write_summary(pipe, plan.run_id, cs)
+        outcomes.append((cs["scan_id"], "error" if refused is not None else cs["status"]))
     added, done, total = pipe.state.finish(plan.run_id, outcomes)
     metrics.scan_recorded(summary, added)
     if done >= total:
@@ -231,9 +286,7 @@ def maybe_finalize(pipe: RunContext, plan: RunPlan) -> RunDocument | None:
     _added, done, total = pipe.state.finish(plan.run_id, [])
     if done < total or not pipe.state.begin_finalize(plan.run_id):
         return None
-    run = finalize(
-        plan, pipe.results_dir, pipe.now, pipe.hooks, sandbox=pipe.sandbox, modes=pipe.host.modes
-    )
+    run = finalize(plan, pipe.results, pipe.now, pipe.hooks, sandbox=pipe.sandbox, expected=total)
     pipe.state.end_finalize(plan.run_id, run)
     return run
 
@@ -261,24 +314,35 @@ def fan_out(
 
 def finalize(
     plan: RunPlan,
-    results_dir: Path,
+    results_dir: ResultsStore | Path,
     now: Clock = utcnow,
     hooks: Sequence[FinalizeHook] = (),
     *,
     sandbox: str | None = None,
+    expected: int | None = None,
     modes: Modes = PRIVATE,
 ) -> RunDocument:
-    """Aggregate the run's summaries (streamed from disk), run the hooks, write run.json.
+    """Aggregate the run's summaries (streamed from the results), run the hooks, write
+    run.json.
 
     `sandbox` is the auditor sandbox mode the run's scans ran in (`sandbox.mode_label`).
+    `modes` are the file modes of a results directory passed as a Path (a store carries
+    its own). `expected` is the run's number of targets: fewer summaries than that (a results store
+    that refused writes) make the run an error, `error.kind` `results_unwritable`, exit 3.
+    A run.json the store refuses is logged; the returned run (kept in Redis) says so.
 
     The hooks run before run.json appears (sweeping writes drift.json there), so a reader
     that sees run.json finds every artefact of the run.
     """
-    out = run_dir(results_dir, plan.run_id)
+    results = as_results(results_dir, modes)
     agg = Aggregator()
-    for summary in iter_summaries(out):
-        agg.add(summary)
+    unreadable: str | None = None
+    try:
+        for summary in iter_summaries(results, plan.run_id):
+            agg.add(summary)
+    except ResultsUnavailable as e:  # the run still ends, with what could be read
+        log.error("results.unavailable", run_id=plan.run_id, error=str(e))
+        unreadable = str(e)
     result = agg.result(plan.fleet)
     run = cast(
         RunDocument,
@@ -294,11 +358,26 @@ def finalize(
             "profile_sha256": plan.profile_sha256,
         },
     )
-    if not result["targets"]["total"]:  # only a sweep starts a run that found nothing
+    targets = cast(dict[str, Any], run.get("targets") or {})
+    found = int(targets.get("total") or 0)
+    if expected is not None and found < expected:
+        # Results the store refused (or cannot give back) count as errors, not as nothing.
+        targets["error"] = int(targets.get("error") or 0) + expected - found
+        targets["total"] = expected
+        _unwritable_run(
+            run,
+            f"{expected - found} of {expected} target results are missing from "
+            f"{results.location}: " + (unreadable or "writes refused"),
+        )
+    if not targets.get("total"):  # only a sweep starts a run that found nothing
         run["note"] = "no running pods matched: the run had no targets"
-    for hook in hooks:
-        hook(results_dir, run, modes)
-    write_json(out / "run.json", run, modes)
+    try:
+        for hook in hooks:
+            hook(results, run)
+        results.write_json(plan.run_id, RUN_FILE, run)
+    except (ResultsUnwritable, ResultsUnavailable) as e:
+        log.error("results.unwritable", kind=e.kind, run_id=plan.run_id, error=str(e))
+        _unwritable_run(run, str(e))
     log.info(
         "run.finished",
         run_id=plan.run_id,
@@ -306,3 +385,9 @@ def finalize(
         targets=run.get("targets"),
     )
     return run
+
+
+def _unwritable_run(run: RunDocument, message: str) -> None:
+    run["error"] = {"kind": ErrorKind.RESULTS_UNWRITABLE.value, "message": message[:500]}
+    if int(run.get("exit_code") or 0) == ExitCode.OK:  # a failed threshold stays exit 1 (SPEC §5)
+        run["exit_code"] = int(ExitCode.SCAN_ERROR)

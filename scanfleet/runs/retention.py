@@ -11,7 +11,6 @@ The clock is injected (`now=`). Library code: it logs, it never configures loggi
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,6 +22,7 @@ import structlog
 from scanfleet.core.clock import rfc3339
 from scanfleet.core.errors import ScanfleetError
 from scanfleet.store.files import RUN_ID_RE
+from scanfleet.store.results import ResultsStore, as_results
 
 log = structlog.get_logger(__name__)
 
@@ -64,18 +64,17 @@ class PruneReport:
         }
 
 
-def run_dirs(results_dir: Path) -> Iterator[tuple[Path, datetime]]:
-    """Run directories (real directories named like a run id) with their creation time."""
-    if not results_dir.is_dir():
-        return
-    for p in sorted(results_dir.iterdir()):
-        t = run_time(p.name)
-        if t is not None and p.is_dir() and not p.is_symlink():
-            yield p, t
+def run_dirs(results_dir: ResultsStore | Path) -> Iterator[tuple[str, datetime]]:
+    """Runs (real directories, or object prefixes, named like a run id) with their
+    creation time."""
+    for run_id in as_results(results_dir).run_ids():
+        t = run_time(run_id)
+        if t is not None:
+            yield run_id, t
 
 
 def prune(
-    results_dir: Path,
+    results_dir: ResultsStore | Path,
     older_than_days: int,
     *,
     now: datetime,
@@ -91,18 +90,18 @@ def prune(
         dry_run=dry_run,
         redis="deleted" if store is not None and not dry_run else "skipped",
     )
-    for path, created in run_dirs(results_dir):
+    results = as_results(results_dir)
+    for run_id, created in run_dirs(results):
         if created >= cutoff:
             report.kept += 1
             continue
-        run_id = path.name
         if dry_run:
             report.pruned.append(run_id)
             continue
         try:
             if store is not None:
                 store.delete_run(run_id)  # keys first: a half-pruned run is retried
-            shutil.rmtree(path)
+            results.delete_run(run_id)  # an object store: batched DeleteObjects
         except (OSError, ScanfleetError) as e:  # one bad run must not stop the others
             report.errors[run_id] = f"{type(e).__name__}: {e}"
             log.error("retention.prune_failed", run_id=run_id, error=report.errors[run_id])

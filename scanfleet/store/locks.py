@@ -12,7 +12,9 @@ import secrets
 from pathlib import Path
 from typing import Any, Protocol
 
+from scanfleet.core.errors import BadInput, ResultsUnavailable
 from scanfleet.store.client import call
+from scanfleet.store.results import RUN_FILE, ResultsStore, as_results
 
 LOCK_TTL = 24 * 3600
 """Backstop: a sweep lock whose run never finishes frees itself after this many seconds."""
@@ -49,9 +51,9 @@ class LockStore(Protocol):
 class SweepLock:
     """One sweep at a time, across beat processes and workers."""
 
-    def __init__(self, store: LockStore, results_dir: Path) -> None:
+    def __init__(self, store: LockStore, results_dir: ResultsStore | Path) -> None:
         self.store = store
-        self.results_dir = results_dir
+        self.results = as_results(results_dir)
         self._acquire = store.script(_ACQUIRE)
         self._swap = store.script(_SWAP)
         self._get = store.script("return redis.call('GET', KEYS[1])")
@@ -66,8 +68,11 @@ class SweepLock:
     def finished(self, run_id: str) -> bool:
         if run_id.startswith("pending:"):
             return False
-        if (self.results_dir / run_id / "run.json").is_file():
-            return True
+        try:
+            if self.results.exists(run_id, RUN_FILE):
+                return True
+        except (BadInput, ResultsUnavailable):  # not a run id, or unreadable: ask Redis
+            pass
         return self.store.is_finalized(run_id)  # guarded by the store
 
     def try_acquire(self, sweep: str) -> tuple[str | None, str | None]:

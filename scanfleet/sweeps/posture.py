@@ -33,12 +33,20 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from scanfleet.core.errors import ResultsUnavailable
 from scanfleet.core.settings import Settings
 from scanfleet.identity.mint import DELETE_ORDER
 from scanfleet.judging.report import Counts
 from scanfleet.runs.drift import DRIFT_FILE
 from scanfleet.store.client import connect
-from scanfleet.store.files import RUN_ID_RE, iter_summaries, read_json
+from scanfleet.store.results import (
+    RUN_FILE,
+    ResultsStore,
+    as_results,
+    iter_summaries,
+    open_results,
+    read_json,
+)
 from scanfleet.sweeps.spec import Sweep, next_fire
 
 log = structlog.get_logger(__name__)
@@ -80,19 +88,17 @@ def interval_seconds(schedule: str, now: datetime) -> float:
 class RunIndex:
     """Finished runs in a results directory: the newest one of each sweep."""
 
-    def __init__(self, results_dir: Path) -> None:
-        self.results_dir = results_dir
+    def __init__(self, results_dir: ResultsStore | Path) -> None:
+        self.results = as_results(results_dir)
         self._sources: dict[str, str] = {}
         self._by_namespace: dict[str, dict[tuple[str, str], int]] = {}
 
     def latest(self, sources: set[str]) -> dict[str, str]:
         """{source: run id of its newest finished run}, for the sources asked for."""
         found: dict[str, str] = {}
-        if not sources or not self.results_dir.is_dir():
+        if not sources:
             return found
-        names = sorted(
-            (p.name for p in self.results_dir.iterdir() if RUN_ID_RE.match(p.name)), reverse=True
-        )
+        names = sorted(self.results.run_ids(), reverse=True)
         present = set(names)  # forget pruned runs
         self._sources = {k: v for k, v in self._sources.items() if k in present}
         self._by_namespace = {k: v for k, v in self._by_namespace.items() if k in present}
@@ -107,12 +113,11 @@ class RunIndex:
     def _source(self, run_id: str) -> str | None:
         if run_id in self._sources:
             return self._sources[run_id]
-        path = self.results_dir / run_id / "run.json"
-        if not path.is_file():
-            return None  # not finished yet: ask again next scrape
         try:
-            source = str(read_json(path).get("source") or "")
-        except (OSError, ValueError, AttributeError):
+            source = str(read_json(self.results, run_id, RUN_FILE).get("source") or "")
+        except FileNotFoundError:
+            return None  # not finished yet: ask again next scrape
+        except (OSError, ValueError, AttributeError, ResultsUnavailable):
             source = ""
         self._sources[run_id] = source  # a finished run's run.json does not change
         return source
@@ -121,7 +126,7 @@ class RunIndex:
         """Compliance per (context, namespace) of a finished run, from its summaries."""
         if run_id not in self._by_namespace:
             groups: dict[tuple[str, str], Counts] = {}
-            for s in iter_summaries(self.results_dir / run_id):
+            for s in iter_summaries(self.results, run_id):
                 t = s.get("target") or {}
                 counts = groups.setdefault(
                     (str(t.get("context")), str(t.get("namespace"))), Counts()
@@ -149,7 +154,7 @@ class PostureCollector(Collector):
     def __init__(
         self,
         sweeps: list[Sweep],
-        results_dir: Path,
+        results_dir: ResultsStore | Path,
         redis: Hashes | None,
         prefix: str,
         *,
@@ -208,13 +213,17 @@ class PostureCollector(Collector):
         now = self.now()
         for s in self.sweeps:
             f["interval"].add_metric([s.name], interval_seconds(s.schedule, now))
-        latest = self.index.latest({s.source for s in self.sweeps})
+        try:
+            latest = self.index.latest({s.source for s in self.sweeps})
+        except ResultsUnavailable as e:  # an unreachable store: no posture this scrape
+            log.warning("posture.results_unavailable", error=str(e))
+            latest = {}
         for s in self.sweeps:
             run_id = latest.get(s.source)
             if run_id is not None:
                 try:
                     self._run(f, s.name, run_id)
-                except (OSError, ValueError, AttributeError, TypeError) as e:
+                except (OSError, ValueError, AttributeError, TypeError, ResultsUnavailable) as e:
                     log.warning(
                         "posture.run_unreadable",
                         sweep=s.name,
@@ -224,8 +233,7 @@ class PostureCollector(Collector):
         yield from f.values()
 
     def _run(self, f: Mapping[str, GaugeMetricFamily], sweep: str, run_id: str) -> None:
-        run_dir = self.index.results_dir / run_id
-        run = read_json(run_dir / "run.json")
+        run = read_json(self.index.results, run_id, RUN_FILE)
         finished = _timestamp(run.get("finished_at"))
         if finished is not None:
             f["finished"].add_metric([sweep], finished)
@@ -245,9 +253,12 @@ class PostureCollector(Collector):
         fleet = (run.get("fleet_threshold") or {}).get("passed")
         passed = not targets.get("failed") and fleet is not False
         f["threshold"].add_metric([sweep], 1.0 if passed else 0.0)
-        drift_path = run_dir / DRIFT_FILE
-        if drift_path.is_file():
-            totals = read_json(drift_path).get("totals") or {}
+        try:
+            drift = read_json(self.index.results, run_id, DRIFT_FILE)
+        except FileNotFoundError:
+            drift = None
+        if drift is not None:
+            totals = drift.get("totals") or {}
             f["drift"].add_metric([sweep, "regressed"], float(totals.get("newly_failing") or 0))
             f["drift"].add_metric([sweep, "fixed"], float(totals.get("fixed") or 0))
 
@@ -301,7 +312,7 @@ def registry(settings: Settings, sweeps: list[Sweep]) -> CollectorRegistry:
     reg.register(
         PostureCollector(
             sweeps,
-            settings.results_dir,
+            open_results(None, settings),
             connect(settings.broker_url, retry_seconds=2),
             settings.key_prefix,
             per_namespace=settings.metrics_per_namespace,

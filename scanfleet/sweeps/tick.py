@@ -38,8 +38,8 @@ from scanfleet.runs.fleet import Publish, submit_run
 from scanfleet.runs.pipeline import FinalizeHook
 from scanfleet.scan.auditor import Host
 from scanfleet.scan.plan import RunPlan
-from scanfleet.store.files import Modes, iter_summaries, report_path, run_dir
 from scanfleet.store.locks import LOCK_TTL, SweepLock
+from scanfleet.store.results import ResultsStore, iter_summaries, open_results
 from scanfleet.store.state import RunStore
 from scanfleet.sweeps.spec import Sweep
 
@@ -116,7 +116,7 @@ def start_sweep_run(sweep: Sweep, settings: Settings, publish: Publish) -> str:
         entries,
         publish,
         results_dir=None,
-        fallback_results_dir=settings.results_dir,
+        fallback_results_dir=open_results(None, settings),
         hooks=finalize_hooks(plan),
         host=Host.from_settings(settings),
     )
@@ -139,7 +139,7 @@ def finalize_hooks(plan: RunPlan) -> tuple[FinalizeHook, ...]:
     return (write_drift, functools.partial(upload_to_heimdall, url))
 
 
-def upload_to_heimdall(url: str, results_dir: Path, run: Mapping[str, Any], modes: Modes) -> None:
+def upload_to_heimdall(url: str, results: ResultsStore, run: Mapping[str, Any]) -> None:
     """Finalize hook: each target's HDF file to Heimdall. Logs what happened; never raises,
     so an unreachable server or a missing key never changes the run's verdict."""
     run_id = str(run.get("run_id"))
@@ -158,12 +158,11 @@ def upload_to_heimdall(url: str, results_dir: Path, run: Mapping[str, Any], mode
         )
         return
     server = HeimdallServer(url, key)
-    directory = run_dir(results_dir, run_id)
     try:
         files = export_hdf(
             run,
-            lambda: iter_summaries(directory),
-            lambda sid: report_path(directory, sid).read_bytes(),
+            lambda: iter_summaries(results, run_id),
+            lambda sid: results.read_bytes(run_id, f"{sid}.report.json"),
         )
         result = upload_files(server, files, run_id, sweep)
     except Exception as e:  # an upload must never fail the run
@@ -178,8 +177,8 @@ def upload_to_heimdall(url: str, results_dir: Path, run: Mapping[str, Any], mode
     )
 
 
-def write_drift(results_dir: Path, run: Mapping[str, Any], modes: Modes) -> None:
+def write_drift(results_dir: ResultsStore | Path, run: Mapping[str, Any]) -> None:
     """Finalize hook: a sweep run is compared with the previous run of the same sweep."""
-    drift = write_sweep_drift(results_dir, run, modes)
+    drift = write_sweep_drift(results_dir, run)
     if drift is not None:
         log.info("run.drift", run_id=run.get("run_id"), baseline=drift.get("run_a"))

@@ -48,7 +48,6 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, cast
 
 import structlog
@@ -67,7 +66,7 @@ from scanfleet.core.errors import (
     ScanInterrupted,
     StoreUnavailable,
 )
-from scanfleet.core.policy import check_auditor_args, check_profile, check_results_dir, credentialed
+from scanfleet.core.policy import check_auditor_args, check_profile, credentialed
 from scanfleet.core.settings import Settings, check_ttl
 from scanfleet.core.targets import Target
 from scanfleet.identity.janitor import EarlyRevoke, janitor_for_kubeconfig
@@ -84,6 +83,7 @@ from scanfleet.scan.plan import RunPlan
 from scanfleet.store.holders import MessageHolders
 from scanfleet.store.locks import LOCK_TTL, SweepLock
 from scanfleet.store.pins import record_profile_digest
+from scanfleet.store.results import ResultsStore, check_results_location, open_results
 from scanfleet.store.slots import RedisSlots
 from scanfleet.store.state import RunStore
 from scanfleet.sweeps import posture
@@ -122,7 +122,7 @@ class _Runtime:
             lease_seconds=tuning.lease_seconds,
             holder=WORKER_ID,
         )
-        self._plans: dict[str, tuple[RunPlan, Path, Rejected | None]] = {}
+        self._plans: dict[str, tuple[RunPlan, ResultsStore, Rejected | None]] = {}
         self.sandbox = _sandbox_mode(settings)
         self.host = Host.from_settings(settings)
         self.pins = RunPins(fetch_config(settings))
@@ -172,7 +172,7 @@ def _sandbox_mode(settings: Settings) -> str:
 
 def worker_plan(
     plan: RunPlan, results_dir: str | None, settings: Settings
-) -> tuple[RunPlan, Path, Rejected | None]:
+) -> tuple[RunPlan, ResultsStore, Rejected | None]:
     """Apply the worker's policy to a plan read from Redis (see policy.py).
 
     The auditor always comes from this worker's settings. A results directory outside
@@ -185,12 +185,12 @@ def worker_plan(
         auditor=settings.auditor,
         profile_url=credentialed(plan.profile, settings.allowed_profiles),
     )
-    results = Path(results_dir) if results_dir else settings.results_dir
+    own = open_results(None, settings)
     try:
-        check_results_dir(results, settings.results_dir)
+        results = check_results_location(results_dir, own, settings)
     except BadInput as e:
         log.error("run.rejected", reason=str(e))
-        return plan, settings.results_dir, Rejected(f"worker refused the run: {e}")
+        return plan, own, Rejected(f"worker refused the run: {e}")
     try:
         check_profile(plan.profile, settings.allowed_profiles)
         check_auditor_args(plan.extra_args)
@@ -457,7 +457,7 @@ def sweep_tick_task(
         raise ScanfleetError(f"sweep tick {name!r} carries sweep {s.name!r}")
     # The tick came without the profile URL's credentials: ours, from the allow-list.
     s = replace(s, profile=credentialed(s.profile, settings.allowed_profiles) or s.profile)
-    lock = SweepLock(ctx.runtime().store, settings.results_dir)
+    lock = SweepLock(ctx.runtime().store, open_results(None, settings))
     return run_tick(s, lock, ctx.start_sweep, settings, lock_ttl=lock_ttl)
 
 
@@ -492,5 +492,5 @@ def janitor_task(
 def prune_task(self: Any, older_than_days: int | None = None) -> dict[str, Any]:
     ctx = WorkerContext.of(self)
     days = older_than_days or ctx.settings.retention_days
-    report = prune(ctx.settings.results_dir, days, now=utcnow(), store=ctx.runtime().store)
+    report = prune(open_results(None, ctx.settings), days, now=utcnow(), store=ctx.runtime().store)
     return report.to_dict()

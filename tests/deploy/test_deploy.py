@@ -120,8 +120,11 @@ def test_compose_has_the_four_services_and_demo_services_only_in_the_demo_profil
     # Flower (a web UI over the broker) only on request: `--profile monitor`.
     assert services["flower"]["profiles"] == ["monitor"]
     extra = set(services) - {"redis", "worker", "beat", "flower"}
-    assert extra == {"k3s", "demo-workload", "prometheus"}
-    for name in extra - {"prometheus"}:
+    objectstore = {"minio", "minio-init", "worker-objectstore", "beat-objectstore"}
+    assert extra == {"k3s", "demo-workload", "prometheus"} | objectstore
+    for name in objectstore:
+        assert services[name].get("profiles") == ["objectstore"], name
+    for name in extra - {"prometheus"} - objectstore:
         assert services[name].get("profiles") == ["demo"], name
     assert services["prometheus"]["profiles"] == ["observability"]
     assert services["k3s"]["image"].startswith("rancher/k3s:")
@@ -776,3 +779,47 @@ def test_the_entrypoint_runs_explicit_programs_and_sends_unknown_words_to_scanfl
     assert result.stdout.strip() == "by path"
     result = _run_entrypoint(tmp_path, stand_in_bin, "no-such-program-or-command")
     assert result.stdout.splitlines()[-1] == "ARGS=no-such-program-or-command"
+
+
+def test_the_objectstore_profile_shares_no_results_volume_and_holds_no_key(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    for name in ("worker-objectstore", "beat-objectstore"):
+        service = services[name]
+        env = service["environment"]
+        assert env["SCANFLEET_RESULTS_DIR"] == (
+            "${SCANFLEET_S3_RESULTS:-s3://scanfleet-results/results}"
+        )
+        assert env["SCANFLEET_S3_ENDPOINT"] == "http://minio:9000"
+        # Every other setting as the disk workers have it.
+        assert (
+            env["SCANFLEET_KEY_PREFIX"] == services["worker"]["environment"]["SCANFLEET_KEY_PREFIX"]
+        )
+        # No volume at all is shared for results: only read-only inputs are mounted.
+        assert not [v for v in service["volumes"] if "results" in v]
+        assert all(v.endswith(":ro") for v in service["volumes"]), service["volumes"]
+        # The keys come from a secret file, never from the compose environment.
+        assert not [k for k in env if k.startswith("AWS_") and k != "AWS_REGION"]
+        assert "s3_credentials" in service["secrets"]
+        assert ". /run/secrets/s3_credentials" in service["entrypoint"][4]
+        assert service["entrypoint"][:2] == ["/usr/bin/tini", "--"]
+        assert service["depends_on"]["minio-init"] == {
+            "condition": "service_completed_successfully"
+        }
+    assert services["worker-objectstore"]["command"] == services["worker"]["command"]
+    assert services["beat-objectstore"]["command"] == services["beat"]["command"]
+    minio = services["minio"]
+    assert "ports" not in minio  # only the stack's containers reach it
+    assert minio["environment"]["MINIO_ROOT_PASSWORD_FILE"] == "minio_root_password"
+    assert set(minio["secrets"]) == {"minio_root_user", "minio_root_password"}
+    for name in ("minio_root_user", "minio_root_password", "s3_credentials"):
+        assert compose["secrets"][name]["file"].startswith("./secrets/")
+    script = (ROOT / "compose" / "make-secrets.sh").read_text()
+    assert "secrets/s3-credentials" in script
+    assert "secrets/minio-root-password" in script
+    init = services["minio-init"]["command"][0]
+    assert "mc anonymous set none local/scanfleet-results" in init  # a private bucket
+    policy = json.loads((ROOT / "compose" / "objectstore" / "scanfleet-policy.json").read_text())
+    actions = sorted(a for st in policy["Statement"] for a in st["Action"])
+    assert actions == ["s3:DeleteObject", "s3:GetObject", "s3:ListBucket", "s3:PutObject"]

@@ -160,3 +160,54 @@ def test_namespace_scoped_component_replaces_the_clusterrolebinding(tmp_path: Pa
         ]
     assert any(d["kind"] == "ClusterRole" for d in docs)
     assert any(d["kind"] == "ValidatingAdmissionPolicy" for d in docs)
+
+
+def test_objectstore_component_needs_no_readwritemany_claim(tmp_path: Path) -> None:
+    from kubernetes import client as k8s
+
+    from scanfleet.core.settings import Settings
+    from scanfleet.store.results import open_results
+
+    shutil.copytree(DEPLOY, tmp_path / "deploy")
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        "resources: [../deploy]\ncomponents: [../deploy/components/objectstore]\n"
+    )
+    docs = kustomize(overlay)
+    assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    for name in ("scanfleet-worker", "scanfleet-beat"):
+        spec = deployments[name]["spec"]["template"]["spec"]
+        assert not [v for v in spec["volumes"] if "persistentVolumeClaim" in v]
+        [c] = spec["containers"]
+        assert "/var/lib/scanfleet/results" not in [m["mountPath"] for m in c["volumeMounts"]]
+        assert "/tmp" in [m["mountPath"] for m in c["volumeMounts"]]  # report staging
+        # The S3 settings come after (so win over) the base config; the keys are optional.
+        assert c["envFrom"][-2:] == [
+            {"configMapRef": {"name": "scanfleet-s3"}},
+            {"secretRef": {"name": "scanfleet-s3", "optional": True}},
+        ]
+    config = next(
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "scanfleet-s3"
+    )
+    location = config["data"]["SCANFLEET_RESULTS_DIR"]
+    assert type(open_results(location, Settings())).__name__ == "S3Results"
+    secret = next(
+        d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "scanfleet-s3"
+    )
+    assert not secret.get("data")  # keys never committed
+    assert not secret.get("stringData")
+    egress = next(
+        d for d in docs if d["kind"] == "NetworkPolicy" and "objectstore" in d["metadata"]["name"]
+    )
+    [rule] = egress["spec"]["egress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 443}]
+    for doc in docs:
+        api = k8s.ApiClient()
+        try:
+            roundtrip = api.sanitize_for_serialization(_deserialize(doc))
+        finally:
+            api.close()
+        assert _dropped_keys(doc, roundtrip) == [], doc["metadata"]["name"]

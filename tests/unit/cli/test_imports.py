@@ -1,4 +1,5 @@
-"""`scanfleet --help`, `--version` and `status` stay light: no kubernetes, no celery.
+"""`scanfleet --help`, `--version` and `status` stay light: no kubernetes, no celery, no S3
+client on local results.
 
 Those libraries take seconds to import; the commands that need them load them lazily.
 `submit --local` needs the kubernetes client's kubeconfig loading and connection pool, but
@@ -29,7 +30,8 @@ try:
     main()
 except SystemExit as e:
     code = e.code
-heavy = sorted({m.split(".")[0] for m in sys.modules} & {"kubernetes", "celery", "kombu"})
+heavy = sorted({m.split(".")[0] for m in sys.modules}
+            & {"kubernetes", "celery", "kombu", "obstore", "boto3", "botocore"})
 generated = any(m.startswith(("kubernetes.client.api.", "kubernetes.client.models."))
                 for m in sys.modules)
 others = {"redis": "redis" in sys.modules, "generated": generated, "code": code}

@@ -23,7 +23,9 @@ import pytest
 from scanfleet.core.errors import BadInput
 from scanfleet.core.settings import heimdall_api_key
 from scanfleet.reports.heimdall import check_heimdall_url
-from scanfleet.store.files import Modes, run_dir
+from scanfleet.store.files import run_dir
+from scanfleet.store.results import LocalResults
+from tests.support.fixtures_s3 import S3Server
 from tests.unit.reports.test_formats import FULL, RUN_ID, write_run
 
 KEY = "hk-5ecret-Key-0123456789abcdef"
@@ -305,6 +307,55 @@ def test_a_sweep_run_uploads_when_its_worker_finalizes_it(
     assert KEY not in repr(logs)
 
 
+@pytest.mark.timeout(120)
+def test_a_sweep_run_in_a_bucket_uploads_and_gets_its_drift(
+    heimdall: FakeHeimdall,
+    s3_server: S3Server,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The finalize hooks read and write through the results store: with results in
+    s3://, the HDF files come from the bucket's summaries and reports, and drift.json
+    lands next to run.json in the bucket."""
+    from datetime import UTC, datetime
+
+    import structlog
+
+    from scanfleet.core.settings import Settings
+    from scanfleet.runs.pipeline import finalize
+    from scanfleet.scan.plan import RunPlan
+    from scanfleet.store.results import open_results, read_json
+    from scanfleet.sweeps.spec import Sweep
+    from scanfleet.sweeps.tick import finalize_hooks, with_upload
+
+    local = tmp_path / "results"
+    run_dir(local, RUN_ID).mkdir(parents=True)
+    write_run(local, FULL, finished=False)
+    bucket = s3_server.bucket()
+    client = s3_server.client()
+    for path in run_dir(local, RUN_ID).iterdir():
+        client.put_object(Bucket=bucket, Key=f"r/{RUN_ID}/{path.name}", Body=path.read_bytes())
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    store = open_results(f"s3://{bucket}/r", Settings(s3_endpoint=s3_server.endpoint))
+    sweep = Sweep(name="nightly", schedule="0 2 * * *", profile="p", upload=heimdall.url)
+    plain = RunPlan(RUN_ID, "sweep:nightly", "p", "2026-03-01T10:15:00Z")
+    plan = RunPlan.from_dict(with_upload(plain, sweep).to_dict())
+    monkeypatch.setenv("SCANFLEET_HEIMDALL_API_KEY", KEY)
+
+    with structlog.testing.capture_logs() as logs:
+        run = finalize(plan, store, lambda: datetime(2026, 3, 1, 11, tzinfo=UTC),
+                       finalize_hooks(plan))  # fmt: skip
+    [done] = [e for e in logs if e["event"] == "heimdall.uploaded"]
+    # every scanned target's report came from the bucket; the errored one has none
+    assert done["uploaded"] == len(heimdall.requests) == 7
+    assert done["failed"] == ["prod-west_db_backup-cron_app.json: could not be scanned: no report"]
+    assert read_json(store, RUN_ID, "run.json") == run
+    drift = read_json(store, RUN_ID, "drift.json")
+    assert (drift["source"], drift["run_a"], drift["run_b"]) == ("sweep:nightly", None, RUN_ID)
+    assert KEY not in repr(logs)
+
+
 def test_a_sweep_upload_without_a_key_is_skipped_and_logged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -315,5 +366,5 @@ def test_a_sweep_upload_without_a_key_is_skipped_and_logged(
     monkeypatch.delenv("SCANFLEET_HEIMDALL_API_KEY", raising=False)
     monkeypatch.delenv("SCANFLEET_HEIMDALL_API_KEY_FILE", raising=False)
     with structlog.testing.capture_logs() as logs:
-        upload_to_heimdall("http://127.0.0.1:9", tmp_path, {"run_id": RUN_ID}, Modes())
+        upload_to_heimdall("http://127.0.0.1:9", LocalResults(tmp_path), {"run_id": RUN_ID})
     assert [e["event"] for e in logs] == ["heimdall.upload_skipped"]

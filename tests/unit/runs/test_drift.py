@@ -136,7 +136,7 @@ def test_sweep_drift_compares_with_the_previous_run_of_the_same_sweep(tmp_path: 
         [summary("prod", "apps", "web", "app", failed={"low": ["C-4"]})],
         run={"source": "sweep:nightly"},
     )
-    assert previous_run(tmp_path, new, "sweep:nightly") == tmp_path / "20250101T000000Z-000001"
+    assert previous_run(tmp_path, new, "sweep:nightly") == "20250101T000000Z-000001"
     drift = write_sweep_drift(tmp_path, {"run_id": new, "source": "sweep:nightly"})
     assert drift is not None
     on_disk = json.loads((tmp_path / new / DRIFT_FILE).read_text())
