@@ -25,9 +25,9 @@ from click.testing import CliRunner  # noqa: E402
 
 import scanfleet.cli.report as _report  # noqa: E402,F401
 from scanfleet.cli.common import main_group  # noqa: E402
+from tests.support.bigrun import BIG_RUN_ID, write_big_run  # noqa: E402
+from tests.support.browser import Browser  # noqa: E402
 from tests.support.tools import wait_until  # noqa: E402
-from tests.unit.reports.bigrun import BIG_RUN_ID, write_big_run  # noqa: E402
-from tests.unit.reports.browser import Browser  # noqa: E402
 
 FILTER = """(async () => {
   const drawn = () => new Promise(res => (function poll() {

@@ -20,8 +20,8 @@ import scanfleet.cli.fleet as _fleet  # noqa: F401  (registers the commands)
 import scanfleet.cli.ops as _ops  # noqa: F401
 import scanfleet.cli.report as _report  # noqa: F401
 from scanfleet.cli.common import main_group
+from tests.support.bigrun import write_big_run
 from tests.support.fixtures_s3 import S3Server
-from tests.unit.reports.bigrun import write_big_run
 
 RUNS = [
     ("20260301T020000Z-000001", 6, 0, "sweep:nightly"),

@@ -16,8 +16,7 @@ from scanfleet.judging.documents import (
 from scanfleet.judging.report import Control, load_report, parse_report
 from scanfleet.reports.markdown import MAX_CHARS
 from tests.support.paths import SAMPLES
-from tests.support.report_runs import render
-from tests.unit.reports.test_formats import validate_junit
+from tests.support.report_runs import render, validate_junit
 
 RHEL8 = SAMPLES / "rhel8_sample_oneOfEachControlStatus.json"
 

@@ -23,10 +23,10 @@ from scanfleet.cli.common import main_group
 from scanfleet.judging.documents import outcome
 from scanfleet.reports.hdf import export, hdf_file_name
 from scanfleet.store.files import iter_summaries, run_dir
+from tests.support.bigrun import BIG_RUN_ID, write_big_run
 from tests.support.paths import ROOT
+from tests.support.report_runs import FULL, RUN_ID, write_run
 from tests.support.tools import in_ci, require_tool
-from tests.unit.reports.bigrun import BIG_RUN_ID, write_big_run
-from tests.unit.reports.test_formats import FULL, RUN_ID, write_run
 
 NODE_MODULES = ROOT / "tests" / ".node" / "node_modules"
 COUNTS_JS = Path(__file__).with_name("hdf_counts.js")

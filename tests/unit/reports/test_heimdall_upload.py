@@ -26,7 +26,7 @@ from scanfleet.reports.heimdall import check_heimdall_url
 from scanfleet.store.files import run_dir
 from scanfleet.store.results import LocalResults
 from tests.support.fixtures_s3 import S3Server
-from tests.unit.reports.test_formats import FULL, RUN_ID, write_run
+from tests.support.report_runs import FULL, RUN_ID, write_run
 
 KEY = "hk-5ecret-Key-0123456789abcdef"
 

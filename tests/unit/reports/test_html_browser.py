@@ -22,9 +22,9 @@ import scanfleet.cli.report as _report  # noqa: F401  (registers the command)
 from scanfleet.cli.common import main_group
 from scanfleet.judging.documents import failed_controls_of, outcome
 from scanfleet.store.files import iter_summaries, run_dir
+from tests.support.bigrun import BIG_RUN_ID, write_big_run
+from tests.support.browser import Browser
 from tests.support.tools import wait_until
-from tests.unit.reports.bigrun import BIG_RUN_ID, write_big_run
-from tests.unit.reports.browser import Browser
 
 N = 2000
 LOOSE_OPEN_MS = 6000  # the target is 2,000 ms, measured by the bench; CI machines are busy

@@ -15,8 +15,8 @@ from scanfleet.cli.common import main_group
 from scanfleet.judging.documents import failed_controls_of, outcome
 from scanfleet.judging.report import SEVERITIES
 from scanfleet.store.files import iter_summaries, run_dir
-from tests.unit.reports.bigrun import write_big_run
-from tests.unit.reports.browser import Browser
+from tests.support.bigrun import write_big_run
+from tests.support.browser import Browser
 
 # (run id, targets, sample offset): the last two runs scan disjoint samples, so controls
 # both newly fail and get fixed between them.
