@@ -30,6 +30,11 @@ ETA, so a deferred retry keeps its countdown). A scan lease of a dead worker is 
 but not re-published (its message is given back and runs once); a scan lease of a live
 worker (a stalled child) is revoked and re-published as before, one lease after expiry.
 The order matters: the dead scan's identity is revoked before its message can run again.
+A message the broker recorded as delivered but no worker recorded (its worker died in the
+moment between the two) is given back too, half a lease after it is first seen unheld
+(`unheld`). Not covered: a message popped from the queue and never recorded by the broker
+(the same moment, one step earlier); `OrphanSweep` re-queues its target once the broker is
+idle.
 """
 
 from __future__ import annotations
@@ -86,8 +91,10 @@ class Recovered:
     returned: list[str] = field(default_factory=list)
     """Scans of dead workers: revoked, not re-published (their message is given back)."""
     dead_workers: list[str] = field(default_factory=list)
+    unheld: list[str] = field(default_factory=list)
+    """Messages no worker recorded (their worker died while receiving them), given back."""
     restored: int = 0
-    """Messages of dead workers given back to the queue."""
+    """Messages of dead workers, and unheld ones, given back to the queue."""
 
 
 def recover_expired(
@@ -97,9 +104,11 @@ def recover_expired(
     publish: Publish,
     workers: DeadWorkers | None = None,
     restore: Restore | None = None,
+    unheld: Callable[[], list[str]] | None = None,
 ) -> Recovered:
     """One pass: claim dead workers, claim every expired lease and revoke its scan's
-    identity, run it again (re-published, or its dead worker's message given back)."""
+    identity, run it again (re-published, or its dead worker's message given back), and
+    give back the messages no worker recorded (`unheld`: `MessageHolders.claim_unheld`)."""
     out = Recovered()
     dead = workers.claim_dead() if workers is not None else {}
     out.dead_workers = sorted(dead)
@@ -132,12 +141,16 @@ def recover_expired(
                 via="publish" if scan_id in out.rerun else "message",
             )
     tags = [tag for held in dead.values() for tag in held]
-    if dead and restore is not None:
-        out.restored = restore(tags) if tags else 0
+    if unheld is not None and restore is not None:
+        out.unheld = unheld()
+    if (tags or out.unheld) and restore is not None:
+        out.restored = restore([*tags, *out.unheld])
     if dead:
         log.warning(
             "worker.recovered", workers=out.dead_workers, held=len(tags), restored=out.restored
         )
+    if out.unheld:
+        log.warning("message.unheld_recovered", messages=len(out.unheld))
     return out
 
 

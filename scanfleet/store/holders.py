@@ -20,6 +20,14 @@ messages, kombu's `unacked`), so the records stay as small as what is in flight.
 held: one caller gets each worker, which then gives its messages back to the queue
 (`worker.tasks`, through kombu) at once instead of after the visibility timeout.
 
+The broker records a delivery (kombu's `unacked` hash) a moment before the worker's
+`task_received` records it here: a worker killed in between leaves a message that no
+record names. `claim_unheld` finds such messages of our queue; one still unheld a grace
+period after it was first seen (`<prefix>:unheld`, tag -> Redis time) is taken by one
+caller, who gives it back. A live worker records its message within milliseconds, so
+the grace (half a lease) only has to outlast a stalled main process; if it does not, the
+message is delivered twice, which the scan task tolerates (one result per target).
+
 Never talks to Kubernetes or Celery; never sees a message body.
 """
 
@@ -87,6 +95,37 @@ end
 return out
 """
 
+# KEYS: the broker's unacked hash, held, unheld. ARGV: our routing key, grace seconds,
+# key ttl. Messages of our queue that no worker record names: note when each was first
+# seen; return (and forget) those still unheld after the grace. A tag recorded again, or
+# acknowledged, is forgotten.
+_CLAIM_UNHELD = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local out = {}
+for _, tag in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if redis.call('HEXISTS', KEYS[2], tag) == 0 then
+    local ok, entry = pcall(cjson.decode, redis.call('HGET', KEYS[1], tag))
+    if ok and type(entry) == 'table' and entry[3] == ARGV[1] then
+      local first = redis.call('HGET', KEYS[3], tag)
+      if not first then
+        redis.call('HSET', KEYS[3], tag, now)
+      elseif now - tonumber(first) >= tonumber(ARGV[2]) then
+        redis.call('HDEL', KEYS[3], tag)
+        out[#out + 1] = tag
+      end
+    end
+  end
+end
+for _, tag in ipairs(redis.call('HKEYS', KEYS[3])) do
+  if redis.call('HEXISTS', KEYS[1], tag) == 0 or redis.call('HEXISTS', KEYS[2], tag) == 1 then
+    redis.call('HDEL', KEYS[3], tag)
+  end
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('EXPIRE', KEYS[3], ARGV[3]) end
+return out
+"""
+
 # KEYS: workers, held, held:<id>. ARGV: id. A worker shutting down cleanly (the broker
 # gives its unacknowledged messages back itself) drops its records.
 _DROP = """
@@ -109,6 +148,7 @@ class MessageHolders:
         self._beat = store.script(_BEAT)
         self._claim = store.script(_CLAIM_DEAD)
         self._drop = store.script(_DROP)
+        self._claim_unheld = store.script(_CLAIM_UNHELD)
 
     @property
     def workers_key(self) -> str:
@@ -158,6 +198,18 @@ class MessageHolders:
             out[worker] = [str(tag) for tag in flat[i + 2 : i + 2 + n]]
             i += 2 + n
         return out
+
+    def claim_unheld(self, unacked_key: str, queue: str) -> list[str]:
+        """The messages of `queue` outstanding in `unacked_key` that no worker has recorded
+        for half a lease since first seen (their worker died between the broker's record
+        and its own): each returned to one caller only."""
+        got = call(
+            "claiming unrecorded messages",
+            self._claim_unheld,
+            keys=[unacked_key, self.held_key, f"{self.store.prefix}:unheld"],
+            args=[queue, self.lease_seconds / 2, self.store.ttl],
+        )
+        return [str(tag) for tag in got]
 
     def alive(self, worker: str) -> bool:
         """Whether `worker`'s lease is live (False once expired or claimed)."""

@@ -269,6 +269,7 @@ class WorkerContext:
                 publish,
                 workers=holders,
                 restore=self._restore_messages,
+                unheld=lambda: holders.claim_unheld(unacked, QUEUE),
             )
             orphans()
 

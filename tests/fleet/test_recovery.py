@@ -22,9 +22,9 @@ from tests.support.fixtures_fleet import (
     FleetClusters,
     RedisServer,
     Worker,
-    run_cli,
     wait_for,
 )
+from tests.support.recovery import per_target, run_doc, submit
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -32,35 +32,8 @@ VISIBILITY = 300
 """Far above every deadline below: only the lease-based recovery can bring a scan back."""
 
 
-def submit(env: dict[str, str], *args: str) -> str:
-    proc = run_cli(["submit", *args, "--profile", "p", "--json"], env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return str(json.loads(proc.stdout)["run_id"])  # --json: one document
-
-
-def run_doc(env: dict[str, str], run_id: str) -> dict[str, Any] | None:
-    path = Path(env["SCANFLEET_RESULTS_DIR"]) / run_id / "run.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def summaries(env: dict[str, str], run_id: str) -> list[dict[str, Any]]:
     return list(iter_summaries(Path(env["SCANFLEET_RESULTS_DIR"]) / run_id))
-
-
-def audits(log: Path) -> list[dict[str, Any]]:
-    """The stand-in's log: one line per auditor run that ended (a SIGKILLed one has none)."""
-    if not log.is_file():
-        return []
-    return [json.loads(line) for line in log.read_text().splitlines()]
-
-
-def per_target(log: Path) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for a in audits(log):
-        t = a["target"]
-        key = f"{t['namespace']}/{t['pod']}/{t['container']}"
-        out[key] = out.get(key, 0) + 1
-    return out
 
 
 def sa_writes(cluster: Any, name: str) -> list[tuple[str, int | None]]:

@@ -5,8 +5,7 @@ tests/fleet/test_recovery.py kills real workers."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,18 +13,22 @@ import pytest
 
 from scanfleet.core.clock import RETRY_DELAYS, backoff
 from scanfleet.core.errors import ClusterUnavailable, SlotBusy
-from scanfleet.core.targets import Target
-from scanfleet.identity.mint import identity_objects, object_name
+from scanfleet.identity.mint import object_name
 from scanfleet.kube.client import ClientCache
 from scanfleet.runs.recovery import Watcher, recover_expired
 from scanfleet.store.slots import RedisSlots
 from scanfleet.store.state import RunStore
 from scanfleet.testing.fakekube import FakeCluster
 from tests.support.fixtures_fleet import RedisServer, wait_for
-
-RUN = "20250101T000000Z-abcdef"
-TARGET = {"context": "fake", "namespace": "apps", "pod": "web", "container": "app"}
-RERUN = {"run_id": RUN, "target": TARGET}
+from tests.support.recovery import (
+    RERUN,
+    RUN,
+    TARGET,
+    Done,
+    Published,
+    identity_of,
+    mint_service_account,
+)
 
 
 @pytest.fixture
@@ -94,35 +97,6 @@ def test_a_scan_whose_lease_was_claimed_ends_with_slot_busy(store: RunStore) -> 
         slow_scan()
     assert s.holders("fake") == ["scan1"]
     assert s.release("fake", "scan1", "rerun-token")
-
-
-class Published(list[tuple[str, dict[str, Any]]]):
-    def __call__(self, run_id: str, target: Mapping[str, Any]) -> None:
-        self.append((run_id, dict(target)))
-
-
-class Done:
-    def __init__(self, *done: str) -> None:
-        self.done = set(done)
-
-    def is_done(self, run_id: str, scan_id: str) -> bool:
-        return scan_id in self.done
-
-
-def identity_of(cluster: FakeCluster, scan_id: str) -> list[str]:
-    return [
-        o["metadata"]["name"]
-        for o in cluster.objects("serviceaccounts", "apps")
-        if o["metadata"]["name"] == object_name(scan_id)
-    ]
-
-
-def mint_service_account(clients: ClientCache, scan_id: str, **changes: Any) -> None:
-    """The ServiceAccount a scan creates first (identity.identity_objects), or a decoy."""
-    body = identity_objects(scan_id, RUN, Target.from_dict(TARGET), 900, datetime.now(UTC))[
-        "ServiceAccount"
-    ]
-    clients.get("fake").create_object("ServiceAccount", "apps", body | changes)
 
 
 def test_recovery_revokes_the_dead_scans_identity_and_publishes_it_once(

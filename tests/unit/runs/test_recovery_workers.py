@@ -21,7 +21,7 @@ from scanfleet.store.slots import RedisSlots
 from scanfleet.store.state import RunStore
 from scanfleet.testing.fakekube import FakeCluster
 from tests.support.fixtures_fleet import RedisServer, wait_for
-from tests.unit.runs.test_recovery import (
+from tests.support.recovery import (
     RERUN,
     RUN,
     TARGET,
@@ -183,6 +183,87 @@ def test_recovery_gives_a_dead_workers_messages_back_and_republishes_only_live_o
     again = recover_expired(s_dead, Done(), clients, published, workers=h, restore=restored)
     assert (again.dead_workers, again.rerun, again.returned) == ([], [], [])
     assert sorted(restored) == ["m-deferred", "m-running"]
+
+
+def delivered(store: RunStore, tag: str, queue: str = "scanfleet") -> None:
+    """The broker recorded `tag` as delivered (kombu's unacked entry) and no worker did."""
+    store.r.hset(UNACKED, tag, f'[{{"body": "..."}}, "", "{queue}"]')
+
+
+def test_a_message_no_worker_recorded_is_claimed_once_after_half_a_lease(
+    store: RunStore,
+) -> None:
+    h = holders(store, lease=1.0)
+    delivered(store, "lost")  # its worker died between the broker's record and its own
+    delivered(store, "theirs", queue="another-app")  # another app's message: never ours
+    received(store, h, "live", "held")
+    store.r.hset(UNACKED, "garbled", "not json")
+    assert h.claim_unheld(UNACKED, "scanfleet") == []  # first seen: not yet
+    assert sorted(store.r.hkeys("sf:unheld")) == ["lost"]
+    assert h.claim_unheld(UNACKED, "scanfleet") == []  # within the grace
+    t0 = server_time(store)
+    wait_for(lambda: server_time(store) > t0 + 0.5, 10, "half a lease")
+    claims: list[list[str]] = []
+    barrier = threading.Barrier(6)
+
+    def claim() -> None:
+        barrier.wait()
+        claims.append(holders(store, lease=1.0).claim_unheld(UNACKED, "scanfleet"))
+
+    threads = [threading.Thread(target=claim) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(claims) == [[], [], [], [], [], ["lost"]]  # one caller, once
+    assert 0 < store.r.ttl("sf:unheld") <= store.ttl  # seen again by the later callers
+    store.r.hdel(UNACKED, "lost")  # the winner gave it back
+    assert h.claim_unheld(UNACKED, "scanfleet") == []
+    assert not store.r.exists("sf:unheld")
+
+
+def test_a_message_recorded_or_acknowledged_within_the_grace_is_not_claimed(
+    store: RunStore,
+) -> None:
+    h = holders(store, lease=0.4)
+    delivered(store, "slow")  # its live worker records it a moment later
+    delivered(store, "acked")  # acknowledged before the grace ends
+    assert h.claim_unheld(UNACKED, "scanfleet") == []
+    h.hold("live", "slow")
+    store.r.hdel(UNACKED, "acked")
+    t0 = server_time(store)
+    wait_for(lambda: server_time(store) > t0 + 0.3, 10, "the grace")
+    assert h.claim_unheld(UNACKED, "scanfleet") == []
+    assert not store.r.exists("sf:unheld")  # both forgotten
+    delivered(store, "acked")  # the same tag delivered again later starts a new grace
+    assert h.claim_unheld(UNACKED, "scanfleet") == []
+
+
+def test_recovery_gives_back_a_message_no_worker_recorded(
+    store: RunStore, admin_kubeconfig: Path
+) -> None:
+    clients = ClientCache(str(admin_kubeconfig), retries=0)
+    h = holders(store, lease=0.4)
+    slots = RedisSlots(store, 5, lease_seconds=0.4, wait_seconds=0, holder="w")
+    delivered(store, "lost")
+    published, restored = Published(), Restored()
+
+    def recover() -> list[str]:
+        got = recover_expired(
+            slots,
+            Done(),
+            clients,
+            published,
+            workers=h,
+            restore=restored,
+            unheld=lambda: h.claim_unheld(UNACKED, "scanfleet"),
+        )
+        return got.unheld
+
+    assert recover() == []
+    wait_for(recover, 10, "the unheld message to be claimed")
+    assert restored == ["lost"]
+    assert published == []
 
 
 @dataclass
