@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 from tests.support import leftovers
+from tests.support.demo import run_demo
 from tests.support.fixtures_fleet import RedisServer
-from tests.unit.cli.test_demo import run_demo
 
 
 def test_demo_runs_through_the_fleet_and_cleans_up(

@@ -29,7 +29,6 @@ from scanfleet.reports import FORMATS
 from scanfleet.store.results import ResultsStore, open_results, read_json
 from scanfleet.sweeps.posture import PostureCollector
 from scanfleet.sweeps.spec import load_sweeps
-from tests.fleet.test_sweep_runs import send_tick
 from tests.support.fixtures_fleet import (
     CLI,
     FleetClusters,
@@ -39,6 +38,7 @@ from tests.support.fixtures_fleet import (
     wait_for,
 )
 from tests.support.fixtures_s3 import ACCESS_KEY, SECRET_KEY, S3Server, SlowProxy
+from tests.support.sweep_runs import send_tick
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 

@@ -106,3 +106,23 @@ def test_every_package_is_a_layer_of_the_import_contract() -> None:
 def test_every_package_says_what_it_owns() -> None:
     for init in PACKAGE.glob("*/__init__.py"):
         assert ast.get_docstring(ast.parse(init.read_text())), init
+
+
+def test_no_test_module_imports_another() -> None:
+    """What tests share lives in tests/support: a test module imported by another runs its
+    tests' module-level code twice and ties unrelated suites together."""
+    offenders = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        if rel.parts[1] in {"support", ".node"}:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for name in names:
+                if name.startswith("tests.") and not name.startswith("tests.support"):
+                    offenders.append(f"{rel}: {name}")
+    assert offenders == []

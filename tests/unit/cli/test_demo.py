@@ -9,45 +9,16 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from scanfleet.testing.demo import FLEET
+from tests.support.demo import CONSOLE_SCRIPT, run_demo, user_env
 from tests.support.paths import ROOT
 
-CONSOLE_SCRIPT = Path(sys.executable).parent / "scanfleet"
 RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
-
-
-def user_env(home: Path) -> dict[str, str]:
-    """The environment of a user who never configured scanfleet or kubectl."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("SCANFLEET_", "KUBECONFIG", "COV_CORE"))
-    }
-    env["HOME"] = str(home)
-    return env
-
-
-def run_demo(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], Path]:
-    assert CONSOLE_SCRIPT.is_file(), "pip install -e '.[dev]' installs the scanfleet script"
-    home, cwd = tmp_path / "home", tmp_path / "work"
-    home.mkdir()
-    cwd.mkdir()
-    proc = subprocess.run(
-        [str(CONSOLE_SCRIPT), "demo", *args],
-        cwd=cwd,
-        env=user_env(home),
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
-    return proc, cwd
 
 
 def test_demo_runs_the_whole_job_and_exits_with_the_runs_code(tmp_path: Path) -> None:

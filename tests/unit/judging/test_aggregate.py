@@ -8,44 +8,10 @@ import pytest
 import yaml
 
 from scanfleet.judging.aggregate import Aggregator, exit_code
-from scanfleet.judging.report import STATUSES, Control, Counts, control_ids, load_report
+from scanfleet.judging.report import STATUSES, Control, Counts, load_report
 from scanfleet.judging.thresholds import FleetThreshold, parse_fleet_threshold
 from tests.support.fixtures_auditor import SAMPLES
-
-
-def summary(
-    n: int,
-    controls: list[Control] | None = None,
-    *,
-    context: str = "c1",
-    namespace: str = "ns",
-    image: str | None = "img:1",
-    passed: bool | None = True,
-    error: dict[str, str] | None = None,
-    covered_by: str | None = None,
-) -> dict[str, Any]:
-    done = error is None
-    controls = controls or []
-    return {
-        "scan_id": f"s{n:05d}",
-        "run_id": "r",
-        "target": {
-            "context": context,
-            "namespace": namespace,
-            "pod": f"pod-{n:05d}",
-            "container": "app",
-            "image": image,
-            "image_id": "sha256:abc",
-        },
-        "status": "completed" if done else "error",
-        "error": error,
-        "covered_by": covered_by,
-        "counts": Counts.from_controls(controls).to_dict() if done else None,
-        "compliance": Counts.from_controls(controls).compliance if done else None,
-        "threshold": {"passed": passed if done else None, "failures": [] if passed else ["x"]},
-        "cleanup": "complete",
-        "controls": control_ids(controls) if done else None,
-    }
+from tests.support.summaries import summary
 
 
 def fleet(text: str) -> FleetThreshold:

@@ -298,7 +298,7 @@ def test_finalize_counts_missing_results_as_errors(results: ResultsStore) -> Non
 def test_missing_results_leave_a_failed_threshold_at_exit_1(tmp_path: Path) -> None:
     from scanfleet.runs.pipeline import finalize
     from scanfleet.scan.plan import RunPlan
-    from tests.unit.judging.test_aggregate import summary
+    from tests.support.summaries import summary
 
     store = open_results(tmp_path, _settings())
     plan = RunPlan(run_id=RUN, source="test", profile="p", created_at="2025-01-01T00:00:00Z")
@@ -309,6 +309,6 @@ def test_missing_results_leave_a_failed_threshold_at_exit_1(tmp_path: Path) -> N
 
 
 def _completed(scan_id: str) -> dict[str, object]:
-    from tests.unit.judging.test_aggregate import summary
+    from tests.support.summaries import summary
 
     return {**summary(1), "scan_id": scan_id, "run_id": RUN}
