@@ -4,7 +4,8 @@
 
 Against a redis-server of its own: the wall and client CPU of `hold` (one Lua call in the
 worker's main process per message received), a heartbeat (`beat`) pruning acknowledged
-records and one over live records, and Redis memory per live record.
+records and one over live records, Redis memory per live record, and a watcher pass
+looking for messages no worker recorded (`claim_unheld`).
 """
 
 from __future__ import annotations
@@ -56,6 +57,21 @@ def main() -> None:
         t0 = time.monotonic()
         holders.beat("worker-1", "unacked")
         print(f"beat over {kept} live records: {(time.monotonic() - t0) * 1000:.1f} ms")
+        t0 = time.monotonic()
+        holders.claim_unheld("unacked", "scanfleet")
+        print(
+            f"claim_unheld over {kept} held messages (every watcher pass): "
+            f"{(time.monotonic() - t0) * 1000:.1f} ms"
+        )
+        body = '[{"body": "%s", "headers": {}}, "", "scanfleet"]' % ("x" * 2000)
+        for i in range(100):
+            store.r.hset("unacked", f"unheld-{i}", body)  # ~2 KB, as a scan message
+        t0 = time.monotonic()
+        holders.claim_unheld("unacked", "scanfleet")
+        print(
+            f"claim_unheld with 100 unheld messages of 2 KB among {kept}: "
+            f"{(time.monotonic() - t0) * 1000:.1f} ms"
+        )
     finally:
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
