@@ -228,12 +228,3 @@ def check_auditor_args(args: Sequence[str]) -> None:
                 f"{', '.join(sorted(ALLOWED_FLAGS))}"
             )
         takes_values = ALLOWED_FLAGS[name] and not has_value
-
-
-def check_results_dir(results_dir: Path, root: Path) -> None:
-    """PolicyViolation unless `results_dir` (resolved) lies inside `root` (resolved)."""
-    if not results_dir.resolve().is_relative_to(root.resolve()):
-        raise PolicyViolation(
-            f"results directory {str(results_dir)!r} is outside this worker's "
-            f"SCANFLEET_RESULTS_DIR {str(root)!r}"
-        )
