@@ -2,7 +2,8 @@
 
     python bench/bench_sweep.py                    # sizes 100, 1k, 5k, 10k (the full table)
     python bench/bench_sweep.py --sizes 100,1k     # a quick look
-    python bench/bench_sweep.py --results s3://bucket/prefix   # results in an object store
+    python bench/bench_sweep.py --results s3       # results in moto's S3 server, started here
+    python bench/bench_sweep.py --results s3://bucket/prefix   # results in your object store
 
 Five simulated clusters (scanfleet.testing.fakekube, in this process) of 2,000 running pods
 each, every request answered 50 ms late; a per-cluster cap of 20; four `scanfleet worker`
@@ -26,15 +27,20 @@ Then the budgets of issue #20 against the figures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -181,6 +187,48 @@ def events(logs: list[Path], run_id: str, name: str) -> list[float]:
     return out
 
 
+@contextlib.contextmanager
+def moto_s3(tmp: Path) -> Iterator[dict[str, str]]:
+    """moto's S3 server in a process of its own on loopback, with one bucket: the env to use."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = (tmp / "moto.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _answers(endpoint), 60)
+        req = urllib.request.Request(f"{endpoint}/bench-results", method="PUT")
+        urllib.request.urlopen(req, timeout=10).close()  # moto: no signature needed
+        yield {
+            "AWS_ACCESS_KEY_ID": "AKIABENCHSWEEP",
+            "AWS_SECRET_ACCESS_KEY": "bench-sweep-secret",
+            "AWS_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "SCANFLEET_S3_ENDPOINT": endpoint,
+            "SCANFLEET_RESULTS_DIR": "s3://bench-results/runs",
+        }
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+        log.close()
+
+
+def _answers(endpoint: str) -> bool:
+    try:
+        urllib.request.urlopen(endpoint, timeout=2).close()
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
 def timed(argv: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess[str]]:
     t0 = time.monotonic()
     p = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
@@ -207,8 +255,11 @@ def run_size(
 ) -> Row:
     clusters: dict[str, FakeCluster] = ctx["clusters"]
     server = RedisServer(tmp / f"redis-{n}", appendonly=False).start()
-    results = str(tmp / f"results-{n}") if args.results == "disk" else args.results
-    env = {**base_env, "SCANFLEET_BROKER_URL": server.url, "SCANFLEET_RESULTS_DIR": results}
+    env = {**base_env, "SCANFLEET_BROKER_URL": server.url}
+    if args.results == "disk":
+        env["SCANFLEET_RESULTS_DIR"] = str(tmp / f"results-{n}")
+    elif args.results != "s3":  # "s3": main() put moto's server in base_env
+        env["SCANFLEET_RESULTS_DIR"] = args.results
     store = RunStore.from_url(server.url, PREFIX, 1)
     workers: list[subprocess.Popen[bytes]] = []
     logs = [tmp / f"worker-{n}-{i}.log" for i in range(args.workers)]
@@ -402,8 +453,9 @@ def main() -> None:
     ap.add_argument(
         "--results",
         default="disk",
-        help="disk (a directory per size), or a results URL such as s3://bucket/prefix "
-        "passed to the workers as SCANFLEET_RESULTS_DIR",
+        help="disk (a directory per size); s3 (moto's S3 server on loopback, started here); "
+        "or a results URL such as s3://bucket/prefix passed to the workers as "
+        "SCANFLEET_RESULTS_DIR (credentials and SCANFLEET_S3_ENDPOINT from the environment)",
     )
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args()
@@ -413,6 +465,7 @@ def main() -> None:
         namespaces_for(n, args.clusters, args.pods)  # bad sizes fail before anything starts
     tmp = Path(tempfile.mkdtemp(prefix="scanfleet-bench-sweep-"))
     clusters = {name: FakeCluster(name=name).start() for name in names}
+    stack = contextlib.ExitStack()
     try:
         for c in clusters.values():
             seed(c, args.pods)
@@ -434,6 +487,8 @@ def main() -> None:
                 ),
             }
         )
+        if args.results == "s3":
+            env.update(stack.enter_context(moto_s3(tmp)))
         audit_cpu, audit_wall = auditor_cpu(auditor, tmp / "auditor", env)
         ctx = {"clusters": clusters, "audit_cpu": audit_cpu, "audit_wall": audit_wall}
         rows = []
@@ -443,6 +498,7 @@ def main() -> None:
             print(f"size {n}: done in {time.monotonic() - t0:.0f} s", file=sys.stderr)
         print_table(rows, args, ctx)
     finally:
+        stack.close()
         for c in clusters.values():
             c.stop()
         if args.keep:
