@@ -5,7 +5,7 @@
   test's own checks, `.env()` the AWS variables a scanfleet process needs.
 - `s3_bucket`: a fresh bucket of that server (its name is unique per test).
 - `SlowProxy(upstream, delay)`: a loopback TCP proxy that holds every response `delay`
-  seconds (a slow endpoint); counts the connections it accepted.
+  seconds (a slow endpoint); counts the connections it accepted and the most open at once.
 """
 
 from __future__ import annotations
@@ -108,6 +108,9 @@ class SlowProxy:
         self.upstream = upstream
         self.delay = delay
         self.connections = 0
+        self.open = 0
+        self.peak = 0  # the most connections open at once
+        self._count = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.2)
         self.port = self._listener.getsockname()[1]
@@ -148,8 +151,13 @@ class SlowProxy:
                     with contextlib.suppress(OSError):
                         s.close()
 
+        with self._count:
+            self.open += 1
+            self.peak = max(self.peak, self.open)
         threading.Thread(target=pump, args=(conn, up, 0.0), daemon=True).start()
         pump(up, conn, self.delay)
+        with self._count:
+            self.open -= 1
 
     def close(self) -> None:
         self._stop.set()

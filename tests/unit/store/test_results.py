@@ -242,6 +242,30 @@ def test_read_many_keeps_the_order_and_reports_each_failure(results: ResultsStor
     assert [json.loads(cast(bytes, b))["scan_id"] for b in bodies] == names
 
 
+def test_read_many_keeps_a_bounded_number_of_gets_in_flight(s3_env: S3Server) -> None:
+    """A run's summaries are read READ_THREADS at a time, not one round trip after another
+    (S3 answers in tens of ms: 10,000 of them one by one are minutes) and not all at once.
+    Each GET in flight needs a connection of its own, so the proxy's peak tells."""
+    from scanfleet.store.s3results import READ_THREADS
+
+    bucket = s3_env.bucket()
+    names = [f"s{i:03}.json" for i in range(3 * READ_THREADS)]
+    direct = open_results(f"s3://{bucket}/r", _settings(s3_env.endpoint))
+    for n in names:
+        direct.write_json(RUN, n, {"scan_id": n})
+    host, _, port = s3_env.endpoint.removeprefix("http://").partition(":")
+    proxy = SlowProxy((host, int(port)), delay=0.3)
+    try:
+        store = open_results(f"s3://{bucket}/r", _settings(proxy.endpoint))
+        got = list(store.read_many(RUN, names))
+    finally:
+        proxy.close()
+    assert [n for n, b in got if isinstance(b, bytes)] == names
+    # moto closes a connection after each answer; the next GET's may open a moment before
+    # the proxy counts the old one closed. All 192 at once would be unbounded.
+    assert READ_THREADS * 0.9 <= proxy.peak < READ_THREADS * 1.5
+
+
 def test_a_run_of_more_than_one_listing_page_is_listed_and_deleted(s3_env: S3Server) -> None:
     """S3 lists 1,000 keys a page and deletes 1,000 a request: a 10k-target run needs both."""
     bucket = s3_env.bucket()
