@@ -44,8 +44,8 @@ READ_THREADS = 64
 """GETs in flight at most; four times as many are submitted ahead of the reader, so memory
 stays bounded. Finalize and `report` read every summary of a run, and S3 answers a GET in
 tens of milliseconds: how many are in flight is what bounds them (bench/bench_s3_reads.py:
-10,000 summaries at 20 ms take 14 s with 16, under 4 s with 64). 64 at 20 ms is about
-3,200 GETs/s, within S3's 5,500 per prefix."""
+10,000 summaries at 20 ms take 14 s with 16, 3.5 s with 64). 64 at 20 ms is at most
+3,200 GETs/s (2,900 measured), within S3's 5,500 per prefix."""
 
 
 def _why(e: BaseException) -> str:
