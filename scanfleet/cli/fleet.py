@@ -398,6 +398,18 @@ def status_command(
 ) -> None:
     """State counts of a run while it runs; its summary once it is done. RUN_ID may be
     `latest`."""
+    try:
+        _status(run_id, as_json, results_location, watch, interval)
+    except KeyboardInterrupt:
+        # Ctrl-C ends the watch, not the run: no traceback, and not click's "Aborted!"
+        # (exit 1) when it lands before the first look (connecting, resolving `latest`).
+        click.echo(f"stopped watching run {run_id} (it goes on)", err=True)
+        sys.exit(130)
+
+
+def _status(
+    run_id: str, as_json: bool, results_location: str | None, watch: bool, interval: int
+) -> None:
     settings = load_settings()
     results = results_dir(results_location, settings)
     run_id = resolve_run_id(run_id, results)
@@ -413,17 +425,13 @@ def status_command(
         if not finished.started():
             click.echo(f"scanfleet: error: {e}", err=True)
             sys.exit(ExitCode.SCAN_ERROR)
-    try:
-        while True:
-            shown = _show_status(store, run_id, finished, as_json, final=not watch)
-            if not watch:
-                return
-            if shown is not None:
-                sys.exit(int(shown))
-            time.sleep(interval)  # --watch: poll at the operator's interval
-    except KeyboardInterrupt:  # Ctrl-C ends the watch, not the run: no traceback
-        click.echo(f"stopped watching run {run_id} (it goes on)", err=True)
-        sys.exit(130)
+    while True:
+        shown = _show_status(store, run_id, finished, as_json, final=not watch)
+        if not watch:
+            return
+        if shown is not None:
+            sys.exit(int(shown))
+        time.sleep(interval)  # --watch: poll at the operator's interval
 
 
 def _show_status(
