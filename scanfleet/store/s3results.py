@@ -41,11 +41,12 @@ from scanfleet.store.results import S3_SCHEME
 
 RETRIES = 3
 READ_THREADS = 64
-"""GETs in flight at most; four times as many are submitted ahead of the reader, so memory
-stays bounded. Finalize and `report` read every summary of a run, and S3 answers a GET in
+"""GETs in flight at most; READ_AHEAD times as many are submitted ahead of the reader, so
+memory stays bounded. Finalize and `report` read every summary of a run, and S3 answers a GET in
 tens of milliseconds: how many are in flight is what bounds them (bench/bench_s3_reads.py:
 10,000 summaries at 20 ms take 14 s with 16, 3.5 s with 64). 64 at 20 ms is at most
 3,200 GETs/s (2,900 measured), within S3's 5,500 per prefix."""
+READ_AHEAD = 4
 
 
 def _why(e: BaseException) -> str:
@@ -168,7 +169,7 @@ class S3Results:
             window: deque[Future[tuple[str, bytes | OSError | ResultsUnavailable]]] = deque()
             for name in names:
                 window.append(pool.submit(one, name))
-                if len(window) >= 4 * self.in_flight:
+                if len(window) >= READ_AHEAD * self.in_flight:
                     yield window.popleft().result()
             while window:
                 yield window.popleft().result()
